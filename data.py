@@ -1,0 +1,318 @@
+"""Dataset layouts -> one clip table; patches, scaler, batches, label smoothing, mixup.
+
+Shapes: frames [total_frames, n_mels] (every clip's log-mel stacked once, see
+feat_extract.FeatureStore); a patch is a (clip, start frame) pair, never a copy. Patch
+tables are flat numpy arrays over all patches of all clips; training, validation, test and
+pruning select patches by index.
+"""
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from utils import ConfigError
+
+logger = logging.getLogger(__name__)
+
+TRAIN_COLUMNS = ['fname', 'label', 'aso_id', 'manually_verified', 'noisy_small']
+TEST_COLUMNS = ['fname', 'label', 'aso_id']
+
+# ctrl.train_data -> which training rows are used (FSDnoisy18k: manually_verified 1 is
+# the clean set, noisy_small 1 the small noisy subset).
+TRAIN_SUBSETS = {
+    'noisy': lambda t: t.verified == 0,
+    'clean': lambda t: t.verified == 1,
+    'noisy_small': lambda t: t.noisy_small == 1,
+    'noisy_small_clean': lambda t: (t.noisy_small == 1) | (t.verified == 1),
+    'all': lambda t: t.verified >= 0,
+}
+
+
+# ----------------------------------------------------------------------------- clip table
+
+def _read_csv(path, columns):
+    if not path.is_file():
+        raise ConfigError(f'missing dataset file {path} (check ctrl.dataset_path)')
+    try:
+        df = pd.read_csv(path)
+    except Exception as err:  # pandas raises several types for unreadable files
+        raise ConfigError(f'cannot read {path}: {err}') from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ConfigError(f'{path} lacks the column(s) {", ".join(missing)}; required: '
+                          f'{", ".join(columns)}')
+    return df
+
+
+def load_table(cfg):
+    """FSDnoisy18k layout -> (table, classes).
+
+    table has one row per clip, train rows first: fname, path, label, label_idx, verified,
+    noisy_small, subset ('train'/'test'), [true_label, true_idx when train.csv has it],
+    plus any extra columns of the CSVs. classes are the sorted training labels.
+    """
+    root = Path(cfg['ctrl']['dataset_path'])
+    if not root.is_dir():
+        raise ConfigError(f'dataset folder {root} does not exist (ctrl.dataset_path)')
+    meta = root / 'FSDnoisy18k.meta'
+    train = _read_csv(meta / 'train.csv', TRAIN_COLUMNS)
+    test = _read_csv(meta / 'test.csv', TEST_COLUMNS)
+    train['subset'], test['subset'] = 'train', 'test'
+    train['path'] = [str(root / 'FSDnoisy18k.audio_train' / f) for f in train.fname]
+    test['path'] = [str(root / 'FSDnoisy18k.audio_test' / f) for f in test.fname]
+    train['verified'] = train.manually_verified.astype(int)
+    test['verified'], test['noisy_small'] = 1, 0
+    classes = sorted(train.label.unique())
+    n_classes = cfg['learn']['n_classes']
+    if len(classes) != n_classes:
+        raise ConfigError(f'learn.n_classes is {n_classes} but {meta / "train.csv"} has '
+                          f'{len(classes)} classes')
+    unknown = sorted(set(test.label) - set(classes))
+    if unknown:
+        raise ConfigError(f'{meta / "test.csv"} has labels absent from train.csv: '
+                          f'{", ".join(map(str, unknown[:5]))}')
+    table = pd.concat([train, test], ignore_index=True)
+    index = {c: i for i, c in enumerate(classes)}
+    table['label_idx'] = table.label.map(index).astype(int)
+    if 'true_label' in table.columns:
+        table['true_label'] = table.true_label.fillna(table.label)
+        table['true_idx'] = table.true_label.map(index).fillna(-1).astype(int)
+    return table, classes
+
+
+def train_rows(table, train_data):
+    """Row numbers of the training clips of subset ctrl.train_data."""
+    train = table[table.subset == 'train']
+    rows = np.flatnonzero(TRAIN_SUBSETS[train_data](train).to_numpy())
+    if rows.size == 0:
+        raise ConfigError(f'ctrl.train_data {train_data!r} selects no training clip')
+    return train.index.to_numpy()[rows]
+
+
+def split_train_val(rows, labels, val_split, seed):
+    """Stratified split of clip rows: round(val_split * n_c) clips of each class go to val.
+
+    A class keeps at least one training clip. The split depends only on the seed.
+    """
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(labels):
+        members = rows[labels == c]
+        n_val = min(int(round(val_split * members.size)), members.size - 1)
+        val.extend(rng.choice(members, size=n_val, replace=False).tolist())
+    val = np.sort(np.asarray(val, dtype=np.int64))
+    return np.setdiff1d(rows, val), val
+
+
+# ----------------------------------------------------------------------------- patches
+
+@dataclass
+class Patches:
+    """All patches of all clips, as flat arrays (one entry per patch).
+
+    clip: table row; row0: first frame row of the clip in the frame matrix; offset: start
+    frame within the clip; clen: clip length in frames (frame index = row0 + (offset + t)
+    mod clen, which pads short clips by repetition).
+    """
+    clip: np.ndarray
+    row0: np.ndarray
+    offset: np.ndarray
+    clen: np.ndarray
+
+    def of_clips(self, rows):
+        """Indices of the patches that belong to the given table rows."""
+        return np.flatnonzero(np.isin(self.clip, rows))
+
+    def frame_rows(self, idx, patch_len):
+        """[len(idx), patch_len] frame-matrix rows of the given patches (numpy)."""
+        t = np.arange(patch_len)
+        return self.row0[idx, None] + (self.offset[idx, None] + t) % self.clen[idx, None]
+
+
+def n_patches(n_frames, patch_len, patch_hop):
+    """Patches per clip: max(1, ceil((F - patch_len) / patch_hop)); 0 for a failed clip."""
+    n_frames = np.asarray(n_frames, dtype=np.int64)
+    n = np.maximum(1, -(-(n_frames - patch_len) // patch_hop))
+    return np.where(n_frames > 0, n, 0)
+
+
+def make_patches(start, length, patch_len, patch_hop):
+    """Patch table for clips whose frames are rows start[i] .. start[i]+length[i]-1."""
+    counts = n_patches(length, patch_len, patch_hop)
+    clip = np.repeat(np.arange(len(length)), counts)
+    first = np.cumsum(counts) - counts
+    within = np.arange(clip.size) - np.repeat(first, counts)
+    return Patches(clip=clip, row0=np.asarray(start, np.int64)[clip],
+                   offset=within * patch_hop, clen=np.asarray(length, np.int64)[clip])
+
+
+# ----------------------------------------------------------------------------- scaler
+
+def fit_scaler(frames, patches, idx, patch_len, chunk=1 << 20):
+    """Per-mel-band mean and std over the frames of the given (training) patches.
+
+    Overlapping patches count a frame once per patch that holds it, exactly as if the
+    patches had been materialised, without materialising them: each frame row gets a
+    weight (how many patches hold it) and the moments are weighted sums.
+    """
+    weights = np.zeros(frames.shape[0], dtype=np.float64)
+    for lo in range(0, idx.size, max(1, chunk // patch_len)):
+        part = idx[lo:lo + max(1, chunk // patch_len)]
+        weights += np.bincount(patches.frame_rows(part, patch_len).ravel(),
+                               minlength=frames.shape[0])
+    rows = np.flatnonzero(weights)
+    total = weights[rows].sum()
+    s1 = np.zeros(frames.shape[1])
+    for lo in range(0, rows.size, chunk):
+        r = rows[lo:lo + chunk]
+        s1 += weights[r] @ np.asarray(frames[r], dtype=np.float64)
+    mean = s1 / total
+    s2 = np.zeros(frames.shape[1])
+    for lo in range(0, rows.size, chunk):
+        r = rows[lo:lo + chunk]
+        s2 += weights[r] @ (np.asarray(frames[r], dtype=np.float64) - mean) ** 2
+    std = np.sqrt(s2 / total)
+    # A constant band would divide by zero; leave it unscaled instead.
+    std[std < 1e-8] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- targets
+
+def lsr_eps(cfg_learn, classes):
+    """Per-class smoothing epsilon (Fonseca et al., WASPAA 2019, Sec. 2.1 and 4.1).
+
+    LSR off -> 0. STANDARD -> eps for every class. GROUPS2 (noise-dependent) -> eps + delta
+    for the classes of learn.noisier_classes, eps - delta for the others; the epsilon of an
+    example is that of its given label.
+    """
+    eps = np.zeros(len(classes), np.float32)
+    if not cfg_learn['LSR']:
+        return eps
+    eps[:] = cfg_learn['eps_LSR_noisy']
+    if cfg_learn['LSRmode'] == 'GROUPS2':
+        noisier = np.isin(classes, cfg_learn['noisier_classes'])
+        if not noisier.any():
+            logger.warning('LSRmode GROUPS2: none of learn.noisier_classes is a class of this '
+                           'dataset; every class gets eps - delta')
+        delta = cfg_learn['delta_eps_LSR']
+        eps = np.where(noisier, eps + delta, eps - delta).astype(np.float32)
+    if (eps < 0).any() or (eps > 1).any():
+        raise ConfigError('learn.eps_LSR_noisy -/+ learn.delta_eps_LSR must stay in [0, 1]')
+    return eps
+
+
+def smooth_targets(ops, labels, eps, n_classes):
+    """One-hot targets smoothed per example: y (1 - eps_y) + eps_y / K. Backend ops."""
+    onehot = ops.one_hot(labels, n_classes)
+    e = ops.expand_dims(ops.take(eps, labels), -1)
+    return onehot * (1.0 - e) + e / n_classes
+
+
+# ----------------------------------------------------------------------------- sampling
+
+@dataclass
+class EpochPlan:
+    """One epoch of training steps: patch indices, mixup partners and mixup weights.
+
+    Arrays have shape [steps, batch]. idx are patch indices; partner[i] is the patch mixed
+    into idx[i] with weight 1 - lam[i] (lam = 1: no mixup).
+    """
+    idx: np.ndarray
+    partner: np.ndarray
+    lam: np.ndarray
+
+
+def plan_epoch(rng, pool, batch_size, mixup=False, alpha=0.1, mode='intra'):
+    """Shuffle `pool` (patch indices) into fixed-size batches and draw mixup partners.
+
+    The last batch is filled with randomly drawn extra patches so that every step has the
+    same shape (one compiled step, no retracing) and every patch is seen each epoch.
+    intra: each batch is mixed with a shuffled copy of itself; inter: each example with
+    the example at the same position of the next batch (Fonseca et al., WASPAA 2019).
+    lam ~ Beta(alpha, alpha) per example.
+    """
+    pool = np.asarray(pool, np.int64)
+    steps = -(-pool.size // batch_size)
+    order = rng.permutation(pool)
+    pad = steps * batch_size - pool.size
+    if pad:
+        order = np.concatenate([order, rng.choice(pool, size=pad)])
+    idx = order.reshape(steps, batch_size)
+    if not mixup:
+        return EpochPlan(idx, idx.copy(), np.ones(idx.shape, np.float32))
+    if mode == 'intra':
+        perm = np.argsort(rng.random(idx.shape), axis=1)
+        partner = np.take_along_axis(idx, perm, axis=1)
+    else:
+        partner = np.roll(idx, -1, axis=0)
+    lam = rng.beta(alpha, alpha, size=idx.shape).astype(np.float32)
+    return EpochPlan(idx, partner, lam)
+
+
+def mix(ops, lam, a, b):
+    """lam * a + (1 - lam) * b with lam [B] broadcast over the trailing axes of a and b."""
+    lam = ops.reshape(lam, (-1,) + (1,) * (len(a.shape) - 1))
+    return lam * a + (1.0 - lam) * b
+
+
+# ----------------------------------------------------------------------------- batches
+
+class PatchSource:
+    """Frames and patch table as backend tensors; builds batches with backend ops.
+
+    The same code runs inside the compiled training step (frames resident on the GPU) or
+    in the tf.data input pipeline on the host (frames too large for the GPU, or no GPU).
+    A batch is gathered by index: frame rows [B, patch_len] -> [B, patch_len, n_mels, 1],
+    standardised per band, one-hot targets smoothed per example, then mixed (mixup).
+    """
+
+    def __init__(self, frames, patches, table, mean, std, eps, patch_len, on_device):
+        import tensorflow as tf  # placement is TensorFlow's; Keras has no device API
+        from keras import ops
+        self.ops, self.patch_len, self.on_device = ops, patch_len, on_device
+        self.n_classes = len(eps)
+        self.n_mels = frames.shape[1]
+        clip = patches.clip
+        device = '/GPU:0' if on_device else '/CPU:0'
+        with tf.device(device):
+            self.frames = tf.constant(np.asarray(frames))
+            self.row0 = tf.constant(patches.row0.astype(np.int32))
+            self.offset = tf.constant(patches.offset.astype(np.int32))
+            self.clen = tf.constant(np.maximum(patches.clen, 1).astype(np.int32))
+            self.label = tf.constant(table.label_idx.to_numpy()[clip].astype(np.int32))
+            self.verified = tf.constant(table.verified.to_numpy()[clip].astype(np.float32))
+            self.mean = tf.constant(mean.reshape(1, 1, -1, 1))
+            self.std = tf.constant(std.reshape(1, 1, -1, 1))
+            self.eps = tf.constant(eps)
+
+    def inputs(self, idx):
+        """Standardised patches [B, patch_len, n_mels, 1] float32 for patch indices idx."""
+        ops = self.ops
+        t = ops.arange(self.patch_len, dtype='int32')
+        offset = ops.expand_dims(ops.take(self.offset, idx), -1)
+        clen = ops.expand_dims(ops.take(self.clen, idx), -1)
+        rows = ops.expand_dims(ops.take(self.row0, idx), -1) + (offset + t) % clen
+        x = ops.take(self.frames, ops.reshape(rows, (-1,)), axis=0)
+        x = ops.reshape(ops.cast(x, 'float32'), (-1, self.patch_len, self.n_mels, 1))
+        return (x - self.mean) / self.std
+
+    def targets(self, idx, smooth=True):
+        labels = self.ops.take(self.label, idx)
+        eps = self.eps if smooth else self.eps * 0.0
+        return smooth_targets(self.ops, labels, eps, self.n_classes)
+
+    def train_batch(self, idx, partner, lam):
+        """(x, y, verified) for one planned step; partner == idx and lam == 1 mean no mixup.
+
+        Targets are smoothed first and then mixed, so label smoothing and mixup combine.
+        """
+        x = mix(self.ops, lam, self.inputs(idx), self.inputs(partner))
+        y = mix(self.ops, lam, self.targets(idx), self.targets(partner))
+        return x, y, self.ops.take(self.verified, idx)
+
+    def eval_batch(self, idx):
+        """(x, one-hot y) without smoothing or mixup, for validation and scoring."""
+        return self.inputs(idx), self.targets(idx, smooth=False)

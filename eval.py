@@ -1,0 +1,125 @@
+"""Clip predictions, aggregation, metrics and the accuracy report (section `recognizer`).
+
+Patches are scored in large batches by one compiled function; clip scores are the mean
+of the patch scores of each clip (geometric or arithmetic, recognizer.aggregate).
+"""
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf  # tf.function compiles the gather + model call for prediction
+
+from utils import ConfigError, atomic_path, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+TINY = 1e-12  # floor before a log, so that a zero score/loss does not give -inf
+
+
+def _segments(clip_ids):
+    """Start index of each run of equal clip ids (patches of a clip are contiguous)."""
+    clip_ids = np.asarray(clip_ids)
+    starts = np.flatnonzero(np.r_[True, clip_ids[1:] != clip_ids[:-1]])
+    return clip_ids[starts], starts, np.diff(np.r_[starts, clip_ids.size])
+
+
+def _amean(values, starts, counts):
+    return np.add.reduceat(values, starts, axis=0) / counts.reshape(-1, *[1] * (values.ndim - 1))
+
+
+def _gmean(values, starts, counts):
+    return np.exp(_amean(np.log(np.maximum(values, TINY)), starts, counts))
+
+
+def _max(values, starts, counts):
+    return np.maximum.reduceat(values, starts, axis=0)
+
+
+AGGREGATIONS = {'gmean': _gmean, 'amean': _amean, 'max': _max}
+
+
+def aggregate(values, clip_ids, method):
+    """Per-patch values [n, ...] grouped by contiguous clip ids -> (clips, per-clip values)."""
+    if method not in AGGREGATIONS:
+        raise ConfigError(f'aggregation {method!r} is unknown; valid: '
+                          f'{", ".join(AGGREGATIONS)}')
+    clips, starts, counts = _segments(clip_ids)
+    return clips, AGGREGATIONS[method](np.asarray(values, np.float64), starts, counts)
+
+
+def check(cfg):
+    if cfg['recognizer']['aggregate'] not in AGGREGATIONS:
+        raise ConfigError(f'recognizer.aggregate {cfg["recognizer"]["aggregate"]!r} is '
+                          f'unknown; valid: {", ".join(AGGREGATIONS)}')
+
+
+def map_patches(fn, idx, batch_size):
+    """fn(patch indices [b]) -> tensor [b, ...], over idx in fixed-size batches -> numpy.
+
+    The last batch is padded so that the compiled function is traced once.
+    """
+    compiled = tf.function(fn, reduce_retracing=True)
+    idx = np.asarray(idx, np.int64)
+    batch_size = max(1, min(batch_size, idx.size))
+    out = []
+    for lo in range(0, idx.size, batch_size):
+        part = idx[lo:lo + batch_size]
+        padded = np.pad(part, (0, batch_size - part.size), mode='edge')
+        out.append(np.asarray(compiled(tf.constant(padded)))[:part.size])
+    return np.concatenate(out) if out else np.zeros((0,))
+
+
+def predict_clips(classifier, source, patches, rows, cfg):
+    """Clip scores [len(evaluated rows), K] for the table rows that have patches."""
+    idx = patches.of_clips(rows)
+    scores = map_patches(lambda i: classifier(source.inputs(i), training=False), idx,
+                         cfg['learn']['predict_batch_size'])
+    return aggregate(scores, patches.clip[idx], cfg['recognizer']['aggregate'])
+
+
+# ----------------------------------------------------------------------------- report
+
+def accuracy_table(true_idx, pred_idx, classes):
+    """Micro accuracy (percent) and per-class (n files, accuracy percent) in class order."""
+    true_idx, pred_idx = np.asarray(true_idx), np.asarray(pred_idx)
+    per_class = {}
+    for k, name in enumerate(classes):
+        mask = true_idx == k
+        acc = 100.0 * float(np.mean(pred_idx[mask] == k)) if mask.any() else float('nan')
+        per_class[name] = {'n_files': int(mask.sum()), 'accuracy': acc}
+    micro = 100.0 * float(np.mean(true_idx == pred_idx)) if true_idx.size else 0.0
+    return micro, per_class
+
+
+def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extra=None):
+    """Print the evaluation block; write predictions.csv and results.json. Returns results."""
+    test = table[table.subset == 'test']
+    pred = scores.argmax(axis=1)
+    true = table.label_idx.to_numpy()[rows_evaluated]
+    micro, per_class = accuracy_table(true, pred, classes)
+    n_eval, n_listed = len(rows_evaluated), len(test)
+    train_data = cfg['ctrl']['train_data']
+    lines = ['', '=' * 72, 'EVALUATION',
+             f'ACCURACY - MICRO: {micro:.2f} % ({n_eval}/{n_listed} test files, '
+             f'train_data={train_data})', '', 'per-class accuracy, class order:']
+    width = max(len(c) for c in classes)
+    fmt = '  {:<%d}  n = {:>5}  accuracy = {:6.2f} %%' % width
+    lines += [fmt.format(c, v['n_files'], v['accuracy']) for c, v in per_class.items()]
+    lines += ['', 'per-class accuracy, best first:']
+    ranked = sorted(per_class.items(), key=lambda kv: -np.nan_to_num(kv[1]['accuracy'], nan=-1))
+    lines += [fmt.format(c, v['n_files'], v['accuracy']) for c, v in ranked]
+    lines += ['', f'wall time of the job: {wall_time:.1f} s', '=' * 72]
+    print('\n'.join(lines), flush=True)
+
+    frame = pd.DataFrame(scores, columns=classes)
+    frame.insert(0, 'predicted', [classes[k] for k in pred])
+    frame.insert(0, 'fname', table.fname.to_numpy()[rows_evaluated])
+    with atomic_path(run_dir / 'predictions.csv') as tmp:
+        frame.to_csv(tmp, index=False, float_format='%.6g')
+    results = {'run_name': cfg['ctrl']['run_name'], 'accuracy_micro': round(micro, 4),
+               'n_files_evaluated': n_eval, 'n_files_listed': n_listed,
+               'train_data': train_data, 'per_class': per_class,
+               'wall_time_s': round(wall_time, 2), **(extra or {})}
+    atomic_write_text(run_dir / 'results.json', json.dumps(results, indent=2) + '\n')
+    return results

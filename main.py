@@ -1,0 +1,84 @@
+"""Command line: python main.py -p config/params.yaml [-o section.key=value ...]
+
+Loads and validates the config, runs the pipeline (table -> features -> learning mode ->
+prediction -> report) and exits 0; a user mistake prints one line and exits 2.
+"""
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ chatter out
+
+import utils  # noqa: E402  (the environment above must be set before Keras loads)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('-p', '--params', required=True, help='experiment YAML file')
+    parser.add_argument('-o', '--override', action='append', default=[],
+                        metavar='SECTION.KEY=VALUE', help='override a config key (repeatable)')
+    return parser.parse_args(argv)
+
+
+def check_names(cfg):
+    """Unknown model / loss / mode / aggregation names fail before any heavy work."""
+    import architectures
+    import eval as evaluation
+    import learn
+    import losses
+    architectures.check(cfg)
+    losses.check(cfg)
+    learn.check(cfg)
+    evaluation.check(cfg)
+
+
+def pipeline(cfg, run_dir, t0):
+    import data
+    import eval as evaluation
+    import feat_extract
+    import learn
+    table, classes = data.load_table(cfg)
+    store = feat_extract.features(cfg, table)
+    if not cfg['ctrl']['learn']:
+        print('ctrl.learn is false: features are ready, nothing is trained.')
+        return
+    rng = utils.set_seed(cfg['ctrl']['seed'])
+    experiment = learn.prepare(cfg, table, classes, store, rng, run_dir)
+    learn.run(experiment)
+    test_rows = table.index[(table.subset == 'test').to_numpy()].to_numpy()
+    rows, scores = evaluation.predict_clips(experiment.trainer.classifier, experiment.source,
+                                            experiment.patches, test_rows, cfg)
+    evaluation.report(cfg, table, classes, rows, scores, run_dir, time.time() - t0,
+                      experiment.results)
+
+
+def main(argv=None):
+    t0 = time.time()
+    args = parse_args(argv)
+    stop_log = None
+    try:
+        cfg = utils.load_config(args.params, args.override)
+        check_names(cfg)
+        logs = Path(cfg['ctrl']['logs_dir'])
+        run_dir = logs / cfg['ctrl']['run_name']
+        run_dir.mkdir(parents=True, exist_ok=True)
+        stop_log = utils.start_log(logs / f'{cfg["ctrl"]["run_name"]}.out')
+        text = utils.config_to_yaml(cfg)
+        utils.atomic_write_text(run_dir / 'config.yaml', text)
+        print(f'run {cfg["ctrl"]["run_name"]}: {" ".join(sys.argv)}\nresolved config:\n{text}',
+              flush=True)
+        pipeline(cfg, run_dir, t0)
+    except utils.ConfigError as err:
+        print(f'error: {err}', file=sys.stderr, flush=True)
+        return 2
+    finally:
+        if stop_log is not None:
+            stop_log()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
