@@ -252,6 +252,24 @@ def plan_epoch(rng, pool, batch_size, mixup=False, alpha=0.1, mode='intra'):
     return EpochPlan(idx, partner, lam)
 
 
+def plan_halves(rng, first, second, batch_size, mixup=False, alpha=0.1, mode='intra'):
+    """Batches whose first half comes from pool `first` and second half from `second`.
+
+    The epoch runs over `second` once; `first` is reshuffled as often as needed. mixup
+    partners stay inside their half, so a mixed example keeps its pool's status.
+    """
+    half = max(1, batch_size // 2)
+    b = plan_epoch(rng, second, batch_size - half, mixup, alpha, mode)
+    steps, parts = b.idx.shape[0], []
+    while sum(p.idx.shape[0] for p in parts) < steps:
+        parts.append(plan_epoch(rng, first, half, mixup, alpha, mode))
+
+    def join(name):
+        a = np.concatenate([getattr(p, name) for p in parts])[:steps]
+        return np.concatenate([a, getattr(b, name)], axis=1)
+    return EpochPlan(join('idx'), join('partner'), join('lam'))
+
+
 def mix(ops, lam, a, b):
     """lam * a + (1 - lam) * b with lam [B] broadcast over the trailing axes of a and b."""
     lam = ops.reshape(lam, (-1,) + (1,) * (len(a.shape) - 1))
@@ -259,6 +277,14 @@ def mix(ops, lam, a, b):
 
 
 # ----------------------------------------------------------------------------- batches
+
+def wrong_labels(table):
+    """Per clip: 1 where the given label differs from the true label (needs a true_label
+    column, as synthetic data or injected noise have); all 0 without one."""
+    if 'true_idx' not in table.columns:
+        return np.zeros(len(table), bool)
+    return (table.label_idx.to_numpy() != table.true_idx.to_numpy())
+
 
 class PatchSource:
     """Frames and patch table as backend tensors; builds batches with backend ops.
@@ -284,6 +310,7 @@ class PatchSource:
             self.clen = tf.constant(np.maximum(patches.clen, 1).astype(np.int32))
             self.label = tf.constant(table.label_idx.to_numpy()[clip].astype(np.int32))
             self.verified = tf.constant(table.verified.to_numpy()[clip].astype(np.float32))
+            self.wrong = tf.constant(wrong_labels(table)[clip].astype(np.float32))
             self.mean = tf.constant(mean.reshape(1, 1, -1, 1))
             self.std = tf.constant(std.reshape(1, 1, -1, 1))
             self.eps = tf.constant(eps)
@@ -305,13 +332,14 @@ class PatchSource:
         return smooth_targets(self.ops, labels, eps, self.n_classes)
 
     def train_batch(self, idx, partner, lam):
-        """(x, y, verified) for one planned step; partner == idx and lam == 1 mean no mixup.
-
-        Targets are smoothed first and then mixed, so label smoothing and mixup combine.
+        """(x, y, verified, wrong) for one planned step; partner == idx and lam == 1 mean no
+        mixup. Targets are smoothed first and then mixed, so label smoothing and mixup
+        combine. verified and wrong (given label != true label) are those of idx.
         """
         x = mix(self.ops, lam, self.inputs(idx), self.inputs(partner))
         y = mix(self.ops, lam, self.targets(idx), self.targets(partner))
-        return x, y, self.ops.take(self.verified, idx)
+        take = self.ops.take
+        return x, y, take(self.verified, idx), take(self.wrong, idx)
 
     def eval_batch(self, idx):
         """(x, one-hot y) without smoothing or mixup, for validation and scoring."""

@@ -14,6 +14,7 @@ from keras import ops
 
 import architectures
 import data
+import eval as evaluation
 import losses
 from utils import ConfigError, atomic_path, atomic_write_text
 
@@ -26,15 +27,17 @@ class Trainer(keras.Model):
     """Wraps the classifier; the step assembles its batch, weighs and reduces the loss.
 
     On the device path a step receives (idx, partner, lam) [B] and gathers its batch from
-    the resident frames; on the host path tf.data has already built (x, y, verified).
-    `masker`, when set by a mode, maps detached per-example losses and the verified flags
-    to per-example weights (loss masking); it returns (weights, figures to log).
+    the resident frames; on the host path tf.data has already built (x, y, verified,
+    wrong). Per-example weights are the product of the loss's own keep mask (time-
+    dependent loss) and, when a mode sets one, the masker's (staged loss masking); a
+    weight of 0 flags the example as dropped. With `detect` on, flagged and wrong-label
+    counts are summed per epoch for the noise-detection figures.
     """
 
     def __init__(self, classifier, source, step_loss):
         super().__init__(name='trainer')
         self.classifier, self.source, self.step_loss = classifier, source, step_loss
-        self.masker = None
+        self.masker, self.detect = None, False
         outputs = classifier.output
         if step_loss.needs_embedding:
             outputs = [classifier.output, classifier.get_layer('embedding').output]
@@ -42,11 +45,24 @@ class Trainer(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name='loss')
         self.acc_tracker = keras.metrics.CategoricalAccuracy(name='accuracy')
         self.extra = {}
+        self.track(step_loss.log_names)
 
-    def track(self, names):
-        """Report these figures (means per epoch) in the logs and history.csv."""
+    def track(self, names, kind=keras.metrics.Mean):
+        """Report these figures per epoch (means, or sums) in the logs and history.csv."""
         for name in names:
-            self.extra.setdefault(name, keras.metrics.Mean(name=name))
+            self.extra.setdefault(name, kind(name=name))
+
+    def detect_noise(self):
+        """Count flagged / wrong-label examples per epoch (needs a true_label column)."""
+        self.detect = True
+        self.track(NOISE_COUNTS, keras.metrics.Sum)
+        self.train_function = None  # the step changed: trace it again
+
+    def set_masker(self, masker):
+        self.masker = masker
+        if masker is not None:
+            self.track(masker.log_names)
+        self.train_function = None  # the step changed: trace it again
 
     @property
     def metrics(self):
@@ -59,22 +75,34 @@ class Trainer(keras.Model):
         out = self.net(x, training=training)
         return out if self.step_loss.needs_embedding else (out, None)
 
+    def _weights(self, per_example, verified):
+        detached = ops.stop_gradient(per_example)
+        weights, figures = self.step_loss.keep(detached)
+        if self.masker is not None:
+            mask, more = self.masker(detached, verified)
+            weights, figures = weights * mask, {**figures, **more}
+        return weights, figures
+
     def train_step(self, batch):
-        x, y, verified = self.source.train_batch(*batch) if self.source.on_device else batch
+        if self.source.on_device:
+            batch = self.source.train_batch(*batch)
+        x, y, verified, wrong = batch
         with tf.GradientTape() as tape:
             y_pred, emb = self._forward(x, training=True)
             per_example = self.step_loss.per_example(y, y_pred, x, emb)
-            weights, figures = ops.ones_like(per_example), {}
-            if self.masker is not None:
-                weights, figures = self.masker(ops.stop_gradient(per_example), verified)
-            loss, loss_figures = self.step_loss.reduce(per_example, weights)
+            weights, figures = self._weights(per_example, verified)
+            loss = self.step_loss.reduce(per_example, weights)
             total = loss + ops.sum(self.classifier.losses) if self.classifier.losses else loss
             scaled = self.optimizer.scale_loss(total)
         variables = self.classifier.trainable_variables
         self.optimizer.apply(tape.gradient(scaled, variables), variables)
+        if self.detect:
+            flagged = 1.0 - ops.cast(weights > 0, 'float32')
+            figures.update(nd_flagged=ops.sum(flagged), nd_hit=ops.sum(flagged * wrong),
+                           nd_wrong=ops.sum(wrong))
         self.loss_tracker.update_state(loss)
         self.acc_tracker.update_state(y, y_pred)
-        for name, value in {**figures, **loss_figures}.items():
+        for name, value in figures.items():
             self.extra[name].update_state(value)
         return {m.name: m.result() for m in self.metrics}
 
@@ -88,6 +116,31 @@ class Trainer(keras.Model):
 
 
 # ----------------------------------------------------------------------------- callbacks
+
+NOISE_COUNTS = ('nd_flagged', 'nd_hit', 'nd_wrong')
+
+
+def detection_figures(flagged, wrong):
+    """Noise detection of a drop/mask decision: precision = share of flagged examples whose
+    given label is wrong, recall = share of wrong-label examples that were flagged."""
+    flagged, wrong = np.asarray(flagged, bool), np.asarray(wrong, bool)
+    return _precision_recall(int(flagged.sum()), int((flagged & wrong).sum()),
+                             int(wrong.sum()))
+
+
+def _precision_recall(n_flagged, n_hit, n_wrong):
+    return {'precision': n_hit / n_flagged if n_flagged else float('nan'),
+            'recall': n_hit / n_wrong if n_wrong else float('nan'),
+            'n_flagged': n_flagged, 'n_wrong': n_wrong}
+
+
+def noise_detection(row):
+    """Per-epoch precision/recall from the summed counts the step logged, if any."""
+    if 'nd_flagged' not in row:
+        return {}
+    f = _precision_recall(row['nd_flagged'], row['nd_hit'], row['nd_wrong'])
+    return {'nd_precision': f['precision'], 'nd_recall': f['recall']}
+
 
 class History(keras.callbacks.Callback):
     """Appends one row per epoch to history.csv (rewritten atomically each epoch)."""
@@ -103,6 +156,7 @@ class History(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         row = {'epoch': epoch + 1, **{k: float(v) for k, v in (logs or {}).items()
                                       if k != 'learning_rate'}}
+        row.update(noise_detection(row))
         row['lr'] = self.lr
         row['seconds'] = round(time.time() - self.t0, 2)
         self.rows.append(row)
@@ -169,6 +223,54 @@ class Experiment:
             monitor=self.monitor, mode='max', patience=learn['patience'], min_delta=0.001,
             verbose=1)
         self.epoch = 0  # epochs done so far, counted across stages
+        self.has_truth = 'true_idx' in table.columns
+        self.noise_from = 0
+
+    def plan_halves(self, first, second):
+        """Epoch plans whose batches are half patches of `first`, half of `second`."""
+        learn = self.cfg['learn']
+        return lambda: data.plan_halves(self.rng, first, second, learn['batch_size'],
+                                        learn['mixup'], learn['mixup_alpha'],
+                                        learn['mixup_mode'])
+
+    # -- noise detection: only where the table knows the true labels
+    def watch_noise(self):
+        self.noise_from = len(self.history.rows)
+        if self.has_truth:
+            self.trainer.detect_noise()
+
+    def record_epoch_detection(self):
+        """Per-epoch precision/recall of the masked/dropped examples since watch_noise()."""
+        rows = self.history.rows[self.noise_from:]
+        if not self.has_truth or not rows:
+            return
+        figures = [_precision_recall(int(r['nd_flagged']), int(r['nd_hit']),
+                                     int(r['nd_wrong'])) for r in rows]
+        self.results['noise_detection'] = {
+            key: [f[key] for f in figures] for key in ('precision', 'recall', 'n_flagged',
+                                                        'n_wrong')}
+        self.results['noise_detection']['epoch'] = [r['epoch'] for r in rows]
+        for r, f in zip(rows, figures):
+            logger.info('noise detection, epoch %d: precision %.3f, recall %.3f (%d flagged, '
+                        '%d wrong-label examples seen)', r['epoch'], f['precision'],
+                        f['recall'], f['n_flagged'], f['n_wrong'])
+
+    def record_detection(self, what, rows, flagged):
+        """Precision/recall of one drop decision over table rows (e.g. pruned clips)."""
+        if not self.has_truth:
+            return
+        figures = detection_figures(flagged, data.wrong_labels(self.table)[rows])
+        self.results['noise_detection'] = figures
+        logger.info('noise detection (%s): precision %.3f, recall %.3f (%d flagged, %d '
+                    'wrong-label clips)', what, figures['precision'], figures['recall'],
+                    figures['n_flagged'], figures['n_wrong'])
+
+    def write_pruned(self, rows, clip_loss):
+        columns = ['fname', 'label'] + (['true_label'] if self.has_truth else [])
+        frame = self.table.loc[rows, columns].copy()
+        frame.insert(2, 'clip_loss', clip_loss)
+        with atomic_path(self.run_dir / 'pruned.csv') as tmp:
+            frame.to_csv(tmp, index=False, float_format='%.6g')
 
     def plan(self, pool, mixup=None):
         """A function that draws one epoch of batches over the patch indices in pool."""
@@ -185,7 +287,8 @@ class Experiment:
         steps = first.idx.shape[0]
         train = self._train_dataset(plan, first)
         val = self._eval_dataset(self.val_idx) if self.val_idx.size else None
-        cbs = [self.history, self.best, self.reduce_lr, *callbacks]
+        cbs = [*self.trainer.step_loss.callbacks(), self.history, self.best, self.reduce_lr,
+               *callbacks]
         cbs += [self.early_stopping] if early_stopping else []
         hist = self.trainer.fit(train, validation_data=val, epochs=self.epoch + epochs,
                                 initial_epoch=self.epoch, steps_per_epoch=steps,
@@ -237,9 +340,134 @@ def mode_standard(exp):
     exp.fit(exp.cfg['learn']['n_epochs'], exp.plan(exp.train_idx))
 
 
+TIME_DEPENDENT = ('lq_lqmax_time_sudden', 'lq_lqperc_time_sudden')
+
+
+def mode_time_dependent(exp):
+    """Mode 2: time-dependent loss (Fonseca et al., Sec. 2.3). The loss itself switches at
+    learn.stage1_epoch (an epoch variable set by its callback) and drops the examples of
+    each batch above its threshold from then on."""
+    loss_type = exp.cfg['loss']['type']
+    if loss_type not in TIME_DEPENDENT:
+        raise ConfigError(f'learn.mode 2 needs a time-dependent loss.type '
+                          f'({", ".join(TIME_DEPENDENT)}), got {loss_type!r}')
+    logger.info('mode 2: %s, switching to stage 2 at epoch %d', loss_type,
+                exp.cfg['learn']['stage1_epoch'] + 1)
+    exp.watch_noise()
+    exp.fit(exp.cfg['learn']['n_epochs'], exp.plan(exp.train_idx))
+    exp.record_epoch_detection()
+
+
+def score_clips(exp, rows):
+    """Per-clip loss of the current model on the given table rows (given labels, no LSR):
+    per-patch loss learn.prune_loss_type, aggregated with prune_aggregate_loss_clip."""
+    learn = exp.cfg['learn']
+    per_example = losses.per_example_by_name(learn['prune_loss_type'],
+                                             learn['prune_loss_q_value'])
+    source, classifier = exp.source, exp.trainer.classifier
+
+    def patch_loss(i):
+        x, y = source.eval_batch(i)
+        return per_example(y, classifier(x, training=False))
+    idx = exp.patches.of_clips(rows)
+    values = evaluation.map_patches(patch_loss, idx, learn['predict_batch_size'])
+    return evaluation.aggregate(values, exp.patches.clip[idx],
+                                learn['prune_aggregate_loss_clip'])
+
+
+def prune_threshold(clip_loss, percentile):
+    """Clips whose loss is above the given percentile of the clip losses are pruned."""
+    return float(np.percentile(clip_loss, percentile))
+
+
+def mode_prune(exp):
+    """Mode 3: train prune_stage1 epochs, drop the training clips with the largest loss,
+    continue the same model and optimiser on the kept clips (Fonseca et al., Sec. 2.4).
+    The scaler stays the one fitted before pruning."""
+    learn = exp.cfg['learn']
+    exp.fit(min(learn['prune_stage1'], learn['n_epochs']), exp.plan(exp.train_idx),
+            early_stopping=False)
+    rows, clip_loss = score_clips(exp, exp.train_rows)
+    threshold = prune_threshold(clip_loss, learn['prune_discard_percentile'])
+    pruned = clip_loss > threshold
+    logger.info('pruning: %d of %d training clips kept, %d pruned (clip loss > %.4f, the '
+                '%gth percentile)', (~pruned).sum(), rows.size, pruned.sum(), threshold,
+                learn['prune_discard_percentile'])
+    exp.write_pruned(rows[pruned], clip_loss[pruned])
+    exp.record_detection('pruning', rows, pruned)
+    exp.best.reset()  # the reported model is one trained on the pruned set
+    exp.fit(learn['n_epochs'] - exp.epoch, exp.plan(exp.patches.of_clips(rows[~pruned])))
+
+
+class Masker:
+    """Loss masking of He et al., "Staged training strategy and multi-activation for audio
+    tagging with noisy and sparse multi-label data" (DCASE 2019), stage 2.
+
+    threshold: eta_t = alpha eta_(t-1) + (1 - alpha) T_t with T_t the k-th largest loss of
+    the batch, eta initialised from the first batch; unverified examples whose loss is
+    above eta get weight 0. The mask uses eta_t, which already includes the current batch.
+    topk: the k largest losses among the unverified examples of each batch get weight 0.
+    The paper prints the mask as (1 - M_i V_i) with V_i = 1 for verified data, which would
+    mask the verified data; its text says the noisy samples are ignored, so only
+    unverified examples are ever masked here.
+    """
+
+    log_names = ('eta', 'masked')
+
+    def __init__(self, method, k, alpha):
+        self.method, self.k, self.alpha = method, k, alpha
+        self.eta = keras.Variable(0.0, trainable=False, name='eta')
+        self.started = keras.Variable(0.0, trainable=False, name='eta_started')
+
+    def __call__(self, losses, verified):
+        k = min(self.k, losses.shape[0])
+        unverified = 1.0 - verified
+        if self.method == 'topk':
+            # Verified examples sort below every unverified one, so the top k are the k
+            # largest unverified losses (fewer if the batch has fewer unverified).
+            ranked = ops.where(unverified > 0, losses, -np.inf)
+            kth = ops.sort(ranked)[-k]
+            masked = unverified * ops.cast((ranked >= kth) & (unverified > 0), 'float32')
+        else:
+            t = ops.sort(losses)[-k]
+            eta = ops.where(self.started > 0, self.alpha * self.eta + (1 - self.alpha) * t, t)
+            self.eta.assign(eta)
+            self.started.assign(1.0)
+            masked = unverified * ops.cast(losses > eta, 'float32')
+        return 1.0 - masked, {'eta': self.eta.value, 'masked': ops.mean(masked)}
+
+
+def mode_staged(exp):
+    """Staged training (He et al., DCASE 2019): stage 1 verified clips only; stage 2 half
+    verified, half unverified per batch with loss masking of the unverified ones; stage 3
+    verified only (fine-tune). Stage lengths learn.staged_epochs; no early stopping."""
+    learn = exp.cfg['learn']
+    verified = exp.table.verified.to_numpy()[exp.patches.clip[exp.train_idx]] == 1
+    ver, unv = exp.train_idx[verified], exp.train_idx[~verified]
+    if ver.size == 0 or unv.size == 0:
+        raise ConfigError('learn.mode staged needs verified and unverified training clips '
+                          '(FSDnoisy18k: ctrl.train_data all)')
+    n1, n2, n3 = learn['staged_epochs']
+    logger.info('staged: %d epochs verified (%d patches), %d epochs masked mix with %d '
+                'unverified patches (%s), %d epochs verified', n1, ver.size, n2, unv.size,
+                learn['mask_method'], n3)
+    exp.fit(n1, exp.plan(ver), early_stopping=False)
+    exp.trainer.set_masker(Masker(learn['mask_method'], learn['mask_top_k'],
+                                  learn['mask_alpha']))
+    exp.watch_noise()
+    exp.fit(n2, exp.plan_halves(ver, unv), early_stopping=False)
+    exp.record_epoch_detection()
+    exp.trainer.set_masker(None)
+    exp.best.reset()  # the reported model is the fine-tuned one
+    exp.fit(n3, exp.plan(ver), early_stopping=False)
+
+
 MODES = {
     0: mode_warmup_mixup,
     1: mode_standard,
+    2: mode_time_dependent,
+    3: mode_prune,
+    'staged': mode_staged,
 }
 
 

@@ -74,6 +74,11 @@ def main(argv=None):
     except utils.ConfigError as err:
         print(f'error: {err}', file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        # history.csv and the best model.keras so far are already on disk.
+        print('interrupted: logs/<run>/ keeps history.csv and the best model so far',
+              file=sys.stderr, flush=True)
+        return 130
     finally:
         if stop_log is not None:
             stop_log()
