@@ -1,0 +1,237 @@
+"""Audio -> log-mel spectrogram (config section `extract`), cached on disk.
+
+The features of a dataset are computed once and kept in one folder per (dataset,
+extraction parameters, clip list):
+
+    <ctrl.features_dir>/<dataset>/<hash>/
+        frames<suffix.in>.f32|f16   every clip's frames, one after the other, [frames, n_mels]
+        start.npy, length.npy       first row and number of rows of each clip (int64)
+        manifest.json               counts, dtype, failed clips, hash, parameters, complete
+
+The folder is filled under a temporary name and renamed when complete, so a crash
+never leaves a folder that looks complete. Frames are memory-mapped read-only: patches
+are (clip, start) indices into them, never copies.
+"""
+import functools
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import librosa
+import numpy as np
+import scipy.signal
+import soundfile as sf
+from tqdm import tqdm
+
+from utils import ConfigError, atomic_write_text, n_workers
+
+logger = logging.getLogger(__name__)
+
+PEAK_HEADROOM = 0.005  # peak normalisation divides by max|y| + this, as in waspaa19
+FRAMES_EXT = {'float32': 'f32', 'float16': 'f16'}
+
+
+class BadAudio(Exception):
+    """An audio file that cannot be read or holds no samples."""
+
+
+# ----------------------------------------------------------------------------- one clip
+
+def load_audio(path, params_extract):
+    """Read a file -> mono float32 at fs, optionally peak-normalised and tiled (varup)."""
+    p = params_extract
+    try:
+        y, sr = sf.read(path, dtype='float32', always_2d=True)
+    except (RuntimeError, OSError) as err:  # soundfile's errors are RuntimeErrors
+        raise BadAudio(f'{path}: {err}') from None
+    if y.size == 0:
+        raise BadAudio(f'{path}: no samples')
+    y = y.mean(axis=1)
+    if sr != p['fs']:
+        y = librosa.resample(y, orig_sr=sr, target_sr=p['fs'])
+    if p['normalize_audio']:
+        y = y - y.mean()
+        y = y / (np.max(np.abs(y)) + PEAK_HEADROOM)
+    target = int(round(p['audio_len_s'] * p['fs']))
+    if p['load_mode'] == 'varup' and len(y) < target:
+        # Short clips are repeated rather than zero-padded, so every patch holds sound.
+        y = np.tile(y, -(-target // len(y)))[:target]
+    return y.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _mel_basis(fs, n_fft, n_mels, fmin, fmax):
+    return librosa.filters.mel(sr=fs, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
+                               htk=False, norm=None)
+
+
+def log_mel(audio, params_extract):
+    """Mono audio -> float32 [frames, n_mels] (log10 when extract.log), frames = 1 + len // hop."""
+    p = params_extract
+    window = scipy.signal.get_window('hamming', p['win_length_samples'], fftbins=True)
+    # pad_mode is explicit: librosa's default changed from 'reflect' to 'constant'.
+    stft = librosa.stft(audio + p['eps'], n_fft=p['n_fft'], hop_length=p['hop_length_samples'],
+                        win_length=p['win_length_samples'], window=window, center=True,
+                        pad_mode='reflect')
+    spec = np.abs(stft) ** 2 if p['spectrogram_type'] == 'power' else np.abs(stft)
+    mel = _mel_basis(p['fs'], p['n_fft'], p['n_mels'], p['fmin'], p['fmax']) @ spec
+    if p['log']:
+        mel = np.log10(mel + p['eps'])
+    return mel.T.astype(np.float32)
+
+
+def _clip_frames(path, params_extract):
+    """Worker task: (frames or None, error message or None); never raises on bad audio."""
+    try:
+        return log_mel(load_audio(path, params_extract), params_extract), None
+    except BadAudio as err:
+        return None, str(err)
+
+
+# ----------------------------------------------------------------------------- the store
+
+@dataclass
+class FeatureStore:
+    """Frames of every clip; clip i (table row i) is frames[start[i]:start[i] + length[i]]."""
+    frames: np.ndarray  # np.memmap, read-only, [total_frames, n_mels], store_dtype
+    start: np.ndarray   # int64 [n_clips]
+    length: np.ndarray  # int64 [n_clips], 0 for a failed clip
+    failed: list        # fnames that could not be read
+    path: Path          # the cache folder
+
+    def clip(self, i):
+        return self.frames[self.start[i]:self.start[i] + self.length[i]]
+
+
+def _frames_name(cfg):
+    return f'frames{cfg["suffix"]["in"]}.{FRAMES_EXT[cfg["extract"]["store_dtype"]]}'
+
+
+PATCH_KEYS = ('patch_len', 'patch_hop')
+
+
+def cache_dir(cfg, table):
+    """<features_dir>/<dataset>/<sha1 of the extract parameters and the clip list>."""
+    root = os.path.normpath(cfg['ctrl']['dataset_path'])
+    clips = [Path(os.path.relpath(os.path.abspath(p), os.path.abspath(root))).as_posix()
+             for p in table['path']]
+    # Patching happens after extraction, so a patch_len / patch_hop sweep reuses the cache.
+    params = {k: v for k, v in cfg['extract'].items() if k not in PATCH_KEYS}
+    key = json.dumps({'extract': params, 'clips': clips}, sort_keys=True,
+                     separators=(',', ':'))
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    return Path(cfg['ctrl']['features_dir']) / os.path.basename(root) / digest
+
+
+def _open(folder, frames_name):
+    """The store in a complete cache folder, or None when the folder is not one."""
+    try:
+        manifest = json.loads((folder / 'manifest.json').read_text())
+        shape = (manifest['total_frames'], manifest['n_mels'])
+        dtype = np.dtype(manifest['dtype'])
+        complete = manifest['complete'] is True and manifest['hash'] == folder.name
+        size = (folder / frames_name).stat().st_size
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not complete or size != shape[0] * shape[1] * dtype.itemsize:
+        return None
+    # np.memmap cannot map an empty file (every clip failed): use an empty array then.
+    frames = (np.memmap(folder / frames_name, dtype=dtype, mode='r', shape=shape) if shape[0]
+              else np.empty(shape, dtype))
+    return FeatureStore(frames, np.load(folder / 'start.npy'), np.load(folder / 'length.npy'),
+                        manifest['failed'], folder)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        pass
+    return True
+
+
+def _remove_stale_temps(final):
+    """Temporary folders of this hash left by a process that died mid-extraction."""
+    for tmp in final.parent.glob(f'.{final.name}.tmp-*'):
+        pid = tmp.name.rsplit('-', 1)[1]
+        if not pid.isdigit() or int(pid) == os.getpid() or not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _computed(paths, params, workers):
+    """Yield (frames or None, error) per path, in order; a Pool only when workers > 1."""
+    task = functools.partial(_clip_frames, params_extract=params)
+    if workers == 1:
+        yield from map(task, paths)
+        return
+    chunksize = max(2, min(16, len(paths) // (4 * workers)))
+    with multiprocessing.Pool(workers) as pool:
+        yield from pool.imap(task, paths, chunksize=chunksize)
+
+
+def _extract(cfg, table, tmp, workers, progress):
+    """Write frames, start and length into tmp; return (failed fnames, total frames)."""
+    dtype = cfg['extract']['store_dtype']
+    start, length, failed = np.zeros(len(table), np.int64), np.zeros(len(table), np.int64), []
+    total = 0
+    results = _computed(list(table['path']), cfg['extract'], workers)
+    with open(tmp / _frames_name(cfg), 'wb') as out:
+        bar = tqdm(results, total=len(table), desc='log-mel', unit='clip', disable=not progress)
+        for i, (fname, (frames, error)) in enumerate(zip(table['fname'], bar)):
+            start[i] = total
+            if frames is None:
+                logger.warning('skipping unreadable audio %s (%s)', fname, error)
+                failed.append(str(fname))
+                continue
+            out.write(np.ascontiguousarray(frames, dtype=dtype).tobytes())
+            length[i] = len(frames)
+            total += len(frames)
+    np.save(tmp / 'start.npy', start)
+    np.save(tmp / 'length.npy', length)
+    return failed, total
+
+
+def features(cfg, table, workers=None, progress=True):
+    """Log-mel frames of every clip of `table` (columns fname, path), cached on disk."""
+    params = cfg['extract']
+    if not params['mono']:
+        raise ConfigError('extract.mono is false, but features are single-channel: '
+                          'set extract.mono true')
+    final = cache_dir(cfg, table)
+    store = _open(final, _frames_name(cfg))
+    if store is not None:
+        logger.info('using cached features %s (%d clips, %d frames)', final, len(store.start),
+                    len(store.frames))
+        return store
+    if not cfg['ctrl']['feat_ext']:
+        raise ConfigError(f'no complete feature cache at {final} for these extract '
+                          f'parameters and clips; set ctrl.feat_ext true to extract them')
+    workers = n_workers(cfg['ctrl']['workers']) if workers is None else workers
+    workers = max(1, min(workers, len(table)))
+    started = time.time()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(final)
+    tmp = final.parent / f'.{final.name}.tmp-{os.getpid()}'
+    tmp.mkdir()
+    try:
+        failed, total = _extract(cfg, table, tmp, workers, progress)
+        manifest = {'n_clips': len(table), 'total_frames': total, 'n_mels': params['n_mels'],
+                    'dtype': params['store_dtype'], 'frames_file': _frames_name(cfg),
+                    'failed': failed, 'hash': final.name, 'params': params, 'complete': True}
+        atomic_write_text(tmp / 'manifest.json', json.dumps(manifest, indent=1))
+        if final.exists():  # an incomplete or unreadable folder under the final name
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info('extracted features of %d clips (%d failed) in %.1f s with %d worker(s) -> %s',
+                len(table) - len(failed), len(failed), time.time() - started, workers, final)
+    return _open(final, _frames_name(cfg))

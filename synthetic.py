@@ -1,0 +1,335 @@
+"""Write a synthetic dataset in the FSDnoisy18k layout, for demos and tests.
+
+    python synthetic.py --out data/synthetic [--n-classes 20] [--noise-rate 0.4] ...
+
+Layout (as FSDnoisy18k):
+    DIR/FSDnoisy18k.audio_train/<id>.wav   DIR/FSDnoisy18k.audio_test/<id>.wav
+    DIR/FSDnoisy18k.meta/train.csv  fname,label,aso_id,manually_verified,noisy_small,true_label
+    DIR/FSDnoisy18k.meta/test.csv   fname,label,aso_id
+
+Each class is one recipe: a sound family (tonal, noise band, harmonic, chirp, impulsive,
+AM, FM) and a class-specific range of that family's key parameter (frequency, formant
+centre or rate). Classes of one family have neighbouring, disjoint ranges, so they are
+learnable from log-mel patches but not trivially; every clip draws its own parameters
+inside its class's range, its own envelope, level and background noise (SNR 5-30 dB).
+
+Labels: per class, round(clean_fraction x train_per_class) train clips are the clean
+subset (manually_verified=1, correct label). Of all other (noisy) train clips, exactly
+round(noise_rate x n_noisy) are drawn at random over the whole noisy subset (not per
+class) and get a label drawn uniformly from the OTHER classes. true_label always holds
+the true class; noisy_small marks a random floor(n_noisy / 2) of the noisy clips.
+Test labels are always correct.
+
+The same arguments give a byte-identical dataset: one numpy Generator seeded once, a
+fixed drawing order, integer PCM written by us, no timestamps. Every file is written
+atomically and the CSVs last, so a folder without CSVs is an unfinished run.
+"""
+import argparse
+import inspect
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+from scipy.fft import next_fast_len
+from scipy.signal import fftconvolve
+
+from utils import ConfigError, atomic_path, atomic_write_text
+
+FSDNOISY18K_CLASSES = [
+    'Acoustic_guitar', 'Bass_guitar', 'Clapping', 'Coin_(dropping)', 'Crash_cymbal',
+    'Dishes_and_pots_and_pans', 'Engine', 'Fart', 'Fire', 'Fireworks', 'Glass', 'Hi-hat',
+    'Piano', 'Rain', 'Slam', 'Squeak', 'Tearing', 'Walk_or_footsteps', 'Wind', 'Writing',
+]
+TRAIN_DIR, TEST_DIR, META_DIR = ('FSDnoisy18k.audio_train', 'FSDnoisy18k.audio_test',
+                                 'FSDnoisy18k.meta')
+MIN_SR = 16000  # the highest class range (noise bands up to 6 kHz + bandwidth) needs it
+
+
+def class_names(n_classes):
+    """The first FSDnoisy18k class names, then class_20, class_21, ..."""
+    return [FSDNOISY18K_CLASSES[k] if k < len(FSDNOISY18K_CLASSES) else f'class_{k}'
+            for k in range(n_classes)]
+
+
+# ----------------------------------------------------------------------------- recipes
+# Each synth function: (rng, n samples, sr, (low, high) class range, member index within
+# its family) -> float64 signal of n samples, any scale (the clip is rescaled later).
+
+def _log_uniform(rng, low, high):
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
+def _tonal(rng, n, sr, band, member):
+    t = np.arange(n) / sr
+    return np.sin(2 * np.pi * _log_uniform(rng, *band) * t + rng.uniform(0, 2 * np.pi))
+
+
+def _noise_band(rng, n, sr, band, member):
+    # Gaussian band-pass applied to a white spectrum: one inverse FFT, no filter design.
+    centre = _log_uniform(rng, *band)
+    half_width = centre * rng.uniform(0.05, 0.15)
+    spectrum, freqs = _white_spectrum(rng, n, sr)
+    return _to_time(spectrum * np.exp(-0.5 * ((freqs - centre) / half_width) ** 2), n)
+
+
+def _harmonic(rng, n, sr, band, member):
+    # The pitch is shared by all harmonic classes; the class is the formant (spectral
+    # envelope centre), a Gaussian bump half an octave wide on the partials. One period is
+    # tabulated and read at the pitch (the sum of sines per sample would be 30x slower).
+    f0 = _log_uniform(rng, 110, 440)
+    formant = _log_uniform(rng, *band)
+    harmonics = np.arange(1, 31)
+    gains = np.exp(-0.5 * (np.log2(f0 * harmonics / formant) / 0.5) ** 2)
+    gains[f0 * harmonics >= 0.45 * sr] = 0
+    phases = rng.uniform(0, 2 * np.pi, len(harmonics))
+    grid = np.arange(4096) / 4096
+    period = np.sin(2 * np.pi * grid[:, None] * harmonics + phases) @ gains
+    return np.interp(f0 * np.arange(n) / sr, grid, period, period=1)
+
+
+def _chirp(rng, n, sr, band, member):
+    # Repeated log sweeps across the class band; even members sweep up, odd ones down.
+    period = rng.uniform(0.15, 0.5)
+    low, high = band[0] * rng.uniform(1, 1.15), band[1] / rng.uniform(1, 1.15)
+    position = (np.arange(n) / sr / period + rng.uniform()) % 1
+    if member % 2:
+        position = 1 - position
+    return np.sin(2 * np.pi * np.cumsum(low * (high / low) ** position) / sr)
+
+
+def _impulsive(rng, n, sr, band, member):
+    # Decaying noise bursts at a class-specific rate (Hz), with +-15 % jitter.
+    rate = _log_uniform(rng, *band)
+    gaps = rng.uniform(0.85, 1.15, int(n / sr * rate) + 2) / rate
+    onsets = (np.cumsum(gaps) - gaps[0] * rng.uniform()) * sr
+    onsets = onsets[(onsets >= 0) & (onsets < n)].astype(int)
+    train = np.zeros(n)
+    train[onsets] = rng.uniform(0.5, 1, len(onsets))
+    tau = rng.uniform(0.002, 0.008) * sr
+    burst = rng.standard_normal(int(5 * tau) + 1) * np.exp(-np.arange(int(5 * tau) + 1) / tau)
+    return fftconvolve(train, burst)[:n]
+
+
+def _am(rng, n, sr, band, member):
+    # The carrier is shared by all AM classes; the class is the modulation rate (Hz).
+    t = np.arange(n) / sr
+    carrier = np.sin(2 * np.pi * _log_uniform(rng, 300, 3000) * t)
+    depth = rng.uniform(0.7, 1)
+    phase = 2 * np.pi * _log_uniform(rng, *band) * t + rng.uniform(0, 2 * np.pi)
+    return (1 - depth * (0.5 + 0.5 * np.cos(phase))) * carrier
+
+
+def _fm(rng, n, sr, band, member):
+    # Vibrato of 3-8 % at 3-8 Hz around a class-specific carrier.
+    t = np.arange(n) / sr
+    vibrato = rng.uniform(0.03, 0.08) * np.sin(2 * np.pi * rng.uniform(3, 8) * t)
+    frequency = _log_uniform(rng, *band) * (1 + vibrato)
+    return np.sin(2 * np.pi * np.cumsum(frequency) / sr)
+
+
+# family: (synth function, low, high) of the range that the family's classes split.
+FAMILIES = {
+    'tonal': (_tonal, 250.0, 3000.0),
+    'noise_band': (_noise_band, 400.0, 6000.0),
+    'harmonic': (_harmonic, 500.0, 4000.0),
+    'chirp': (_chirp, 300.0, 4000.0),
+    'impulsive': (_impulsive, 2.0, 16.0),
+    'am': (_am, 2.0, 16.0),
+    'fm': (_fm, 400.0, 4000.0),
+}
+
+
+def _bands(low, high, n):
+    """n neighbouring log-spaced bands of [low, high], each shrunk by 5 % (in log) per side
+    so that neighbours are close but never overlap."""
+    edges = np.geomspace(low, high, n + 1)
+    shrink = (high / low) ** (0.05 / n)
+    return [(a * shrink, b / shrink) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def class_recipes(n_classes):
+    """Class k -> (family, (low, high), member): families are dealt round-robin."""
+    names = list(FAMILIES)
+    recipes = [None] * n_classes
+    for f, family in enumerate(names):
+        members = list(range(f, n_classes, len(names)))
+        if not members:  # fewer classes than families
+            break
+        _, low, high = FAMILIES[family]
+        for member, (k, band) in enumerate(zip(members, _bands(low, high, len(members)))):
+            recipes[k] = (family, band, member)
+    return recipes
+
+
+def _white_spectrum(rng, n, sr):
+    """Complex Gaussian rfft spectrum of white noise of a fast FFT length >= n, with its
+    frequencies; _to_time cuts the signal back to n (prime lengths are slow to FFT)."""
+    size = next_fast_len(n, real=True)
+    bins = size // 2 + 1
+    spectrum = rng.standard_normal(bins) + 1j * rng.standard_normal(bins)
+    return spectrum, np.fft.rfftfreq(size, 1 / sr)
+
+
+def _to_time(spectrum, n):
+    return np.fft.irfft(spectrum)[:n]
+
+
+def _pink_noise(rng, n, sr):
+    spectrum, freqs = _white_spectrum(rng, n, sr)
+    spectrum[0] = 0
+    spectrum[1:] /= np.sqrt(freqs[1:])
+    return _to_time(spectrum, n)
+
+
+def _envelope(rng, n, sr):
+    """Linear attack (5-50 ms), exponential decay (time constant 0.5-3 x the clip),
+    10 ms fade-out so that no clip ends on a click."""
+    t = np.arange(n) / sr
+    attack = rng.uniform(0.005, 0.05)
+    decay = rng.uniform(0.5, 3) * n / sr
+    env = np.minimum(t / attack, 1) * np.exp(-t / decay)
+    return env * np.minimum((n - 1 - np.arange(n)) / (0.01 * sr), 1)
+
+
+def synth_clip(rng, recipe, n, sr):
+    """One clip of a class recipe: signal x envelope + pink background, peak 0.1-0.9."""
+    family, band, member = recipe
+    signal = FAMILIES[family][0](rng, n, sr, band, member) * _envelope(rng, n, sr)
+    noise = _pink_noise(rng, n, sr)
+    snr_db = rng.uniform(5, 30)
+    scale = np.sqrt(np.mean(signal ** 2) / (np.mean(noise ** 2) * 10 ** (snr_db / 10) + 1e-20))
+    clip = signal + scale * noise
+    return clip * rng.uniform(0.1, 0.9) / (np.max(np.abs(clip)) + 1e-12)
+
+
+# ----------------------------------------------------------------------------- dataset
+
+def _length_range(min_dur, max_dur, sr):
+    """Inclusive clip lengths in samples; the 1e-9 keeps 0.2 s x 16000 Hz at 3200."""
+    return int(np.ceil(min_dur * sr - 1e-9)), int(np.floor(max_dur * sr + 1e-9))
+
+
+def _check_args(n_classes, train_per_class, test_per_class, clean_fraction, noise_rate,
+                min_dur, max_dur, sr):
+    checks = [
+        (n_classes >= 2, f'n_classes must be at least 2, got {n_classes}'),
+        (train_per_class >= 1, f'train_per_class must be at least 1, got {train_per_class}'),
+        (test_per_class >= 0, f'test_per_class must be at least 0, got {test_per_class}'),
+        (0 <= clean_fraction <= 1, f'clean_fraction must be in [0, 1], got {clean_fraction}'),
+        (0 <= noise_rate <= 1, f'noise_rate must be in [0, 1], got {noise_rate}'),
+        (0 < min_dur <= max_dur, f'durations need 0 < min_dur <= max_dur, got '
+                                 f'{min_dur} and {max_dur}'),
+        (sr >= MIN_SR, f'sr must be at least {MIN_SR} Hz, got {sr}'),
+    ]
+    low, high = _length_range(min_dur, max_dur, sr)
+    checks.append((0 < low <= high, f'no clip length of a whole number of samples lies '
+                                    f'between min_dur {min_dur} and max_dur {max_dur}'))
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _train_labels(rng, n_classes, train_per_class, clean_fraction, noise_rate):
+    """-> (true, label, verified, noisy_small) int arrays, class-major order."""
+    true = np.repeat(np.arange(n_classes), train_per_class)
+    n_clean = round(clean_fraction * train_per_class)
+    verified = np.zeros(len(true), dtype=int)
+    for c in range(n_classes):
+        verified[c * train_per_class + rng.permutation(train_per_class)[:n_clean]] = 1
+    noisy = np.flatnonzero(verified == 0)
+    wrong = rng.choice(noisy, size=round(noise_rate * len(noisy)), replace=False)
+    label = true.copy()
+    # An offset 1..n-1 modulo n is a uniform draw among the other classes.
+    label[wrong] = (true[wrong] + rng.integers(1, n_classes, len(wrong))) % n_classes
+    noisy_small = np.zeros(len(true), dtype=int)
+    noisy_small[rng.choice(noisy, size=len(noisy) // 2, replace=False)] = 1
+    return true, label, verified, noisy_small
+
+
+def _write_wav(path, clip, sr):
+    # Quantise here (not in libsndfile) so that the bytes depend on numpy alone.
+    pcm = np.round(np.clip(clip, -1, 1) * 32767).astype(np.int16)
+    with atomic_path(path) as tmp:
+        sf.write(tmp, pcm, sr, format='WAV', subtype='PCM_16')
+
+
+def _write_audio(rng, folder, fnames, classes, recipes, min_dur, max_dur, sr):
+    low, high = _length_range(min_dur, max_dur, sr)
+    for fname, c in zip(fnames, classes):
+        n = int(rng.integers(low, high + 1))
+        _write_wav(folder / fname, synth_clip(rng, recipes[c], n, sr), sr)
+
+
+def make_dataset(out, n_classes=20, train_per_class=40, test_per_class=10,
+                 clean_fraction=0.1, noise_rate=0.4, min_dur=0.5, max_dur=4.0, sr=22050,
+                 seed=0):
+    """Write the dataset under `out` (see the module docstring); return out as a Path."""
+    _check_args(n_classes, train_per_class, test_per_class, clean_fraction, noise_rate,
+                min_dur, max_dur, sr)
+    out = Path(out)
+    meta = out / META_DIR
+    if (meta / 'train.csv').exists() or (meta / 'test.csv').exists():
+        raise ConfigError(f'{meta} already holds a dataset; choose another --out folder '
+                          f'or delete this one')
+    started = time.time()
+    rng = np.random.default_rng(seed)
+    names, recipes = class_names(n_classes), class_recipes(n_classes)
+    aso = [f'/m/syn{k:02d}' for k in range(n_classes)]
+    true, label, verified, noisy_small = _train_labels(rng, n_classes, train_per_class,
+                                                       clean_fraction, noise_rate)
+    test_true = np.repeat(np.arange(n_classes), test_per_class)
+    ids = 100000 + rng.choice(900000, size=len(true) + len(test_true), replace=False)
+    train_fnames = [f'{i}.wav' for i in ids[:len(true)]]
+    test_fnames = [f'{i}.wav' for i in ids[len(true):]]
+    for folder, fnames, classes in [(TRAIN_DIR, train_fnames, true),
+                                    (TEST_DIR, test_fnames, test_true)]:
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        _write_audio(rng, out / folder, fnames, classes, recipes, min_dur, max_dur, sr)
+
+    train = pd.DataFrame({
+        'fname': train_fnames, 'label': [names[c] for c in label],
+        'aso_id': [aso[c] for c in label], 'manually_verified': verified,
+        'noisy_small': noisy_small, 'true_label': [names[c] for c in true]})
+    test = pd.DataFrame({'fname': test_fnames, 'label': [names[c] for c in test_true],
+                         'aso_id': [aso[c] for c in test_true]})
+    # Rows sorted by id, so that no consumer can rely on a class-grouped order.
+    atomic_write_text(meta / 'train.csv', train.sort_values('fname').to_csv(index=False))
+    atomic_write_text(meta / 'test.csv', test.sort_values('fname').to_csv(index=False))
+    n_noisy = int((verified == 0).sum())
+    print(f'synthetic dataset: {n_classes} classes, {len(true)} train clips '
+          f'({len(true) - n_noisy} clean, {n_noisy} noisy of which '
+          f'{int((label != true).sum())} mislabelled), {len(test_true)} test clips, '
+          f'sr {sr} Hz -> {out} ({time.time() - started:.1f} s)')
+    return out
+
+
+# Help for the command-line flags; their types and defaults come from make_dataset.
+HELP = {
+    'clean_fraction': "fraction of each class's train clips that is verified",
+    'noise_rate': 'fraction of the noisy (unverified) train clips with a wrong label',
+    'min_dur': 'shortest clip, seconds', 'max_dur': 'longest clip, seconds',
+    'sr': 'sample rate, Hz',
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--out', required=True, help='dataset folder to create')
+    for name, param in inspect.signature(make_dataset).parameters.items():
+        if name != 'out':
+            parser.add_argument('--' + name.replace('_', '-'), type=type(param.default),
+                                default=param.default, help=HELP.get(name, ' ') +
+                                ' (default %(default)s)')
+    try:
+        make_dataset(**vars(parser.parse_args(argv)))
+    except ConfigError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

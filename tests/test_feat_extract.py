@@ -1,0 +1,276 @@
+import json
+import os
+
+import librosa
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+import feat_extract as fe
+import utils
+from utils import ConfigError
+
+SMALL = dict(fs=16000, n_fft=512, win_length_samples=400, hop_length_samples=160, n_mels=40,
+             fmin=0, fmax=8000, audio_len_s=0.5, load_mode='full', normalize_audio=False)
+
+
+def _params(**changes):
+    return {**utils.DEFAULTS['extract'], **SMALL, **changes}
+
+
+def _sine(freq, n, sr, amplitude=0.5):
+    return amplitude * np.sin(2 * np.pi * freq * np.arange(n) / sr)
+
+
+# ----------------------------------------------------------------------------- log_mel
+
+def _reference_log_mel(y, sr, n_fft, win, hop, n_mels, fmax, eps, exponent=2, log=True):
+    """Framing with reflect padding, periodic Hamming centred in n_fft, |rfft|^exponent,
+    Slaney mel filters without normalisation, log10."""
+    x = np.pad(y.astype(np.float64) + eps, n_fft // 2, mode='reflect')
+    n_frames = 1 + len(y) // hop
+    window = np.zeros(n_fft)
+    left = (n_fft - win) // 2
+    window[left:left + win] = 0.54 - 0.46 * np.cos(2 * np.pi * np.arange(win) / win)
+    frames = np.stack([x[i * hop:i * hop + n_fft] * window for i in range(n_frames)])
+    spectrum = np.abs(np.fft.rfft(frames, axis=1)) ** exponent
+    mel = spectrum @ librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=0, fmax=fmax,
+                                      htk=False, norm=None).T
+    return np.log10(mel + eps) if log else mel
+
+
+def test_log_mel_matches_numpy_reference():
+    sr, n = 22050, 5000
+    # A little white noise keeps every band far above float32 rounding noise.
+    y = (_sine(1000, n, sr) + 0.01 * np.random.default_rng(0).standard_normal(n))
+    y = y.astype(np.float32)
+    params = _params(fs=sr, fmax=11025, n_fft=512, win_length_samples=400,
+                     hop_length_samples=128)
+    out = fe.log_mel(y, params)
+    ref = _reference_log_mel(y, sr, 512, 400, 128, 40, 11025, params['eps'])
+    assert out.dtype == np.float32 and out.shape == ref.shape == (1 + n // 128, 40)
+    np.testing.assert_allclose(out, ref, rtol=1e-4)
+
+
+def test_magnitude_without_log_matches_numpy_reference():
+    y = (_sine(1000, 4000, 16000) + 0.01 * np.random.default_rng(1).standard_normal(4000))
+    y = y.astype(np.float32)
+    params = _params(log=False, spectrogram_type='magnitude')
+    ref = _reference_log_mel(y, 16000, 512, 400, 160, 40, 8000, params['eps'], exponent=1,
+                             log=False)
+    np.testing.assert_allclose(fe.log_mel(y, params), ref, rtol=1e-4)
+
+
+@pytest.mark.parametrize('freq', [300, 1000, 3000, 6000])
+def test_sine_peaks_in_the_nearest_mel_band(freq):
+    params = _params()
+    out = fe.log_mel(_sine(freq, 8000, 16000).astype(np.float32), params)
+    centres = librosa.mel_frequencies(n_mels=42, fmin=0, fmax=8000, htk=False)[1:-1]
+    assert np.argmax(out.mean(axis=0)) == np.argmin(np.abs(centres - freq))
+
+
+@pytest.mark.parametrize('n', [1000, 1599, 1600, 8001])
+def test_number_of_frames(n):
+    assert len(fe.log_mel(np.zeros(n, np.float32), _params())) == 1 + n // 160
+
+
+# ----------------------------------------------------------------------------- load_audio
+
+def test_load_audio_mixes_stereo_to_mono(tmp_path):
+    left, right = _sine(440, 3000, 16000), 0.25 * np.ones(3000)
+    sf.write(tmp_path / 's.wav', np.stack([left, right], axis=1), 16000, subtype='FLOAT')
+    np.testing.assert_allclose(fe.load_audio(tmp_path / 's.wav', _params()),
+                               (left + right) / 2, atol=1e-6)
+
+
+def test_load_audio_normalises_dc_and_peak(tmp_path):
+    y = _sine(440, 3000, 16000, 0.3) + 0.2
+    sf.write(tmp_path / 'dc.wav', y, 16000, subtype='FLOAT')
+    out = fe.load_audio(tmp_path / 'dc.wav', _params(normalize_audio=True))
+    centred = y - y.mean()
+    peak = np.max(np.abs(centred))
+    assert abs(out.mean()) < 1e-6
+    assert np.isclose(np.max(np.abs(out)), peak / (peak + 0.005), rtol=1e-5)
+    np.testing.assert_allclose(out, centred / (peak + 0.005), atol=1e-6)
+
+
+def test_load_audio_varup_tiles_to_exact_length(tmp_path):
+    y = np.random.default_rng(1).uniform(-0.5, 0.5, 3000)
+    sf.write(tmp_path / 'short.wav', y, 16000, subtype='FLOAT')
+    out = fe.load_audio(tmp_path / 'short.wav', _params(load_mode='varup', audio_len_s=1))
+    assert len(out) == 16000
+    for k in range(5):
+        np.testing.assert_allclose(out[3000 * k:3000 * (k + 1)], y, atol=1e-6)
+    np.testing.assert_allclose(out[15000:], y[:1000], atol=1e-6)
+    assert len(fe.load_audio(tmp_path / 'short.wav', _params(audio_len_s=1))) == 3000
+    sf.write(tmp_path / 'long.wav', np.tile(y, 7), 16000, subtype='FLOAT')
+    assert len(fe.load_audio(tmp_path / 'long.wav', _params(load_mode='varup',
+                                                             audio_len_s=1))) == 21000
+
+
+def test_load_audio_resamples(tmp_path):
+    sf.write(tmp_path / 'lo.wav', _sine(1000, 4000, 8000), 8000, subtype='FLOAT')
+    out = fe.load_audio(tmp_path / 'lo.wav', _params())
+    assert out.dtype == np.float32 and len(out) == 8000
+    spectrum = np.abs(np.fft.rfft(out))
+    assert np.fft.rfftfreq(len(out), 1 / 16000)[np.argmax(spectrum)] == pytest.approx(1000, abs=4)
+
+
+def test_load_audio_rejects_bad_files(tmp_path):
+    (tmp_path / 'empty.wav').write_bytes(b'')
+    (tmp_path / 'junk.wav').write_bytes(b'not a wav file at all' * 10)
+    sf.write(tmp_path / 'silent.wav', np.zeros(0), 16000)
+    for name in ['empty.wav', 'junk.wav', 'silent.wav', 'missing.wav']:
+        with pytest.raises(fe.BadAudio, match=name):
+            fe.load_audio(tmp_path / name, _params())
+
+
+# ----------------------------------------------------------------------------- features
+
+@pytest.fixture
+def wav_clips(tmp_path):
+    """Five short clips in tmp_path/data and a config whose cache lives in tmp_path."""
+    folder = tmp_path / 'data' / 'audio'
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    names = []
+    for k, freq in enumerate([300, 600, 1200, 2400, 4800]):
+        names.append(f'{k}.wav')
+        sf.write(folder / names[-1], _sine(freq, 2000 + 700 * k, 16000) +
+                 0.01 * rng.standard_normal(2000 + 700 * k), 16000, subtype='PCM_16')
+    table = pd.DataFrame({'fname': names, 'path': [str(folder / n) for n in names]})
+    cfg = utils.load_config(None)
+    cfg['extract'].update(SMALL)
+    cfg['ctrl'].update(dataset_path=str(tmp_path / 'data') + '/',
+                       features_dir=str(tmp_path / 'features'), workers=1)
+    return cfg, table
+
+
+def test_features_are_cached_and_reused(wav_clips, monkeypatch):
+    cfg, table = wav_clips
+    store = fe.features(cfg, table, progress=False)
+    assert store.path.parent.name == 'data' and len(store.path.name) == 12
+    manifest = json.loads((store.path / 'manifest.json').read_text())
+    assert manifest['complete'] and manifest['hash'] == store.path.name
+    assert (store.path / 'frames_mel.f32').is_file() and store.failed == []
+    assert isinstance(store.frames, np.memmap) and not store.frames.flags.writeable
+    assert store.frames.shape == (store.length.sum(), 40) and store.frames.dtype == np.float32
+    np.testing.assert_array_equal(store.start, np.concatenate([[0], np.cumsum(store.length)[:-1]]))
+    for i, path in enumerate(table.path):
+        expected = fe.log_mel(fe.load_audio(path, cfg['extract']), cfg['extract'])
+        np.testing.assert_array_equal(store.clip(i), expected)
+
+    def fail(*args):
+        raise AssertionError('features were recomputed')
+    monkeypatch.setattr(fe, 'log_mel', fail)
+    cached = fe.features(cfg, table, progress=False)
+    assert cached.path == store.path
+    np.testing.assert_array_equal(cached.frames, store.frames)
+
+
+def test_changed_parameter_or_clips_give_a_new_folder(wav_clips):
+    cfg, table = wav_clips
+    first = fe.features(cfg, table, progress=False).path
+    cfg['extract']['n_mels'] = 32
+    second = fe.features(cfg, table, progress=False)
+    assert second.path != first and second.frames.shape[1] == 32
+    assert fe.features(cfg, table.iloc[:3], progress=False).path not in (first, second.path)
+
+
+def test_patching_parameters_do_not_invalidate_the_cache(wav_clips):
+    cfg, table = wav_clips
+    first = fe.cache_dir(cfg, table)
+    cfg['extract'].update(patch_len=7, patch_hop=3)
+    assert fe.cache_dir(cfg, table) == first
+    cfg['extract']['hop_length_samples'] += 1
+    assert fe.cache_dir(cfg, table) != first
+
+
+def test_bad_files_are_skipped(wav_clips):
+    cfg, table = wav_clips
+    open(table.path[1], 'wb').close()
+    with open(table.path[3], 'wb') as f:
+        f.write(b'garbage' * 100)
+    store = fe.features(cfg, table, progress=False)
+    assert store.failed == ['1.wav', '3.wav']
+    assert list(store.length[[1, 3]]) == [0, 0] and all(store.length[[0, 2, 4]] > 0)
+    assert store.frames.shape[0] == store.length.sum()
+    assert json.loads((store.path / 'manifest.json').read_text())['failed'] == store.failed
+
+
+def test_interrupted_extraction_is_not_taken_as_complete(wav_clips, monkeypatch):
+    cfg, table = wav_clips
+    calls = []
+    real_log_mel = fe.log_mel
+
+    def crash_on_third(audio, params):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("interrupted")
+        return real_log_mel(audio, params)
+    monkeypatch.setattr(fe, 'log_mel', crash_on_third)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fe.features(cfg, table, progress=False)
+    final = fe.cache_dir(cfg, table)
+    assert not final.exists() and list(final.parent.iterdir()) == []
+    cfg['ctrl']['feat_ext'] = False
+    with pytest.raises(ConfigError):
+        fe.features(cfg, table, progress=False)
+
+
+def test_stale_or_incomplete_folders_are_ignored(wav_clips):
+    cfg, table = wav_clips
+    final = fe.cache_dir(cfg, table)
+    # A temp folder of a process that died (no such pid) and a final folder whose
+    # manifest does not say complete.
+    stale = final.parent / f'.{final.name}.tmp-999999999'
+    for folder, complete in [(stale, True), (final, False)]:
+        folder.mkdir(parents=True)
+        (folder / 'frames_mel.f32').write_bytes(b'')
+        np.save(folder / 'start.npy', np.zeros(5, np.int64))
+        np.save(folder / 'length.npy', np.zeros(5, np.int64))
+        (folder / 'manifest.json').write_text(json.dumps(
+            {'complete': complete, 'hash': final.name, 'total_frames': 0, 'n_mels': 40,
+             'dtype': 'float32', 'failed': []}))
+    cfg['ctrl']['feat_ext'] = False
+    with pytest.raises(ConfigError, match='set ctrl.feat_ext true'):
+        fe.features(cfg, table, progress=False)
+    cfg['ctrl']['feat_ext'] = True
+    store = fe.features(cfg, table, progress=False)
+    assert store.path == final and store.length.sum() > 0 and not stale.exists()
+
+
+def test_no_cache_and_feat_ext_false_raises(wav_clips):
+    cfg, table = wav_clips
+    cfg['ctrl']['feat_ext'] = False
+    with pytest.raises(ConfigError) as err:
+        fe.features(cfg, table, progress=False)
+    assert str(fe.cache_dir(cfg, table)) in str(err.value) and 'ctrl.feat_ext' in str(err.value)
+
+
+def test_mono_false_is_refused(wav_clips):
+    cfg, table = wav_clips
+    cfg['extract']['mono'] = False
+    with pytest.raises(ConfigError, match='extract.mono'):
+        fe.features(cfg, table, progress=False)
+
+
+def test_two_workers_give_the_same_frames(wav_clips, tmp_path):
+    cfg, table = wav_clips
+    one = fe.features(cfg, table, workers=1, progress=False)
+    cfg['ctrl']['features_dir'] = str(tmp_path / 'features2')
+    two = fe.features(cfg, table, workers=2, progress=False)
+    assert two.path != one.path and os.path.basename(two.path) == os.path.basename(one.path)
+    np.testing.assert_array_equal(two.frames, one.frames)
+    np.testing.assert_array_equal(two.length, one.length)
+
+
+def test_float16_store(wav_clips):
+    cfg, table = wav_clips
+    full = fe.features(cfg, table, progress=False)
+    cfg['extract']['store_dtype'] = 'float16'
+    half = fe.features(cfg, table, progress=False)
+    assert half.path != full.path and (half.path / 'frames_mel.f16').is_file()
+    assert half.frames.dtype == np.float16
+    np.testing.assert_allclose(half.frames, full.frames, rtol=1e-3, atol=1e-3)
