@@ -1,10 +1,16 @@
 """Losses by name (config section `loss`, key `type`).
 
-A loss here is a StepLoss: the training step hands it the batch targets, the predictions
-and (for the losses that need them) the inputs or embeddings, plus optional per-example
-weights set by the learning mode (loss masking). It returns one scalar for the optimiser
-and a dict of figures to log per epoch. All maths is in keras.ops.
+A loss here is a StepLoss. The training step hands it the batch targets, the predictions
+and (for the losses that need them) the inputs or embeddings, and gets per-example losses;
+keep() turns the detached losses into the loss's own per-example keep weights and the
+figures it logs per epoch; the step multiplies those weights by the mode's (loss masking)
+and reduce() gives the one scalar for the optimiser. All maths is in keras.ops.
+
+Adaptive Lq (Deng et al.): the paper's SNN equation is garbled in print; snn_q uses the
+soft-nearest-neighbour ratio, the reading under which q_a lies in [0, 1] and grows with
+label noise, as the paper intends.
 """
+import keras
 from keras import ops
 
 from utils import ConfigError
@@ -34,7 +40,7 @@ def weighted_mean(losses, weights):
 
 
 class StepLoss:
-    """Base: per-example loss, optional weights from the mode, mean over the kept ones.
+    """Base: per-example loss, keeps every example, mean over the weighted ones.
 
     Subclasses define per_example(y_true, y_pred, x, emb) -> [B] losses.
     """
@@ -44,14 +50,20 @@ class StepLoss:
     log_names = ()           # names of the extra per-epoch figures this loss reports
 
     def __call__(self, y_true, y_pred, x=None, emb=None, weights=None):
+        """The training step's order in one call: -> (scalar loss, figures to log)."""
         losses = self.per_example(y_true, y_pred, x, emb)
-        if weights is None:
-            weights = ops.ones_like(losses)
-        return self.reduce(losses, weights)
+        keep, figures = self.keep(ops.stop_gradient(losses))
+        if weights is not None:
+            keep = keep * weights
+        return self.reduce(losses, keep), figures
+
+    def keep(self, losses):
+        """Detached per-example losses [B] -> (keep weights [B], figures to log)."""
+        return ops.ones_like(losses), {}
 
     def reduce(self, losses, weights):
-        """Per-example losses [B] and weights [B] -> (scalar loss, figures to log)."""
-        return weighted_mean(losses, weights), {}
+        """Per-example losses [B] and weights [B] -> the scalar loss."""
+        return weighted_mean(losses, weights)
 
     def callbacks(self):
         """Keras callbacks that drive the loss's state (epoch counters, ...)."""
@@ -74,9 +86,138 @@ class Lq(StepLoss):
         return lq_loss(y_true, y_pred, self.q)
 
 
+class EpochCounter(keras.callbacks.Callback):
+    """Writes the absolute epoch index (Keras counts it across stages) into a variable."""
+
+    def __init__(self, variable):
+        super().__init__()
+        self.variable = variable
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.variable.assign(epoch)
+
+
+class TimeDependentLq(StepLoss):
+    """Time-dependent loss (Fonseca, Font & Serra, WASPAA 2019; learn.mode 2).
+
+    Before epoch learn.stage1_epoch: Lq with loss.q_loss on every example. From then on:
+    Lq with loss.q_loss2, and the examples of the batch whose loss is above threshold()
+    are discarded (assumed to carry wrong labels). Subclasses define threshold().
+    """
+
+    log_names = ('discarded',)  # fraction of the batch over the threshold; 0 before
+
+    def __init__(self, cfg):
+        self.q_early, self.q_late = cfg['loss']['q_loss'], cfg['loss']['q_loss2']
+        self.switch_epoch = cfg['learn']['stage1_epoch']
+        # A variable, not a Python int, so the compiled (XLA) step sees the switch
+        # without retracing.
+        self.epoch = keras.Variable(0, dtype='int32', trainable=False, name='loss_epoch')
+
+    def late(self):
+        return ops.greater_equal(self.epoch, self.switch_epoch)
+
+    def per_example(self, y_true, y_pred, x=None, emb=None):
+        return lq_loss(y_true, y_pred, ops.where(self.late(), self.q_late, self.q_early))
+
+    def keep(self, losses):
+        # 0 for the dropped examples: reduce() then averages over the number kept (the
+        # original divided by a fixed batch size), and the step counts them as flagged.
+        over = ops.logical_and(self.late(), ops.greater(losses, self.threshold(losses)))
+        over = ops.cast(over, losses.dtype)
+        return 1.0 - over, {'discarded': ops.mean(over)}
+
+    def callbacks(self):
+        return [EpochCounter(self.epoch)]
+
+
+class LqMaxTimeSudden(TimeDependentLq):
+    """Discards the examples whose loss exceeds loss.m_loss2 times the batch maximum."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.m = cfg['loss']['m_loss2']
+
+    def threshold(self, losses):
+        return self.m * ops.max(losses)
+
+
+class LqPercTimeSudden(TimeDependentLq):
+    """Discards the examples above the loss.perc_loss2 percentile of the batch's losses."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        # float64: quantile picks index floor((B - 1) q); a float32 q (0.7 -> 0.6999999)
+        # would pick one below numpy's percentile at some batch sizes.
+        self.fraction = ops.convert_to_tensor(cfg['loss']['perc_loss2'] / 100, 'float64')
+
+    def threshold(self, losses):
+        return ops.quantile(losses, self.fraction, method='lower')
+
+
+def snn_q(x, labels, temperature):
+    """Soft nearest neighbour ratio of a batch (Deng et al.): a scalar in [0, 1].
+
+    x [B, ...] is flattened to [B, D]. Per example i: the share of its neighbour weights
+    exp(-|x_i - x_j|^2 / T), j != i, that falls on examples of its own class; 0 when the
+    batch holds no other example of its class. The paper's equation is garbled in print;
+    this ratio is the reading under which 1 - SNN lies in [0, 1] and grows with label
+    noise, as the paper intends. Computed in log space: large distances or a small T
+    would underflow every exp to 0 and give 0/0.
+    """
+    x = ops.cast(ops.reshape(x, (ops.shape(x)[0], -1)), 'float32')
+    sq = ops.sum(x * x, axis=1)
+    # |a|^2 + |b|^2 - 2ab costs one matmul; rounding can make it slightly negative.
+    dist2 = ops.maximum(sq[:, None] + sq[None, :] - 2.0 * ops.matmul(x, ops.transpose(x)), 0.0)
+    logits = -dist2 / temperature
+    others = ops.logical_not(ops.eye(ops.shape(x)[0], dtype='bool'))
+    same = ops.logical_and(others, ops.equal(labels[:, None], labels[None, :]))
+    log_num = ops.logsumexp(ops.where(same, logits, -float('inf')), axis=1)
+    log_den = ops.logsumexp(ops.where(others, logits, -float('inf')), axis=1)
+    # Rows without a same-class partner are -inf - (-inf) (or -inf when B = 1): replace
+    # both terms there so that no nan is computed, even in a branch where() drops.
+    paired = ops.any(same, axis=1)
+    log_ratio = ops.where(paired, log_num, 0.0) - ops.where(paired, log_den, 0.0)
+    return ops.mean(ops.where(paired, ops.exp(log_ratio), 0.0))
+
+
+class AdaptiveLq(StepLoss):
+    """Lq whose q is set per batch to 1 - SNN (Deng et al., adaptive GCE).
+
+    A noisier batch has fewer same-label neighbours, a lower SNN and a higher q, the more
+    robust end of Lq. SNN is measured on the standardised input patches (loss.snn_space
+    input, the paper's setting) or on the penultimate-layer output (embedding).
+    """
+
+    log_names = ('q_a',)
+
+    def __init__(self, cfg):
+        loss = cfg['loss']
+        self.temperature, self.q_min = loss['snn_temperature'], loss['q_min']
+        self.needs_embedding = loss['snn_space'] == 'embedding'
+        self.needs_x = not self.needs_embedding
+        # per_example sets it and keep reports it; a variable (not a Python attribute
+        # holding a tensor) so it is valid across traced functions.
+        self.q_a = keras.Variable(1.0, dtype='float32', trainable=False, name='loss_q_a')
+
+    def per_example(self, y_true, y_pred, x=None, emb=None):
+        space = emb if self.needs_embedding else x
+        snn = snn_q(space, ops.argmax(y_true, axis=-1), self.temperature)
+        # q is a setting chosen from the batch, not a quantity to optimise: no gradient.
+        q = ops.clip(1.0 - ops.stop_gradient(snn), self.q_min, 1.0)
+        self.q_a.assign(q)
+        return lq_loss(y_true, y_pred, q)
+
+    def keep(self, losses):
+        return ops.ones_like(losses), {'q_a': ops.convert_to_tensor(self.q_a)}
+
+
 LOSSES = {
     'CCE': CCE,
     'lq_loss': Lq,
+    'lq_lqmax_time_sudden': LqMaxTimeSudden,
+    'lq_lqperc_time_sudden': LqPercTimeSudden,
+    'adaptive_lq': AdaptiveLq,
 }
 
 

@@ -61,6 +61,7 @@ def main(argv=None):
     stop_log = None
     try:
         cfg = utils.load_config(args.params, args.override)
+        utils.import_tensorflow_quietly()
         check_names(cfg)
         logs = Path(cfg['ctrl']['logs_dir'])
         run_dir = logs / cfg['ctrl']['run_name']

@@ -5,6 +5,7 @@ each key with a one-line comment. User mistakes raise ConfigError, which main.py
 as one line before exiting with status 2.
 """
 import contextlib
+import copy
 import datetime
 import logging
 import os
@@ -199,8 +200,7 @@ def parse_override(text):
 
 def load_config(path=None, overrides=()):
     """YAML file + 'section.key=value' overrides -> validated config dict with defaults."""
-    cfg = {section: dict(values) for section, values in DEFAULTS.items()}
-    cfg['learn']['noisier_classes'] = list(FSDNOISY18K_NOISIER)
+    cfg = copy.deepcopy(DEFAULTS)  # list defaults must not be shared between configs
     if path is not None:
         try:
             with open(path) as f:
@@ -253,7 +253,7 @@ def _check_consistency(cfg):
 
 
 def config_to_yaml(cfg):
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
 
 
 # ----------------------------------------------------------------------------- disk
@@ -332,6 +332,30 @@ def configure_logging(level=logging.INFO):
     handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def import_tensorflow_quietly():
+    """Import TensorFlow and Keras with file descriptor 2 captured.
+
+    TensorFlow's C++ runtime writes start-up lines (absl, oneDNN, CUDA stubs) straight to
+    fd 2 before its log level applies; they would turn a one-line user error into a
+    screenful. The captured text is replayed if the import fails.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode(errors='replace'))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def n_workers(requested):

@@ -1,0 +1,88 @@
+"""Shared fixtures: a tiny FSDnoisy18k layout, default configs, a tiny frame matrix."""
+import os
+
+os.environ['KERAS_BACKEND'] = 'tensorflow'
+os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+
+# Tiny FSDnoisy18k-style metadata: 3 classes, written unsorted so that sorting is tested.
+TRAIN_ROWS = [
+    # fname, label, aso_id, manually_verified, noisy_small
+    ('a1.wav', 'Wind', '/m/03m9d0z', 1, 0),
+    ('a2.wav', 'Wind', '/m/03m9d0z', 0, 1),
+    ('a3.wav', 'Wind', '/m/03m9d0z', 0, 0),
+    ('b1.wav', 'Acoustic_guitar', '/m/042v_gx', 1, 0),
+    ('b2.wav', 'Acoustic_guitar', '/m/042v_gx', 0, 1),
+    ('b3.wav', 'Acoustic_guitar', '/m/042v_gx', 0, 0),
+    ('b4.wav', 'Acoustic_guitar', '/m/042v_gx', 0, 1),
+    ('c1.wav', 'Rain', '/m/06mb1', 1, 0),
+    ('c2.wav', 'Rain', '/m/06mb1', 0, 0),
+    ('c3.wav', 'Rain', '/m/06mb1', 0, 1),
+]
+TEST_ROWS = [
+    ('t1.wav', 'Rain', '/m/06mb1'),
+    ('t2.wav', 'Wind', '/m/03m9d0z'),
+    ('t3.wav', 'Acoustic_guitar', '/m/042v_gx'),
+    ('t4.wav', 'Wind', '/m/03m9d0z'),
+]
+
+
+def write_dataset(root, train_rows=TRAIN_ROWS, test_rows=TEST_ROWS, extra=True):
+    """Write FSDnoisy18k.meta/{train,test}.csv under root; return the two DataFrames."""
+    meta = Path(root) / 'FSDnoisy18k.meta'
+    meta.mkdir(parents=True, exist_ok=True)
+    train = pd.DataFrame(train_rows, columns=['fname', 'label', 'aso_id',
+                                              'manually_verified', 'noisy_small'])
+    test = pd.DataFrame(test_rows, columns=['fname', 'label', 'aso_id'])
+    if extra:
+        train['comment'] = [f'note {i}' for i in range(len(train))]
+    train.to_csv(meta / 'train.csv', index=False)
+    test.to_csv(meta / 'test.csv', index=False)
+    return train, test
+
+
+@pytest.fixture
+def fsd():
+    """(write_dataset, TRAIN_ROWS, TEST_ROWS) for tests that write their own variant."""
+    return write_dataset, TRAIN_ROWS, TEST_ROWS
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    root = tmp_path / 'FSDnoisy18k'
+    train, test = write_dataset(root)
+    return root, train, test
+
+
+@pytest.fixture
+def make_cfg():
+    """Validated default config with overrides, no file."""
+    import utils
+
+    def make(*overrides):
+        return utils.load_config(None, list(overrides))
+    return make
+
+
+# Clip lengths in frames for patch_len 8, hop 3: short (wraps), exact, long, failed (0).
+CLIP_LENGTHS = [5, 8, 20, 0, 14, 1]
+
+
+@pytest.fixture
+def clips():
+    """Frame matrix [total_frames, n_mels] of clips stacked back to back, with distinct
+    values per band, plus the clip starts/lengths and the patch geometry."""
+    rng = np.random.default_rng(7)
+    lengths = np.array(CLIP_LENGTHS, np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    n_mels = 4
+    frames = (rng.normal(size=(int(lengths.sum()), n_mels)) * np.arange(1, n_mels + 1)
+              + 3.0).astype(np.float32)
+    return {'frames': frames, 'starts': starts, 'lengths': lengths,
+            'patch_len': 8, 'patch_hop': 3, 'n_mels': n_mels}

@@ -1,0 +1,350 @@
+"""utils.load_config / parse_override / ConfigError, config/params.yaml, main.py errors."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import utils
+from utils import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = REPO / 'config' / 'params.yaml'
+
+# The reference experiment of Fonseca et al. (WASPAA 2019) as written in its params.yaml.
+REFERENCE = {
+    ('extract', 'fs'): 44100, ('extract', 'n_fft'): 2048,
+    ('extract', 'win_length_samples'): 1764, ('extract', 'hop_length_samples'): 882,
+    ('extract', 'n_mels'): 96, ('extract', 'fmin'): 0, ('extract', 'fmax'): 22050,
+    ('extract', 'spectrogram_type'): 'power', ('extract', 'log'): True,
+    ('extract', 'eps'): 2.220446049250313e-16, ('extract', 'audio_len_s'): 2,
+    ('extract', 'load_mode'): 'varup', ('extract', 'normalize_audio'): True,
+    ('extract', 'patch_len'): 100, ('extract', 'patch_hop'): 50,
+    ('learn', 'batch_size'): 64, ('learn', 'lr'): 0.001, ('learn', 'n_classes'): 20,
+    ('learn', 'n_epochs'): 100, ('learn', 'patience'): 15, ('learn', 'val_split'): 0.15,
+    ('learn', 'mixup'): True, ('learn', 'mixup_alpha'): 0.1, ('learn', 'mixup_mode'): 'intra',
+    ('learn', 'mixup_warmup_epochs'): 10, ('learn', 'mode'): 0, ('learn', 'model'): 'baseline',
+    ('loss', 'type'): 'lq_loss', ('loss', 'q_loss'): 0.7,
+    ('recognizer', 'aggregate'): 'gmean',
+}
+
+# Every key of the original waspaa19 params.yaml; their names and meanings are kept.
+ORIGINAL_KEYS = {
+    'ctrl': ['feat_ext', 'learn', 'train_data', 'dataset_path'],
+    'extract': ['audio_len_s', 'eps', 'fmax', 'fmin', 'fs', 'hop_length_samples', 'load_mode',
+                'log', 'mono', 'n_fft', 'n_mels', 'normalize_audio', 'patch_hop', 'patch_len',
+                'spectrogram_type', 'win_length_samples'],
+    'learn': ['batch_size', 'lr', 'n_classes', 'n_epochs', 'optim', 'patience', 'val_split',
+              'LSR', 'eps_LSR_noisy', 'LSRmode', 'delta_eps_LSR', 'mixup', 'mixup_alpha',
+              'mixup_mode', 'mixup_warmup_epochs', 'mode', 'model', 'stage1_epoch',
+              'prune_stage1', 'prune_loss_type', 'prune_loss_q_value',
+              'prune_aggregate_loss_clip', 'prune_loss_threshold_method',
+              'prune_discard_percentile', 'densenet_modules'],
+    'loss': ['q_loss', 'q_loss2', 'm_loss2', 'perc_loss2', 'type'],
+    'recognizer': ['aggregate'],
+    'suffix': ['in', 'out'],
+}
+
+
+@pytest.fixture(scope='module')
+def raw_params():
+    with open(PARAMS) as f:
+        return yaml.safe_load(f)
+
+
+def _write(tmp_path, text, name='exp.yaml'):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ----------------------------------------------------------------------------- params.yaml
+
+def test_params_yaml_has_reference_values(raw_params):
+    cfg = utils.load_config(PARAMS)
+    for (section, key), value in REFERENCE.items():
+        assert raw_params[section][key] == value, (section, key)
+        assert cfg[section][key] == value, (section, key)
+        assert type(cfg[section][key]) is type(value), (section, key)
+
+
+def test_params_yaml_keeps_every_original_key(raw_params):
+    for section, keys in ORIGINAL_KEYS.items():
+        assert isinstance(raw_params.get(section), dict), section
+        missing = [k for k in keys if k not in raw_params[section]]
+        assert not missing, (section, missing)
+
+
+def test_every_key_line_of_params_yaml_has_a_comment():
+    lines = PARAMS.read_text().splitlines()
+    key_lines = [ln for ln in lines if re.match(r'^\s+[A-Za-z_][\w]*\s*:', ln)]
+    assert len(key_lines) >= sum(map(len, ORIGINAL_KEYS.values()))
+    uncommented = [ln for ln in key_lines if not re.search(r'\s#\s*\S', ln)]
+    assert not uncommented, uncommented
+
+
+def test_every_default_is_documented_in_params_yaml(raw_params):
+    for section, values in utils.DEFAULTS.items():
+        assert section in raw_params, section
+        missing = [k for k in values if k not in raw_params[section]]
+        assert not missing, (section, missing)
+
+
+# ----------------------------------------------------------------------------- overrides
+
+def test_parse_override_parses_yaml_values():
+    assert utils.parse_override('learn.lr=0.01') == ('learn', 'lr', 0.01)
+    assert utils.parse_override('learn.mixup=false') == ('learn', 'mixup', False)
+    assert utils.parse_override('learn.staged_epochs=[1,2,3]') == \
+        ('learn', 'staged_epochs', [1, 2, 3])
+    with pytest.raises(ConfigError, match='section.key=value'):
+        utils.parse_override('lr=0.01')
+    with pytest.raises(ConfigError, match='section.key=value'):
+        utils.parse_override('learn.lr')
+
+
+def test_overrides_applied_with_types():
+    cfg = utils.load_config(PARAMS, ['learn.lr=0.01', 'learn.mixup=false',
+                                     'learn.staged_epochs=[1,2,3]', 'ctrl.run_name=abc'])
+    assert cfg['learn']['lr'] == 0.01 and isinstance(cfg['learn']['lr'], float)
+    assert cfg['learn']['mixup'] is False
+    assert cfg['learn']['staged_epochs'] == [1, 2, 3]
+    assert cfg['ctrl']['run_name'] == 'abc'
+
+
+def test_integer_given_for_float_key_becomes_float():
+    cfg = utils.load_config(None, ['learn.lr=1'])
+    assert cfg['learn']['lr'] == 1.0 and isinstance(cfg['learn']['lr'], float)
+
+
+def test_override_beats_file(tmp_path):
+    path = _write(tmp_path, 'learn:\n  lr: 0.5\n  batch_size: 8\n')
+    cfg = utils.load_config(path, ['learn.lr=0.25'])
+    assert cfg['learn']['lr'] == 0.25 and cfg['learn']['batch_size'] == 8
+    assert cfg['learn']['n_epochs'] == utils.DEFAULTS['learn']['n_epochs']
+
+
+def test_default_run_name_is_stem_and_timestamp(tmp_path):
+    path = _write(tmp_path, 'learn:\n  lr: 0.5\n', name='my_exp.yaml')
+    name = utils.load_config(path)['ctrl']['run_name']
+    assert re.fullmatch(r'my_exp_\d{8}-\d{6}', name), name
+
+
+def test_defaults_are_not_shared_between_configs():
+    a = utils.load_config(None)
+    a['learn']['noisier_classes'].append('X')
+    a['learn']['staged_epochs'][0] = 99
+    b = utils.load_config(None)
+    assert 'X' not in b['learn']['noisier_classes']
+    assert b['learn']['staged_epochs'] == [20, 30, 10]
+
+
+# ----------------------------------------------------------------------------- errors
+
+def test_unknown_section():
+    with pytest.raises(ConfigError) as err:
+        utils.load_config(None, ['lern.lr=0.1'])
+    msg = str(err.value)
+    assert 'lern' in msg and all(s in msg for s in utils.DEFAULTS)
+
+
+def test_unknown_section_in_file(tmp_path):
+    path = _write(tmp_path, 'lern:\n  lr: 0.1\n')
+    with pytest.raises(ConfigError, match='lern'):
+        utils.load_config(path)
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        utils.load_config(None, ['learn.lrr=0.1'])
+    msg = str(err.value)
+    assert 'learn.lrr' in msg
+    assert all(k in msg for k in utils.DEFAULTS['learn'])
+
+
+def test_unknown_key_in_file(tmp_path):
+    path = _write(tmp_path, 'extract:\n  n_mel: 64\n')
+    with pytest.raises(ConfigError, match=r'extract\.n_mel\b') as err:
+        utils.load_config(path)
+    assert 'n_mels' in str(err.value)
+
+
+@pytest.mark.parametrize('override, key', [
+    ('learn.lr=abc', 'learn.lr'),
+    ('learn.mixup=3', 'learn.mixup'),
+    ('learn.batch_size=1.5', 'learn.batch_size'),
+    ('learn.batch_size=true', 'learn.batch_size'),
+    ('learn.staged_epochs=5', 'learn.staged_epochs'),
+    ('ctrl.dataset_path=[1]', 'ctrl.dataset_path'),
+    ('learn.lr=', 'learn.lr'),
+])
+def test_wrong_type(override, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        utils.load_config(None, [override])
+
+
+@pytest.mark.parametrize('override, key', [
+    ('learn.val_split=1.5', 'learn.val_split'),
+    ('learn.val_split=1', 'learn.val_split'),
+    ('loss.q_loss=0', 'loss.q_loss'),
+    ('loss.q_loss=1.01', 'loss.q_loss'),
+    ('learn.batch_size=0', 'learn.batch_size'),
+    ('learn.lr=-0.1', 'learn.lr'),
+    ('learn.n_classes=1', 'learn.n_classes'),
+])
+def test_out_of_range(override, key):
+    with pytest.raises(ConfigError, match=re.escape(key) + '.*out of range'):
+        utils.load_config(None, [override])
+
+
+@pytest.mark.parametrize('override', ['learn.val_split=0', 'loss.q_loss=1',
+                                      'learn.batch_size=1'])
+def test_range_limits_that_are_allowed(override):
+    utils.load_config(None, [override])
+
+
+def test_bad_choice_lists_valid_values():
+    with pytest.raises(ConfigError) as err:
+        utils.load_config(None, ['learn.mixup_mode=foo'])
+    msg = str(err.value)
+    assert 'learn.mixup_mode' in msg and 'foo' in msg
+    assert 'intra' in msg and 'inter' in msg
+
+
+def test_bad_train_data_lists_valid_values():
+    with pytest.raises(ConfigError) as err:
+        utils.load_config(None, ['ctrl.train_data=noisyy'])
+    for name in ['noisy', 'clean', 'noisy_small', 'noisy_small_clean', 'all']:
+        assert name in str(err.value)
+
+
+def test_invalid_yaml_file(tmp_path):
+    path = _write(tmp_path, 'learn:\n  lr: [0.1\n  mixup: true\n')
+    with pytest.raises(ConfigError) as err:
+        utils.load_config(path)
+    assert str(path) in str(err.value) and 'YAML' in str(err.value)
+    assert '\n' not in str(err.value)
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match='mapping'):
+        utils.load_config(_write(tmp_path, '- a\n- b\n'))
+    with pytest.raises(ConfigError, match='learn'):
+        utils.load_config(_write(tmp_path, 'learn: 3\n'))
+
+
+def test_missing_config_file(tmp_path):
+    path = tmp_path / 'nope.yaml'
+    with pytest.raises(ConfigError, match=re.escape(str(path))):
+        utils.load_config(path)
+
+
+def test_fmax_above_nyquist():
+    with pytest.raises(ConfigError, match='fmax'):
+        utils.load_config(None, ['extract.fs=22050'])  # fmax 22050 > 11025
+    cfg = utils.load_config(None, ['extract.fs=22050', 'extract.fmax=11025'])
+    assert cfg['extract']['fmax'] == 11025
+
+
+def test_other_consistency_errors():
+    with pytest.raises(ConfigError, match='fmin'):
+        utils.load_config(None, ['extract.fmin=22050'])
+    with pytest.raises(ConfigError, match='win_length_samples'):
+        utils.load_config(None, ['extract.win_length_samples=4096'])
+    with pytest.raises(ConfigError, match='staged_epochs'):
+        utils.load_config(None, ['learn.staged_epochs=[1,2]'])
+    with pytest.raises(ConfigError, match='run_name'):
+        utils.load_config(None, ['ctrl.run_name=a/b'])
+
+
+# ----------------------------------------------------------------------------- main.py
+
+# Subprocess cases (the real command line and exit status): overrides per case. Both are
+# started at once; the dataset case imports TensorFlow, which takes seconds.
+MAIN_CASES = {
+    'unknown_key': ['learn.lrr=0.1'],
+    'dataset': ['ctrl.dataset_path={tmp}/no_such_dataset'],
+}
+
+
+@pytest.fixture(scope='module')
+def main_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('main')
+    params = tmp / 'exp.yaml'
+    params.write_text(PARAMS.read_text())
+    procs = {}
+    for name, overrides in MAIN_CASES.items():
+        args = [sys.executable, 'main.py', '-p', str(params),
+                '-o', f'ctrl.logs_dir={tmp}/logs', '-o', f'ctrl.features_dir={tmp}/features']
+        for o in overrides:
+            args += ['-o', o.format(tmp=tmp)]
+        procs[name] = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+    results = {}
+    for name, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        results[name] = (proc.returncode, out, err)
+    return tmp, results
+
+
+def _error_line(err):
+    """The error line main.py printed (TensorFlow may print start-up chatter before it)."""
+    lines = [ln for ln in err.splitlines() if ln.startswith('error:')]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_main_unknown_key_prints_one_line(main_runs):
+    _, results = main_runs
+    code, _, err = results['unknown_key']
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith('error:') and 'learn.lrr' in lines[0]
+    assert 'Traceback' not in err
+
+
+def test_main_missing_dataset_folder(main_runs):
+    tmp, results = main_runs
+    code, _, err = results['dataset']
+    assert code == 2, err
+    assert 'Traceback' not in err
+    line = _error_line(err)
+    assert f'{tmp}/no_such_dataset' in line
+    # The run wrote its log under ctrl.logs_dir, not into the repository.
+    assert list((tmp / 'logs').glob('exp_*.out'))
+    assert not list((REPO / 'logs').glob('exp_*'))
+
+
+@pytest.mark.parametrize('override', ['learn.model=resnet9000', 'loss.type=focal9000',
+                                      'learn.mode=97', 'learn.mode=warmup9000',
+                                      'recognizer.aggregate=median'])
+def test_main_unknown_registry_name_lists_valid_options(tmp_path, capsys, override):
+    """main.main in this process (TensorFlow is loaded once): the names are refused before
+    any log file or run folder is made."""
+    import architectures
+    import eval as evaluation
+    import learn
+    import losses
+    import main
+    key, bad = override.split('=')
+    valid = {'learn.model': architectures.MODELS, 'loss.type': losses.LOSSES,
+             'learn.mode': learn.MODES, 'recognizer.aggregate': evaluation.AGGREGATIONS}[key]
+    params = tmp_path / 'exp.yaml'
+    params.write_text(PARAMS.read_text())
+    code = main.main(['-p', str(params), '-o', f'ctrl.logs_dir={tmp_path}/logs',
+                      '-o', override])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error:'), err
+    assert key in lines[0] and bad in lines[0]
+    for option in valid:
+        assert re.search(rf'\b{re.escape(str(option))}\b', lines[0]), (option, lines[0])
+    assert not (tmp_path / 'logs').exists()

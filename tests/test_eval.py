@@ -1,0 +1,125 @@
+"""eval.py: aggregation, metrics, the accuracy report, batched patch mapping."""
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from scipy.stats import gmean
+from sklearn.metrics import accuracy_score, recall_score
+
+import eval as evaluation
+from utils import ConfigError
+
+ACCURACY_LINE = (r'^ACCURACY - MICRO: \d+\.\d{2} % \(\d+/\d+ test files, '
+                 r'train_data=\w+\)$')
+
+
+def _patch_scores(counts, n_classes=5, seed=0):
+    """Softmax-like patch scores [sum(counts), K] and contiguous clip ids (not 0..n-1)."""
+    rng = np.random.default_rng(seed)
+    clip_ids = np.repeat(np.arange(len(counts)) * 7 + 3, counts)
+    scores = rng.dirichlet(np.ones(n_classes), size=clip_ids.size)
+    return scores, clip_ids
+
+
+@pytest.mark.parametrize('method, reference', [
+    ('gmean', lambda v: gmean(v, axis=0)),
+    ('amean', lambda v: np.mean(v, axis=0)),
+    ('max', lambda v: np.max(v, axis=0)),
+])
+def test_aggregate_against_numpy(method, reference):
+    counts = [1, 4, 2, 7, 1, 3]
+    scores, clip_ids = _patch_scores(counts)
+    clips, agg = evaluation.aggregate(scores, clip_ids, method)
+    expected_clips = np.arange(len(counts)) * 7 + 3
+    np.testing.assert_array_equal(clips, expected_clips)
+    assert agg.shape == (len(counts), scores.shape[1])
+    for k, c in enumerate(expected_clips):
+        np.testing.assert_allclose(agg[k], reference(scores[clip_ids == c]), rtol=1e-10)
+
+
+def test_aggregate_one_dimensional_values():
+    losses = np.array([0.5, 2.0, 1.0, 3.0, 4.0, 0.25])
+    clip_ids = np.array([0, 0, 5, 5, 5, 9])
+    _, agg = evaluation.aggregate(losses, clip_ids, 'gmean')
+    np.testing.assert_allclose(agg, [1.0, 12 ** (1 / 3), 0.25], rtol=1e-12)
+
+
+def test_aggregate_unknown_method():
+    with pytest.raises(ConfigError) as err:
+        evaluation.aggregate(np.ones((2, 2)), [0, 0], 'median')
+    for name in ['median', 'gmean', 'amean', 'max']:
+        assert name in str(err.value)
+
+
+def test_accuracy_table_against_sklearn():
+    rng = np.random.default_rng(1)
+    classes = ['a', 'b', 'c', 'd']
+    true = rng.integers(0, 4, 60)
+    pred = np.where(rng.random(60) < 0.6, true, rng.integers(0, 4, 60))
+    micro, per_class = evaluation.accuracy_table(true, pred, classes)
+    assert micro == pytest.approx(100 * accuracy_score(true, pred))
+    recall = 100 * recall_score(true, pred, labels=range(4), average=None)
+    assert list(per_class) == classes
+    for k, name in enumerate(classes):
+        assert per_class[name]['accuracy'] == pytest.approx(recall[k])
+        assert per_class[name]['n_files'] == int(np.sum(true == k))
+
+
+def test_accuracy_table_class_without_files():
+    micro, per_class = evaluation.accuracy_table([0, 0, 2], [0, 1, 2], ['a', 'b', 'c'])
+    assert micro == pytest.approx(200 / 3)
+    assert per_class['b']['n_files'] == 0 and np.isnan(per_class['b']['accuracy'])
+
+
+def test_report_files_and_line(tmp_path, capsys):
+    classes = ['Acoustic_guitar', 'Rain', 'Wind']
+    table = pd.DataFrame({
+        'fname': ['tr1.wav', 'tr2.wav', 't1.wav', 't2.wav', 't3.wav', 't4.wav', 't5.wav'],
+        'subset': ['train', 'train'] + ['test'] * 5,
+        'label_idx': [0, 1, 0, 1, 2, 2, 1],
+    })
+    rows = np.array([2, 3, 4, 6])  # t4.wav (row 5) failed to load: not evaluated
+    scores = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.1, 0.7], [0.3, 0.6, 0.1]])
+    cfg = {'ctrl': {'run_name': 'r1', 'train_data': 'noisy'}}
+    results = evaluation.report(cfg, table, classes, rows, scores, tmp_path, 12.345)
+
+    true = table.label_idx.to_numpy()[rows]
+    pred = scores.argmax(axis=1)
+    acc = 100 * accuracy_score(true, pred)  # 3 of 4 right
+
+    lines = capsys.readouterr().out.splitlines()
+    hits = [ln for ln in lines if ln.startswith('ACCURACY - MICRO')]
+    assert len(hits) == 1 and re.match(ACCURACY_LINE, hits[0]), hits
+    assert hits[0] == f'ACCURACY - MICRO: {acc:.2f} % (4/5 test files, train_data=noisy)'
+
+    saved = json.loads((tmp_path / 'results.json').read_text())
+    assert saved['accuracy_micro'] == pytest.approx(acc, abs=1e-4)
+    assert saved['n_files_evaluated'] == 4 and saved['n_files_listed'] == 5
+    assert saved['wall_time_s'] == pytest.approx(12.345, abs=0.01)
+    recall = 100 * recall_score(true, pred, labels=range(3), average=None)
+    assert list(saved['per_class']) == classes
+    for k, c in enumerate(classes):
+        assert saved['per_class'][c]['accuracy'] == pytest.approx(recall[k])
+        assert saved['per_class'][c]['n_files'] == int(np.sum(true == k))
+    assert results['n_files_listed'] == 5
+
+    pred_csv = pd.read_csv(tmp_path / 'predictions.csv')
+    assert list(pred_csv.columns) == ['fname', 'predicted'] + classes
+    assert pred_csv.fname.tolist() == ['t1.wav', 't2.wav', 't3.wav', 't5.wav']
+    assert pred_csv.predicted.tolist() == [classes[k] for k in pred]
+    np.testing.assert_allclose(pred_csv[classes].to_numpy(), scores, rtol=1e-5)
+    assert not list(tmp_path.glob('.*.tmp'))  # atomic writes left no temp file
+
+
+@pytest.mark.parametrize('n, batch', [(23, 5), (5, 5), (3, 8), (1, 1)])
+def test_map_patches_order_and_length(n, batch):
+    idx = np.random.default_rng(0).permutation(100)[:n]
+
+    def fn(i):
+        i = tf.cast(i, tf.float32)
+        return tf.stack([i * 2.0, i + 1.0], axis=-1)
+    out = evaluation.map_patches(fn, idx, batch)
+    np.testing.assert_array_equal(out, np.stack([idx * 2.0, idx + 1.0], axis=-1))
