@@ -27,6 +27,7 @@ import librosa
 import numpy as np
 import scipy.signal
 import soundfile as sf
+import threadpoolctl
 from tqdm import tqdm
 
 from utils import ConfigError, atomic_write_text, n_workers
@@ -166,14 +167,21 @@ def _remove_stale_temps(final):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _one_blas_thread():
+    """Parallelism is across clips: a multi-threaded BLAS on each clip's small matrices
+    oversubscribes the cores and made log_mel ten times slower."""
+    threadpoolctl.threadpool_limits(1)
+
+
 def _computed(paths, params, workers):
     """Yield (frames or None, error) per path, in order; a Pool only when workers > 1."""
     task = functools.partial(_clip_frames, params_extract=params)
     if workers == 1:
-        yield from map(task, paths)
+        with threadpoolctl.threadpool_limits(1):
+            yield from map(task, paths)
         return
     chunksize = max(2, min(16, len(paths) // (4 * workers)))
-    with multiprocessing.Pool(workers) as pool:
+    with multiprocessing.Pool(workers, initializer=_one_blas_thread) as pool:
         yield from pool.imap(task, paths, chunksize=chunksize)
 
 

@@ -516,8 +516,10 @@ def prepare(cfg, table, classes, store, rng, run_dir):
                               data.lsr_eps(learn, classes), ext['patch_len'], on_device)
     logger.info('train: %d clips, %d patches; val: %d clips; frames on %s', train_rows.size,
                 train_idx.size, val_rows.size, 'GPU' if on_device else 'host')
-    if learn['mixed_precision']:
-        keras.mixed_precision.set_global_policy('mixed_float16')
+    # Set (or reset) the policy every run, so one mixed-precision run in a process does
+    # not leak into the next.
+    keras.mixed_precision.set_global_policy(
+        'mixed_float16' if learn['mixed_precision'] else 'float32')
     classifier = architectures.build(learn['model'], (ext['patch_len'], ext['n_mels'], 1),
                                      len(classes), learn)
     trainer = Trainer(classifier, source, losses.get(cfg))
