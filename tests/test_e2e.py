@@ -1,0 +1,170 @@
+"""End-to-end runs through main.py on tiny synthetic data (every learning mode).
+
+The runs are in-process (main.main) so that TensorFlow is imported once; the command-line
+exit path itself is covered by test_config.py. Each dataset's features are extracted once
+per session and shared through one features folder.
+"""
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import main
+import synthetic
+
+ACCURACY = re.compile(r'^ACCURACY - MICRO: (\d+\.\d{2}) % \((\d+)/(\d+) test files, '
+                      r'train_data=(\w+)\)$', re.M)
+
+# Small features so that an epoch takes about a second on 2 CPU cores.
+TINY = {
+    'ctrl': {'train_data': 'all', 'verbose': 0, 'workers': 2},
+    'extract': {'fs': 16000, 'fmax': 8000, 'n_fft': 512, 'win_length_samples': 400,
+                'hop_length_samples': 160, 'n_mels': 32, 'patch_len': 32, 'patch_hop': 16,
+                'audio_len_s': 1},
+    'learn': {'n_classes': 5, 'batch_size': 32, 'n_epochs': 8, 'patience': 8,
+              'mixup_warmup_epochs': 2, 'mode': 1, 'mixup': False, 'predict_batch_size': 256},
+    'loss': {'type': 'CCE'},
+}
+
+
+def _dataset(root, noise_rate, seed):
+    return synthetic.make_dataset(root, n_classes=5, train_per_class=40, test_per_class=10,
+                                  clean_fraction=0.3, noise_rate=noise_rate, min_dur=0.5,
+                                  max_dur=1.5, sr=16000, seed=seed)
+
+
+@pytest.fixture(scope='session')
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp('e2e')
+    clean = _dataset(root / 'clean', 0.0, seed=1)
+    noisy = _dataset(root / 'noisy', 0.4, seed=2)
+    return root, clean, noisy
+
+
+def run(workspace, name, dataset, overrides=()):
+    """Run main.py on a tiny config; return (exit code, log text, run folder)."""
+    root, *_ = workspace
+    cfg = {section: dict(values) for section, values in TINY.items()}
+    cfg['ctrl'].update(dataset_path=str(dataset), features_dir=str(root / 'features'),
+                       logs_dir=str(root / 'logs'))
+    path = root / f'{name}.yaml'
+    path.write_text(yaml.safe_dump(cfg))
+    code = main.main(['-p', str(path), '-o', f'ctrl.run_name={name}', *[
+        arg for o in overrides for arg in ('-o', o)]])
+    out = root / 'logs' / f'{name}.out'
+    return code, out.read_text() if out.exists() else '', root / 'logs' / name
+
+
+def history(run_dir):
+    return pd.read_csv(run_dir / 'history.csv')
+
+
+def test_mode1_learns_an_easy_noise_free_set(workspace):
+    _, clean, _ = workspace
+    code, log, run_dir = run(workspace, 'mode1_clean', clean)
+    assert code == 0
+    match = ACCURACY.search(log)
+    assert match, 'no ACCURACY - MICRO line'
+    accuracy, n_eval, n_listed = float(match[1]), int(match[2]), int(match[3])
+    assert (n_eval, n_listed, match[4]) == (50, 50, 'all')
+    assert accuracy > 60.0, f'accuracy {accuracy} is not far above chance (20 %)'
+    results = json.loads((run_dir / 'results.json').read_text())
+    assert results['accuracy_micro'] == pytest.approx(accuracy, abs=0.01)
+    # The printed accuracy is the one of predictions.csv against test.csv.
+    pred = pd.read_csv(run_dir / 'predictions.csv')
+    test = pd.read_csv(clean / 'FSDnoisy18k.meta' / 'test.csv')
+    truth = test.set_index('fname').loc[pred.fname, 'label'].to_numpy()
+    assert 100 * np.mean(pred.predicted.to_numpy() == truth) == pytest.approx(accuracy, abs=0.01)
+
+
+def test_mode0_writes_every_artefact(workspace):
+    _, clean, _ = workspace
+    code, log, run_dir = run(workspace, 'mode0', clean,
+                             ['learn.mode=0', 'learn.mixup=true', 'learn.LSR=true',
+                              'learn.n_epochs=4', 'loss.type=lq_loss'])
+    assert code == 0
+    assert log.index('resolved config') < log.index('ACCURACY - MICRO')
+    assert 'per-class accuracy, best first' in log and 'wall time of the job' in log
+    for name in ('config.yaml', 'history.csv', 'predictions.csv', 'results.json',
+                 'model.keras', 'scaler.npz'):
+        assert (run_dir / name).is_file(), name
+    saved = yaml.safe_load((run_dir / 'config.yaml').read_text())
+    assert saved['learn']['mode'] == 0 and saved['ctrl']['run_name'] == 'mode0'
+    hist = history(run_dir)
+    assert list(hist.epoch) == [1, 2, 3, 4]  # warm-up and mixup epochs counted on
+    assert {'loss', 'accuracy', 'val_loss', 'val_accuracy', 'lr'} <= set(hist.columns)
+    assert 'mode 0: 2 warm-up epochs without mixup' in log
+    results = json.loads((run_dir / 'results.json').read_text())
+    assert {'accuracy_micro', 'n_files_evaluated', 'n_files_listed', 'per_class',
+            'wall_time_s'} <= set(results)
+    pred = pd.read_csv(run_dir / 'predictions.csv')
+    assert list(pred.columns[:2]) == ['fname', 'predicted'] and pred.shape == (50, 7)
+    scores = pred.iloc[:, 2:]
+    # gmean clip scores are not renormalised (the argmax is what counts).
+    assert ((scores >= 0) & (scores <= 1)).all().all()
+    assert (scores.columns[scores.to_numpy().argmax(axis=1)] == pred.predicted).all()
+
+
+def test_mode2_switches_at_the_configured_epoch(workspace):
+    _, _, noisy = workspace
+    code, log, run_dir = run(workspace, 'mode2', noisy,
+                             ['learn.mode=2', 'loss.type=lq_lqperc_time_sudden',
+                              'learn.stage1_epoch=3', 'learn.n_epochs=5',
+                              'loss.perc_loss2=80'])
+    assert code == 0
+    hist = history(run_dir)
+    assert (hist.discarded[hist.epoch <= 3] == 0).all()
+    # Lower-interpolated 80th percentile of a batch of 32: the 7 largest are dropped.
+    assert np.allclose(hist.discarded[hist.epoch > 3], 7 / 32, atol=0.02)
+    detection = json.loads((run_dir / 'results.json').read_text())['noise_detection']
+    assert len(detection['precision']) == 5 and detection['n_flagged'][0] == 0
+
+
+def test_mode3_prunes_the_percentile_and_mostly_wrong_labels(workspace):
+    _, _, noisy = workspace
+    code, log, run_dir = run(workspace, 'mode3', noisy,
+                             ['learn.mode=3', 'learn.prune_stage1=6', 'learn.n_epochs=7',
+                              'learn.prune_discard_percentile=80'])
+    assert code == 0
+    pruned = pd.read_csv(run_dir / 'pruned.csv')
+    assert list(pruned.columns) == ['fname', 'label', 'clip_loss', 'true_label']
+    match = re.search(r'pruning: (\d+) of (\d+) training clips kept, (\d+) pruned', log)
+    kept, total, n_pruned = map(int, match.groups())
+    assert n_pruned == len(pruned) and kept + n_pruned == total
+    assert abs(n_pruned - 0.2 * total) <= 1
+    detection = json.loads((run_dir / 'results.json').read_text())['noise_detection']
+    wrong = (pruned.label != pruned.true_label).mean()
+    assert detection['precision'] == pytest.approx(wrong)
+    assert wrong > 0.55, f'only {wrong:.2f} of the pruned clips have a wrong label'
+
+
+def test_staged_training_masks_unverified_examples(workspace):
+    _, _, noisy = workspace
+    code, log, run_dir = run(workspace, 'staged', noisy,
+                             ['learn.mode=staged', 'learn.staged_epochs=[2,2,1]'])
+    assert code == 0
+    hist = history(run_dir)
+    assert len(hist) == 5
+    stage2 = hist[(hist.epoch > 2) & (hist.epoch <= 4)]
+    assert (stage2.eta > 0).all() and (stage2.masked > 0).all() and (stage2.masked < 0.5).all()
+    detection = json.loads((run_dir / 'results.json').read_text())['noise_detection']
+    assert detection['epoch'] == [3, 4] and all(0 <= p <= 1 for p in detection['precision'])
+
+
+def test_staged_training_refuses_a_subset_without_verified_clips(workspace):
+    _, _, noisy = workspace
+    code, log, _ = run(workspace, 'staged_noisy', noisy,
+                       ['learn.mode=staged', 'ctrl.train_data=noisy'])
+    assert code == 2 and 'ctrl.train_data all' in log
+
+
+def test_adaptive_lq_logs_its_batch_q(workspace):
+    _, _, noisy = workspace
+    code, log, run_dir = run(workspace, 'adaptive', noisy,
+                             ['loss.type=adaptive_lq', 'learn.n_epochs=2'])
+    assert code == 0 and ACCURACY.search(log)
+    q = history(run_dir).q_a
+    assert ((q > 0.01) & (q < 1.0)).all()  # neither bound: the ratio is informative
