@@ -292,7 +292,8 @@ class Experiment:
         cbs += [self.early_stopping] if early_stopping else []
         hist = self.trainer.fit(train, validation_data=val, epochs=self.epoch + epochs,
                                 initial_epoch=self.epoch, steps_per_epoch=steps,
-                                callbacks=cbs, verbose=self.cfg['ctrl']['verbose'])
+                                callbacks=cbs, verbose=self.cfg['ctrl']['verbose'],
+                                shuffle=False)  # plan_epoch shuffles, seeded
         self.epoch += len(hist.epoch)
 
     def _train_dataset(self, plan, first):
@@ -478,27 +479,29 @@ def check(cfg):
                           f'{", ".join(map(str, MODES))}')
 
 
-def place_on_device(cfg, nbytes):
-    """Decide where the frames live: the GPU when there is one and they fit, else host."""
+def on_device(cfg):
+    """Where the frames should live: learn.frames_on_device, 'auto' = GPU when there is one."""
     choice = cfg['learn']['frames_on_device']
     if choice != 'auto':
         return choice == 'always'
-    gpus = tf.config.list_logical_devices('GPU')
-    if not gpus:
-        return False
-    # Leave room for the model, activations and cuDNN workspaces: use at most half.
-    try:
-        limit = tf.config.experimental.get_memory_info('GPU:0')['peak'] or 0
-        details = tf.config.experimental.get_device_details(
-            tf.config.list_physical_devices('GPU')[0])
-        total = details.get('device_memory_size') or 0
-    except (ValueError, RuntimeError):
-        total, limit = 0, 0
-    fits = total == 0 or nbytes <= 0.5 * total - limit
-    if not fits:
-        logger.warning('frames need %.1f GiB, more than half the GPU memory: gathering '
-                       'batches on the host instead', nbytes / 2 ** 30)
-    return fits
+    return bool(tf.config.list_logical_devices('GPU'))
+
+
+def batch_source(cfg, store, patches, table, mean, std, eps):
+    """The PatchSource, with frames in GPU memory when wanted and they fit, else on host."""
+    args = (store.frames, patches, table, mean, std, eps, cfg['extract']['patch_len'])
+    if on_device(cfg):
+        try:
+            return data.PatchSource(*args, on_device=True)
+        except (tf.errors.ResourceExhaustedError, tf.errors.InternalError) as err:
+            if cfg['learn']['frames_on_device'] == 'always':
+                raise ConfigError(f'the frames ({store.frames.nbytes / 2**30:.1f} GiB) do not '
+                                  f'fit in GPU memory; set learn.frames_on_device to auto or '
+                                  f'never, or extract.store_dtype float16') from err
+            logger.warning('the frames (%.1f GiB) do not fit in GPU memory: batches are '
+                           'gathered on the host instead (slower); extract.store_dtype '
+                           'float16 halves them', store.frames.nbytes / 2**30)
+    return data.PatchSource(*args, on_device=False)
 
 
 def prepare(cfg, table, classes, store, rng, run_dir):
@@ -511,11 +514,9 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     patches = data.make_patches(store.start, store.length, ext['patch_len'], ext['patch_hop'])
     train_idx = patches.of_clips(train_rows)
     mean, std = data.fit_scaler(store.frames, patches, train_idx, ext['patch_len'])
-    on_device = place_on_device(cfg, store.frames.nbytes)
-    source = data.PatchSource(store.frames, patches, table, mean, std,
-                              data.lsr_eps(learn, classes), ext['patch_len'], on_device)
+    source = batch_source(cfg, store, patches, table, mean, std, data.lsr_eps(learn, classes))
     logger.info('train: %d clips, %d patches; val: %d clips; frames on %s', train_rows.size,
-                train_idx.size, val_rows.size, 'GPU' if on_device else 'host')
+                train_idx.size, val_rows.size, 'the device' if source.on_device else 'host')
     # Set (or reset) the policy every run, so one mixed-precision run in a process does
     # not leak into the next.
     keras.mixed_precision.set_global_policy(

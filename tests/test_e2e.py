@@ -168,3 +168,28 @@ def test_adaptive_lq_logs_its_batch_q(workspace):
     assert code == 0 and ACCURACY.search(log)
     q = history(run_dir).q_a
     assert ((q > 0.01) & (q < 1.0)).all()  # neither bound: the ratio is informative
+
+
+def test_gpu_code_paths_run_on_cpu(workspace):
+    """Device-side gather inside the compiled step, float16 compute, float16 frames."""
+    _, clean, _ = workspace
+    code, log, run_dir = run(workspace, 'gpu_paths', clean,
+                             ['learn.frames_on_device=always', 'learn.mixed_precision=true',
+                              'extract.store_dtype=float16', 'learn.mixup=true',
+                              'learn.LSR=true', 'learn.n_epochs=3'])
+    assert code == 0 and 'frames on the device' in log
+    hist = history(run_dir)
+    assert np.isfinite(hist.loss).all() and hist.accuracy.iloc[-1] > 0.4
+    assert float(ACCURACY.search(log)[1]) > 40.0
+
+
+def test_same_seed_same_run(workspace):
+    _, clean, _ = workspace
+    runs = [run(workspace, f'repeat{i}', clean, ['learn.n_epochs=2', 'learn.mixup=true'])
+            for i in range(2)]
+    assert all(code == 0 for code, _, _ in runs)
+    first, second = (history(run_dir) for _, _, run_dir in runs)
+    pd.testing.assert_frame_equal(first.drop(columns='seconds'),
+                                  second.drop(columns='seconds'))
+    preds = [pd.read_csv(run_dir / 'predictions.csv') for _, _, run_dir in runs]
+    pd.testing.assert_frame_equal(*preds)
