@@ -348,11 +348,7 @@ def mode_time_dependent(exp):
     """Mode 2: time-dependent loss (Fonseca et al., Sec. 2.3). The loss itself switches at
     learn.stage1_epoch (an epoch variable set by its callback) and drops the examples of
     each batch above its threshold from then on."""
-    loss_type = exp.cfg['loss']['type']
-    if loss_type not in TIME_DEPENDENT:
-        raise ConfigError(f'learn.mode 2 needs a time-dependent loss.type '
-                          f'({", ".join(TIME_DEPENDENT)}), got {loss_type!r}')
-    logger.info('mode 2: %s, switching to stage 2 at epoch %d', loss_type,
+    logger.info('mode 2: %s, switching to stage 2 at epoch %d', exp.cfg['loss']['type'],
                 exp.cfg['learn']['stage1_epoch'] + 1)
     exp.watch_noise()
     exp.fit(exp.cfg['learn']['n_epochs'], exp.plan(exp.train_idx))
@@ -473,10 +469,14 @@ MODES = {
 
 
 def check(cfg):
-    """Refuse an unknown mode before any heavy work."""
-    if cfg['learn']['mode'] not in MODES:
-        raise ConfigError(f'learn.mode {cfg["learn"]["mode"]!r} is unknown; valid modes: '
+    """Refuse an unknown mode, or mode 2 without its loss, before any heavy work."""
+    mode, loss_type = cfg['learn']['mode'], cfg['loss']['type']
+    if mode not in MODES:
+        raise ConfigError(f'learn.mode {mode!r} is unknown; valid modes: '
                           f'{", ".join(map(str, MODES))}')
+    if mode == 2 and loss_type not in TIME_DEPENDENT:
+        raise ConfigError(f'learn.mode 2 needs a time-dependent loss.type '
+                          f'({", ".join(TIME_DEPENDENT)}), got {loss_type!r}')
 
 
 def on_device(cfg):

@@ -1,0 +1,111 @@
+"""Unit tests of the learning-mode pieces: loss masking (staged), pruning, noise detection.
+
+References are written here with numpy, independently of learn.py.
+"""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import learn
+import utils
+
+
+def _numpy_threshold_masks(batches, k, alpha):
+    """eta_t = alpha eta_(t-1) + (1 - alpha) T_t, T_t the k-th largest loss; eta_1 = T_1;
+    an unverified example is masked when its loss exceeds eta_t."""
+    eta, out = None, []
+    for losses, verified in batches:
+        t = np.sort(losses)[-k]
+        eta = t if eta is None else alpha * eta + (1 - alpha) * t
+        out.append((eta, ((losses > eta) & (verified == 0)).astype(np.float32)))
+    return out
+
+
+def test_threshold_masker_follows_the_eta_recursion():
+    rng = np.random.default_rng(0)
+    batches = [(rng.gamma(2.0, size=16).astype(np.float32),
+                (rng.random(16) < 0.5).astype(np.float32)) for _ in range(6)]
+    masker = learn.Masker('threshold', k=3, alpha=0.9)
+    for (losses, verified), (eta, masked) in zip(
+            batches, _numpy_threshold_masks(batches, 3, 0.9)):
+        weights, figures = masker(keras.ops.convert_to_tensor(losses),
+                                  keras.ops.convert_to_tensor(verified))
+        np.testing.assert_allclose(float(figures['eta']), eta, rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(weights), 1.0 - masked)
+        assert float(figures['masked']) == pytest.approx(masked.mean())
+        # Verified examples are never masked, whatever their loss.
+        assert np.all(np.asarray(weights)[verified == 1] == 1.0)
+
+
+def test_threshold_masker_inside_a_compiled_step():
+    losses = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.5], np.float32)
+    verified = np.array([0, 1, 0, 0, 1, 0], np.float32)
+    masker = learn.Masker('threshold', k=2, alpha=0.5)
+    step = tf.function(lambda l, v: masker(l, v)[0], jit_compile=True)
+    first = np.asarray(step(losses, verified))   # eta = T_1 = 4: only the 5.0 (unverified)
+    np.testing.assert_array_equal(first, [0, 1, 1, 1, 1, 1])
+    second = np.asarray(step(losses / 4, verified))  # eta = 0.5*4 + 0.5*1 = 2.5
+    np.testing.assert_array_equal(second, [1, 1, 1, 1, 1, 1])
+    assert float(masker.eta.value) == pytest.approx(2.5)
+
+
+def test_topk_masker_masks_the_k_largest_unverified_losses():
+    losses = np.array([9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0], np.float32)
+    verified = np.array([1, 0, 1, 0, 0, 0, 1], np.float32)
+    weights, figures = learn.Masker('topk', k=2, alpha=0.9)(losses, verified)
+    unverified = np.flatnonzero(verified == 0)
+    largest = unverified[np.argsort(losses[unverified])[-2:]]
+    expected = np.ones(7, np.float32)
+    expected[largest] = 0.0
+    np.testing.assert_array_equal(np.asarray(weights), expected)
+    assert float(figures['masked']) == pytest.approx(2 / 7)
+
+
+def test_topk_masker_with_fewer_unverified_than_k_masks_them_all():
+    losses = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    verified = np.array([1, 0, 1, 1], np.float32)
+    weights, _ = learn.Masker('topk', k=3, alpha=0.9)(losses, verified)
+    np.testing.assert_array_equal(np.asarray(weights), [1, 0, 1, 1])
+
+
+@pytest.mark.parametrize('percentile', [50, 80, 90, 97.5])
+def test_prune_threshold_drops_the_clips_above_the_percentile(percentile):
+    clip_loss = np.random.default_rng(1).exponential(size=203)
+    threshold = learn.prune_threshold(clip_loss, percentile)
+    # numpy's default percentile: linear interpolation between order statistics.
+    order = np.sort(clip_loss)
+    pos = (clip_loss.size - 1) * percentile / 100
+    lo = int(np.floor(pos))
+    expected = order[lo] + (pos - lo) * (order[min(lo + 1, order.size - 1)] - order[lo])
+    assert threshold == pytest.approx(expected)
+    n_pruned = int((clip_loss > threshold).sum())
+    assert abs(n_pruned - (1 - percentile / 100) * clip_loss.size) <= 1
+
+
+def test_detection_figures_count_precision_and_recall():
+    flagged = np.array([1, 1, 1, 0, 0, 0, 1, 0], bool)
+    wrong = np.array([1, 0, 1, 1, 0, 0, 1, 0], bool)
+    figures = learn.detection_figures(flagged, wrong)
+    assert figures == {'precision': 3 / 4, 'recall': 3 / 4, 'n_flagged': 4, 'n_wrong': 4}
+    none = learn.detection_figures(np.zeros(4, bool), np.zeros(4, bool))
+    assert np.isnan(none['precision']) and np.isnan(none['recall'])
+
+
+def test_noise_detection_from_summed_step_counts():
+    row = {'nd_flagged': 10.0, 'nd_hit': 7.0, 'nd_wrong': 14.0}
+    assert learn.noise_detection(row) == {'nd_precision': 0.7, 'nd_recall': 0.5}
+    assert learn.noise_detection({'loss': 1.0}) == {}
+
+
+def test_unknown_mode_is_refused():
+    cfg = utils.load_config(None, ['learn.mode=7'])
+    with pytest.raises(utils.ConfigError, match="valid modes: 0, 1, 2, 3, staged"):
+        learn.check(cfg)
+
+
+def test_mode2_needs_a_time_dependent_loss():
+    cfg = utils.load_config(None, ['learn.mode=2', 'loss.type=CCE'])
+    with pytest.raises(utils.ConfigError, match='lq_lqmax_time_sudden'):
+        learn.check(cfg)
+    learn.check(utils.load_config(None, ['learn.mode=2', 'loss.type=lq_lqmax_time_sudden']))
