@@ -229,9 +229,9 @@ class Experiment:
     def plan_halves(self, first, second):
         """Epoch plans whose batches are half patches of `first`, half of `second`."""
         learn = self.cfg['learn']
-        return lambda: data.plan_halves(self.rng, first, second, learn['batch_size'],
-                                        learn['mixup'], learn['mixup_alpha'],
-                                        learn['mixup_mode'])
+        return lambda rng: data.plan_halves(rng, first, second, learn['batch_size'],
+                                            learn['mixup'], learn['mixup_alpha'],
+                                            learn['mixup_mode'])
 
     # -- noise detection: only where the table knows the true labels
     def watch_noise(self):
@@ -273,22 +273,25 @@ class Experiment:
             frame.to_csv(tmp, index=False, float_format='%.6g')
 
     def plan(self, pool, mixup=None):
-        """A function that draws one epoch of batches over the patch indices in pool."""
+        """A function of an rng that draws one epoch of batches over the patch indices in
+        pool."""
         learn = self.cfg['learn']
         mixup = learn['mixup'] if mixup is None else mixup
-        return lambda: data.plan_epoch(self.rng, pool, learn['batch_size'], mixup,
-                                       learn['mixup_alpha'], learn['mixup_mode'])
+        return lambda rng: data.plan_epoch(rng, pool, learn['batch_size'], mixup,
+                                           learn['mixup_alpha'], learn['mixup_mode'])
 
-    def fit(self, epochs, plan, early_stopping=True, callbacks=()):
+    def fit(self, epochs, plan, early_stopping=True):
         """Train for `epochs` more epochs (numbered on from self.epoch) over `plan`."""
         if epochs <= 0:
             return
-        first = plan()
+        # A child rng per stage: tf.data may draw an epoch ahead by a timing-dependent
+        # amount, which must not shift the draws of the next stage.
+        rng = self.rng.spawn(1)[0]
+        first = plan(rng)
         steps = first.idx.shape[0]
-        train = self._train_dataset(plan, first)
+        train = self._train_dataset(lambda: plan(rng), first)
         val = self._eval_dataset(self.val_idx) if self.val_idx.size else None
-        cbs = [*self.trainer.step_loss.callbacks(), self.history, self.best, self.reduce_lr,
-               *callbacks]
+        cbs = [*self.trainer.step_loss.callbacks(), self.history, self.best, self.reduce_lr]
         cbs += [self.early_stopping] if early_stopping else []
         hist = self.trainer.fit(train, validation_data=val, epochs=self.epoch + epochs,
                                 initial_epoch=self.epoch, steps_per_epoch=steps,
