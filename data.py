@@ -286,6 +286,28 @@ def wrong_labels(table):
     return (table.label_idx.to_numpy() != table.true_idx.to_numpy())
 
 
+def host_tensor(array):
+    """A CPU tensor over the frames without copying them.
+
+    tf.constant would copy the frame matrix twice (the mapped file plus two anonymous
+    copies at its peak). DLPack hands TensorFlow the numpy buffer itself; a read-only
+    memory map is reopened copy-on-write, which DLPack accepts and which never writes to
+    the cache file. Anything DLPack refuses (e.g. an unaligned buffer) is copied instead.
+    """
+    import tensorflow as tf
+    if isinstance(array, np.memmap) and not array.flags.writeable:
+        array = np.memmap(array.filename, dtype=array.dtype, mode='c', shape=array.shape,
+                          offset=array.offset)
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:
+        array = array.copy()
+    try:
+        return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+    except (BufferError, TypeError, ValueError, tf.errors.InvalidArgumentError):
+        logger.info('frames copied into TensorFlow (DLPack refused the buffer)')
+        return tf.constant(array)
+
+
 class PatchSource:
     """Frames and patch table as backend tensors; builds batches with backend ops.
 
@@ -303,8 +325,10 @@ class PatchSource:
         self.n_mels = frames.shape[1]
         clip = patches.clip
         device = '/GPU:0' if on_device else '/CPU:0'
+        host = host_tensor(frames)
         with tf.device(device):
-            self.frames = tf.constant(np.asarray(frames))
+            # On the host this is the mapped tensor itself; on a GPU, one device copy.
+            self.frames = tf.identity(host) if on_device else host
             self.row0 = tf.constant(patches.row0.astype(np.int32))
             self.offset = tf.constant(patches.offset.astype(np.int32))
             self.clen = tf.constant(np.maximum(patches.clen, 1).astype(np.int32))

@@ -435,3 +435,20 @@ def test_patch_source_eval_batch_is_unsmoothed(clips, source_setup):
     _, y = src.eval_batch(ops.convert_to_tensor(idx))
     labels = table.label_idx.to_numpy()[p.clip[idx]]
     np.testing.assert_array_equal(np.asarray(y), np.eye(len(classes))[labels])
+
+
+def test_host_tensor_shares_the_numpy_buffer():
+    array = np.arange(24, dtype=np.float32).reshape(6, 4)
+    tensor = data.host_tensor(array)
+    array[2, 1] = -5.0  # a copy would not see this
+    assert float(np.asarray(tensor)[2, 1]) == -5.0
+
+
+def test_host_tensor_over_a_read_only_memory_map_leaves_the_file_alone(tmp_path):
+    path = tmp_path / 'frames.f32'
+    expected = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    expected.tofile(path)
+    mapped = np.memmap(path, dtype=np.float32, mode='r', shape=(50, 8))
+    tensor = data.host_tensor(mapped)
+    np.testing.assert_array_equal(np.asarray(tensor), expected)
+    np.testing.assert_array_equal(np.fromfile(path, np.float32).reshape(50, 8), expected)
