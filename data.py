@@ -150,7 +150,7 @@ def make_patches(start, length, patch_len, patch_hop):
 
 # ----------------------------------------------------------------------------- scaler
 
-def fit_scaler(frames, patches, idx, patch_len, chunk=1 << 20):
+def fit_scaler(frames, patches, idx, patch_len, chunk=1 << 14):
     """Per-mel-band mean and std over the frames of the given (training) patches.
 
     Overlapping patches count a frame once per patch that holds it, exactly as if the
@@ -286,26 +286,27 @@ def wrong_labels(table):
     return (table.label_idx.to_numpy() != table.true_idx.to_numpy())
 
 
+TF_ALIGNMENT = 64  # bytes; TensorFlow's CPU kernels assume it for every buffer
+
+
 def host_tensor(array):
     """A CPU tensor over the frames without copying them.
 
     tf.constant would copy the frame matrix twice (the mapped file plus two anonymous
     copies at its peak). DLPack hands TensorFlow the numpy buffer itself; a read-only
     memory map is reopened copy-on-write, which DLPack accepts and which never writes to
-    the cache file. Anything DLPack refuses (e.g. an unaligned buffer) is copied instead.
+    the cache file. TensorFlow needs 64-byte aligned buffers (it aborts in a later op,
+    not at the hand-over, when one is not), so other buffers are copied instead; memory
+    maps of the cache are page-aligned.
     """
     import tensorflow as tf
     if isinstance(array, np.memmap) and not array.flags.writeable:
         array = np.memmap(array.filename, dtype=array.dtype, mode='c', shape=array.shape,
                           offset=array.offset)
     array = np.ascontiguousarray(array)
-    if not array.flags.writeable:
-        array = array.copy()
-    try:
-        return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
-    except (BufferError, TypeError, ValueError, tf.errors.InvalidArgumentError):
-        logger.info('frames copied into TensorFlow (DLPack refused the buffer)')
+    if not array.flags.writeable or array.ctypes.data % TF_ALIGNMENT:
         return tf.constant(array)
+    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
 
 
 class PatchSource:

@@ -289,7 +289,7 @@ class Experiment:
         rng = self.rng.spawn(1)[0]
         first = plan(rng)
         steps = first.idx.shape[0]
-        train = self._train_dataset(lambda: plan(rng), first)
+        train = self.train_dataset(lambda: plan(rng), first)
         val = self._eval_dataset(self.val_idx) if self.val_idx.size else None
         cbs = [*self.trainer.step_loss.callbacks(), self.history, self.best, self.reduce_lr]
         cbs += [self.early_stopping] if early_stopping else []
@@ -299,7 +299,7 @@ class Experiment:
                                 shuffle=False)  # plan_epoch shuffles, seeded
         self.epoch += len(hist.epoch)
 
-    def _train_dataset(self, plan, first):
+    def train_dataset(self, plan, first):
         """Epoch plans -> one (idx, partner, lam) element per step, prefetched."""
         def epochs():
             yield first.idx, first.partner, first.lam
@@ -490,6 +490,13 @@ def on_device(cfg):
     return bool(tf.config.list_logical_devices('GPU'))
 
 
+def use_xla(cfg):
+    """learn.jit_compile: 'auto' compiles the step with XLA on a GPU only; on CPU the XLA
+    step of the baseline CNN measured slower than TensorFlow's own kernels."""
+    choice = cfg['learn']['jit_compile']
+    return bool(tf.config.list_logical_devices('GPU')) if choice == 'auto' else choice
+
+
 def batch_source(cfg, store, patches, table, mean, std, eps):
     """The PatchSource, with frames in GPU memory when wanted and they fit, else on host."""
     args = (store.frames, patches, table, mean, std, eps, cfg['extract']['patch_len'])
@@ -527,8 +534,7 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     classifier = architectures.build(learn['model'], (ext['patch_len'], ext['n_mels'], 1),
                                      len(classes), learn)
     trainer = Trainer(classifier, source, losses.get(cfg))
-    trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']),
-                    jit_compile=learn['jit_compile'])
+    trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']), jit_compile=use_xla(cfg))
     np.savez(run_dir / 'scaler.npz', mean=mean, std=std)
     return Experiment(cfg, table, classes, store, patches, train_rows, val_rows, source,
                       trainer, run_dir, rng)

@@ -51,7 +51,7 @@ DEFAULTS = {
         'prune_aggregate_loss_clip': 'amean', 'prune_loss_threshold_method': 'percentile',
         'prune_discard_percentile': 90, 'densenet_modules': 3,
         'staged_epochs': [20, 30, 10], 'mask_method': 'threshold', 'mask_top_k': 10,
-        'mask_alpha': 0.9, 'jit_compile': True, 'mixed_precision': False,
+        'mask_alpha': 0.9, 'jit_compile': 'auto', 'mixed_precision': False,
         'predict_batch_size': 1024, 'frames_on_device': 'auto',
     },
     'loss': {
@@ -77,6 +77,7 @@ CHOICES = {
     ('learn', 'prune_loss_threshold_method'): ['percentile'],
     ('learn', 'mask_method'): ['threshold', 'topk'],
     ('learn', 'frames_on_device'): ['auto', 'always', 'never'],
+    ('learn', 'jit_compile'): ['auto', True, False],
     ('loss', 'snn_space'): ['input', 'embedding'],
 }
 
@@ -121,6 +122,10 @@ RANGES = {
     ('loss', 'q_min'): (0, 1, False, True),
 }
 
+# Keys that also take a value of another type than their default's: learn.mode a name
+# such as 'staged' (learn.py checks it), learn.jit_compile true/false besides 'auto'.
+ALSO = {('learn', 'mode'): str, ('learn', 'jit_compile'): bool}
+
 # Keys whose value may be null (None) although the default is not, or vice versa.
 NULLABLE = {('ctrl', 'run_name')}
 
@@ -149,11 +154,11 @@ def _check_value(section, key, value):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f'{where} must be a number, got {value!r}')
         value = float(value)
+    elif (section, key) in ALSO and isinstance(value, ALSO[section, key]):
+        return value
     elif isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
-            # 'mode' also accepts a registry name such as 'staged'; learn.py checks it.
-            if not (key == 'mode' and isinstance(value, str)):
-                raise ConfigError(f'{where} must be an integer, got {value!r}')
+            raise ConfigError(f'{where} must be an integer, got {value!r}')
     elif isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(f'{where} must be a string, got {value!r}')

@@ -437,11 +437,29 @@ def test_patch_source_eval_batch_is_unsmoothed(clips, source_setup):
     np.testing.assert_array_equal(np.asarray(y), np.eye(len(classes))[labels])
 
 
-def test_host_tensor_shares_the_numpy_buffer():
-    array = np.arange(24, dtype=np.float32).reshape(6, 4)
+def _aligned(shape, offset=0):
+    """A float32 array whose buffer starts `offset` bytes past a 64-byte boundary."""
+    n = int(np.prod(shape))
+    raw = np.zeros(n * 4 + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset
+    return raw[start:start + n * 4].view(np.float32).reshape(shape)
+
+
+def test_host_tensor_shares_an_aligned_numpy_buffer():
+    array = _aligned((6, 4))
+    array[:] = np.arange(24).reshape(6, 4)
     tensor = data.host_tensor(array)
     array[2, 1] = -5.0  # a copy would not see this
     assert float(np.asarray(tensor)[2, 1]) == -5.0
+
+
+def test_host_tensor_copies_an_unaligned_buffer_and_gathers_from_it():
+    array = _aligned((6, 4), offset=16)
+    array[:] = np.arange(24).reshape(6, 4)
+    tensor = data.host_tensor(array)
+    array[0, 0] = -1.0  # copied: the tensor keeps the old value
+    gathered = ops.take(tensor, np.array([5, 0]), axis=0)
+    np.testing.assert_array_equal(np.asarray(gathered), [[20, 21, 22, 23], [0, 1, 2, 3]])
 
 
 def test_host_tensor_over_a_read_only_memory_map_leaves_the_file_alone(tmp_path):

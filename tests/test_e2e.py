@@ -175,6 +175,7 @@ def test_gpu_code_paths_run_on_cpu(workspace):
     _, clean, _ = workspace
     code, log, run_dir = run(workspace, 'gpu_paths', clean,
                              ['learn.frames_on_device=always', 'learn.mixed_precision=true',
+                              'learn.jit_compile=true',
                               'extract.store_dtype=float16', 'learn.mixup=true',
                               'learn.LSR=true', 'learn.n_epochs=3'])
     assert code == 0 and 'frames on the device' in log
