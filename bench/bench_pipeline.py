@@ -348,6 +348,7 @@ def build_reference(ctx, n_batches):
 def child_train_reference(ctx):
     import architectures
     import keras
+    import learn
     import utils
     total = ctx.warmup + ctx.steps
     cfg, ds = build_reference(ctx, total)
@@ -371,6 +372,7 @@ def child_input_ours(ctx):
     Device path: the same index pipeline, each element gathered by source.train_batch
     compiled as the step compiles it (XLA when learn.jit_compile).
     """
+    import learn
     import tensorflow as tf  # tf.function: the gather is compiled as in the step
     exp = ctx.prepare('input_ours')
     total = ctx.warmup + ctx.steps
