@@ -181,7 +181,10 @@ def _computed(paths, params, workers):
             yield from map(task, paths)
         return
     chunksize = max(2, min(16, len(paths) // (4 * workers)))
-    with multiprocessing.Pool(workers, initializer=_one_blas_thread) as pool:
+    # spawn, not fork: the parent may already run TensorFlow, whose threads and state do
+    # not survive a fork (a forked worker aborted when garbage collection touched them).
+    context = multiprocessing.get_context('spawn')
+    with context.Pool(workers, initializer=_one_blas_thread) as pool:
         yield from pool.imap(task, paths, chunksize=chunksize)
 
 
