@@ -293,7 +293,10 @@ class _Tee:
 
     def write(self, text):
         self.stream.write(text)
-        self.file.write(text)
+        # Progress bars redraw with carriage returns: the console shows them, the log file
+        # keeps the summary line logged after them instead of every redraw.
+        if not (text.startswith('\r') and '\n' not in text):
+            self.file.write(text)
         return len(text)
 
     def flush(self):

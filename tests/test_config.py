@@ -348,3 +348,18 @@ def test_main_unknown_registry_name_lists_valid_options(tmp_path, capsys, overri
     for option in valid:
         assert re.search(rf'\b{re.escape(str(option))}\b', lines[0]), (option, lines[0])
     assert not (tmp_path / 'logs').exists()
+
+
+def test_start_log_tees_output_but_not_progress_redraws(tmp_path, capsys):
+    stop = utils.start_log(tmp_path / 'run.out')
+    try:
+        print('first line')
+        sys.stderr.write('\rbar  10%')
+        sys.stderr.write('\rbar 100%')
+        sys.stderr.write('\n')
+        print('after the bar')
+    finally:
+        stop()
+    assert (tmp_path / 'run.out').read_text() == 'first line\n\nafter the bar\n'
+    console = capsys.readouterr()
+    assert 'bar 100%' in console.err and 'after the bar' in console.out
