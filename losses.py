@@ -45,7 +45,6 @@ class StepLoss:
     Subclasses define per_example(y_true, y_pred, x, emb) -> [B] losses.
     """
 
-    needs_x = False          # the step passes the (mixed, standardised) inputs
     needs_embedding = False  # the step passes the penultimate-layer output
     log_names = ()           # names of the extra per-epoch figures this loss reports
 
@@ -195,7 +194,6 @@ class AdaptiveLq(StepLoss):
         loss = cfg['loss']
         self.temperature, self.q_min = loss['snn_temperature'], loss['q_min']
         self.needs_embedding = loss['snn_space'] == 'embedding'
-        self.needs_x = not self.needs_embedding
         # per_example sets it and keep reports it; a variable (not a Python attribute
         # holding a tensor) so it is valid across traced functions.
         self.q_a = keras.Variable(1.0, dtype='float32', trainable=False, name='loss_q_a')

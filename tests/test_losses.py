@@ -247,7 +247,7 @@ def _adaptive(*overrides):
 def test_adaptive_q_is_one_minus_snn_clipped():
     rng = np.random.default_rng(6)
     loss, lc = _adaptive('loss.snn_temperature=8.0')
-    assert loss.needs_x and not loss.needs_embedding
+    assert not loss.needs_embedding
     labels = rng.integers(0, 3, 9)
     y, p = _onehot(labels, 3), _probs(rng, 9, 3)
     x = rng.normal(size=(9, 2, 2)).astype('float32')
@@ -280,7 +280,7 @@ def test_adaptive_single_example_and_float16_inputs():
 def test_adaptive_embedding_space_uses_emb():
     rng = np.random.default_rng(9)
     loss, lc = _adaptive('loss.snn_space=embedding', 'loss.snn_temperature=3.0')
-    assert loss.needs_embedding and not loss.needs_x
+    assert loss.needs_embedding
     labels = rng.integers(0, 2, 6)
     y, p, emb = _onehot(labels, 2), _probs(rng, 6, 2), rng.normal(size=(6, 4))
     q = np.clip(1 - _snn_naive(emb, labels, 3.0), lc['q_min'], 1)
