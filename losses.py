@@ -6,9 +6,9 @@ keep() turns the detached losses into the loss's own per-example keep weights an
 figures it logs per epoch; the step multiplies those weights by the mode's (loss masking)
 and reduce() gives the one scalar for the optimiser. All maths is in keras.ops.
 
-Adaptive Lq (Deng et al.): the paper's SNN equation is garbled in print; snn_q uses the
-soft-nearest-neighbour ratio, the reading under which q_a lies in [0, 1] and grows with
-label noise, as the paper intends.
+Adaptive Lq (Deng et al.): the paper's SNN equation is garbled in print; snn_ratio uses the
+soft-nearest-neighbour ratio, the reading under which q_a = 1 - SNN (snn_q) lies in [0, 1]
+and grows with label noise, as the paper intends.
 """
 import keras
 from keras import ops
@@ -154,7 +154,7 @@ class LqPercTimeSudden(TimeDependentLq):
         return ops.quantile(losses, self.fraction, method='lower')
 
 
-def snn_q(x, labels, temperature):
+def snn_ratio(x, labels, temperature):
     """Soft nearest neighbour ratio of a batch (Deng et al.): a scalar in [0, 1].
 
     x [B, ...] is flattened to [B, D]. Per example i: the share of its neighbour weights
@@ -180,6 +180,11 @@ def snn_q(x, labels, temperature):
     return ops.mean(ops.where(paired, ops.exp(log_ratio), 0.0))
 
 
+def snn_q(x, labels, temperature):
+    """The adaptive q of a batch before clipping: q_a = 1 - SNN (Deng et al.)."""
+    return 1.0 - snn_ratio(x, labels, temperature)
+
+
 class AdaptiveLq(StepLoss):
     """Lq whose q is set per batch to 1 - SNN (Deng et al., adaptive GCE).
 
@@ -200,9 +205,9 @@ class AdaptiveLq(StepLoss):
 
     def per_example(self, y_true, y_pred, x=None, emb=None):
         space = emb if self.needs_embedding else x
-        snn = snn_q(space, ops.argmax(y_true, axis=-1), self.temperature)
+        q = snn_q(space, ops.argmax(y_true, axis=-1), self.temperature)
         # q is a setting chosen from the batch, not a quantity to optimise: no gradient.
-        q = ops.clip(1.0 - ops.stop_gradient(snn), self.q_min, 1.0)
+        q = ops.clip(ops.stop_gradient(q), self.q_min, 1.0)
         self.q_a.assign(q)
         return lq_loss(y_true, y_pred, q)
 

@@ -194,7 +194,7 @@ def _snn_log_space(x, labels, t):
 
 
 def _snn(x, labels, t):
-    return float(_np(losses.snn_q(x.astype('float32'), np.asarray(labels), t)))
+    return float(_np(losses.snn_ratio(x.astype('float32'), np.asarray(labels), t)))
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
@@ -295,7 +295,7 @@ def test_adaptive_q_carries_no_gradient_to_x():
     y, p = _onehot(labels, 3), tf.constant(_probs(rng, 8, 3))
     x = tf.Variable(rng.normal(size=(8, 4)).astype('float32'))
     with tf.GradientTape(persistent=True) as tape:
-        snn = losses.snn_q(x, labels, 5.0)
+        snn = losses.snn_ratio(x, labels, 5.0)
         total = tf.reduce_sum(loss.per_example(y, p, x))
     assert tape.gradient(snn, x) is not None  # SNN itself does depend on x ...
     assert tape.gradient(total, x) is None    # ... but the loss only through a constant q
@@ -339,3 +339,12 @@ def test_unknown_loss_lists_valid_names():
     assert 'loss.type' in message and 'lq_bogus' in message
     for name in losses.LOSSES:
         assert name in message
+
+
+def test_snn_q_is_one_minus_the_ratio():
+    rng = np.random.default_rng(12)
+    x, labels = rng.normal(size=(9, 5)).astype('float32'), rng.integers(0, 3, 9)
+    expected = 1.0 - _snn_naive(x, labels, 7.0)
+    assert float(_np(losses.snn_q(x, labels, 7.0))) == pytest.approx(expected, rel=1e-5)
+    same = np.zeros(6, int)  # all one class: SNN = 1, so q = 0 before the q_min clip
+    assert float(_np(losses.snn_q(x[:6], same, 7.0))) == pytest.approx(0.0, abs=1e-6)
