@@ -75,23 +75,14 @@ class Trainer(keras.Model):
         out = self.net(x, training=training)
         return out if self.step_loss.needs_embedding else (out, None)
 
-    def _weights(self, per_example, verified):
-        detached = ops.stop_gradient(per_example)
-        weights, figures = self.step_loss.keep(detached)
-        if self.masker is not None:
-            mask, more = self.masker(detached, verified)
-            weights, figures = weights * mask, {**figures, **more}
-        return weights, figures
-
     def train_step(self, batch):
         if self.source.on_device:
             batch = self.source.train_batch(*batch)
         x, y, verified, wrong = batch
+        mask = None if self.masker is None else (lambda losses: self.masker(losses, verified))
         with tf.GradientTape() as tape:
             y_pred, emb = self._forward(x, training=True)
-            per_example = self.step_loss.per_example(y, y_pred, x, emb)
-            weights, figures = self._weights(per_example, verified)
-            loss = self.step_loss.reduce(per_example, weights)
+            loss, weights, figures = self.step_loss(y, y_pred, x, emb, mask)
             total = loss + ops.sum(self.classifier.losses) if self.classifier.losses else loss
             scaled = self.optimizer.scale_loss(total)
         variables = self.classifier.trainable_variables
@@ -189,8 +180,7 @@ class BestModel(keras.callbacks.Callback):
         classifier = self.model.classifier
         self.weights = classifier.get_weights()
         with atomic_path(self.path) as tmp:
-            classifier.save(tmp.with_suffix('.keras'))
-            tmp.with_suffix('.keras').replace(tmp)
+            classifier.save(tmp)
 
     def restore(self):
         if self.weights is not None:
@@ -535,7 +525,8 @@ def prepare(cfg, table, classes, store, rng, run_dir):
                                      len(classes), learn)
     trainer = Trainer(classifier, source, losses.get(cfg))
     trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']), jit_compile=use_xla(cfg))
-    np.savez(run_dir / 'scaler.npz', mean=mean, std=std)
+    with atomic_path(run_dir / 'scaler.npz') as tmp, open(tmp, 'wb') as f:
+        np.savez(f, mean=mean, std=std)
     return Experiment(cfg, table, classes, store, patches, train_rows, val_rows, source,
                       trainer, run_dir, rng)
 

@@ -48,13 +48,21 @@ class StepLoss:
     needs_embedding = False  # the step passes the penultimate-layer output
     log_names = ()           # names of the extra per-epoch figures this loss reports
 
-    def __call__(self, y_true, y_pred, x=None, emb=None, weights=None):
-        """The training step's order in one call: -> (scalar loss, figures to log)."""
+    def __call__(self, y_true, y_pred, x=None, emb=None, mask=None):
+        """One training step's loss -> (scalar loss, per-example weights, figures to log).
+
+        Per-example losses; the loss's own keep weights (and figures) from the detached
+        losses; times the weights of `mask` (a mode's loss masking: detached losses ->
+        (weights, figures)) when given; then the weighted mean. A weight of 0 marks an
+        example as dropped.
+        """
         losses = self.per_example(y_true, y_pred, x, emb)
-        keep, figures = self.keep(ops.stop_gradient(losses))
-        if weights is not None:
-            keep = keep * weights
-        return self.reduce(losses, keep), figures
+        detached = ops.stop_gradient(losses)
+        weights, figures = self.keep(detached)
+        if mask is not None:
+            masked, more = mask(detached)
+            weights, figures = weights * masked, {**figures, **more}
+        return self.reduce(losses, weights), weights, figures
 
     def keep(self, losses):
         """Detached per-example losses [B] -> (keep weights [B], figures to log)."""

@@ -265,10 +265,14 @@ def config_to_yaml(cfg):
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path next to `path`; rename it onto `path` only on success."""
+    """Yield a temporary path next to `path`; rename it onto `path` only on success.
+
+    The temporary name ends with the target's suffix, for writers that check it (Keras).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.',
+                               suffix=f'.tmp{path.suffix}')
     os.close(fd)
     try:
         yield Path(tmp)

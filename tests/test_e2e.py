@@ -91,6 +91,10 @@ def test_mode0_writes_every_artefact(workspace):
     for name in ('config.yaml', 'history.csv', 'predictions.csv', 'results.json',
                  'model.keras', 'scaler.npz'):
         assert (run_dir / name).is_file(), name
+    assert not list(run_dir.glob('.*.tmp*'))  # every atomic write was renamed into place
+    with np.load(run_dir / 'scaler.npz') as scaler:
+        assert scaler['mean'].shape == scaler['std'].shape == (32,)
+        assert (scaler['std'] > 0).all()
     saved = yaml.safe_load((run_dir / 'config.yaml').read_text())
     assert saved['learn']['mode'] == 0 and saved['ctrl']['run_name'] == 'mode0'
     hist = history(run_dir)

@@ -111,7 +111,7 @@ def test_report_files_and_line(tmp_path, capsys):
     assert pred_csv.fname.tolist() == ['t1.wav', 't2.wav', 't3.wav', 't5.wav']
     assert pred_csv.predicted.tolist() == [classes[k] for k in pred]
     np.testing.assert_allclose(pred_csv[classes].to_numpy(), scores, rtol=1e-5)
-    assert not list(tmp_path.glob('.*.tmp'))  # atomic writes left no temp file
+    assert not list(tmp_path.glob('.*.tmp*'))  # atomic writes left no temp file
 
 
 @pytest.mark.parametrize('n, batch', [(23, 5), (5, 5), (3, 8), (1, 1)])

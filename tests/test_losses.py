@@ -92,7 +92,7 @@ def test_time_dependent_before_and_after_switch(kind, batch):
     np.testing.assert_array_equal(_np(keep), np.ones(batch))
     assert _np(figures['discarded']) == 0
     np.testing.assert_allclose(_np(loss.reduce(l, keep)), l.mean(), rtol=1e-5)
-    value, _ = loss(y, p, weights=mask)
+    value, _, _ = loss(y, p, mask=lambda losses: (mask, {}))
     np.testing.assert_allclose(_np(value), (mask * l).sum() / mask.sum(), rtol=1e-5)
 
     cb.on_epoch_begin(SWITCH)  # stage 2: Lq(q_loss2) and the batch's high losses dropped
@@ -106,7 +106,9 @@ def test_time_dependent_before_and_after_switch(kind, batch):
     value = _np(loss.reduce(l, keep))
     np.testing.assert_allclose(value, l[kept].sum() / kept.sum(), rtol=1e-5)
     assert not np.isclose(value, l[kept].sum() / 64)
-    value, figures = loss(y, p, weights=mask)  # the masker's weights multiply the keep mask
+    # the masker's weights multiply the keep mask
+    value, weights, figures = loss(y, p, mask=lambda losses: (mask, {}))
+    np.testing.assert_array_equal(_np(weights), mask * kept)
     both = mask * kept
     np.testing.assert_allclose(_np(value), (both * l).sum() / both.sum(), rtol=1e-5)
     np.testing.assert_allclose(_np(figures['discarded']), 1 - kept.mean(), rtol=1e-6)
@@ -133,7 +135,8 @@ def test_time_dependent_switch_inside_xla_without_retracing(kind):
     @tf.function(jit_compile=True)
     def step(y, p):
         traces.append(1)
-        return loss(y, p)
+        value, _, figures = loss(y, p)
+        return value, figures
 
     cb.on_epoch_begin(0)
     value, figures = step(y, p)
@@ -253,7 +256,7 @@ def test_adaptive_q_is_one_minus_snn_clipped():
     x = rng.normal(size=(9, 2, 2)).astype('float32')
     q = np.clip(1 - _snn_naive(x, labels, 8.0), lc['q_min'], 1)
     np.testing.assert_allclose(_np(loss.per_example(y, p, x)), _lq_ref(y, p, q), rtol=1e-4)
-    value, figures = loss(y, p, x)
+    value, _, figures = loss(y, p, x)
     np.testing.assert_allclose(_np(figures['q_a']), q, rtol=1e-5)
     np.testing.assert_allclose(_np(value), _lq_ref(y, p, q).mean(), rtol=1e-4)
 
@@ -307,7 +310,8 @@ def test_adaptive_inside_xla_reports_the_batch_q():
 
     @tf.function(jit_compile=True)
     def step(y, p, x):
-        return loss(y, p, x)
+        value, _, figures = loss(y, p, x)
+        return value, figures
 
     for b in (8, 5):
         labels = rng.integers(0, 2, b)
