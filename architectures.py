@@ -14,7 +14,7 @@ input-structure warning).
 import keras
 from keras import layers
 
-from utils import ConfigError
+from config import ConfigError, lookup
 
 
 def _too_small(input_shape, pools):
@@ -105,18 +105,11 @@ def dense_se(input_shape, n_classes, cfg_learn):
 MODELS = {'baseline': baseline, 'DenSE': dense_se}
 
 
-def _check_name(name):
-    if name not in MODELS:
-        raise ConfigError(f"learn.model '{name}' is unknown; valid models: "
-                          f"{', '.join(MODELS)}")
-
-
 def check(cfg):
     """Refuse an unknown learn.model before any heavy work."""
-    _check_name(cfg['learn']['model'])
+    lookup(MODELS, cfg['learn']['model'], 'learn.model')
 
 
 def build(name, input_shape, n_classes, cfg_learn):
     """learn.model name -> uncompiled keras.Model mapping input_shape to n_classes probs."""
-    _check_name(name)
-    return MODELS[name](tuple(input_shape), n_classes, cfg_learn)
+    return lookup(MODELS, name, 'learn.model')(tuple(input_shape), n_classes, cfg_learn)

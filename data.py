@@ -1,4 +1,4 @@
-"""Dataset layouts -> one clip table; patches, scaler, batches, label smoothing, mixup.
+"""Split, patches, scaler, batches, label smoothing, mixup.
 
 Shapes: frames [total_frames, n_mels] (every clip's log-mel stacked once, see
 feat_extract.FeatureStore); a patch is a (clip, start frame) pair, never a copy. Patch
@@ -7,89 +7,15 @@ pruning select patches by index.
 """
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from utils import ConfigError
+from config import ConfigError
 
 logger = logging.getLogger(__name__)
 
-TRAIN_COLUMNS = ['fname', 'label', 'aso_id', 'manually_verified', 'noisy_small']
-TEST_COLUMNS = ['fname', 'label', 'aso_id']
 
-# ctrl.train_data -> which training rows are used (FSDnoisy18k: manually_verified 1 is
-# the clean set, noisy_small 1 the small noisy subset).
-TRAIN_SUBSETS = {
-    'noisy': lambda t: t.verified == 0,
-    'clean': lambda t: t.verified == 1,
-    'noisy_small': lambda t: t.noisy_small == 1,
-    'noisy_small_clean': lambda t: (t.noisy_small == 1) | (t.verified == 1),
-    'all': lambda t: t.verified >= 0,
-}
-
-
-# ----------------------------------------------------------------------------- clip table
-
-def _read_csv(path, columns):
-    if not path.is_file():
-        raise ConfigError(f'missing dataset file {path} (check ctrl.dataset_path)')
-    try:
-        df = pd.read_csv(path)
-    except Exception as err:  # pandas raises several types for unreadable files
-        raise ConfigError(f'cannot read {path}: {err}') from None
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ConfigError(f'{path} lacks the column(s) {", ".join(missing)}; required: '
-                          f'{", ".join(columns)}')
-    return df
-
-
-def load_table(cfg):
-    """FSDnoisy18k layout -> (table, classes).
-
-    table has one row per clip, train rows first: fname, path, label, label_idx, verified,
-    noisy_small, subset ('train'/'test'), [true_label, true_idx when train.csv has it],
-    plus any extra columns of the CSVs. classes are the sorted training labels.
-    """
-    root = Path(cfg['ctrl']['dataset_path'])
-    if not root.is_dir():
-        raise ConfigError(f'dataset folder {root} does not exist (ctrl.dataset_path)')
-    meta = root / 'FSDnoisy18k.meta'
-    train = _read_csv(meta / 'train.csv', TRAIN_COLUMNS)
-    test = _read_csv(meta / 'test.csv', TEST_COLUMNS)
-    train['subset'], test['subset'] = 'train', 'test'
-    train['path'] = [str(root / 'FSDnoisy18k.audio_train' / f) for f in train.fname]
-    test['path'] = [str(root / 'FSDnoisy18k.audio_test' / f) for f in test.fname]
-    train['verified'] = train.manually_verified.astype(int)
-    test['verified'], test['noisy_small'] = 1, 0
-    classes = sorted(train.label.unique())
-    n_classes = cfg['learn']['n_classes']
-    if len(classes) != n_classes:
-        raise ConfigError(f'learn.n_classes is {n_classes} but {meta / "train.csv"} has '
-                          f'{len(classes)} classes')
-    unknown = sorted(set(test.label) - set(classes))
-    if unknown:
-        raise ConfigError(f'{meta / "test.csv"} has labels absent from train.csv: '
-                          f'{", ".join(map(str, unknown[:5]))}')
-    table = pd.concat([train, test], ignore_index=True)
-    index = {c: i for i, c in enumerate(classes)}
-    table['label_idx'] = table.label.map(index).astype(int)
-    if 'true_label' in table.columns:
-        table['true_label'] = table.true_label.fillna(table.label)
-        table['true_idx'] = table.true_label.map(index).fillna(-1).astype(int)
-    return table, classes
-
-
-def train_rows(table, train_data):
-    """Row numbers of the training clips of subset ctrl.train_data."""
-    train = table[table.subset == 'train']
-    rows = np.flatnonzero(TRAIN_SUBSETS[train_data](train).to_numpy())
-    if rows.size == 0:
-        raise ConfigError(f'ctrl.train_data {train_data!r} selects no training clip')
-    return train.index.to_numpy()[rows]
-
+# ----------------------------------------------------------------------------- split
 
 def split_train_val(rows, labels, val_split, seed):
     """Stratified split of clip rows: round(val_split * n_c) clips of each class go to val.

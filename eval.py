@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf  # tf.function compiles the gather + model call for prediction
 
-from utils import ConfigError, atomic_path, atomic_write_text
+from config import lookup
+from utils import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +42,13 @@ AGGREGATIONS = {'gmean': _gmean, 'amean': _amean, 'max': _max}
 
 def aggregate(values, clip_ids, method):
     """Per-patch values [n, ...] grouped by contiguous clip ids -> (clips, per-clip values)."""
-    if method not in AGGREGATIONS:
-        raise ConfigError(f'aggregation {method!r} is unknown; valid: '
-                          f'{", ".join(AGGREGATIONS)}')
+    reduce = lookup(AGGREGATIONS, method, 'aggregation')
     clips, starts, counts = _segments(clip_ids)
-    return clips, AGGREGATIONS[method](np.asarray(values, np.float64), starts, counts)
+    return clips, reduce(np.asarray(values, np.float64), starts, counts)
 
 
 def check(cfg):
-    if cfg['recognizer']['aggregate'] not in AGGREGATIONS:
-        raise ConfigError(f'recognizer.aggregate {cfg["recognizer"]["aggregate"]!r} is '
-                          f'unknown; valid: {", ".join(AGGREGATIONS)}')
+    lookup(AGGREGATIONS, cfg['recognizer']['aggregate'], 'recognizer.aggregate')
 
 
 def map_patches(fn, idx, batch_size):

@@ -30,7 +30,8 @@ import soundfile as sf
 import threadpoolctl
 from tqdm import tqdm
 
-from utils import ConfigError, atomic_write_text, n_workers
+from config import ConfigError
+from utils import atomic_write_text, n_workers
 
 logger = logging.getLogger(__name__)
 

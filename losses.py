@@ -13,7 +13,7 @@ and grows with label noise, as the paper intends.
 import keras
 from keras import ops
 
-from utils import ConfigError
+from config import lookup
 
 P_MIN = 1e-7  # probabilities are clipped here before a log or a power
 
@@ -234,15 +234,12 @@ LOSSES = {
 
 def check(cfg):
     """Refuse an unknown loss.type before any heavy work."""
-    name = cfg['loss']['type']
-    if name not in LOSSES:
-        raise ConfigError(f'loss.type {name!r} is unknown; valid losses: {", ".join(LOSSES)}')
+    lookup(LOSSES, cfg['loss']['type'], 'loss.type')
 
 
 def get(cfg):
     """The StepLoss named by loss.type."""
-    check(cfg)
-    return LOSSES[cfg['loss']['type']](cfg)
+    return lookup(LOSSES, cfg['loss']['type'], 'loss.type')(cfg)
 
 
 def per_example_by_name(name, q):

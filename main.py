@@ -12,7 +12,8 @@ from pathlib import Path
 os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ chatter out
 
-import utils  # noqa: E402  (the environment above must be set before Keras loads)
+import config  # noqa: E402  (the environment above must be set before Keras loads)
+import utils  # noqa: E402
 
 
 def parse_args(argv):
@@ -24,11 +25,13 @@ def parse_args(argv):
 
 
 def check_names(cfg):
-    """Unknown model / loss / mode / aggregation names fail before any heavy work."""
+    """Unknown dataset / model / loss / mode / aggregation names fail before heavy work."""
     import architectures
+    import datasets
     import eval as evaluation
     import learn
     import losses
+    datasets.check(cfg)
     architectures.check(cfg)
     losses.check(cfg)
     learn.check(cfg)
@@ -36,11 +39,11 @@ def check_names(cfg):
 
 
 def pipeline(cfg, run_dir, t0):
-    import data
+    import datasets
     import eval as evaluation
     import feat_extract
     import learn
-    table, classes = data.load_table(cfg)
+    table, classes = datasets.load(cfg)
     store = feat_extract.features(cfg, table)
     if not cfg['ctrl']['learn']:
         print('ctrl.learn is false: features are ready, nothing is trained.')
@@ -60,19 +63,19 @@ def main(argv=None):
     args = parse_args(argv)
     stop_log = None
     try:
-        cfg = utils.load_config(args.params, args.override)
+        cfg = config.load_config(args.params, args.override)
         utils.import_tensorflow_quietly()
         check_names(cfg)
         logs = Path(cfg['ctrl']['logs_dir'])
         run_dir = logs / cfg['ctrl']['run_name']
         run_dir.mkdir(parents=True, exist_ok=True)
         stop_log = utils.start_log(logs / f'{cfg["ctrl"]["run_name"]}.out')
-        text = utils.config_to_yaml(cfg)
+        text = config.config_to_yaml(cfg)
         utils.atomic_write_text(run_dir / 'config.yaml', text)
         print(f'run {cfg["ctrl"]["run_name"]}: {" ".join(sys.argv)}\nresolved config:\n{text}',
               flush=True)
         pipeline(cfg, run_dir, t0)
-    except utils.ConfigError as err:
+    except config.ConfigError as err:
         print(f'error: {err}', file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:

@@ -36,7 +36,8 @@ import soundfile as sf
 from scipy.fft import next_fast_len
 from scipy.signal import fftconvolve
 
-from utils import ConfigError, atomic_path, atomic_write_text
+from config import ConfigError
+from utils import atomic_path, atomic_write_text
 
 FSDNOISY18K_CLASSES = [
     'Acoustic_guitar', 'Bass_guitar', 'Clapping', 'Coin_(dropping)', 'Crash_cymbal',

@@ -105,9 +105,9 @@ def write_dataset(work, scale, seed):
 
 def load_data(work, store_dtype='float32'):
     """(config, table, classes, store) as the children see them."""
+    import config
     import feat_extract
     import synthetic
-    import utils
     classes = synthetic.class_names(N_CLASSES)
     table = pd.read_csv(work / 'table.csv')
     table['label'] = [classes[k] for k in table.label_idx]
@@ -115,7 +115,7 @@ def load_data(work, store_dtype='float32'):
     frames = np.memmap(work / f'frames.f{np.dtype(store_dtype).itemsize * 8}',
                        dtype=store_dtype, mode='r', shape=(int(length.sum()), N_MELS))
     store = feat_extract.FeatureStore(frames, np.load(work / 'start.npy'), length, [], work)
-    cfg = utils.load_config(None, [
+    cfg = config.load_config(None, [
         'ctrl.train_data=noisy', 'ctrl.verbose=0', 'ctrl.run_name=bench',
         f'learn.n_classes={N_CLASSES}', 'learn.model=baseline', f'learn.batch_size={BATCH}',
         'learn.LSR=true', 'learn.mixup=true', 'learn.mode=1', 'learn.frames_on_device=auto',
@@ -221,6 +221,7 @@ def child_train_bound(ctx):
     import learn
     import losses
     import tensorflow as tf  # tf.data: Keras has no dataset API of its own
+    import trainer as trainer_mod
     exp = ctx.prepare('train_bound')
     cfg, learn_cfg = exp.cfg, exp.cfg['learn']
     p = exp.plan(exp.train_idx)(np.random.default_rng(ctx.args.seed))
@@ -235,7 +236,7 @@ def child_train_bound(ctx):
     def build():
         return architectures.build('baseline', batch[0].shape[1:], N_CLASSES, learn_cfg)
     # (a) the framework's Trainer (same train_step, loss and metrics as ours)
-    trainer = learn.Trainer(build(), Fed(), losses.get(cfg))
+    trainer = trainer_mod.Trainer(build(), Fed(), losses.get(cfg))
     trainer.compile(optimizer=keras.optimizers.Adam(learn_cfg['lr']),
                     jit_compile=learn.use_xla(cfg))
     timer = step_timer(ctx.warmup, ctx.steps)
@@ -330,11 +331,12 @@ def reference_dataset(patches, labels, eps, n_classes, batch, alpha, n_batches, 
 def build_reference(ctx, n_batches):
     """Same split and LSR epsilons as ours; patches materialised and standardised."""
     import data
+    import datasets
     import utils
     utils.configure_logging()
     cfg, table, classes, store = load_data(ctx.work)
     ext, learn_cfg = cfg['extract'], cfg['learn']
-    rows = data.train_rows(table, cfg['ctrl']['train_data'])
+    rows = datasets.train_rows(table, cfg['ctrl']['train_data'])
     train_rows, _ = data.split_train_val(rows, table.label_idx.to_numpy()[rows],
                                          learn_cfg['val_split'], cfg['ctrl']['seed'])
     patches, clip = materialise(store, train_rows, ext['patch_len'], ext['patch_hop'])
@@ -473,11 +475,12 @@ def _memory_result(name, base):
 def child_memory_ours(ctx, store_dtype='float32', name='memory_ours'):
     """The data part of learn.prepare: patch table, split, scaler, PatchSource."""
     import data
+    import datasets
     import learn
     base = _memory_baseline()
     cfg, table, classes, store = load_data(ctx.work, store_dtype)
     ext, learn_cfg = cfg['extract'], cfg['learn']
-    rows = data.train_rows(table, cfg['ctrl']['train_data'])
+    rows = datasets.train_rows(table, cfg['ctrl']['train_data'])
     train_rows, _ = data.split_train_val(rows, table.label_idx.to_numpy()[rows],
                                          learn_cfg['val_split'], cfg['ctrl']['seed'])
     patches = data.make_patches(store.start, store.length, ext['patch_len'], ext['patch_hop'])
@@ -502,10 +505,11 @@ def child_memory_ours_f16(ctx):
 def child_memory_materialised(ctx):
     """All patches of the training clips (train + validation) as one float32 array."""
     import data
+    import datasets
     base = _memory_baseline()
     cfg, table, _, store = load_data(ctx.work)
     ext = cfg['extract']
-    rows = data.train_rows(table, cfg['ctrl']['train_data'])
+    rows = datasets.train_rows(table, cfg['ctrl']['train_data'])
     patches, _ = materialise(store, rows, ext['patch_len'], ext['patch_hop'])
     result = _memory_result('memory_materialised', base)
     result['materialised_mib'] = patches.nbytes / 2 ** 20
@@ -519,6 +523,7 @@ def child_memory_materialised(ctx):
 
 def child_extract(ctx):
     """feat_extract.features over the synthetic wavs with ctx.args.workers workers."""
+    import config
     import feat_extract
     import utils
     audio = ctx.work / 'audio' / 'FSDnoisy18k.audio_train'
@@ -526,8 +531,8 @@ def child_extract(ctx):
     table = pd.DataFrame({'fname': [p.name for p in paths], 'path': [str(p) for p in paths]})
     workers = ctx.args.workers or utils.n_workers(0)
     cache = tempfile.mkdtemp(prefix=f'features_{workers}_', dir=ctx.work)  # never cached
-    cfg = utils.load_config(None, [f'ctrl.dataset_path={ctx.work / "audio"}',
-                                   f'ctrl.features_dir={cache}'])
+    cfg = config.load_config(None, [f'ctrl.dataset_path={ctx.work / "audio"}',
+                                    f'ctrl.features_dir={cache}'])
     # Warm-up outside the timer: librosa's lazy imports and the mel basis (forked workers
     # inherit both, as they would in main.py after the first clip).
     feat_extract.log_mel(feat_extract.load_audio(str(paths[0]), cfg['extract']),

@@ -63,10 +63,10 @@ def dataset(tmp_path):
 @pytest.fixture
 def make_cfg():
     """Validated default config with overrides, no file."""
-    import utils
+    import config
 
     def make(*overrides):
-        return utils.load_config(None, list(overrides))
+        return config.load_config(None, list(overrides))
     return make
 
 

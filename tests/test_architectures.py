@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import architectures
-from utils import ConfigError
+from config import ConfigError
 
 SHAPE = (100, 96, 1)  # patch_len x n_mels x 1, the paper's patches
 LEARN = {'densenet_modules': 3}
@@ -116,7 +116,7 @@ def test_output_float32_under_mixed_precision(name, mixed_float16):
 
 
 def test_unknown_model():
-    with pytest.raises(ConfigError, match=r"learn.model 'resnet' is unknown; valid models: "
+    with pytest.raises(ConfigError, match=r"learn.model 'resnet' is unknown; valid: "
                                           r"baseline, DenSE"):
         architectures.build('resnet', SHAPE, 20, LEARN)
 

@@ -1,4 +1,4 @@
-"""utils.load_config / parse_override / ConfigError, config/params.yaml, main.py errors."""
+"""config.load_config / parse_override / ConfigError, config/params.yaml, main.py errors."""
 import re
 import subprocess
 import sys
@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+import config
+
 import utils
-from utils import ConfigError
+from config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / 'config' / 'params.yaml'
@@ -63,7 +65,7 @@ def _write(tmp_path, text, name='exp.yaml'):
 # ----------------------------------------------------------------------------- params.yaml
 
 def test_params_yaml_has_reference_values(raw_params):
-    cfg = utils.load_config(PARAMS)
+    cfg = config.load_config(PARAMS)
     for (section, key), value in REFERENCE.items():
         assert raw_params[section][key] == value, (section, key)
         assert cfg[section][key] == value, (section, key)
@@ -86,7 +88,7 @@ def test_every_key_line_of_params_yaml_has_a_comment():
 
 
 def test_every_default_is_documented_in_params_yaml(raw_params):
-    for section, values in utils.DEFAULTS.items():
+    for section, values in config.DEFAULTS.items():
         assert section in raw_params, section
         missing = [k for k in values if k not in raw_params[section]]
         assert not missing, (section, missing)
@@ -95,18 +97,18 @@ def test_every_default_is_documented_in_params_yaml(raw_params):
 # ----------------------------------------------------------------------------- overrides
 
 def test_parse_override_parses_yaml_values():
-    assert utils.parse_override('learn.lr=0.01') == ('learn', 'lr', 0.01)
-    assert utils.parse_override('learn.mixup=false') == ('learn', 'mixup', False)
-    assert utils.parse_override('learn.staged_epochs=[1,2,3]') == \
+    assert config.parse_override('learn.lr=0.01') == ('learn', 'lr', 0.01)
+    assert config.parse_override('learn.mixup=false') == ('learn', 'mixup', False)
+    assert config.parse_override('learn.staged_epochs=[1,2,3]') == \
         ('learn', 'staged_epochs', [1, 2, 3])
     with pytest.raises(ConfigError, match='section.key=value'):
-        utils.parse_override('lr=0.01')
+        config.parse_override('lr=0.01')
     with pytest.raises(ConfigError, match='section.key=value'):
-        utils.parse_override('learn.lr')
+        config.parse_override('learn.lr')
 
 
 def test_overrides_applied_with_types():
-    cfg = utils.load_config(PARAMS, ['learn.lr=0.01', 'learn.mixup=false',
+    cfg = config.load_config(PARAMS, ['learn.lr=0.01', 'learn.mixup=false',
                                      'learn.staged_epochs=[1,2,3]', 'ctrl.run_name=abc'])
     assert cfg['learn']['lr'] == 0.01 and isinstance(cfg['learn']['lr'], float)
     assert cfg['learn']['mixup'] is False
@@ -115,28 +117,28 @@ def test_overrides_applied_with_types():
 
 
 def test_integer_given_for_float_key_becomes_float():
-    cfg = utils.load_config(None, ['learn.lr=1'])
+    cfg = config.load_config(None, ['learn.lr=1'])
     assert cfg['learn']['lr'] == 1.0 and isinstance(cfg['learn']['lr'], float)
 
 
 def test_override_beats_file(tmp_path):
     path = _write(tmp_path, 'learn:\n  lr: 0.5\n  batch_size: 8\n')
-    cfg = utils.load_config(path, ['learn.lr=0.25'])
+    cfg = config.load_config(path, ['learn.lr=0.25'])
     assert cfg['learn']['lr'] == 0.25 and cfg['learn']['batch_size'] == 8
-    assert cfg['learn']['n_epochs'] == utils.DEFAULTS['learn']['n_epochs']
+    assert cfg['learn']['n_epochs'] == config.DEFAULTS['learn']['n_epochs']
 
 
 def test_default_run_name_is_stem_and_timestamp(tmp_path):
     path = _write(tmp_path, 'learn:\n  lr: 0.5\n', name='my_exp.yaml')
-    name = utils.load_config(path)['ctrl']['run_name']
+    name = config.load_config(path)['ctrl']['run_name']
     assert re.fullmatch(r'my_exp_\d{8}-\d{6}', name), name
 
 
 def test_defaults_are_not_shared_between_configs():
-    a = utils.load_config(None)
+    a = config.load_config(None)
     a['learn']['noisier_classes'].append('X')
     a['learn']['staged_epochs'][0] = 99
-    b = utils.load_config(None)
+    b = config.load_config(None)
     assert 'X' not in b['learn']['noisier_classes']
     assert b['learn']['staged_epochs'] == [20, 30, 10]
 
@@ -145,29 +147,29 @@ def test_defaults_are_not_shared_between_configs():
 
 def test_unknown_section():
     with pytest.raises(ConfigError) as err:
-        utils.load_config(None, ['lern.lr=0.1'])
+        config.load_config(None, ['lern.lr=0.1'])
     msg = str(err.value)
-    assert 'lern' in msg and all(s in msg for s in utils.DEFAULTS)
+    assert 'lern' in msg and all(s in msg for s in config.DEFAULTS)
 
 
 def test_unknown_section_in_file(tmp_path):
     path = _write(tmp_path, 'lern:\n  lr: 0.1\n')
     with pytest.raises(ConfigError, match='lern'):
-        utils.load_config(path)
+        config.load_config(path)
 
 
 def test_unknown_key_lists_valid_keys():
     with pytest.raises(ConfigError) as err:
-        utils.load_config(None, ['learn.lrr=0.1'])
+        config.load_config(None, ['learn.lrr=0.1'])
     msg = str(err.value)
     assert 'learn.lrr' in msg
-    assert all(k in msg for k in utils.DEFAULTS['learn'])
+    assert all(k in msg for k in config.DEFAULTS['learn'])
 
 
 def test_unknown_key_in_file(tmp_path):
     path = _write(tmp_path, 'extract:\n  n_mel: 64\n')
     with pytest.raises(ConfigError, match=r'extract\.n_mel\b') as err:
-        utils.load_config(path)
+        config.load_config(path)
     assert 'n_mels' in str(err.value)
 
 
@@ -182,7 +184,7 @@ def test_unknown_key_in_file(tmp_path):
 ])
 def test_wrong_type(override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
-        utils.load_config(None, [override])
+        config.load_config(None, [override])
 
 
 @pytest.mark.parametrize('override, key', [
@@ -196,18 +198,18 @@ def test_wrong_type(override, key):
 ])
 def test_out_of_range(override, key):
     with pytest.raises(ConfigError, match=re.escape(key) + '.*out of range'):
-        utils.load_config(None, [override])
+        config.load_config(None, [override])
 
 
 @pytest.mark.parametrize('override', ['learn.val_split=0', 'loss.q_loss=1',
                                       'learn.batch_size=1'])
 def test_range_limits_that_are_allowed(override):
-    utils.load_config(None, [override])
+    config.load_config(None, [override])
 
 
 def test_bad_choice_lists_valid_values():
     with pytest.raises(ConfigError) as err:
-        utils.load_config(None, ['learn.mixup_mode=foo'])
+        config.load_config(None, ['learn.mixup_mode=foo'])
     msg = str(err.value)
     assert 'learn.mixup_mode' in msg and 'foo' in msg
     assert 'intra' in msg and 'inter' in msg
@@ -215,7 +217,7 @@ def test_bad_choice_lists_valid_values():
 
 def test_bad_train_data_lists_valid_values():
     with pytest.raises(ConfigError) as err:
-        utils.load_config(None, ['ctrl.train_data=noisyy'])
+        config.load_config(None, ['ctrl.train_data=noisyy'])
     for name in ['noisy', 'clean', 'noisy_small', 'noisy_small_clean', 'all']:
         assert name in str(err.value)
 
@@ -223,40 +225,40 @@ def test_bad_train_data_lists_valid_values():
 def test_invalid_yaml_file(tmp_path):
     path = _write(tmp_path, 'learn:\n  lr: [0.1\n  mixup: true\n')
     with pytest.raises(ConfigError) as err:
-        utils.load_config(path)
+        config.load_config(path)
     assert str(path) in str(err.value) and 'YAML' in str(err.value)
     assert '\n' not in str(err.value)
 
 
 def test_yaml_that_is_not_a_mapping(tmp_path):
     with pytest.raises(ConfigError, match='mapping'):
-        utils.load_config(_write(tmp_path, '- a\n- b\n'))
+        config.load_config(_write(tmp_path, '- a\n- b\n'))
     with pytest.raises(ConfigError, match='learn'):
-        utils.load_config(_write(tmp_path, 'learn: 3\n'))
+        config.load_config(_write(tmp_path, 'learn: 3\n'))
 
 
 def test_missing_config_file(tmp_path):
     path = tmp_path / 'nope.yaml'
     with pytest.raises(ConfigError, match=re.escape(str(path))):
-        utils.load_config(path)
+        config.load_config(path)
 
 
 def test_fmax_above_nyquist():
     with pytest.raises(ConfigError, match='fmax'):
-        utils.load_config(None, ['extract.fs=22050'])  # fmax 22050 > 11025
-    cfg = utils.load_config(None, ['extract.fs=22050', 'extract.fmax=11025'])
+        config.load_config(None, ['extract.fs=22050'])  # fmax 22050 > 11025
+    cfg = config.load_config(None, ['extract.fs=22050', 'extract.fmax=11025'])
     assert cfg['extract']['fmax'] == 11025
 
 
 def test_other_consistency_errors():
     with pytest.raises(ConfigError, match='fmin'):
-        utils.load_config(None, ['extract.fmin=22050'])
+        config.load_config(None, ['extract.fmin=22050'])
     with pytest.raises(ConfigError, match='win_length_samples'):
-        utils.load_config(None, ['extract.win_length_samples=4096'])
+        config.load_config(None, ['extract.win_length_samples=4096'])
     with pytest.raises(ConfigError, match='staged_epochs'):
-        utils.load_config(None, ['learn.staged_epochs=[1,2]'])
+        config.load_config(None, ['learn.staged_epochs=[1,2]'])
     with pytest.raises(ConfigError, match='run_name'):
-        utils.load_config(None, ['ctrl.run_name=a/b'])
+        config.load_config(None, ['ctrl.run_name=a/b'])
 
 
 # ----------------------------------------------------------------------------- main.py

@@ -10,7 +10,8 @@ import pytest
 from keras import ops
 
 import data
-from utils import ConfigError
+import datasets
+from config import ConfigError
 
 
 def _cfg(make_cfg, root, *more):
@@ -21,7 +22,7 @@ def _cfg(make_cfg, root, *more):
 
 def test_load_table_columns_and_values(make_cfg, dataset):
     root, train, test = dataset
-    table, classes = data.load_table(_cfg(make_cfg, root))
+    table, classes = datasets.load(_cfg(make_cfg, root))
     assert classes == ['Acoustic_guitar', 'Rain', 'Wind']
     assert len(table) == len(train) + len(test)
     for col in ['fname', 'path', 'label', 'label_idx', 'verified', 'noisy_small', 'subset',
@@ -45,13 +46,13 @@ def test_load_table_columns_and_values(make_cfg, dataset):
                                         'noisy_small_clean', 'all'])
 def test_train_rows_match_pandas_filters(make_cfg, dataset, train_data):
     root, train, _ = dataset
-    table, _ = data.load_table(_cfg(make_cfg, root))
+    table, _ = datasets.load(_cfg(make_cfg, root))
     mv, ns = train.manually_verified, train.noisy_small
     mask = {'noisy': mv == 0, 'clean': mv == 1, 'noisy_small': ns == 1,
             'noisy_small_clean': (ns == 1) | (mv == 1),
             'all': pd.Series(True, index=train.index)}[train_data]
     expected = train.index[mask].to_numpy()  # train rows come first, so indices agree
-    rows = data.train_rows(table, train_data)
+    rows = datasets.train_rows(table, train_data)
     np.testing.assert_array_equal(rows, expected)
     assert rows.size > 0 and set(table.subset.iloc[rows]) == {'train'}
 
@@ -60,20 +61,20 @@ def test_train_rows_selecting_nothing(make_cfg, fsd, tmp_path):
     write_dataset, train_rows, _ = fsd
     rows = [r[:3] + (1, 0) for r in train_rows]  # all verified: no noisy clip
     write_dataset(tmp_path, rows)
-    table, _ = data.load_table(_cfg(make_cfg, tmp_path))
+    table, _ = datasets.load(_cfg(make_cfg, tmp_path))
     with pytest.raises(ConfigError, match='noisy'):
-        data.train_rows(table, 'noisy')
+        datasets.train_rows(table, 'noisy')
 
 
 def test_n_classes_mismatch(make_cfg, dataset):
     root, _, _ = dataset
     with pytest.raises(ConfigError, match='n_classes'):
-        data.load_table(make_cfg(f'ctrl.dataset_path={root}', 'learn.n_classes=20'))
+        datasets.load(make_cfg(f'ctrl.dataset_path={root}', 'learn.n_classes=20'))
 
 
 def test_missing_dataset_folder(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match='no_such'):
-        data.load_table(_cfg(make_cfg, tmp_path / 'no_such'))
+        datasets.load(_cfg(make_cfg, tmp_path / 'no_such'))
 
 
 @pytest.mark.parametrize('name', ['train.csv', 'test.csv'])
@@ -81,7 +82,7 @@ def test_missing_csv(make_cfg, dataset, name):
     root, _, _ = dataset
     (root / 'FSDnoisy18k.meta' / name).unlink()
     with pytest.raises(ConfigError, match=name):
-        data.load_table(_cfg(make_cfg, root))
+        datasets.load(_cfg(make_cfg, root))
 
 
 @pytest.mark.parametrize('name, column', [('train.csv', 'manually_verified'),
@@ -92,7 +93,7 @@ def test_csv_missing_required_column(make_cfg, dataset, name, column):
     path = root / 'FSDnoisy18k.meta' / name
     pd.read_csv(path).drop(columns=[column]).to_csv(path, index=False)
     with pytest.raises(ConfigError) as err:
-        data.load_table(_cfg(make_cfg, root))
+        datasets.load(_cfg(make_cfg, root))
     assert column in str(err.value) and name in str(err.value)
 
 
@@ -100,7 +101,7 @@ def test_test_label_absent_from_train(make_cfg, fsd, tmp_path):
     write_dataset, train_rows, test_rows = fsd
     write_dataset(tmp_path, train_rows, test_rows + [('t9.wav', 'Thunder', '/m/0ngt1')])
     with pytest.raises(ConfigError, match='Thunder'):
-        data.load_table(_cfg(make_cfg, tmp_path))
+        datasets.load(_cfg(make_cfg, tmp_path))
 
 
 # ----------------------------------------------------------------------------- split

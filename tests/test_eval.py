@@ -10,7 +10,7 @@ from scipy.stats import gmean
 from sklearn.metrics import accuracy_score, recall_score
 
 import eval as evaluation
-from utils import ConfigError
+from config import ConfigError
 
 ACCURACY_LINE = (r'^ACCURACY - MICRO: \d+\.\d{2} % \(\d+/\d+ test files, '
                  r'train_data=\w+\)$')

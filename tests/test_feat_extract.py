@@ -8,15 +8,15 @@ import pytest
 import soundfile as sf
 
 import feat_extract as fe
-import utils
-from utils import ConfigError
+import config
+from config import ConfigError
 
 SMALL = dict(fs=16000, n_fft=512, win_length_samples=400, hop_length_samples=160, n_mels=40,
              fmin=0, fmax=8000, audio_len_s=0.5, load_mode='full', normalize_audio=False)
 
 
 def _params(**changes):
-    return {**utils.DEFAULTS['extract'], **SMALL, **changes}
+    return {**config.DEFAULTS['extract'], **SMALL, **changes}
 
 
 def _sine(freq, n, sr, amplitude=0.5):
@@ -140,7 +140,7 @@ def wav_clips(tmp_path):
         sf.write(folder / names[-1], _sine(freq, 2000 + 700 * k, 16000) +
                  0.01 * rng.standard_normal(2000 + 700 * k), 16000, subtype='PCM_16')
     table = pd.DataFrame({'fname': names, 'path': [str(folder / n) for n in names]})
-    cfg = utils.load_config(None)
+    cfg = config.load_config(None)
     cfg['extract'].update(SMALL)
     cfg['ctrl'].update(dataset_path=str(tmp_path / 'data') + '/',
                        features_dir=str(tmp_path / 'features'), workers=1)

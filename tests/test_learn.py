@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import config
 import learn
-import utils
+import trainer
 
 
 def _numpy_threshold_masks(batches, k, alpha):
@@ -86,26 +87,26 @@ def test_prune_threshold_drops_the_clips_above_the_percentile(percentile):
 def test_detection_figures_count_precision_and_recall():
     flagged = np.array([1, 1, 1, 0, 0, 0, 1, 0], bool)
     wrong = np.array([1, 0, 1, 1, 0, 0, 1, 0], bool)
-    figures = learn.detection_figures(flagged, wrong)
+    figures = trainer.detection_figures(flagged, wrong)
     assert figures == {'precision': 3 / 4, 'recall': 3 / 4, 'n_flagged': 4, 'n_wrong': 4}
-    none = learn.detection_figures(np.zeros(4, bool), np.zeros(4, bool))
+    none = trainer.detection_figures(np.zeros(4, bool), np.zeros(4, bool))
     assert np.isnan(none['precision']) and np.isnan(none['recall'])
 
 
 def test_noise_detection_from_summed_step_counts():
     row = {'nd_flagged': 10.0, 'nd_hit': 7.0, 'nd_wrong': 14.0}
-    assert learn.noise_detection(row) == {'nd_precision': 0.7, 'nd_recall': 0.5}
-    assert learn.noise_detection({'loss': 1.0}) == {}
+    assert trainer.noise_detection(row) == {'nd_precision': 0.7, 'nd_recall': 0.5}
+    assert trainer.noise_detection({'loss': 1.0}) == {}
 
 
 def test_unknown_mode_is_refused():
-    cfg = utils.load_config(None, ['learn.mode=7'])
-    with pytest.raises(utils.ConfigError, match="valid modes: 0, 1, 2, 3, staged"):
+    cfg = config.load_config(None, ['learn.mode=7'])
+    with pytest.raises(config.ConfigError, match="valid: 0, 1, 2, 3, staged"):
         learn.check(cfg)
 
 
 def test_mode2_needs_a_time_dependent_loss():
-    cfg = utils.load_config(None, ['learn.mode=2', 'loss.type=CCE'])
-    with pytest.raises(utils.ConfigError, match='lq_lqmax_time_sudden'):
+    cfg = config.load_config(None, ['learn.mode=2', 'loss.type=CCE'])
+    with pytest.raises(config.ConfigError, match='lq_lqmax_time_sudden'):
         learn.check(cfg)
-    learn.check(utils.load_config(None, ['learn.mode=2', 'loss.type=lq_lqmax_time_sudden']))
+    learn.check(config.load_config(None, ['learn.mode=2', 'loss.type=lq_lqmax_time_sudden']))

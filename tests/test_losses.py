@@ -6,12 +6,12 @@ import tensorflow as tf  # tf.function(jit_compile=True) and GradientTape: what 
 from scipy.special import logsumexp
 
 import losses
-import utils
-from utils import ConfigError
+import config
+from config import ConfigError
 
 
 def _config(*overrides):
-    return utils.load_config(None, list(overrides))
+    return config.load_config(None, list(overrides))
 
 
 def _probs(rng, b, k):

@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 
 import synthetic
-from utils import ConfigError
+from config import ConfigError
 
 SMALL = dict(n_classes=3, train_per_class=10, test_per_class=2, clean_fraction=0.2,
              noise_rate=0.4, min_dur=0.2, max_dur=0.5, sr=16000, seed=7)

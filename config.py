@@ -1,0 +1,260 @@
+"""Every config key once: defaults, types, choices and ranges; YAML + overrides -> config.
+
+Every default lives in DEFAULTS below (the single place); config/params.yaml documents
+each key with a one-line comment. User mistakes raise ConfigError, which main.py prints
+as one line before exiting with status 2. lookup() is the one place where a name a user
+wrote is looked up in a registry (models, losses, modes, aggregations, ...).
+"""
+import copy
+import datetime
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A user mistake: bad YAML, unknown key or value, missing or malformed data."""
+
+
+# FSDnoisy18k classes whose labels are noisier (Fonseca et al., WASPAA 2019, Sec. 4.1):
+# they get eps + delta in noise-dependent label smoothing (LSRmode GROUPS2).
+FSDNOISY18K_NOISIER = ['Bass_guitar', 'Clapping', 'Crash_cymbal', 'Engine', 'Fire', 'Rain',
+                       'Slam', 'Walk_or_footsteps', 'Wind']
+
+DEFAULTS = {
+    'ctrl': {
+        'feat_ext': True, 'learn': True, 'dataset': 'fsdnoisy18k', 'train_data': 'noisy',
+        'dataset_path': 'data/FSDnoisy18k', 'seed': 42, 'run_name': None,
+        'features_dir': 'features', 'logs_dir': 'logs', 'workers': 0, 'verbose': 2,
+    },
+    'extract': {
+        'audio_len_s': 2, 'eps': 2.220446049250313e-16, 'fmax': 22050, 'fmin': 0, 'fs': 44100,
+        'hop_length_samples': 882, 'load_mode': 'varup', 'log': True, 'mono': True,
+        'n_fft': 2048, 'n_mels': 96, 'normalize_audio': True, 'patch_hop': 50, 'patch_len': 100,
+        'spectrogram_type': 'power', 'win_length_samples': 1764, 'store_dtype': 'float32',
+    },
+    'learn': {
+        'batch_size': 64, 'lr': 0.001, 'n_classes': 20, 'n_epochs': 100, 'optim': 'Adam',
+        'patience': 15, 'val_split': 0.15, 'LSR': False, 'eps_LSR_noisy': 0.15,
+        'LSRmode': 'GROUPS2', 'delta_eps_LSR': 0.05, 'noisier_classes': FSDNOISY18K_NOISIER,
+        'mixup': True, 'mixup_alpha': 0.1, 'mixup_mode': 'intra', 'mixup_warmup_epochs': 10,
+        'mode': 0, 'model': 'baseline', 'stage1_epoch': 25, 'prune_stage1': 20,
+        'prune_loss_type': 'lq_loss', 'prune_loss_q_value': 0.7,
+        'prune_aggregate_loss_clip': 'amean', 'prune_loss_threshold_method': 'percentile',
+        'prune_discard_percentile': 90, 'densenet_modules': 3,
+        'staged_epochs': [20, 30, 10], 'mask_method': 'threshold', 'mask_top_k': 10,
+        'mask_alpha': 0.9, 'jit_compile': 'auto', 'mixed_precision': False,
+        'predict_batch_size': 1024, 'frames_on_device': 'auto',
+    },
+    'loss': {
+        'q_loss': 0.7, 'q_loss2': 0.7, 'm_loss2': 0.99, 'perc_loss2': 95, 'type': 'lq_loss',
+        'snn_temperature': 1000.0, 'q_min': 0.01, 'snn_space': 'input',
+    },
+    'recognizer': {'aggregate': 'gmean'},
+    'suffix': {'in': '_mel', 'out': '_label'},
+}
+
+# Values restricted to a set. Registries (models, losses, modes, aggregations) are checked
+# by their own modules against their registry dicts, so that the list never goes stale.
+CHOICES = {
+    ('ctrl', 'train_data'): ['noisy', 'clean', 'noisy_small', 'noisy_small_clean', 'all'],
+    ('extract', 'load_mode'): ['varup', 'full'],
+    ('extract', 'spectrogram_type'): ['power', 'magnitude'],
+    ('extract', 'store_dtype'): ['float32', 'float16'],
+    ('learn', 'optim'): ['Adam'],
+    ('learn', 'LSRmode'): ['STANDARD', 'GROUPS2'],
+    ('learn', 'mixup_mode'): ['intra', 'inter'],
+    ('learn', 'prune_loss_type'): ['lq_loss', 'CCE'],
+    ('learn', 'prune_aggregate_loss_clip'): ['amean', 'gmean', 'max'],
+    ('learn', 'prune_loss_threshold_method'): ['percentile'],
+    ('learn', 'mask_method'): ['threshold', 'topk'],
+    ('learn', 'frames_on_device'): ['auto', 'always', 'never'],
+    ('learn', 'jit_compile'): ['auto', True, False],
+    ('loss', 'snn_space'): ['input', 'embedding'],
+}
+
+# (low, high, low inclusive, high inclusive) for numbers that must lie in a range.
+RANGES = {
+    ('ctrl', 'workers'): (0, None, True, True),
+    ('ctrl', 'verbose'): (0, 2, True, True),
+    ('extract', 'audio_len_s'): (0, None, True, True),
+    ('extract', 'eps'): (0, None, False, True),
+    ('extract', 'fmin'): (0, None, True, True),
+    ('extract', 'fmax'): (0, None, False, True),
+    ('extract', 'fs'): (1, None, True, True),
+    ('extract', 'hop_length_samples'): (1, None, True, True),
+    ('extract', 'n_fft'): (1, None, True, True),
+    ('extract', 'n_mels'): (1, None, True, True),
+    ('extract', 'patch_hop'): (1, None, True, True),
+    ('extract', 'patch_len'): (1, None, True, True),
+    ('extract', 'win_length_samples'): (1, None, True, True),
+    ('learn', 'batch_size'): (1, None, True, True),
+    ('learn', 'lr'): (0, None, False, True),
+    ('learn', 'n_classes'): (2, None, True, True),
+    ('learn', 'n_epochs'): (1, None, True, True),
+    ('learn', 'patience'): (1, None, True, True),
+    ('learn', 'val_split'): (0, 1, True, False),
+    ('learn', 'eps_LSR_noisy'): (0, 1, True, True),
+    ('learn', 'delta_eps_LSR'): (0, 1, True, True),
+    ('learn', 'mixup_alpha'): (0, None, False, True),
+    ('learn', 'mixup_warmup_epochs'): (0, None, True, True),
+    ('learn', 'stage1_epoch'): (0, None, True, True),
+    ('learn', 'prune_stage1'): (0, None, True, True),
+    ('learn', 'prune_loss_q_value'): (0, 1, False, True),
+    ('learn', 'prune_discard_percentile'): (0, 100, True, True),
+    ('learn', 'densenet_modules'): (1, 8, True, True),
+    ('learn', 'mask_top_k'): (1, None, True, True),
+    ('learn', 'mask_alpha'): (0, 1, True, True),
+    ('learn', 'predict_batch_size'): (1, None, True, True),
+    ('loss', 'q_loss'): (0, 1, False, True),
+    ('loss', 'q_loss2'): (0, 1, False, True),
+    ('loss', 'm_loss2'): (0, 1, False, True),
+    ('loss', 'perc_loss2'): (0, 100, True, True),
+    ('loss', 'snn_temperature'): (0, None, False, True),
+    ('loss', 'q_min'): (0, 1, False, True),
+}
+
+# Keys that also take a value of another type than their default's: learn.mode a name
+# such as 'staged' (learn.py checks it), learn.jit_compile true/false besides 'auto'.
+ALSO = {('learn', 'mode'): str, ('learn', 'jit_compile'): bool}
+
+# Keys whose value may be null (None) although the default is not, or vice versa.
+NULLABLE = {('ctrl', 'run_name')}
+
+
+def _type_name(value):
+    return {bool: 'a boolean', int: 'an integer', float: 'a number', str: 'a string',
+            list: 'a list'}.get(type(value), type(value).__name__)
+
+
+def _check_value(section, key, value):
+    """Type-check against the default's type, then choices and ranges; return the value."""
+    default = DEFAULTS[section][key]
+    where = f'{section}.{key}'
+    if value is None:
+        if (section, key) in NULLABLE:
+            return None
+        raise ConfigError(f'{where} must not be empty (expected {_type_name(default)})')
+    if default is None:  # nullable strings
+        if not isinstance(value, str):
+            raise ConfigError(f'{where} must be a string, got {value!r}')
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f'{where} must be true or false, got {value!r}')
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f'{where} must be a number, got {value!r}')
+        value = float(value)
+    elif (section, key) in ALSO and isinstance(value, ALSO[section, key]):
+        return value
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f'{where} must be an integer, got {value!r}')
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f'{where} must be a string, got {value!r}')
+    elif isinstance(default, list):
+        if not isinstance(value, list):
+            raise ConfigError(f'{where} must be a list, got {value!r}')
+    choices = CHOICES.get((section, key))
+    if choices is not None and value not in choices:
+        raise ConfigError(f'{where} is {value!r}; valid values: {", ".join(map(str, choices))}')
+    bounds = RANGES.get((section, key))
+    if bounds is not None and not isinstance(value, str):
+        low, high, low_in, high_in = bounds
+        too_low = low is not None and (value < low or (value == low and not low_in))
+        too_high = high is not None and (value > high or (value == high and not high_in))
+        if too_low or too_high:
+            lo = 'any' if low is None else f'{low} ({"inclusive" if low_in else "exclusive"})'
+            hi = 'any' if high is None else f'{high} ({"inclusive" if high_in else "exclusive"})'
+            raise ConfigError(f'{where} = {value!r} is out of range: from {lo} to {hi}')
+    return value
+
+
+def _merge(cfg, section, key, value):
+    if section not in DEFAULTS:
+        raise ConfigError(f'unknown config section {section!r}; valid sections: '
+                          f'{", ".join(DEFAULTS)}')
+    if key not in DEFAULTS[section]:
+        raise ConfigError(f'unknown config key {section}.{key}; valid keys of {section}: '
+                          f'{", ".join(DEFAULTS[section])}')
+    cfg[section][key] = _check_value(section, key, value)
+
+
+def parse_override(text):
+    """'section.key=value' -> (section, key, value parsed as YAML)."""
+    if '=' not in text or '.' not in text.split('=', 1)[0]:
+        raise ConfigError(f'override {text!r} must look like section.key=value')
+    name, raw = text.split('=', 1)
+    section, key = name.strip().split('.', 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f'override {text!r}: value is not valid YAML ({err})') from None
+    return section, key, value
+
+
+def load_config(path=None, overrides=()):
+    """YAML file + 'section.key=value' overrides -> validated config dict with defaults."""
+    cfg = copy.deepcopy(DEFAULTS)  # list defaults must not be shared between configs
+    if path is not None:
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f)
+        except FileNotFoundError:
+            raise ConfigError(f'config file not found: {path}') from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f'config file {path} is not valid YAML: '
+                              f'{str(err).splitlines()[0]}') from None
+        data = data or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f'config file {path} must hold sections (a mapping)')
+        for section, values in data.items():
+            if section not in DEFAULTS:
+                raise ConfigError(f'unknown config section {section!r} in {path}; valid '
+                                  f'sections: {", ".join(DEFAULTS)}')
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f'section {section} in {path} must be a mapping of keys')
+            for key, value in values.items():
+                _merge(cfg, section, key, value)
+    for text in overrides:
+        _merge(cfg, *parse_override(text))
+    _check_consistency(cfg)
+    stem = Path(path).stem if path else 'run'
+    if cfg['ctrl']['run_name'] is None:
+        cfg['ctrl']['run_name'] = f'{stem}_{datetime.datetime.now():%Y%m%d-%H%M%S}'
+    return cfg
+
+
+def _check_consistency(cfg):
+    ext = cfg['extract']
+    if ext['fmax'] > ext['fs'] / 2:
+        raise ConfigError(f'extract.fmax = {ext["fmax"]} exceeds the Nyquist frequency '
+                          f'fs/2 = {ext["fs"] / 2}')
+    if ext['fmin'] >= ext['fmax']:
+        raise ConfigError('extract.fmin must be below extract.fmax')
+    if ext['win_length_samples'] > ext['n_fft']:
+        raise ConfigError('extract.win_length_samples must not exceed extract.n_fft')
+    staged = cfg['learn']['staged_epochs']
+    if len(staged) != 3 or not all(isinstance(n, int) and n >= 0 for n in staged):
+        raise ConfigError(f'learn.staged_epochs must be three non-negative integers '
+                          f'[n1, n2, n3], got {staged!r}')
+    if not all(isinstance(c, str) for c in cfg['learn']['noisier_classes']):
+        raise ConfigError('learn.noisier_classes must be a list of class names')
+    name = cfg['ctrl']['run_name']
+    if name is not None and (not name or '/' in name or name.startswith('.')):
+        raise ConfigError(f'ctrl.run_name {name!r} must be a plain file name')
+
+
+def config_to_yaml(cfg):
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
+
+
+def lookup(registry, name, key):
+    """registry[name], or the one error naming the key and the valid names."""
+    if name not in registry:
+        raise ConfigError(f'{key} {name!r} is unknown; valid: {", ".join(map(str, registry))}')
+    return registry[name]

@@ -1,0 +1,96 @@
+"""Datasets by name (config key `ctrl.dataset`): a dataset folder -> one clip table.
+
+Every adapter returns (table, classes): one row per clip, train rows first, with fname,
+path, label, label_idx, verified, subset ('train'/'test') and, where the CSV has them,
+the true labels; classes are the sorted training labels.
+"""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from config import ConfigError, lookup
+
+TRAIN_COLUMNS = ['fname', 'label', 'aso_id', 'manually_verified', 'noisy_small']
+TEST_COLUMNS = ['fname', 'label', 'aso_id']
+
+# ctrl.train_data -> which training rows are used (FSDnoisy18k: manually_verified 1 is
+# the clean set, noisy_small 1 the small noisy subset).
+TRAIN_SUBSETS = {
+    'noisy': lambda t: t.verified == 0,
+    'clean': lambda t: t.verified == 1,
+    'noisy_small': lambda t: t.noisy_small == 1,
+    'noisy_small_clean': lambda t: (t.noisy_small == 1) | (t.verified == 1),
+    'all': lambda t: t.verified >= 0,
+}
+
+
+def _read_csv(path, columns):
+    if not path.is_file():
+        raise ConfigError(f'missing dataset file {path} (check ctrl.dataset_path)')
+    try:
+        df = pd.read_csv(path)
+    except Exception as err:  # pandas raises several types for unreadable files
+        raise ConfigError(f'cannot read {path}: {err}') from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ConfigError(f'{path} lacks the column(s) {", ".join(missing)}; required: '
+                          f'{", ".join(columns)}')
+    return df
+
+
+def load_fsdnoisy18k(cfg):
+    """FSDnoisy18k layout -> (table, classes).
+
+    table has one row per clip, train rows first: fname, path, label, label_idx, verified,
+    noisy_small, subset ('train'/'test'), [true_label, true_idx when train.csv has it],
+    plus any extra columns of the CSVs. classes are the sorted training labels.
+    """
+    root = Path(cfg['ctrl']['dataset_path'])
+    if not root.is_dir():
+        raise ConfigError(f'dataset folder {root} does not exist (ctrl.dataset_path)')
+    meta = root / 'FSDnoisy18k.meta'
+    train = _read_csv(meta / 'train.csv', TRAIN_COLUMNS)
+    test = _read_csv(meta / 'test.csv', TEST_COLUMNS)
+    train['subset'], test['subset'] = 'train', 'test'
+    train['path'] = [str(root / 'FSDnoisy18k.audio_train' / f) for f in train.fname]
+    test['path'] = [str(root / 'FSDnoisy18k.audio_test' / f) for f in test.fname]
+    train['verified'] = train.manually_verified.astype(int)
+    test['verified'], test['noisy_small'] = 1, 0
+    classes = sorted(train.label.unique())
+    n_classes = cfg['learn']['n_classes']
+    if len(classes) != n_classes:
+        raise ConfigError(f'learn.n_classes is {n_classes} but {meta / "train.csv"} has '
+                          f'{len(classes)} classes')
+    unknown = sorted(set(test.label) - set(classes))
+    if unknown:
+        raise ConfigError(f'{meta / "test.csv"} has labels absent from train.csv: '
+                          f'{", ".join(map(str, unknown[:5]))}')
+    table = pd.concat([train, test], ignore_index=True)
+    index = {c: i for i, c in enumerate(classes)}
+    table['label_idx'] = table.label.map(index).astype(int)
+    if 'true_label' in table.columns:
+        table['true_label'] = table.true_label.fillna(table.label)
+        table['true_idx'] = table.true_label.map(index).fillna(-1).astype(int)
+    return table, classes
+
+
+def train_rows(table, train_data):
+    """Row numbers of the training clips of subset ctrl.train_data."""
+    train = table[table.subset == 'train']
+    rows = np.flatnonzero(TRAIN_SUBSETS[train_data](train).to_numpy())
+    if rows.size == 0:
+        raise ConfigError(f'ctrl.train_data {train_data!r} selects no training clip')
+    return train.index.to_numpy()[rows]
+
+
+DATASETS = {'fsdnoisy18k': load_fsdnoisy18k}
+
+
+def check(cfg):
+    lookup(DATASETS, cfg['ctrl']['dataset'], 'ctrl.dataset')
+
+
+def load(cfg):
+    """ctrl.dataset -> (table, classes)."""
+    return lookup(DATASETS, cfg['ctrl']['dataset'], 'ctrl.dataset')(cfg)

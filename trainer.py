@@ -1,0 +1,186 @@
+"""The training machinery of section `learn`: the Keras Model subclass whose train_step
+assembles the batch and weighs and reduces the loss, and the callbacks every mode uses
+(history.csv, model selection).
+
+Modes (learn.py) change training by passing things in (a masker, a loss's own callbacks),
+never by reaching into these objects' internals.
+"""
+import logging
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf  # the step uses GradientTape: TensorFlow backend only
+from keras import ops
+
+from utils import atomic_path, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+class Trainer(keras.Model):
+    """Wraps the classifier; the step assembles its batch, weighs and reduces the loss.
+
+    On the device path a step receives (idx, partner, lam) [B] and gathers its batch from
+    the resident frames; on the host path tf.data has already built (x, y, verified,
+    wrong). Per-example weights are the product of the loss's own keep mask (time-
+    dependent loss) and, when a mode sets one, the masker's (staged loss masking); a
+    weight of 0 flags the example as dropped. With `detect` on, flagged and wrong-label
+    counts are summed per epoch for the noise-detection figures.
+    """
+
+    def __init__(self, classifier, source, step_loss):
+        super().__init__(name='trainer')
+        self.classifier, self.source, self.step_loss = classifier, source, step_loss
+        self.masker, self.detect = None, False
+        outputs = classifier.output
+        if step_loss.needs_embedding:
+            outputs = [classifier.output, classifier.get_layer('embedding').output]
+        self.net = keras.Model(classifier.input, outputs)
+        self.loss_tracker = keras.metrics.Mean(name='loss')
+        self.acc_tracker = keras.metrics.CategoricalAccuracy(name='accuracy')
+        self.extra = {}
+        self.track(step_loss.log_names)
+
+    def track(self, names, kind=keras.metrics.Mean):
+        """Report these figures per epoch (means, or sums) in the logs and history.csv."""
+        for name in names:
+            self.extra.setdefault(name, kind(name=name))
+
+    def detect_noise(self):
+        """Count flagged / wrong-label examples per epoch (needs a true_label column)."""
+        self.detect = True
+        self.track(NOISE_COUNTS, keras.metrics.Sum)
+        self.train_function = None  # the step changed: trace it again
+
+    def set_masker(self, masker):
+        self.masker = masker
+        if masker is not None:
+            self.track(masker.log_names)
+        self.train_function = None  # the step changed: trace it again
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.acc_tracker, *self.extra.values()]
+
+    def call(self, x, training=False):
+        return self.classifier(x, training=training)
+
+    def _forward(self, x, training):
+        out = self.net(x, training=training)
+        return out if self.step_loss.needs_embedding else (out, None)
+
+    def train_step(self, batch):
+        if self.source.on_device:
+            batch = self.source.train_batch(*batch)
+        x, y, verified, wrong = batch
+        mask = None if self.masker is None else (lambda losses: self.masker(losses, verified))
+        with tf.GradientTape() as tape:
+            y_pred, emb = self._forward(x, training=True)
+            loss, weights, figures = self.step_loss(y, y_pred, x, emb, mask)
+            total = loss + ops.sum(self.classifier.losses) if self.classifier.losses else loss
+            scaled = self.optimizer.scale_loss(total)
+        variables = self.classifier.trainable_variables
+        self.optimizer.apply(tape.gradient(scaled, variables), variables)
+        if self.detect:
+            flagged = 1.0 - ops.cast(weights > 0, 'float32')
+            figures.update(nd_flagged=ops.sum(flagged), nd_hit=ops.sum(flagged * wrong),
+                           nd_wrong=ops.sum(wrong))
+        self.loss_tracker.update_state(loss)
+        self.acc_tracker.update_state(y, y_pred)
+        for name, value in figures.items():
+            self.extra[name].update_state(value)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, batch):
+        x, y = self.source.eval_batch(batch) if self.source.on_device else batch
+        y_pred, emb = self._forward(x, training=False)
+        per_example = self.step_loss.per_example(y, y_pred, x, emb)
+        self.loss_tracker.update_state(ops.mean(per_example))
+        self.acc_tracker.update_state(y, y_pred)
+        return {m.name: m.result() for m in (self.loss_tracker, self.acc_tracker)}
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+NOISE_COUNTS = ('nd_flagged', 'nd_hit', 'nd_wrong')
+
+
+def detection_figures(flagged, wrong):
+    """Noise detection of a drop/mask decision: precision = share of flagged examples whose
+    given label is wrong, recall = share of wrong-label examples that were flagged."""
+    flagged, wrong = np.asarray(flagged, bool), np.asarray(wrong, bool)
+    return precision_recall(int(flagged.sum()), int((flagged & wrong).sum()),
+                             int(wrong.sum()))
+
+
+def precision_recall(n_flagged, n_hit, n_wrong):
+    return {'precision': n_hit / n_flagged if n_flagged else float('nan'),
+            'recall': n_hit / n_wrong if n_wrong else float('nan'),
+            'n_flagged': n_flagged, 'n_wrong': n_wrong}
+
+
+def noise_detection(row):
+    """Per-epoch precision/recall from the summed counts the step logged, if any."""
+    if 'nd_flagged' not in row:
+        return {}
+    f = precision_recall(row['nd_flagged'], row['nd_hit'], row['nd_wrong'])
+    return {'nd_precision': f['precision'], 'nd_recall': f['recall']}
+
+
+class History(keras.callbacks.Callback):
+    """Appends one row per epoch to history.csv (rewritten atomically each epoch)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path, self.rows, self.lr = path, [], None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.lr = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.t0 = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {'epoch': epoch + 1, **{k: float(v) for k, v in (logs or {}).items()
+                                      if k != 'learning_rate'}}
+        row.update(noise_detection(row))
+        row['lr'] = self.lr
+        row['seconds'] = round(time.time() - self.t0, 2)
+        self.rows.append(row)
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        lines = [','.join(columns)]
+        lines += [','.join('' if r.get(c) is None else f'{r[c]:.6g}' for c in columns)
+                  for r in self.rows]
+        atomic_write_text(self.path, '\n'.join(lines) + '\n')
+
+
+class BestModel(keras.callbacks.Callback):
+    """Keeps the weights of the best epoch (monitored value) and saves model.keras then.
+
+    Saving at every improvement means an interrupted run keeps its best model so far.
+    """
+
+    def __init__(self, monitor, path):
+        super().__init__()
+        self.monitor, self.path = monitor, path
+        self.reset()
+
+    def reset(self):
+        self.best, self.weights, self.epoch = -np.inf, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or value <= self.best:
+            return
+        self.best, self.epoch = float(value), epoch + 1
+        classifier = self.model.classifier
+        self.weights = classifier.get_weights()
+        with atomic_path(self.path) as tmp:
+            classifier.save(tmp)
+
+    def restore(self):
+        if self.weights is not None:
+            self.model.classifier.set_weights(self.weights)
+            logger.info('restored the weights of epoch %d (%s = %.4f)', self.epoch,
+                        self.monitor, self.best)
