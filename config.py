@@ -34,7 +34,7 @@ DEFAULTS = {
         'spectrogram_type': 'power', 'win_length_samples': 1764, 'store_dtype': 'float32',
     },
     'learn': {
-        'batch_size': 64, 'lr': 0.001, 'n_classes': 20, 'n_epochs': 100, 'optim': 'Adam',
+        'batch_size': 64, 'lr': 0.001, 'n_classes': None, 'n_epochs': 100, 'optim': 'Adam',
         'patience': 15, 'val_split': 0.15, 'LSR': False, 'eps_LSR_noisy': 0.15,
         'LSRmode': 'GROUPS2', 'delta_eps_LSR': 0.05, 'noisier_classes': FSDNOISY18K_NOISIER,
         'mixup': True, 'mixup_alpha': 0.1, 'mixup_mode': 'intra', 'mixup_warmup_epochs': 10,
@@ -44,20 +44,21 @@ DEFAULTS = {
         'prune_discard_percentile': 90, 'densenet_modules': 3,
         'staged_epochs': [20, 30, 10], 'mask_method': 'threshold', 'mask_top_k': 10,
         'mask_alpha': 0.9, 'jit_compile': 'auto', 'mixed_precision': False,
-        'predict_batch_size': 1024, 'frames_on_device': 'auto',
+        'predict_batch_size': 1024, 'frames_on_device': 'auto', 'head': 'softmax',
     },
     'loss': {
         'q_loss': 0.7, 'q_loss2': 0.7, 'm_loss2': 0.99, 'perc_loss2': 95, 'type': 'lq_loss',
         'snn_temperature': 1000.0, 'q_min': 0.01, 'snn_space': 'input',
     },
-    'recognizer': {'aggregate': 'gmean'},
+    'recognizer': {'aggregate': 'gmean', 'metrics': None},
     'suffix': {'in': '_mel', 'out': '_label'},
 }
 
 # Values restricted to a set. Registries (models, losses, modes, aggregations) are checked
 # by their own modules against their registry dicts, so that the list never goes stale.
 CHOICES = {
-    ('ctrl', 'train_data'): ['noisy', 'clean', 'noisy_small', 'noisy_small_clean', 'all'],
+    ('ctrl', 'train_data'): ['noisy', 'clean', 'noisy_small', 'noisy_small_clean', 'all',
+                             'curated'],
     ('extract', 'load_mode'): ['varup', 'full'],
     ('extract', 'spectrogram_type'): ['power', 'magnitude'],
     ('extract', 'store_dtype'): ['float32', 'float16'],
@@ -119,7 +120,10 @@ RANGES = {
 ALSO = {('learn', 'mode'): str, ('learn', 'jit_compile'): bool}
 
 # Keys whose value may be null (None) although the default is not, or vice versa.
-NULLABLE = {('ctrl', 'run_name')}
+NULLABLE = {('ctrl', 'run_name'), ('learn', 'n_classes'), ('recognizer', 'metrics')}
+
+# The type of a key whose default is null, when it is not a string.
+NULL_DEFAULT_TYPES = {('learn', 'n_classes'): int, ('recognizer', 'metrics'): list}
 
 
 def _type_name(value):
@@ -135,10 +139,8 @@ def _check_value(section, key, value):
         if (section, key) in NULLABLE:
             return None
         raise ConfigError(f'{where} must not be empty (expected {_type_name(default)})')
-    if default is None:  # nullable strings
-        if not isinstance(value, str):
-            raise ConfigError(f'{where} must be a string, got {value!r}')
-        return value
+    if default is None:  # nullable: check against the key's type, then its range
+        default = NULL_DEFAULT_TYPES.get((section, key), str)()
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f'{where} must be true or false, got {value!r}')

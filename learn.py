@@ -344,7 +344,8 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     rows = datasets.train_rows(table, cfg['ctrl']['train_data'])
     rows = rows[store.length[rows] > 0]
     train_rows, val_rows = data.split_train_val(
-        rows, table.label_idx.to_numpy()[rows], learn['val_split'], cfg['ctrl']['seed'])
+        rows, data.strata(datasets.targets(table, len(classes))[rows]), learn['val_split'],
+        cfg['ctrl']['seed'])
     patches = data.make_patches(store.start, store.length, ext['patch_len'], ext['patch_hop'])
     train_idx = patches.of_clips(train_rows)
     mean, std = data.fit_scaler(store.frames, patches, train_idx, ext['patch_len'])
