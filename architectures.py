@@ -10,10 +10,14 @@ caller can read it with
     keras.Model(model.input, [model.output, model.get_layer('embedding').output])
 (model.input, not the list model.inputs, so that calling it on one array raises no
 input-structure warning).
+
+Heads by name (config key `learn.head`, registry HEADS) replace that final softmax layer
+of any model by other output layers on the same features (see build_head).
 """
 import keras
 from keras import layers
 
+import losses
 from config import ConfigError, lookup
 
 
@@ -105,11 +109,101 @@ def dense_se(input_shape, n_classes, cfg_learn):
 MODELS = {'baseline': baseline, 'DenSE': dense_se}
 
 
+# ----------------------------------------------------------------------------- heads
+# A head maps the features that fed a model's final softmax layer to its outputs. The
+# softmax head is that layer itself (the model as built). Every other head returns a dict
+# of named outputs: 'scores' (the clip-level prediction, [B, K] in [0, 1]) and one entry
+# per branch, named after what its loss (losses.BRANCH_LOSSES) reads: 'sigmoid' and
+# 'softmax' probabilities, 'sparsemax_logits' (the sparsemax loss needs the logits z
+# themselves: its threshold and support are functions of z, not of sparsemax(z)).
+# All output layers are float32, so that losses stay float32 under mixed_float16.
+
+@keras.saving.register_keras_serializable(package='noisy_sed')
+class Sparsemax(layers.Layer):
+    """sparsemax over the last axis (Martins & Astudillo, ICML 2016): losses.sparsemax."""
+
+    def call(self, z):
+        return losses.sparsemax(z)
+
+
+def _dense(x, n_classes, name, activation, dense):
+    return layers.Dense(n_classes, activation=activation, dtype='float32', name=name,
+                        **dense)(x)
+
+
+def _sparsemax_branch(x, n_classes, dense):
+    z = _dense(x, n_classes, 'sparsemax_logits', None, dense)
+    return z, Sparsemax(dtype='float32', name='sparsemax')(z)
+
+
+def _average(outputs):
+    """He et al. Sec. 3.2: the branches' outputs are averaged for prediction."""
+    return layers.Average(dtype='float32', name='scores')(outputs)
+
+
+def head_sigmoid(x, n_classes, dense):
+    """One sigmoid layer (multi-label; trained with BCE)."""
+    return _dense(x, n_classes, 'sigmoid', 'sigmoid', dense)
+
+
+def head_sparsemax(x, n_classes, dense):
+    """One sparsemax layer (trained with the sparsemax loss on targets summing to 1)."""
+    z, p = _sparsemax_branch(x, n_classes, dense)
+    return {'scores': p, 'sparsemax_logits': z}
+
+
+def head_sigmoid_softmax(x, n_classes, dense):
+    """Multi-activation (He et al., DCASE 2019 workshop): a sigmoid and a softmax layer on
+    the same features, trained with BCE and softmax-CE; their mean is the prediction."""
+    sig = _dense(x, n_classes, 'sigmoid', 'sigmoid', dense)
+    soft = _dense(x, n_classes, 'softmax', 'softmax', dense)
+    return {'scores': _average([sig, soft]), 'sigmoid': sig, 'softmax': soft}
+
+
+def head_sigmoid_sparsemax(x, n_classes, dense):
+    """Multi-activation of He et al. (Sec. 3.2, Fig. 3): sigmoid + sparsemax layers,
+    trained with BCE and the sparsemax loss; their mean is the prediction."""
+    sig = _dense(x, n_classes, 'sigmoid', 'sigmoid', dense)
+    z, p = _sparsemax_branch(x, n_classes, dense)
+    return {'scores': _average([sig, p]), 'sigmoid': sig, 'sparsemax_logits': z}
+
+
+HEADS = {
+    'softmax': None,  # the model's own final softmax layer
+    'sigmoid': head_sigmoid,
+    'sparsemax': head_sparsemax,
+    'sigmoid_softmax': head_sigmoid_softmax,
+    'sigmoid_sparsemax': head_sigmoid_sparsemax,
+}
+
+
+def build_head(model, head):
+    """The model with its final softmax layer replaced by the head's output layers.
+
+    The head's dense layers take the features that fed that layer and its kernel
+    regulariser (the baseline's L2 1e-3), so that any model of MODELS takes any head.
+    """
+    final = model.layers[-1]
+    dense = {'kernel_regularizer': final.kernel_regularizer,
+             'kernel_initializer': final.kernel_initializer}
+    outputs = HEADS[head](final.input, final.units, dense)
+    return keras.Model(model.input, outputs, name=model.name)
+
+
+def scores(outputs):
+    """The prediction [B, K] of a model's output: the tensor itself, or its 'scores'."""
+    return outputs['scores'] if isinstance(outputs, dict) else outputs
+
+
 def check(cfg):
-    """Refuse an unknown learn.model before any heavy work."""
+    """Refuse an unknown learn.model or learn.head before any heavy work."""
     lookup(MODELS, cfg['learn']['model'], 'learn.model')
+    lookup(HEADS, cfg['learn']['head'], 'learn.head')
 
 
 def build(name, input_shape, n_classes, cfg_learn):
-    """learn.model name -> uncompiled keras.Model mapping input_shape to n_classes probs."""
-    return lookup(MODELS, name, 'learn.model')(tuple(input_shape), n_classes, cfg_learn)
+    """learn.model name (+ learn.head) -> uncompiled keras.Model mapping input_shape to
+    n_classes probabilities (softmax head) or to the head's named outputs."""
+    model = lookup(MODELS, name, 'learn.model')(tuple(input_shape), n_classes, cfg_learn)
+    head = lookup(HEADS, cfg_learn.get('head', 'softmax'), 'learn.head')
+    return model if head is None else build_head(model, cfg_learn['head'])

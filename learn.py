@@ -194,7 +194,7 @@ def score_clips(exp, rows):
 
     def patch_loss(i):
         x, y = source.eval_batch(i)
-        return per_example(y, classifier(x, training=False))
+        return per_example(y, architectures.scores(classifier(x, training=False)))
     idx = exp.patches.of_clips(rows)
     values = evaluation.map_patches(patch_loss, idx, learn['predict_batch_size'])
     return evaluation.aggregate(values, exp.patches.clip[idx],
@@ -358,7 +358,7 @@ def prepare(cfg, table, classes, store, rng, run_dir):
         'mixed_float16' if learn['mixed_precision'] else 'float32')
     classifier = architectures.build(learn['model'], (ext['patch_len'], ext['n_mels'], 1),
                                      len(classes), learn)
-    trainer = Trainer(classifier, source, losses.get(cfg))
+    trainer = Trainer(classifier, source, losses.get(cfg), datasets.is_multi_label(table))
     trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']), jit_compile=use_xla(cfg))
     with atomic_path(run_dir / 'scaler.npz') as tmp, open(tmp, 'wb') as f:
         np.savez(f, mean=mean, std=std)
