@@ -200,3 +200,29 @@ def test_same_seed_same_run(workspace):
                                   second.drop(columns='seconds'))
     preds = [pd.read_csv(run_dir / 'predictions.csv') for _, _, run_dir in runs]
     pd.testing.assert_frame_equal(*preds)
+
+
+# Head x loss pairs that the tests above already train end to end.
+COVERED = {('softmax', 'CCE'), ('softmax', 'lq_loss'), ('softmax', 'lq_lqperc_time_sudden'),
+           ('softmax', 'adaptive_lq')}
+
+
+def _allowed_pairs():
+    import architectures
+    import losses
+    pairs = [(h, name) for h in architectures.HEADS for name, cls in losses.LOSSES.items()
+             if h in cls.heads]
+    assert COVERED <= set(pairs)
+    return [pair for pair in pairs if pair not in COVERED]
+
+
+@pytest.mark.parametrize('head, loss', _allowed_pairs())
+def test_every_allowed_head_and_loss_trains(workspace, head, loss):
+    _, clean, _ = workspace
+    code, log, run_dir = run(workspace, f'pair_{head}_{loss}', clean,
+                             [f'learn.head={head}', f'loss.type={loss}', 'learn.n_epochs=1',
+                              'ctrl.train_data=clean'])
+    assert code == 0 and ACCURACY.search(log)
+    assert np.isfinite(history(run_dir).loss).all()
+    scores = pd.read_csv(run_dir / 'predictions.csv').iloc[:, 2:].to_numpy()
+    assert ((scores >= 0) & (scores <= 1)).all()
