@@ -11,8 +11,8 @@ caller can read it with
 (model.input, not the list model.inputs, so that calling it on one array raises no
 input-structure warning).
 
-Heads by name (config key `learn.head`, registry HEADS) replace that final softmax layer
-of any model by other output layers on the same features (see build_head).
+Heads by name (config key `learn.head`, registry HEADS): every model ends in
+head_outputs(), which puts the head's output layer(s) on the features of its classifier.
 """
 import keras
 from keras import layers
@@ -31,11 +31,6 @@ def _too_small(input_shape, pools):
 
 def _bn_relu(x):
     return layers.Activation('relu')(layers.BatchNormalization()(x))
-
-
-def _softmax(x, n_classes, **kwargs):
-    # dtype float32: the probabilities stay float32 under a mixed_float16 policy.
-    return layers.Dense(n_classes, activation='softmax', dtype='float32', **kwargs)(x)
 
 
 # ----------------------------------------------------------------------------- baseline
@@ -63,7 +58,8 @@ def baseline(input_shape, n_classes, cfg_learn):
     x = layers.Dense(64, activation='relu', kernel_regularizer=keras.regularizers.L2(1e-3),
                      name='embedding')(x)
     x = layers.Dropout(0.5)(x)
-    outputs = _softmax(x, n_classes, kernel_regularizer=keras.regularizers.L2(1e-3))
+    outputs = head_outputs(x, n_classes, cfg_learn,
+                           kernel_regularizer=keras.regularizers.L2(1e-3))
     return keras.Model(inputs, outputs, name='baseline')
 
 
@@ -102,7 +98,7 @@ def dense_se(input_shape, n_classes, cfg_learn):
     for i in range(n_modules):
         x = _dense_se_module(x, min(512, 16 * 2 ** i))
     x = layers.Flatten(name='embedding')(_bn_relu(x))
-    outputs = _softmax(layers.Dropout(0.5)(x), n_classes)
+    outputs = head_outputs(layers.Dropout(0.5)(x), n_classes, cfg_learn)
     return keras.Model(inputs, outputs, name='DenSE')
 
 
@@ -167,7 +163,7 @@ def cnn_gru(input_shape, n_classes, cfg_learn):
     """CNN-GRU with a softmax output (see cnn_gru_trunk)."""
     _check_mels(input_shape, 2 ** len(CNN_GRU_FILTERS), 'cnn_gru')
     inputs = keras.Input(shape=(None,) + tuple(input_shape[1:]))
-    outputs = _softmax(cnn_gru_trunk(inputs, cfg_learn), n_classes)
+    outputs = head_outputs(cnn_gru_trunk(inputs, cfg_learn), n_classes, cfg_learn)
     return keras.Model(inputs, outputs, name='cnn_gru')
 
 
@@ -239,7 +235,7 @@ def vgg_gap(input_shape, n_classes, cfg_learn):
     _check_mels(input_shape, VGG_GAP_MIN_MELS, 'vgg_gap')
     inputs = keras.Input(shape=(None,) + tuple(input_shape[1:]))
     x = layers.Dropout(0.5)(vgg_gap_trunk(inputs, cfg_learn))
-    outputs = layers.Activation('softmax', dtype='float32')(class_map_logits(x, n_classes))
+    outputs = head_outputs(x, n_classes, cfg_learn, logits=class_map_logits)
     return keras.Model(inputs, outputs, name='vgg_gap')
 
 
@@ -247,13 +243,15 @@ MODELS = {'baseline': baseline, 'DenSE': dense_se, 'cnn_gru': cnn_gru, 'vgg_gap'
 
 
 # ----------------------------------------------------------------------------- heads
-# A head maps the features that fed a model's final softmax layer to its outputs. The
-# softmax head is that layer itself (the model as built). Every other head returns a dict
-# of named outputs: 'scores' (the clip-level prediction, [B, K] in [0, 1]) and one entry
-# per branch, named after what its loss (losses.BRANCH_LOSSES) reads: 'sigmoid' and
-# 'softmax' probabilities, 'sparsemax_logits' (the sparsemax loss needs the logits z
-# themselves: its threshold and support are functions of z, not of sparsemax(z)).
-# All output layers are float32, so that losses stay float32 under mixed_float16.
+# Every model ends in head_outputs(features, n_classes, cfg_learn, ...), which builds the
+# output layer(s) of learn.head on the features that feed the classifier. The softmax head
+# is the model's own softmax layer, exactly as before heads existed. Every other head
+# returns a dict of named outputs: 'scores' (the clip-level prediction, [B, K] in [0, 1])
+# and one entry per branch, named after what its loss (losses.BRANCH_LOSSES) reads:
+# 'sigmoid' and 'softmax' probabilities, 'sparsemax_logits' (the sparsemax loss needs the
+# logits z themselves: its threshold and support are functions of z, not of sparsemax(z)).
+# Each branch has its own classifier layer(s) (He et al.: "two dense layers"). All output
+# layers are float32, so that losses stay float32 under mixed_float16.
 
 @keras.saving.register_keras_serializable(package='noisy_sed')
 class Sparsemax(layers.Layer):
@@ -263,68 +261,51 @@ class Sparsemax(layers.Layer):
         return losses.sparsemax(z)
 
 
-def _dense(x, n_classes, name, activation, dense):
-    return layers.Dense(n_classes, activation=activation, dtype='float32', name=name,
-                        **dense)(x)
+def _branch(z, activation):
+    """Float32 output of one branch from its logits z, named after what its loss reads."""
+    if activation == 'sparsemax':
+        z = layers.Activation('linear', dtype='float32', name='sparsemax_logits')(z)
+        return {'sparsemax_logits': z}, Sparsemax(dtype='float32', name='sparsemax')(z)
+    p = layers.Activation(activation, dtype='float32', name=activation)(z)
+    return {activation: p}, p
 
 
-def _sparsemax_branch(x, n_classes, dense):
-    z = _dense(x, n_classes, 'sparsemax_logits', None, dense)
-    return z, Sparsemax(dtype='float32', name='sparsemax')(z)
-
-
-def _average(outputs):
-    """He et al. Sec. 3.2: the branches' outputs are averaged for prediction."""
-    return layers.Average(dtype='float32', name='scores')(outputs)
-
-
-def head_sigmoid(x, n_classes, dense):
-    """One sigmoid layer (multi-label; trained with BCE)."""
-    return _dense(x, n_classes, 'sigmoid', 'sigmoid', dense)
-
-
-def head_sparsemax(x, n_classes, dense):
-    """One sparsemax layer (trained with the sparsemax loss on targets summing to 1)."""
-    z, p = _sparsemax_branch(x, n_classes, dense)
-    return {'scores': p, 'sparsemax_logits': z}
-
-
-def head_sigmoid_softmax(x, n_classes, dense):
-    """Multi-activation (He et al., DCASE 2019 workshop): a sigmoid and a softmax layer on
-    the same features, trained with BCE and softmax-CE; their mean is the prediction."""
-    sig = _dense(x, n_classes, 'sigmoid', 'sigmoid', dense)
-    soft = _dense(x, n_classes, 'softmax', 'softmax', dense)
-    return {'scores': _average([sig, soft]), 'sigmoid': sig, 'softmax': soft}
-
-
-def head_sigmoid_sparsemax(x, n_classes, dense):
-    """Multi-activation of He et al. (Sec. 3.2, Fig. 3): sigmoid + sparsemax layers,
-    trained with BCE and the sparsemax loss; their mean is the prediction."""
-    sig = _dense(x, n_classes, 'sigmoid', 'sigmoid', dense)
-    z, p = _sparsemax_branch(x, n_classes, dense)
-    return {'scores': _average([sig, p]), 'sigmoid': sig, 'sparsemax_logits': z}
-
-
+# learn.head -> the activations of its branches (He et al., Sec. 3.2: the multi-activation
+# heads put a sigmoid layer trained with BCE beside a softmax or sparsemax layer; the
+# branches' outputs are averaged for prediction).
 HEADS = {
-    'softmax': None,  # the model's own final softmax layer
-    'sigmoid': head_sigmoid,
-    'sparsemax': head_sparsemax,
-    'sigmoid_softmax': head_sigmoid_softmax,
-    'sigmoid_sparsemax': head_sigmoid_sparsemax,
+    'softmax': ('softmax',),
+    'sigmoid': ('sigmoid',),
+    'sparsemax': ('sparsemax',),
+    'sigmoid_softmax': ('sigmoid', 'softmax'),
+    'sigmoid_sparsemax': ('sigmoid', 'sparsemax'),
 }
 
 
-def build_head(model, head):
-    """The model with its final softmax layer replaced by the head's output layers.
+def head_outputs(x, n_classes, cfg_learn, logits=None, **dense):
+    """The output layer(s) of learn.head on features x.
 
-    The head's dense layers take the features that fed that layer and its kernel
-    regulariser (the baseline's L2 1e-3), so that any model of MODELS takes any head.
+    logits(x, n_classes) -> [B, K] builds one classifier (default: a dense layer with the
+    `dense` keyword arguments, e.g. the baseline's L2 regulariser); it is called once
+    per branch, so that each branch has its own weights.
     """
-    final = model.layers[-1]
-    dense = {'kernel_regularizer': final.kernel_regularizer,
-             'kernel_initializer': final.kernel_initializer}
-    outputs = HEADS[head](final.input, final.units, dense)
-    return keras.Model(model.input, outputs, name=model.name)
+    head = cfg_learn.get('head', 'softmax')
+    if head == 'softmax' and logits is None:
+        # dtype float32: the probabilities stay float32 under a mixed_float16 policy.
+        return layers.Dense(n_classes, activation='softmax', dtype='float32', **dense)(x)
+    if logits is None:
+        def logits(x, n_classes):
+            return layers.Dense(n_classes, dtype='float32', **dense)(x)
+    outputs, probs = {}, []
+    for activation in lookup(HEADS, head, 'learn.head'):
+        named, p = _branch(logits(x, n_classes), activation)
+        outputs.update(named)
+        probs.append(p)
+    if head in ('softmax', 'sigmoid'):
+        return probs[0]  # one layer whose probabilities are the prediction
+    outputs['scores'] = (probs[0] if len(probs) == 1 else
+                         layers.Average(dtype='float32', name='scores')(probs))
+    return outputs
 
 
 def scores(outputs):
@@ -339,8 +320,6 @@ def check(cfg):
 
 
 def build(name, input_shape, n_classes, cfg_learn):
-    """learn.model name (+ learn.head) -> uncompiled keras.Model mapping input_shape to
-    n_classes probabilities (softmax head) or to the head's named outputs."""
-    model = lookup(MODELS, name, 'learn.model')(tuple(input_shape), n_classes, cfg_learn)
-    head = lookup(HEADS, cfg_learn.get('head', 'softmax'), 'learn.head')
-    return model if head is None else build_head(model, cfg_learn['head'])
+    """learn.model name -> uncompiled keras.Model mapping input_shape to n_classes
+    probabilities (softmax head) or to the named outputs of learn.head."""
+    return lookup(MODELS, name, 'learn.model')(tuple(input_shape), n_classes, cfg_learn)
