@@ -293,12 +293,11 @@ def head_outputs(x, n_classes, cfg_learn, logits=None, **dense):
     if head == 'softmax' and logits is None:
         # dtype float32: the probabilities stay float32 under a mixed_float16 policy.
         return layers.Dense(n_classes, activation='softmax', dtype='float32', **dense)(x)
-    if logits is None:
-        def logits(x, n_classes):
-            return layers.Dense(n_classes, dtype='float32', **dense)(x)
     outputs, probs = {}, []
     for activation in lookup(HEADS, head, 'learn.head'):
-        named, p = _branch(logits(x, n_classes), activation)
+        z = (logits(x, n_classes) if logits is not None else layers.Dense(
+            n_classes, dtype='float32', name=f'{activation}_dense', **dense)(x))
+        named, p = _branch(z, activation)
         outputs.update(named)
         probs.append(p)
     if head in ('softmax', 'sigmoid'):
