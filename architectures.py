@@ -5,8 +5,8 @@ noisy labels when training sound event classifiers", IEEE WASPAA 2019. Inputs ar
 patches of shape (patch_len, n_mels, 1): time x mel bands x 1 channel (channels_last).
 The tagging models cnn_gru and vgg_gap (below) take any number of frames: (None, n_mels, 1).
 
-Every model ends in a float32 softmax, so that losses and metrics stay in float32 under a
-mixed_float16 policy, and names its penultimate representation 'embedding', so that a
+Every model ends in float32 outputs (a softmax, or the layers of learn.head), so that
+losses and metrics stay in float32 under a mixed_float16 policy, and names its penultimate representation 'embedding', so that a
 caller can read it with
     keras.Model(model.input, [model.output, model.get_layer('embedding').output])
 (model.input, not the list model.inputs, so that calling it on one array raises no

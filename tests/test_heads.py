@@ -88,12 +88,8 @@ def test_softmax_head_is_the_model_as_before():
     assert not isinstance(model.output, dict)
 
 
-def test_head_outputs_are_float32_under_mixed_precision():
-    keras.mixed_precision.set_global_policy('mixed_float16')
-    try:
-        model = architectures.build('baseline', SHAPE, 5, {'head': 'sigmoid_sparsemax'})
-    finally:
-        keras.mixed_precision.set_global_policy('float32')
+def test_head_outputs_are_float32_under_mixed_precision(mixed_float16):
+    model = architectures.build('baseline', SHAPE, 5, {'head': 'sigmoid_sparsemax'})
     assert {k: v.dtype for k, v in model.output.items()} == {
         'scores': 'float32', 'sigmoid': 'float32', 'sparsemax_logits': 'float32'}
 
