@@ -202,9 +202,9 @@ def test_same_seed_same_run(workspace):
     pd.testing.assert_frame_equal(*preds)
 
 
-# Head x loss pairs that the tests above already train end to end.
+# Head x loss pairs that other tests of this file train end to end.
 COVERED = {('softmax', 'CCE'), ('softmax', 'lq_loss'), ('softmax', 'lq_lqperc_time_sudden'),
-           ('softmax', 'adaptive_lq')}
+           ('softmax', 'adaptive_lq'), ('sigmoid_sparsemax', 'bce'), ('sigmoid_softmax', 'bce')}
 
 
 def _allowed_pairs():
@@ -237,11 +237,13 @@ MAP3 = re.compile(r'^MAP@3: (\d\.\d{4}) \((\d+)/(\d+) test files, train_data=(\w
 @pytest.fixture(scope='session')
 def kaggle(workspace):
     root, *_ = workspace
-    common = dict(n_classes=6, test_per_class=8, min_dur=0.5, max_dur=1.5, sr=16000)
-    d2019 = synthetic.make_dataset(root / 'k2019', train_per_class=30, clean_fraction=0.5,
+    common = dict(n_classes=6, min_dur=0.5, max_dur=1.5, sr=16000)
+    d2019 = synthetic.make_dataset(root / 'k2019', train_per_class=60, test_per_class=8,
+                                   clean_fraction=0.5,
                                    noise_rate=0.0, seed=3, layout='fsdkaggle2019',
                                    max_labels=2, **common)
-    d2018 = synthetic.make_dataset(root / 'k2018', train_per_class=20, clean_fraction=0.3,
+    d2018 = synthetic.make_dataset(root / 'k2018', train_per_class=10, test_per_class=5,
+                                   clean_fraction=0.3,
                                    noise_rate=0.3, seed=5, layout='fsdkaggle2018', **common)
     return d2019, d2018
 
@@ -261,7 +263,7 @@ def test_fsdkaggle2019_sigmoid_sparsemax_reaches_lwlrap(workspace, kaggle):
     code, log, run_dir = run(workspace, 'k2019', d2019,
                              ['ctrl.dataset=fsdkaggle2019', 'learn.n_classes=null',
                               'learn.head=sigmoid_sparsemax', 'loss.type=bce',
-                              'learn.n_epochs=10'])
+                              'learn.n_epochs=8'])
     assert code == 0, log[-2000:]
     match = LWLRAP.search(log)
     assert match and (int(match[2]), int(match[3]), match[4]) == (48, 48, 'all')
@@ -296,7 +298,7 @@ def test_fsdkaggle2018_reports_map3_and_accuracy(workspace, kaggle):
     _, d2018 = kaggle
     code, log, run_dir = run(workspace, 'k2018', d2018,
                              ['ctrl.dataset=fsdkaggle2018', 'learn.n_classes=6',
-                              'learn.n_epochs=2'])
+                              'learn.n_epochs=1'])
     assert code == 0, log[-2000:]
     assert ACCURACY.search(log) and log.index('ACCURACY') < log.index('MAP@3')
     match = MAP3.search(log)
