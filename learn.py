@@ -18,7 +18,8 @@ import data
 import datasets
 import eval as evaluation
 import losses
-from trainer import BestModel, History, Trainer, detection_figures, precision_recall
+from trainer import (BestModel, History, TensorBoardScalars, Trainer, detection_figures,
+                     precision_recall)
 from config import ConfigError, lookup
 from utils import atomic_path
 
@@ -42,6 +43,8 @@ class Experiment:
         self.monitor = 'val_accuracy' if self.val_idx.size else 'accuracy'
         learn = cfg['learn']
         self.history = History(run_dir / 'history.csv')
+        self.tensorboard = ([TensorBoardScalars(self.history, run_dir / 'tb')]
+                            if cfg['ctrl']['tensorboard'] else [])
         self.best = BestModel(self.monitor, run_dir / 'model.keras')
         self.reduce_lr = keras.callbacks.ReduceLROnPlateau(
             monitor=self.monitor, mode='max', factor=0.5, patience=5, verbose=1)
@@ -117,7 +120,8 @@ class Experiment:
         steps = first.idx.shape[0]
         train = self.train_dataset(lambda: plan(rng), first)
         val = self._eval_dataset(self.val_idx) if self.val_idx.size else None
-        cbs = [*self.trainer.step_loss.callbacks(), self.history, self.best, self.reduce_lr]
+        cbs = [*self.trainer.step_loss.callbacks(), self.history, *self.tensorboard, self.best,
+               self.reduce_lr]
         cbs += [self.early_stopping] if early_stopping else []
         hist = self.trainer.fit(train, validation_data=val, epochs=self.epoch + epochs,
                                 initial_epoch=self.epoch, steps_per_epoch=steps,
