@@ -139,7 +139,9 @@ def inject_noise(table, classes, spec):
         table['true_label'], table['true_idx'] = table.label, table.label_idx
     rng = np.random.default_rng(spec['seed'])
     rows = noise_subset_rows(table, spec['subset'])
-    chosen = rows[rng.random(rows.size) < spec['rate']]
+    # round(rate * n) clips drawn without replacement: each clip is chosen with probability
+    # rate, and the realised share is the requested rate, not a binomial draw around it.
+    chosen = np.sort(rng.choice(rows, size=int(round(spec['rate'] * rows.size)), replace=False))
     new = flip_labels(table.label_idx.to_numpy()[chosen], len(classes), spec['kind'], rng)
     table.loc[chosen, 'label_idx'] = new
     table.loc[chosen, 'label'] = np.asarray(classes, object)[new]
