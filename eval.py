@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf  # tf.function compiles the gather + model call for prediction
 
-import datasets
 from config import lookup
 from utils import atomic_path, atomic_write_text
 
@@ -118,8 +117,7 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
     results = {'run_name': cfg['ctrl']['run_name'], 'accuracy_micro': round(micro, 4),
                'n_files_evaluated': n_eval, 'n_files_listed': n_listed,
                'train_data': train_data, 'per_class': per_class,
-               'wall_time_s': round(wall_time, 2), **datasets.label_noise(cfg, table),
-               **(extra or {})}
+               'wall_time_s': round(wall_time, 2), **(extra or {})}
     atomic_write_text(run_dir / 'results.json', json.dumps(results, indent=2) + '\n')
     return results
 

@@ -39,7 +39,8 @@ class Experiment:
         self.run_dir, self.rng = run_dir, rng
         self.train_idx = patches.of_clips(train_rows)
         self.val_idx = patches.of_clips(val_rows)
-        self.results = {}  # figures a mode adds to results.json (e.g. noise_detection)
+        # figures for results.json: the injected label noise, what a mode adds (noise_detection)
+        self.results = datasets.label_noise(cfg, table)
         self.monitor = 'val_accuracy' if self.val_idx.size else 'accuracy'
         learn = cfg['learn']
         self.history = History(run_dir / 'history.csv')
