@@ -188,7 +188,10 @@ def start_ray(address):
     # Workers import the framework's modules from this folder (a cluster needs the
     # repository, data and logs at the same paths on every node: a shared file system).
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get('PYTHONPATH')) if p)
-    env = {'KERAS_BACKEND': 'tensorflow', 'TF_CPP_MIN_LOG_LEVEL': '2', 'PYTHONPATH': path}
+    # TensorFlow takes all of a GPU's memory by default: growth lets runs share a GPU
+    # (--gpus-per-run 0.5).
+    env = {'KERAS_BACKEND': 'tensorflow', 'TF_CPP_MIN_LOG_LEVEL': '2', 'PYTHONPATH': path,
+           'TF_FORCE_GPU_ALLOW_GROWTH': 'true'}
     kwargs = {'runtime_env': {'env_vars': env}, 'log_to_driver': False}
     if address is None:
         # A small object store: runs pass only their exit code through it.

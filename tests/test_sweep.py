@@ -111,7 +111,7 @@ def readable_png(path):
 def test_sweep_runs_on_ray_summarises_and_skips_finished_runs(tiny, capsys):
     root, params = tiny
     argv = ['-p', str(params), '--grid', 'learn.lr=0.001,0.003', '--seeds', '0,1',
-            '--name', 'tiny', '--cpus-per-run', '2', '--baseline', 'learn.lr=0.001']
+            '--name', 'tiny', '--cpus-per-run', '1', '--baseline', 'learn.lr=0.001']
     assert sweep.main(argv) == 0
     out = capsys.readouterr().out
     assert 'skipped 0 finished runs' in out and '4 runs finished, 0 failed' in out
@@ -146,3 +146,48 @@ def test_sweep_runs_on_ray_summarises_and_skips_finished_runs(tiny, capsys):
     out = capsys.readouterr().out
     assert 'skipped 4 finished runs' in out and '0 runs finished' in out
     assert len(pd.read_csv(sweep_dir / 'runs.csv')) == 4
+
+
+class FakeRay:
+    """Ray's task API, run in order, with a given outcome per run name (no processes).
+
+    A task's ref is its run name (its last override is ctrl.run_name=...).
+    """
+
+    def __init__(self, outcomes):
+        self.outcomes, self.options_seen = outcomes, None
+
+    def remote(self, fn):
+        assert fn is sweep.run_one
+        ray = self
+
+        class Task:
+            def options(self, **options):
+                ray.options_seen = options
+                return self
+
+            def remote(self, cwd, params, overrides):
+                return overrides[-1].split('=', 1)[1]
+        return Task()
+
+    def wait(self, refs, num_returns):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        if isinstance(self.outcomes[ref], Exception):
+            raise self.outcomes[ref]
+        return self.outcomes[ref]
+
+
+def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, capsys):
+    runs = [sweep.Run(f's/p_seed{i}', 'p', {}, i, [f'ctrl.run_name=s/p_seed{i}'],
+                      tmp_path / f'p_seed{i}.out') for i in range(3)]
+    runs[1].log.write_text('resolved config:\n...\nerror: ctrl.train_data all is needed\n\n')
+    ray = FakeRay({'s/p_seed0': 0, 's/p_seed1': 2,
+                   's/p_seed2': RuntimeError('Traceback ...\n  File "x"\nValueError: boom')})
+    failed = sweep.execute(ray, runs, 'p.yaml', 0.5, 0.25)
+    assert failed == {'s/p_seed1': 'exit code 2: error: ctrl.train_data all is needed',
+                      's/p_seed2': 'ValueError: boom'}
+    assert ray.options_seen == {'num_cpus': 0.5, 'num_gpus': 0.25, 'max_retries': 0}
+    out = capsys.readouterr().out
+    assert 'run s/p_seed1 failed: exit code 2' in out and 'run s/p_seed2 failed' in out
