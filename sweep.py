@@ -203,6 +203,7 @@ def start_ray(address):
 
 
 def check_resources(ray, cpus, gpus):
+    """A run that asks for more than the cluster has would wait for ever: refuse it."""
     total = ray.cluster_resources()
     for what, need in (('CPU', cpus), ('GPU', gpus)):
         if need > total.get(what, 0):
@@ -362,6 +363,9 @@ def write_outputs(out, name, frame, grid, baseline):
 # ----------------------------------------------------------------------------- main
 
 def sweep(args):
+    if args.cpus_per_run <= 0 or args.gpus_per_run < 0:
+        raise ConfigError(f'--cpus-per-run must be above 0 and --gpus-per-run not below 0 '
+                          f'(got {args.cpus_per_run:g} and {args.gpus_per_run:g})')
     grid = parse_grid(args.grid)
     seeds = parse_seeds(args.seeds)
     baseline = parse_baseline(args.baseline, grid) if args.baseline else {}

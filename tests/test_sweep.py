@@ -48,6 +48,7 @@ def test_run_names_are_readable_unique_and_file_safe():
     (['--grid', 'loss.type'], 'must look like section.key=v1,v2'),
     (['--grid', 'loss.type=CCE', '--seeds', 'a,b'], '--seeds'),
     (['--grid', 'loss.type=CCE', '--baseline', 'loss.type=lq_loss'], 'not one of the grid'),
+    (['--grid', 'loss.type=CCE', '--cpus-per-run', '0'], '--cpus-per-run must be above 0'),
 ])
 def test_mistakes_stop_the_sweep_with_one_line(tmp_path, capsys, argv, message):
     assert sweep.main(['-p', 'config/demo.yaml', '-o', f'ctrl.logs_dir={tmp_path}', *argv]) == 2
