@@ -189,7 +189,8 @@ def score_clips(exp, rows):
     per-patch loss learn.prune_loss_type, aggregated with prune_aggregate_loss_clip."""
     learn = exp.cfg['learn']
     per_example = losses.per_example_by_name(learn['prune_loss_type'],
-                                             learn['prune_loss_q_value'])
+                                             learn['prune_loss_q_value'],
+                                             exp.cfg['loss']['lq_target'])
     source, classifier = exp.source, exp.trainer.classifier
 
     def patch_loss(i):
