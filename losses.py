@@ -50,17 +50,20 @@ class StepLoss:
     """
 
     needs_embedding = False  # the step passes the penultimate-layer output
+    needs_clean = False      # the step passes the batch before mixup (clean=...)
     log_names = ()           # names of the extra per-epoch figures this loss reports
 
-    def __call__(self, y_true, y_pred, x=None, emb=None, mask=None):
+    def __call__(self, y_true, y_pred, x=None, emb=None, mask=None, clean=None):
         """One training step's loss -> (scalar loss, per-example weights, figures to log).
 
         Per-example losses; the loss's own keep weights (and figures) from the detached
         losses; times the weights of `mask` (a mode's loss masking: detached losses ->
         (weights, figures)) when given; then the weighted mean. A weight of 0 marks an
-        example as dropped.
+        example as dropped. clean: (inputs or embeddings, label indices) of the batch before
+        mixup, for a loss with needs_clean.
         """
-        losses = self.per_example(y_true, y_pred, x, emb)
+        extra = {} if clean is None else {'clean': clean}
+        losses = self.per_example(y_true, y_pred, x, emb, **extra)
         detached = ops.stop_gradient(losses)
         weights, figures = self.keep(detached)
         if mask is not None:
@@ -204,10 +207,13 @@ class AdaptiveLq(StepLoss):
 
     A noisier batch has fewer same-label neighbours, a lower SNN and a higher q, the more
     robust end of Lq. SNN is measured on the standardised input patches (loss.snn_space
-    input, the paper's setting) or on the penultimate-layer output (embedding).
+    input, the paper's setting) or on the penultimate-layer output (embedding), with the
+    given labels, on the batch before mixup: the training step passes it as `clean`, since
+    a mixed batch labelled by its argmax would measure the mixing, not the label noise.
     """
 
     log_names = ('q_a',)
+    needs_clean = True
 
     def __init__(self, cfg):
         loss = cfg['loss']
@@ -218,9 +224,12 @@ class AdaptiveLq(StepLoss):
         # holding a tensor) so it is valid across traced functions.
         self.q_a = keras.Variable(1.0, dtype='float32', trainable=False, name='loss_q_a')
 
-    def per_example(self, y_true, y_pred, x=None, emb=None):
-        space = emb if self.needs_embedding else x
-        q = snn_q(space, ops.argmax(y_true, axis=-1), self.temperature)
+    def per_example(self, y_true, y_pred, x=None, emb=None, clean=None):
+        """clean: (inputs or embeddings, label indices) before mixup; without it (no
+        mixup: validation, direct calls) x or emb with the argmax of y_true."""
+        if clean is None:
+            clean = (emb if self.needs_embedding else x), ops.argmax(y_true, axis=-1)
+        q = snn_q(*clean, self.temperature)
         # q is a setting chosen from the batch, not a quantity to optimise: no gradient.
         q = ops.clip(ops.stop_gradient(q), self.q_min, 1.0)
         self.q_a.assign(q)
