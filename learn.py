@@ -55,7 +55,6 @@ class Experiment:
         self.val_clip = ([ValClipAccuracy(score, val_rows, table.label_idx.to_numpy())]
                          if self.val_idx.size else [])
         self.has_truth = 'true_idx' in table.columns
-        self.noise_from = 0
 
     def plan_halves(self, first, second):
         """Epoch plans whose batches are half patches of `first`, half of `second`."""
@@ -66,13 +65,13 @@ class Experiment:
 
     # -- noise detection: only where the table knows the true labels
     def watch_noise(self):
-        self.noise_from = len(self.history.rows)
+        self.state.noise_from = len(self.history.rows)
         if self.has_truth:
             self.trainer.detect_noise()
 
     def record_epoch_detection(self):
         """Per-epoch precision/recall of the masked/dropped examples since watch_noise()."""
-        rows = self.history.rows[self.noise_from:]
+        rows = self.history.rows[self.state.noise_from:]
         if not self.has_truth or not rows:
             return
         figures = [precision_recall(int(r['nd_flagged']), int(r['nd_hit']),
@@ -126,6 +125,7 @@ class Experiment:
         # A child rng per stage: tf.data may draw an epoch ahead by a timing-dependent
         # amount, which must not shift the draws of the next stage.
         rng = self.rng.spawn(1)[0]
+        self.state.stage += 1
         first = plan(rng)
         per_epoch = first.idx.shape[0]
         cbs = [*self.trainer.step_loss.callbacks(), *self.val_clip, self.history,

@@ -175,13 +175,17 @@ class History(keras.callbacks.Callback):
 class RunState:
     """What a run has done so far, in one object with one schema (a backup saves it whole).
 
-    epoch: epochs done, counted across stages. selection_from: the first epoch (1-based)
+    epoch: epochs done, counted across stages. stage: fit calls begun (the current stage,
+    1-based). noise_from: first history row of the noise-detection figures (watch_noise).
+    selection_from: the first epoch (1-based)
     that model selection may return: the epoch from which the method as configured trains
     (learn.py restarts it when a mode changes the training). best_value, best_epoch: the
     best monitored value since then and its epoch (best_val). evaluated_epoch: the epoch
     whose weights are evaluated, once training is done.
     """
     epoch: int = 0
+    stage: int = 0
+    noise_from: int = 0
     selection_from: int = 1
     best_value: float = -np.inf
     best_epoch: Optional[int] = None

@@ -43,8 +43,8 @@ def test_model_selection_restarts_where_the_method_acts(tmp_path, rule):
     saved = keras.saving.load_model(tmp_path / 'model.keras')
     for w in saved.get_weights():
         np.testing.assert_array_equal(w, expected)
-    assert set(state.as_dict()) == {'epoch', 'selection_from', 'best_value', 'best_epoch',
-                                    'evaluated_epoch'}
+    assert set(state.as_dict()) == {'epoch', 'stage', 'noise_from', 'selection_from',
+                                    'best_value', 'best_epoch', 'evaluated_epoch'}
 
 
 def test_best_val_restart_at_a_later_epoch_ignores_the_epochs_before(tmp_path):
@@ -97,3 +97,33 @@ def test_adaptive_lq_step_measures_snn_on_the_batch_before_mixup():
     mixed = 1.0 - _snn_reference(batch['x'], batch['y'].argmax(axis=1), 10.0)
     assert abs(expected - mixed) > 0.05  # the two readings differ on this batch
     assert float(keras.ops.convert_to_numpy(step_loss.q_a)) == pytest.approx(expected, rel=1e-4)
+
+
+class _DropFirstThree(losses.CCE):
+    """CCE that drops the first three examples of every batch (weight 0)."""
+
+    def keep(self, values):
+        weights = keras.ops.convert_to_tensor(np.r_[np.zeros(3), np.ones(5)].astype('float32'))
+        return weights, {}
+
+
+def test_noise_detection_counts_both_examples_of_a_mixed_pair():
+    rng = np.random.default_rng(1)
+    b, k = 8, 3
+    members = np.array([2, 1, 2, 2, 1, 2, 2, 2], 'float32')  # 1: mixed with itself
+    wrong = np.array([2, 0, 1, 0, 1, 1, 0, 2], 'float32')    # wrong-label members per pair
+    batch = {'x': rng.normal(size=(b, 4)).astype('float32'),
+             'y': np.eye(k, dtype='float32')[rng.integers(0, k, b)],
+             'verified': np.zeros(b, 'float32'), 'wrong': wrong, 'members': members}
+    inp = keras.Input((4,))
+    net = keras.Model(inp, keras.layers.Dense(k, activation='softmax')(inp))
+    model = trainer.Trainer(net, SimpleNamespace(on_device=False), _DropFirstThree({}))
+    model.detect_noise()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    logs = model.train_step({key: keras.ops.convert_to_tensor(v) for key, v in batch.items()})
+    # Examples 0-2 are flagged: 2 + 1 + 2 patches, of which 2 + 0 + 1 have wrong labels.
+    assert float(logs['nd_flagged']) == 5 and float(logs['nd_hit']) == 3
+    assert float(logs['nd_wrong']) == wrong.sum()
+    figures = trainer.precision_recall(5, 3, int(wrong.sum()))
+    assert figures['precision'] == pytest.approx(3 / 5)
+    assert figures['recall'] == pytest.approx(3 / 7)
