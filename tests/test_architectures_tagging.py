@@ -9,7 +9,7 @@ import pytest
 from keras import layers
 
 import architectures
-from utils import ConfigError
+from config import ConfigError
 
 LEARN = {'time_pooling': 'max'}
 
