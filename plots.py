@@ -30,7 +30,8 @@ def _save(fig, path):
 def curves(history, path, title):
     """Training curves from history.csv: loss, accuracy, learning rate, method figures."""
     hist = pd.read_csv(history) if not isinstance(history, pd.DataFrame) else history
-    panels = [('loss', ['loss', 'val_loss']), ('accuracy', ['accuracy', 'val_accuracy']),
+    panels = [('loss', ['loss', 'val_loss']),
+              ('accuracy', ['accuracy', 'val_accuracy', 'val_clip_accuracy']),
               ('learning rate', ['lr'])]
     method = [c for c in METHOD_FIGURES if c in hist.columns and hist[c].notna().any()]
     panels += [('method figures', method)] if method else []
