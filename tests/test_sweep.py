@@ -36,8 +36,8 @@ def test_run_names_are_readable_unique_and_file_safe():
     for r in runs:  # every name is a valid ctrl.run_name
         config.load_config(None, [f'ctrl.run_name={r.name}'])
     # Lists as grid values; values that collide once sanitised are refused.
-    assert sweep.parse_grid(['learn.staged_epochs=[1,1,1],[2,2,1]']) == {
-        'learn.staged_epochs': [[1, 1, 1], [2, 2, 1]]}
+    assert sweep.parse_grid(['learn.staged_steps=[1,1,1],[2,2,1]']) == {
+        'learn.staged_steps': [[1, 1, 1], [2, 2, 1]]}
     with pytest.raises(config.ConfigError, match='same run name'):
         sweep.plan(args, {'ctrl.dataset_path': ['a/b', 'a b']}, [0])
 
