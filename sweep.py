@@ -198,7 +198,10 @@ def start_ray(address):
         ray.init(address='local', num_cpus=utils.n_workers(0), object_store_memory=200_000_000,
                  include_dashboard=False, **kwargs)
     else:
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as err:  # no cluster there: a user mistake, one line
+            raise ConfigError(f'--address {address}: {_last_line(str(err))}') from None
     return ray
 
 
