@@ -2,7 +2,6 @@
 import json
 import re
 
-import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
@@ -103,13 +102,7 @@ def tiny(tmp_path_factory):
     return root, path
 
 
-def readable_png(path):
-    image = matplotlib.image.imread(path)
-    assert image.shape[0] > 200 and image.shape[1] > 200
-    assert image[..., :3].std() > 0.05  # not blank
-
-
-def test_sweep_runs_on_ray_summarises_and_skips_finished_runs(tiny, capsys):
+def test_sweep_runs_on_ray_summarises_and_skips_finished_runs(tiny, capsys, readable_png):
     root, params = tiny
     argv = ['-p', str(params), '--grid', 'learn.lr=0.001,0.003', '--seeds', '0,1',
             '--name', 'tiny', '--cpus-per-run', '1', '--baseline', 'learn.lr=0.001']
