@@ -30,9 +30,10 @@ from config import ConfigError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 UNSAFE = re.compile(r'[^A-Za-z0-9._=,+-]')  # anything else becomes '_' in a run name
-# Results that are counts or echoes of the config, not outcomes: kept in runs.csv and
-# summary.csv, left out of summary.md, summary.png and the paired differences.
-NOT_HEADLINE = re.compile(r'^(per_class\.|n_files_|label_noise\.rate$)')
+# Results that are counts or echoes of the config and of the model selection, not outcomes:
+# kept in runs.csv and summary.csv, left out of summary.md, summary.png and the paired
+# differences.
+NOT_HEADLINE = re.compile(r'^(per_class\.|n_files_|label_noise\.rate$|evaluated_epoch$)')
 
 
 @dataclass
