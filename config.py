@@ -26,6 +26,8 @@ DEFAULTS = {
         'feat_ext': True, 'learn': True, 'dataset': 'fsdnoisy18k', 'train_data': 'noisy',
         'dataset_path': 'data/FSDnoisy18k', 'seed': 42, 'run_name': None,
         'features_dir': 'features', 'logs_dir': 'logs', 'workers': 0, 'verbose': 2,
+        'inject_noise': {'rate': 0.0, 'kind': 'symmetric', 'seed': 0, 'subset': 'unverified'},
+        'tensorboard': True,
     },
     'extract': {
         'audio_len_s': 2, 'eps': 2.220446049250313e-16, 'fmax': 22050, 'fmin': 0, 'fs': 44100,
@@ -39,16 +41,17 @@ DEFAULTS = {
         'LSRmode': 'GROUPS2', 'delta_eps_LSR': 0.05, 'noisier_classes': FSDNOISY18K_NOISIER,
         'mixup': True, 'mixup_alpha': 0.1, 'mixup_mode': 'intra', 'mixup_warmup_epochs': 10,
         'mode': 0, 'model': 'baseline', 'stage1_epoch': 25, 'prune_stage1': 20,
-        'prune_loss_type': 'lq_loss', 'prune_loss_q_value': 0.7,
+        'prune_loss_type': 'lq_loss', 'prune_loss_q_value': 0.5,
         'prune_aggregate_loss_clip': 'amean', 'prune_loss_threshold_method': 'percentile',
-        'prune_discard_percentile': 90, 'densenet_modules': 3,
-        'staged_epochs': [20, 30, 10], 'mask_method': 'threshold', 'mask_top_k': 10,
+        'prune_discard_percentile': 97.75, 'densenet_modules': 3,
+        'staged_steps': [10000, 10000, 5000], 'mask_method': 'threshold', 'mask_top_k': 10,
         'mask_alpha': 0.9, 'jit_compile': 'auto', 'mixed_precision': False,
-        'predict_batch_size': 1024, 'frames_on_device': 'auto', 'head': 'softmax',
+        'predict_batch_size': 1024, 'frames_on_device': 'auto', 'model_selection': 'last',
+        'steps_per_epoch': None, 'head': 'softmax',
     },
     'loss': {
-        'q_loss': 0.7, 'q_loss2': 0.7, 'm_loss2': 0.99, 'perc_loss2': 95, 'type': 'lq_loss',
-        'snn_temperature': 1000.0, 'q_min': 0.01, 'snn_space': 'input',
+        'q_loss': 0.5, 'q_loss2': 0.5, 'm_loss2': 0.99, 'perc_loss2': 96.0, 'type': 'lq_loss',
+        'snn_temperature': 1000.0, 'q_min': 0.01, 'snn_space': 'input', 'lq_target': 'max',
     },
     'recognizer': {'aggregate': 'gmean', 'metrics': None},
     'suffix': {'in': '_mel', 'out': '_label'},
@@ -71,7 +74,11 @@ CHOICES = {
     ('learn', 'mask_method'): ['threshold', 'topk'],
     ('learn', 'frames_on_device'): ['auto', 'always', 'never'],
     ('learn', 'jit_compile'): ['auto', True, False],
+    ('learn', 'model_selection'): ['last', 'best_val'],
     ('loss', 'snn_space'): ['input', 'embedding'],
+    ('loss', 'lq_target'): ['max', 'dot'],
+    ('ctrl', 'inject_noise.kind'): ['symmetric', 'pairflip'],
+    ('ctrl', 'inject_noise.subset'): ['unverified', 'verified', 'all'],
 }
 
 # (low, high, low inclusive, high inclusive) for numbers that must lie in a range.
@@ -107,40 +114,45 @@ RANGES = {
     ('learn', 'mask_top_k'): (1, None, True, True),
     ('learn', 'mask_alpha'): (0, 1, True, True),
     ('learn', 'predict_batch_size'): (1, None, True, True),
+    ('learn', 'steps_per_epoch'): (1, None, True, True),
     ('loss', 'q_loss'): (0, 1, False, True),
     ('loss', 'q_loss2'): (0, 1, False, True),
     ('loss', 'm_loss2'): (0, 1, False, True),
     ('loss', 'perc_loss2'): (0, 100, True, True),
     ('loss', 'snn_temperature'): (0, None, False, True),
     ('loss', 'q_min'): (0, 1, False, True),
+    ('ctrl', 'inject_noise.rate'): (0, 1, True, True),
+    ('ctrl', 'inject_noise.seed'): (0, None, True, True),
 }
 
 # Keys that also take a value of another type than their default's: learn.mode a name
 # such as 'staged' (learn.py checks it), learn.jit_compile true/false besides 'auto'.
 ALSO = {('learn', 'mode'): str, ('learn', 'jit_compile'): bool}
 
-# Keys whose value may be null (None) although the default is not, or vice versa.
-NULLABLE = {('ctrl', 'run_name'), ('learn', 'n_classes'), ('recognizer', 'metrics')}
-
-# The type of a key whose default is null, when it is not a string.
-NULL_DEFAULT_TYPES = {('learn', 'n_classes'): int, ('recognizer', 'metrics'): list}
+# Keys whose default is null (None), with the type of their other values.
+NULLABLE = {('ctrl', 'run_name'): str, ('learn', 'steps_per_epoch'): int,
+            ('learn', 'n_classes'): int, ('recognizer', 'metrics'): list}
 
 
 def _type_name(value):
     return {bool: 'a boolean', int: 'an integer', float: 'a number', str: 'a string',
-            list: 'a list'}.get(type(value), type(value).__name__)
+            list: 'a list', dict: 'a mapping'}.get(type(value), type(value).__name__)
 
 
 def _check_value(section, key, value):
-    """Type-check against the default's type, then choices and ranges; return the value."""
-    default = DEFAULTS[section][key]
+    """Type-check against the default's type, then choices and ranges; return the value.
+
+    key is 'name' or, for a sub-key of a mapping-valued key, 'name.sub'.
+    """
+    name, _, sub = key.partition('.')
+    default = DEFAULTS[section][name][sub] if sub else DEFAULTS[section][key]
     where = f'{section}.{key}'
     if value is None:
         if (section, key) in NULLABLE:
             return None
         raise ConfigError(f'{where} must not be empty (expected {_type_name(default)})')
-    if default is None:  # nullable: check against the key's type, then its range
-        default = NULL_DEFAULT_TYPES.get((section, key), str)()
+    if default is None:  # nullable: checked against NULLABLE's type (and any range below)
+        default = NULLABLE[section, key]()
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f'{where} must be true or false, got {value!r}')
@@ -175,13 +187,29 @@ def _check_value(section, key, value):
 
 
 def _merge(cfg, section, key, value):
+    """Set cfg[section][key]; key 'name.sub' (or a mapping value) sets sub-keys of a
+    mapping-valued key such as ctrl.inject_noise, each validated on its own."""
     if section not in DEFAULTS:
         raise ConfigError(f'unknown config section {section!r}; valid sections: '
                           f'{", ".join(DEFAULTS)}')
-    if key not in DEFAULTS[section]:
-        raise ConfigError(f'unknown config key {section}.{key}; valid keys of {section}: '
+    name, _, sub = key.partition('.')
+    if name not in DEFAULTS[section]:
+        raise ConfigError(f'unknown config key {section}.{name}; valid keys of {section}: '
                           f'{", ".join(DEFAULTS[section])}')
-    cfg[section][key] = _check_value(section, key, value)
+    default = DEFAULTS[section][name]
+    if not isinstance(default, dict):
+        if sub:
+            raise ConfigError(f'config key {section}.{name} has no sub-keys (got {key!r})')
+        cfg[section][name] = _check_value(section, name, value)
+        return
+    if not sub and not isinstance(value, dict):
+        raise ConfigError(f'{section}.{name} must be a mapping of {", ".join(default)}, '
+                          f'got {value!r}')
+    for part, part_value in ({sub: value} if sub else value).items():
+        if part not in default:
+            raise ConfigError(f'unknown config key {section}.{name}.{part}; valid keys of '
+                              f'{section}.{name}: {", ".join(default)}')
+        cfg[section][name][part] = _check_value(section, f'{name}.{part}', part_value)
 
 
 def parse_override(text):
@@ -240,15 +268,19 @@ def _check_consistency(cfg):
         raise ConfigError('extract.fmin must be below extract.fmax')
     if ext['win_length_samples'] > ext['n_fft']:
         raise ConfigError('extract.win_length_samples must not exceed extract.n_fft')
-    staged = cfg['learn']['staged_epochs']
-    if len(staged) != 3 or not all(isinstance(n, int) and n >= 0 for n in staged):
-        raise ConfigError(f'learn.staged_epochs must be three non-negative integers '
-                          f'[n1, n2, n3], got {staged!r}')
+    staged = cfg['learn']['staged_steps']
+    if len(staged) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                   for n in staged):
+        raise ConfigError(f'learn.staged_steps must be three non-negative integers '
+                          f'[n1, n2, n3] (optimizer steps), got {staged!r}')
     if not all(isinstance(c, str) for c in cfg['learn']['noisier_classes']):
         raise ConfigError('learn.noisier_classes must be a list of class names')
     name = cfg['ctrl']['run_name']
-    if name is not None and (not name or '/' in name or name.startswith('.')):
-        raise ConfigError(f'ctrl.run_name {name!r} must be a plain file name')
+    # 'sweep/point_seed0' is allowed (sweep.py names its runs so): relative, no '..' and no
+    # hidden or empty components, so that a run stays inside ctrl.logs_dir.
+    if name is not None and any(not part or part.startswith('.') for part in name.split('/')):
+        raise ConfigError(f'ctrl.run_name {name!r} must be a file name or a relative path '
+                          f'of file names (NAME/sub), without leading dots')
 
 
 def config_to_yaml(cfg):

@@ -292,6 +292,8 @@ class PatchSource:
             y = datasets.targets(table, self.n_classes)
             self.y = tf.constant(y)
             self.clip_eps = tf.constant(clip_eps(y, eps))
+            # The given (first) label per patch: the class an adaptive-Lq batch groups by.
+            self.label = tf.constant(table.label_idx.to_numpy()[clip].astype(np.int32))
             self.verified = tf.constant(table.verified.to_numpy()[clip].astype(np.float32))
             self.wrong = tf.constant(wrong_labels(table)[clip].astype(np.float32))
             self.mean = tf.constant(mean.reshape(1, 1, -1, 1))
@@ -314,15 +316,26 @@ class PatchSource:
         y = self.ops.take(self.y, clip, axis=0)
         return smooth_targets(y, self.ops.take(self.clip_eps, clip)) if smooth else y
 
-    def train_batch(self, idx, partner, lam):
-        """(x, y, verified, wrong) for one planned step; partner == idx and lam == 1 mean no
-        mixup. Targets are smoothed first and then mixed, so label smoothing and mixup
-        combine. verified and wrong (given label != true label) are those of idx.
+    def train_batch(self, idx, partner, lam, clean=False):
+        """One planned step as a dict; partner == idx and lam == 1 mean no mixup.
+
+        x, y: inputs and targets, smoothed first and then mixed, so that label smoothing
+        and mixup combine. verified: that of idx (partners stay in idx's pool). members:
+        examples in each mixed pair (2, or 1 without mixup); wrong: how many of them have a
+        wrong given label: noise-detection figures count both examples of a pair by their
+        true labels. With `clean`, also x_clean and labels: the inputs and given labels of
+        idx before mixup, for a loss that measures the batch itself (adaptive Lq).
         """
-        x = mix(self.ops, lam, self.inputs(idx), self.inputs(partner))
-        y = mix(self.ops, lam, self.targets(idx), self.targets(partner))
-        take = self.ops.take
-        return x, y, take(self.verified, idx), take(self.wrong, idx)
+        ops, take = self.ops, self.ops.take
+        x_clean = self.inputs(idx)
+        paired = ops.cast(ops.not_equal(idx, partner), 'float32')
+        batch = {'x': mix(ops, lam, x_clean, self.inputs(partner)),
+                 'y': mix(ops, lam, self.targets(idx), self.targets(partner)),
+                 'verified': take(self.verified, idx), 'members': 1.0 + paired,
+                 'wrong': take(self.wrong, idx) + paired * take(self.wrong, partner)}
+        if clean:
+            batch.update(x_clean=x_clean, labels=take(self.label, idx))
+        return batch
 
     def eval_batch(self, idx):
         """(x, multi-hot y) without smoothing or mixup, for validation and scoring."""

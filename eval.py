@@ -58,9 +58,11 @@ def check(cfg):
 def map_patches(fn, idx, batch_size):
     """fn(patch indices [b]) -> tensor [b, ...], over idx in fixed-size batches -> numpy.
 
-    The last batch is padded so that the compiled function is traced once.
+    The last batch is padded so that the compiled function is traced once. fn may already
+    be compiled (clip_scorer), so that calling this every epoch does not trace again.
     """
-    compiled = tf.function(fn, reduce_retracing=True)
+    compiled = fn if isinstance(fn, tf.types.experimental.GenericFunction) else \
+        tf.function(fn, reduce_retracing=True)
     idx = np.asarray(idx, np.int64)
     batch_size = max(1, min(batch_size, idx.size))
     out = []
@@ -71,13 +73,23 @@ def map_patches(fn, idx, batch_size):
     return np.concatenate(out) if out else np.zeros((0,))
 
 
+def clip_scorer(classifier, source, patches, cfg):
+    """A function of table rows -> (evaluated rows, clip scores [n, K]): patch scores of
+    the classifier aggregated per clip (recognizer.aggregate). Compiled once."""
+    compiled = tf.function(
+        lambda i: architectures.scores(classifier(source.inputs(i), training=False)),
+        reduce_retracing=True)
+
+    def score(rows):
+        idx = patches.of_clips(rows)
+        scores = map_patches(compiled, idx, cfg['learn']['predict_batch_size'])
+        return aggregate(scores, patches.clip[idx], cfg['recognizer']['aggregate'])
+    return score
+
+
 def predict_clips(classifier, source, patches, rows, cfg):
     """Clip scores [len(evaluated rows), K] for the table rows that have patches."""
-    idx = patches.of_clips(rows)
-    scores = map_patches(lambda i: architectures.scores(classifier(source.inputs(i),
-                                                                  training=False)), idx,
-                         cfg['learn']['predict_batch_size'])
-    return aggregate(scores, patches.clip[idx], cfg['recognizer']['aggregate'])
+    return clip_scorer(classifier, source, patches, cfg)(rows)
 
 
 # ----------------------------------------------------------------------------- report
@@ -86,7 +98,6 @@ def predict_clips(classifier, source, patches, rows, cfg):
 DEFAULT_METRICS = {'fsdnoisy18k': ['accuracy'], 'fsdkaggle2018': ['accuracy', 'map3'],
                    'fsdkaggle2019': ['lwlrap']}
 SINGLE_LABEL_METRICS = ('accuracy', 'confusion')
-MULTI_LABEL = ('fsdkaggle2019',)  # datasets whose clips may carry several labels
 
 
 def metric_names(cfg):
@@ -98,7 +109,7 @@ def check_metrics(cfg):
     """Refuse an unknown metric, or a single-label one on a multi-label dataset."""
     for name in metric_names(cfg):
         lookup(metrics.METRICS, name, 'recognizer.metrics')
-        if cfg['ctrl']['dataset'] in MULTI_LABEL and name in SINGLE_LABEL_METRICS:
+        if cfg['ctrl']['dataset'] in datasets.MULTI_LABEL and name in SINGLE_LABEL_METRICS:
             raise ConfigError(f'recognizer.metrics {name!r} needs single-label data, but '
                               f'{cfg["ctrl"]["dataset"]} has clips with several labels; use '
                               f'lwlrap, map3 or prf1')
@@ -151,7 +162,12 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
     n_eval, n_listed = len(rows_evaluated), int((table.subset == 'test').sum())
     train_data = cfg['ctrl']['train_data']
     where = f'{n_eval}/{n_listed} test files, train_data={train_data}'
+    extra = extra or {}
     lines = evaluation_lines(names, figures, classes, where)
+    if 'model_selection' in extra:
+        lines.insert(3 + len(names), f'model evaluated: learn.model_selection '
+                                     f'{extra["model_selection"]}, epoch '
+                                     f'{extra["evaluated_epoch"]}')
     lines += ['', f'wall time of the job: {wall_time:.1f} s', '=' * 72]
     print('\n'.join(lines), flush=True)
 
@@ -168,7 +184,7 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
                'n_files_evaluated': n_eval, 'n_files_listed': n_listed,
                'train_data': train_data,
                'per_class': metrics.per_class_dict(figures['per_class'], classes),
-               'wall_time_s': round(wall_time, 2), **(extra or {})}
+               'wall_time_s': round(wall_time, 2), **extra}
     atomic_write_text(run_dir / 'results.json', json.dumps(results, indent=2) + '\n')
     return results
 
@@ -180,3 +196,19 @@ def _headline(figures):
     if 'accuracy_micro' in out:
         out = {'accuracy_micro': round(out.pop('accuracy_micro'), 4), **out}
     return out
+
+
+def write_plots(run_dir, table, classes, rows_evaluated, scores, results):
+    """curves.png from history.csv; confusion.png and per_class.png of the test clips
+    (single-label: one true class per clip)."""
+    import plots  # matplotlib is loaded only once a run has something to draw
+    name = results['run_name']
+    if (run_dir / 'history.csv').is_file():
+        plots.curves(run_dir / 'history.csv', run_dir / 'curves.png', f'{name}: training')
+    if 'accuracy' not in next(iter(results['per_class'].values())):
+        return  # multi-label metrics: no single true class per clip to plot
+    true = table.label_idx.to_numpy()[rows_evaluated]
+    plots.confusion(true, scores.argmax(axis=1), classes, run_dir / 'confusion.png',
+                    f'{name}: confusion on the test clips (row-normalised)')
+    plots.per_class(results['per_class'], run_dir / 'per_class.png',
+                    f'{name}: per-class accuracy on the test clips')

@@ -120,3 +120,25 @@ def test_missing_file_or_column(make_cfg, tmp_path, name):
 def test_subset_of_another_dataset_is_refused(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match='valid: noisy, clean, all'):
         datasets.check(_cfg(make_cfg, tmp_path, 'fsdkaggle2018', 'ctrl.train_data=curated'))
+
+
+def test_injected_noise_changes_the_targets_and_keeps_the_truth(make_cfg, dataset):
+    import data
+    root, _, _ = dataset
+    cfg = make_cfg(f'ctrl.dataset_path={root}', 'ctrl.inject_noise.rate=1.0',
+                   'ctrl.inject_noise.subset=all')
+    before, classes = datasets.DATASETS['fsdnoisy18k'](cfg)
+    after, _ = datasets.load(cfg)
+    train = (after.subset == 'train').to_numpy()
+    y = datasets.targets(after, len(classes))
+    # The targets follow the new labels; the truth columns hold the old ones.
+    np.testing.assert_array_equal(y.argmax(axis=1), after.label_idx)
+    assert (y.argmax(axis=1)[train] != before.label_idx[train]).all()
+    assert after.true_labels_idx.tolist() == before.labels_idx.tolist()
+    np.testing.assert_array_equal(data.wrong_labels(after), train)
+
+
+def test_injected_noise_on_a_multi_label_dataset_is_refused(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match='ctrl.inject_noise .* not to fsdkaggle2019'):
+        datasets.check(_cfg(make_cfg, tmp_path, 'fsdkaggle2019', 'ctrl.train_data=all',
+                            'ctrl.inject_noise.rate=0.2'))
