@@ -32,6 +32,8 @@ DEFAULTS = {
         'hop_length_samples': 882, 'load_mode': 'varup', 'log': True, 'mono': True,
         'n_fft': 2048, 'n_mels': 96, 'normalize_audio': True, 'patch_hop': 50, 'patch_len': 100,
         'spectrogram_type': 'power', 'win_length_samples': 1764, 'store_dtype': 'float32',
+        'trim_silence': False, 'trim_top_db': 60.0, 'crop': 'patches', 'crop_frames': 512,
+        'clip_frames': 2000,
     },
     'learn': {
         'batch_size': 64, 'lr': 0.001, 'n_classes': 20, 'n_epochs': 100, 'optim': 'Adam',
@@ -45,6 +47,8 @@ DEFAULTS = {
         'staged_epochs': [20, 30, 10], 'mask_method': 'threshold', 'mask_top_k': 10,
         'mask_alpha': 0.9, 'jit_compile': 'auto', 'mixed_precision': False,
         'predict_batch_size': 1024, 'frames_on_device': 'auto',
+        'specaugment_freq_masks': 0, 'specaugment_freq_width': 0, 'specaugment_time_masks': 0,
+        'specaugment_time_width': 0,
     },
     'loss': {
         'q_loss': 0.7, 'q_loss2': 0.7, 'm_loss2': 0.99, 'perc_loss2': 95, 'type': 'lq_loss',
@@ -71,6 +75,7 @@ CHOICES = {
     ('learn', 'frames_on_device'): ['auto', 'always', 'never'],
     ('learn', 'jit_compile'): ['auto', True, False],
     ('loss', 'snn_space'): ['input', 'embedding'],
+    ('extract', 'crop'): ['patches', 'random_crop'],
 }
 
 # (low, high, low inclusive, high inclusive) for numbers that must lie in a range.
@@ -112,6 +117,13 @@ RANGES = {
     ('loss', 'perc_loss2'): (0, 100, True, True),
     ('loss', 'snn_temperature'): (0, None, False, True),
     ('loss', 'q_min'): (0, 1, False, True),
+    ('extract', 'trim_top_db'): (0, None, False, True),
+    ('extract', 'crop_frames'): (1, None, True, True),
+    ('extract', 'clip_frames'): (1, None, True, True),
+    ('learn', 'specaugment_freq_masks'): (0, None, True, True),
+    ('learn', 'specaugment_freq_width'): (0, None, True, True),
+    ('learn', 'specaugment_time_masks'): (0, None, True, True),
+    ('learn', 'specaugment_time_width'): (0, None, True, True),
 }
 
 # Keys that also take a value of another type than their default's: learn.mode a name
@@ -238,6 +250,11 @@ def _check_consistency(cfg):
         raise ConfigError('extract.fmin must be below extract.fmax')
     if ext['win_length_samples'] > ext['n_fft']:
         raise ConfigError('extract.win_length_samples must not exceed extract.n_fft')
+    if ext['crop'] == 'random_crop' and ext['crop_frames'] > ext['clip_frames']:
+        raise ConfigError(f'extract.crop_frames = {ext["crop_frames"]} must not exceed '
+                          f'extract.clip_frames = {ext["clip_frames"]} (crops are cut from '
+                          f'the fixed-length clip)')
+    _check_specaugment(cfg)
     staged = cfg['learn']['staged_epochs']
     if len(staged) != 3 or not all(isinstance(n, int) and n >= 0 for n in staged):
         raise ConfigError(f'learn.staged_epochs must be three non-negative integers '
@@ -247,6 +264,19 @@ def _check_consistency(cfg):
     name = cfg['ctrl']['run_name']
     if name is not None and (not name or '/' in name or name.startswith('.')):
         raise ConfigError(f'ctrl.run_name {name!r} must be a plain file name')
+
+
+def _check_specaugment(cfg):
+    """A mask wider than the input it masks is a mistake, not a wider mask."""
+    ext, learn = cfg['extract'], cfg['learn']
+    frames = ext['crop_frames'] if ext['crop'] == 'random_crop' else ext['patch_len']
+    size_key = 'extract.crop_frames' if ext['crop'] == 'random_crop' else 'extract.patch_len'
+    for axis, size, key in (('freq', ext['n_mels'], 'extract.n_mels'),
+                            ('time', frames, size_key)):
+        width = learn[f'specaugment_{axis}_width']
+        if width > size:
+            raise ConfigError(f'learn.specaugment_{axis}_width = {width} exceeds {key} = '
+                              f'{size}')
 
 
 def config_to_yaml(cfg):
