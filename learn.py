@@ -396,7 +396,7 @@ def batch_source(cfg, store, patches, table, mean, std, eps):
 
 def prepare(cfg, table, classes, store, rng, run_dir):
     """Patches, split, scaler, batch source, model and trainer -> Experiment."""
-    ext, learn = cfg['extract'], cfg['learn']
+    learn = cfg['learn']
     rows = datasets.train_rows(table, cfg['ctrl']['train_data'])
     rows = rows[store.length[rows] > 0]
     train_rows, val_rows = data.split_train_val(
@@ -409,6 +409,10 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     source = batch_source(cfg, store, patches, table, mean, std, data.lsr_eps(learn, classes))
     logger.info('train: %d clips, %d patches; val: %d clips; frames on %s', train_rows.size,
                 train_idx.size, val_rows.size, 'the device' if source.on_device else 'host')
+    if cfg['extract']['crop'] == 'random_crop':
+        logger.info('random crops of %d frames from clips fixed to %d frames; whole clips '
+                    'validated and predicted, %d per call', *lengths(cfg),
+                    evaluation.eval_batch_size(cfg))
     # Set (or reset) the policy every run, so one mixed-precision run in a process does
     # not leak into the next.
     keras.mixed_precision.set_global_policy(

@@ -4,6 +4,7 @@ The runs are in-process (main.main) so that TensorFlow is imported once; the com
 exit path itself is covered by test_config.py. Each dataset's features are extracted once
 per session and shared through one features folder.
 """
+import functools
 import json
 import re
 
@@ -200,3 +201,39 @@ def test_same_seed_same_run(workspace):
                                   second.drop(columns='seconds'))
     preds = [pd.read_csv(run_dir / 'predictions.csv') for _, _, run_dir in runs]
     pd.testing.assert_frame_equal(*preds)
+
+
+# ----------------------------------------------------------------------------- random crops
+
+def _narrow(monkeypatch):
+    """cnn_gru and vgg_gap with their layer structure but a fraction of their widths, so
+    that a few epochs take seconds on 2 CPU cores (vgg_gap: 14.9M parameters otherwise)."""
+    import architectures
+    monkeypatch.setattr(architectures, 'cnn_gru_trunk', functools.partial(
+        architectures.cnn_gru_trunk, filters=(8, 8, 16, 16), units=16, embedding=32))
+    monkeypatch.setattr(architectures, 'vgg_gap_trunk', functools.partial(
+        architectures.vgg_gap_trunk, nf=8))
+
+
+# vgg_gap's valid 3x3 conv after its pools needs 191 frames and 47 mel bands; its BN-heavy
+# trunk needs many small steps at a high rate to learn within a few epochs.
+CROPS = {'cnn_gru': ['extract.crop_frames=32', 'extract.clip_frames=128', 'learn.batch_size=16',
+                     'learn.lr=0.003'],
+         'vgg_gap': ['extract.n_mels=48', 'extract.crop_frames=192', 'extract.clip_frames=240',
+                     'learn.batch_size=8', 'learn.lr=0.01', 'learn.n_epochs=10',
+                     'learn.patience=10']}
+
+
+@pytest.mark.parametrize('model', ['cnn_gru', 'vgg_gap'])
+def test_random_crops_train_and_whole_clips_predict(workspace, monkeypatch, model):
+    _, clean, _ = workspace
+    _narrow(monkeypatch)
+    code, log, run_dir = run(workspace, f'crop_{model}', clean,
+                             [f'learn.model={model}', 'extract.crop=random_crop',
+                              'learn.specaugment_freq_masks=1', 'learn.specaugment_freq_width=4',
+                              *CROPS[model]])
+    assert code == 0, log[-2000:]
+    assert 'whole clips validated and predicted' in log
+    accuracy = float(ACCURACY.search(log)[1])
+    assert accuracy > 40.0, f'{model}: accuracy {accuracy} is not twice chance (20 %)'
+    assert len(pd.read_csv(run_dir / 'predictions.csv')) == 50  # one score per whole clip
