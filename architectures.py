@@ -1,8 +1,9 @@
 """Models by name (config key `learn.model`).
 
-Both models come from Fonseca, Font & Serra, "Model-agnostic approaches to handling noisy
-labels when training sound event classifiers", IEEE WASPAA 2019. Inputs are log-mel
+baseline and DenSE come from Fonseca, Font & Serra, "Model-agnostic approaches to handling
+noisy labels when training sound event classifiers", IEEE WASPAA 2019. Inputs are log-mel
 patches of shape (patch_len, n_mels, 1): time x mel bands x 1 channel (channels_last).
+The tagging models cnn_gru and vgg_gap (below) take any number of frames: (None, n_mels, 1).
 
 Every model ends in a float32 softmax, so that losses and metrics stay in float32 under a
 mixed_float16 policy, and names its penultimate representation 'embedding', so that a

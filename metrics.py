@@ -14,7 +14,8 @@ from scipy.stats import rankdata
 from sklearn.metrics import (confusion_matrix, label_ranking_average_precision_score,
                              precision_recall_fscore_support)
 
-from utils import ConfigError, atomic_path
+from config import ConfigError
+from utils import atomic_path
 
 PRF1_THRESHOLD = 0.5  # prf1 on multi-label truth: a class is predicted when its score >= this
 

@@ -10,15 +10,6 @@ SHAPE = (100, 96, 1)  # patch_len x n_mels x 1, the paper's patches
 LEARN = {'densenet_modules': 3}
 
 
-@pytest.fixture
-def mixed_float16():
-    keras.mixed_precision.set_global_policy('mixed_float16')
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy('float32')
-
-
 def _of_type(model, cls):
     return [layer for layer in model.layers if isinstance(layer, cls)]
 

@@ -9,18 +9,9 @@ import pytest
 from keras import layers
 
 import architectures
-from utils import ConfigError
+from config import ConfigError
 
 LEARN = {'time_pooling': 'max'}
-
-
-@pytest.fixture
-def mixed_float16():
-    keras.mixed_precision.set_global_policy('mixed_float16')
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy('float32')
 
 
 def _x(frames, mels, batch=2, seed=0):

@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import label_ranking_average_precision_score
 
 import metrics
-from utils import ConfigError
+from config import ConfigError
 
 N, K = 60, 7
 
