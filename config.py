@@ -48,7 +48,7 @@ DEFAULTS = {
         'mask_alpha': 0.9, 'jit_compile': 'auto', 'mixed_precision': False,
         'predict_batch_size': 1024, 'frames_on_device': 'auto',
         'specaugment_freq_masks': 0, 'specaugment_freq_width': 0, 'specaugment_time_masks': 0,
-        'specaugment_time_width': 0,
+        'specaugment_time_width': 0, 'time_pooling': 'max',
     },
     'loss': {
         'q_loss': 0.7, 'q_loss2': 0.7, 'm_loss2': 0.99, 'perc_loss2': 95, 'type': 'lq_loss',
@@ -76,6 +76,7 @@ CHOICES = {
     ('learn', 'jit_compile'): ['auto', True, False],
     ('loss', 'snn_space'): ['input', 'embedding'],
     ('extract', 'crop'): ['patches', 'random_crop'],
+    ('learn', 'time_pooling'): ['max', 'mean'],
 }
 
 # (low, high, low inclusive, high inclusive) for numbers that must lie in a range.
