@@ -55,9 +55,11 @@ def check(cfg):
 def map_patches(fn, idx, batch_size):
     """fn(patch indices [b]) -> tensor [b, ...], over idx in fixed-size batches -> numpy.
 
-    The last batch is padded so that the compiled function is traced once.
+    The last batch is padded so that the compiled function is traced once. fn may already
+    be compiled (clip_scorer), so that calling this every epoch does not trace again.
     """
-    compiled = tf.function(fn, reduce_retracing=True)
+    compiled = fn if isinstance(fn, tf.types.experimental.GenericFunction) else \
+        tf.function(fn, reduce_retracing=True)
     idx = np.asarray(idx, np.int64)
     batch_size = max(1, min(batch_size, idx.size))
     out = []
@@ -78,8 +80,9 @@ def eval_batch_size(cfg):
     return max(1, n * ext['crop_frames'] // ext['clip_frames'])
 
 
-def predict_clips(classifier, source, patches, rows, cfg):
-    """Clip scores [len(evaluated rows), K] for the table rows that have patches.
+def clip_scorer(classifier, source, patches, cfg):
+    """A function of table rows -> (evaluated rows, clip scores [n, K]): patch scores of
+    the classifier aggregated per clip (recognizer.aggregate). Compiled once.
 
     random_crop: the table holds one whole clip per row, scored in one pass (no
     aggregation). Whole clips are batched by length (Akiyama & Sato, DCASE 2019 task 2,
@@ -89,13 +92,23 @@ def predict_clips(classifier, source, patches, rows, cfg):
     global pooling all see padded frames, so a padded clip would score differently from
     the same clip alone.
     """
-    idx = patches.of_clips(rows)
-    scores = map_patches(lambda i: classifier(source.inputs(i, length=source.eval_len),
-                                                   training=False), idx,
-                         eval_batch_size(cfg))
-    if cfg['extract']['crop'] == 'random_crop':
-        return patches.clip[idx], scores
-    return aggregate(scores, patches.clip[idx], cfg['recognizer']['aggregate'])
+    compiled = tf.function(
+        lambda i: classifier(source.inputs(i, length=source.eval_len), training=False),
+        reduce_retracing=True)
+    whole = cfg['extract']['crop'] == 'random_crop'
+
+    def score(rows):
+        idx = patches.of_clips(rows)
+        scores = map_patches(compiled, idx, eval_batch_size(cfg))
+        if whole:
+            return patches.clip[idx], scores
+        return aggregate(scores, patches.clip[idx], cfg['recognizer']['aggregate'])
+    return score
+
+
+def predict_clips(classifier, source, patches, rows, cfg):
+    """Clip scores [len(evaluated rows), K] for the table rows that have patches."""
+    return clip_scorer(classifier, source, patches, cfg)(rows)
 
 
 # ----------------------------------------------------------------------------- report
@@ -120,9 +133,14 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
     micro, per_class = accuracy_table(true, pred, classes)
     n_eval, n_listed = len(rows_evaluated), len(test)
     train_data = cfg['ctrl']['train_data']
+    extra = extra or {}
     lines = ['', '=' * 72, 'EVALUATION',
              f'ACCURACY - MICRO: {micro:.2f} % ({n_eval}/{n_listed} test files, '
-             f'train_data={train_data})', '', 'per-class accuracy, class order:']
+             f'train_data={train_data})']
+    if 'model_selection' in extra:
+        lines.append(f'model evaluated: learn.model_selection {extra["model_selection"]}, '
+                     f'epoch {extra["evaluated_epoch"]}')
+    lines += ['', 'per-class accuracy, class order:']
     width = max(len(c) for c in classes)
     fmt = '  {:<%d}  n = {:>5}  accuracy = {:6.2f} %%' % width
     lines += [fmt.format(c, v['n_files'], v['accuracy']) for c, v in per_class.items()]
@@ -140,6 +158,6 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
     results = {'run_name': cfg['ctrl']['run_name'], 'accuracy_micro': round(micro, 4),
                'n_files_evaluated': n_eval, 'n_files_listed': n_listed,
                'train_data': train_data, 'per_class': per_class,
-               'wall_time_s': round(wall_time, 2), **(extra or {})}
+               'wall_time_s': round(wall_time, 2), **extra}
     atomic_write_text(run_dir / 'results.json', json.dumps(results, indent=2) + '\n')
     return results

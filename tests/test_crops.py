@@ -116,7 +116,7 @@ def test_specaugment_masks_training_batches_only(clips, crop_setup):
                              specaugment=(2, 2, 2, 3), n_mels=clips['n_mels'], length=9)
     for step in range(3):
         a = [ops.convert_to_tensor(x[step]) for x in plan.arrays()]
-        x = np.asarray(src.train_batch(*a)[0])[..., 0]
+        x = np.asarray(src.train_batch(*a)['x'])[..., 0]
         plain = np.asarray(src.inputs(a[0], a[3]))[..., 0]  # lam = 1: no mixup
         for k in range(6):
             band = np.zeros(clips['n_mels'], bool)
