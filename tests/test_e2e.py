@@ -254,9 +254,27 @@ def test_random_crops_train_and_whole_clips_predict(workspace, monkeypatch, mode
     code, log, run_dir = run(workspace, f'crop_{model}', clean,
                              [f'learn.model={model}', 'extract.crop=random_crop',
                               'learn.specaugment_freq_masks=1', 'learn.specaugment_freq_width=4',
-                              *CROPS[model]])
+                              'learn.model_selection=best_val', *CROPS[model]])
     assert code == 0, log[-2000:]
     assert 'whole clips validated and predicted' in log
     accuracy = float(ACCURACY.search(log)[1])
     assert accuracy > 40.0, f'{model}: accuracy {accuracy} is not twice chance (20 %)'
     assert len(pd.read_csv(run_dir / 'predictions.csv')) == 50  # one score per whole clip
+
+
+def test_random_crops_on_the_device_path(workspace, monkeypatch):
+    """Crop offsets and SpecAugment masks gathered inside the compiled step; whole clips
+    validated from the resident frames. (XLA and float16, which change how the same step
+    is compiled, are left to test_gpu_code_paths_run_on_cpu: with the GRU they take half a
+    minute on 2 CPU cores.)"""
+    _, clean, _ = workspace
+    _narrow(monkeypatch)
+    code, log, run_dir = run(workspace, 'crop_device', clean,
+                             ['learn.model=cnn_gru', 'extract.crop=random_crop',
+                              *CROPS['cnn_gru'], 'learn.frames_on_device=always',
+                              'learn.mixup=true', 'learn.specaugment_time_masks=2',
+                              'learn.specaugment_time_width=6', 'learn.n_epochs=1'])
+    assert code == 0, log[-2000:]
+    assert 'frames on the device' in log and ACCURACY.search(log)
+    hist = history(run_dir)
+    assert np.isfinite(hist.loss).all() and np.isfinite(hist.val_loss).all()
