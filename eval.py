@@ -161,3 +161,17 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
                'wall_time_s': round(wall_time, 2), **extra}
     atomic_write_text(run_dir / 'results.json', json.dumps(results, indent=2) + '\n')
     return results
+
+
+def write_plots(run_dir, table, classes, rows_evaluated, scores, results):
+    """curves.png from history.csv; confusion.png and per_class.png of the test clips
+    (single-label: one true class per clip)."""
+    import plots  # matplotlib is loaded only once a run has something to draw
+    name = results['run_name']
+    if (run_dir / 'history.csv').is_file():
+        plots.curves(run_dir / 'history.csv', run_dir / 'curves.png', f'{name}: training')
+    true = table.label_idx.to_numpy()[rows_evaluated]
+    plots.confusion(true, scores.argmax(axis=1), classes, run_dir / 'confusion.png',
+                    f'{name}: confusion on the test clips (row-normalised)')
+    plots.per_class(results['per_class'], run_dir / 'per_class.png',
+                    f'{name}: per-class accuracy on the test clips')

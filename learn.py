@@ -19,8 +19,8 @@ import data
 import datasets
 import eval as evaluation
 import losses
-from trainer import (History, ModelSelection, RunState, StopAfterSteps, Trainer, ValClipAccuracy,
-                     detection_figures, precision_recall)
+from trainer import (History, ModelSelection, RunState, StopAfterSteps, TensorBoardScalars,
+                     Trainer, ValClipAccuracy, detection_figures, precision_recall)
 from config import ConfigError, lookup
 from utils import atomic_path
 
@@ -40,10 +40,13 @@ class Experiment:
         self.run_dir, self.rng = run_dir, rng
         self.train_idx = patches.of_clips(train_rows)
         self.val_idx = patches.of_clips(val_rows)
-        self.results = {}  # figures a mode adds to results.json (e.g. noise_detection)
+        # figures for results.json: the injected label noise, what a mode adds (noise_detection)
+        self.results = datasets.label_noise(cfg, table)
         self.monitor = 'val_accuracy' if self.val_idx.size else 'accuracy'
         learn = cfg['learn']
         self.history = History(run_dir / 'history.csv')
+        self.tensorboard = ([TensorBoardScalars(self.history, run_dir / 'tb')]
+                            if cfg['ctrl']['tensorboard'] else [])
         self.state = RunState()  # epochs done and model selection, one schema
         self.selection = ModelSelection(learn['model_selection'], self.monitor,
                                         run_dir / 'model.keras', self.state)
@@ -136,7 +139,7 @@ class Experiment:
         first = plan(rng)
         per_epoch = first.idx.shape[0]
         cbs = [*self.trainer.step_loss.callbacks(), *self.val_clip, self.history,
-               self.selection, self.reduce_lr]
+               *self.tensorboard, self.selection, self.reduce_lr]
         cbs += [self.early_stopping] if early_stopping else []
         if steps is not None:
             per_epoch = min(self.cfg['learn']['steps_per_epoch'] or per_epoch, steps)
@@ -366,9 +369,9 @@ def input_shape(cfg):
 
 
 def specaugment(learn):
-    """(freq masks, max freq width, time masks, max time width) of learn.specaugment_*."""
-    return tuple(learn[f'specaugment_{k}'] for k in ('freq_masks', 'freq_width',
-                                                     'time_masks', 'time_width'))
+    """(freq masks, max freq width, time masks, max time width) of learn.specaugment."""
+    masks = learn['specaugment']
+    return tuple(masks[k] for k in ('freq_masks', 'freq_width', 'time_masks', 'time_width'))
 
 
 def on_device(cfg):

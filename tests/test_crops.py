@@ -143,11 +143,13 @@ def test_crop_longer_than_the_clip_is_refused(make_cfg):
 
 
 @pytest.mark.parametrize('key,value,size_key', [
-    ('specaugment_freq_width', 97, 'extract.n_mels'),
-    ('specaugment_time_width', 101, 'extract.patch_len')])
+    ('freq_width', 97, 'extract.n_mels'), ('time_width', 101, 'extract.patch_len')])
 def test_mask_wider_than_the_input_is_refused(make_cfg, key, value, size_key):
-    with pytest.raises(ConfigError, match=f'learn.{key} = {value} exceeds {size_key}'):
-        make_cfg(f'learn.{key}={value}')
+    with pytest.raises(ConfigError, match=f'learn.specaugment.{key} = {value} exceeds '
+                                          f'{size_key}'):
+        make_cfg(f'learn.specaugment.{key}={value}')
+    cfg = make_cfg('learn.specaugment={freq_masks: 2, freq_width: 8}')
+    assert learn.specaugment(cfg['learn']) == (2, 8, 0, 0)
 
 
 @pytest.mark.parametrize('model', ['baseline', 'DenSE'])

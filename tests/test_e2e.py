@@ -226,6 +226,31 @@ def test_same_seed_same_run(workspace):
     pd.testing.assert_frame_equal(*preds)
 
 
+def test_injected_noise_is_reported_detected_plotted_and_in_tensorboard(workspace,
+                                                                          readable_png):
+    import tensorflow as tf
+    _, clean, _ = workspace
+    code, log, run_dir = run(workspace, 'injected', clean,
+                             ['ctrl.inject_noise.rate=0.4', 'ctrl.inject_noise.subset=all',
+                              'learn.mode=2', 'loss.type=lq_lqperc_time_sudden',
+                              'learn.stage1_epoch=1', 'learn.n_epochs=2'])
+    assert code == 0
+    assert re.search(r'label noise injected: symmetric at rate 0\.400 into 200 all training '
+                     r'clips: \d+ labels changed', log)
+    results = json.loads((run_dir / 'results.json').read_text())
+    noise = results['label_noise']
+    assert noise['rate'] == 0.4 and noise['kind'] == 'symmetric' and noise['subset'] == 'all'
+    assert abs(noise['share_changed'] - 0.4) <= 0.05  # 200 training clips
+    assert len(results['noise_detection']['precision']) == 2  # the truth was kept
+    for name in ('curves.png', 'confusion.png', 'per_class.png'):
+        readable_png(run_dir / name)
+    events = list((run_dir / 'tb').glob('events.out.tfevents.*'))
+    assert events
+    tags = {value.tag for path in events for event in tf.compat.v1.train.summary_iterator(
+        str(path)) for value in event.summary.value}
+    assert {'loss', 'val_accuracy', 'lr', 'discarded', 'nd_precision', 'nd_recall'} <= tags
+
+
 # ----------------------------------------------------------------------------- random crops
 
 def _narrow(monkeypatch):
@@ -253,7 +278,7 @@ def test_random_crops_train_and_whole_clips_predict(workspace, monkeypatch, mode
     _narrow(monkeypatch)
     code, log, run_dir = run(workspace, f'crop_{model}', clean,
                              [f'learn.model={model}', 'extract.crop=random_crop',
-                              'learn.specaugment_freq_masks=1', 'learn.specaugment_freq_width=4',
+                              'learn.specaugment={freq_masks: 1, freq_width: 4}',
                               'learn.model_selection=best_val', *CROPS[model]])
     assert code == 0, log[-2000:]
     assert 'whole clips validated and predicted' in log
@@ -272,8 +297,8 @@ def test_random_crops_on_the_device_path(workspace, monkeypatch):
     code, log, run_dir = run(workspace, 'crop_device', clean,
                              ['learn.model=cnn_gru', 'extract.crop=random_crop',
                               *CROPS['cnn_gru'], 'learn.frames_on_device=always',
-                              'learn.mixup=true', 'learn.specaugment_time_masks=2',
-                              'learn.specaugment_time_width=6', 'learn.n_epochs=1'])
+                              'learn.mixup=true', 'learn.specaugment.time_masks=2',
+                              'learn.specaugment.time_width=6', 'learn.n_epochs=1'])
     assert code == 0, log[-2000:]
     assert 'frames on the device' in log and ACCURACY.search(log)
     hist = history(run_dir)
