@@ -34,6 +34,8 @@ DEFAULTS = {
         'hop_length_samples': 882, 'load_mode': 'varup', 'log': True, 'mono': True,
         'n_fft': 2048, 'n_mels': 96, 'normalize_audio': True, 'patch_hop': 50, 'patch_len': 100,
         'spectrogram_type': 'power', 'win_length_samples': 1764, 'store_dtype': 'float32',
+        'trim_silence': False, 'trim_top_db': 60.0, 'crop': 'patches', 'crop_frames': 512,
+        'clip_frames': 2000,
     },
     'learn': {
         'batch_size': 64, 'lr': 0.001, 'n_classes': None, 'n_epochs': 100, 'optim': 'Adam',
@@ -47,7 +49,9 @@ DEFAULTS = {
         'staged_steps': [10000, 10000, 5000], 'mask_method': 'threshold', 'mask_top_k': 10,
         'mask_alpha': 0.9, 'jit_compile': 'auto', 'mixed_precision': False,
         'predict_batch_size': 1024, 'frames_on_device': 'auto', 'model_selection': 'last',
-        'steps_per_epoch': None, 'head': 'softmax',
+        'steps_per_epoch': None,
+        'specaugment': {'freq_masks': 0, 'freq_width': 0, 'time_masks': 0, 'time_width': 0},
+        'time_pooling': 'max', 'head': 'softmax',
     },
     'loss': {
         'q_loss': 0.5, 'q_loss2': 0.5, 'm_loss2': 0.99, 'perc_loss2': 96.0, 'type': 'lq_loss',
@@ -79,6 +83,8 @@ CHOICES = {
     ('loss', 'lq_target'): ['max', 'dot'],
     ('ctrl', 'inject_noise.kind'): ['symmetric', 'pairflip'],
     ('ctrl', 'inject_noise.subset'): ['unverified', 'verified', 'all'],
+    ('extract', 'crop'): ['patches', 'random_crop'],
+    ('learn', 'time_pooling'): ['max', 'mean'],
 }
 
 # (low, high, low inclusive, high inclusive) for numbers that must lie in a range.
@@ -123,6 +129,13 @@ RANGES = {
     ('loss', 'q_min'): (0, 1, False, True),
     ('ctrl', 'inject_noise.rate'): (0, 1, True, True),
     ('ctrl', 'inject_noise.seed'): (0, None, True, True),
+    ('extract', 'trim_top_db'): (0, None, False, True),
+    ('extract', 'crop_frames'): (1, None, True, True),
+    ('extract', 'clip_frames'): (1, None, True, True),
+    ('learn', 'specaugment.freq_masks'): (0, None, True, True),
+    ('learn', 'specaugment.freq_width'): (0, None, True, True),
+    ('learn', 'specaugment.time_masks'): (0, None, True, True),
+    ('learn', 'specaugment.time_width'): (0, None, True, True),
 }
 
 # Keys that also take a value of another type than their default's: learn.mode a name
@@ -268,6 +281,11 @@ def _check_consistency(cfg):
         raise ConfigError('extract.fmin must be below extract.fmax')
     if ext['win_length_samples'] > ext['n_fft']:
         raise ConfigError('extract.win_length_samples must not exceed extract.n_fft')
+    if ext['crop'] == 'random_crop' and ext['crop_frames'] > ext['clip_frames']:
+        raise ConfigError(f'extract.crop_frames = {ext["crop_frames"]} must not exceed '
+                          f'extract.clip_frames = {ext["clip_frames"]} (crops are cut from '
+                          f'the fixed-length clip)')
+    _check_specaugment(cfg)
     staged = cfg['learn']['staged_steps']
     if len(staged) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
                                    for n in staged):
@@ -281,6 +299,19 @@ def _check_consistency(cfg):
     if name is not None and any(not part or part.startswith('.') for part in name.split('/')):
         raise ConfigError(f'ctrl.run_name {name!r} must be a file name or a relative path '
                           f'of file names (NAME/sub), without leading dots')
+
+
+def _check_specaugment(cfg):
+    """A mask wider than the input it masks is a mistake, not a wider mask."""
+    ext, masks = cfg['extract'], cfg['learn']['specaugment']
+    frames = ext['crop_frames'] if ext['crop'] == 'random_crop' else ext['patch_len']
+    size_key = 'extract.crop_frames' if ext['crop'] == 'random_crop' else 'extract.patch_len'
+    for axis, size, key in (('freq', ext['n_mels'], 'extract.n_mels'),
+                            ('time', frames, size_key)):
+        width = masks[f'{axis}_width']
+        if width > size:
+            raise ConfigError(f'learn.specaugment.{axis}_width = {width} exceeds {key} = '
+                              f'{size}')
 
 
 def config_to_yaml(cfg):
