@@ -56,7 +56,8 @@ class Experiment:
             monitor=self.monitor, mode='max', patience=learn['patience'], min_delta=0.001,
             verbose=1)
         score = evaluation.clip_scorer(trainer.classifier, source, patches, cfg)
-        self.val_clip = ([ValClipAccuracy(score, val_rows, table.label_idx.to_numpy())]
+        self.val_clip = ([ValClipAccuracy(score, val_rows,
+                                          datasets.targets(table, len(classes)))]
                          if self.val_idx.size else [])
         self.has_truth = 'true_idx' in table.columns
         ext = cfg['extract']
@@ -227,7 +228,7 @@ def score_clips(exp, rows):
 
     def patch_loss(i):
         x, y = source.eval_batch(i)
-        return per_example(y, classifier(x, training=False))
+        return per_example(y, architectures.scores(classifier(x, training=False)))
     idx = exp.patches.of_clips(rows)
     values = evaluation.map_patches(patch_loss, idx, evaluation.eval_batch_size(exp.cfg))
     return evaluation.aggregate(values, exp.patches.clip[idx],
@@ -430,7 +431,8 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     rows = datasets.train_rows(table, cfg['ctrl']['train_data'])
     rows = rows[store.length[rows] > 0]
     train_rows, val_rows = data.split_train_val(
-        rows, table.label_idx.to_numpy()[rows], learn['val_split'], cfg['ctrl']['seed'])
+        rows, data.strata(datasets.targets(table, len(classes))[rows]), learn['val_split'],
+        cfg['ctrl']['seed'])
     patches = patch_table(cfg, store)
     train_idx = patches.of_clips(train_rows)
     # Over the inputs the model is evaluated on: patches, or whole fixed-length clips
@@ -448,7 +450,7 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     keras.mixed_precision.set_global_policy(
         'mixed_float16' if learn['mixed_precision'] else 'float32')
     classifier = architectures.build(learn['model'], input_shape(cfg), len(classes), learn)
-    trainer = Trainer(classifier, source, losses.get(cfg))
+    trainer = Trainer(classifier, source, losses.get(cfg), datasets.is_multi_label(table))
     trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']), jit_compile=use_xla(cfg))
     with atomic_path(run_dir / 'scaler.npz') as tmp, open(tmp, 'wb') as f:
         np.savez(f, mean=mean, std=std)
