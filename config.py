@@ -51,11 +51,12 @@ DEFAULTS = {
         'predict_batch_size': 1024, 'frames_on_device': 'auto', 'model_selection': 'last',
         'steps_per_epoch': None,
         'specaugment': {'freq_masks': 0, 'freq_width': 0, 'time_masks': 0, 'time_width': 0},
-        'time_pooling': 'max', 'head': 'softmax',
+        'time_pooling': 'max', 'head': 'softmax', 'multitask': False, 'pseudo_labels': None,
     },
     'loss': {
         'q_loss': 0.5, 'q_loss2': 0.5, 'm_loss2': 0.99, 'perc_loss2': 96.0, 'type': 'lq_loss',
         'snn_temperature': 1000.0, 'q_min': 0.01, 'snn_space': 'input', 'lq_target': 'max',
+        'multitask_weights': [1.0, 1.0], 'sharpen_T': 2.0, 'pseudo_weight': 20.0,
     },
     'recognizer': {'aggregate': 'gmean', 'metrics': None},
     'suffix': {'in': '_mel', 'out': '_label'},
@@ -136,6 +137,8 @@ RANGES = {
     ('learn', 'specaugment.freq_width'): (0, None, True, True),
     ('learn', 'specaugment.time_masks'): (0, None, True, True),
     ('learn', 'specaugment.time_width'): (0, None, True, True),
+    ('loss', 'sharpen_T'): (0, None, False, True),
+    ('loss', 'pseudo_weight'): (0, None, True, True),
 }
 
 # Keys that also take a value of another type than their default's: learn.mode a name
@@ -144,7 +147,8 @@ ALSO = {('learn', 'mode'): str, ('learn', 'jit_compile'): bool}
 
 # Keys whose default is null (None), with the type of their other values.
 NULLABLE = {('ctrl', 'run_name'): str, ('learn', 'steps_per_epoch'): int,
-            ('learn', 'n_classes'): int, ('recognizer', 'metrics'): list}
+            ('learn', 'n_classes'): int, ('recognizer', 'metrics'): list,
+            ('learn', 'pseudo_labels'): str}
 
 
 def _type_name(value):
@@ -291,6 +295,11 @@ def _check_consistency(cfg):
                                    for n in staged):
         raise ConfigError(f'learn.staged_steps must be three non-negative integers '
                           f'[n1, n2, n3] (optimizer steps), got {staged!r}')
+    weights = cfg['loss']['multitask_weights']
+    if len(weights) != 2 or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                    and w >= 0 for w in weights):
+        raise ConfigError(f'loss.multitask_weights must be two non-negative numbers '
+                          f'[verified, unverified], got {weights!r}')
     if not all(isinstance(c, str) for c in cfg['learn']['noisier_classes']):
         raise ConfigError('learn.noisier_classes must be a list of class names')
     name = cfg['ctrl']['run_name']

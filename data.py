@@ -10,8 +10,10 @@ random crop offset drawn with the epoch plan.
 import dataclasses
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 import datasets
 from config import ConfigError
@@ -257,6 +259,51 @@ def plan_halves(rng, first, second, batch_size, mixup=False, alpha=0.1, mode='in
     return EpochPlan(*(join(f.name) for f in dataclasses.fields(EpochPlan)))
 
 
+def cross_pairs(rng, plan, alpha):
+    """Mixup between the two halves of plan_halves batches (Akiyama & Sato, Sec. 2.2: curated
+    clips mixed with soft-pseudo-labelled ones): each example's partner is the example at
+    the same place of the other half, lam ~ Beta(alpha, alpha) per example."""
+    half = plan.idx.shape[1] // 2
+    plan.partner = np.concatenate([plan.idx[:, half:2 * half], plan.idx[:, :half],
+                                   plan.idx[:, 2 * half:]], axis=1)
+    plan.lam = rng.beta(alpha, alpha, size=plan.idx.shape).astype(np.float32)
+    plan.lam[:, 2 * half:] = 1.0  # an odd batch's last example has no partner
+    return plan
+
+
+def sharpen(p, temperature):
+    """Sharpening of MixMatch (Berthelot et al., NeurIPS 2019), as Akiyama & Sato sharpen
+    their soft pseudo labels: p_k^(1/T) / sum_j p_j^(1/T) per row."""
+    p = np.power(np.clip(np.asarray(p, np.float64), 0.0, None), 1.0 / temperature)
+    return (p / np.maximum(p.sum(axis=1, keepdims=True), 1e-300)).astype(np.float32)
+
+
+def read_pseudo_labels(path, table, rows, classes):
+    """learn.pseudo_labels: a predictions CSV (fname + one score column per class, as
+    predictions.csv or predict.py writes it) -> [len(table), K] scores, filled for `rows`
+    (the unverified training clips; other rows 0). One-line errors for a missing file, a
+    class set that differs from the dataset's, or clips it does not cover."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'learn.pseudo_labels: no file {path}')
+    frame = pd.read_csv(path)
+    if 'fname' not in frame.columns or set(classes) - set(frame.columns):
+        missing = sorted(set(classes) - set(frame.columns))
+        raise ConfigError(f'learn.pseudo_labels {path} must have an fname column and one '
+                          f'column per class of the dataset; missing: '
+                          f'{", ".join(missing[:5] or ["fname"])}'
+                          f'{" ..." if len(missing) > 5 else ""}')
+    frame = frame.drop_duplicates('fname').set_index('fname')
+    fnames = table.fname.to_numpy()[rows]
+    absent = [f for f in fnames if f not in frame.index]
+    if absent:
+        raise ConfigError(f'learn.pseudo_labels {path} lacks {len(absent)} of the '
+                          f'{len(fnames)} unverified training clips (e.g. {absent[0]})')
+    scores = np.zeros((len(table), len(classes)), np.float32)
+    scores[rows] = frame.loc[fnames, list(classes)].to_numpy(np.float32)
+    return scores
+
+
 def mask_spans(rng, shape, count, max_width, size):
     """SpecAugment masks (Park et al., Interspeech 2019): per example `count` masks of
     width w ~ U{0..max_width} starting at s ~ U{0..size - w} -> int64 [*shape, count, 2]
@@ -343,6 +390,7 @@ class PatchSource:
         import tensorflow as tf  # placement is TensorFlow's; Keras has no device API
         from keras import ops
         self.ops, self.patch_len, self.on_device = ops, patch_len, on_device
+        self.per_member, self.pseudo = False, None  # use_members() sets them
         # Frames per evaluated example: a patch, or a whole fixed-length clip (random_crop).
         self.eval_len = eval_len or patch_len
         self.n_classes = len(eps)
@@ -427,12 +475,30 @@ class PatchSource:
         x = mix(ops, lam, x_clean, self.inputs(partner, partner_shift))
         if fmask is not None and (fmask.shape[1] or tmask.shape[1]):  # static: 0 = off
             x = self.masked(x, fmask, tmask)
-        batch = {'x': x, 'y': mix(ops, lam, self.targets(idx), self.targets(partner)),
+        y_a, y_b = self.targets(idx), self.targets(partner)
+        batch = {'x': x, 'y': mix(ops, lam, y_a, y_b),
                  'verified': take(self.verified, idx), 'members': 1.0 + paired,
                  'wrong': take(self.wrong, idx) + paired * take(self.wrong, partner)}
+        if self.per_member:  # the members of each mixed pair, for losses.Multitask
+            batch.update(y_a=y_a, y_b=y_b, lam=ops.cast(lam, 'float32'),
+                         verified_a=batch['verified'], verified_b=take(self.verified, partner))
+            if self.pseudo is not None:
+                batch.update(pseudo_a=self.pseudo_of(idx), pseudo_b=self.pseudo_of(partner))
         if clean:
             batch.update(x_clean=x_clean, labels=take(self.label, idx))
         return batch
+
+    def use_members(self, pseudo=None):
+        """Batches carry each pair's members (losses.Multitask), and with pseudo [clips, K]
+        the members' soft pseudo labels."""
+        import tensorflow as tf
+        self.per_member = True
+        if pseudo is not None:
+            with tf.device('/GPU:0' if self.on_device else '/CPU:0'):
+                self.pseudo = tf.constant(pseudo.astype(np.float32))
+
+    def pseudo_of(self, idx):
+        return self.ops.take(self.pseudo, self.ops.take(self.clip, idx), axis=0)
 
     def eval_batch(self, idx):
         """(x, multi-hot y) without smoothing, mixup or masks, for validation and scoring:

@@ -115,11 +115,35 @@ class Experiment:
 
     def plan(self, pool, mixup=None):
         """A function of an rng that draws one epoch of batches over the patch indices in
-        pool."""
+        pool (learn.multitask: multitask_plan)."""
         learn = self.cfg['learn']
         mixup = learn['mixup'] if mixup is None else mixup
+        if learn['multitask']:
+            return self.multitask_plan(pool, mixup)
         return lambda rng: self.augment(rng, data.plan_epoch(
             rng, pool, learn['batch_size'], mixup, learn['mixup_alpha'], learn['mixup_mode']))
+
+    def multitask_plan(self, pool, mixup):
+        """Batches half verified, half unverified patches of pool (plan_halves; an epoch is
+        one pass over the unverified ones), so that both heads learn in every step. With
+        pseudo labels and mixup, each verified example is mixed with an unverified (pseudo-
+        labelled) one (Akiyama & Sato, Sec. 2.2); otherwise mixup stays inside each half."""
+        learn = self.cfg['learn']
+        verified = self.table.verified.to_numpy()[self.patches.clip[pool]] == 1
+        ver, unv = pool[verified], pool[~verified]
+        if ver.size == 0 or unv.size == 0:
+            raise ConfigError('learn.multitask needs verified and unverified training clips; '
+                              f'this split has {ver.size} verified and {unv.size} unverified '
+                              f'patches')
+        cross = mixup and learn['pseudo_labels'] is not None
+
+        def plan(rng):
+            halves = data.plan_halves(rng, ver, unv, learn['batch_size'], mixup and not cross,
+                                      learn['mixup_alpha'], learn['mixup_mode'])
+            if cross:
+                halves = data.cross_pairs(rng, halves, learn['mixup_alpha'])
+            return self.augment(rng, halves)
+        return plan
 
     @property
     def epoch(self):
@@ -342,6 +366,35 @@ def check(cfg):
         raise ConfigError(f'learn.mode 2 needs a time-dependent loss.type '
                           f'({", ".join(TIME_DEPENDENT)}), got {loss_type!r}')
     check_crop(cfg)
+    check_multitask(cfg)
+
+
+# Training subsets that hold verified and unverified clips, as both multitask heads need.
+MIXED_SUBSETS = ('all', 'noisy_small_clean')
+
+
+def check_multitask(cfg):
+    """learn.multitask trains each head on its own clips in every step, so it needs a subset
+    with both kinds, a loss that is a plain per-example loss (the time-dependent and
+    adaptive losses decide per batch what to keep or which q to use, over examples that
+    here belong to two heads), and a mode that does not mask or switch the unverified clips
+    itself (mode 2, staged). Pseudo labels are learned beside the multitask loss only."""
+    learn, loss_type = cfg['learn'], cfg['loss']['type']
+    if learn['pseudo_labels'] is not None and not learn['multitask']:
+        raise ConfigError('learn.pseudo_labels is learned by the verified head of '
+                          'learn.multitask: set learn.multitask true')
+    if not learn['multitask']:
+        return
+    if learn['mode'] in (2, 'staged'):
+        raise ConfigError(f'learn.multitask works with learn.mode 0, 1 or 3, not '
+                          f'{learn["mode"]!r} (its own treatment of the unverified clips)')
+    if loss_type in TIME_DEPENDENT + ('adaptive_lq',):
+        raise ConfigError(f'learn.multitask works with loss.type CCE, lq_loss or bce, not '
+                          f'{loss_type!r}')
+    if cfg['ctrl']['train_data'] not in MIXED_SUBSETS:
+        raise ConfigError(f'learn.multitask needs verified and unverified training clips: '
+                          f'ctrl.train_data {" or ".join(MIXED_SUBSETS)}, not '
+                          f'{cfg["ctrl"]["train_data"]!r}')
 
 
 def check_crop(cfg):
@@ -450,12 +503,28 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     keras.mixed_precision.set_global_policy(
         'mixed_float16' if learn['mixed_precision'] else 'float32')
     classifier = architectures.build(learn['model'], input_shape(cfg), len(classes), learn)
+    if learn['multitask']:
+        source.use_members(pseudo_labels(cfg, table, classes, train_rows))
     trainer = Trainer(classifier, source, losses.get(cfg), datasets.is_multi_label(table))
     trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']), jit_compile=use_xla(cfg))
     with atomic_path(run_dir / 'scaler.npz') as tmp, open(tmp, 'wb') as f:
         np.savez(f, mean=mean, std=std)
     return Experiment(cfg, table, classes, store, patches, train_rows, val_rows, source,
                       trainer, run_dir, rng)
+
+
+def pseudo_labels(cfg, table, classes, train_rows):
+    """learn.pseudo_labels -> sharpened soft pseudo labels [clips, K] of the unverified
+    training clips (None without the key)."""
+    path = cfg['learn']['pseudo_labels']
+    if path is None:
+        return None
+    rows = train_rows[table.verified.to_numpy()[train_rows] == 0]
+    scores = data.read_pseudo_labels(path, table, rows, classes)
+    logger.info('soft pseudo labels of %d unverified training clips from %s, sharpened with '
+                'T = %g, MSE weight %g', rows.size, path, cfg['loss']['sharpen_T'],
+                cfg['loss']['pseudo_weight'])
+    return data.sharpen(scores, cfg['loss']['sharpen_T'])
 
 
 def run(exp):

@@ -431,3 +431,19 @@ def test_random_crops_on_the_device_path(workspace, monkeypatch):
     assert 'frames on the device' in log and ACCURACY.search(log)
     hist = history(run_dir)
     assert np.isfinite(hist.loss).all() and np.isfinite(hist.val_loss).all()
+
+
+# ----------------------------------------------------------------------------- multitask
+
+def test_multitask_trains_each_head_on_its_own_clips(workspace):
+    _, clean, _ = workspace
+    code, log, run_dir = run(workspace, 'multitask', clean,
+                             ['learn.multitask=true', 'learn.mixup=true', 'learn.n_epochs=6'])
+    assert code == 0, log[-2000:]
+    hist = history(run_dir)
+    assert (hist.loss_verified > 0).all() and (hist.loss_unverified > 0).all()
+    # the two heads' terms make up the logged loss (the baseline's L2 is not in it)
+    assert np.allclose(hist.loss_verified + hist.loss_unverified, hist.loss, rtol=1e-4)
+    assert hist.loss_unverified.iloc[-1] < hist.loss_unverified.iloc[0]
+    accuracy = float(ACCURACY.search(log)[1])
+    assert accuracy >= 80, f'multitask accuracy {accuracy}'
