@@ -447,3 +447,34 @@ def test_multitask_trains_each_head_on_its_own_clips(workspace):
     assert hist.loss_unverified.iloc[-1] < hist.loss_unverified.iloc[0]
     accuracy = float(ACCURACY.search(log)[1])
     assert accuracy >= 80, f'multitask accuracy {accuracy}'
+
+
+def test_multitask_learns_soft_pseudo_labels_of_an_earlier_run(workspace, tmp_path):
+    import predict
+    _, _, noisy = workspace
+    # The earlier run sees only the verified clips: its scores of the unverified ones are
+    # out of sample.
+    code, log, first = run(workspace, 'pseudo_source', noisy,
+                           ['ctrl.train_data=clean', 'learn.n_epochs=4'])
+    assert code == 0, log[-2000:]
+    # predict.py scores the test clips as the run itself did
+    assert predict.main([str(first), '--clips', 'test', '-o', str(tmp_path / 'test.csv')]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / 'test.csv'),
+                                  pd.read_csv(first / 'predictions.csv'), rtol=1e-4)
+    csv = tmp_path / 'unverified.csv'
+    assert predict.main([str(first), '-o', str(csv)]) == 0
+    scores = pd.read_csv(csv)
+    assert len(scores) == 140  # every unverified training clip of the synthetic set
+    code, log, run_dir = run(workspace, 'pseudo', noisy,
+                             ['learn.multitask=true', f'learn.pseudo_labels={csv}',
+                              'learn.mixup=true', 'learn.n_epochs=3'])
+    assert code == 0, log[-2000:]
+    # those of the unverified clips in the training split (the others validate)
+    used = int(re.search(r'soft pseudo labels of (\d+) unverified training clips', log)[1])
+    assert 100 < used < len(scores)
+    hist = history(run_dir)
+    for name in ('loss_verified', 'loss_unverified', 'loss_pseudo'):
+        assert (hist[name] > 0).all(), name
+    assert np.allclose(hist.loss_verified + hist.loss_unverified + hist.loss_pseudo,
+                       hist.loss, rtol=1e-4)
+    assert ACCURACY.search(log)

@@ -94,3 +94,60 @@ def test_multitask_config_errors(make_cfg, overrides, message):
 def test_multitask_weights_must_be_two_numbers(make_cfg):
     with pytest.raises(ConfigError, match='loss.multitask_weights'):
         make_cfg('loss.multitask_weights=[1.0]')
+
+
+def test_sharpening_against_numpy():
+    p = np.array([[0.6, 0.3, 0.1, 0.0, 0.0], [0.2, 0.2, 0.2, 0.2, 0.2],
+                  [0.05, 0.9, 0.02, 0.02, 0.01]])
+    for t in (0.5, 1.0, 2.0):
+        q = p ** (1 / t)
+        np.testing.assert_allclose(data.sharpen(p, t), q / q.sum(axis=1, keepdims=True),
+                                   rtol=1e-6)
+    # T = 2 flattens the distribution: sqrt(0.6) / (sqrt(0.6) + sqrt(0.3) + sqrt(0.1))
+    assert data.sharpen(p, 2.0)[0, 0] == pytest.approx(0.7746 / (0.7746 + 0.5477 + 0.3162),
+                                                       abs=1e-4)
+
+
+def test_cross_pairs_mix_each_half_with_the_other():
+    rng = np.random.default_rng(0)
+    ver, unv = np.arange(0, 10), np.arange(100, 130)
+    plan = data.cross_pairs(rng, data.plan_halves(rng, ver, unv, 8), alpha=1.0)
+    assert np.isin(plan.idx[:, :4], ver).all() and np.isin(plan.partner[:, :4], unv).all()
+    assert np.isin(plan.idx[:, 4:], unv).all() and np.isin(plan.partner[:, 4:], ver).all()
+    assert ((plan.lam > 0) & (plan.lam < 1)).all()
+
+
+@pytest.fixture
+def pseudo_table():
+    table = pd.DataFrame({'fname': ['a.wav', 'b.wav', 'c.wav'], 'verified': [1, 0, 0]})
+    return table, ['dog', 'cat']
+
+
+def test_pseudo_labels_are_read_for_the_given_rows(tmp_path, pseudo_table):
+    table, classes = pseudo_table
+    path = tmp_path / 'p.csv'
+    pd.DataFrame({'fname': ['c.wav', 'b.wav', 'z.wav'], 'predicted': ['cat', 'dog', 'dog'],
+                  'cat': [0.7, 0.1, 0.5], 'dog': [0.3, 0.9, 0.5]}).to_csv(path, index=False)
+    scores = data.read_pseudo_labels(path, table, np.array([1, 2]), classes)
+    np.testing.assert_allclose(scores, [[0, 0], [0.9, 0.1], [0.3, 0.7]])
+
+
+@pytest.mark.parametrize('frame, message', [
+    (None, 'no file'),
+    (pd.DataFrame({'fname': ['b.wav', 'c.wav'], 'dog': [1, 0], 'bird': [0, 1]}),
+     'missing: cat'),
+    (pd.DataFrame({'fname': ['b.wav'], 'dog': [1], 'cat': [0]}), 'lacks 1 of the 2'),
+])
+def test_pseudo_label_file_errors(tmp_path, pseudo_table, frame, message):
+    table, classes = pseudo_table
+    path = tmp_path / 'p.csv'
+    if frame is not None:
+        frame.to_csv(path, index=False)
+    with pytest.raises(ConfigError, match=f'learn.pseudo_labels.*{message}'):
+        data.read_pseudo_labels(path, table, np.array([1, 2]), classes)
+
+
+def test_predict_refuses_a_folder_without_a_trained_run(tmp_path, capsys):
+    import predict
+    assert predict.main([str(tmp_path), '-o', str(tmp_path / 'p.csv')]) == 2
+    assert 'has no config.yaml' in capsys.readouterr().err
