@@ -346,6 +346,18 @@ def test_fsdkaggle2019_staged_masks_per_example_head_losses(workspace, kaggle):
     assert (stage2.eta > 0).all() and ((stage2.masked > 0) & (stage2.masked < 0.5)).all()
 
 
+def test_fsdkaggle2019_multitask_multi_activation_heads(workspace, kaggle):
+    d2019, _ = kaggle
+    code, log, run_dir = run(workspace, 'k2019_multitask', d2019,
+                             ['ctrl.dataset=fsdkaggle2019', 'learn.n_classes=null',
+                              'learn.head=sigmoid_softmax', 'loss.type=bce',
+                              'learn.multitask=true', 'learn.mixup=true', 'learn.n_epochs=3'])
+    assert code == 0, log[-2000:]
+    hist = history(run_dir)
+    assert (hist.loss_verified > 0).all() and (hist.loss_unverified > 0).all()
+    assert float(LWLRAP.search(log)[1]) > 0.5
+
+
 def test_fsdkaggle2018_reports_map3_and_accuracy(workspace, kaggle):
     _, d2018 = kaggle
     code, log, run_dir = run(workspace, 'k2018', d2018,
