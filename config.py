@@ -35,7 +35,7 @@ DEFAULTS = {
         'n_fft': 2048, 'n_mels': 96, 'normalize_audio': True, 'patch_hop': 50, 'patch_len': 100,
         'spectrogram_type': 'power', 'win_length_samples': 1764, 'store_dtype': 'float32',
         'trim_silence': False, 'trim_top_db': 60.0, 'crop': 'patches', 'crop_frames': 512,
-        'clip_frames': 2000,
+        'clip_frames': 2000, 'normalize': 'dataset',
     },
     'learn': {
         'batch_size': 64, 'lr': 0.001, 'n_classes': None, 'n_epochs': 100, 'optim': 'Adam',
@@ -52,6 +52,9 @@ DEFAULTS = {
         'steps_per_epoch': None,
         'specaugment': {'freq_masks': 0, 'freq_width': 0, 'time_masks': 0, 'time_width': 0},
         'time_pooling': 'max', 'head': 'softmax', 'multitask': False, 'pseudo_labels': None,
+        'freq_mask': {'p': 0.0, 'min_width': 8, 'max_width': 32},
+        'gain': {'p': 0.0, 'low': 0.8, 'high': 1.2},
+        'extra_crop': {'p': 0.0, 'min_frac': 0.25, 'max_frac': 1.0},
     },
     'loss': {
         'q_loss': 0.5, 'q_loss2': 0.5, 'm_loss2': 0.99, 'perc_loss2': 96.0, 'type': 'lq_loss',
@@ -86,6 +89,7 @@ CHOICES = {
     ('ctrl', 'inject_noise.subset'): ['unverified', 'verified', 'all'],
     ('extract', 'crop'): ['patches', 'random_crop'],
     ('learn', 'time_pooling'): ['max', 'mean'],
+    ('extract', 'normalize'): ['dataset', 'per_clip'],
 }
 
 # (low, high, low inclusive, high inclusive) for numbers that must lie in a range.
@@ -139,6 +143,15 @@ RANGES = {
     ('learn', 'specaugment.time_width'): (0, None, True, True),
     ('loss', 'sharpen_T'): (0, None, False, True),
     ('loss', 'pseudo_weight'): (0, None, True, True),
+    ('learn', 'freq_mask.p'): (0, 1, True, True),
+    ('learn', 'freq_mask.min_width'): (0, None, True, True),
+    ('learn', 'freq_mask.max_width'): (0, None, True, True),
+    ('learn', 'gain.p'): (0, 1, True, True),
+    ('learn', 'gain.low'): (0, None, False, True),
+    ('learn', 'gain.high'): (0, None, False, True),
+    ('learn', 'extra_crop.p'): (0, 1, True, True),
+    ('learn', 'extra_crop.min_frac'): (0, 1, False, True),
+    ('learn', 'extra_crop.max_frac'): (0, 1, False, True),
 }
 
 # Keys that also take a value of another type than their default's: learn.mode a name
@@ -290,6 +303,7 @@ def _check_consistency(cfg):
                           f'extract.clip_frames = {ext["clip_frames"]} (crops are cut from '
                           f'the fixed-length clip)')
     _check_specaugment(cfg)
+    _check_paper_augment(cfg)
     staged = cfg['learn']['staged_steps']
     if len(staged) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
                                    for n in staged):
@@ -321,6 +335,19 @@ def _check_specaugment(cfg):
         if width > size:
             raise ConfigError(f'learn.specaugment.{axis}_width = {width} exceeds {key} = '
                               f'{size}')
+
+
+def _check_paper_augment(cfg):
+    """The ranges of learn.freq_mask, gain and extra_crop run from low to high."""
+    learn = cfg['learn']
+    for key, low, high in (('freq_mask', 'min_width', 'max_width'), ('gain', 'low', 'high'),
+                           ('extra_crop', 'min_frac', 'max_frac')):
+        if learn[key][low] > learn[key][high]:
+            raise ConfigError(f'learn.{key}.{low} = {learn[key][low]} exceeds '
+                              f'learn.{key}.{high} = {learn[key][high]}')
+    if learn['freq_mask']['max_width'] > cfg['extract']['n_mels']:
+        raise ConfigError(f'learn.freq_mask.max_width = {learn["freq_mask"]["max_width"]} '
+                          f'exceeds extract.n_mels = {cfg["extract"]["n_mels"]}')
 
 
 def config_to_yaml(cfg):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import augment
 import datasets
 from config import ConfigError
 
@@ -184,13 +185,13 @@ def smooth_targets(y, e):
 @dataclass
 class EpochPlan:
     """One epoch of training steps: patch indices, mixup partners and mixup weights, crop
-    offsets and SpecAugment masks.
+    offsets, SpecAugment masks and gains (augment.py).
 
     Arrays have shape [steps, batch, ...]. idx are patch indices; partner[i] is the patch
     mixed into idx[i] with weight 1 - lam[i] (lam = 1: no mixup). shift / partner_shift
     are added to the patch's start frame (random crops; 0 for patches). fmask / tmask
     [steps, batch, n_masks, 2] are (first band or frame, width) of each mask (n_masks 0:
-    none). Every field is drawn on the host from the run's rng, so a run is repeatable
+    none). gain / partner_gain scale each member's signal (1: none). Every field is drawn on the host from the run's rng, so a run is repeatable
     whatever the order in which tf.data evaluates batches.
     """
     idx: np.ndarray
@@ -200,11 +201,16 @@ class EpochPlan:
     partner_shift: np.ndarray = None
     fmask: np.ndarray = None
     tmask: np.ndarray = None
+    gain: np.ndarray = None
+    partner_gain: np.ndarray = None
 
     def __post_init__(self):
         for name in ('shift', 'partner_shift'):
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros(self.idx.shape, np.int64))
+        for name in ('gain', 'partner_gain'):
+            if getattr(self, name) is None:
+                setattr(self, name, np.ones(self.idx.shape, np.float32))
         for name in ('fmask', 'tmask'):
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros(self.idx.shape + (0, 2), np.int64))
@@ -313,7 +319,8 @@ def mask_spans(rng, shape, count, max_width, size):
     return np.stack([start, width], axis=-1)
 
 
-def augment_plan(rng, plan, max_shift=0, specaugment=(0, 0, 0, 0), n_mels=1, length=1):
+def augment_plan(rng, plan, max_shift=0, specaugment=(0, 0, 0, 0), n_mels=1, length=1,
+                 paper=None):
     """Random crop offsets and SpecAugment masks drawn into an epoch plan.
 
     max_shift: a crop starts at a frame drawn uniformly from 0..max_shift of its fixed-
@@ -330,6 +337,23 @@ def augment_plan(rng, plan, max_shift=0, specaugment=(0, 0, 0, 0), n_mels=1, len
         plan.fmask = mask_spans(rng, plan.idx.shape, n_freq, freq_width, n_mels)
     if n_time:
         plan.tmask = mask_spans(rng, plan.idx.shape, n_time, time_width, length)
+    return augment_paper(rng, plan, paper or {}, n_mels, length)
+
+
+def augment_paper(rng, plan, paper, n_mels, length):
+    """Akiyama & Sato's frequency mask, gain and additional crop (augment.py), each drawn
+    only when its p > 0; `paper` maps learn.freq_mask / gain / extra_crop to their
+    settings. Masks join SpecAugment's."""
+    shape = plan.idx.shape
+    if paper.get('freq_mask', {}).get('p', 0) > 0:
+        plan.fmask = np.concatenate(
+            [plan.fmask, augment.freq_masks(rng, shape, paper['freq_mask'], n_mels)], axis=-2)
+    if paper.get('gain', {}).get('p', 0) > 0:
+        plan.gain = augment.gains(rng, shape, paper['gain'])
+        plan.partner_gain = augment.gains(rng, shape, paper['gain'])
+    if paper.get('extra_crop', {}).get('p', 0) > 0:
+        plan.tmask = np.concatenate(
+            [plan.tmask, augment.crop_masks(rng, shape, paper['extra_crop'], length)], axis=-2)
     return plan
 
 
@@ -386,11 +410,13 @@ class PatchSource:
     """
 
     def __init__(self, frames, patches, table, mean, std, eps, patch_len, on_device,
-                 eval_len=None):
+                 eval_len=None, gain_exponent=2, log=True, per_clip=False):
         import tensorflow as tf  # placement is TensorFlow's; Keras has no device API
         from keras import ops
         self.ops, self.patch_len, self.on_device = ops, patch_len, on_device
         self.per_member, self.pseudo = False, None  # use_members() sets them
+        # gains on the frames (augment.gain_frames); extract.normalize per_clip
+        self.gain_exponent, self.log, self.per_clip = gain_exponent, log, per_clip
         # Frames per evaluated example: a patch, or a whole fixed-length clip (random_crop).
         self.eval_len = eval_len or patch_len
         self.n_classes = len(eps)
@@ -417,10 +443,13 @@ class PatchSource:
             self.mean = tf.constant(mean.reshape(1, 1, -1, 1))
             self.std = tf.constant(std.reshape(1, 1, -1, 1))
 
-    def inputs(self, idx, shift=None, length=None):
+    def inputs(self, idx, shift=None, length=None, gain=None):
         """Standardised inputs [B, length, n_mels, 1] float32 for patch indices idx, each
-        starting `shift` frames after its patch (a random crop); length defaults to
-        patch_len."""
+        starting `shift` frames after its patch (a random crop), its signal scaled by
+        `gain` [B] (augment.gain_frames) before standardisation; length defaults to
+        patch_len. Standardised per band with the training set's scaler, or (extract.
+        normalize per_clip) each example with its own mean and std over all its frames and
+        bands (Akiyama & Sato, Sec. 3.2.2)."""
         ops = self.ops
         length = length or self.patch_len
         t = ops.arange(length, dtype='int32')
@@ -431,7 +460,14 @@ class PatchSource:
         clen = ops.expand_dims(ops.take(self.clen, idx), -1)
         rows = ops.expand_dims(ops.take(self.row0, idx), -1) + (offset + t) % clen
         x = ops.take(self.frames, ops.reshape(rows, (-1,)), axis=0)
-        x = ops.reshape(ops.cast(x, 'float32'), (-1, length, self.n_mels, 1))
+        x = ops.reshape(ops.cast(x, 'float32'), (-1, length, self.n_mels))
+        if gain is not None:
+            x = augment.gain_frames(ops, x, gain, self.gain_exponent, self.log)
+        x = ops.expand_dims(x, -1)
+        if self.per_clip:
+            mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+            std = ops.std(x, axis=(1, 2, 3), keepdims=True)
+            return (x - mean) / ops.maximum(std, 1e-8)
         return (x - self.mean) / self.std
 
     def masked(self, x, fmask, tmask):
@@ -457,7 +493,7 @@ class PatchSource:
         return smooth_targets(y, self.ops.take(self.clip_eps, clip)) if smooth else y
 
     def train_batch(self, idx, partner, lam, shift=None, partner_shift=None, fmask=None,
-                    tmask=None, clean=False):
+                    tmask=None, gain=None, partner_gain=None, clean=False):
         """One planned step (EpochPlan.arrays()) as a dict; partner == idx and lam == 1 mean
         no mixup.
 
@@ -470,9 +506,9 @@ class PatchSource:
         masks, for a loss that measures the batch itself (adaptive Lq).
         """
         ops, take = self.ops, self.ops.take
-        x_clean = self.inputs(idx, shift)
+        x_clean = self.inputs(idx, shift, gain=gain)
         paired = ops.cast(ops.not_equal(idx, partner), 'float32')
-        x = mix(ops, lam, x_clean, self.inputs(partner, partner_shift))
+        x = mix(ops, lam, x_clean, self.inputs(partner, partner_shift, gain=partner_gain))
         if fmask is not None and (fmask.shape[1] or tmask.shape[1]):  # static: 0 = off
             x = self.masked(x, fmask, tmask)
         y_a, y_b = self.targets(idx), self.targets(partner)

@@ -15,6 +15,7 @@ import tensorflow as tf  # the step uses GradientTape and tf.data: TensorFlow ba
 from keras import ops
 
 import architectures
+import augment
 import data
 import datasets
 import eval as evaluation
@@ -65,7 +66,8 @@ class Experiment:
         # every epoch plan from the stage's rng.
         self.augment = functools.partial(
             data.augment_plan, max_shift=source.eval_len - source.patch_len,
-            specaugment=specaugment(learn), n_mels=ext['n_mels'], length=source.patch_len)
+            specaugment=specaugment(learn), n_mels=ext['n_mels'], length=source.patch_len,
+            paper={key: learn[key] for key in ('freq_mask', 'gain', 'extra_crop')})
 
     def plan_halves(self, first, second):
         """Epoch plans whose batches are half patches of `first`, half of `second`."""
@@ -464,9 +466,13 @@ def batch_source(cfg, store, patches, table, mean, std, eps):
     """The PatchSource, with frames in GPU memory when wanted and they fit, else on host."""
     train_len, eval_len = lengths(cfg)
     args = (store.frames, patches, table, mean, std, eps, train_len)
+    ext = cfg['extract']
+    # how a gain acts on the stored frames (augment.gain_frames); the standardisation
+    more = dict(eval_len=eval_len, gain_exponent=augment.GAIN_EXPONENT[ext['spectrogram_type']],
+                log=ext['log'], per_clip=ext['normalize'] == 'per_clip')
     if on_device(cfg):
         try:
-            return data.PatchSource(*args, on_device=True, eval_len=eval_len)
+            return data.PatchSource(*args, on_device=True, **more)
         except (tf.errors.ResourceExhaustedError, tf.errors.InternalError) as err:
             if cfg['learn']['frames_on_device'] == 'always':
                 raise ConfigError(f'the frames ({store.frames.nbytes / 2**30:.1f} GiB) do not '
@@ -475,7 +481,7 @@ def batch_source(cfg, store, patches, table, mean, std, eps):
             logger.warning('the frames (%.1f GiB) do not fit in GPU memory: batches are '
                            'gathered on the host instead (slower); extract.store_dtype '
                            'float16 halves them', store.frames.nbytes / 2**30)
-    return data.PatchSource(*args, on_device=False, eval_len=eval_len)
+    return data.PatchSource(*args, on_device=False, **more)
 
 
 def prepare(cfg, table, classes, store, rng, run_dir):
@@ -490,7 +496,11 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     train_idx = patches.of_clips(train_rows)
     # Over the inputs the model is evaluated on: patches, or whole fixed-length clips
     # (whose random crops it is trained on).
-    mean, std = data.fit_scaler(store.frames, patches, train_idx, lengths(cfg)[1])
+    if cfg['extract']['normalize'] == 'per_clip':  # each example standardises itself
+        mean, std = (np.zeros(cfg['extract']['n_mels'], np.float32),
+                     np.ones(cfg['extract']['n_mels'], np.float32))
+    else:
+        mean, std = data.fit_scaler(store.frames, patches, train_idx, lengths(cfg)[1])
     source = batch_source(cfg, store, patches, table, mean, std, data.lsr_eps(learn, classes))
     logger.info('train: %d clips, %d patches; val: %d clips; frames on %s', train_rows.size,
                 train_idx.size, val_rows.size, 'the device' if source.on_device else 'host')

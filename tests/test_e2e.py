@@ -490,3 +490,17 @@ def test_multitask_learns_soft_pseudo_labels_of_an_earlier_run(workspace, tmp_pa
     assert np.allclose(hist.loss_verified + hist.loss_unverified + hist.loss_pseudo,
                        hist.loss, rtol=1e-4)
     assert ACCURACY.search(log)
+
+
+def test_paper_augmentations_and_per_clip_standardisation_train(workspace):
+    _, clean, _ = workspace
+    code, log, run_dir = run(workspace, 'augment', clean,
+                             ['extract.normalize=per_clip', 'learn.freq_mask.p=0.5',
+                              'learn.freq_mask.min_width=2', 'learn.freq_mask.max_width=8',
+                              'learn.gain.p=0.5', 'learn.extra_crop.p=0.5',
+                              'learn.n_epochs=6'])
+    assert code == 0, log[-2000:]
+    scaler = np.load(run_dir / 'scaler.npz')
+    assert (scaler['mean'] == 0).all() and (scaler['std'] == 1).all()  # not used
+    accuracy = float(ACCURACY.search(log)[1])
+    assert accuracy >= 70, f'accuracy {accuracy} with the augmentations'
