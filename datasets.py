@@ -36,7 +36,38 @@ def _read_csv(path, columns):
     if missing:
         raise ConfigError(f'{path} lacks the column(s) {", ".join(missing)}; required: '
                           f'{", ".join(columns)}')
+    _check_cells(path, df, columns)
     return df
+
+
+FLAGS = ('manually_verified', 'noisy_small')  # 0/1 columns of FSDnoisy18k's train.csv
+
+
+def _check_cells(path, df, columns):
+    """One line naming the file, line and column of the first empty or malformed cell."""
+    for column in columns:
+        cells = df[column]
+        empty = cells.isna() | (cells.astype(str).str.strip() == '')
+        if empty.any():
+            raise ConfigError(f'{path} line {_line(empty)}: empty {column} cell')
+        if column in FLAGS:
+            bad = ~cells.astype(str).str.strip().isin(['0', '1', '0.0', '1.0'])
+            if bad.any():
+                value = cells[bad].iloc[0]
+                raise ConfigError(f'{path} line {_line(bad)}: {column} must be 0 or 1, got '
+                                  f'{value!r}')
+
+
+def _line(mask):
+    """File line of the first True row (line 1 is the header)."""
+    return int(mask.to_numpy().argmax()) + 2
+
+
+def _audio_folder(folder):
+    if not folder.is_dir():
+        raise ConfigError(f'audio folder {folder} does not exist (check ctrl.dataset_path '
+                          f'and the folder name)')
+    return folder
 
 
 def load_fsdnoisy18k(cfg):
@@ -53,9 +84,12 @@ def load_fsdnoisy18k(cfg):
     train = _read_csv(meta / 'train.csv', TRAIN_COLUMNS)
     test = _read_csv(meta / 'test.csv', TEST_COLUMNS)
     train['subset'], test['subset'] = 'train', 'test'
-    train['path'] = [str(root / 'FSDnoisy18k.audio_train' / f) for f in train.fname]
-    test['path'] = [str(root / 'FSDnoisy18k.audio_test' / f) for f in test.fname]
-    train['verified'] = train.manually_verified.astype(int)
+    train_audio = _audio_folder(root / 'FSDnoisy18k.audio_train')
+    test_audio = _audio_folder(root / 'FSDnoisy18k.audio_test')
+    train['path'] = [str(train_audio / f) for f in train.fname]
+    test['path'] = [str(test_audio / f) for f in test.fname]
+    train['verified'] = train.manually_verified.astype(float).astype(int)
+    train['noisy_small'] = train.noisy_small.astype(float).astype(int)
     test['verified'], test['noisy_small'] = 1, 0
     classes = sorted(train.label.unique())
     n_classes = cfg['learn']['n_classes']
