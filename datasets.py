@@ -118,6 +118,37 @@ def train_rows(table, train_data):
     return train.index.to_numpy()[rows]
 
 
+def _folders(table, rows):
+    return ', '.join(sorted({str(Path(p).parent) for p in table.path.to_numpy()[rows]}))
+
+
+def readable_train_rows(table, classes, length, train_data):
+    """Training rows of ctrl.train_data whose audio could be read (length [n] frames per
+    row, 0 for a failed clip); every class must keep at least one."""
+    rows = train_rows(table, train_data)
+    readable = rows[length[rows] > 0]
+    if readable.size == 0:
+        raise ConfigError(f'no readable training clip: all {rows.size} clips of '
+                          f'ctrl.train_data {train_data!r} failed to load from '
+                          f'{_folders(table, rows)}')
+    missing = sorted(set(range(len(classes))) - set(table.label_idx.to_numpy()[readable]))
+    if missing:
+        raise ConfigError(f'class(es) {", ".join(classes[k] for k in missing)} have no '
+                          f'readable training clip in ctrl.train_data {train_data!r} (from '
+                          f'{_folders(table, rows)})')
+    return readable
+
+
+def readable_test_rows(table, length):
+    """Test rows whose audio could be read; at least one, checked before training."""
+    rows = table.index[(table.subset == 'test').to_numpy()].to_numpy()
+    readable = rows[length[rows] > 0]
+    if readable.size == 0:
+        raise ConfigError(f'no readable test clip: all {rows.size} test clips failed to load '
+                          f'from {_folders(table, rows)}')
+    return readable
+
+
 DATASETS = {'fsdnoisy18k': load_fsdnoisy18k}
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 import tensorflow as tf  # tf.function compiles the gather + model call for prediction
 
 from config import lookup
+from trainer import Diverged
 from utils import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,10 @@ def accuracy_table(true_idx, pred_idx, classes):
 def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extra=None):
     """Print the evaluation block; write predictions.csv and results.json. Returns results."""
     test = table[table.subset == 'test']
+    if not np.isfinite(scores).all():  # argmax of NaN scores would report chance accuracy
+        raise Diverged(f'the model predicts non-finite scores for '
+                       f'{int((~np.isfinite(scores).all(axis=1)).sum())} of {len(scores)} test '
+                       f'clips')
     pred = scores.argmax(axis=1)
     true = table.label_idx.to_numpy()[rows_evaluated]
     micro, per_class = accuracy_table(true, pred, classes)
@@ -114,7 +119,8 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
     frame.insert(0, 'fname', table.fname.to_numpy()[rows_evaluated])
     with atomic_path(run_dir / 'predictions.csv') as tmp:
         frame.to_csv(tmp, index=False, float_format='%.6g')
-    results = {'run_name': cfg['ctrl']['run_name'], 'accuracy_micro': round(micro, 4),
+    results = {'run_name': cfg['ctrl']['run_name'], 'status': 'finished',
+               'accuracy_micro': round(micro, 4),
                'n_files_evaluated': n_eval, 'n_files_listed': n_listed,
                'train_data': train_data, 'per_class': per_class,
                'wall_time_s': round(wall_time, 2), **(extra or {})}

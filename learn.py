@@ -18,7 +18,8 @@ import data
 import datasets
 import eval as evaluation
 import losses
-from trainer import BestModel, History, Trainer, detection_figures, precision_recall
+from trainer import (BestModel, History, StopOnNonFinite, Trainer, detection_figures,
+                     precision_recall)
 from config import ConfigError, lookup
 from utils import atomic_path
 
@@ -117,7 +118,9 @@ class Experiment:
         steps = first.idx.shape[0]
         train = self.train_dataset(lambda: plan(rng), first)
         val = self._eval_dataset(self.val_idx) if self.val_idx.size else None
-        cbs = [*self.trainer.step_loss.callbacks(), self.history, self.best, self.reduce_lr]
+        # StopOnNonFinite first: a diverged epoch must reach no other callback.
+        cbs = [StopOnNonFinite(), *self.trainer.step_loss.callbacks(), self.history,
+               self.best, self.reduce_lr]
         cbs += [self.early_stopping] if early_stopping else []
         hist = self.trainer.fit(train, validation_data=val, epochs=self.epoch + epochs,
                                 initial_epoch=self.epoch, steps_per_epoch=steps,
@@ -341,10 +344,15 @@ def batch_source(cfg, store, patches, table, mean, std, eps):
 def prepare(cfg, table, classes, store, rng, run_dir):
     """Patches, split, scaler, batch source, model and trainer -> Experiment."""
     ext, learn = cfg['extract'], cfg['learn']
-    rows = datasets.train_rows(table, cfg['ctrl']['train_data'])
-    rows = rows[store.length[rows] > 0]
+    rows = datasets.readable_train_rows(table, classes, store.length,
+                                        cfg['ctrl']['train_data'])
     train_rows, val_rows = data.split_train_val(
         rows, table.label_idx.to_numpy()[rows], learn['val_split'], cfg['ctrl']['seed'])
+    if learn['val_split'] > 0 and val_rows.size == 0:
+        raise ConfigError(f'learn.val_split {learn["val_split"]} leaves no validation clip '
+                          f'({rows.size} readable training clips, at least one per class '
+                          f'stays in training); raise it, or set it to 0 to select the '
+                          f'model on training accuracy')
     patches = data.make_patches(store.start, store.length, ext['patch_len'], ext['patch_hop'])
     train_idx = patches.of_clips(train_rows)
     mean, std = data.fit_scaler(store.frames, patches, train_idx, ext['patch_len'])

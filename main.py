@@ -7,12 +7,13 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
+import traceback
 
 os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ chatter out
 
 import config  # noqa: E402  (the environment above must be set before Keras loads)
+import runfolder  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -38,7 +39,7 @@ def check_names(cfg):
     evaluation.check(cfg)
 
 
-def pipeline(cfg, run_dir, t0):
+def pipeline(cfg, folder, t0):
     import datasets
     import eval as evaluation
     import feat_extract
@@ -48,45 +49,67 @@ def pipeline(cfg, run_dir, t0):
     if not cfg['ctrl']['learn']:
         print('ctrl.learn is false: features are ready, nothing is trained.')
         return
+    test_rows = datasets.readable_test_rows(table, store.length)
     rng = utils.set_seed(cfg['ctrl']['seed'])
-    experiment = learn.prepare(cfg, table, classes, store, rng, run_dir)
+    experiment = learn.prepare(cfg, table, classes, store, rng, folder.dir)
+    folder.training = True  # from here on, an error keeps what the run wrote
     learn.run(experiment)
-    test_rows = table.index[(table.subset == 'test').to_numpy()].to_numpy()
     rows, scores = evaluation.predict_clips(experiment.trainer.classifier, experiment.source,
                                             experiment.patches, test_rows, cfg)
-    evaluation.report(cfg, table, classes, rows, scores, run_dir, time.time() - t0,
+    evaluation.report(cfg, table, classes, rows, scores, folder.dir, time.time() - t0,
                       experiment.results)
 
 
-def main(argv=None):
+def run(cfg):
+    """One run of a validated config -> exit status: 0 done, 1 failed (diverged or an
+    unexpected error, whose traceback also goes to logs/<run>.out), 2 a user mistake
+    (one line; what the run created is removed when it is found before training)."""
     t0 = time.time()
-    args = parse_args(argv)
-    stop_log = None
+    folder = runfolder.RunFolder(cfg)
     try:
-        cfg = config.load_config(args.params, args.override)
         utils.import_tensorflow_quietly()
         check_names(cfg)
-        logs = Path(cfg['ctrl']['logs_dir'])
-        run_dir = logs / cfg['ctrl']['run_name']
-        run_dir.mkdir(parents=True, exist_ok=True)
-        stop_log = utils.start_log(logs / f'{cfg["ctrl"]["run_name"]}.out')
-        text = config.config_to_yaml(cfg)
-        utils.atomic_write_text(run_dir / 'config.yaml', text)
-        print(f'run {cfg["ctrl"]["run_name"]}: {" ".join(sys.argv)}\nresolved config:\n{text}',
-              flush=True)
-        pipeline(cfg, run_dir, t0)
+        folder.open()
+        print(f'run {folder.name}: {" ".join(sys.argv)}\nresolved config:\n'
+              f'{config.config_to_yaml(cfg)}', flush=True)
+        pipeline(cfg, folder, t0)
     except config.ConfigError as err:
         print(f'error: {err}', file=sys.stderr, flush=True)
+        folder.close(discard=not folder.training)
         return 2
     except KeyboardInterrupt:
         # history.csv and the best model.keras so far are already on disk.
         print('interrupted: logs/<run>/ keeps history.csv and the best model so far',
               file=sys.stderr, flush=True)
         return 130
+    except Exception as err:  # noqa: BLE001  (logged in full, then a one-line verdict)
+        return failed(folder, err)
     finally:
-        if stop_log is not None:
-            stop_log()
+        folder.close()
     return 0
+
+
+def failed(folder, err):
+    """Divergence: its message and results.json status "diverged"; anything else: the
+    traceback. Both end with the line saying the run failed (exit status 1)."""
+    import trainer
+    if isinstance(err, trainer.Diverged):
+        folder.write_status('diverged', message=str(err), epoch=err.epoch, step=err.step)
+    else:
+        traceback.print_exc()
+        err = f'{type(err).__name__}: {err}'
+    print(f'run {folder.name} failed: {err}', file=sys.stderr, flush=True)
+    return 1
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        cfg = config.load_config(args.params, args.override)
+    except config.ConfigError as err:
+        print(f'error: {err}', file=sys.stderr, flush=True)
+        return 2
+    return run(cfg)
 
 
 if __name__ == '__main__':

@@ -105,6 +105,38 @@ class Trainer(keras.Model):
 
 # ----------------------------------------------------------------------------- callbacks
 
+class Diverged(RuntimeError):
+    """Training (or prediction) produced non-finite numbers; epoch and step when known."""
+
+    def __init__(self, message, epoch=None, step=None):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss, naming the epoch and step.
+
+    Keras's TerminateOnNaN only ends the current fit quietly: the mode would go on to its
+    next stage and save and evaluate a NaN model. Raising ends the run instead, before
+    the epoch's other callbacks (history, model selection) see the bad epoch. The check
+    runs on Keras's callback thread (async_safe), so it adds no sync point to the step;
+    Keras re-raises its error on the training thread within a step or at the epoch end.
+    """
+
+    async_safe = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get('loss')
+        if loss is not None and not np.isfinite(float(loss)):
+            raise Diverged(f'training diverged: the loss is {float(loss)} at epoch '
+                           f'{self.epoch + 1}, step {batch + 1} (try a lower learn.lr); '
+                           f'history.csv and the best model so far are kept',
+                           self.epoch + 1, batch + 1)
+
+
 NOISE_COUNTS = ('nd_flagged', 'nd_hit', 'nd_wrong')
 
 

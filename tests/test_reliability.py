@@ -1,0 +1,200 @@
+"""Issue 11: no hang, no silent wrong result, no lost run, resume after a crash.
+
+Runs go through main.main on a tiny synthetic dataset (3 classes); a test that damages
+the data works on its own copy, in a folder of its own name (the cache namespace).
+"""
+import fcntl
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import yaml
+
+import learn
+import main
+import synthetic
+
+TINY = {
+    'ctrl': {'train_data': 'all', 'verbose': 0, 'workers': 1},
+    'extract': {'fs': 16000, 'fmax': 8000, 'n_fft': 512, 'win_length_samples': 400,
+                'hop_length_samples': 160, 'n_mels': 16, 'patch_len': 32, 'patch_hop': 16,
+                'audio_len_s': 1},
+    'learn': {'n_classes': 3, 'batch_size': 16, 'n_epochs': 2, 'patience': 8, 'mode': 1,
+              'mixup': False, 'predict_batch_size': 128},
+    'loss': {'type': 'CCE'},
+}
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp('reliability')
+    data = synthetic.make_dataset(root / 'tiny', n_classes=3, train_per_class=10,
+                                  test_per_class=3, clean_fraction=0.3, noise_rate=0.0,
+                                  min_dur=0.5, max_dur=1.0, sr=16000, seed=5)
+    return root, data
+
+
+def copy_of(tiny, name):
+    """A copy of the dataset that a test may damage."""
+    root, data = tiny
+    return shutil.copytree(data, root / name)
+
+
+def config_file(tiny, dataset=None, name='exp'):
+    root, data = tiny
+    cfg = {section: dict(values) for section, values in TINY.items()}
+    cfg['ctrl'].update(dataset_path=str(dataset or data), features_dir=str(root / 'features'),
+                       logs_dir=str(root / 'logs'))
+    path = root / f'{name}.yaml'
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run(tiny, name, *overrides, dataset=None):
+    """main.main on the tiny config -> (exit code, run folder, .out path)."""
+    root, _ = tiny
+    args = ['-p', str(config_file(tiny, dataset)), '-o', f'ctrl.run_name={name}']
+    for o in overrides:
+        args += ['-o', o]
+    return main.main(args), root / 'logs' / name, root / 'logs' / f'{name}.out'
+
+
+def one_error_line(capsys):
+    """The one error line (progress bars may precede it on stderr), no traceback."""
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith('error: ')]
+    assert len(lines) == 1 and 'Traceback' not in err, err
+    return lines[0]
+
+
+def nothing_left(run_dir, out):
+    return not run_dir.exists() and not out.exists()
+
+
+def _audio(data, subset):
+    return sorted((data / f'FSDnoisy18k.audio_{subset}').glob('*.wav'))
+
+
+# ----------------------------------------------------------------------------- hangs
+
+def test_misnamed_audio_folder_stops_before_anything(tiny, capsys):
+    """Cases 1 and 11: one line naming the folder, exit 2, nothing left in logs/."""
+    data = copy_of(tiny, 'misnamed')
+    (data / 'FSDnoisy18k.audio_train').rename(data / 'audio_train')
+    code, run_dir, out = run(tiny, 'misnamed', dataset=data)
+    assert code == 2
+    assert f'{data}/FSDnoisy18k.audio_train does not exist' in one_error_line(capsys)
+    assert nothing_left(run_dir, out)
+
+
+def test_no_readable_training_clip(tiny, capsys):
+    """Case 1: every training file unreadable -> exit 2 naming the folder, no NaN scaler."""
+    data = copy_of(tiny, 'unreadable')
+    for path in _audio(data, 'train'):
+        path.write_bytes(b'not audio')
+    code, run_dir, out = run(tiny, 'unreadable', dataset=data)
+    assert code == 2
+    line = one_error_line(capsys)
+    assert 'no readable training clip' in line and f'{data}/FSDnoisy18k.audio_train' in line
+    assert nothing_left(run_dir, out)
+
+
+def test_class_without_readable_training_clip(tiny, capsys):
+    data = copy_of(tiny, 'lost_class')
+    train = pd.read_csv(data / 'FSDnoisy18k.meta' / 'train.csv')
+    lost = sorted(train.label.unique())[1]
+    for fname in train.fname[train.label == lost]:
+        (data / 'FSDnoisy18k.audio_train' / fname).write_bytes(b'')
+    code, run_dir, out = run(tiny, 'lost_class', dataset=data)
+    assert code == 2
+    assert f'class(es) {lost} have no readable training clip' in one_error_line(capsys)
+    assert nothing_left(run_dir, out)
+
+
+def test_empty_validation_split(tiny, capsys):
+    code, run_dir, out = run(tiny, 'no_val', 'learn.val_split=0.01')
+    assert code == 2
+    assert 'learn.val_split 0.01 leaves no validation clip' in one_error_line(capsys)
+    assert nothing_left(run_dir, out)
+
+
+def test_no_readable_test_clip(tiny, capsys, monkeypatch):
+    """Case 6: checked before training (it used to be an IndexError after it)."""
+    data = copy_of(tiny, 'no_test')
+    for path in _audio(data, 'test'):
+        path.write_bytes(b'')
+    monkeypatch.setattr(learn, 'run', lambda exp: pytest.fail('training started'))
+    code, run_dir, out = run(tiny, 'no_test', dataset=data)
+    assert code == 2
+    line = one_error_line(capsys)
+    assert 'no readable test clip' in line and f'{data}/FSDnoisy18k.audio_test' in line
+    assert nothing_left(run_dir, out)
+
+
+def test_divergence_stops_at_the_first_non_finite_loss(tiny, capsys):
+    """Case 2: exit 1, the epoch and step named, status "diverged", no report."""
+    code, run_dir, out = run(tiny, 'diverged', 'learn.lr=1e30', 'learn.n_epochs=3')
+    assert code == 1
+    err = capsys.readouterr().err
+    results = json.loads((run_dir / 'results.json').read_text())
+    assert results['status'] == 'diverged'
+    epoch, step = results['epoch'], results['step']
+    assert f'training diverged: the loss is nan at epoch {epoch}, step {step}' in err
+    assert f'run diverged failed: training diverged' in out.read_text()
+    assert 'ACCURACY' not in out.read_text() and not (run_dir / 'predictions.csv').exists()
+    if (run_dir / 'history.csv').exists():  # only epochs that ended with a finite loss
+        history = pd.read_csv(run_dir / 'history.csv')
+        assert len(history) == epoch - 1 and np.isfinite(history.loss).all()
+
+
+# ----------------------------------------------------------------------------- runs
+
+def test_a_locked_run_is_refused(tiny, capsys):
+    """Case 4: a second run of a name that is running refuses with one line."""
+    root, _ = tiny
+    run_dir = root / 'logs' / 'busy'
+    run_dir.mkdir(parents=True)
+    with open(run_dir / '.lock', 'a') as held:  # what the other process holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, _, out = run(tiny, 'busy')
+    assert code == 2 and 'run busy is running in another process' in one_error_line(capsys)
+    assert not out.exists() and sorted(p.name for p in run_dir.iterdir()) == ['.lock']
+
+
+def test_finished_run_is_never_modified_unless_overwrite(tiny, capsys):
+    """Case 5 (and the status of a finished run)."""
+    code, run_dir, out = run(tiny, 'done', 'learn.n_epochs=1')
+    assert code == 0
+    assert json.loads((run_dir / 'results.json').read_text())['status'] == 'finished'
+    before = {p.name: p.read_bytes() for p in [out, *run_dir.iterdir()] if p.is_file()}
+    capsys.readouterr()
+    code, _, _ = run(tiny, 'done', 'learn.n_epochs=1')
+    assert code == 2 and 'run done has finished' in one_error_line(capsys)
+    assert before == {p.name: p.read_bytes() for p in [out, *run_dir.iterdir()] if p.is_file()}
+    code, _, _ = run(tiny, 'done', 'learn.n_epochs=1', 'ctrl.overwrite=true')
+    assert code == 0 and out.read_text().count('ACCURACY - MICRO') == 1
+
+
+def test_unexpected_error_reaches_the_log(tiny, monkeypatch):
+    """Case 12: the traceback and a line saying the run failed are in the .out."""
+    def boom(exp):
+        raise RuntimeError('boom in training')
+    monkeypatch.setattr(learn, 'run', boom)
+    code, _, out = run(tiny, 'boom')
+    assert code == 1
+    log = out.read_text()
+    assert 'Traceback (most recent call last)' in log
+    assert log.rstrip().endswith('run boom failed: RuntimeError: boom in training')
+
+
+def test_leftover_temp_files_are_removed(tiny):
+    """Case 14: a kill -9 during a save leaves .<name>.<random>.tmp<suffix>."""
+    root, _ = tiny
+    run_dir = root / 'logs' / 'leftover'
+    run_dir.mkdir(parents=True)
+    (run_dir / '.model.keras.k2j3.tmp.keras').write_bytes(b'half a model')
+    code, _, _ = run(tiny, 'leftover', 'learn.n_epochs=1')
+    assert code == 0 and not list(run_dir.rglob('.*.tmp*'))
