@@ -5,6 +5,7 @@ stratified train/val split, the scaler, the batch source, the model and its Trai
 (trainer.py). A mode is a function of the Experiment that calls experiment.fit(...) once
 per stage.
 """
+import itertools
 import logging
 import time
 
@@ -18,8 +19,8 @@ import data
 import datasets
 import eval as evaluation
 import losses
-from trainer import (BestModel, History, StopOnNonFinite, Trainer, detection_figures,
-                     precision_recall)
+from trainer import (Backup, BestModel, History, StopOnNonFinite, Trainer, detection_figures,
+                     load_backup, precision_recall)
 from config import ConfigError, lookup
 from utils import atomic_path
 
@@ -52,6 +53,11 @@ class Experiment:
         self.epoch = 0  # epochs done so far, counted across stages
         self.has_truth = 'true_idx' in table.columns
         self.noise_from = 0
+        # Resume: fit() calls are the mode's stages; the backup holds the state at the end
+        # of the last completed epoch, restored when the mode reaches that epoch's stage.
+        self.stage, self.stage_epochs, self.memo = 0, [], {}
+        self.backup_path = run_dir / 'backup' / 'state.pkl'
+        self.resume = load_backup(self.backup_path)
 
     def plan_halves(self, first, second):
         """Epoch plans whose batches are half patches of `first`, half of `second`."""
@@ -108,25 +114,91 @@ class Experiment:
                                            learn['mixup_alpha'], learn['mixup_mode'])
 
     def fit(self, epochs, plan, early_stopping=True):
-        """Train for `epochs` more epochs (numbered on from self.epoch) over `plan`."""
-        if epochs <= 0:
+        """Train for `epochs` more epochs (numbered on from self.epoch) over `plan`: one
+        stage of the mode. A resumed run skips the stages it had finished and continues
+        the one it was in from its last completed epoch."""
+        stage, self.stage = self.stage, self.stage + 1
+        if self.resume is not None and stage < self.resume['stage']:
+            self.epoch += self.resume['stage_epochs'][stage]  # finished before the kill
             return
-        # A child rng per stage: tf.data may draw an epoch ahead by a timing-dependent
-        # amount, which must not shift the draws of the next stage.
-        rng = self.rng.spawn(1)[0]
-        first = plan(rng)
+        start, end = self.epoch, self.epoch + max(epochs, 0)
+        counters = None
+        if self.resume is not None:
+            counters, stopped = self._restore(self.resume), self.resume['stopped']
+            self.resume = None
+            end = self.epoch if stopped else end
+        if self.epoch < end:
+            self._train(stage, end, plan, early_stopping, counters)
+        self.stage_epochs.append(self.epoch - start)
+
+    def _epoch_rng(self, stage, epoch):
+        """The draws of an epoch depend only on (seed, stage, epoch): tf.data may draw
+        ahead by a timing-dependent amount, and a resumed run replays an epoch exactly."""
+        return np.random.default_rng((self.cfg['ctrl']['seed'], stage, epoch))
+
+    def _train(self, stage, end, plan, early_stopping, counters):
+        epochs_ahead = itertools.count(self.epoch)
+
+        def next_plan():
+            return plan(self._epoch_rng(stage, next(epochs_ahead)))
+        first = next_plan()
         steps = first.idx.shape[0]
-        train = self.train_dataset(lambda: plan(rng), first)
+        train = self.train_dataset(next_plan, first)
         val = self._eval_dataset(self.val_idx) if self.val_idx.size else None
-        # StopOnNonFinite first: a diverged epoch must reach no other callback.
+        # StopOnNonFinite first: a diverged epoch must reach no other callback; Backup
+        # last: it saves what the others updated at the epoch's end.
         cbs = [StopOnNonFinite(), *self.trainer.step_loss.callbacks(), self.history,
                self.best, self.reduce_lr]
         cbs += [self.early_stopping] if early_stopping else []
-        hist = self.trainer.fit(train, validation_data=val, epochs=self.epoch + epochs,
+        cbs += [Backup(self.backup_path, lambda done: self._state(done, stage),
+                       [self.reduce_lr, self.early_stopping], counters)]
+        hist = self.trainer.fit(train, validation_data=val, epochs=end,
                                 initial_epoch=self.epoch, steps_per_epoch=steps,
                                 callbacks=cbs, verbose=self.cfg['ctrl']['verbose'],
                                 shuffle=False)  # plan_epoch shuffles, seeded
         self.epoch += len(hist.epoch)
+
+    def once(self, key, compute):
+        """A result computed between stages from the weights of that moment (mode 3's clip
+        losses): kept in the backup, so a resumed run reuses it rather than recomputing
+        it from later weights."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+    # -- resume
+    def _variables(self):
+        """Every variable training changes: weights, seed generators (dropout), optimizer
+        (step, learning rate, moments) and the masker's threshold."""
+        t = self.trainer
+        if not t.optimizer.built:
+            t.optimizer.build(t.classifier.trainable_variables)
+        masker = [] if t.masker is None else t.masker.variables
+        return [*t.classifier.variables, *t.optimizer.variables, *masker]
+
+    def _state(self, epochs_done, stage):
+        return {'epoch': epochs_done, 'stage': stage, 'stage_epochs': list(self.stage_epochs),
+                'variables': [ops.convert_to_numpy(v) for v in self._variables()],
+                'history': list(self.history.rows),
+                'best': (self.best.best, self.best.epoch, self.best.weights),
+                'results': self.results, 'memo': self.memo, 'noise_from': self.noise_from}
+
+    def _restore(self, state):
+        """Put back the state of the last completed epoch; return the callbacks' counters."""
+        variables = self._variables()
+        if len(variables) != len(state['variables']):
+            raise ConfigError(f'{self.backup_path} does not fit this model; set '
+                              f'ctrl.overwrite true to start the run afresh')
+        for variable, value in zip(variables, state['variables']):
+            variable.assign(value)
+        self.epoch, self.stage_epochs = state['epoch'], state['stage_epochs']
+        self.history.rows = list(state['history'])
+        self.best.best, self.best.epoch, self.best.weights = state['best']
+        self.results, self.memo, self.noise_from = (state['results'], state['memo'],
+                                                    state['noise_from'])
+        logger.info('resumed at epoch %d (stage %d; epochs 1-%d restored from %s)',
+                    self.epoch + 1, state['stage'] + 1, self.epoch, self.backup_path)
+        return state['callbacks']
 
     def train_dataset(self, plan, first):
         """Epoch plans -> one (idx, partner, lam) element per step, prefetched."""
@@ -216,7 +288,7 @@ def mode_prune(exp):
     learn = exp.cfg['learn']
     exp.fit(min(learn['prune_stage1'], learn['n_epochs']), exp.plan(exp.train_idx),
             early_stopping=False)
-    rows, clip_loss = score_clips(exp, exp.train_rows)
+    rows, clip_loss = exp.once('prune_clip_loss', lambda: score_clips(exp, exp.train_rows))
     threshold = prune_threshold(clip_loss, learn['prune_discard_percentile'])
     pruned = clip_loss > threshold
     logger.info('pruning: %d of %d training clips kept, %d pruned (clip loss > %.4f, the '
@@ -247,6 +319,7 @@ class Masker:
         self.method, self.k, self.alpha = method, k, alpha
         self.eta = keras.Variable(0.0, trainable=False, name='eta')
         self.started = keras.Variable(0.0, trainable=False, name='eta_started')
+        self.variables = [self.eta, self.started]  # saved by a run's backup
 
     def __call__(self, losses, verified):
         k = min(self.k, losses.shape[0])

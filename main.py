@@ -58,6 +58,7 @@ def pipeline(cfg, folder, t0):
                                             experiment.patches, test_rows, cfg)
     evaluation.report(cfg, table, classes, rows, scores, folder.dir, time.time() - t0,
                       experiment.results)
+    folder.drop_backup()
 
 
 def run(cfg):

@@ -119,6 +119,10 @@ class RunFolder:
         results = {'run_name': self.name, 'status': status_name, **fields}
         atomic_write_text(self.dir / 'results.json', json.dumps(results, indent=2) + '\n')
 
+    def drop_backup(self):
+        """A finished run is never resumed: its backup/ is no longer needed."""
+        shutil.rmtree(self.dir / 'backup', ignore_errors=True)
+
     def close(self, discard=False):
         """Stop the log and release the lock; discard: remove what this run created (the
         .out back to its earlier length), for errors found before training."""

@@ -6,6 +6,7 @@ Modes (learn.py) change training by passing things in (a masker, a loss's own ca
 never by reaching into these objects' internals.
 """
 import logging
+import pickle
 import time
 
 import keras
@@ -185,6 +186,46 @@ class History(keras.callbacks.Callback):
         lines += [','.join('' if r.get(c) is None else f'{r[c]:.6g}' for c in columns)
                   for r in self.rows]
         atomic_write_text(self.path, '\n'.join(lines) + '\n')
+
+
+class Backup(keras.callbacks.Callback):
+    """Writes the training state at the end of every epoch, atomically, so that a killed
+    run continues from its last completed epoch (logs/<run>/backup/state.pkl).
+
+    collect(epochs done) -> the experiment's state (variables, history, model selection,
+    stage). The counters of `callbacks` (ReduceLROnPlateau, EarlyStopping) are saved too
+    and put back in on_train_begin, after those callbacks have reset themselves; so this
+    callback must come after them in the list. keras.callbacks.BackupAndRestore covers one
+    fit() call; a mode's stages are several, with state between them, hence this one.
+    """
+
+    COUNTERS = ('wait', 'best', 'cooldown_counter', 'stopped_epoch', 'best_epoch')
+
+    def __init__(self, path, collect, callbacks, restore=None):
+        super().__init__()
+        self.path, self.collect, self.callbacks = path, collect, callbacks
+        self.restore = restore  # counters to put back when this (resumed) fit begins
+
+    def on_train_begin(self, logs=None):
+        for callback, saved in zip(self.callbacks, self.restore or ()):
+            vars(callback).update(saved)
+        self.restore = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        state = self.collect(epoch + 1)
+        state['callbacks'] = [{k: getattr(c, k) for k in self.COUNTERS if hasattr(c, k)}
+                              for c in self.callbacks]
+        state['stopped'] = bool(self.model.stop_training)  # early stopping ended the stage
+        with atomic_path(self.path) as tmp:
+            tmp.write_bytes(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def load_backup(path):
+    """The state a Backup wrote, or None when there is none (a fresh run)."""
+    try:
+        return pickle.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
 
 
 class BestModel(keras.callbacks.Callback):

@@ -5,17 +5,25 @@ the data works on its own copy, in a folder of its own name (the cache namespace
 """
 import fcntl
 import json
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
 import yaml
 
 import learn
 import main
 import synthetic
+import trainer
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = {
     'ctrl': {'train_data': 'all', 'verbose': 0, 'workers': 1},
@@ -198,3 +206,83 @@ def test_leftover_temp_files_are_removed(tiny):
     (run_dir / '.model.keras.k2j3.tmp.keras').write_bytes(b'half a model')
     code, _, _ = run(tiny, 'leftover', 'learn.n_epochs=1')
     assert code == 0 and not list(run_dir.rglob('.*.tmp*'))
+
+
+# ----------------------------------------------------------------------------- resume
+
+def _interrupt_after(monkeypatch, epochs):
+    """Stop the run (KeyboardInterrupt) right after the backup of epoch `epochs`."""
+    real = trainer.Backup.on_epoch_end
+
+    def stop(self, epoch, logs=None):
+        real(self, epoch, logs)
+        if epoch + 1 == epochs:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(trainer.Backup, 'on_epoch_end', stop)
+
+
+RESUME = ('learn.mode=0', 'learn.mixup=true', 'learn.mixup_warmup_epochs=1',
+          'learn.n_epochs=4', 'learn.LSR=true')
+
+
+def _same_run(run_a, run_b):
+    history = [pd.read_csv(d / 'history.csv').drop(columns='seconds') for d in (run_a, run_b)]
+    pd.testing.assert_frame_equal(*history)
+    predictions = [pd.read_csv(d / 'predictions.csv') for d in (run_a, run_b)]
+    pd.testing.assert_frame_equal(*predictions)
+    results = [json.loads((d / 'results.json').read_text()) for d in (run_a, run_b)]
+    assert results[0]['accuracy_micro'] == results[1]['accuracy_micro']
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tiny, monkeypatch):
+    """Mode 0 (two stages) interrupted in its second stage, after epoch 2 of 4: the
+    resumed run ends with the same history, predictions and accuracy on CPU."""
+    code, whole, _ = run(tiny, 'whole', *RESUME)
+    assert code == 0
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 2)
+        code, resumed, out = run(tiny, 'resumed', *RESUME)
+    assert code == 130 and not (resumed / 'results.json').exists()
+    assert len(pd.read_csv(resumed / 'history.csv')) == 2
+    code, _, _ = run(tiny, 'resumed', *RESUME)
+    assert code == 0 and 'resumed at epoch 3 (stage 2' in out.read_text()
+    assert list(pd.read_csv(resumed / 'history.csv').epoch) == [1, 2, 3, 4]
+    _same_run(whole, resumed)
+    assert not (resumed / 'backup').exists()  # a finished run is never resumed
+
+
+def test_resume_with_another_config_is_refused(tiny, monkeypatch, capsys):
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 1)
+        code, run_dir, _ = run(tiny, 'changed', 'learn.n_epochs=2')
+    assert code == 130
+    code, _, _ = run(tiny, 'changed', 'learn.n_epochs=2', 'learn.lr=0.01')
+    assert code == 2 and 'with another value of learn.lr' in one_error_line(capsys)
+    assert (run_dir / 'backup' / 'state.pkl').is_file()
+
+
+def test_killed_training_subprocess_continues(tiny):
+    """SIGKILL a real `python main.py` after its 2nd epoch; the same command continues it:
+    each epoch once in history.csv, the log says where it resumed, the run completes."""
+    root, _ = tiny
+    args = [sys.executable, 'main.py', '-p', str(config_file(tiny, name='killed')),
+            '-o', 'ctrl.run_name=killed', '-o', 'learn.n_epochs=6']
+    run_dir = root / 'logs' / 'killed'
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and not (
+                (run_dir / 'history.csv').exists() and
+                len(pd.read_csv(run_dir / 'history.csv')) >= 2):
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, 'the run ended before it was killed'
+    assert not (run_dir / 'results.json').exists()
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert list(pd.read_csv(run_dir / 'history.csv').epoch) == [1, 2, 3, 4, 5, 6]
+    resumed = re.search(r'resumed at epoch (\d+)', (root / 'logs' / 'killed.out').read_text())
+    assert resumed and int(resumed[1]) in (2, 3)  # 2: killed before epoch 2's backup
+    assert json.loads((run_dir / 'results.json').read_text())['status'] == 'finished'
