@@ -19,8 +19,9 @@ import data
 import datasets
 import eval as evaluation
 import losses
-from trainer import (Backup, BestModel, History, StopOnNonFinite, Trainer, detection_figures,
-                     load_backup, precision_recall)
+from trainer import (Backup, History, ModelSelection, RunState, StopAfterSteps,
+                     StopOnNonFinite, Trainer, ValClipAccuracy, detection_figures, load_backup,
+                     precision_recall)
 from config import ConfigError, lookup
 from utils import atomic_path
 
@@ -44,18 +45,21 @@ class Experiment:
         self.monitor = 'val_accuracy' if self.val_idx.size else 'accuracy'
         learn = cfg['learn']
         self.history = History(run_dir / 'history.csv')
-        self.best = BestModel(self.monitor, run_dir / 'model.keras')
+        self.state = RunState()  # epochs done and model selection, one schema
+        self.selection = ModelSelection(learn['model_selection'], self.monitor,
+                                        run_dir / 'model.keras', self.state)
         self.reduce_lr = keras.callbacks.ReduceLROnPlateau(
             monitor=self.monitor, mode='max', factor=0.5, patience=5, verbose=1)
         self.early_stopping = keras.callbacks.EarlyStopping(
             monitor=self.monitor, mode='max', patience=learn['patience'], min_delta=0.001,
             verbose=1)
-        self.epoch = 0  # epochs done so far, counted across stages
+        score = evaluation.clip_scorer(trainer.classifier, source, patches, cfg)
+        self.val_clip = ([ValClipAccuracy(score, val_rows, table.label_idx.to_numpy())]
+                         if self.val_idx.size else [])
         self.has_truth = 'true_idx' in table.columns
-        self.noise_from = 0
         # Resume: fit() calls are the mode's stages; the backup holds the state at the end
         # of the last completed epoch, restored when the mode reaches that epoch's stage.
-        self.stage, self.stage_epochs, self.memo = 0, [], {}
+        self.stage_epochs, self.memo = [], {}
         self.backup_path = run_dir / 'backup' / 'state.pkl'
         self.resume = load_backup(self.backup_path)
 
@@ -68,13 +72,13 @@ class Experiment:
 
     # -- noise detection: only where the table knows the true labels
     def watch_noise(self):
-        self.noise_from = len(self.history.rows)
+        self.state.noise_from = len(self.history.rows)
         if self.has_truth:
             self.trainer.detect_noise()
 
     def record_epoch_detection(self):
         """Per-epoch precision/recall of the masked/dropped examples since watch_noise()."""
-        rows = self.history.rows[self.noise_from:]
+        rows = self.history.rows[self.state.noise_from:]
         if not self.has_truth or not rows:
             return
         figures = [precision_recall(int(r['nd_flagged']), int(r['nd_hit']),
@@ -113,50 +117,64 @@ class Experiment:
         return lambda rng: data.plan_epoch(rng, pool, learn['batch_size'], mixup,
                                            learn['mixup_alpha'], learn['mixup_mode'])
 
-    def fit(self, epochs, plan, early_stopping=True):
-        """Train for `epochs` more epochs (numbered on from self.epoch) over `plan`: one
-        stage of the mode. A resumed run skips the stages it had finished and continues
-        the one it was in from its last completed epoch."""
-        stage, self.stage = self.stage, self.stage + 1
-        if self.resume is not None and stage < self.resume['stage']:
-            self.epoch += self.resume['stage_epochs'][stage]  # finished before the kill
+    @property
+    def epoch(self):
+        """Epochs done so far, counted across stages."""
+        return self.state.epoch
+
+    def fit(self, epochs, plan, early_stopping=True, steps=None):
+        """Train `epochs` more epochs (numbered on from self.epoch) over `plan`, an epoch
+        being one pass over its pool; or, given `steps`, that many optimizer steps, an epoch
+        (validation, LR schedule, history row) being learn.steps_per_epoch steps (null: one
+        pass over the pool) and the last one shorter where they do not divide.
+
+        One call is one stage of the mode. A resumed run skips the stages it had finished
+        and continues the one it was in from its last completed epoch."""
+        self.state.stage += 1
+        stage, start = self.state.stage, self.epoch
+        if self.resume is not None and stage < self.resume['state']['stage']:
+            self.state.epoch += self.resume['stage_epochs'][stage - 1]  # done before the kill
             return
-        start, end = self.epoch, self.epoch + max(epochs, 0)
-        counters = None
+        counters, stopped = None, False
         if self.resume is not None:
             counters, stopped = self._restore(self.resume), self.resume['stopped']
             self.resume = None
-            end = self.epoch if stopped else end
-        if self.epoch < end:
-            self._train(stage, end, plan, early_stopping, counters)
+        if (steps if steps is not None else epochs) > 0 and not stopped:
+            self._train(stage, start, epochs, steps, plan, early_stopping, counters)
         self.stage_epochs.append(self.epoch - start)
 
-    def _epoch_rng(self, stage, epoch):
-        """The draws of an epoch depend only on (seed, stage, epoch): tf.data may draw
-        ahead by a timing-dependent amount, and a resumed run replays an epoch exactly."""
-        return np.random.default_rng((self.cfg['ctrl']['seed'], stage, epoch))
+    def _plan_rng(self, stage, k):
+        """The draws of the k-th plan of a stage depend only on (seed, stage, k): tf.data
+        may draw ahead by a timing-dependent amount, and a resumed run replays exactly."""
+        return np.random.default_rng((self.cfg['ctrl']['seed'], stage, k))
 
-    def _train(self, stage, end, plan, early_stopping, counters):
-        epochs_ahead = itertools.count(self.epoch)
-
-        def next_plan():
-            return plan(self._epoch_rng(stage, next(epochs_ahead)))
-        first = next_plan()
-        steps = first.idx.shape[0]
-        train = self.train_dataset(next_plan, first)
-        val = self._eval_dataset(self.val_idx) if self.val_idx.size else None
+    def _train(self, stage, start, epochs, steps, plan, early_stopping, counters):
+        per_plan = plan(self._plan_rng(stage, 0)).idx.shape[0]
+        per_epoch = per_plan
+        cbs = [StopOnNonFinite(), *self.trainer.step_loss.callbacks(), *self.val_clip,
+               self.history, self.selection, self.reduce_lr]
+        cbs += [self.early_stopping] if early_stopping else []
+        if steps is not None:
+            per_epoch = min(self.cfg['learn']['steps_per_epoch'] or per_epoch, steps)
+            epochs = -(-steps // per_epoch)
+            if steps % per_epoch:
+                cbs.append(StopAfterSteps(steps, per_epoch, start))
         # StopOnNonFinite first: a diverged epoch must reach no other callback; Backup
         # last: it saves what the others updated at the epoch's end.
-        cbs = [StopOnNonFinite(), *self.trainer.step_loss.callbacks(), self.history,
-               self.best, self.reduce_lr]
-        cbs += [self.early_stopping] if early_stopping else []
-        cbs += [Backup(self.backup_path, lambda done: self._state(done, stage),
-                       [self.reduce_lr, self.early_stopping], counters)]
-        hist = self.trainer.fit(train, validation_data=val, epochs=end,
-                                initial_epoch=self.epoch, steps_per_epoch=steps,
-                                callbacks=cbs, verbose=self.cfg['ctrl']['verbose'],
-                                shuffle=False)  # plan_epoch shuffles, seeded
-        self.epoch += len(hist.epoch)
+        cbs.append(Backup(self.backup_path, self._state, [self.reduce_lr, self.early_stopping],
+                          counters))
+        # A resumed stage continues the stream of planned steps where the epoch ended.
+        done = (self.epoch - start) * per_epoch
+        plans = itertools.count(done // per_plan)
+
+        def next_plan():
+            return plan(self._plan_rng(stage, next(plans)))
+        train = self.train_dataset(next_plan, next_plan()).skip(done % per_plan)
+        val = self._eval_dataset(self.val_idx) if self.val_idx.size else None
+        self.trainer.fit(train, validation_data=val, epochs=start + epochs,
+                         initial_epoch=self.epoch, steps_per_epoch=per_epoch, callbacks=cbs,
+                         verbose=self.cfg['ctrl']['verbose'],
+                         shuffle=False)  # plan_epoch shuffles, seeded
 
     def once(self, key, compute):
         """A result computed between stages from the weights of that moment (mode 3's clip
@@ -176,12 +194,11 @@ class Experiment:
         masker = [] if t.masker is None else t.masker.variables
         return [*t.classifier.variables, *t.optimizer.variables, *masker]
 
-    def _state(self, epochs_done, stage):
-        return {'epoch': epochs_done, 'stage': stage, 'stage_epochs': list(self.stage_epochs),
+    def _state(self):
+        return {'state': self.state.as_dict(), 'stage_epochs': list(self.stage_epochs),
                 'variables': [ops.convert_to_numpy(v) for v in self._variables()],
-                'history': list(self.history.rows),
-                'best': (self.best.best, self.best.epoch, self.best.weights),
-                'results': self.results, 'memo': self.memo, 'noise_from': self.noise_from}
+                'history': list(self.history.rows), 'selected': self.selection.weights,
+                'results': self.results, 'memo': self.memo}
 
     def _restore(self, state):
         """Put back the state of the last completed epoch; return the callbacks' counters."""
@@ -191,13 +208,12 @@ class Experiment:
                               f'ctrl.overwrite true to start the run afresh')
         for variable, value in zip(variables, state['variables']):
             variable.assign(value)
-        self.epoch, self.stage_epochs = state['epoch'], state['stage_epochs']
-        self.history.rows = list(state['history'])
-        self.best.best, self.best.epoch, self.best.weights = state['best']
-        self.results, self.memo, self.noise_from = (state['results'], state['memo'],
-                                                    state['noise_from'])
+        vars(self.state).update(state['state'])  # in place: ModelSelection shares it
+        self.stage_epochs, self.history.rows = state['stage_epochs'], list(state['history'])
+        self.selection.weights = state['selected']
+        self.results, self.memo = state['results'], state['memo']
         logger.info('resumed at epoch %d (stage %d; epochs 1-%d restored from %s)',
-                    self.epoch + 1, state['stage'] + 1, self.epoch, self.backup_path)
+                    self.epoch + 1, self.state.stage, self.epoch, self.backup_path)
         return state['callbacks']
 
     def train_dataset(self, plan, first):
@@ -213,7 +229,9 @@ class Experiment:
         ds = tf.data.Dataset.from_generator(epochs, output_signature=spec)
         ds = ds.flat_map(lambda *a: tf.data.Dataset.from_tensor_slices(a))
         if not self.source.on_device:
-            ds = ds.map(self.source.train_batch, num_parallel_calls=tf.data.AUTOTUNE)
+            clean = self.trainer.step_loss.needs_clean
+            ds = ds.map(lambda *a: self.source.train_batch(*a, clean=clean),
+                        num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def _eval_dataset(self, idx):
@@ -230,13 +248,14 @@ def mode_warmup_mixup(exp):
     """Mode 0: mixup_warmup_epochs without mixup, then mixup (Fonseca et al., Sec. 2.2).
 
     Same model and optimiser throughout; epochs are counted continuously; early stopping
-    only in the second stage.
+    only in the second stage; model selection from the first mixup epoch on.
     """
     learn = exp.cfg['learn']
     warm = min(learn['mixup_warmup_epochs'], learn['n_epochs'])
     logger.info('mode 0: %d warm-up epochs without mixup, then mixup=%s', warm,
                 learn['mixup'])
     exp.fit(warm, exp.plan(exp.train_idx, mixup=False), early_stopping=False)
+    exp.selection.restart()
     exp.fit(learn['n_epochs'] - exp.epoch, exp.plan(exp.train_idx))
 
 
@@ -251,9 +270,11 @@ TIME_DEPENDENT = ('lq_lqmax_time_sudden', 'lq_lqperc_time_sudden')
 def mode_time_dependent(exp):
     """Mode 2: time-dependent loss (Fonseca et al., Sec. 2.3). The loss itself switches at
     learn.stage1_epoch (an epoch variable set by its callback) and drops the examples of
-    each batch above its threshold from then on."""
+    each batch above its threshold from then on; model selection from then on too."""
+    switch = exp.cfg['learn']['stage1_epoch'] + 1  # 1-based
     logger.info('mode 2: %s, switching to stage 2 at epoch %d', exp.cfg['loss']['type'],
-                exp.cfg['learn']['stage1_epoch'] + 1)
+                switch)
+    exp.selection.restart(from_epoch=switch)
     exp.watch_noise()
     exp.fit(exp.cfg['learn']['n_epochs'], exp.plan(exp.train_idx))
     exp.record_epoch_detection()
@@ -264,7 +285,8 @@ def score_clips(exp, rows):
     per-patch loss learn.prune_loss_type, aggregated with prune_aggregate_loss_clip."""
     learn = exp.cfg['learn']
     per_example = losses.per_example_by_name(learn['prune_loss_type'],
-                                             learn['prune_loss_q_value'])
+                                             learn['prune_loss_q_value'],
+                                             exp.cfg['loss']['lq_target'])
     source, classifier = exp.source, exp.trainer.classifier
 
     def patch_loss(i):
@@ -296,7 +318,7 @@ def mode_prune(exp):
                 learn['prune_discard_percentile'])
     exp.write_pruned(rows[pruned], clip_loss[pruned])
     exp.record_detection('pruning', rows, pruned)
-    exp.best.reset()  # the reported model is one trained on the pruned set
+    exp.selection.restart()  # the evaluated model is one trained on the pruned set
     exp.fit(learn['n_epochs'] - exp.epoch, exp.plan(exp.patches.of_clips(rows[~pruned])))
 
 
@@ -340,28 +362,31 @@ class Masker:
 
 
 def mode_staged(exp):
-    """Staged training (He et al., DCASE 2019): stage 1 verified clips only; stage 2 half
-    verified, half unverified per batch with loss masking of the unverified ones; stage 3
-    verified only (fine-tune). Stage lengths learn.staged_epochs; no early stopping."""
+    """Staged training (He et al., DCASE 2019), in optimizer steps (learn.staged_steps, the
+    paper's 10k / 10k / 5k): stage 1 verified clips only; stage 2 half verified, half
+    unverified per batch with loss masking of the unverified half; stage 3 verified only
+    (fine-tune). Validation, the LR schedule and history rows every learn.steps_per_epoch
+    steps; no early stopping; model selection restarts at each stage."""
     learn = exp.cfg['learn']
     verified = exp.table.verified.to_numpy()[exp.patches.clip[exp.train_idx]] == 1
     ver, unv = exp.train_idx[verified], exp.train_idx[~verified]
     if ver.size == 0 or unv.size == 0:
         raise ConfigError('learn.mode staged needs verified and unverified training clips '
                           '(FSDnoisy18k: ctrl.train_data all)')
-    n1, n2, n3 = learn['staged_epochs']
-    logger.info('staged: %d epochs verified (%d patches), %d epochs masked mix with %d '
-                'unverified patches (%s), %d epochs verified', n1, ver.size, n2, unv.size,
+    n1, n2, n3 = learn['staged_steps']
+    logger.info('staged: %d steps verified (%d patches), %d steps masked half/half with %d '
+                'unverified patches (%s), %d steps verified', n1, ver.size, n2, unv.size,
                 learn['mask_method'], n3)
-    exp.fit(n1, exp.plan(ver), early_stopping=False)
+    exp.fit(None, exp.plan(ver), early_stopping=False, steps=n1)
     exp.trainer.set_masker(Masker(learn['mask_method'], learn['mask_top_k'],
                                   learn['mask_alpha']))
+    exp.selection.restart()
     exp.watch_noise()
-    exp.fit(n2, exp.plan_halves(ver, unv), early_stopping=False)
+    exp.fit(None, exp.plan_halves(ver, unv), early_stopping=False, steps=n2)
     exp.record_epoch_detection()
     exp.trainer.set_masker(None)
-    exp.best.reset()  # the reported model is the fine-tuned one
-    exp.fit(n3, exp.plan(ver), early_stopping=False)
+    exp.selection.restart()  # the evaluated model is the fine-tuned one
+    exp.fit(None, exp.plan(ver), early_stopping=False, steps=n3)
 
 
 MODES = {
@@ -447,8 +472,11 @@ def prepare(cfg, table, classes, store, rng, run_dir):
 
 
 def run(exp):
-    """Run the configured mode, then restore the best weights it saw."""
+    """Run the configured mode, then put the selected weights (learn.model_selection) into
+    the classifier; results.json names the rule and the epoch evaluated."""
     t0 = time.time()
     MODES[exp.cfg['learn']['mode']](exp)
-    exp.best.restore()
+    exp.selection.finish(exp.trainer)
+    exp.results.update(model_selection=exp.cfg['learn']['model_selection'],
+                       evaluated_epoch=exp.state.evaluated_epoch)
     logger.info('training done in %.1f s (%d epochs)', time.time() - t0, exp.epoch)

@@ -79,8 +79,8 @@ def run(cfg):
         folder.close(discard=not folder.training)
         return 2
     except KeyboardInterrupt:
-        # history.csv and the best model.keras so far are already on disk.
-        print('interrupted: logs/<run>/ keeps history.csv and the best model so far',
+        # history.csv and the selected model.keras so far are already on disk.
+        print('interrupted: logs/<run>/ keeps history.csv and the selected model so far',
               file=sys.stderr, flush=True)
         return 130
     except Exception as err:  # noqa: BLE001  (logged in full, then a one-line verdict)

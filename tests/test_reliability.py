@@ -221,8 +221,14 @@ def _interrupt_after(monkeypatch, epochs):
     monkeypatch.setattr(trainer.Backup, 'on_epoch_end', stop)
 
 
-RESUME = ('learn.mode=0', 'learn.mixup=true', 'learn.mixup_warmup_epochs=1',
-          'learn.n_epochs=4', 'learn.LSR=true')
+# Mode 0: two stages in epochs; staged: three stages in steps, 2 steps an epoch (the cut
+# falls inside a plan), the loss-masking threshold in the state; both cut inside a stage.
+RESUME = {
+    'mode0': (('learn.mode=0', 'learn.mixup=true', 'learn.mixup_warmup_epochs=1',
+               'learn.n_epochs=3', 'learn.LSR=true', 'learn.model_selection=best_val'), 2),
+    'staged': (('learn.mode=staged', 'learn.staged_steps=[4,6,3]', 'learn.steps_per_epoch=2',
+                'learn.mixup=true'), 4),
+}
 
 
 def _same_run(run_a, run_b):
@@ -231,22 +237,26 @@ def _same_run(run_a, run_b):
     predictions = [pd.read_csv(d / 'predictions.csv') for d in (run_a, run_b)]
     pd.testing.assert_frame_equal(*predictions)
     results = [json.loads((d / 'results.json').read_text()) for d in (run_a, run_b)]
-    assert results[0]['accuracy_micro'] == results[1]['accuracy_micro']
+    for key in ('accuracy_micro', 'evaluated_epoch', 'noise_detection'):
+        assert results[0].get(key) == results[1].get(key), key
 
 
-def test_resumed_run_equals_an_uninterrupted_one(tiny, monkeypatch):
-    """Mode 0 (two stages) interrupted in its second stage, after epoch 2 of 4: the
-    resumed run ends with the same history, predictions and accuracy on CPU."""
-    code, whole, _ = run(tiny, 'whole', *RESUME)
+@pytest.mark.parametrize('mode', RESUME)
+def test_resumed_run_equals_an_uninterrupted_one(tiny, monkeypatch, mode):
+    """Interrupted inside a later stage, right after an epoch's backup: the resumed run
+    ends with the same history, predictions and accuracy as an uninterrupted one (CPU)."""
+    overrides, cut = RESUME[mode]
+    code, whole, _ = run(tiny, f'whole_{mode}', *overrides)
     assert code == 0
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, 2)
-        code, resumed, out = run(tiny, 'resumed', *RESUME)
+        _interrupt_after(patch, cut)
+        code, resumed, out = run(tiny, f'resumed_{mode}', *overrides)
     assert code == 130 and not (resumed / 'results.json').exists()
-    assert len(pd.read_csv(resumed / 'history.csv')) == 2
-    code, _, _ = run(tiny, 'resumed', *RESUME)
-    assert code == 0 and 'resumed at epoch 3 (stage 2' in out.read_text()
-    assert list(pd.read_csv(resumed / 'history.csv').epoch) == [1, 2, 3, 4]
+    assert len(pd.read_csv(resumed / 'history.csv')) == cut
+    code, _, _ = run(tiny, f'resumed_{mode}', *overrides)
+    assert code == 0 and f'resumed at epoch {cut + 1} (stage 2' in out.read_text()
+    epochs = list(pd.read_csv(resumed / 'history.csv').epoch)
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) > cut
     _same_run(whole, resumed)
     assert not (resumed / 'backup').exists()  # a finished run is never resumed
 
