@@ -13,6 +13,8 @@ import json
 import shutil
 from pathlib import Path
 
+import yaml
+
 import config
 from config import ConfigError
 from utils import atomic_write_text, start_log
@@ -105,7 +107,6 @@ class RunFolder:
         saved = self.dir / 'config.yaml'
         if not saved.exists():
             return False
-        import yaml
         changed = config_changes(yaml.safe_load(saved.read_text()) or {}, self.cfg)
         if changed:
             raise ConfigError(f'run {self.name} exists, unfinished, with another value of '

@@ -98,18 +98,6 @@ def test_misnamed_audio_folder_stops_before_anything(tiny, capsys):
     assert nothing_left(run_dir, out)
 
 
-def test_no_readable_training_clip(tiny, capsys):
-    """Case 1: every training file unreadable -> exit 2 naming the folder, no NaN scaler."""
-    data = copy_of(tiny, 'unreadable')
-    for path in _audio(data, 'train'):
-        path.write_bytes(b'not audio')
-    code, run_dir, out = run(tiny, 'unreadable', dataset=data)
-    assert code == 2
-    line = one_error_line(capsys)
-    assert 'no readable training clip' in line and f'{data}/FSDnoisy18k.audio_train' in line
-    assert nothing_left(run_dir, out)
-
-
 def test_class_without_readable_training_clip(tiny, capsys):
     data = copy_of(tiny, 'lost_class')
     train = pd.read_csv(data / 'FSDnoisy18k.meta' / 'train.csv')
@@ -129,16 +117,18 @@ def test_empty_validation_split(tiny, capsys):
     assert nothing_left(run_dir, out)
 
 
-def test_no_readable_test_clip(tiny, capsys, monkeypatch):
-    """Case 6: checked before training (it used to be an IndexError after it)."""
-    data = copy_of(tiny, 'no_test')
-    for path in _audio(data, 'test'):
-        path.write_bytes(b'')
+@pytest.mark.parametrize('subset, what', [('train', 'training'), ('test', 'test')])
+def test_no_readable_clip_stops_before_training(tiny, capsys, monkeypatch, subset, what):
+    """Cases 1 and 6: every training (test) file unreadable -> one line naming the folder,
+    exit 2, before training (no NaN scaler, no IndexError after the training)."""
+    data = copy_of(tiny, f'unreadable_{subset}')
+    for path in _audio(data, subset):
+        path.write_bytes(b'not audio')
     monkeypatch.setattr(learn, 'run', lambda exp: pytest.fail('training started'))
-    code, run_dir, out = run(tiny, 'no_test', dataset=data)
+    code, run_dir, out = run(tiny, f'unreadable_{subset}', dataset=data)
     assert code == 2
     line = one_error_line(capsys)
-    assert 'no readable test clip' in line and f'{data}/FSDnoisy18k.audio_test' in line
+    assert f'no readable {what} clip' in line and f'{data}/FSDnoisy18k.audio_{subset}' in line
     assert nothing_left(run_dir, out)
 
 
