@@ -64,10 +64,10 @@ class RunFolder:
             raise ConfigError(f'run {self.name} has {ended} ({self.dir / "results.json"}) and '
                               f'is never modified: choose another ctrl.run_name, or set '
                               f'ctrl.overwrite true to start it afresh')
-        for path in (self.logs, self.dir):
-            if not path.exists():
-                path.mkdir(parents=True)
-                self.created.append(path)
+        # A run name may hold a folder level (sweeps: NAME/point_seed0): every missing
+        # folder on the way is noted, to be removed again by discard().
+        self.created = [p for p in (*reversed(self.dir.parents), self.dir) if not p.exists()]
+        self.dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         if overwrite:
             self._clear()
@@ -140,12 +140,12 @@ class RunFolder:
         if self.out_size is not None and self.out.exists() and self.out not in self.created:
             with open(self.out, 'r+') as f:
                 f.truncate(self.out_size)
-        for path in reversed(self.created):
-            if path.is_dir() and path == self.logs:
+        for path in reversed(self.created):  # the .out, the run folder, then its parents
+            if path == self.dir:
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.is_dir():
                 if not any(path.iterdir()):
                     path.rmdir()
-            elif path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
         self.created = []

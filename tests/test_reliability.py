@@ -20,6 +20,7 @@ import yaml
 
 import learn
 import main
+import runfolder
 import synthetic
 import trainer
 
@@ -286,3 +287,16 @@ def test_killed_training_subprocess_continues(tiny):
     resumed = re.search(r'resumed at epoch (\d+)', (root / 'logs' / 'killed.out').read_text())
     assert resumed and int(resumed[1]) in (2, 3)  # 2: killed before epoch 2's backup
     assert json.loads((run_dir / 'results.json').read_text())['status'] == 'finished'
+
+
+def test_run_name_with_a_folder_level_leaves_nothing_after_an_error(tmp_path, make_cfg):
+    """The sweeps name runs NAME/point_seed0: discarding removes the folders it made."""
+    cfg = make_cfg(f'ctrl.logs_dir={tmp_path}/logs')
+    cfg['ctrl']['run_name'] = 'sweep_x/point_seed0'  # (config.py refuses '/' until then)
+    folder = runfolder.RunFolder(cfg)
+    folder.open()
+    print('a line of the log')
+    assert (tmp_path / 'logs' / 'sweep_x' / 'point_seed0' / 'config.yaml').is_file()
+    assert (tmp_path / 'logs' / 'sweep_x' / 'point_seed0.out').is_file()
+    folder.close(discard=True)
+    assert not (tmp_path / 'logs').exists()
