@@ -1,7 +1,8 @@
 """Command line: python main.py -p config/params.yaml [-o section.key=value ...]
 
 Loads and validates the config, runs the pipeline (table -> features -> learning mode ->
-prediction -> report) and exits 0; a user mistake prints one line and exits 2.
+prediction -> report) and exits 0; a user mistake prints one line and exits 2; a run that
+diverged or failed exits 1. The same command continues a run that was killed.
 """
 import argparse
 import os
@@ -61,17 +62,23 @@ def pipeline(cfg, folder, t0):
     folder.drop_backup()
 
 
-def run(cfg):
-    """One run of a validated config -> exit status: 0 done, 1 failed (diverged or an
-    unexpected error, whose traceback also goes to logs/<run>.out), 2 a user mistake
-    (one line; what the run created is removed when it is found before training)."""
+def run(params_path, overrides=()):
+    """One experiment (main.py, and each run of a sweep) -> exit status: 0 done, 1 failed
+    (diverged, or an unexpected error whose traceback also goes to logs/<run>.out), 2 a
+    user mistake (one line; what the run created is removed when found before training)."""
     t0 = time.time()
+    try:
+        cfg = config.load_config(params_path, overrides)
+    except config.ConfigError as err:
+        print(f'error: {err}', file=sys.stderr, flush=True)
+        return 2
     folder = runfolder.RunFolder(cfg)
     try:
         utils.import_tensorflow_quietly()
         check_names(cfg)
         folder.open()
-        print(f'run {folder.name}: {" ".join(sys.argv)}\nresolved config:\n'
+        command = ' '.join(['-p', str(params_path), *(f'-o {o}' for o in overrides)])
+        print(f'run {folder.name}: {command}\nresolved config:\n'
               f'{config.config_to_yaml(cfg)}', flush=True)
         pipeline(cfg, folder, t0)
     except config.ConfigError as err:
@@ -79,8 +86,8 @@ def run(cfg):
         folder.close(discard=not folder.training)
         return 2
     except KeyboardInterrupt:
-        # history.csv and the selected model.keras so far are already on disk.
-        print('interrupted: logs/<run>/ keeps history.csv and the selected model so far',
+        # history.csv, model.keras and the backup of the last epoch are on disk.
+        print('interrupted: run the same command again to continue from the last epoch',
               file=sys.stderr, flush=True)
         return 130
     except Exception as err:  # noqa: BLE001  (logged in full, then a one-line verdict)
@@ -105,12 +112,7 @@ def failed(folder, err):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        cfg = config.load_config(args.params, args.override)
-    except config.ConfigError as err:
-        print(f'error: {err}', file=sys.stderr, flush=True)
-        return 2
-    return run(cfg)
+    return run(args.params, args.override)
 
 
 if __name__ == '__main__':
