@@ -77,6 +77,9 @@ class RunFolder:
         if not self.out.exists():
             self.created.append(self.out)
         self._stop_log = start_log(self.out)
+        if self.resuming:
+            print(f'run {self.name} exists, unfinished: continuing it (ctrl.overwrite true '
+                  f'starts it afresh)', flush=True)
         atomic_write_text(self.dir / 'config.yaml', config.config_to_yaml(self.cfg))
 
     def _take_lock(self):
@@ -86,6 +89,7 @@ class RunFolder:
         except BlockingIOError:
             self._lock.close()
             self._lock = None
+            self.created = []  # the folder is the other run's, even if both just made it
             raise ConfigError(f'run {self.name} is running in another process ({self.dir} is '
                               f'locked): choose another ctrl.run_name') from None
 
