@@ -1,6 +1,6 @@
 """The training machinery of section `learn`: the Keras Model subclass whose train_step
 assembles the batch and weighs and reduces the loss, and the callbacks every mode uses
-(history.csv, model selection).
+(history.csv, model selection, the stop at a non-finite loss, the backup for resume).
 
 Modes (learn.py) change training by passing things in (a masker, a loss's own callbacks),
 never by reaching into these objects' internals.
