@@ -59,9 +59,12 @@ class Experiment:
         self.has_truth = 'true_idx' in table.columns
         # Resume: fit() calls are the mode's stages; the backup holds the state at the end
         # of the last completed epoch, restored when the mode reaches that epoch's stage.
-        self.stage_epochs, self.memo = [], {}
+        self.stage_epochs = []
         self.backup_path = run_dir / 'backup' / 'state.pkl'
         self.resume = load_backup(self.backup_path)
+        # Results of once(): loaded now, since the mode asks for them between stages,
+        # before the stage that restores the rest.
+        self.memo = dict(self.resume['memo']) if self.resume else {}
 
     def plan_halves(self, first, second):
         """Epoch plans whose batches are half patches of `first`, half of `second`."""
@@ -211,7 +214,7 @@ class Experiment:
         vars(self.state).update(state['state'])  # in place: ModelSelection shares it
         self.stage_epochs, self.history.rows = state['stage_epochs'], list(state['history'])
         self.selection.weights = state['selected']
-        self.results, self.memo = state['results'], state['memo']
+        self.results = state['results']
         logger.info('resumed at epoch %d (stage %d; epochs 1-%d restored from %s)',
                     self.epoch + 1, self.state.stage, self.epoch, self.backup_path)
         return state['callbacks']
