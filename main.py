@@ -57,8 +57,9 @@ def pipeline(cfg, folder, t0):
     learn.run(experiment)
     rows, scores = evaluation.predict_clips(experiment.trainer.classifier, experiment.source,
                                             experiment.patches, test_rows, cfg)
-    evaluation.report(cfg, table, classes, rows, scores, folder.dir, time.time() - t0,
-                      experiment.results)
+    results = evaluation.report(cfg, table, classes, rows, scores, folder.dir,
+                                time.time() - t0, experiment.results)
+    evaluation.write_plots(folder.dir, table, classes, rows, scores, results)
     folder.drop_backup()
 
 
