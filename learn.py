@@ -6,7 +6,6 @@ stratified train/val split, the scaler, the batch source, the model and its Trai
 per stage.
 """
 import functools
-import itertools
 import logging
 import time
 
@@ -145,6 +144,11 @@ class Experiment:
         and continues the one it was in from its last completed epoch."""
         self.state.stage += 1
         stage, start = self.state.stage, self.epoch
+        trains = (steps if steps is not None else epochs) > 0
+        # A child rng per stage: tf.data may draw an epoch ahead by a timing-dependent
+        # amount, which must not shift the draws of the next stage. Drawn for skipped stages
+        # too, so that a resumed run's stages get the same ones.
+        rng = self.rng.spawn(1)[0] if trains else None
         if self.resume is not None and stage < self.resume['state']['stage']:
             self.state.epoch += self.resume['stage_epochs'][stage - 1]  # done before the kill
             return
@@ -152,17 +156,12 @@ class Experiment:
         if self.resume is not None:
             counters, stopped = self._restore(self.resume), self.resume['stopped']
             self.resume = None
-        if (steps if steps is not None else epochs) > 0 and not stopped:
-            self._train(stage, start, epochs, steps, plan, early_stopping, counters)
+        if trains and not stopped:
+            self._train(rng, start, epochs, steps, plan, early_stopping, counters)
         self.stage_epochs.append(self.epoch - start)
 
-    def _plan_rng(self, stage, k):
-        """The draws of the k-th plan of a stage depend only on (seed, stage, k): tf.data
-        may draw ahead by a timing-dependent amount, and a resumed run replays exactly."""
-        return np.random.default_rng((self.cfg['ctrl']['seed'], stage, k))
-
-    def _train(self, stage, start, epochs, steps, plan, early_stopping, counters):
-        per_plan = plan(self._plan_rng(stage, 0)).idx.shape[0]
+    def _train(self, rng, start, epochs, steps, plan, early_stopping, counters):
+        per_plan = plan(np.random.default_rng(0)).idx.shape[0]  # steps of every plan
         per_epoch = per_plan
         cbs = [StopOnNonFinite(), *self.trainer.step_loss.callbacks(), *self.val_clip,
                self.history, *self.tensorboard, self.selection, self.reduce_lr]
@@ -176,13 +175,13 @@ class Experiment:
         # last: it saves what the others updated at the epoch's end.
         cbs.append(Backup(self.backup_path, self._state, [self.reduce_lr, self.early_stopping],
                           counters))
-        # A resumed stage continues the stream of planned steps where the epoch ended.
+        # A resumed stage continues the stream of planned steps where its last completed
+        # epoch ended: the plans drawn before are drawn again (the k-th plan of a stage
+        # depends only on its rng), and the steps of the cut plan already trained skipped.
         done = (self.epoch - start) * per_epoch
-        plans = itertools.count(done // per_plan)
-
-        def next_plan():
-            return plan(self._plan_rng(stage, next(plans)))
-        train = self.train_dataset(next_plan, next_plan()).skip(done % per_plan)
+        for _ in range(done // per_plan):
+            plan(rng)
+        train = self.train_dataset(lambda: plan(rng), plan(rng)).skip(done % per_plan)
         val = self._eval_dataset(self.val_idx) if self.val_idx.size else None
         self.trainer.fit(train, validation_data=val, epochs=start + epochs,
                          initial_epoch=self.epoch, steps_per_epoch=per_epoch, callbacks=cbs,
