@@ -57,7 +57,8 @@ class Experiment:
             monitor=self.monitor, mode='max', patience=learn['patience'], min_delta=0.001,
             verbose=1)
         score = evaluation.clip_scorer(trainer.classifier, source, patches, cfg)
-        self.val_clip = ([ValClipAccuracy(score, val_rows, table.label_idx.to_numpy())]
+        self.val_clip = ([ValClipAccuracy(score, val_rows,
+                                          datasets.targets(table, len(classes)))]
                          if self.val_idx.size else [])
         self.has_truth = 'true_idx' in table.columns
         ext = cfg['extract']
@@ -302,7 +303,7 @@ def score_clips(exp, rows):
 
     def patch_loss(i):
         x, y = source.eval_batch(i)
-        return per_example(y, classifier(x, training=False))
+        return per_example(y, architectures.scores(classifier(x, training=False)))
     idx = exp.patches.of_clips(rows)
     values = evaluation.map_patches(patch_loss, idx, evaluation.eval_batch_size(exp.cfg))
     return evaluation.aggregate(values, exp.patches.clip[idx],
@@ -506,7 +507,8 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     rows = datasets.readable_train_rows(table, classes, store.length,
                                         cfg['ctrl']['train_data'])
     train_rows, val_rows = data.split_train_val(
-        rows, table.label_idx.to_numpy()[rows], learn['val_split'], cfg['ctrl']['seed'])
+        rows, data.strata(datasets.targets(table, len(classes))[rows]), learn['val_split'],
+        cfg['ctrl']['seed'])
     if learn['val_split'] > 0 and val_rows.size == 0:
         raise ConfigError(f'learn.val_split {learn["val_split"]} leaves no validation clip '
                           f'({rows.size} readable training clips, at least one per class '
@@ -529,7 +531,7 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     keras.mixed_precision.set_global_policy(
         'mixed_float16' if learn['mixed_precision'] else 'float32')
     classifier = architectures.build(learn['model'], input_shape(cfg), len(classes), learn)
-    trainer = Trainer(classifier, source, losses.get(cfg))
+    trainer = Trainer(classifier, source, losses.get(cfg), datasets.is_multi_label(table))
     trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']), jit_compile=use_xla(cfg))
     with atomic_path(run_dir / 'scaler.npz') as tmp, open(tmp, 'wb') as f:
         np.savez(f, mean=mean, std=std)

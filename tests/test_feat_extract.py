@@ -365,7 +365,8 @@ def test_changed_audio_is_extracted_again_and_only_it(wav_clips, monkeypatch):
     _touch_other_audio(table.path[3], 700)
     seen = []
     real = fe._clip_frames
-    monkeypatch.setattr(fe, '_clip_frames', lambda path, **kw: seen.append(path) or real(path, **kw))
+    monkeypatch.setattr(fe, '_clip_frames',
+                        lambda path, **kw: seen.append(path) or real(path, **kw))
     second = fe.features(cfg, table, progress=False)
     assert seen == [table.path[3]] and second.path == first.path
     expected = fe.log_mel(fe.load_audio(table.path[3], cfg['extract']), cfg['extract'])
