@@ -8,6 +8,7 @@ per stage.
 import functools
 import logging
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -461,6 +462,8 @@ def check_multitask(cfg):
     if learn['pseudo_labels'] is not None and not learn['multitask']:
         raise ConfigError('learn.pseudo_labels is learned by the verified head of '
                           'learn.multitask: set learn.multitask true')
+    if learn['pseudo_labels'] is not None and not Path(learn['pseudo_labels']).is_file():
+        raise ConfigError(f'learn.pseudo_labels: no file {learn["pseudo_labels"]}')
     if not learn['multitask']:
         return
     if learn['mode'] in (2, 'staged'):

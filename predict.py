@@ -68,6 +68,7 @@ def predict(run_dir, clips, out):
                                 data.lsr_eps(cfg['learn'], classes))
     rows = np.flatnonzero(CLIPS[clips](table).to_numpy() & (store.length > 0))
     rows, scores = evaluation.predict_clips(classifier, source, patches, rows, cfg)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     evaluation.write_predictions(Path(out), table, classes, rows, scores)
     return len(rows)
 

@@ -35,6 +35,10 @@ def test_additional_crops_keep_a_quarter_to_all_of_the_crop():
     assert kept.min() == 10 and kept.max() == length
 
 
+def test_an_unused_frequency_mask_range_is_not_checked_against_the_bands(make_cfg):
+    assert make_cfg('extract.n_mels=16')['learn']['freq_mask']['max_width'] == 32
+
+
 def test_gains_are_drawn_with_probability_p():
     g = augment.gains(np.random.default_rng(2), (100, 100), {'p': 0.5, 'low': 0.8,
                                                               'high': 1.2})
@@ -104,8 +108,8 @@ def _source(clips, p, mean, std, exponent, log, per_clip=False):
     ('learn.freq_mask.min_width=40', 'learn.freq_mask.min_width = 40 exceeds'),
     ('learn.gain.low=1.5', 'learn.gain.low = 1.5 exceeds'),
     ('learn.extra_crop.min_frac=0.0', 'out of range'),
-    ('learn.freq_mask.max_width=200', 'exceeds extract.n_mels'),
+    ('learn.freq_mask.p=0.5 learn.freq_mask.max_width=200', 'exceeds extract.n_mels'),
 ])
 def test_augmentation_ranges_are_checked(make_cfg, override, message):
     with pytest.raises(ConfigError, match=message):
-        make_cfg(override)
+        make_cfg(*override.split())

@@ -85,6 +85,8 @@ def test_validation_loss_is_the_verified_heads(make_cfg):
     (['learn.multitask=true', 'ctrl.train_data=all', 'learn.mode=staged'], 'learn.mode'),
     (['learn.multitask=true', 'ctrl.train_data=all', 'loss.type=adaptive_lq'], 'loss.type'),
     (['learn.pseudo_labels=p.csv', 'ctrl.train_data=all'], 'set learn.multitask true'),
+    (['learn.multitask=true', 'ctrl.train_data=all', 'learn.pseudo_labels=/no/p.csv'],
+     'learn.pseudo_labels: no file /no/p.csv'),
 ])
 def test_multitask_config_errors(make_cfg, overrides, message):
     with pytest.raises(ConfigError, match=message):
