@@ -45,6 +45,7 @@ DEFAULTS = {
         'staged_epochs': [20, 30, 10], 'mask_method': 'threshold', 'mask_top_k': 10,
         'mask_alpha': 0.9, 'jit_compile': 'auto', 'mixed_precision': False,
         'predict_batch_size': 1024, 'frames_on_device': 'auto',
+        'lr_schedule': 'plateau', 'cycles': 8, 'cycle_epochs': 64, 'lr_min': 1e-6,
     },
     'loss': {
         'q_loss': 0.7, 'q_loss2': 0.7, 'm_loss2': 0.99, 'perc_loss2': 95, 'type': 'lq_loss',
@@ -71,6 +72,7 @@ CHOICES = {
     ('learn', 'frames_on_device'): ['auto', 'always', 'never'],
     ('learn', 'jit_compile'): ['auto', True, False],
     ('loss', 'snn_space'): ['input', 'embedding'],
+    ('learn', 'lr_schedule'): ['plateau', 'constant', 'cyclic_cosine'],
 }
 
 # (low, high, low inclusive, high inclusive) for numbers that must lie in a range.
@@ -112,6 +114,9 @@ RANGES = {
     ('loss', 'perc_loss2'): (0, 100, True, True),
     ('loss', 'snn_temperature'): (0, None, False, True),
     ('loss', 'q_min'): (0, 1, False, True),
+    ('learn', 'cycles'): (1, None, True, True),
+    ('learn', 'cycle_epochs'): (1, None, True, True),
+    ('learn', 'lr_min'): (0, None, True, True),
 }
 
 # Keys that also take a value of another type than their default's: learn.mode a name

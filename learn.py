@@ -18,7 +18,8 @@ import data
 import datasets
 import eval as evaluation
 import losses
-from trainer import BestModel, History, Trainer, detection_figures, precision_recall
+from trainer import (BestModel, EpochLR, History, Snapshots, Trainer, cosine_lr,
+                     detection_figures, precision_recall)
 from config import ConfigError, lookup
 from utils import atomic_path
 
@@ -31,26 +32,52 @@ class Experiment:
     """Everything a learning mode needs; modes call fit() once per stage."""
 
     def __init__(self, cfg, table, classes, store, patches, train_rows, val_rows, source,
-                 trainer, run_dir, rng):
+                 trainer, run_dir, rng, fold=None):
         self.cfg, self.table, self.classes, self.store = cfg, table, classes, store
         self.patches, self.source, self.trainer = patches, source, trainer
         self.train_rows, self.val_rows = train_rows, val_rows
         self.run_dir, self.rng = run_dir, rng
+        # fold: 1-based fold of k-fold training (ensemble.py, self_verify.py); None = the
+        # single split, whose files keep their plain names.
+        self.fold = fold
+        tag = '' if fold is None else f'_{fold}'
         self.train_idx = patches.of_clips(train_rows)
         self.val_idx = patches.of_clips(val_rows)
         self.results = {}  # figures a mode adds to results.json (e.g. noise_detection)
         self.monitor = 'val_accuracy' if self.val_idx.size else 'accuracy'
         learn = cfg['learn']
-        self.history = History(run_dir / 'history.csv')
-        self.best = BestModel(self.monitor, run_dir / 'model.keras')
+        self.history = History(run_dir / f'history{tag}.csv')
+        self.best = BestModel(self.monitor, run_dir / f'model{tag}.keras')
         self.reduce_lr = keras.callbacks.ReduceLROnPlateau(
             monitor=self.monitor, mode='max', factor=0.5, patience=5, verbose=1)
         self.early_stopping = keras.callbacks.EarlyStopping(
             monitor=self.monitor, mode='max', patience=learn['patience'], min_delta=0.001,
             verbose=1)
+        self.lr_callbacks = self.schedule()
         self.epoch = 0  # epochs done so far, counted across stages
         self.has_truth = 'true_idx' in table.columns
         self.noise_from = 0
+
+    def schedule(self):
+        """The callbacks of learn.lr_schedule: plateau halves the rate on validation
+        plateaus of 5 epochs; constant keeps learn.lr; cyclic_cosine anneals each cycle and
+        saves a snapshot at each cycle's end."""
+        learn = self.cfg['learn']
+        if learn['lr_schedule'] == 'plateau':
+            return [self.reduce_lr]
+        if learn['lr_schedule'] == 'constant':
+            return []
+        lr, lr_min, length = learn['lr'], learn['lr_min'], learn['cycle_epochs']
+        return [EpochLR(lambda epoch: cosine_lr(epoch, lr, lr_min, length)),
+                Snapshots(length, learn['cycles'], self.save_snapshot)]
+
+    def snapshot_path(self, cycle):
+        return self.run_dir / f'snapshot_{self.fold or 1}_{cycle}.keras'
+
+    def save_snapshot(self, cycle):
+        with atomic_path(self.snapshot_path(cycle)) as tmp:
+            self.trainer.classifier.save(tmp)
+        logger.info('snapshot of cycle %d saved: %s', cycle, self.snapshot_path(cycle).name)
 
     def plan_halves(self, first, second):
         """Epoch plans whose batches are half patches of `first`, half of `second`."""
@@ -106,8 +133,10 @@ class Experiment:
         return lambda rng: data.plan_epoch(rng, pool, learn['batch_size'], mixup,
                                            learn['mixup_alpha'], learn['mixup_mode'])
 
-    def fit(self, epochs, plan, early_stopping=True):
-        """Train for `epochs` more epochs (numbered on from self.epoch) over `plan`."""
+    def fit(self, epochs, plan, early_stopping=True, lr_callbacks=None):
+        """Train for `epochs` more epochs (numbered on from self.epoch) over `plan`, with
+        the learn.lr_schedule callbacks unless others are passed. Under cyclic_cosine the
+        cycles fix the length, so early stopping is off."""
         if epochs <= 0:
             return
         # A child rng per stage: tf.data may draw an epoch ahead by a timing-dependent
@@ -117,8 +146,11 @@ class Experiment:
         steps = first.idx.shape[0]
         train = self.train_dataset(lambda: plan(rng), first)
         val = self._eval_dataset(self.val_idx) if self.val_idx.size else None
-        cbs = [*self.trainer.step_loss.callbacks(), self.history, self.best, self.reduce_lr]
-        cbs += [self.early_stopping] if early_stopping else []
+        lr_callbacks = self.lr_callbacks if lr_callbacks is None else lr_callbacks
+        # The LR callbacks come before History, which logs the epoch's rate.
+        cbs = [*self.trainer.step_loss.callbacks(), *lr_callbacks, self.history, self.best]
+        cyclic = self.cfg['learn']['lr_schedule'] == 'cyclic_cosine'
+        cbs += [self.early_stopping] if early_stopping and not cyclic else []
         hist = self.trainer.fit(train, validation_data=val, epochs=self.epoch + epochs,
                                 initial_epoch=self.epoch, steps_per_epoch=steps,
                                 callbacks=cbs, verbose=self.cfg['ctrl']['verbose'],
@@ -304,6 +336,25 @@ def check(cfg):
     if mode == 2 and loss_type not in TIME_DEPENDENT:
         raise ConfigError(f'learn.mode 2 needs a time-dependent loss.type '
                           f'({", ".join(TIME_DEPENDENT)}), got {loss_type!r}')
+    check_schedule(cfg)
+
+
+def check_schedule(cfg):
+    """cyclic_cosine: the mode's epochs must be whole cycles (each cycle ends in a
+    snapshot), and lr_min below lr."""
+    learn = cfg['learn']
+    if learn['lr_schedule'] != 'cyclic_cosine':
+        return
+    if learn['lr_min'] >= learn['lr']:
+        raise ConfigError(f'learn.lr_min ({learn["lr_min"]}) must be below learn.lr '
+                          f'({learn["lr"]}) for lr_schedule cyclic_cosine')
+    cycled = learn['cycles'] * learn['cycle_epochs']
+    key, epochs = (('learn.staged_epochs (sum)', sum(learn['staged_epochs']))
+                   if learn['mode'] == 'staged' else ('learn.n_epochs', learn['n_epochs']))
+    if epochs != cycled:
+        raise ConfigError(f'learn.lr_schedule cyclic_cosine trains learn.cycles x '
+                          f'learn.cycle_epochs = {cycled} epochs; set {key} to {cycled} '
+                          f'(now {epochs})')
 
 
 def on_device(cfg):

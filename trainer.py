@@ -184,3 +184,52 @@ class BestModel(keras.callbacks.Callback):
             self.model.classifier.set_weights(self.weights)
             logger.info('restored the weights of epoch %d (%s = %.4f)', self.epoch,
                         self.monitor, self.best)
+
+
+# ----------------------------------------------------------------------------- LR schedules
+
+def cosine_lr(epoch, lr_max, lr_min, cycle_epochs):
+    """Cyclic cosine annealing (Akiyama & Sato, DCASE 2019 Sec. 2.3, 3.5; the warm-restart
+    schedule of Loshchilov & Hutter, "SGDR", ICLR 2017, with cycles of equal length): each
+    cycle starts at lr_max and anneals towards lr_min along half a cosine; epoch is the
+    0-based epoch counted across stages."""
+    t = (epoch % cycle_epochs) / cycle_epochs
+    return lr_min + 0.5 * (lr_max - lr_min) * (1.0 + np.cos(np.pi * t))
+
+
+def linear_decay_lr(epoch, lr, decay_from, epochs):
+    """lr for the first decay_from epochs, then linearly down towards 0 at epoch `epochs`
+    (0-based epoch within the stage)."""
+    if epoch < decay_from:
+        return lr
+    return lr * max(0.0, 1.0 - (epoch - decay_from) / max(1, epochs - decay_from))
+
+
+class EpochLR(keras.callbacks.Callback):
+    """Sets the optimizer's learning rate to schedule(epoch) at the start of each epoch.
+
+    It must come before History in the callback list, so that history.csv logs the rate
+    the epoch was trained with.
+    """
+
+    def __init__(self, schedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.optimizer.learning_rate = float(self.schedule(epoch))
+
+
+class Snapshots(keras.callbacks.Callback):
+    """Calls save(cycle) at the end of each of the first `cycles` cycles (1-based cycle
+    numbers), the weights of Snapshot Ensembles (Huang et al., "Snapshot Ensembles: Train
+    1, get M for free", ICLR 2017)."""
+
+    def __init__(self, cycle_epochs, cycles, save):
+        super().__init__()
+        self.cycle_epochs, self.cycles, self.save = cycle_epochs, cycles, save
+
+    def on_epoch_end(self, epoch, logs=None):
+        cycle, within = divmod(epoch + 1, self.cycle_epochs)
+        if within == 0 and 1 <= cycle <= self.cycles:
+            self.save(cycle)
