@@ -46,12 +46,14 @@ DEFAULTS = {
         'mask_alpha': 0.9, 'jit_compile': 'auto', 'mixed_precision': False,
         'predict_batch_size': 1024, 'frames_on_device': 'auto',
         'lr_schedule': 'plateau', 'cycles': 8, 'cycle_epochs': 64, 'lr_min': 1e-6,
+        'folds': 1, 'sv_excerpts': 25, 'sv_threshold': 0.95, 'sv_per_class': 40,
+        'sv_epochs': 30, 'sv_lr': 0.0002, 'sv_rounds': 10,
     },
     'loss': {
         'q_loss': 0.7, 'q_loss2': 0.7, 'm_loss2': 0.99, 'perc_loss2': 95, 'type': 'lq_loss',
         'snn_temperature': 1000.0, 'q_min': 0.01, 'snn_space': 'input',
     },
-    'recognizer': {'aggregate': 'gmean'},
+    'recognizer': {'aggregate': 'gmean', 'ensemble': 'amean', 'snapshot_cycles': 'all'},
     'suffix': {'in': '_mel', 'out': '_label'},
 }
 
@@ -117,14 +119,23 @@ RANGES = {
     ('learn', 'cycles'): (1, None, True, True),
     ('learn', 'cycle_epochs'): (1, None, True, True),
     ('learn', 'lr_min'): (0, None, True, True),
+    ('learn', 'folds'): (1, None, True, True),
+    ('learn', 'sv_excerpts'): (1, None, True, True),
+    ('learn', 'sv_threshold'): (0, 1, True, False),
+    ('learn', 'sv_per_class'): (1, None, True, True),
+    ('learn', 'sv_epochs'): (1, None, True, True),
+    ('learn', 'sv_lr'): (0, None, False, True),
+    ('learn', 'sv_rounds'): (1, None, True, True),
 }
 
 # Keys that also take a value of another type than their default's: learn.mode a name
-# such as 'staged' (learn.py checks it), learn.jit_compile true/false besides 'auto'.
-ALSO = {('learn', 'mode'): str, ('learn', 'jit_compile'): bool}
+# such as 'staged' (learn.py checks it), learn.jit_compile true/false besides 'auto',
+# recognizer.snapshot_cycles a list of cycles besides 'all' (learn.py checks them).
+ALSO = {('learn', 'mode'): str, ('learn', 'jit_compile'): bool,
+        ('recognizer', 'snapshot_cycles'): list}
 
 # Keys whose value may be null (None) although the default is not, or vice versa.
-NULLABLE = {('ctrl', 'run_name')}
+NULLABLE = {('ctrl', 'run_name'), ('learn', 'sv_threshold')}
 
 
 def _type_name(value):

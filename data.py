@@ -6,6 +6,7 @@ tables are flat numpy arrays over all patches of all clips; training, validation
 pruning select patches by index.
 """
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,28 @@ def split_train_val(rows, labels, val_split, seed):
         val.extend(rng.choice(members, size=n_val, replace=False).tolist())
     val = np.sort(np.asarray(val, dtype=np.int64))
     return np.setdiff1d(rows, val), val
+
+
+def kfold_split(rows, labels, k, seed, what='learn.folds'):
+    """K stratified folds of clip rows (sklearn StratifiedKFold, shuffled with the seed)
+    -> [(train_rows, val_rows)] for fold 1..K; fold f validates on the f-th part.
+
+    Single-label: stratified on the label. (Multi-label tables will stratify on the first
+    label of each clip, which keeps every class that is some clip's first label spread
+    over the folds.)
+    """
+    from sklearn.model_selection import StratifiedKFold
+    rows, labels = np.asarray(rows), np.asarray(labels)
+    if rows.size < k:
+        raise ConfigError(f'{what} = {k} folds need at least {k} training clips, got '
+                          f'{rows.size}')
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    # A class with fewer clips than folds is spread over as many folds as it has clips
+    # (sklearn warns; the other classes are unaffected).
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)
+        parts = [rows[val] for _, val in folds.split(rows, labels)]
+    return [(np.sort(np.setdiff1d(rows, val)), np.sort(val)) for val in parts]
 
 
 # ----------------------------------------------------------------------------- patches
@@ -268,11 +291,17 @@ class PatchSource:
 
     def inputs(self, idx):
         """Standardised patches [B, patch_len, n_mels, 1] float32 for patch indices idx."""
+        take = self.ops.take
+        return self.windows(take(self.row0, idx), take(self.offset, idx), take(self.clen, idx))
+
+    def windows(self, row0, offset, clen):
+        """Standardised windows [B, patch_len, n_mels, 1] of the clips whose frames start
+        at row0 [B] and last clen [B] frames, starting `offset` [B] frames in (wrapping
+        around short clips), e.g. the random excerpts of self-verification."""
         ops = self.ops
         t = ops.arange(self.patch_len, dtype='int32')
-        offset = ops.expand_dims(ops.take(self.offset, idx), -1)
-        clen = ops.expand_dims(ops.take(self.clen, idx), -1)
-        rows = ops.expand_dims(ops.take(self.row0, idx), -1) + (offset + t) % clen
+        offset, clen = ops.expand_dims(offset, -1), ops.expand_dims(clen, -1)
+        rows = ops.expand_dims(row0, -1) + (offset + t) % clen
         x = ops.take(self.frames, ops.reshape(rows, (-1,)), axis=0)
         x = ops.reshape(ops.cast(x, 'float32'), (-1, self.patch_len, self.n_mels, 1))
         return (x - self.mean) / self.std

@@ -5,7 +5,9 @@ of the patch scores of each clip (geometric or arithmetic, recognizer.aggregate)
 """
 import json
 import logging
+from dataclasses import dataclass, field
 
+import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf  # tf.function compiles the gather + model call for prediction
@@ -49,6 +51,7 @@ def aggregate(values, clip_ids, method):
 
 def check(cfg):
     lookup(AGGREGATIONS, cfg['recognizer']['aggregate'], 'recognizer.aggregate')
+    lookup(ENSEMBLES, cfg['recognizer']['ensemble'], 'recognizer.ensemble')
 
 
 def map_patches(fn, idx, batch_size):
@@ -73,6 +76,58 @@ def predict_clips(classifier, source, patches, rows, cfg):
     scores = map_patches(lambda i: classifier(source.inputs(i), training=False), idx,
                          cfg['learn']['predict_batch_size'])
     return aggregate(scores, patches.clip[idx], cfg['recognizer']['aggregate'])
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+def _geometric(scores):
+    return np.exp(np.log(np.maximum(scores, TINY)).mean(axis=0))
+
+
+# members' clip scores [M, N, K] -> ensemble clip scores [N, K] (recognizer.ensemble)
+ENSEMBLES = {'amean': lambda scores: scores.mean(axis=0), 'gmean': _geometric}
+
+
+@dataclass
+class Ensemble:
+    """Saved member models (paths of .keras files, one per fold and snapshot) whose clip
+    scores are averaged with `method`."""
+    paths: list
+    folds: int
+    snapshots: int
+    method: str
+    names: list = field(init=False)
+
+    def __post_init__(self):
+        self.names = [p.name for p in self.paths]
+
+    def summary(self):
+        return {'n_models': len(self.paths), 'folds': self.folds,
+                'snapshots': self.snapshots, 'method': self.method, 'members': self.names}
+
+
+def ensemble_line(summary):
+    """The evaluation block's line: how many models were averaged, and how."""
+    return (f'ensemble: {summary["n_models"]} models ({summary["folds"]} folds x '
+            f'{summary["snapshots"]} snapshots), {summary["method"]}')
+
+
+def combine(scores, method):
+    """Members' clip scores [M, N, K] -> [N, K], arithmetic or geometric mean."""
+    return lookup(ENSEMBLES, method, 'recognizer.ensemble')(np.asarray(scores, np.float64))
+
+
+def predict(predictor, source, patches, rows, cfg):
+    """Clip scores of one classifier, or of an Ensemble whose members are loaded one at a
+    time (so that a large ensemble never sits in memory at once)."""
+    if not isinstance(predictor, Ensemble):
+        return predict_clips(predictor, source, patches, rows, cfg)
+    scores = []
+    for path in predictor.paths:
+        member = keras.saving.load_model(path, compile=False)
+        clips, member_scores = predict_clips(member, source, patches, rows, cfg)
+        scores.append(member_scores)
+    return clips, combine(scores, predictor.method)
 
 
 # ----------------------------------------------------------------------------- report
@@ -100,6 +155,8 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
     lines = ['', '=' * 72, 'EVALUATION',
              f'ACCURACY - MICRO: {micro:.2f} % ({n_eval}/{n_listed} test files, '
              f'train_data={train_data})', '', 'per-class accuracy, class order:']
+    if extra and 'ensemble' in extra:
+        lines.insert(4, ensemble_line(extra['ensemble']))
     width = max(len(c) for c in classes)
     fmt = '  {:<%d}  n = {:>5}  accuracy = {:6.2f} %%' % width
     lines += [fmt.format(c, v['n_files'], v['accuracy']) for c, v in per_class.items()]

@@ -16,8 +16,10 @@ from keras import ops
 import architectures
 import data
 import datasets
+import ensemble
 import eval as evaluation
 import losses
+import self_verify
 from trainer import (BestModel, EpochLR, History, Snapshots, Trainer, cosine_lr,
                      detection_figures, precision_recall)
 from config import ConfigError, lookup
@@ -57,6 +59,15 @@ class Experiment:
         self.epoch = 0  # epochs done so far, counted across stages
         self.has_truth = 'true_idx' in table.columns
         self.noise_from = 0
+        self.splits = [(train_rows, val_rows)]  # prepare() sets the k folds
+
+    def for_fold(self, train_rows, val_rows, fold):
+        """A fresh model and trainer on other rows, sharing this experiment's data, scaler
+        and batch source (k-fold training)."""
+        return Experiment(self.cfg, self.table, self.classes, self.store, self.patches,
+                          train_rows, val_rows, self.source,
+                          build_trainer(self.cfg, self.classes, self.source), self.run_dir,
+                          self.rng.spawn(1)[0], fold)
 
     def schedule(self):
         """The callbacks of learn.lr_schedule: plateau halves the rate on validation
@@ -172,6 +183,11 @@ class Experiment:
         if not self.source.on_device:
             ds = ds.map(self.source.train_batch, num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
+
+    def validate(self):
+        """{'loss': ..., 'accuracy': ...} of the current model on the validation clips."""
+        return self.trainer.evaluate(self._eval_dataset(self.val_idx), verbose=0,
+                                     return_dict=True)
 
     def _eval_dataset(self, idx):
         ds = tf.data.Dataset.from_tensor_slices(idx.astype(np.int64))
@@ -326,6 +342,7 @@ MODES = {
     2: mode_time_dependent,
     3: mode_prune,
     'staged': mode_staged,
+    'self_verify': self_verify.mode_self_verify,
 }
 
 
@@ -337,6 +354,11 @@ def check(cfg):
         raise ConfigError(f'learn.mode 2 needs a time-dependent loss.type '
                           f'({", ".join(TIME_DEPENDENT)}), got {loss_type!r}')
     check_schedule(cfg)
+    if mode == 'self_verify' and (cfg['learn']['folds'] > 1 or
+                                  cfg['learn']['lr_schedule'] == 'cyclic_cosine'):
+        raise ConfigError('learn.mode self_verify makes its own 4 folds and fine-tunes with '
+                          'its own schedule: keep learn.folds 1 and learn.lr_schedule plateau '
+                          'or constant')
 
 
 def check_schedule(cfg):
@@ -345,6 +367,12 @@ def check_schedule(cfg):
     learn = cfg['learn']
     if learn['lr_schedule'] != 'cyclic_cosine':
         return
+    chosen = cfg['recognizer']['snapshot_cycles']
+    if chosen != 'all' and (not chosen or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= learn['cycles']
+            for c in chosen)):
+        raise ConfigError(f'recognizer.snapshot_cycles must be all or a list of cycles '
+                          f'from 1 to learn.cycles ({learn["cycles"]}), got {chosen!r}')
     if learn['lr_min'] >= learn['lr']:
         raise ConfigError(f'learn.lr_min ({learn["lr_min"]}) must be below learn.lr '
                           f'({learn["lr"]}) for lr_schedule cyclic_cosine')
@@ -389,16 +417,37 @@ def batch_source(cfg, store, patches, table, mean, std, eps):
     return data.PatchSource(*args, on_device=False)
 
 
+def build_trainer(cfg, classes, source):
+    """A new model (learn.model) in a compiled Trainer with its own loss and optimiser."""
+    ext, learn = cfg['extract'], cfg['learn']
+    classifier = architectures.build(learn['model'], (ext['patch_len'], ext['n_mels'], 1),
+                                     len(classes), learn)
+    trainer = Trainer(classifier, source, losses.get(cfg))
+    trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']), jit_compile=use_xla(cfg))
+    return trainer
+
+
 def prepare(cfg, table, classes, store, rng, run_dir):
-    """Patches, split, scaler, batch source, model and trainer -> Experiment."""
+    """Patches, split, scaler, batch source, model and trainer -> Experiment.
+
+    With learn.folds K > 1 the training subset is split into K stratified folds and the
+    Experiment is the first fold's; with k folds (or self-verification's own folds) the
+    scaler is fitted on the whole training subset, so that every fold model shares one
+    batch source (band means and stds carry no label information).
+    """
     ext, learn = cfg['extract'], cfg['learn']
     rows = datasets.train_rows(table, cfg['ctrl']['train_data'])
     rows = rows[store.length[rows] > 0]
-    train_rows, val_rows = data.split_train_val(
-        rows, table.label_idx.to_numpy()[rows], learn['val_split'], cfg['ctrl']['seed'])
+    labels, seed = table.label_idx.to_numpy()[rows], cfg['ctrl']['seed']
+    shared = learn['folds'] > 1 or learn['mode'] == 'self_verify'
+    splits = (data.kfold_split(rows, labels, learn['folds'], seed) if learn['folds'] > 1
+              else [data.split_train_val(rows, labels, learn['val_split'], seed)])
+    train_rows, val_rows = splits[0]
     patches = data.make_patches(store.start, store.length, ext['patch_len'], ext['patch_hop'])
     train_idx = patches.of_clips(train_rows)
-    mean, std = data.fit_scaler(store.frames, patches, train_idx, ext['patch_len'])
+    mean, std = data.fit_scaler(store.frames, patches,
+                                patches.of_clips(rows) if shared else train_idx,
+                                ext['patch_len'])
     source = batch_source(cfg, store, patches, table, mean, std, data.lsr_eps(learn, classes))
     logger.info('train: %d clips, %d patches; val: %d clips; frames on %s', train_rows.size,
                 train_idx.size, val_rows.size, 'the device' if source.on_device else 'host')
@@ -406,19 +455,29 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     # not leak into the next.
     keras.mixed_precision.set_global_policy(
         'mixed_float16' if learn['mixed_precision'] else 'float32')
-    classifier = architectures.build(learn['model'], (ext['patch_len'], ext['n_mels'], 1),
-                                     len(classes), learn)
-    trainer = Trainer(classifier, source, losses.get(cfg))
-    trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']), jit_compile=use_xla(cfg))
+    trainer = build_trainer(cfg, classes, source)
     with atomic_path(run_dir / 'scaler.npz') as tmp, open(tmp, 'wb') as f:
         np.savez(f, mean=mean, std=std)
-    return Experiment(cfg, table, classes, store, patches, train_rows, val_rows, source,
-                      trainer, run_dir, rng)
+    exp = Experiment(cfg, table, classes, store, patches, train_rows, val_rows, source,
+                     trainer, run_dir, rng, fold=1 if len(splits) > 1 else None)
+    exp.splits = splits
+    return exp
 
 
 def run(exp):
-    """Run the configured mode, then restore the best weights it saw."""
+    """Run the configured mode -> the predictor: the classifier with the best weights it
+    saw, or an evaluation.Ensemble (k folds, snapshots, or a mode that returns one)."""
     t0 = time.time()
-    MODES[exp.cfg['learn']['mode']](exp)
-    exp.best.restore()
-    logger.info('training done in %.1f s (%d epochs)', time.time() - t0, exp.epoch)
+    mode = MODES[exp.cfg['learn']['mode']]
+    if len(exp.splits) > 1 or exp.cfg['learn']['lr_schedule'] == 'cyclic_cosine':
+        predictor = ensemble.run_folds(exp, mode)
+    else:
+        predictor = mode(exp)
+        if predictor is None:
+            exp.best.restore()
+            predictor = exp.trainer.classifier
+    if isinstance(predictor, evaluation.Ensemble):
+        logger.info('training done in %.1f s', time.time() - t0)
+    else:
+        logger.info('training done in %.1f s (%d epochs)', time.time() - t0, exp.epoch)
+    return predictor

@@ -50,10 +50,10 @@ def pipeline(cfg, run_dir, t0):
         return
     rng = utils.set_seed(cfg['ctrl']['seed'])
     experiment = learn.prepare(cfg, table, classes, store, rng, run_dir)
-    learn.run(experiment)
+    predictor = learn.run(experiment)
     test_rows = table.index[(table.subset == 'test').to_numpy()].to_numpy()
-    rows, scores = evaluation.predict_clips(experiment.trainer.classifier, experiment.source,
-                                            experiment.patches, test_rows, cfg)
+    rows, scores = evaluation.predict(predictor, experiment.source, experiment.patches,
+                                      test_rows, cfg)
     evaluation.report(cfg, table, classes, rows, scores, run_dir, time.time() - t0,
                       experiment.results)
 

@@ -61,6 +61,15 @@ class Trainer(keras.Model):
             self.track(masker.log_names)
         self.train_function = None  # the step changed: trace it again
 
+    def reset_optimizer(self):
+        """A fresh optimizer state (step count and moments zeroed) without compiling
+        again, so the traced step is kept; the learning rate is left to a schedule."""
+        optimizer = getattr(self.optimizer, 'inner_optimizer', self.optimizer)  # loss scaling
+        lr = optimizer.learning_rate
+        for variable in optimizer.variables:
+            if variable is not lr:
+                variable.assign(ops.zeros(variable.shape, variable.dtype))
+
     @property
     def metrics(self):
         return [self.loss_tracker, self.acc_tracker, *self.extra.values()]

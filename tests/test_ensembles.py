@@ -54,3 +54,90 @@ def test_linear_decay_after_the_constant_epochs():
 def test_schedule_mistakes_are_one_line_errors(make_cfg, overrides, message):
     with pytest.raises(config.ConfigError, match=message.replace('(', r'\(').replace(')', r'\)')):
         learn.check(make_cfg(*overrides))
+
+
+@pytest.mark.parametrize('method', ['amean', 'gmean'])
+def test_ensemble_combines_members_by_arithmetic_or_geometric_mean(method):
+    import eval as evaluation
+    scores = np.random.default_rng(1).dirichlet(np.ones(4), size=(3, 5))  # 3 members
+    expected = (scores.sum(axis=0) / 3 if method == 'amean'
+                else np.prod(scores, axis=0) ** (1 / 3))
+    np.testing.assert_allclose(evaluation.combine(scores, method), expected, rtol=1e-12)
+    assert (evaluation.ensemble_line({'n_models': 6, 'folds': 3, 'snapshots': 2,
+                                      'method': method})
+            == f'ensemble: 6 models (3 folds x 2 snapshots), {method}')
+
+
+def test_kfold_split_is_stratified_and_disjoint():
+    import data
+    rows = np.arange(100, 160)
+    labels = np.repeat([0, 1, 2], [30, 18, 12])
+    splits = data.kfold_split(rows, labels, 3, seed=5)
+    vals = [val for _, val in splits]
+    np.testing.assert_array_equal(np.sort(np.concatenate(vals)), rows)  # each row once
+    for train, val in splits:
+        assert np.intersect1d(train, val).size == 0 and train.size + val.size == rows.size
+        # every class is split 10/6/4 per fold
+        assert np.bincount(labels[val - 100], minlength=3).tolist() == [10, 6, 4]
+    assert [v.tolist() for v in vals] == [v.tolist() for _, v in data.kfold_split(
+        rows, labels, 3, seed=5)]
+
+
+@pytest.mark.parametrize('value', ['[0]', '[3]', '[]', 'some'])
+def test_snapshot_cycles_must_name_existing_cycles(make_cfg, value):
+    cfg = make_cfg('learn.lr_schedule=cyclic_cosine', 'learn.cycles=2', 'learn.cycle_epochs=2',
+                   'learn.n_epochs=4', f'recognizer.snapshot_cycles={value}')
+    with pytest.raises(config.ConfigError, match='recognizer.snapshot_cycles must be all or'):
+        learn.check(cfg)
+
+
+def test_snapshot_cycles_select_the_members(make_cfg):
+    import ensemble
+    cfg = make_cfg('learn.lr_schedule=cyclic_cosine', 'learn.cycles=3', 'learn.cycle_epochs=2',
+                   'learn.n_epochs=6', 'recognizer.snapshot_cycles=[3, 2]')
+    assert ensemble.snapshot_cycles(cfg) == [2, 3]
+    assert ensemble.snapshot_cycles(make_cfg('learn.lr_schedule=cyclic_cosine',
+                                             'learn.cycles=3')) == [1, 2, 3]
+    assert ensemble.snapshot_cycles(make_cfg()) is None
+
+
+def _numpy_self_verified(labels, posteriors, threshold, per_class):
+    """Greedy over all clips by falling posterior of their given label: take a clip whose
+    argmax is its label, whose label posterior exceeds the threshold, while its class has
+    fewer than per_class taken."""
+    taken, count = [], {}
+    own = posteriors[np.arange(len(labels)), labels]
+    for i in sorted(range(len(labels)), key=lambda i: (-own[i], i)):
+        if posteriors[i].argmax() != labels[i] or (threshold is not None and own[i] <= threshold):
+            continue
+        if count.get(labels[i], 0) < per_class:
+            count[labels[i]] = count.get(labels[i], 0) + 1
+            taken.append(i)
+    return sorted(taken)
+
+
+@pytest.mark.parametrize('threshold, per_class', [(0.95, 40), (0.95, 3), (None, 5), (0.6, 2)])
+def test_self_verification_rule_matches_numpy(threshold, per_class):
+    import self_verify
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, size=300)
+    # Peaked posteriors, many near the label, so that all three conditions bite.
+    logits = rng.normal(size=(300, 4)) * 3
+    logits[np.arange(300), labels] += rng.uniform(0, 6, size=300)
+    posteriors = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    got = self_verify.select(labels, posteriors, threshold, per_class)
+    assert got.tolist() == _numpy_self_verified(labels, posteriors, threshold, per_class)
+    assert np.bincount(labels[got], minlength=4).max() <= per_class
+
+
+@pytest.mark.parametrize('other', ['learn.folds=2', 'learn.lr_schedule=cyclic_cosine'])
+def test_self_verification_refuses_folds_and_cycles(make_cfg, other):
+    cfg = make_cfg('learn.mode=self_verify', other, 'learn.cycles=2', 'learn.cycle_epochs=50')
+    with pytest.raises(config.ConfigError, match='learn.mode self_verify makes its own 4 folds'):
+        learn.check(cfg)
+
+
+def test_sv_threshold_may_be_null(make_cfg):
+    assert make_cfg('learn.sv_threshold=null')['learn']['sv_threshold'] is None
+    with pytest.raises(config.ConfigError, match='learn.sv_threshold'):
+        make_cfg('learn.sv_threshold=1.5')
