@@ -1,8 +1,9 @@
 """Models by name (config key `learn.model`).
 
-Both models come from Fonseca, Font & Serra, "Model-agnostic approaches to handling noisy
-labels when training sound event classifiers", IEEE WASPAA 2019. Inputs are log-mel
+baseline and DenSE come from Fonseca, Font & Serra, "Model-agnostic approaches to handling
+noisy labels when training sound event classifiers", IEEE WASPAA 2019. Inputs are log-mel
 patches of shape (patch_len, n_mels, 1): time x mel bands x 1 channel (channels_last).
+The tagging models cnn_gru and vgg_gap (below) take any number of frames: (None, n_mels, 1).
 
 Every model ends in a float32 softmax, so that losses and metrics stay in float32 under a
 mixed_float16 policy, and names its penultimate representation 'embedding', so that a
@@ -102,7 +103,144 @@ def dense_se(input_shape, n_classes, cfg_learn):
     return keras.Model(inputs, outputs, name='DenSE')
 
 
-MODELS = {'baseline': baseline, 'DenSE': dense_se}
+# ----------------------------------------------------------------------------- tagging models
+# Both take log-mel inputs of any number of frames, (None, n_mels, 1), and are split into a
+# trunk (inputs -> the 'embedding' tensor) and an output part, so that other output heads
+# (sigmoid, sparsemax, multi-activation) can be put on the same trunk.
+
+def _conv_bn_relu(x, filters, kernel, strides=1, padding='same', name=None):
+    # No conv bias: the BN that follows subtracts the mean and adds its own offset.
+    x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False,
+                      kernel_initializer='he_normal')(x)
+    return layers.Activation('relu', name=name)(layers.BatchNormalization()(x))
+
+
+def _check_mels(input_shape, minimum, model):
+    if input_shape[1] < minimum:
+        raise ConfigError(f'{model} needs at least {minimum} mel bands (extract.n_mels), '
+                          f'got {input_shape[1]}')
+
+
+# ----------------------------------------------------------------------------- CNN-GRU
+# He, Shen, Zhang & Liu, "Staged training strategy and multi-activation for audio tagging
+# with noisy and sparse multi-label data" (DCASE 2019 task 2, 2nd place), section 2.2: four
+# conv blocks, a bidirectional GRU, pooling over time, two dense layers. The sizes are in
+# their Fig. 1, which our copy of the paper lacks. The blocks (2 x [3x3 conv, BN, ReLU]) are
+# those of Kong et al.'s 9-layer CNN ("Cross-task learning for audio tagging, sound event
+# detection and spatial localization: DCASE 2019 baseline systems"), the CNN family He et al.
+# cite for CNN-GRU taggers, so we take its widths, 64-128-256-512, and its average pooling,
+# here over frequency only: the time axis is kept whole for the GRU, and He et al. pool over
+# time only after it. The frequency bins left after four halvings are averaged (as Kong et
+# al. do), which makes the GRU's input 512 wide whatever extract.n_mels is. 256 GRU units
+# per direction keep the GRU's output as wide as the last conv block; the embedding has
+# 256 units. Choices, not the paper's numbers.
+
+CNN_GRU_FILTERS = (64, 128, 256, 512)
+CNN_GRU_UNITS = 256  # per direction
+CNN_GRU_EMBEDDING = 256
+TIME_POOLING = {'max': layers.GlobalMaxPooling1D, 'mean': layers.GlobalAveragePooling1D}
+
+
+def cnn_gru_trunk(inputs, cfg_learn, filters=CNN_GRU_FILTERS, units=CNN_GRU_UNITS,
+                  embedding=CNN_GRU_EMBEDDING):
+    """(batch, time, mel, 1) -> the 'embedding' (batch, embedding): conv blocks pooled over
+    frequency, bi-GRU over time, learn.time_pooling ('max' | 'mean') over time, dense ReLU."""
+    pooling = cfg_learn['time_pooling']
+    if pooling not in TIME_POOLING:
+        raise ConfigError(f'learn.time_pooling {pooling!r} is unknown; valid: '
+                          f'{", ".join(TIME_POOLING)}')
+    x = inputs
+    for width in filters:
+        x = _conv_bn_relu(_conv_bn_relu(x, width, 3), width, 3)
+        x = layers.AveragePooling2D((1, 2))(x)
+    x = layers.AveragePooling2D((1, x.shape[2]))(x)  # (batch, time, 1, width)
+    x = layers.Reshape((-1, filters[-1]))(x)          # (batch, time, width)
+    x = layers.Bidirectional(layers.GRU(units, return_sequences=True))(x)
+    x = TIME_POOLING[pooling]()(x)
+    return layers.Dense(embedding, activation='relu', name='embedding')(x)
+
+
+def cnn_gru(input_shape, n_classes, cfg_learn):
+    """CNN-GRU with a softmax output (see cnn_gru_trunk)."""
+    _check_mels(input_shape, 2 ** len(CNN_GRU_FILTERS), 'cnn_gru')
+    inputs = keras.Input(shape=(None,) + tuple(input_shape[1:]))
+    outputs = _softmax(cnn_gru_trunk(inputs, cfg_learn), n_classes)
+    return keras.Model(inputs, outputs, name='cnn_gru')
+
+
+# ----------------------------------------------------------------------------- VGG-GAP
+# Dorfer & Widmer, "Training general-purpose audio tagging networks with noisy labels and
+# iterative self-verification" (DCASE 2018 task 2, 2nd place): their released fully
+# convolutional VGG, which predicts clips of any length. Every conv is conv -> BN -> ReLU,
+# He-normal, 'same' unless marked; pools are max-pools. Their input is (bins, frames) and
+# their last pools are 1 x 2 over frames; ours is (frames, bins), so those are (2, 1). No
+# conv bias: with 128 bins and 41 classes this gives their published 14,865,124
+# parameters (conv kernels + 4 per BN channel, counting BN's running statistics).
+
+VGG_NF = 64
+# Rows in multiples of nf: ('conv', width, kernel[, stride, padding]), ('pool', size),
+# ('drop', rate); up to the last 3x3 conv, before the 1x1 layers.
+VGG_GAP_LAYERS = [
+    ('conv', 1, 5, 2), ('conv', 1, 3), ('pool', (2, 2)), ('drop', 0.3),
+    ('conv', 2, 3), ('conv', 2, 3), ('pool', (2, 2)), ('drop', 0.3),
+    ('conv', 4, 3), ('drop', 0.3), ('conv', 4, 3), ('drop', 0.3),
+    ('conv', 6, 3), ('drop', 0.3), ('conv', 6, 3), ('pool', (2, 2)), ('drop', 0.3),
+    ('conv', 8, 3), ('conv', 8, 3), ('pool', (2, 1)), ('drop', 0.3),
+    ('conv', 8, 3), ('conv', 8, 3), ('pool', (2, 1)), ('drop', 0.3),
+    ('conv', 8, 3, 1, 'valid'), ('drop', 0.5),
+]
+
+
+def _vgg_gap_size(n, axis):
+    """Size left on axis (0 time, 1 mel) before the 'valid' 3x3 conv, for n input bins."""
+    n = -(-n // 2)  # the stride-2 'same' conv rounds up
+    for kind, *args in VGG_GAP_LAYERS:
+        if kind == 'pool':
+            n //= args[0][axis]
+    return n
+
+
+# The 'valid' 3x3 conv needs 3 x 3 positions: the shortest input it accepts.
+VGG_GAP_MIN_FRAMES = next(n for n in range(1, 10 ** 4) if _vgg_gap_size(n, 0) >= 3)
+VGG_GAP_MIN_MELS = next(n for n in range(1, 10 ** 4) if _vgg_gap_size(n, 1) >= 3)
+
+
+def vgg_gap_trunk(inputs, cfg_learn, nf=VGG_NF):
+    """(batch, time, mel, 1) -> the 'embedding': the per-position output of the 1x1 conv
+    with 8 nf channels, (batch, time', mel', 8 nf). It is a map, not a vector: the released
+    classifier normalises its per-class maps (BN over positions) before averaging them.
+    cfg_learn is unused (the released network has no settings); nf scales every width."""
+    x = inputs
+    for kind, *args in VGG_GAP_LAYERS:
+        if kind == 'conv':
+            width, kernel, *rest = args
+            x = _conv_bn_relu(x, width * nf, kernel, *rest)
+        elif kind == 'pool':
+            x = layers.MaxPooling2D(args[0])(x)
+        else:
+            x = layers.Dropout(args[0])(x)
+    return _conv_bn_relu(x, 8 * nf, 1, name='embedding')
+
+
+def class_map_logits(x, n_classes):
+    """Dorfer & Widmer's classifier: a 1x1 conv to one map per class, BN (no ReLU), and the
+    average of each map over time and frequency -> logits (batch, n_classes)."""
+    x = layers.Conv2D(n_classes, 1, padding='same', use_bias=False,
+                      kernel_initializer='he_normal')(x)
+    return layers.GlobalAveragePooling2D()(layers.BatchNormalization()(x))
+
+
+def vgg_gap(input_shape, n_classes, cfg_learn):
+    """Dorfer & Widmer's VGG with global average pooling and a softmax output; it needs at
+    least VGG_GAP_MIN_FRAMES frames (they train on 384) and VGG_GAP_MIN_MELS mel bands."""
+    _check_mels(input_shape, VGG_GAP_MIN_MELS, 'vgg_gap')
+    inputs = keras.Input(shape=(None,) + tuple(input_shape[1:]))
+    x = layers.Dropout(0.5)(vgg_gap_trunk(inputs, cfg_learn))
+    outputs = layers.Activation('softmax', dtype='float32')(class_map_logits(x, n_classes))
+    return keras.Model(inputs, outputs, name='vgg_gap')
+
+
+MODELS = {'baseline': baseline, 'DenSE': dense_se, 'cnn_gru': cnn_gru, 'vgg_gap': vgg_gap}
 
 
 def check(cfg):

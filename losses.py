@@ -34,6 +34,65 @@ def lq_loss(y_true, y_pred, q):
     return -ops.expm1(q * ops.log(s)) / q
 
 
+def bce(y_true, y_pred):
+    """Binary cross-entropy per example, the mean over the K classes of
+    -[y_k log p_k + (1 - y_k) log(1 - p_k)], for sigmoid outputs p (multi-label)."""
+    p = ops.clip(y_pred, P_MIN, 1.0 - P_MIN)
+    return -ops.mean(y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p), axis=-1)
+
+
+def normalise_targets(y_true):
+    """Multi-hot targets -> distributions (each row / its sum; a row of zeros stays zero).
+
+    He et al. (DCASE 2019 task 2) treat a clip's several labels "as uniformly distributed"
+    for the single-distribution branches: softmax-CE (cce on these targets) and sparsemax.
+    """
+    return y_true / ops.maximum(ops.sum(y_true, axis=-1, keepdims=True), 1e-12)
+
+
+# ----------------------------------------------------------------------------- sparsemax
+# Martins & Astudillo, "From softmax to sparsemax: a sparse model of attention and
+# multi-label classification", ICML 2016; as used by He, Shen, Zhang & Liu, "Staged
+# training strategy and multi-activation for audio tagging with noisy and sparse
+# multi-label data" (Eq. 5-9).
+
+def _sparsemax_threshold(z):
+    """tau(z) [..., 1] over the last axis (He et al. Eq. 6-8): sort descending, find the
+    support size k(z) = max{k : 1 + k z_(k) > sum_{j<=k} z_(j)}, tau = (sum_{j<=k(z)} z_(j)
+    - 1) / k(z). The gradient flows through the sorted sum to the support's logits."""
+    z_sorted = ops.flip(ops.sort(z, axis=-1), axis=-1)
+    k = ops.arange(1, z.shape[-1] + 1, dtype=z.dtype)
+    cumsum = ops.cumsum(z_sorted, axis=-1)
+    k_z = ops.max(ops.where(1.0 + k * z_sorted > cumsum, k, 0.0), axis=-1, keepdims=True)
+    top_sum = ops.take_along_axis(cumsum, ops.cast(k_z, 'int32') - 1, axis=-1)
+    return (top_sum - 1.0) / k_z
+
+
+def sparsemax(logits):
+    """Euclidean projection of the logits onto the probability simplex, over the last axis:
+    max(z - tau(z), 0). Like softmax it keeps the order of the logits, but it gives exactly 0
+    to the classes below tau, so a peaked input yields a sparse (even one-hot) output.
+    Computed in float32 (a float16 sort and cumulative sum would lose the threshold)."""
+    z = ops.cast(logits, 'float32')
+    return ops.maximum(z - _sparsemax_threshold(z), 0.0)
+
+
+def sparsemax_loss(y_true, logits):
+    """Sparsemax loss per example (He et al. Eq. 9; Martins & Astudillo Prop. 3):
+    L(z; q) = -q.z + 1/2 sum_{j in S(z)} (z_j^2 - tau(z)^2) + 1/2 |q|^2,
+    with q = y_true normalised to sum 1 and S(z) the support of sparsemax(z). L >= 0, with
+    0 exactly when sparsemax(z) = q; its gradient with respect to z is sparsemax(z) - q.
+    Takes the logits (pre-activation), not probabilities: tau and S need z itself."""
+    z = ops.cast(logits, 'float32')
+    q = normalise_targets(ops.cast(y_true, 'float32'))
+    tau = _sparsemax_threshold(z)
+    # The support mask is piecewise constant: no gradient is lost by its cast.
+    support = ops.cast(ops.greater(z, tau), 'float32')
+    return (-ops.sum(q * z, axis=-1)
+            + 0.5 * ops.sum(support * (z * z - tau * tau), axis=-1)
+            + 0.5 * ops.sum(q * q, axis=-1))
+
+
 def weighted_mean(losses, weights):
     """sum(w l) / sum(w): the mean over the examples that are kept (weight 1)."""
     return ops.sum(weights * losses) / ops.maximum(ops.sum(weights), 1e-12)

@@ -1,11 +1,30 @@
-"""Write a synthetic dataset in the FSDnoisy18k layout, for demos and tests.
+"""Write a synthetic dataset in the FSDnoisy18k, FSDKaggle2018 or FSDKaggle2019 layout,
+for demos and tests.
 
-    python synthetic.py --out data/synthetic [--n-classes 20] [--noise-rate 0.4] ...
+    python synthetic.py --out data/synthetic [--layout fsdkaggle2019] [--max-labels 2] ...
 
-Layout (as FSDnoisy18k):
-    DIR/FSDnoisy18k.audio_train/<id>.wav   DIR/FSDnoisy18k.audio_test/<id>.wav
-    DIR/FSDnoisy18k.meta/train.csv  fname,label,aso_id,manually_verified,noisy_small,true_label
-    DIR/FSDnoisy18k.meta/test.csv   fname,label,aso_id
+Layouts (--layout; the default fsdnoisy18k writes the same bytes as before layouts existed):
+    fsdnoisy18k    DIR/FSDnoisy18k.audio_train/<id>.wav   DIR/FSDnoisy18k.audio_test/<id>.wav
+                   DIR/FSDnoisy18k.meta/train.csv  fname,label,aso_id,manually_verified,
+                                                   noisy_small,true_label
+                   DIR/FSDnoisy18k.meta/test.csv   fname,label,aso_id
+    fsdkaggle2018  DIR/FSDKaggle2018.audio_train/   DIR/FSDKaggle2018.audio_test/
+                   DIR/FSDKaggle2018.meta/train_post_competition.csv  fname,label,
+                       manually_verified,freesound_id,license,true_label
+                   DIR/FSDKaggle2018.meta/test_post_competition_scoring_clips.csv  fname,
+                       label,usage,freesound_id,license
+    fsdkaggle2019  DIR/FSDKaggle2019.audio_train_curated/ (verified clips)
+                   DIR/FSDKaggle2019.audio_train_noisy/   (unverified clips)
+                   DIR/FSDKaggle2019.audio_test/
+                   DIR/FSDKaggle2019.meta/train_curated_post_competition.csv and
+                       train_noisy_post_competition.csv  fname,labels,freesound_id,license,
+                       true_labels
+                   DIR/FSDKaggle2019.meta/test_post_competition.csv  fname,labels,usage,
+                       freesound_id,license
+In fsdkaggle2019, labels and true_labels are comma-joined class names in name order, quoted
+by the CSV writer; class names hold no commas. freesound_id is the clip's numeric id, the
+license one constant, and usage is Public for ids divisible by 5 (about a fifth, as in the
+real test sets), else Private.
 
 Each class is one recipe: a sound family (tonal, noise band, harmonic, chirp, impulsive,
 AM, FM) and a class-specific range of that family's key parameter (frequency, formant
@@ -13,12 +32,16 @@ centre or rate). Classes of one family have neighbouring, disjoint ranges, so th
 learnable from log-mel patches but not trivially; every clip draws its own parameters
 inside its class's range, its own envelope, level and background noise (SNR 5-30 dB).
 
-Labels: per class, round(clean_fraction x train_per_class) train clips are the clean
-subset (manually_verified=1, correct label). Of all other (noisy) train clips, exactly
-round(noise_rate x n_noisy) are drawn at random over the whole noisy subset (not per
-class) and get a label drawn uniformly from the OTHER classes. true_label always holds
-the true class; noisy_small marks a random floor(n_noisy / 2) of the noisy clips.
-Test labels are always correct.
+Labels: every class has train_per_class train clips (and test_per_class test clips) whose
+primary source is of that class; with --max-labels M (fsdkaggle2019 only) a clip also mixes
+sources of other distinct classes (its number of labels uniform in 1..M) and is labelled
+with all of them. Per class, round(clean_fraction x train_per_class) train clips are the
+clean subset (manually_verified=1, or curated; correct labels). Of all other (noisy) train
+clips, exactly round(noise_rate x n_noisy) are drawn at random over the whole noisy subset
+(not per class); in each, the label of the primary source is replaced by a class drawn
+uniformly from those not in the clip. true_label(s) always hold the truth; noisy_small
+(fsdnoisy18k) marks a random floor(n_noisy / 2) of the noisy clips. Test labels are always
+correct.
 
 The same arguments give a byte-identical dataset: one numpy Generator seeded once, a
 fixed drawing order, integer PCM written by us, no timestamps. Every file is written
@@ -29,6 +52,7 @@ import inspect
 import sys
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -195,10 +219,16 @@ def _envelope(rng, n, sr):
     return env * np.minimum((n - 1 - np.arange(n)) / (0.01 * sr), 1)
 
 
-def synth_clip(rng, recipe, n, sr):
-    """One clip of a class recipe: signal x envelope + pink background, peak 0.1-0.9."""
-    family, band, member = recipe
-    signal = FAMILIES[family][0](rng, n, sr, band, member) * _envelope(rng, n, sr)
+def synth_mix(rng, recipes, n, sr):
+    """One clip of the sources of several class recipes: each source is signal x envelope;
+    several are brought to unit RMS (so that none drowns the others) and summed; then a
+    pink background at 5-30 dB SNR and a peak of 0.1-0.9."""
+    sources = [FAMILIES[family][0](rng, n, sr, band, member) * _envelope(rng, n, sr)
+               for family, band, member in recipes]
+    # A lone source is left as it is: the clip is rescaled at the end anyway, and the
+    # single-label datasets stay byte-identical to those written before mixing existed.
+    signal = sources[0] if len(sources) == 1 else sum(
+        source / (np.sqrt(np.mean(source ** 2)) + 1e-12) for source in sources)
     noise = _pink_noise(rng, n, sr)
     snr_db = rng.uniform(5, 30)
     scale = np.sqrt(np.mean(signal ** 2) / (np.mean(noise ** 2) * 10 ** (snr_db / 10) + 1e-20))
@@ -206,7 +236,12 @@ def synth_clip(rng, recipe, n, sr):
     return clip * rng.uniform(0.1, 0.9) / (np.max(np.abs(clip)) + 1e-12)
 
 
-# ----------------------------------------------------------------------------- dataset
+def synth_clip(rng, recipe, n, sr):
+    """One clip of a class recipe: signal x envelope + pink background, peak 0.1-0.9."""
+    return synth_mix(rng, [recipe], n, sr)
+
+
+# ----------------------------------------------------------------------------- clips
 
 def _length_range(min_dur, max_dur, sr):
     """Inclusive clip lengths in samples; the 1e-9 keeps 0.2 s x 16000 Hz at 3200."""
@@ -214,7 +249,7 @@ def _length_range(min_dur, max_dur, sr):
 
 
 def _check_args(n_classes, train_per_class, test_per_class, clean_fraction, noise_rate,
-                min_dur, max_dur, sr):
+                min_dur, max_dur, sr, layout, max_labels):
     checks = [
         (n_classes >= 2, f'n_classes must be at least 2, got {n_classes}'),
         (train_per_class >= 1, f'train_per_class must be at least 1, got {train_per_class}'),
@@ -224,6 +259,11 @@ def _check_args(n_classes, train_per_class, test_per_class, clean_fraction, nois
         (0 < min_dur <= max_dur, f'durations need 0 < min_dur <= max_dur, got '
                                  f'{min_dur} and {max_dur}'),
         (sr >= MIN_SR, f'sr must be at least {MIN_SR} Hz, got {sr}'),
+        (layout in LAYOUTS, f'layout {layout!r} is unknown; valid: {", ".join(LAYOUTS)}'),
+        (max_labels == 1 or layout == 'fsdkaggle2019',
+         f'max_labels {max_labels} needs the multi-label layout fsdkaggle2019'),
+        (1 <= max_labels < n_classes, f'max_labels must be in [1, n_classes - 1] (a wrong '
+                                      f'label must exist), got {max_labels}'),
     ]
     low, high = _length_range(min_dur, max_dur, sr)
     checks.append((0 < low <= high, f'no clip length of a whole number of samples lies '
@@ -233,19 +273,42 @@ def _check_args(n_classes, train_per_class, test_per_class, clean_fraction, nois
             raise ConfigError(message)
 
 
-def _train_labels(rng, n_classes, train_per_class, clean_fraction, noise_rate):
-    """-> (true, label, verified, noisy_small) int arrays, class-major order."""
-    true = np.repeat(np.arange(n_classes), train_per_class)
+def _label_sets(rng, primary, n_classes, max_labels):
+    """Each clip's classes: its primary class first, then other distinct classes drawn
+    uniformly, the number of labels uniform in 1..max_labels. No draws for max_labels 1."""
+    if max_labels == 1:
+        return [[int(c)] for c in primary]
+    counts = rng.integers(1, max_labels + 1, len(primary))
+    return [[int(c)] + [int(o) for o in rng.choice(np.delete(np.arange(n_classes), c), k - 1,
+                                                   replace=False)]
+            for c, k in zip(primary, counts)]
+
+
+def _wrong_class(classes, step, n_classes):
+    """The step-th class after the clip's first one, counting cyclically and skipping the
+    clip's classes: uniform over the classes not in the clip when step is uniform in
+    1..n_classes - len(classes); for a single class c it is (c + step) mod n_classes."""
+    after = [(classes[0] + j) % n_classes for j in range(1, n_classes)]
+    return [c for c in after if c not in classes][step - 1]
+
+
+def _train_labels(rng, n_classes, train_per_class, clean_fraction, noise_rate, max_labels):
+    """-> (true, label, verified, noisy_small): true and label hold each clip's class list
+    (primary first), verified and noisy_small are int arrays; class-major order."""
+    primary = np.repeat(np.arange(n_classes), train_per_class)
     n_clean = round(clean_fraction * train_per_class)
-    verified = np.zeros(len(true), dtype=int)
+    verified = np.zeros(len(primary), dtype=int)
     for c in range(n_classes):
         verified[c * train_per_class + rng.permutation(train_per_class)[:n_clean]] = 1
+    true = _label_sets(rng, primary, n_classes, max_labels)
     noisy = np.flatnonzero(verified == 0)
     wrong = rng.choice(noisy, size=round(noise_rate * len(noisy)), replace=False)
-    label = true.copy()
-    # An offset 1..n-1 modulo n is a uniform draw among the other classes.
-    label[wrong] = (true[wrong] + rng.integers(1, n_classes, len(wrong))) % n_classes
-    noisy_small = np.zeros(len(true), dtype=int)
+    # One draw per mislabelled clip, among the classes it does not hold.
+    steps = rng.integers(1, n_classes + 1 - np.array([len(true[i]) for i in wrong], dtype=int))
+    label = [list(classes) for classes in true]
+    for i, step in zip(wrong, steps):
+        label[i][0] = _wrong_class(true[i], step, n_classes)
+    noisy_small = np.zeros(len(primary), dtype=int)
     noisy_small[rng.choice(noisy, size=len(noisy) // 2, replace=False)] = 1
     return true, label, verified, noisy_small
 
@@ -257,62 +320,144 @@ def _write_wav(path, clip, sr):
         sf.write(tmp, pcm, sr, format='WAV', subtype='PCM_16')
 
 
-def _write_audio(rng, folder, fnames, classes, recipes, min_dur, max_dur, sr):
+def _write_audio(rng, out, clips, recipes, min_dur, max_dur, sr):
+    """clips: (folder, fname, class list) in drawing order."""
     low, high = _length_range(min_dur, max_dur, sr)
-    for fname, c in zip(fnames, classes):
+    for folder, fname, classes in clips:
         n = int(rng.integers(low, high + 1))
-        _write_wav(folder / fname, synth_clip(rng, recipes[c], n, sr), sr)
+        _write_wav(out / folder / fname, synth_mix(rng, [recipes[c] for c in classes], n, sr), sr)
 
+
+# ----------------------------------------------------------------------------- layouts
+# A table builder: (train clips, test clips, class names) -> one DataFrame per metadata
+# file. Clips are DataFrames: train (fname, labels, true, verified, noisy_small), test
+# (fname, true), where labels / true hold class-index lists.
+
+LICENSE = 'Creative Commons 0'
+
+
+def _name(names, clips):
+    """Single-label layouts: each clip's one class name."""
+    return [names[classes[0]] for classes in clips]
+
+
+def _joined(names, clips):
+    """Multi-label layouts: each clip's class names, in name order, comma-joined."""
+    return [','.join(sorted(names[c] for c in classes)) for classes in clips]
+
+
+def _provenance(fnames):
+    return {'freesound_id': [int(f.split('.')[0]) for f in fnames], 'license': LICENSE}
+
+
+def _usage(fnames):
+    return ['Public' if int(f.split('.')[0]) % 5 == 0 else 'Private' for f in fnames]
+
+
+def _fsdnoisy18k_tables(train, test, names):
+    aso = [f'/m/syn{k:02d}' for k in range(len(names))]
+    return [
+        pd.DataFrame({'fname': train.fname, 'label': _name(names, train.labels),
+                      'aso_id': _name(aso, train.labels), 'manually_verified': train.verified,
+                      'noisy_small': train.noisy_small, 'true_label': _name(names, train.true)}),
+        pd.DataFrame({'fname': test.fname, 'label': _name(names, test.true),
+                      'aso_id': _name(aso, test.true)})]
+
+
+def _fsdkaggle2018_tables(train, test, names):
+    return [
+        pd.DataFrame({'fname': train.fname, 'label': _name(names, train.labels),
+                      'manually_verified': train.verified, **_provenance(train.fname),
+                      'true_label': _name(names, train.true)}),
+        pd.DataFrame({'fname': test.fname, 'label': _name(names, test.true),
+                      'usage': _usage(test.fname), **_provenance(test.fname)})]
+
+
+def _fsdkaggle2019_tables(train, test, names):
+    def train_table(clips):
+        return pd.DataFrame({'fname': clips.fname, 'labels': _joined(names, clips.labels),
+                             **_provenance(clips.fname), 'true_labels': _joined(names, clips.true)})
+    return [train_table(train[train.verified == 1]), train_table(train[train.verified == 0]),
+            pd.DataFrame({'fname': test.fname, 'labels': _joined(names, test.true),
+                          'usage': _usage(test.fname), **_provenance(test.fname)})]
+
+
+class Layout(NamedTuple):
+    meta: str             # metadata folder
+    train_dirs: tuple     # audio folders of the (verified, unverified) train clips
+    test_dir: str
+    csvs: tuple           # metadata files, in the order that tables returns them
+    tables: Callable
+
+
+LAYOUTS = {
+    'fsdnoisy18k': Layout(META_DIR, (TRAIN_DIR, TRAIN_DIR), TEST_DIR, ('train.csv', 'test.csv'),
+                          _fsdnoisy18k_tables),
+    'fsdkaggle2018': Layout(
+        'FSDKaggle2018.meta', ('FSDKaggle2018.audio_train',) * 2, 'FSDKaggle2018.audio_test',
+        ('train_post_competition.csv', 'test_post_competition_scoring_clips.csv'),
+        _fsdkaggle2018_tables),
+    'fsdkaggle2019': Layout(
+        'FSDKaggle2019.meta',
+        ('FSDKaggle2019.audio_train_curated', 'FSDKaggle2019.audio_train_noisy'),
+        'FSDKaggle2019.audio_test',
+        ('train_curated_post_competition.csv', 'train_noisy_post_competition.csv',
+         'test_post_competition.csv'),
+        _fsdkaggle2019_tables),
+}
+
+
+# ----------------------------------------------------------------------------- dataset
 
 def make_dataset(out, n_classes=20, train_per_class=40, test_per_class=10,
                  clean_fraction=0.1, noise_rate=0.4, min_dur=0.5, max_dur=4.0, sr=22050,
-                 seed=0):
+                 seed=0, layout='fsdnoisy18k', max_labels=1):
     """Write the dataset under `out` (see the module docstring); return out as a Path."""
     _check_args(n_classes, train_per_class, test_per_class, clean_fraction, noise_rate,
-                min_dur, max_dur, sr)
-    out = Path(out)
-    meta = out / META_DIR
-    if (meta / 'train.csv').exists() or (meta / 'test.csv').exists():
+                min_dur, max_dur, sr, layout, max_labels)
+    spec, out = LAYOUTS[layout], Path(out)
+    meta = out / spec.meta
+    if any((meta / name).exists() for name in spec.csvs):
         raise ConfigError(f'{meta} already holds a dataset; choose another --out folder '
                           f'or delete this one')
     started = time.time()
     rng = np.random.default_rng(seed)
     names, recipes = class_names(n_classes), class_recipes(n_classes)
-    aso = [f'/m/syn{k:02d}' for k in range(n_classes)]
     true, label, verified, noisy_small = _train_labels(rng, n_classes, train_per_class,
-                                                       clean_fraction, noise_rate)
-    test_true = np.repeat(np.arange(n_classes), test_per_class)
+                                                       clean_fraction, noise_rate, max_labels)
+    test_true = _label_sets(rng, np.repeat(np.arange(n_classes), test_per_class), n_classes,
+                            max_labels)
     ids = 100000 + rng.choice(900000, size=len(true) + len(test_true), replace=False)
-    train_fnames = [f'{i}.wav' for i in ids[:len(true)]]
-    test_fnames = [f'{i}.wav' for i in ids[len(true):]]
-    for folder, fnames, classes in [(TRAIN_DIR, train_fnames, true),
-                                    (TEST_DIR, test_fnames, test_true)]:
+    fnames = [f'{i}.wav' for i in ids]
+    train = pd.DataFrame({'fname': fnames[:len(true)], 'labels': label, 'true': true,
+                          'verified': verified, 'noisy_small': noisy_small})
+    test = pd.DataFrame({'fname': fnames[len(true):], 'true': test_true})
+    for folder in {*spec.train_dirs, spec.test_dir}:
         (out / folder).mkdir(parents=True, exist_ok=True)
-        _write_audio(rng, out / folder, fnames, classes, recipes, min_dur, max_dur, sr)
-
-    train = pd.DataFrame({
-        'fname': train_fnames, 'label': [names[c] for c in label],
-        'aso_id': [aso[c] for c in label], 'manually_verified': verified,
-        'noisy_small': noisy_small, 'true_label': [names[c] for c in true]})
-    test = pd.DataFrame({'fname': test_fnames, 'label': [names[c] for c in test_true],
-                         'aso_id': [aso[c] for c in test_true]})
+    clips = ([(spec.train_dirs[1 - v], f, c) for f, c, v in zip(train.fname, true, verified)]
+             + [(spec.test_dir, f, c) for f, c in zip(test.fname, test_true)])
+    _write_audio(rng, out, clips, recipes, min_dur, max_dur, sr)
     # Rows sorted by id, so that no consumer can rely on a class-grouped order.
-    atomic_write_text(meta / 'train.csv', train.sort_values('fname').to_csv(index=False))
-    atomic_write_text(meta / 'test.csv', test.sort_values('fname').to_csv(index=False))
+    for name, table in zip(spec.csvs, spec.tables(train, test, names)):
+        atomic_write_text(meta / name, table.sort_values('fname').to_csv(index=False))
     n_noisy = int((verified == 0).sum())
-    print(f'synthetic dataset: {n_classes} classes, {len(true)} train clips '
-          f'({len(true) - n_noisy} clean, {n_noisy} noisy of which '
-          f'{int((label != true).sum())} mislabelled), {len(test_true)} test clips, '
-          f'sr {sr} Hz -> {out} ({time.time() - started:.1f} s)')
+    n_wrong = sum(a != b for a, b in zip(label, true))
+    per_clip = f', 1-{max_labels} labels per clip' if max_labels > 1 else ''
+    print(f'synthetic dataset ({layout}): {n_classes} classes, {len(true)} train clips '
+          f'({len(true) - n_noisy} clean, {n_noisy} noisy of which {n_wrong} mislabelled), '
+          f'{len(test_true)} test clips{per_clip}, sr {sr} Hz -> {out} '
+          f'({time.time() - started:.1f} s)')
     return out
 
 
 # Help for the command-line flags; their types and defaults come from make_dataset.
 HELP = {
-    'clean_fraction': "fraction of each class's train clips that is verified",
+    'clean_fraction': "fraction of each class's train clips that is verified (curated)",
     'noise_rate': 'fraction of the noisy (unverified) train clips with a wrong label',
     'min_dur': 'shortest clip, seconds', 'max_dur': 'longest clip, seconds',
     'sr': 'sample rate, Hz',
+    'layout': 'folders and CSVs of: fsdnoisy18k, fsdkaggle2018 or fsdkaggle2019',
+    'max_labels': 'most labels (mixed sources) per clip; fsdkaggle2019 only',
 }
 
 

@@ -70,6 +70,17 @@ def make_cfg():
     return make
 
 
+@pytest.fixture
+def mixed_float16():
+    """The mixed_float16 Keras policy for one test, float32 again afterwards."""
+    import keras
+    keras.mixed_precision.set_global_policy('mixed_float16')
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy('float32')
+
+
 # Clip lengths in frames for patch_len 8, hop 3: short (wraps), exact, long, failed (0).
 CLIP_LENGTHS = [5, 8, 20, 0, 14, 1]
 

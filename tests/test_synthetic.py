@@ -106,3 +106,133 @@ def test_command_line(tmp_path, capsys):
     assert '2 classes, 8 train clips' in capsys.readouterr().out
     assert synthetic.main(args) == 2
     assert 'already holds' in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- layouts
+
+def test_fsdnoisy18k_output_is_unchanged_by_layouts(syn_dataset):
+    # Figures of the dataset that SMALL gave before layouts and mixing existed: the CSV
+    # bytes, every file's length (both platform-independent: integer draws) and the total
+    # absolute PCM (any change of the drawing order changes it by far more than the 1-LSB
+    # rounding differences another CPU's floating point could cause).
+    meta = syn_dataset / synthetic.META_DIR
+    assert hashlib.sha1((meta / 'train.csv').read_bytes()).hexdigest() == \
+        '4ab61abb138ecc012d3ca5efd2932ecb57dec28b'
+    assert hashlib.sha1((meta / 'test.csv').read_bytes()).hexdigest() == \
+        'c6ebac4b351be1e8b931b90d755cb0fd499b6b42'
+    wavs = sorted(syn_dataset.rglob('*.wav'))
+    frames = ''.join(f'{p.relative_to(syn_dataset).as_posix()}:{sf.info(p).frames}\n'
+                     for p in wavs)
+    assert hashlib.sha1(frames.encode()).hexdigest() == 'e2c0056e845e3674313b1331169cff7b8946d0a0'
+    total = sum(int(np.abs(sf.read(p, dtype='int16')[0].astype(np.int64)).sum()) for p in wavs)
+    assert abs(total - 920724415) <= 1000
+
+
+KAGGLE = dict(n_classes=6, train_per_class=12, test_per_class=3, clean_fraction=0.25,
+              noise_rate=0.3, min_dur=0.2, max_dur=0.3, sr=16000, seed=3)
+
+
+@pytest.fixture(scope='module')
+def kaggle2018(tmp_path_factory):
+    return synthetic.make_dataset(tmp_path_factory.mktemp('k18') / 'data',
+                                  layout='fsdkaggle2018', **KAGGLE)
+
+
+@pytest.fixture(scope='module')
+def kaggle2019(tmp_path_factory):
+    return synthetic.make_dataset(tmp_path_factory.mktemp('k19') / 'data',
+                                  layout='fsdkaggle2019', max_labels=3, **KAGGLE)
+
+
+def _split(column):
+    return [set(value.split(',')) for value in column]
+
+
+def test_fsdkaggle2018_files_columns_and_noise(kaggle2018):
+    meta = kaggle2018 / 'FSDKaggle2018.meta'
+    train = pd.read_csv(meta / 'train_post_competition.csv')
+    test = pd.read_csv(meta / 'test_post_competition_scoring_clips.csv')
+    assert list(train.columns) == ['fname', 'label', 'manually_verified', 'freesound_id',
+                                   'license', 'true_label']
+    assert list(test.columns) == ['fname', 'label', 'usage', 'freesound_id', 'license']
+    assert len(train) == 72 and len(test) == 18
+    assert set(test.usage) <= {'Public', 'Private'}
+    assert (train.freesound_id.astype(str) + '.wav' == train.fname).all()
+    for folder, table in [('FSDKaggle2018.audio_train', train), ('FSDKaggle2018.audio_test', test)]:
+        assert sorted(p.name for p in (kaggle2018 / folder).iterdir()) == sorted(table.fname)
+    verified, noisy = train[train.manually_verified == 1], train[train.manually_verified == 0]
+    assert (verified.groupby('true_label').size() == 3).all()
+    assert (verified.label == verified.true_label).all()
+    assert (noisy.label != noisy.true_label).sum() == round(0.3 * len(noisy))
+    assert set(train.label) <= set(synthetic.class_names(6))
+
+
+def test_fsdkaggle2019_files_columns_and_label_counts(kaggle2019):
+    meta = kaggle2019 / 'FSDKaggle2019.meta'
+    files = ['train_curated_post_competition.csv', 'train_noisy_post_competition.csv',
+             'test_post_competition.csv']
+    curated, noisy, test = (pd.read_csv(meta / name) for name in files)
+    for table in (curated, noisy):
+        assert list(table.columns) == ['fname', 'labels', 'freesound_id', 'license', 'true_labels']
+    assert list(test.columns) == ['fname', 'labels', 'usage', 'freesound_id', 'license']
+    assert (len(curated), len(noisy), len(test)) == (6 * 3, 6 * 9, 18)
+    for folder, table in [('audio_train_curated', curated), ('audio_train_noisy', noisy),
+                          ('audio_test', test)]:
+        wavs = sorted(p.name for p in (kaggle2019 / f'FSDKaggle2019.{folder}').iterdir())
+        assert wavs == sorted(table.fname)
+    names = set(synthetic.class_names(6))
+    for name, table in zip(files, (curated, noisy, test)):
+        assert {len(s) for s in _split(table.labels)} == {1, 2, 3}  # 1..M, each drawn
+        assert all(s <= names for s in _split(table.labels))
+        assert all(v == ','.join(sorted(v.split(','))) for v in table.labels)
+        # Round trip: the writer quoted each list that holds a comma, pandas unquoted it.
+        raw = (meta / name).read_text()
+        assert all(f'"{v}"' in raw for v in table.labels if ',' in v)
+    assert (curated.labels == curated.true_labels).all()
+
+
+def test_fsdkaggle2019_noise_changes_one_label_of_the_asked_share(kaggle2019):
+    noisy = pd.read_csv(kaggle2019 / 'FSDKaggle2019.meta' / 'train_noisy_post_competition.csv')
+    labels, true = _split(noisy.labels), _split(noisy.true_labels)
+    changed = [(l, t) for l, t in zip(labels, true) if l != t]
+    assert len(changed) == round(0.3 * len(noisy))
+    for label, truth in changed:
+        assert len(label) == len(truth)
+        assert len(label - truth) == 1 and len(truth - label) == 1  # one label swapped
+    # max_labels 1 in the 2019 layout: single labels, same noise rule.
+    single = synthetic.make_dataset(kaggle2019.parent / 'single', layout='fsdkaggle2019',
+                                    **{**KAGGLE, 'train_per_class': 4, 'test_per_class': 1})
+    table = pd.read_csv(single / 'FSDKaggle2019.meta' / 'train_noisy_post_competition.csv')
+    assert not table.labels.str.contains(',').any()
+    assert (table.labels != table.true_labels).sum() == round(0.3 * len(table))
+
+
+def test_mixed_clip_holds_each_source():
+    # Two tonal classes (family members 0 and 2 of 20 classes): the spectrum of their mix
+    # peaks inside both class bands.
+    recipes = synthetic.class_recipes(20)
+    tonal = [r for r in recipes if r[0] == 'tonal']
+    low, high = tonal[0], tonal[2]
+    sr, n = 16000, 16000
+    clip = synthetic.synth_mix(np.random.default_rng(1), [low, high], n, sr)
+    spectrum, freqs = np.abs(np.fft.rfft(clip)), np.fft.rfftfreq(n, 1 / sr)
+    for _, (a, b), _ in (low, high):
+        band = (freqs >= a - 1) & (freqs <= b + 1)
+        assert spectrum[band].max() > 0.2 * spectrum.max()
+
+
+def test_layout_arguments_are_checked(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="layout 'fsd50k' is unknown; valid: fsdnoisy18k, "
+                                          "fsdkaggle2018, fsdkaggle2019"):
+        synthetic.make_dataset(tmp_path / 'x', layout='fsd50k', **SMALL)
+    with pytest.raises(ConfigError, match='needs the multi-label layout fsdkaggle2019'):
+        synthetic.make_dataset(tmp_path / 'x', layout='fsdkaggle2018', max_labels=2, **SMALL)
+    with pytest.raises(ConfigError, match='max_labels must be in'):
+        synthetic.make_dataset(tmp_path / 'x', layout='fsdkaggle2019', max_labels=3, **SMALL)
+    args = ['--out', str(tmp_path / 'cli'), '--layout', 'fsdkaggle2019', '--max-labels', '2',
+            '--n-classes', '3', '--train-per-class', '2', '--test-per-class', '1',
+            '--min-dur', '0.1', '--max-dur', '0.2', '--sr', '16000']
+    assert synthetic.main(args) == 0
+    assert '(fsdkaggle2019): 3 classes, 6 train clips' in capsys.readouterr().out
+    assert synthetic.main(args) == 2
+    assert 'already holds' in capsys.readouterr().err

@@ -1,0 +1,199 @@
+"""Evaluation metrics by name (config key `recognizer.metrics`).
+
+Every entry of METRICS maps (y_true [N, K] multi-hot truth, scores [N, K] clip scores) to a
+dict of results.json-ready figures: floats for the overall figures and, under 'per_class', a
+dict of per-class arrays in class order (per_class_dict turns those into {class: {...}}).
+
+Ties in the scores: lwlrap counts a tied label as ranked above (the pessimistic rank, as
+sklearn's label_ranking_average_precision_score); MAP@k and top-1 break ties by the lower
+class index (a stable sort). Real-valued network scores are practically never tied.
+"""
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+from sklearn.metrics import (confusion_matrix, label_ranking_average_precision_score,
+                             precision_recall_fscore_support)
+
+from config import ConfigError
+from utils import atomic_path
+
+PRF1_THRESHOLD = 0.5  # prf1 on multi-label truth: a class is predicted when its score >= this
+
+
+def _positives(y_true):
+    """Multi-hot truth (any numeric dtype) -> bool [N, K]."""
+    return np.asarray(y_true) > 0
+
+
+def _single_label(y_true, metric):
+    """Class index per clip; refuses truth that is not exactly one label per clip."""
+    truth = _positives(y_true)
+    counts = truth.sum(axis=1)
+    if np.any(counts != 1):
+        raise ConfigError(f"recognizer.metrics '{metric}' needs single-label data, but "
+                          f"{int(np.sum(counts != 1))} of {len(counts)} clips have 0 or "
+                          f"several true labels; use lwlrap, map3 or prf1")
+    return truth.argmax(axis=1)
+
+
+def _top1(scores):
+    return np.asarray(scores).argmax(axis=1)  # argmax takes the first of tied maxima
+
+
+def accuracy(y_true, scores):
+    """Micro accuracy of the top-1 class, in percent (as the ACCURACY - MICRO line), and the
+    per-class number of files and accuracy in percent (nan for a class without files)."""
+    true, pred = _single_label(y_true, 'accuracy'), _top1(scores)
+    n_classes = np.shape(scores)[1]
+    n_files = np.bincount(true, minlength=n_classes)
+    hits = np.bincount(true[pred == true], minlength=n_classes)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        per_class = np.where(n_files > 0, 100.0 * hits / n_files, np.nan)
+    micro = 100.0 * float(np.mean(pred == true)) if true.size else 0.0
+    return {'accuracy_micro': micro, 'per_class': {'n_files': n_files, 'accuracy': per_class}}
+
+
+# ----------------------------------------------------------------------------- lwlrap
+
+def lwlrap(y_true, scores):
+    """Label-weighted label-ranking average precision (DCASE 2019 task 2; Fonseca et al.,
+    "Audio tagging with noisy labels and minimal supervision", DCASE 2019).
+
+    For every positive label of every clip: the share of the labels ranked at or above it
+    (in that clip's scores) that are positive; lwlrap is the mean over all positive labels
+    of the test set, so each label weighs the same. sklearn's LRAP averages these
+    precisions per clip first; weighting clip i by its number of labels undoes that
+    (sum_i n_i * mean_i = sum over all labels), which gives lwlrap exactly.
+    A clip without positive labels has weight 0 and no effect; nan if no clip has one.
+    """
+    truth = _positives(y_true)
+    counts = truth.sum(axis=1)
+    if counts.sum() == 0:
+        return float('nan')
+    return float(label_ranking_average_precision_score(truth, np.asarray(scores, float),
+                                                       sample_weight=counts))
+
+
+def lwlrap_per_class(y_true, scores):
+    """Per-class lwlrap [K] (nan for a class without positives) and class weights [K]
+    (the class's share of all positive labels): their weighted sum is lwlrap.
+
+    Written out because sklearn has no per-class LRAP: for a positive label j of clip i,
+    precision = #{positive k: s_ik >= s_ij} / #{k: s_ik >= s_ij}, averaged per class.
+    """
+    truth, scores = _positives(y_true), np.asarray(scores, float)
+    rank = rankdata(-scores, method='max', axis=1)
+    # Negatives set to +inf rank after every positive, so among positives 'max' counts
+    # the positives scored at or above each one.
+    positive_rank = rankdata(np.where(truth, -scores, np.inf), method='max', axis=1)
+    precision = np.where(truth, positive_rank / rank, 0.0)
+    n_labels = truth.sum(axis=0)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        per_class = np.where(n_labels > 0, precision.sum(axis=0) / n_labels, np.nan)
+    weights = n_labels / max(n_labels.sum(), 1)
+    return per_class, weights
+
+
+# ----------------------------------------------------------------------------- MAP@k
+
+def map_at_k(y_true, scores, k=3):
+    """Mean average precision at k (MAP@3 of DCASE 2018 task 2 / Kaggle).
+
+    Per clip, AP@k = sum over the top-k ranks r of precision@r x [class at r is true],
+    divided by min(number of true labels, k). With one true label per clip (DCASE 2018)
+    that is 1/rank of the true label if it is in the top k, else 0. Ties are broken by
+    the lower class index. Clips without true labels are left out of the mean; nan if
+    no clip has one.
+    """
+    truth, scores = _positives(y_true), np.asarray(scores, float)
+    top = np.argsort(-scores, axis=1, kind='stable')[:, :k]
+    hit = np.take_along_axis(truth, top, axis=1)
+    precision = np.cumsum(hit, axis=1) / np.arange(1, top.shape[1] + 1)
+    n_true = truth.sum(axis=1)
+    keep = n_true > 0
+    if not keep.any():
+        return float('nan')
+    ap = (precision * hit).sum(axis=1)[keep] / np.minimum(n_true[keep], k)
+    return float(ap.mean())
+
+
+# ----------------------------------------------------------------------------- P/R/F1
+
+def prf1(y_true, scores, threshold=None):
+    """Per-class precision, recall, F1 and support, and their macro averages.
+
+    threshold None: the prediction is the top-1 class (single-label data); a number: every
+    class scored >= threshold is predicted (multi-label). A figure whose denominator is 0
+    (precision of a never-predicted class, recall of a class without positives) is nan and
+    left out of the macro average, as sklearn's zero_division=nan does.
+    """
+    truth, scores = _positives(y_true), np.asarray(scores, float)
+    if threshold is None:
+        pred = np.zeros_like(truth)
+        pred[np.arange(len(scores)), _top1(scores)] = True
+    else:
+        pred = scores >= threshold
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, pred, average=None, zero_division=np.nan)
+    per_class = {'precision': precision, 'recall': recall, 'f1': f1, 'support': support}
+    macro = {f'{name}_macro': _nanmean(per_class[name]) for name in ('precision', 'recall', 'f1')}
+    return {**macro, 'per_class': per_class}
+
+
+def _nanmean(values):
+    values = np.asarray(values, float)
+    return float(np.nanmean(values)) if np.any(~np.isnan(values)) else float('nan')
+
+
+# ----------------------------------------------------------------------------- confusion
+
+def confusion(y_true, scores):
+    """Single-label confusion matrix [K, K]: rows true class, columns top-1 class."""
+    true = _single_label(y_true, 'confusion')
+    return confusion_matrix(true, _top1(scores), labels=np.arange(np.shape(scores)[1]))
+
+
+def write_confusion_csv(path, matrix, classes):
+    """The matrix as CSV, rows (true) and columns (predicted) named by class; atomic."""
+    frame = pd.DataFrame(np.asarray(matrix), columns=list(classes),
+                         index=pd.Index(list(classes), name='true/predicted'))
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp)
+
+
+# ----------------------------------------------------------------------------- registry
+
+def _lwlrap_entry(y_true, scores):
+    per_class, weights = lwlrap_per_class(y_true, scores)
+    return {'lwlrap': lwlrap(y_true, scores),
+            'per_class': {'lwlrap': per_class, 'lwlrap_weight': weights}}
+
+
+def _map3_entry(y_true, scores):
+    return {'map_at_3': map_at_k(y_true, scores, k=3)}
+
+
+def _prf1_entry(y_true, scores):
+    """Top-1 when every clip has exactly one label, else the PRF1_THRESHOLD threshold."""
+    single = np.all(_positives(y_true).sum(axis=1) == 1)
+    return prf1(y_true, scores, threshold=None if single else PRF1_THRESHOLD)
+
+
+def _confusion_entry(y_true, scores):
+    return {'confusion': confusion(y_true, scores)}
+
+
+METRICS = {
+    'accuracy': accuracy,
+    'lwlrap': _lwlrap_entry,
+    'map3': _map3_entry,
+    'prf1': _prf1_entry,
+    'confusion': _confusion_entry,
+}
+
+
+def per_class_dict(per_class, classes):
+    """{figure: array [K]} (merged from several metrics) -> {class: {figure: value}}, with
+    plain Python numbers, for results.json."""
+    return {name: {figure: np.asarray(values)[k].item() for figure, values in per_class.items()}
+            for k, name in enumerate(classes)}

@@ -1,0 +1,249 @@
+"""metrics.py against references written here from the metrics' definitions (loops over
+clips and labels), sklearn where the definitions coincide, and edge cases."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import label_ranking_average_precision_score
+
+import metrics
+from config import ConfigError
+
+N, K = 60, 7
+
+
+def _single(rng, n=N, k=K):
+    """One-hot truth with every class present, and tie-free scores."""
+    labels = np.r_[np.arange(k), rng.integers(0, k, n - k)]
+    return np.eye(k, dtype=int)[labels], rng.random((n, k))
+
+
+def _multi(rng, n=N, k=K, max_labels=3):
+    """1..max_labels positives per clip, tie-free scores."""
+    y = np.zeros((n, k), int)
+    for i in range(n):
+        y[i, rng.choice(k, rng.integers(1, max_labels + 1), replace=False)] = 1
+    return y, rng.random((n, k))
+
+
+# ----------------------------------------------------------------------------- references
+
+def _precisions_at_hits(y, s):
+    """[(class, precision)] for every positive label: positives at or above it / rank."""
+    out = []
+    for yi, si in zip(y, s):
+        for j in np.flatnonzero(yi):
+            above = si >= si[j]
+            out.append((j, np.sum(above & (yi > 0)) / np.sum(above)))
+    return out
+
+
+def _lwlrap_ref(y, s):
+    """Per-class mean of the precisions at hits, weighted by the class's label count."""
+    hits = _precisions_at_hits(y, s)
+    per_class = np.full(y.shape[1], np.nan)
+    weights = np.zeros(y.shape[1])
+    for c in range(y.shape[1]):
+        values = [p for j, p in hits if j == c]
+        if values:
+            per_class[c], weights[c] = np.mean(values), len(values)
+    weights /= weights.sum()
+    return np.nansum(per_class * weights), per_class, weights
+
+
+def _apk_ref(actual, ranked, k):
+    """Average precision at k of one clip, the Kaggle definition."""
+    hits, total = 0, 0.0
+    for r, c in enumerate(ranked[:k], start=1):
+        if c in actual:
+            hits += 1
+            total += hits / r
+    return total / min(len(actual), k)
+
+
+def _map_ref(y, s, k):
+    aps = [_apk_ref(set(np.flatnonzero(yi)), list(np.argsort(-si, kind='stable')), k)
+           for yi, si in zip(y, s) if yi.any()]
+    return np.mean(aps)
+
+
+def _prf_ref(y, pred):
+    """Per-class precision, recall, F1 from counts; nan where a denominator is 0."""
+    tp = np.sum((y > 0) & pred, axis=0)
+    fp = np.sum((y == 0) & pred, axis=0)
+    fn = np.sum((y > 0) & ~pred, axis=0)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        p, r = tp / (tp + fp), tp / (tp + fn)
+        f = 2 * tp / (2 * tp + fp + fn)
+    return p, r, f
+
+
+# ----------------------------------------------------------------------------- lwlrap
+
+@pytest.mark.parametrize('make', [_single, _multi])
+def test_lwlrap_and_per_class_match_definition(make):
+    y, s = make(np.random.default_rng(1))
+    ref, ref_per_class, ref_weights = _lwlrap_ref(y, s)
+    per_class, weights = metrics.lwlrap_per_class(y, s)
+    assert metrics.lwlrap(y, s) == pytest.approx(ref, abs=1e-12)
+    np.testing.assert_allclose(per_class, ref_per_class, atol=1e-12)
+    np.testing.assert_allclose(weights, ref_weights, atol=1e-12)
+    assert np.sum(per_class * weights) == pytest.approx(metrics.lwlrap(y, s), abs=1e-12)
+
+
+def test_lwlrap_is_sklearn_lrap_and_mean_reciprocal_rank_with_one_label_per_clip():
+    y, s = _single(np.random.default_rng(2))
+    rank = np.array([np.sum(si >= si[yi.argmax()]) for yi, si in zip(y, s)])
+    assert metrics.lwlrap(y, s) == pytest.approx(np.mean(1 / rank), abs=1e-12)
+    assert metrics.lwlrap(y, s) == pytest.approx(label_ranking_average_precision_score(y, s),
+                                                 abs=1e-12)
+
+
+def test_lwlrap_differs_from_unweighted_lrap_with_multiple_labels():
+    # Clip 0: 1 label ranked 1st (LRAP 1); clip 1: 3 labels at ranks 2, 3, 4 (precisions
+    # 1/2, 2/3, 3/4). LRAP = (1 + 23/36) / 2; lwlrap = (1 + 1/2 + 2/3 + 3/4) / 4.
+    y = np.array([[1, 0, 0, 0], [0, 1, 1, 1]])
+    s = np.array([[0.9, 0.1, 0.2, 0.3], [0.9, 0.5, 0.4, 0.3]])
+    assert metrics.lwlrap(y, s) == pytest.approx((1 + 1 / 2 + 2 / 3 + 3 / 4) / 4)
+    assert label_ranking_average_precision_score(y, s) == pytest.approx((1 + 23 / 36) / 2)
+
+
+def test_lwlrap_ties_count_pessimistically_and_per_class_still_sums():
+    rng = np.random.default_rng(3)
+    y, _ = _multi(rng)
+    s = rng.integers(0, 3, y.shape).astype(float)  # many ties
+    ref, ref_per_class, _ = _lwlrap_ref(y, s)
+    per_class, weights = metrics.lwlrap_per_class(y, s)
+    assert metrics.lwlrap(y, s) == pytest.approx(ref, abs=1e-12)
+    np.testing.assert_allclose(per_class, ref_per_class, atol=1e-12)
+    assert np.sum(per_class * weights) == pytest.approx(ref, abs=1e-12)
+
+
+def test_lwlrap_clip_without_labels_is_ignored_and_class_without_positives_is_nan():
+    rng = np.random.default_rng(4)
+    y, s = _multi(rng)
+    y[:, 2] = 0          # a class without positives
+    y[5] = 0             # a clip without positives
+    base = metrics.lwlrap(np.delete(y, 5, 0), np.delete(s, 5, 0))
+    assert metrics.lwlrap(y, s) == pytest.approx(base, abs=1e-12)
+    assert metrics.lwlrap(y, s) == pytest.approx(_lwlrap_ref(y, s)[0], abs=1e-12)
+    per_class, weights = metrics.lwlrap_per_class(y, s)
+    assert np.isnan(per_class[2]) and weights[2] == 0
+    assert np.nansum(per_class * weights) == pytest.approx(base, abs=1e-12)
+    assert np.isnan(metrics.lwlrap(np.zeros((3, 4)), rng.random((3, 4))))
+
+
+# ----------------------------------------------------------------------------- MAP@k
+
+def test_map3_single_label_is_reciprocal_rank_in_top3():
+    y, s = _single(np.random.default_rng(5))
+    rank = np.array([np.sum(si >= si[yi.argmax()]) for yi, si in zip(y, s)])
+    expected = np.mean(np.where(rank <= 3, 1 / rank, 0))
+    assert 0 < expected < 1 and np.any(rank > 3)
+    assert metrics.map_at_k(y, s, k=3) == pytest.approx(expected, abs=1e-12)
+    # With k = K every true label is in the list: MAP@K = LRAP for one label per clip.
+    assert metrics.map_at_k(y, s, k=K) == pytest.approx(
+        label_ranking_average_precision_score(y, s), abs=1e-12)
+
+
+@pytest.mark.parametrize('k', [1, 3, 10])
+def test_map_at_k_multi_label_matches_kaggle_definition(k):
+    rng = np.random.default_rng(6)
+    y, s = _multi(rng, max_labels=4)
+    y[7] = 0  # left out of the mean
+    assert metrics.map_at_k(y, s, k=k) == pytest.approx(_map_ref(y, s, k), abs=1e-12)
+
+
+def test_map3_ties_go_to_the_lower_class_index_and_empty_truth_is_nan():
+    y = np.array([[0, 0, 1, 0]])
+    assert metrics.map_at_k(y, np.array([[0.5, 0.5, 0.5, 0.1]])) == pytest.approx(1 / 3)
+    assert np.isnan(metrics.map_at_k(np.zeros((2, 3)), np.ones((2, 3))))
+
+
+# ----------------------------------------------------------------------------- accuracy
+
+def test_accuracy_micro_percent_and_per_class():
+    rng = np.random.default_rng(7)
+    y, s = _single(rng)
+    y[:, 3] = 0
+    y[y.sum(axis=1) == 0, 4] = 1  # class 3 has no files
+    true, pred = y.argmax(1), s.argmax(1)
+    out = metrics.accuracy(y, s)
+    assert out['accuracy_micro'] == pytest.approx(100 * np.mean(true == pred))
+    for c in range(K):
+        n = np.sum(true == c)
+        assert out['per_class']['n_files'][c] == n
+        if n:
+            assert out['per_class']['accuracy'][c] == pytest.approx(
+                100 * np.mean(pred[true == c] == c))
+    assert np.isnan(out['per_class']['accuracy'][3])
+
+
+@pytest.mark.parametrize('name', ['accuracy', 'confusion'])
+def test_single_label_metrics_refuse_multi_label_truth(name):
+    y, s = _multi(np.random.default_rng(8))
+    with pytest.raises(ConfigError, match=f"'{name}' needs single-label"):
+        metrics.METRICS[name](y, s)
+
+
+# ----------------------------------------------------------------------------- P/R/F1
+
+def test_prf1_top1_single_label_matches_counts():
+    y, s = _single(np.random.default_rng(9))
+    pred = np.eye(K, dtype=bool)[s.argmax(1)]
+    p, r, f = _prf_ref(y, pred)
+    out = metrics.METRICS['prf1'](y, s)  # single-label truth -> top-1
+    np.testing.assert_allclose(out['per_class']['precision'], p, atol=1e-12)
+    np.testing.assert_allclose(out['per_class']['recall'], r, atol=1e-12)
+    np.testing.assert_allclose(out['per_class']['f1'], f, atol=1e-12)
+    np.testing.assert_array_equal(out['per_class']['support'], y.sum(0))
+    assert out['f1_macro'] == pytest.approx(np.nanmean(f))
+
+
+def test_prf1_threshold_multi_label_with_nan_for_undefined_figures():
+    rng = np.random.default_rng(10)
+    y, s = _multi(rng)
+    y[:, 1] = 0                 # no positives: recall undefined
+    s[:, 2] = 0.1               # never predicted: precision undefined
+    out = metrics.METRICS['prf1'](y, s)  # multi-label truth -> threshold 0.5
+    p, r, f = _prf_ref(y, s >= metrics.PRF1_THRESHOLD)
+    for name, ref in [('precision', p), ('recall', r), ('f1', f)]:
+        np.testing.assert_allclose(out['per_class'][name], ref, atol=1e-12)
+        assert out[f'{name}_macro'] == pytest.approx(np.nanmean(ref))
+    assert np.isnan(out['per_class']['recall'][1]) and np.isnan(out['per_class']['precision'][2])
+    tight = metrics.prf1(y, s, threshold=0.9)
+    np.testing.assert_allclose(tight['per_class']['recall'], _prf_ref(y, s >= 0.9)[1], atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- confusion
+
+def test_confusion_matrix_and_csv(tmp_path):
+    y, s = _single(np.random.default_rng(11))
+    expected = np.zeros((K, K), int)
+    np.add.at(expected, (y.argmax(1), s.argmax(1)), 1)
+    matrix = metrics.METRICS['confusion'](y, s)['confusion']
+    np.testing.assert_array_equal(matrix, expected)
+    classes = [f'class {c}' for c in range(K)]
+    metrics.write_confusion_csv(tmp_path / 'confusion.csv', matrix, classes)
+    back = pd.read_csv(tmp_path / 'confusion.csv', index_col=0)
+    assert list(back.index) == classes and list(back.columns) == classes
+    np.testing.assert_array_equal(back.to_numpy(), expected)
+    assert [p.name for p in tmp_path.iterdir()] == ['confusion.csv']
+
+
+# ----------------------------------------------------------------------------- registry
+
+def test_registry_names_and_per_class_dict_is_json_ready():
+    y, s = _single(np.random.default_rng(12))
+    assert list(metrics.METRICS) == ['accuracy', 'lwlrap', 'map3', 'prf1', 'confusion']
+    results = {name: metrics.METRICS[name](y, s) for name in metrics.METRICS}
+    assert results['map3'] == {'map_at_3': metrics.map_at_k(y, s, 3)}
+    assert results['lwlrap']['lwlrap'] == metrics.lwlrap(y, s)
+    merged = {**results['lwlrap']['per_class'], **results['prf1']['per_class']}
+    classes = [f'c{k}' for k in range(K)]
+    table = metrics.per_class_dict(merged, classes)
+    assert list(table) == classes
+    assert set(table['c0']) == {'lwlrap', 'lwlrap_weight', 'precision', 'recall', 'f1', 'support'}
+    assert table['c3']['recall'] == pytest.approx(merged['recall'][3])
+    json.dumps(table)  # plain Python numbers only
