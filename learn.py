@@ -42,7 +42,7 @@ class Experiment:
         # fold: 1-based fold of k-fold training (ensemble.py, self_verify.py); None = the
         # single split, whose files keep their plain names.
         self.fold = fold
-        tag = '' if fold is None else f'_{fold}'
+        self.tag = tag = '' if fold is None else f'_{fold}'
         self.train_idx = patches.of_clips(train_rows)
         self.val_idx = patches.of_clips(val_rows)
         self.results = {}  # figures a mode adds to results.json (e.g. noise_detection)
@@ -133,7 +133,7 @@ class Experiment:
         columns = ['fname', 'label'] + (['true_label'] if self.has_truth else [])
         frame = self.table.loc[rows, columns].copy()
         frame.insert(2, 'clip_loss', clip_loss)
-        with atomic_path(self.run_dir / 'pruned.csv') as tmp:
+        with atomic_path(self.run_dir / f'pruned{self.tag}.csv') as tmp:
             frame.to_csv(tmp, index=False, float_format='%.6g')
 
     def plan(self, pool, mixup=None):
