@@ -37,30 +37,29 @@ def _softmax(x, n_classes, **kwargs):
 
 # ----------------------------------------------------------------------------- baseline
 
-def _conv_block(x, filters):
-    x = layers.Conv2D(filters, (5, 5), padding='same', kernel_initializer='he_normal')(x)
-    return _bn_relu(x)
-
-
 def baseline(input_shape, n_classes, cfg_learn):
-    """The baseline CNN: 3 conv blocks (24, 48, 48 filters), max-pool (4, 2) after the
-    first two, then a 64-unit dense embedding; L2 1e-3 on both dense kernels."""
+    """The baseline CNN of the original code (get_model_baseline): three pre-activation
+    blocks BN-ReLU, Conv 5x5 (24, 48, 48 filters), BN-ReLU, max-pool (4, 2) after the
+    first two; then a 64-unit dense embedding; he_normal and L2 1e-3 on both dense
+    kernels. The first block's pre-activation normalises the log-mel input."""
     pools = [(4, 2), (4, 2)]
     if _too_small(input_shape, pools):
         raise ConfigError(f'input patch {tuple(input_shape[:2])} (extract.patch_len, '
                           f'extract.n_mels) is too small for the baseline model, which '
                           f'pools it by 16 in time and 4 in mel')
     inputs = keras.Input(shape=input_shape)
-    x = _bn_relu(inputs)  # normalises the log-mel input, as in the paper
+    x = inputs
     for filters, pool in zip([24, 48, 48], pools + [None]):
-        x = _conv_block(x, filters)
+        x = layers.Conv2D(filters, (5, 5), padding='same',
+                          kernel_initializer='he_normal')(_bn_relu(x))
+        x = _bn_relu(x)
         if pool:
             x = layers.MaxPooling2D(pool)(x)
     x = layers.Dropout(0.5)(layers.Flatten()(x))
-    x = layers.Dense(64, activation='relu', kernel_regularizer=keras.regularizers.L2(1e-3),
-                     name='embedding')(x)
-    x = layers.Dropout(0.5)(x)
-    outputs = _softmax(x, n_classes, kernel_regularizer=keras.regularizers.L2(1e-3))
+    x = layers.Dense(64, activation='relu', kernel_initializer='he_normal',
+                     kernel_regularizer=keras.regularizers.L2(1e-3), name='embedding')(x)
+    outputs = _softmax(layers.Dropout(0.5)(x), n_classes, kernel_initializer='he_normal',
+                       kernel_regularizer=keras.regularizers.L2(1e-3))
     return keras.Model(inputs, outputs, name='baseline')
 
 
@@ -75,31 +74,29 @@ def _squeeze_excite(x, filters, ratio=2):
 
 
 def _dense_se_module(x, filters):
-    """Pre-activation bottleneck (1x1 then 3x3) + SE; its output is concatenated with its
-    input (dense connectivity), so channels grow by `filters`; then 2x2 max-pool."""
-    y = layers.Conv2D(filters, (1, 1), kernel_initializer='he_normal')(_bn_relu(x))
-    y = layers.Conv2D(filters, (3, 3), padding='same',
-                      kernel_initializer='he_normal')(_bn_relu(y))
+    """Pre-activation bottleneck (1x1 then 3x3, default initialiser as in the original)
+    + SE; its output is concatenated with its input (dense connectivity), so channels
+    grow by `filters`; then 2x2 max-pool with `same` padding."""
+    y = layers.Conv2D(filters, (1, 1), padding='same')(_bn_relu(x))
+    y = layers.Conv2D(filters, (3, 3), padding='same')(_bn_relu(y))
     y = layers.Concatenate()([_squeeze_excite(y, filters), x])
-    return layers.MaxPooling2D((2, 2))(y)
+    return layers.MaxPooling2D((2, 2), padding='same')(y)
 
 
 def dense_se(input_shape, n_classes, cfg_learn):
-    """DenSE: stem conv, `learn.densenet_modules` DenseNet+SE modules with
-    min(512, 16 * 2**i) filters, then BN-ReLU and a flattened embedding."""
-    n_modules = cfg_learn['densenet_modules']
-    if _too_small(input_shape, [(2, 2)] * n_modules):
-        raise ConfigError(f'learn.densenet_modules = {n_modules} pools the input patch '
-                          f'{tuple(input_shape[:2])} below 1 frame or mel band; use fewer '
-                          f'modules or a larger extract.patch_len / extract.n_mels')
+    """DenSE of the original code (get_model_DenSE): BN on the input; a linear 15-filter
+    3x3 stem concatenated with the normalised input (16 channels); `learn.densenet_modules`
+    DenseNet+SE modules with min(512, 16 * 2**i) filters; BN-ReLU, a flattened embedding,
+    dropout 0.5 and a softmax with he_normal kernel and L2 1e-3. `same` pooling never
+    shrinks a side below 1, so any number of modules fits any patch."""
     inputs = keras.Input(shape=input_shape)
-    # The stem lifts the 1-channel input to 16 channels; its activation is the first
-    # module's pre-activation BN-ReLU.
-    x = layers.Conv2D(16, (3, 3), padding='same', kernel_initializer='he_normal')(inputs)
-    for i in range(n_modules):
+    x = layers.BatchNormalization()(inputs)
+    x = layers.Concatenate()([x, layers.Conv2D(15, (3, 3), padding='same')(x)])
+    for i in range(cfg_learn['densenet_modules']):
         x = _dense_se_module(x, min(512, 16 * 2 ** i))
     x = layers.Flatten(name='embedding')(_bn_relu(x))
-    outputs = _softmax(layers.Dropout(0.5)(x), n_classes)
+    outputs = _softmax(layers.Dropout(0.5)(x), n_classes, kernel_initializer='he_normal',
+                       kernel_regularizer=keras.regularizers.L2(1e-3))
     return keras.Model(inputs, outputs, name='DenSE')
 
 

@@ -39,19 +39,20 @@ DEFAULTS = {
         'LSRmode': 'GROUPS2', 'delta_eps_LSR': 0.05, 'noisier_classes': FSDNOISY18K_NOISIER,
         'mixup': True, 'mixup_alpha': 0.1, 'mixup_mode': 'intra', 'mixup_warmup_epochs': 10,
         'mode': 0, 'model': 'baseline', 'stage1_epoch': 25, 'prune_stage1': 20,
-        'prune_loss_type': 'lq_loss', 'prune_loss_q_value': 0.7,
+        'prune_loss_type': 'lq_loss', 'prune_loss_q_value': 0.5,
         'prune_aggregate_loss_clip': 'amean', 'prune_loss_threshold_method': 'percentile',
-        'prune_discard_percentile': 90, 'densenet_modules': 3,
-        'staged_epochs': [20, 30, 10], 'mask_method': 'threshold', 'mask_top_k': 10,
+        'prune_discard_percentile': 97.75, 'densenet_modules': 3,
+        'staged_steps': [10000, 10000, 5000], 'mask_method': 'threshold', 'mask_top_k': 10,
         'mask_alpha': 0.9, 'jit_compile': 'auto', 'mixed_precision': False,
-        'predict_batch_size': 1024, 'frames_on_device': 'auto',
+        'predict_batch_size': 1024, 'frames_on_device': 'auto', 'model_selection': 'last',
+        'steps_per_epoch': None,
         'lr_schedule': 'plateau', 'cycles': 8, 'cycle_epochs': 64, 'lr_min': 1e-6,
         'folds': 1, 'sv_excerpts': 25, 'sv_threshold': 0.95, 'sv_per_class': 40,
         'sv_epochs': 30, 'sv_lr': 0.0002, 'sv_rounds': 10,
     },
     'loss': {
-        'q_loss': 0.7, 'q_loss2': 0.7, 'm_loss2': 0.99, 'perc_loss2': 95, 'type': 'lq_loss',
-        'snn_temperature': 1000.0, 'q_min': 0.01, 'snn_space': 'input',
+        'q_loss': 0.5, 'q_loss2': 0.5, 'm_loss2': 0.99, 'perc_loss2': 96.0, 'type': 'lq_loss',
+        'snn_temperature': 1000.0, 'q_min': 0.01, 'snn_space': 'input', 'lq_target': 'max',
     },
     'recognizer': {'aggregate': 'gmean', 'ensemble': 'amean', 'snapshot_cycles': 'all'},
     'suffix': {'in': '_mel', 'out': '_label'},
@@ -73,7 +74,9 @@ CHOICES = {
     ('learn', 'mask_method'): ['threshold', 'topk'],
     ('learn', 'frames_on_device'): ['auto', 'always', 'never'],
     ('learn', 'jit_compile'): ['auto', True, False],
+    ('learn', 'model_selection'): ['last', 'best_val'],
     ('loss', 'snn_space'): ['input', 'embedding'],
+    ('loss', 'lq_target'): ['max', 'dot'],
     ('learn', 'lr_schedule'): ['plateau', 'constant', 'cyclic_cosine'],
 }
 
@@ -110,6 +113,7 @@ RANGES = {
     ('learn', 'mask_top_k'): (1, None, True, True),
     ('learn', 'mask_alpha'): (0, 1, True, True),
     ('learn', 'predict_batch_size'): (1, None, True, True),
+    ('learn', 'steps_per_epoch'): (1, None, True, True),
     ('loss', 'q_loss'): (0, 1, False, True),
     ('loss', 'q_loss2'): (0, 1, False, True),
     ('loss', 'm_loss2'): (0, 1, False, True),
@@ -134,8 +138,10 @@ RANGES = {
 ALSO = {('learn', 'mode'): str, ('learn', 'jit_compile'): bool,
         ('recognizer', 'snapshot_cycles'): list}
 
-# Keys whose value may be null (None) although the default is not, or vice versa.
-NULLABLE = {('ctrl', 'run_name'), ('learn', 'sv_threshold')}
+# Keys that may be null (None), with the type of their other values (learn.sv_threshold:
+# null = no threshold, its default 0.95).
+NULLABLE = {('ctrl', 'run_name'): str, ('learn', 'steps_per_epoch'): int,
+            ('learn', 'sv_threshold'): float}
 
 
 def _type_name(value):
@@ -151,10 +157,8 @@ def _check_value(section, key, value):
         if (section, key) in NULLABLE:
             return None
         raise ConfigError(f'{where} must not be empty (expected {_type_name(default)})')
-    if default is None:  # nullable strings
-        if not isinstance(value, str):
-            raise ConfigError(f'{where} must be a string, got {value!r}')
-        return value
+    if default is None:  # nullable: checked against NULLABLE's type (and any range below)
+        default = NULLABLE[section, key]()
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f'{where} must be true or false, got {value!r}')
@@ -254,10 +258,11 @@ def _check_consistency(cfg):
         raise ConfigError('extract.fmin must be below extract.fmax')
     if ext['win_length_samples'] > ext['n_fft']:
         raise ConfigError('extract.win_length_samples must not exceed extract.n_fft')
-    staged = cfg['learn']['staged_epochs']
-    if len(staged) != 3 or not all(isinstance(n, int) and n >= 0 for n in staged):
-        raise ConfigError(f'learn.staged_epochs must be three non-negative integers '
-                          f'[n1, n2, n3], got {staged!r}')
+    staged = cfg['learn']['staged_steps']
+    if len(staged) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                   for n in staged):
+        raise ConfigError(f'learn.staged_steps must be three non-negative integers '
+                          f'[n1, n2, n3] (optimizer steps), got {staged!r}')
     if not all(isinstance(c, str) for c in cfg['learn']['noisier_classes']):
         raise ConfigError('learn.noisier_classes must be a list of class names')
     name = cfg['ctrl']['run_name']

@@ -311,15 +311,26 @@ class PatchSource:
         eps = self.eps if smooth else self.eps * 0.0
         return smooth_targets(self.ops, labels, eps, self.n_classes)
 
-    def train_batch(self, idx, partner, lam):
-        """(x, y, verified, wrong) for one planned step; partner == idx and lam == 1 mean no
-        mixup. Targets are smoothed first and then mixed, so label smoothing and mixup
-        combine. verified and wrong (given label != true label) are those of idx.
+    def train_batch(self, idx, partner, lam, clean=False):
+        """One planned step as a dict; partner == idx and lam == 1 mean no mixup.
+
+        x, y: inputs and targets, smoothed first and then mixed, so that label smoothing
+        and mixup combine. verified: that of idx (partners stay in idx's pool). members:
+        examples in each mixed pair (2, or 1 without mixup); wrong: how many of them have a
+        wrong given label: noise-detection figures count both examples of a pair by their
+        true labels. With `clean`, also x_clean and labels: the inputs and given labels of
+        idx before mixup, for a loss that measures the batch itself (adaptive Lq).
         """
-        x = mix(self.ops, lam, self.inputs(idx), self.inputs(partner))
-        y = mix(self.ops, lam, self.targets(idx), self.targets(partner))
-        take = self.ops.take
-        return x, y, take(self.verified, idx), take(self.wrong, idx)
+        ops, take = self.ops, self.ops.take
+        x_clean = self.inputs(idx)
+        paired = ops.cast(ops.not_equal(idx, partner), 'float32')
+        batch = {'x': mix(ops, lam, x_clean, self.inputs(partner)),
+                 'y': mix(ops, lam, self.targets(idx), self.targets(partner)),
+                 'verified': take(self.verified, idx), 'members': 1.0 + paired,
+                 'wrong': take(self.wrong, idx) + paired * take(self.wrong, partner)}
+        if clean:
+            batch.update(x_clean=x_clean, labels=take(self.label, idx))
+        return batch
 
     def eval_batch(self, idx):
         """(x, one-hot y) without smoothing or mixup, for validation and scoring."""

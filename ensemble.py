@@ -30,7 +30,7 @@ def snapshot_cycles(cfg):
 def member_paths(exp):
     """The saved models of one fold: its snapshots, or its selected model."""
     cycles = snapshot_cycles(exp.cfg)
-    return [exp.best.path] if cycles is None else [exp.snapshot_path(c) for c in cycles]
+    return [exp.selection.path] if cycles is None else [exp.snapshot_path(c) for c in cycles]
 
 
 def write_oof(exp, rows, scores):
@@ -43,9 +43,10 @@ def write_oof(exp, rows, scores):
         frame.to_csv(tmp, index=False, float_format='%.6g')
 
 
-def run_folds(exp, mode):
-    """Train every fold with `mode`; return the Ensemble of all folds' members. exp is the
-    first fold's Experiment (prepare() made it); the others share its data and scaler."""
+def run_folds(exp, mode, finish):
+    """Train every fold with `mode` and `finish` it (model selection); return the Ensemble
+    of all folds' members. exp is the first fold's Experiment (prepare() made it); the
+    others share its data and scaler."""
     cfg, splits = exp.cfg, exp.splits
     method = cfg['recognizer']['ensemble']
     paths, oof_rows, oof_scores, per_fold = [], [], [], []
@@ -55,7 +56,7 @@ def run_folds(exp, mode):
             logger.info('fold %d of %d: %d training clips, %d validation clips', fold,
                         len(splits), train_rows.size, val_rows.size)
         mode(fold_exp)
-        fold_exp.best.restore()
+        finish(fold_exp)
         members = member_paths(fold_exp)
         paths += members
         if len(splits) > 1:
@@ -67,9 +68,8 @@ def run_folds(exp, mode):
             per_fold.append(dict(fold_exp.results, fold=fold))
     if len(splits) > 1:
         write_oof(exp, np.concatenate(oof_rows), np.concatenate(oof_scores))
-        # The mode's figures (noise detection, ...) per fold, not only the first fold's.
-        if any(len(r) > 1 for r in per_fold):
-            exp.results = {'folds': per_fold}
+        # The mode's figures (model selection, noise detection, ...) per fold.
+        exp.results = {'folds': per_fold}
     ensemble = evaluation.Ensemble(paths, len(splits), len(paths) // len(splits), method)
     exp.results['ensemble'] = ensemble.summary()
     logger.info('%s', evaluation.ensemble_line(ensemble.summary()))

@@ -57,9 +57,11 @@ def check(cfg):
 def map_patches(fn, idx, batch_size):
     """fn(patch indices [b]) -> tensor [b, ...], over idx in fixed-size batches -> numpy.
 
-    The last batch is padded so that the compiled function is traced once.
+    The last batch is padded so that the compiled function is traced once. fn may already
+    be compiled (clip_scorer), so that calling this every epoch does not trace again.
     """
-    compiled = tf.function(fn, reduce_retracing=True)
+    compiled = fn if isinstance(fn, tf.types.experimental.GenericFunction) else \
+        tf.function(fn, reduce_retracing=True)
     idx = np.asarray(idx, np.int64)
     batch_size = max(1, min(batch_size, idx.size))
     out = []
@@ -70,12 +72,22 @@ def map_patches(fn, idx, batch_size):
     return np.concatenate(out) if out else np.zeros((0,))
 
 
+def clip_scorer(classifier, source, patches, cfg):
+    """A function of table rows -> (evaluated rows, clip scores [n, K]): patch scores of
+    the classifier aggregated per clip (recognizer.aggregate). Compiled once."""
+    compiled = tf.function(lambda i: classifier(source.inputs(i), training=False),
+                           reduce_retracing=True)
+
+    def score(rows):
+        idx = patches.of_clips(rows)
+        scores = map_patches(compiled, idx, cfg['learn']['predict_batch_size'])
+        return aggregate(scores, patches.clip[idx], cfg['recognizer']['aggregate'])
+    return score
+
+
 def predict_clips(classifier, source, patches, rows, cfg):
     """Clip scores [len(evaluated rows), K] for the table rows that have patches."""
-    idx = patches.of_clips(rows)
-    scores = map_patches(lambda i: classifier(source.inputs(i), training=False), idx,
-                         cfg['learn']['predict_batch_size'])
-    return aggregate(scores, patches.clip[idx], cfg['recognizer']['aggregate'])
+    return clip_scorer(classifier, source, patches, cfg)(rows)
 
 
 # ----------------------------------------------------------------------------- ensembles
@@ -152,11 +164,16 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
     micro, per_class = accuracy_table(true, pred, classes)
     n_eval, n_listed = len(rows_evaluated), len(test)
     train_data = cfg['ctrl']['train_data']
+    extra = extra or {}
     lines = ['', '=' * 72, 'EVALUATION',
              f'ACCURACY - MICRO: {micro:.2f} % ({n_eval}/{n_listed} test files, '
-             f'train_data={train_data})', '', 'per-class accuracy, class order:']
-    if extra and 'ensemble' in extra:
-        lines.insert(4, ensemble_line(extra['ensemble']))
+             f'train_data={train_data})']
+    if 'model_selection' in extra:
+        lines.append(f'model evaluated: learn.model_selection {extra["model_selection"]}, '
+                     f'epoch {extra["evaluated_epoch"]}')
+    if 'ensemble' in extra:
+        lines.append(ensemble_line(extra['ensemble']))
+    lines += ['', 'per-class accuracy, class order:']
     width = max(len(c) for c in classes)
     fmt = '  {:<%d}  n = {:>5}  accuracy = {:6.2f} %%' % width
     lines += [fmt.format(c, v['n_files'], v['accuracy']) for c, v in per_class.items()]
@@ -174,6 +191,6 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
     results = {'run_name': cfg['ctrl']['run_name'], 'accuracy_micro': round(micro, 4),
                'n_files_evaluated': n_eval, 'n_files_listed': n_listed,
                'train_data': train_data, 'per_class': per_class,
-               'wall_time_s': round(wall_time, 2), **(extra or {})}
+               'wall_time_s': round(wall_time, 2), **extra}
     atomic_write_text(run_dir / 'results.json', json.dumps(results, indent=2) + '\n')
     return results

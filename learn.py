@@ -20,8 +20,9 @@ import ensemble
 import eval as evaluation
 import losses
 import self_verify
-from trainer import (BestModel, EpochLR, History, Snapshots, Trainer, cosine_lr,
-                     detection_figures, precision_recall)
+from trainer import (EpochLR, History, ModelSelection, RunState, Snapshots, StopAfterSteps,
+                     Trainer, ValClipAccuracy, check_schedule, cosine_lr, detection_figures,
+                     precision_recall)
 from config import ConfigError, lookup
 from utils import atomic_path
 
@@ -49,16 +50,19 @@ class Experiment:
         self.monitor = 'val_accuracy' if self.val_idx.size else 'accuracy'
         learn = cfg['learn']
         self.history = History(run_dir / f'history{tag}.csv')
-        self.best = BestModel(self.monitor, run_dir / f'model{tag}.keras')
+        self.state = RunState()  # epochs done and model selection, one schema
+        self.selection = ModelSelection(learn['model_selection'], self.monitor,
+                                        run_dir / f'model{tag}.keras', self.state)
         self.reduce_lr = keras.callbacks.ReduceLROnPlateau(
             monitor=self.monitor, mode='max', factor=0.5, patience=5, verbose=1)
         self.early_stopping = keras.callbacks.EarlyStopping(
             monitor=self.monitor, mode='max', patience=learn['patience'], min_delta=0.001,
             verbose=1)
-        self.lr_callbacks = self.schedule()
-        self.epoch = 0  # epochs done so far, counted across stages
+        score = evaluation.clip_scorer(trainer.classifier, source, patches, cfg)
+        self.val_clip = ([ValClipAccuracy(score, val_rows, table.label_idx.to_numpy())]
+                         if self.val_idx.size else [])
         self.has_truth = 'true_idx' in table.columns
-        self.noise_from = 0
+        self.lr_callbacks = self.schedule()
         self.splits = [(train_rows, val_rows)]  # prepare() sets the k folds
 
     def for_fold(self, train_rows, val_rows, fold):
@@ -99,13 +103,13 @@ class Experiment:
 
     # -- noise detection: only where the table knows the true labels
     def watch_noise(self):
-        self.noise_from = len(self.history.rows)
+        self.state.noise_from = len(self.history.rows)
         if self.has_truth:
             self.trainer.detect_noise()
 
     def record_epoch_detection(self):
         """Per-epoch precision/recall of the masked/dropped examples since watch_noise()."""
-        rows = self.history.rows[self.noise_from:]
+        rows = self.history.rows[self.state.noise_from:]
         if not self.has_truth or not rows:
             return
         figures = [precision_recall(int(r['nd_flagged']), int(r['nd_hit']),
@@ -144,29 +148,43 @@ class Experiment:
         return lambda rng: data.plan_epoch(rng, pool, learn['batch_size'], mixup,
                                            learn['mixup_alpha'], learn['mixup_mode'])
 
-    def fit(self, epochs, plan, early_stopping=True, lr_callbacks=None):
-        """Train for `epochs` more epochs (numbered on from self.epoch) over `plan`, with
-        the learn.lr_schedule callbacks unless others are passed. Under cyclic_cosine the
-        cycles fix the length, so early stopping is off."""
-        if epochs <= 0:
+    @property
+    def epoch(self):
+        """Epochs done so far, counted across stages."""
+        return self.state.epoch
+
+    def fit(self, epochs, plan, early_stopping=True, steps=None, lr_callbacks=None):
+        """Train `epochs` more epochs (numbered on from self.epoch) over `plan`, an epoch
+        being one pass over its pool; or, given `steps`, that many optimizer steps, an epoch
+        (validation, LR schedule, history row) being learn.steps_per_epoch steps (null: one
+        pass over the pool) and the last one shorter where they do not divide. The LR
+        follows learn.lr_schedule unless other lr_callbacks are passed; under cyclic_cosine
+        the cycles fix the length, so early stopping is off."""
+        if (steps if steps is not None else epochs) <= 0:
             return
         # A child rng per stage: tf.data may draw an epoch ahead by a timing-dependent
         # amount, which must not shift the draws of the next stage.
         rng = self.rng.spawn(1)[0]
+        self.state.stage += 1
         first = plan(rng)
-        steps = first.idx.shape[0]
-        train = self.train_dataset(lambda: plan(rng), first)
-        val = self._eval_dataset(self.val_idx) if self.val_idx.size else None
+        per_epoch = first.idx.shape[0]
         lr_callbacks = self.lr_callbacks if lr_callbacks is None else lr_callbacks
         # The LR callbacks come before History, which logs the epoch's rate.
-        cbs = [*self.trainer.step_loss.callbacks(), *lr_callbacks, self.history, self.best]
+        cbs = [*self.trainer.step_loss.callbacks(), *lr_callbacks, *self.val_clip,
+               self.history, self.selection]
         cyclic = self.cfg['learn']['lr_schedule'] == 'cyclic_cosine'
         cbs += [self.early_stopping] if early_stopping and not cyclic else []
-        hist = self.trainer.fit(train, validation_data=val, epochs=self.epoch + epochs,
-                                initial_epoch=self.epoch, steps_per_epoch=steps,
-                                callbacks=cbs, verbose=self.cfg['ctrl']['verbose'],
-                                shuffle=False)  # plan_epoch shuffles, seeded
-        self.epoch += len(hist.epoch)
+        if steps is not None:
+            per_epoch = min(self.cfg['learn']['steps_per_epoch'] or per_epoch, steps)
+            epochs = -(-steps // per_epoch)
+            if steps % per_epoch:
+                cbs.append(StopAfterSteps(steps, per_epoch, self.epoch))
+        train = self.train_dataset(lambda: plan(rng), first)
+        val = self._eval_dataset(self.val_idx) if self.val_idx.size else None
+        self.trainer.fit(train, validation_data=val, epochs=self.epoch + epochs,
+                         initial_epoch=self.epoch, steps_per_epoch=per_epoch, callbacks=cbs,
+                         verbose=self.cfg['ctrl']['verbose'],
+                         shuffle=False)  # plan_epoch shuffles, seeded
 
     def train_dataset(self, plan, first):
         """Epoch plans -> one (idx, partner, lam) element per step, prefetched."""
@@ -181,7 +199,9 @@ class Experiment:
         ds = tf.data.Dataset.from_generator(epochs, output_signature=spec)
         ds = ds.flat_map(lambda *a: tf.data.Dataset.from_tensor_slices(a))
         if not self.source.on_device:
-            ds = ds.map(self.source.train_batch, num_parallel_calls=tf.data.AUTOTUNE)
+            clean = self.trainer.step_loss.needs_clean
+            ds = ds.map(lambda *a: self.source.train_batch(*a, clean=clean),
+                        num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def validate(self):
@@ -203,13 +223,14 @@ def mode_warmup_mixup(exp):
     """Mode 0: mixup_warmup_epochs without mixup, then mixup (Fonseca et al., Sec. 2.2).
 
     Same model and optimiser throughout; epochs are counted continuously; early stopping
-    only in the second stage.
+    only in the second stage; model selection from the first mixup epoch on.
     """
     learn = exp.cfg['learn']
     warm = min(learn['mixup_warmup_epochs'], learn['n_epochs'])
     logger.info('mode 0: %d warm-up epochs without mixup, then mixup=%s', warm,
                 learn['mixup'])
     exp.fit(warm, exp.plan(exp.train_idx, mixup=False), early_stopping=False)
+    exp.selection.restart()
     exp.fit(learn['n_epochs'] - exp.epoch, exp.plan(exp.train_idx))
 
 
@@ -224,9 +245,11 @@ TIME_DEPENDENT = ('lq_lqmax_time_sudden', 'lq_lqperc_time_sudden')
 def mode_time_dependent(exp):
     """Mode 2: time-dependent loss (Fonseca et al., Sec. 2.3). The loss itself switches at
     learn.stage1_epoch (an epoch variable set by its callback) and drops the examples of
-    each batch above its threshold from then on."""
+    each batch above its threshold from then on; model selection from then on too."""
+    switch = exp.cfg['learn']['stage1_epoch'] + 1  # 1-based
     logger.info('mode 2: %s, switching to stage 2 at epoch %d', exp.cfg['loss']['type'],
-                exp.cfg['learn']['stage1_epoch'] + 1)
+                switch)
+    exp.selection.restart(from_epoch=switch)
     exp.watch_noise()
     exp.fit(exp.cfg['learn']['n_epochs'], exp.plan(exp.train_idx))
     exp.record_epoch_detection()
@@ -237,7 +260,8 @@ def score_clips(exp, rows):
     per-patch loss learn.prune_loss_type, aggregated with prune_aggregate_loss_clip."""
     learn = exp.cfg['learn']
     per_example = losses.per_example_by_name(learn['prune_loss_type'],
-                                             learn['prune_loss_q_value'])
+                                             learn['prune_loss_q_value'],
+                                             exp.cfg['loss']['lq_target'])
     source, classifier = exp.source, exp.trainer.classifier
 
     def patch_loss(i):
@@ -269,7 +293,7 @@ def mode_prune(exp):
                 learn['prune_discard_percentile'])
     exp.write_pruned(rows[pruned], clip_loss[pruned])
     exp.record_detection('pruning', rows, pruned)
-    exp.best.reset()  # the reported model is one trained on the pruned set
+    exp.selection.restart()  # the evaluated model is one trained on the pruned set
     exp.fit(learn['n_epochs'] - exp.epoch, exp.plan(exp.patches.of_clips(rows[~pruned])))
 
 
@@ -312,28 +336,31 @@ class Masker:
 
 
 def mode_staged(exp):
-    """Staged training (He et al., DCASE 2019): stage 1 verified clips only; stage 2 half
-    verified, half unverified per batch with loss masking of the unverified ones; stage 3
-    verified only (fine-tune). Stage lengths learn.staged_epochs; no early stopping."""
+    """Staged training (He et al., DCASE 2019), in optimizer steps (learn.staged_steps, the
+    paper's 10k / 10k / 5k): stage 1 verified clips only; stage 2 half verified, half
+    unverified per batch with loss masking of the unverified half; stage 3 verified only
+    (fine-tune). Validation, the LR schedule and history rows every learn.steps_per_epoch
+    steps; no early stopping; model selection restarts at each stage."""
     learn = exp.cfg['learn']
     verified = exp.table.verified.to_numpy()[exp.patches.clip[exp.train_idx]] == 1
     ver, unv = exp.train_idx[verified], exp.train_idx[~verified]
     if ver.size == 0 or unv.size == 0:
         raise ConfigError('learn.mode staged needs verified and unverified training clips '
                           '(FSDnoisy18k: ctrl.train_data all)')
-    n1, n2, n3 = learn['staged_epochs']
-    logger.info('staged: %d epochs verified (%d patches), %d epochs masked mix with %d '
-                'unverified patches (%s), %d epochs verified', n1, ver.size, n2, unv.size,
+    n1, n2, n3 = learn['staged_steps']
+    logger.info('staged: %d steps verified (%d patches), %d steps masked half/half with %d '
+                'unverified patches (%s), %d steps verified', n1, ver.size, n2, unv.size,
                 learn['mask_method'], n3)
-    exp.fit(n1, exp.plan(ver), early_stopping=False)
+    exp.fit(None, exp.plan(ver), early_stopping=False, steps=n1)
     exp.trainer.set_masker(Masker(learn['mask_method'], learn['mask_top_k'],
                                   learn['mask_alpha']))
+    exp.selection.restart()
     exp.watch_noise()
-    exp.fit(n2, exp.plan_halves(ver, unv), early_stopping=False)
+    exp.fit(None, exp.plan_halves(ver, unv), early_stopping=False, steps=n2)
     exp.record_epoch_detection()
     exp.trainer.set_masker(None)
-    exp.best.reset()  # the reported model is the fine-tuned one
-    exp.fit(n3, exp.plan(ver), early_stopping=False)
+    exp.selection.restart()  # the evaluated model is the fine-tuned one
+    exp.fit(None, exp.plan(ver), early_stopping=False, steps=n3)
 
 
 MODES = {
@@ -359,30 +386,6 @@ def check(cfg):
         raise ConfigError('learn.mode self_verify makes its own 4 folds and fine-tunes with '
                           'its own schedule: keep learn.folds 1 and learn.lr_schedule plateau '
                           'or constant')
-
-
-def check_schedule(cfg):
-    """cyclic_cosine: the mode's epochs must be whole cycles (each cycle ends in a
-    snapshot), and lr_min below lr."""
-    learn = cfg['learn']
-    if learn['lr_schedule'] != 'cyclic_cosine':
-        return
-    chosen = cfg['recognizer']['snapshot_cycles']
-    if chosen != 'all' and (not chosen or not all(
-            isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= learn['cycles']
-            for c in chosen)):
-        raise ConfigError(f'recognizer.snapshot_cycles must be all or a list of cycles '
-                          f'from 1 to learn.cycles ({learn["cycles"]}), got {chosen!r}')
-    if learn['lr_min'] >= learn['lr']:
-        raise ConfigError(f'learn.lr_min ({learn["lr_min"]}) must be below learn.lr '
-                          f'({learn["lr"]}) for lr_schedule cyclic_cosine')
-    cycled = learn['cycles'] * learn['cycle_epochs']
-    key, epochs = (('learn.staged_epochs (sum)', sum(learn['staged_epochs']))
-                   if learn['mode'] == 'staged' else ('learn.n_epochs', learn['n_epochs']))
-    if epochs != cycled:
-        raise ConfigError(f'learn.lr_schedule cyclic_cosine trains learn.cycles x '
-                          f'learn.cycle_epochs = {cycled} epochs; set {key} to {cycled} '
-                          f'(now {epochs})')
 
 
 def on_device(cfg):
@@ -464,17 +467,25 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     return exp
 
 
+def finish(exp):
+    """Put the selected weights (learn.model_selection) into the classifier; results.json
+    names the rule and the epoch evaluated."""
+    exp.selection.finish(exp.trainer)
+    exp.results.update(model_selection=exp.cfg['learn']['model_selection'],
+                       evaluated_epoch=exp.state.evaluated_epoch)
+
+
 def run(exp):
-    """Run the configured mode -> the predictor: the classifier with the best weights it
-    saw, or an evaluation.Ensemble (k folds, snapshots, or a mode that returns one)."""
+    """Run the configured mode -> the predictor: the classifier with the selected weights,
+    or an evaluation.Ensemble (k folds, snapshots, or a mode that returns one)."""
     t0 = time.time()
     mode = MODES[exp.cfg['learn']['mode']]
     if len(exp.splits) > 1 or exp.cfg['learn']['lr_schedule'] == 'cyclic_cosine':
-        predictor = ensemble.run_folds(exp, mode)
+        predictor = ensemble.run_folds(exp, mode, finish)
     else:
         predictor = mode(exp)
         if predictor is None:
-            exp.best.restore()
+            finish(exp)
             predictor = exp.trainer.classifier
     if isinstance(predictor, evaluation.Ensemble):
         logger.info('training done in %.1f s', time.time() - t0)

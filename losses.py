@@ -24,13 +24,17 @@ def cce(y_true, y_pred):
     return -ops.sum(y_true * ops.log(p), axis=-1)
 
 
-def lq_loss(y_true, y_pred, q):
-    """Lq loss per example (Zhang & Sabuncu, NeurIPS 2018): (1 - (sum_k y_k p_k)^q) / q.
+def lq_loss(y_true, y_pred, q, target='max'):
+    """Lq loss per example (Zhang & Sabuncu, NeurIPS 2018): (1 - s^q) / q.
 
-    Written as -expm1(q log s) / q, which equals the formula and stays finite and accurate
-    as q -> 0 (where it tends to CCE). q may be a scalar or a per-batch tensor.
+    target 'max' (loss.lq_target, the default): s = max_k(y_k p_k), as the original code of
+    Fonseca et al. (WASPAA 2019) computes it; 'dot': s = sum_k y_k p_k. Both equal p_y for
+    one-hot targets; they differ under label smoothing and mixup. Written as
+    -expm1(q log s) / q, which equals the formula and stays finite and accurate as q -> 0
+    (where it tends to -log s). q may be a scalar or a per-batch tensor.
     """
-    s = ops.clip(ops.sum(y_true * y_pred, axis=-1), P_MIN, 1.0)
+    reduce = {'max': ops.max, 'dot': ops.sum}[target]
+    s = ops.clip(reduce(y_true * y_pred, axis=-1), P_MIN, 1.0)
     return -ops.expm1(q * ops.log(s)) / q
 
 
@@ -105,17 +109,20 @@ class StepLoss:
     """
 
     needs_embedding = False  # the step passes the penultimate-layer output
+    needs_clean = False      # the step passes the batch before mixup (clean=...)
     log_names = ()           # names of the extra per-epoch figures this loss reports
 
-    def __call__(self, y_true, y_pred, x=None, emb=None, mask=None):
+    def __call__(self, y_true, y_pred, x=None, emb=None, mask=None, clean=None):
         """One training step's loss -> (scalar loss, per-example weights, figures to log).
 
         Per-example losses; the loss's own keep weights (and figures) from the detached
         losses; times the weights of `mask` (a mode's loss masking: detached losses ->
         (weights, figures)) when given; then the weighted mean. A weight of 0 marks an
-        example as dropped.
+        example as dropped. clean: (inputs or embeddings, label indices) of the batch before
+        mixup, for a loss with needs_clean.
         """
-        losses = self.per_example(y_true, y_pred, x, emb)
+        extra = {} if clean is None else {'clean': clean}
+        losses = self.per_example(y_true, y_pred, x, emb, **extra)
         detached = ops.stop_gradient(losses)
         weights, figures = self.keep(detached)
         if mask is not None:
@@ -146,10 +153,10 @@ class CCE(StepLoss):
 
 class Lq(StepLoss):
     def __init__(self, cfg):
-        self.q = cfg['loss']['q_loss']
+        self.q, self.target = cfg['loss']['q_loss'], cfg['loss']['lq_target']
 
     def per_example(self, y_true, y_pred, x=None, emb=None):
-        return lq_loss(y_true, y_pred, self.q)
+        return lq_loss(y_true, y_pred, self.q, self.target)
 
 
 class EpochCounter(keras.callbacks.Callback):
@@ -175,6 +182,7 @@ class TimeDependentLq(StepLoss):
 
     def __init__(self, cfg):
         self.q_early, self.q_late = cfg['loss']['q_loss'], cfg['loss']['q_loss2']
+        self.target = cfg['loss']['lq_target']
         self.switch_epoch = cfg['learn']['stage1_epoch']
         # A variable, not a Python int, so the compiled (XLA) step sees the switch
         # without retracing.
@@ -184,7 +192,8 @@ class TimeDependentLq(StepLoss):
         return ops.greater_equal(self.epoch, self.switch_epoch)
 
     def per_example(self, y_true, y_pred, x=None, emb=None):
-        return lq_loss(y_true, y_pred, ops.where(self.late(), self.q_late, self.q_early))
+        q = ops.where(self.late(), self.q_late, self.q_early)
+        return lq_loss(y_true, y_pred, q, self.target)
 
     def keep(self, losses):
         # 0 for the dropped examples: reduce() then averages over the number kept (the
@@ -257,26 +266,33 @@ class AdaptiveLq(StepLoss):
 
     A noisier batch has fewer same-label neighbours, a lower SNN and a higher q, the more
     robust end of Lq. SNN is measured on the standardised input patches (loss.snn_space
-    input, the paper's setting) or on the penultimate-layer output (embedding).
+    input, the paper's setting) or on the penultimate-layer output (embedding), with the
+    given labels, on the batch before mixup: the training step passes it as `clean`, since
+    a mixed batch labelled by its argmax would measure the mixing, not the label noise.
     """
 
     log_names = ('q_a',)
+    needs_clean = True
 
     def __init__(self, cfg):
         loss = cfg['loss']
         self.temperature, self.q_min = loss['snn_temperature'], loss['q_min']
         self.needs_embedding = loss['snn_space'] == 'embedding'
+        self.target = loss['lq_target']
         # per_example sets it and keep reports it; a variable (not a Python attribute
         # holding a tensor) so it is valid across traced functions.
         self.q_a = keras.Variable(1.0, dtype='float32', trainable=False, name='loss_q_a')
 
-    def per_example(self, y_true, y_pred, x=None, emb=None):
-        space = emb if self.needs_embedding else x
-        q = snn_q(space, ops.argmax(y_true, axis=-1), self.temperature)
+    def per_example(self, y_true, y_pred, x=None, emb=None, clean=None):
+        """clean: (inputs or embeddings, label indices) before mixup; without it (no
+        mixup: validation, direct calls) x or emb with the argmax of y_true."""
+        if clean is None:
+            clean = (emb if self.needs_embedding else x), ops.argmax(y_true, axis=-1)
+        q = snn_q(*clean, self.temperature)
         # q is a setting chosen from the batch, not a quantity to optimise: no gradient.
         q = ops.clip(ops.stop_gradient(q), self.q_min, 1.0)
         self.q_a.assign(q)
-        return lq_loss(y_true, y_pred, q)
+        return lq_loss(y_true, y_pred, q, self.target)
 
     def keep(self, losses):
         return ops.ones_like(losses), {'q_a': ops.convert_to_tensor(self.q_a)}
@@ -301,8 +317,9 @@ def get(cfg):
     return lookup(LOSSES, cfg['loss']['type'], 'loss.type')(cfg)
 
 
-def per_example_by_name(name, q):
-    """Per-example loss used to score clips (pruning): 'lq_loss' with q, or 'CCE'."""
+def per_example_by_name(name, q, target='max'):
+    """Per-example loss used to score clips (pruning): 'lq_loss' with q and loss.lq_target,
+    or 'CCE'."""
     if name == 'CCE':
         return cce
-    return lambda y_true, y_pred: lq_loss(y_true, y_pred, q)
+    return lambda y_true, y_pred: lq_loss(y_true, y_pred, q, target)

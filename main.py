@@ -79,8 +79,8 @@ def main(argv=None):
         print(f'error: {err}', file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
-        # history.csv and the best model.keras so far are already on disk.
-        print('interrupted: logs/<run>/ keeps history.csv and the best model so far',
+        # history.csv and the selected model.keras so far are already on disk.
+        print('interrupted: logs/<run>/ keeps history.csv and the selected model so far',
               file=sys.stderr, flush=True)
         return 130
     finally:

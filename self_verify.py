@@ -85,10 +85,10 @@ class Fold:
         exp.trainer.reset_optimizer()
         first, epochs, lr = exp.epoch, learn['sv_epochs'], learn['sv_lr']
         schedule = EpochLR(lambda e: linear_decay_lr(e - first, lr, DECAY_FROM, epochs))
-        exp.best.reset()
+        exp.selection.restart()
         exp.fit(epochs, exp.plan(exp.patches.of_clips(rows), mixup=False),
                 early_stopping=False, lr_callbacks=[schedule])
-        exp.best.restore()
+        exp.selection.finish(exp.trainer)
 
 
 def make_folds(exp):
@@ -163,7 +163,7 @@ def mode_self_verify(exp):
                 FOLDS, learn['n_epochs'])
     for fold in folds:
         fold.exp.fit(learn['n_epochs'], fold.exp.plan(fold.exp.train_idx))
-        fold.exp.best.restore()
+        fold.exp.selection.finish(fold.exp.trainer)
     rounds.record(0, np.zeros(0, np.int64))
     accepted = np.zeros(0, np.int64)  # table rows self-verified so far
     rng = exp.rng.spawn(1)[0]

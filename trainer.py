@@ -7,12 +7,15 @@ never by reaching into these objects' internals.
 """
 import logging
 import time
+from dataclasses import asdict, dataclass
+from typing import Optional
 
 import keras
 import numpy as np
 import tensorflow as tf  # the step uses GradientTape: TensorFlow backend only
 from keras import ops
 
+from config import ConfigError
 from utils import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -82,26 +85,39 @@ class Trainer(keras.Model):
         return out if self.step_loss.needs_embedding else (out, None)
 
     def train_step(self, batch):
+        needs_clean = self.step_loss.needs_clean
         if self.source.on_device:
-            batch = self.source.train_batch(*batch)
-        x, y, verified, wrong = batch
+            batch = self.source.train_batch(*batch, clean=needs_clean)
+        x, y, verified = batch['x'], batch['y'], batch['verified']
         mask = None if self.masker is None else (lambda losses: self.masker(losses, verified))
         with tf.GradientTape() as tape:
             y_pred, emb = self._forward(x, training=True)
-            loss, weights, figures = self.step_loss(y, y_pred, x, emb, mask)
+            loss, weights, figures = self.step_loss(y, y_pred, x, emb, mask,
+                                                    self._clean(batch) if needs_clean else None)
             total = loss + ops.sum(self.classifier.losses) if self.classifier.losses else loss
             scaled = self.optimizer.scale_loss(total)
         variables = self.classifier.trainable_variables
         self.optimizer.apply(tape.gradient(scaled, variables), variables)
         if self.detect:
+            # Per pair of mixed examples, both count by their true labels (members, wrong).
             flagged = 1.0 - ops.cast(weights > 0, 'float32')
-            figures.update(nd_flagged=ops.sum(flagged), nd_hit=ops.sum(flagged * wrong),
-                           nd_wrong=ops.sum(wrong))
+            figures.update(nd_flagged=ops.sum(flagged * batch['members']),
+                           nd_hit=ops.sum(flagged * batch['wrong']),
+                           nd_wrong=ops.sum(batch['wrong']))
         self.loss_tracker.update_state(loss)
         self.acc_tracker.update_state(y, y_pred)
         for name, value in figures.items():
             self.extra[name].update_state(value)
         return {m.name: m.result() for m in self.metrics}
+
+    def _clean(self, batch):
+        """(inputs or embeddings, given labels) of the batch before mixup. Embeddings are
+        those of the unmixed inputs in inference mode (an extra forward pass without
+        gradient): the training pass only sees the mixed inputs."""
+        space = batch['x_clean']
+        if self.step_loss.needs_embedding:
+            space = ops.stop_gradient(self._forward(space, training=False)[1])
+        return space, batch['labels']
 
     def test_step(self, batch):
         x, y = self.source.eval_batch(batch) if self.source.on_device else batch
@@ -155,6 +171,7 @@ class History(keras.callbacks.Callback):
                                       if k != 'learning_rate'}}
         row.update(noise_detection(row))
         row['lr'] = self.lr
+        row['steps'] = int(ops.convert_to_numpy(self.model.optimizer.iterations))
         row['seconds'] = round(time.time() - self.t0, 2)
         self.rows.append(row)
         columns = list(dict.fromkeys(k for r in self.rows for k in r))
@@ -164,38 +181,154 @@ class History(keras.callbacks.Callback):
         atomic_write_text(self.path, '\n'.join(lines) + '\n')
 
 
-class BestModel(keras.callbacks.Callback):
-    """Keeps the weights of the best epoch (monitored value) and saves model.keras then.
+@dataclass
+class RunState:
+    """What a run has done so far, in one object with one schema (a backup saves it whole).
 
-    Saving at every improvement means an interrupted run keeps its best model so far.
+    epoch: epochs done, counted across stages. stage: fit calls begun (the current stage,
+    1-based). noise_from: first history row of the noise-detection figures (watch_noise).
+    selection_from: the first epoch (1-based)
+    that model selection may return: the epoch from which the method as configured trains
+    (learn.py restarts it when a mode changes the training). best_value, best_epoch: the
+    best monitored value since then and its epoch (best_val). evaluated_epoch: the epoch
+    whose weights are evaluated, once training is done.
+    """
+    epoch: int = 0
+    stage: int = 0
+    noise_from: int = 0
+    selection_from: int = 1
+    best_value: float = -np.inf
+    best_epoch: Optional[int] = None
+    evaluated_epoch: Optional[int] = None
+
+    def as_dict(self):
+        return asdict(self)
+
+
+class ModelSelection(keras.callbacks.Callback):
+    """learn.model_selection: which weights are evaluated and saved as model.keras.
+
+    last: the weights of the last epoch trained (the original code: early stopping without
+    restoring). best_val: the weights of the epoch with the best monitored value among the
+    epochs from state.selection_from on, so that the evaluated model is always one trained
+    by the method as configured. model.keras is rewritten whenever the selected weights
+    change, so an interrupted run keeps them.
     """
 
-    def __init__(self, monitor, path):
+    def __init__(self, rule, monitor, path, state):
         super().__init__()
-        self.monitor, self.path = monitor, path
-        self.reset()
+        self.rule, self.monitor, self.path, self.state = rule, monitor, path, state
+        self.weights = None
 
-    def reset(self):
-        self.best, self.weights, self.epoch = -np.inf, None, None
+    def restart(self, from_epoch=None):
+        """Only epochs from `from_epoch` (1-based; default: the next one) may be selected."""
+        s = self.state
+        s.selection_from = s.epoch + 1 if from_epoch is None else from_epoch
+        s.best_value, s.best_epoch, self.weights = -np.inf, None, None
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None or value <= self.best:
-            return
-        self.best, self.epoch = float(value), epoch + 1
-        classifier = self.model.classifier
-        self.weights = classifier.get_weights()
-        with atomic_path(self.path) as tmp:
-            classifier.save(tmp)
+        s = self.state
+        s.epoch = epoch + 1
+        if self.rule == 'best_val':
+            value = (logs or {}).get(self.monitor)
+            if s.epoch < s.selection_from or value is None or value <= s.best_value:
+                return
+            s.best_value, s.best_epoch = float(value), s.epoch
+            self.weights = self.model.classifier.get_weights()
+        self._save()
 
-    def restore(self):
-        if self.weights is not None:
-            self.model.classifier.set_weights(self.weights)
-            logger.info('restored the weights of epoch %d (%s = %.4f)', self.epoch,
-                        self.monitor, self.best)
+    def _save(self):
+        with atomic_path(self.path) as tmp:
+            self.model.classifier.save(tmp)
+
+    def finish(self, trainer):
+        """Put the selected weights into the classifier; record and log the epoch."""
+        s = self.state
+        if self.rule == 'best_val' and self.weights is not None:
+            trainer.classifier.set_weights(self.weights)
+            s.evaluated_epoch = s.best_epoch
+            logger.info('model selection best_val: the weights of epoch %d (%s = %.4f, best '
+                        'since epoch %d)', s.best_epoch, self.monitor, s.best_value,
+                        s.selection_from)
+        else:
+            s.evaluated_epoch = s.epoch
+            if s.epoch < s.selection_from:
+                logger.warning('training ended at epoch %d, before the method acted (epoch '
+                               '%d): the last epoch is evaluated', s.epoch, s.selection_from)
+            logger.info('model selection %s: the weights of the last epoch trained, %d',
+                        self.rule, s.epoch)
+        self.set_model(trainer)
+        self._save()
+
+
+class StopAfterSteps(keras.callbacks.Callback):
+    """Stops fit after `steps` optimizer steps, inside an epoch if need be (Keras 3 checks
+    stop_training after every batch, then still validates and ends that epoch)."""
+
+    def __init__(self, steps, steps_per_epoch, initial_epoch):
+        super().__init__()
+        self.steps, self.per_epoch, self.initial_epoch = steps, steps_per_epoch, initial_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch - self.initial_epoch) * self.per_epoch + batch + 1 >= self.steps:
+            self.model.stop_training = True
+
+
+class ValClipAccuracy(keras.callbacks.Callback):
+    """Adds val_clip_accuracy to the epoch logs: the share of validation clips whose
+    aggregated clip score (recognizer.aggregate, as for the test report) picks the given
+    label. The per-patch val_accuracy (the paper's figure) stays what the schedule and the
+    model selection watch."""
+
+    def __init__(self, score_clips, rows, labels):
+        super().__init__()
+        self.score_clips, self.rows, self.labels = score_clips, rows, labels
+
+    def on_epoch_end(self, epoch, logs=None):
+        rows, scores = self.score_clips(self.rows)
+        truth = self.labels[rows]
+        logs['val_clip_accuracy'] = float(np.mean(scores.argmax(axis=1) == truth))
 
 
 # ----------------------------------------------------------------------------- LR schedules
+
+def staged_epochs(learn):
+    """Epochs of staged training when learn.steps_per_epoch fixes them (else None)."""
+    per_epoch = learn['steps_per_epoch']
+    return None if per_epoch is None else sum(-(-n // per_epoch) for n in learn['staged_steps'])
+
+
+def check_schedule(cfg):
+    """cyclic_cosine: the mode's epochs must be whole cycles (each cycle ends in a
+    snapshot), the snapshot cycles must exist, and lr_min must be below lr."""
+    learn = cfg['learn']
+    if learn['lr_schedule'] != 'cyclic_cosine':
+        return
+    chosen = cfg['recognizer']['snapshot_cycles']
+    if chosen != 'all' and (not chosen or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= learn['cycles']
+            for c in chosen)):
+        raise ConfigError(f'recognizer.snapshot_cycles must be all or a list of cycles '
+                          f'from 1 to learn.cycles ({learn["cycles"]}), got {chosen!r}')
+    if learn['lr_min'] >= learn['lr']:
+        raise ConfigError(f'learn.lr_min ({learn["lr_min"]}) must be below learn.lr '
+                          f'({learn["lr"]}) for lr_schedule cyclic_cosine')
+    cycled = learn['cycles'] * learn['cycle_epochs']
+    if learn['mode'] == 'staged':
+        key, epochs = 'learn.staged_steps / learn.steps_per_epoch', staged_epochs(learn)
+        if epochs is None:
+            raise ConfigError('learn.lr_schedule cyclic_cosine with learn.mode staged needs '
+                              'learn.steps_per_epoch, so that the stages last whole cycles')
+    else:
+        key, epochs = 'learn.n_epochs', learn['n_epochs']
+    if epochs != cycled:
+        raise ConfigError(f'learn.lr_schedule cyclic_cosine trains learn.cycles x '
+                          f'learn.cycle_epochs = {cycled} epochs; set {key} to {cycled} '
+                          f'epochs (now {epochs})')
+
 
 def cosine_lr(epoch, lr_max, lr_min, cycle_epochs):
     """Cyclic cosine annealing (Akiyama & Sato, DCASE 2019 Sec. 2.3, 3.5; the warm-restart

@@ -26,7 +26,8 @@ import synthetic  # noqa: E402
 
 def methods(epochs):
     """Method -> config overrides. mixup and LSR are off: the loss/mode is compared."""
-    half, third = max(1, epochs // 2), max(1, epochs // 3)
+    half = max(1, epochs // 2)
+    unit = 8 * epochs  # staged: the paper's 2:2:1 step ratio (10k / 10k / 5k), scaled down
     return {
         'CCE': ['learn.mode=1', 'loss.type=CCE'],
         'lq_loss': ['learn.mode=1', 'loss.type=lq_loss'],
@@ -35,7 +36,7 @@ def methods(epochs):
                   f'learn.stage1_epoch={half}'],
         'mode3': ['learn.mode=3', 'loss.type=lq_loss', f'learn.prune_stage1={half}'],
         'staged': ['learn.mode=staged', 'loss.type=CCE',
-                   f'learn.staged_epochs=[{third},{third},{epochs - 2 * third}]'],
+                   f'learn.staged_steps=[{2 * unit},{2 * unit},{unit}]'],
     }
 
 

@@ -1,4 +1,5 @@
-"""architectures.py: shapes, parameter counts computed by hand, dtypes, errors, learning."""
+"""architectures.py: the original networks rebuilt here, parameter counts by hand, dtypes,
+errors, learning."""
 import keras
 import numpy as np
 import pytest
@@ -32,52 +33,98 @@ def test_baseline_shape_and_softmax():
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_baseline_parameter_count():
-    model = architectures.build('baseline', SHAPE, 20, LEARN)
+# Reference networks written out here from the lists of issue 7 (the original code's
+# get_model_baseline and get_model_DenSE), independently of architectures.py.
+
+def _reference_baseline(shape, n_classes):
+    L, he, l2 = keras.layers, 'he_normal', keras.regularizers.L2(1e-3)
+    x = inp = keras.Input(shape)
+    for filters, pool in [(24, True), (48, True), (48, False)]:
+        x = L.Activation('relu')(L.BatchNormalization()(x))   # pre-activation
+        x = L.Conv2D(filters, 5, padding='same', kernel_initializer=he)(x)
+        x = L.Activation('relu')(L.BatchNormalization()(x))
+        if pool:
+            x = L.MaxPooling2D((4, 2))(x)
+    x = L.Dropout(0.5)(L.Flatten()(x))
+    x = L.Dense(64, activation='relu', kernel_initializer=he, kernel_regularizer=l2)(x)
+    x = L.Dropout(0.5)(x)
+    out = L.Dense(n_classes, activation='softmax', kernel_initializer=he,
+                  kernel_regularizer=l2)(x)
+    return keras.Model(inp, out)
+
+
+def _reference_dense_se(shape, n_classes, n_modules):
+    L = keras.layers
+    inp = keras.Input(shape)
+    x = L.BatchNormalization()(inp)
+    x = L.Concatenate()([x, L.Conv2D(15, 3, padding='same')(x)])
+    for i in range(n_modules):
+        f = min(512, 16 * 2 ** i)
+        y = L.Activation('relu')(L.BatchNormalization()(x))
+        y = L.Conv2D(f, 1, padding='same')(y)
+        y = L.Activation('relu')(L.BatchNormalization()(y))
+        y = L.Conv2D(f, 3, padding='same')(y)
+        se = L.GlobalAveragePooling2D(keepdims=True)(y)
+        se = L.Dense(f, activation='sigmoid')(L.Dense(f // 2, activation='relu')(se))
+        x = L.MaxPooling2D(2, padding='same')(L.Concatenate()([L.Multiply()([y, se]), x]))
+    x = L.Flatten()(L.Activation('relu')(L.BatchNormalization()(x)))
+    out = L.Dense(n_classes, activation='softmax', kernel_initializer='he_normal',
+                  kernel_regularizer=keras.regularizers.L2(1e-3))(L.Dropout(0.5)(x))
+    return keras.Model(inp, out)
+
+
+def _describe(model):
+    """Per layer: type, parameter count, output shape and the settings that matter."""
+    rows = []
+    for layer in model.layers:
+        c = layer.get_config()
+        keys = ('filters', 'kernel_size', 'padding', 'pool_size', 'units', 'activation',
+                'rate', 'axis')
+        row = [type(layer).__name__, layer.count_params(), tuple(layer.output.shape)]
+        row += [(k, c[k]) for k in keys if k in c]
+        if 'kernel_initializer' in c:
+            row.append(c['kernel_initializer']['class_name'])
+            reg = c.get('kernel_regularizer')
+            row.append(None if reg is None else reg['config'])
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize('shape, n_classes', [(SHAPE, 20), ((64, 40, 1), 7)])
+def test_baseline_is_the_original_network(shape, n_classes):
+    model = architectures.build('baseline', shape, n_classes, LEARN)
+    reference = _reference_baseline(shape, n_classes)
+    assert _describe(model) == _describe(reference)
+    assert model.count_params() == reference.count_params()
+    assert model.get_layer('embedding').units == 64
+
+
+def test_baseline_parameter_count_by_hand():
     flat = (100 // 4 // 4) * (96 // 2 // 2) * 48  # 6 frames x 24 bands x 48 channels
-    expected = (_bn(1)
-                + _conv(5, 1, 24) + _bn(24)
-                + _conv(5, 24, 48) + _bn(48)
-                + _conv(5, 48, 48) + _bn(48)
-                + flat * 64 + 64
-                + 64 * 20 + 20)
-    assert flat == 6912
-    assert model.count_params() == expected
+    expected = (_bn(1) + _conv(5, 1, 24) + _bn(24)
+                + _bn(24) + _conv(5, 24, 48) + _bn(48)
+                + _bn(48) + _conv(5, 48, 48) + _bn(48)
+                + flat * 64 + 64 + 64 * 20 + 20)
+    assert architectures.build('baseline', SHAPE, 20, LEARN).count_params() == expected
 
 
-def test_baseline_layer_order_pools_and_l2():
-    model = architectures.build('baseline', SHAPE, 20, LEARN)
-    kinds = [type(layer).__name__ for layer in model.layers]
-    block = ['Conv2D', 'BatchNormalization', 'Activation']
-    assert kinds == (['InputLayer', 'BatchNormalization', 'Activation']
-                     + block + ['MaxPooling2D'] + block + ['MaxPooling2D'] + block
-                     + ['Flatten', 'Dropout', 'Dense', 'Dropout', 'Dense'])
-    assert [p.pool_size for p in _of_type(model, keras.layers.MaxPooling2D)] == [(4, 2)] * 2
-    convs = _of_type(model, keras.layers.Conv2D)
-    assert [c.filters for c in convs] == [24, 48, 48]
-    assert all(c.kernel_size == (5, 5) and c.padding == 'same' for c in convs)
-    assert all(isinstance(c.kernel_initializer, keras.initializers.HeNormal) for c in convs)
-    dense = _of_type(model, keras.layers.Dense)
-    assert [d.units for d in dense] == [64, 20]
-    for d in dense:
-        assert isinstance(d.kernel_regularizer, keras.regularizers.L2)
-        assert d.kernel_regularizer.l2 == pytest.approx(1e-3)
-    assert all(d.rate == 0.5 for d in _of_type(model, keras.layers.Dropout))
+@pytest.mark.parametrize('n_modules, shape', [(3, SHAPE), (2, (30, 20, 1)), (7, (9, 5, 1))])
+def test_dense_se_is_the_original_network(n_modules, shape):
+    model = architectures.build('DenSE', shape, 20, {'densenet_modules': n_modules})
+    reference = _reference_dense_se(shape, 20, n_modules)
+    assert _describe(model) == _describe(reference)
+    assert model.count_params() == reference.count_params()
 
 
-def test_dense_se_shapes_and_se():
+def test_dense_se_shapes():
     model = architectures.build('DenSE', SHAPE, 20, LEARN)
     assert model.name == 'DenSE'
     assert model.output.shape == (None, 20)
-    channels = 16 + 16 + 32 + 64  # stem + each module's growth (dense connectivity)
-    time, mel = 100 // 2 // 2 // 2, 96 // 2 // 2 // 2
-    assert (time, mel, channels) == (12, 12, 128)
-    last_pool = _of_type(model, keras.layers.MaxPooling2D)[-1]
-    assert last_pool.output.shape == (None, time, mel, channels)
-    assert model.get_layer('embedding').output.shape == (None, time * mel * channels)
-    assert len(_of_type(model, keras.layers.Multiply)) == 3
-    assert [c.output.shape[-1] for c in _of_type(model, keras.layers.Concatenate)] == [32, 64,
-                                                                                      128]
+    channels = 16 + 16 + 32 + 64  # input + stem, then each module's growth
+    # 'same' pooling rounds up: 100 -> 50 -> 25 -> 13, 96 -> 48 -> 24 -> 12.
+    assert model.get_layer('embedding').output.shape == (None, 13 * 12 * channels)
+    assert [c.output.shape[-1] for c in _of_type(model, keras.layers.Concatenate)] == [
+        16, 32, 64, 128]
     se_hidden = [d.units for d in _of_type(model, keras.layers.Dense)][:-1]
     assert se_hidden == [8, 16, 16, 32, 32, 64]  # filters // 2 then filters, per module
 
@@ -88,7 +135,7 @@ def test_dense_se_filters_capped_at_512():
     assert widths == [16, 32, 64, 128, 256, 512, 512]
 
 
-@pytest.mark.parametrize('name, width', [('baseline', 64), ('DenSE', 12 * 12 * 128)])
+@pytest.mark.parametrize('name, width', [('baseline', 64), ('DenSE', 13 * 12 * 128)])
 def test_embedding_layer(name, width):
     model = architectures.build(name, SHAPE, 20, LEARN)
     both = keras.Model(model.input, [model.output, model.get_layer('embedding').output])
@@ -111,11 +158,6 @@ def test_unknown_model():
     with pytest.raises(ConfigError, match=r"learn.model 'resnet' is unknown; valid: "
                                           r"baseline, DenSE"):
         architectures.build('resnet', SHAPE, 20, LEARN)
-
-
-def test_too_many_densenet_modules():
-    with pytest.raises(ConfigError, match='learn.densenet_modules'):
-        architectures.build('DenSE', SHAPE, 20, {'densenet_modules': 7})  # 96 / 2**7 < 1
 
 
 def test_baseline_input_too_small():

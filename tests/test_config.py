@@ -28,7 +28,7 @@ REFERENCE = {
     ('learn', 'n_epochs'): 100, ('learn', 'patience'): 15, ('learn', 'val_split'): 0.15,
     ('learn', 'mixup'): True, ('learn', 'mixup_alpha'): 0.1, ('learn', 'mixup_mode'): 'intra',
     ('learn', 'mixup_warmup_epochs'): 10, ('learn', 'mode'): 0, ('learn', 'model'): 'baseline',
-    ('loss', 'type'): 'lq_loss', ('loss', 'q_loss'): 0.7,
+    ('loss', 'type'): 'lq_loss', ('loss', 'q_loss'): 0.5,
     ('recognizer', 'aggregate'): 'gmean',
 }
 
@@ -94,13 +94,84 @@ def test_every_default_is_documented_in_params_yaml(raw_params):
         assert not missing, (section, missing)
 
 
+# Grids of the original code's README (edufonseca/waspaa19): the defaults lie inside them.
+GRIDS = {('learn', 'prune_discard_percentile'): {99.25, 98.5, 97.75, 97.0, 96.25},
+         ('loss', 'perc_loss2'): {99.0, 96.0, 93.0}}
+
+
+@pytest.mark.parametrize('section, key', list(GRIDS))
+def test_defaults_lie_in_the_sources_grids(raw_params, section, key):
+    assert config.DEFAULTS[section][key] in GRIDS[section, key]
+    assert raw_params[section][key] == config.DEFAULTS[section][key]
+    line = next(ln for ln in PARAMS.read_text().splitlines() if ln.strip().startswith(key))
+    grid = re.search(r'\{([^}]*)\}', line)
+    assert grid and {float(v) for v in grid[1].split(',')} == GRIDS[section, key]
+    for value in GRIDS[section, key]:  # every grid value is accepted, as a real number
+        cfg = config.load_config(None, [f'{section}.{key}={value}'])
+        assert cfg[section][key] == value and isinstance(cfg[section][key], float)
+
+
+def test_steps_per_epoch_is_null_or_a_positive_integer():
+    assert config.load_config(None)['learn']['steps_per_epoch'] is None
+    assert config.load_config(None, ['learn.steps_per_epoch=250'])['learn'][
+        'steps_per_epoch'] == 250
+
+
+SHIPPED = sorted((REPO / 'config').rglob('*.yaml'))
+WASPAA19 = ['cce', 'lsr', 'lsr_groups2', 'mixup', 'mixup_warmup', 'lq', 'time_lqmax',
+            'time_lqperc', 'pruning']
+
+
+def test_waspaa19_ships_one_config_per_method_of_the_paper():
+    assert sorted(p.stem for p in (REPO / 'config' / 'waspaa19').glob('*.yaml')) == \
+        sorted(WASPAA19)
+
+
+@pytest.mark.parametrize('path', SHIPPED, ids=lambda p: str(p.relative_to(REPO / 'config')))
+def test_every_shipped_yaml_loads_and_validates(path):
+    import architectures
+    import eval as evaluation
+    import learn
+    import losses
+    cfg = config.load_config(path)
+    for module in (architectures, losses, learn, evaluation):
+        module.check(cfg)
+
+
+@pytest.mark.parametrize('name, expected', [
+    ('cce', {('learn', 'mode'): 1, ('learn', 'mixup'): False, ('loss', 'type'): 'CCE',
+             ('learn', 'LSR'): False}),
+    ('lsr', {('learn', 'LSR'): True, ('learn', 'LSRmode'): 'STANDARD',
+             ('loss', 'type'): 'CCE', ('learn', 'mixup'): False}),
+    ('lsr_groups2', {('learn', 'LSR'): True, ('learn', 'LSRmode'): 'GROUPS2'}),
+    ('mixup', {('learn', 'mode'): 1, ('learn', 'mixup'): True, ('loss', 'type'): 'CCE'}),
+    ('mixup_warmup', {('learn', 'mode'): 0, ('learn', 'mixup'): True}),
+    ('lq', {('learn', 'mode'): 1, ('loss', 'type'): 'lq_loss', ('learn', 'mixup'): False}),
+    ('time_lqmax', {('learn', 'mode'): 2, ('loss', 'type'): 'lq_lqmax_time_sudden'}),
+    ('time_lqperc', {('learn', 'mode'): 2, ('loss', 'type'): 'lq_lqperc_time_sudden'}),
+    ('pruning', {('learn', 'mode'): 3, ('learn', 'mixup'): False}),
+])
+def test_waspaa19_configs_switch_their_method(name, expected):
+    cfg = config.load_config(REPO / 'config' / 'waspaa19' / f'{name}.yaml')
+    for (section, key), value in expected.items():
+        assert cfg[section][key] == value, (name, section, key)
+    assert cfg['ctrl']['train_data'] == 'noisy'  # the paper trains on the noisy set
+
+
+def test_staged_yaml_is_the_papers_schedule_with_cce():
+    cfg = config.load_config(REPO / 'config' / 'staged.yaml')
+    assert cfg['learn']['mode'] == 'staged' and cfg['ctrl']['train_data'] == 'all'
+    assert cfg['learn']['staged_steps'] == [10000, 10000, 5000]
+    assert cfg['loss']['type'] == 'CCE' and cfg['learn']['mixup'] is False
+
+
 # ----------------------------------------------------------------------------- overrides
 
 def test_parse_override_parses_yaml_values():
     assert config.parse_override('learn.lr=0.01') == ('learn', 'lr', 0.01)
     assert config.parse_override('learn.mixup=false') == ('learn', 'mixup', False)
-    assert config.parse_override('learn.staged_epochs=[1,2,3]') == \
-        ('learn', 'staged_epochs', [1, 2, 3])
+    assert config.parse_override('learn.staged_steps=[1,2,3]') == \
+        ('learn', 'staged_steps', [1, 2, 3])
     with pytest.raises(ConfigError, match='section.key=value'):
         config.parse_override('lr=0.01')
     with pytest.raises(ConfigError, match='section.key=value'):
@@ -109,10 +180,10 @@ def test_parse_override_parses_yaml_values():
 
 def test_overrides_applied_with_types():
     cfg = config.load_config(PARAMS, ['learn.lr=0.01', 'learn.mixup=false',
-                                     'learn.staged_epochs=[1,2,3]', 'ctrl.run_name=abc'])
+                                     'learn.staged_steps=[1,2,3]', 'ctrl.run_name=abc'])
     assert cfg['learn']['lr'] == 0.01 and isinstance(cfg['learn']['lr'], float)
     assert cfg['learn']['mixup'] is False
-    assert cfg['learn']['staged_epochs'] == [1, 2, 3]
+    assert cfg['learn']['staged_steps'] == [1, 2, 3]
     assert cfg['ctrl']['run_name'] == 'abc'
 
 
@@ -137,10 +208,10 @@ def test_default_run_name_is_stem_and_timestamp(tmp_path):
 def test_defaults_are_not_shared_between_configs():
     a = config.load_config(None)
     a['learn']['noisier_classes'].append('X')
-    a['learn']['staged_epochs'][0] = 99
+    a['learn']['staged_steps'][0] = 99
     b = config.load_config(None)
     assert 'X' not in b['learn']['noisier_classes']
-    assert b['learn']['staged_epochs'] == [20, 30, 10]
+    assert b['learn']['staged_steps'] == [10000, 10000, 5000]
 
 
 # ----------------------------------------------------------------------------- errors
@@ -178,7 +249,8 @@ def test_unknown_key_in_file(tmp_path):
     ('learn.mixup=3', 'learn.mixup'),
     ('learn.batch_size=1.5', 'learn.batch_size'),
     ('learn.batch_size=true', 'learn.batch_size'),
-    ('learn.staged_epochs=5', 'learn.staged_epochs'),
+    ('learn.staged_steps=5', 'learn.staged_steps'),
+    ('learn.steps_per_epoch=1.5', 'learn.steps_per_epoch'),
     ('ctrl.dataset_path=[1]', 'ctrl.dataset_path'),
     ('learn.lr=', 'learn.lr'),
 ])
@@ -195,6 +267,7 @@ def test_wrong_type(override, key):
     ('learn.batch_size=0', 'learn.batch_size'),
     ('learn.lr=-0.1', 'learn.lr'),
     ('learn.n_classes=1', 'learn.n_classes'),
+    ('learn.steps_per_epoch=0', 'learn.steps_per_epoch'),
 ])
 def test_out_of_range(override, key):
     with pytest.raises(ConfigError, match=re.escape(key) + '.*out of range'):
@@ -255,8 +328,8 @@ def test_other_consistency_errors():
         config.load_config(None, ['extract.fmin=22050'])
     with pytest.raises(ConfigError, match='win_length_samples'):
         config.load_config(None, ['extract.win_length_samples=4096'])
-    with pytest.raises(ConfigError, match='staged_epochs'):
-        config.load_config(None, ['learn.staged_epochs=[1,2]'])
+    with pytest.raises(ConfigError, match='staged_steps'):
+        config.load_config(None, ['learn.staged_steps=[1,2]'])
     with pytest.raises(ConfigError, match='run_name'):
         config.load_config(None, ['ctrl.run_name=a/b'])
 

@@ -404,8 +404,10 @@ def test_patch_source_train_batch_smooths_then_mixes(clips, source_setup, on_dev
     idx = rng.integers(0, p.clip.size, 7)
     partner = rng.permutation(idx)
     lam = rng.random(7).astype(np.float32)
-    x, y, verified, wrong = src.train_batch(*(ops.convert_to_tensor(a) for a in
-                                       (idx.astype(np.int32), partner.astype(np.int32), lam)))
+    partner[0] = idx[0]  # one example mixed with itself: a pair of one
+    batch = src.train_batch(*(ops.convert_to_tensor(a) for a in (
+        idx.astype(np.int32), partner.astype(np.int32), lam)), clean=True)
+    x, y, verified, wrong = (batch[k] for k in ('x', 'y', 'verified', 'wrong'))
 
     xa = (_materialise(clips, p, idx) - mean) / std
     xb = (_materialise(clips, p, partner) - mean) / std
@@ -425,7 +427,14 @@ def test_patch_source_train_batch_smooths_then_mixes(clips, source_setup, on_dev
     assert np.asarray(y).max() <= 1 - eps.min() * (1 - 1 / K) + 1e-6
     np.testing.assert_array_equal(np.asarray(verified), table.verified.to_numpy()[p.clip[idx]])
     given, true = table.label_idx.to_numpy(), table.true_idx.to_numpy()
-    np.testing.assert_array_equal(np.asarray(wrong), (given != true)[p.clip[idx]])
+    # Noise detection counts both examples of a pair by their true labels.
+    bad = (given != true)[p.clip]
+    pair = idx != partner
+    np.testing.assert_array_equal(np.asarray(batch['members']), 1 + pair)
+    np.testing.assert_array_equal(np.asarray(wrong), bad[idx] + pair * bad[partner])
+    # The batch before mixup, for a loss that measures it (adaptive Lq).
+    np.testing.assert_allclose(np.asarray(batch['x_clean'])[..., 0], xa, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(batch['labels']), given[p.clip[idx]])
 
 
 def test_patch_source_eval_batch_is_unsmoothed(clips, source_setup):

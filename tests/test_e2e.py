@@ -73,6 +73,14 @@ def test_mode1_learns_an_easy_noise_free_set(workspace):
     assert accuracy > 60.0, f'accuracy {accuracy} is not far above chance (20 %)'
     results = json.loads((run_dir / 'results.json').read_text())
     assert results['accuracy_micro'] == pytest.approx(accuracy, abs=0.01)
+    # Default model selection: the last epoch trained is the one evaluated, and said so.
+    hist = history(run_dir)
+    assert results['model_selection'] == 'last'
+    assert results['evaluated_epoch'] == hist.epoch.iloc[-1] == 8
+    assert f'model evaluated: learn.model_selection last, epoch 8' in log
+    # Per-patch validation accuracy (the paper's) and per-clip, as the test figure.
+    assert hist.val_clip_accuracy.between(0, 1).all() and hist.val_accuracy.notna().all()
+    assert hist.val_clip_accuracy.iloc[-1] > 0.6
     # The printed accuracy is the one of predictions.csv against test.csv.
     pred = pd.read_csv(run_dir / 'predictions.csv')
     test = pd.read_csv(clean / 'FSDnoisy18k.meta' / 'test.csv')
@@ -84,7 +92,8 @@ def test_mode0_writes_every_artefact(workspace):
     _, clean, _ = workspace
     code, log, run_dir = run(workspace, 'mode0', clean,
                              ['learn.mode=0', 'learn.mixup=true', 'learn.LSR=true',
-                              'learn.n_epochs=4', 'loss.type=lq_loss'])
+                              'learn.n_epochs=4', 'loss.type=lq_loss',
+                              'learn.model_selection=best_val'])
     assert code == 0
     assert log.index('resolved config') < log.index('ACCURACY - MICRO')
     assert 'per-class accuracy, best first' in log and 'wall time of the job' in log
@@ -104,6 +113,10 @@ def test_mode0_writes_every_artefact(workspace):
     results = json.loads((run_dir / 'results.json').read_text())
     assert {'accuracy_micro', 'n_files_evaluated', 'n_files_listed', 'per_class',
             'wall_time_s'} <= set(results)
+    # best_val only picks among the mixup epochs (3 and 4), the best of them.
+    assert results['model_selection'] == 'best_val'
+    mixup_epochs = hist[hist.epoch >= 3]
+    assert results['evaluated_epoch'] == mixup_epochs.epoch[mixup_epochs.val_accuracy.idxmax()]
     pred = pd.read_csv(run_dir / 'predictions.csv')
     assert list(pred.columns[:2]) == ['fname', 'predicted'] and pred.shape == (50, 7)
     scores = pred.iloc[:, 2:]
@@ -117,7 +130,7 @@ def test_mode2_switches_at_the_configured_epoch(workspace):
     code, log, run_dir = run(workspace, 'mode2', noisy,
                              ['learn.mode=2', 'loss.type=lq_lqperc_time_sudden',
                               'learn.stage1_epoch=3', 'learn.n_epochs=5',
-                              'loss.perc_loss2=80'])
+                              'loss.perc_loss2=80', 'learn.model_selection=best_val'])
     assert code == 0
     hist = history(run_dir)
     assert (hist.discarded[hist.epoch <= 3] == 0).all()
@@ -125,13 +138,16 @@ def test_mode2_switches_at_the_configured_epoch(workspace):
     assert np.allclose(hist.discarded[hist.epoch > 3], 7 / 32, atol=0.02)
     detection = json.loads((run_dir / 'results.json').read_text())['noise_detection']
     assert len(detection['precision']) == 5 and detection['n_flagged'][0] == 0
+    evaluated = json.loads((run_dir / 'results.json').read_text())['evaluated_epoch']
+    assert evaluated >= 4  # an epoch trained with the stage-2 loss
 
 
 def test_mode3_prunes_the_percentile_and_mostly_wrong_labels(workspace):
     _, _, noisy = workspace
     code, log, run_dir = run(workspace, 'mode3', noisy,
                              ['learn.mode=3', 'learn.prune_stage1=6', 'learn.n_epochs=7',
-                              'learn.prune_discard_percentile=80'])
+                              'learn.prune_discard_percentile=80',
+                              'learn.model_selection=best_val'])
     assert code == 0
     pruned = pd.read_csv(run_dir / 'pruned.csv')
     assert list(pruned.columns) == ['fname', 'label', 'clip_loss', 'true_label']
@@ -139,7 +155,9 @@ def test_mode3_prunes_the_percentile_and_mostly_wrong_labels(workspace):
     kept, total, n_pruned = map(int, match.groups())
     assert n_pruned == len(pruned) and kept + n_pruned == total
     assert abs(n_pruned - 0.2 * total) <= 1
-    detection = json.loads((run_dir / 'results.json').read_text())['noise_detection']
+    results = json.loads((run_dir / 'results.json').read_text())
+    assert results['evaluated_epoch'] == 7  # the only epoch trained on the pruned set
+    detection = results['noise_detection']
     wrong = (pruned.label != pruned.true_label).mean()
     assert detection['precision'] == pytest.approx(wrong)
     assert wrong > 0.55, f'only {wrong:.2f} of the pruned clips have a wrong label'
@@ -148,14 +166,19 @@ def test_mode3_prunes_the_percentile_and_mostly_wrong_labels(workspace):
 def test_staged_training_masks_unverified_examples(workspace):
     _, _, noisy = workspace
     code, log, run_dir = run(workspace, 'staged', noisy,
-                             ['learn.mode=staged', 'learn.staged_epochs=[2,2,1]'])
+                             ['learn.mode=staged', 'learn.staged_steps=[12,10,6]',
+                              'learn.steps_per_epoch=5', 'learn.model_selection=best_val'])
     assert code == 0
     hist = history(run_dir)
-    assert len(hist) == 5
-    stage2 = hist[(hist.epoch > 2) & (hist.epoch <= 4)]
+    # Stages in optimizer steps, a history row every 5 steps and at each stage's end.
+    assert list(hist.steps) == [5, 10, 12, 17, 22, 27, 28]
+    stage2 = hist[(hist.epoch > 3) & (hist.epoch <= 5)]
     assert (stage2.eta > 0).all() and (stage2.masked > 0).all() and (stage2.masked < 0.5).all()
-    detection = json.loads((run_dir / 'results.json').read_text())['noise_detection']
-    assert detection['epoch'] == [3, 4] and all(0 <= p <= 1 for p in detection['precision'])
+    assert 'eta' not in hist or hist.eta[hist.epoch <= 3].isna().all()
+    results = json.loads((run_dir / 'results.json').read_text())
+    detection = results['noise_detection']
+    assert detection['epoch'] == [4, 5] and all(0 <= p <= 1 for p in detection['precision'])
+    assert results['evaluated_epoch'] in (6, 7)  # a fine-tuning epoch
 
 
 def test_staged_training_refuses_a_subset_without_verified_clips(workspace):
@@ -265,9 +288,9 @@ def test_self_verification_accepts_mostly_right_labels(workspace):
     _, _, noisy = workspace
     code, log, run_dir = run(workspace, 'self_verify', noisy,
                              ['learn.mode=self_verify', 'learn.n_epochs=4',
-                              'learn.sv_rounds=2', 'learn.sv_epochs=2',
-                              'learn.sv_per_class=4', 'learn.sv_excerpts=5',
-                              'learn.sv_lr=0.0005', 'learn.lr_schedule=constant'])
+                              'learn.sv_rounds=2', 'learn.sv_epochs=3',
+                              'learn.sv_per_class=8', 'learn.sv_excerpts=5',
+                              'learn.sv_lr=0.001', 'learn.lr_schedule=constant'])
     assert code == 0
     results = json.loads((run_dir / 'results.json').read_text())
     rounds = results['self_verification']
@@ -275,7 +298,7 @@ def test_self_verification_accepts_mostly_right_labels(workspace):
     accepted = [r for r in rounds[1:] if r['accepted']]
     assert accepted, 'no clip was self-verified'
     for r in rounds[1:]:
-        assert max(r['accepted_per_class'].values()) <= 4
+        assert max(r['accepted_per_class'].values()) <= 8
         assert sum(r['accepted_per_class'].values()) == r['accepted']
     # Precision of the accepted given labels over all rounds (40 % of the unverified
     # labels are wrong).

@@ -44,9 +44,12 @@ def test_linear_decay_after_the_constant_epochs():
 
 @pytest.mark.parametrize('overrides, message', [
     (['learn.lr_schedule=cyclic_cosine', 'learn.cycles=2', 'learn.cycle_epochs=3',
-      'learn.n_epochs=5'], 'set learn.n_epochs to 6 (now 5)'),
+      'learn.n_epochs=5'], 'set learn.n_epochs to 6 epochs (now 5)'),
     (['learn.lr_schedule=cyclic_cosine', 'learn.cycles=2', 'learn.cycle_epochs=3',
-      'learn.mode=staged', 'learn.staged_epochs=[1,1,1]'], 'learn.staged_epochs (sum) to 6'),
+      'learn.mode=staged', 'learn.staged_steps=[10,10,5]', 'learn.steps_per_epoch=4'],
+     'set learn.staged_steps / learn.steps_per_epoch to 6 epochs (now 8)'),
+    (['learn.lr_schedule=cyclic_cosine', 'learn.cycles=2', 'learn.cycle_epochs=3',
+      'learn.mode=staged'], 'with learn.mode staged needs learn.steps_per_epoch'),
     (['learn.lr_schedule=cyclic_cosine', 'learn.lr_min=0.01', 'learn.lr=0.001'],
      'learn.lr_min (0.01) must be below learn.lr'),
     (['learn.lr_schedule=step'], 'learn.lr_schedule is'),

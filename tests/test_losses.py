@@ -28,9 +28,11 @@ def _np(t):
     return np.asarray(keras.ops.convert_to_numpy(t))
 
 
-def _lq_ref(y, p, q):
-    s = np.clip(np.sum(y.astype(np.float64) * p, axis=1), losses.P_MIN, 1)
-    return (1 - s ** q) / q
+def _lq_ref(y, p, q, target='max'):
+    """(1 - s^q)/q with s = max_k y_k p_k (the original code's form) or sum_k y_k p_k."""
+    prod = y.astype(np.float64) * p
+    s = prod.max(axis=1) if target == 'max' else prod.sum(axis=1)
+    return (1 - np.clip(s, losses.P_MIN, 1) ** q) / q
 
 
 # ----------------------------------------------------------------------------- cce, lq
@@ -43,6 +45,38 @@ def test_cce_and_lq_match_numpy_with_soft_targets():
     np.testing.assert_allclose(_np(losses.cce(y, p)), cce_ref, rtol=1e-5)
     for q in (0.3, 0.7):
         np.testing.assert_allclose(_np(losses.lq_loss(y, p, q)), _lq_ref(y, p, q), rtol=1e-5)
+        np.testing.assert_allclose(_np(losses.lq_loss(y, p, q, target='dot')),
+                                   _lq_ref(y, p, q, 'dot'), rtol=1e-5)
+
+
+def test_lq_max_and_dot_differ_under_smoothing_and_mixup():
+    """A label-smoothed target mixed with another: max picks the largest y_k p_k only."""
+    p = np.array([[0.6, 0.3, 0.1]], 'float32')
+    y = 0.7 * np.array([[0.9, 0.05, 0.05]]) + 0.3 * np.array([[0.05, 0.9, 0.05]])
+    y = y.astype('float32')
+    s_max, s_dot = max(y[0] * p[0]), float(np.dot(y[0], p[0]))
+    assert s_max < s_dot
+    np.testing.assert_allclose(_np(losses.lq_loss(y, p, 0.5)), (1 - s_max ** 0.5) / 0.5,
+                               rtol=1e-5)
+    np.testing.assert_allclose(_np(losses.lq_loss(y, p, 0.5, 'dot')), (1 - s_dot ** 0.5) / 0.5,
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize('loss_type', ['lq_loss', 'lq_lqperc_time_sudden', 'adaptive_lq'])
+@pytest.mark.parametrize('target', ['max', 'dot'])
+def test_every_lq_loss_follows_loss_lq_target(loss_type, target):
+    rng = np.random.default_rng(3)
+    p = _probs(rng, 6, 4)
+    # Soft targets whose argmax is class 0 for every example: adaptive Lq's batch is all
+    # one class, SNN = 1 and its q is q_min, the q the others use.
+    y = 0.6 * _onehot(np.zeros(6, int), 4) + 0.4 * _probs(rng, 6, 4)
+    x = rng.normal(size=(6, 3)).astype('float32')
+    cfg = _config(f'loss.type={loss_type}', f'loss.lq_target={target}', 'loss.q_loss=0.4',
+                  'loss.q_min=0.4')
+    got = _np(losses.get(cfg).per_example(y, p, x))
+    np.testing.assert_allclose(got, _lq_ref(y, p, 0.4, target), rtol=1e-5)
+    scorer = losses.per_example_by_name('lq_loss', 0.4, target)
+    np.testing.assert_allclose(_np(scorer(y, p)), _lq_ref(y, p, 0.4, target), rtol=1e-5)
 
 
 def test_lq_limits():
