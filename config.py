@@ -26,12 +26,16 @@ DEFAULTS = {
         'feat_ext': True, 'learn': True, 'dataset': 'fsdnoisy18k', 'train_data': 'noisy',
         'dataset_path': 'data/FSDnoisy18k', 'seed': 42, 'run_name': None,
         'features_dir': 'features', 'logs_dir': 'logs', 'workers': 0, 'verbose': 2,
+        'inject_noise': {'rate': 0.0, 'kind': 'symmetric', 'seed': 0, 'subset': 'unverified'},
+        'tensorboard': True,
     },
     'extract': {
         'audio_len_s': 2, 'eps': 2.220446049250313e-16, 'fmax': 22050, 'fmin': 0, 'fs': 44100,
         'hop_length_samples': 882, 'load_mode': 'varup', 'log': True, 'mono': True,
         'n_fft': 2048, 'n_mels': 96, 'normalize_audio': True, 'patch_hop': 50, 'patch_len': 100,
         'spectrogram_type': 'power', 'win_length_samples': 1764, 'store_dtype': 'float32',
+        'trim_silence': False, 'trim_top_db': 60.0, 'crop': 'patches', 'crop_frames': 512,
+        'clip_frames': 2000,
     },
     'learn': {
         'batch_size': 64, 'lr': 0.001, 'n_classes': 20, 'n_epochs': 100, 'optim': 'Adam',
@@ -46,6 +50,8 @@ DEFAULTS = {
         'mask_alpha': 0.9, 'jit_compile': 'auto', 'mixed_precision': False,
         'predict_batch_size': 1024, 'frames_on_device': 'auto', 'model_selection': 'last',
         'steps_per_epoch': None,
+        'specaugment': {'freq_masks': 0, 'freq_width': 0, 'time_masks': 0, 'time_width': 0},
+        'time_pooling': 'max',
         'lr_schedule': 'plateau', 'cycles': 8, 'cycle_epochs': 64, 'lr_min': 1e-6,
         'folds': 1, 'sv_excerpts': 25, 'sv_threshold': 0.95, 'sv_per_class': 40,
         'sv_epochs': 30, 'sv_lr': 0.0002, 'sv_rounds': 10,
@@ -77,6 +83,10 @@ CHOICES = {
     ('learn', 'model_selection'): ['last', 'best_val'],
     ('loss', 'snn_space'): ['input', 'embedding'],
     ('loss', 'lq_target'): ['max', 'dot'],
+    ('ctrl', 'inject_noise.kind'): ['symmetric', 'pairflip'],
+    ('ctrl', 'inject_noise.subset'): ['unverified', 'verified', 'all'],
+    ('extract', 'crop'): ['patches', 'random_crop'],
+    ('learn', 'time_pooling'): ['max', 'mean'],
     ('learn', 'lr_schedule'): ['plateau', 'constant', 'cyclic_cosine'],
 }
 
@@ -120,6 +130,15 @@ RANGES = {
     ('loss', 'perc_loss2'): (0, 100, True, True),
     ('loss', 'snn_temperature'): (0, None, False, True),
     ('loss', 'q_min'): (0, 1, False, True),
+    ('ctrl', 'inject_noise.rate'): (0, 1, True, True),
+    ('ctrl', 'inject_noise.seed'): (0, None, True, True),
+    ('extract', 'trim_top_db'): (0, None, False, True),
+    ('extract', 'crop_frames'): (1, None, True, True),
+    ('extract', 'clip_frames'): (1, None, True, True),
+    ('learn', 'specaugment.freq_masks'): (0, None, True, True),
+    ('learn', 'specaugment.freq_width'): (0, None, True, True),
+    ('learn', 'specaugment.time_masks'): (0, None, True, True),
+    ('learn', 'specaugment.time_width'): (0, None, True, True),
     ('learn', 'cycles'): (1, None, True, True),
     ('learn', 'cycle_epochs'): (1, None, True, True),
     ('learn', 'lr_min'): (0, None, True, True),
@@ -146,12 +165,16 @@ NULLABLE = {('ctrl', 'run_name'): str, ('learn', 'steps_per_epoch'): int,
 
 def _type_name(value):
     return {bool: 'a boolean', int: 'an integer', float: 'a number', str: 'a string',
-            list: 'a list'}.get(type(value), type(value).__name__)
+            list: 'a list', dict: 'a mapping'}.get(type(value), type(value).__name__)
 
 
 def _check_value(section, key, value):
-    """Type-check against the default's type, then choices and ranges; return the value."""
-    default = DEFAULTS[section][key]
+    """Type-check against the default's type, then choices and ranges; return the value.
+
+    key is 'name' or, for a sub-key of a mapping-valued key, 'name.sub'.
+    """
+    name, _, sub = key.partition('.')
+    default = DEFAULTS[section][name][sub] if sub else DEFAULTS[section][key]
     where = f'{section}.{key}'
     if value is None:
         if (section, key) in NULLABLE:
@@ -193,13 +216,29 @@ def _check_value(section, key, value):
 
 
 def _merge(cfg, section, key, value):
+    """Set cfg[section][key]; key 'name.sub' (or a mapping value) sets sub-keys of a
+    mapping-valued key such as ctrl.inject_noise, each validated on its own."""
     if section not in DEFAULTS:
         raise ConfigError(f'unknown config section {section!r}; valid sections: '
                           f'{", ".join(DEFAULTS)}')
-    if key not in DEFAULTS[section]:
-        raise ConfigError(f'unknown config key {section}.{key}; valid keys of {section}: '
+    name, _, sub = key.partition('.')
+    if name not in DEFAULTS[section]:
+        raise ConfigError(f'unknown config key {section}.{name}; valid keys of {section}: '
                           f'{", ".join(DEFAULTS[section])}')
-    cfg[section][key] = _check_value(section, key, value)
+    default = DEFAULTS[section][name]
+    if not isinstance(default, dict):
+        if sub:
+            raise ConfigError(f'config key {section}.{name} has no sub-keys (got {key!r})')
+        cfg[section][name] = _check_value(section, name, value)
+        return
+    if not sub and not isinstance(value, dict):
+        raise ConfigError(f'{section}.{name} must be a mapping of {", ".join(default)}, '
+                          f'got {value!r}')
+    for part, part_value in ({sub: value} if sub else value).items():
+        if part not in default:
+            raise ConfigError(f'unknown config key {section}.{name}.{part}; valid keys of '
+                              f'{section}.{name}: {", ".join(default)}')
+        cfg[section][name][part] = _check_value(section, f'{name}.{part}', part_value)
 
 
 def parse_override(text):
@@ -258,6 +297,11 @@ def _check_consistency(cfg):
         raise ConfigError('extract.fmin must be below extract.fmax')
     if ext['win_length_samples'] > ext['n_fft']:
         raise ConfigError('extract.win_length_samples must not exceed extract.n_fft')
+    if ext['crop'] == 'random_crop' and ext['crop_frames'] > ext['clip_frames']:
+        raise ConfigError(f'extract.crop_frames = {ext["crop_frames"]} must not exceed '
+                          f'extract.clip_frames = {ext["clip_frames"]} (crops are cut from '
+                          f'the fixed-length clip)')
+    _check_specaugment(cfg)
     staged = cfg['learn']['staged_steps']
     if len(staged) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
                                    for n in staged):
@@ -266,8 +310,24 @@ def _check_consistency(cfg):
     if not all(isinstance(c, str) for c in cfg['learn']['noisier_classes']):
         raise ConfigError('learn.noisier_classes must be a list of class names')
     name = cfg['ctrl']['run_name']
-    if name is not None and (not name or '/' in name or name.startswith('.')):
-        raise ConfigError(f'ctrl.run_name {name!r} must be a plain file name')
+    # 'sweep/point_seed0' is allowed (sweep.py names its runs so): relative, no '..' and no
+    # hidden or empty components, so that a run stays inside ctrl.logs_dir.
+    if name is not None and any(not part or part.startswith('.') for part in name.split('/')):
+        raise ConfigError(f'ctrl.run_name {name!r} must be a file name or a relative path '
+                          f'of file names (NAME/sub), without leading dots')
+
+
+def _check_specaugment(cfg):
+    """A mask wider than the input it masks is a mistake, not a wider mask."""
+    ext, masks = cfg['extract'], cfg['learn']['specaugment']
+    frames = ext['crop_frames'] if ext['crop'] == 'random_crop' else ext['patch_len']
+    size_key = 'extract.crop_frames' if ext['crop'] == 'random_crop' else 'extract.patch_len'
+    for axis, size, key in (('freq', ext['n_mels'], 'extract.n_mels'),
+                            ('time', frames, size_key)):
+        width = masks[f'{axis}_width']
+        if width > size:
+            raise ConfigError(f'learn.specaugment.{axis}_width = {width} exceeds {key} = '
+                              f'{size}')
 
 
 def config_to_yaml(cfg):

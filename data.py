@@ -1,10 +1,13 @@
-"""Split, patches, scaler, batches, label smoothing, mixup.
+"""Split, patches and crops, scaler, batches, label smoothing, mixup, SpecAugment.
 
 Shapes: frames [total_frames, n_mels] (every clip's log-mel stacked once, see
 feat_extract.FeatureStore); a patch is a (clip, start frame) pair, never a copy. Patch
 tables are flat numpy arrays over all patches of all clips; training, validation, test and
-pruning select patches by index.
+pruning select patches by index. With extract.crop random_crop the table holds one entry
+per clip (its whole fixed-length clip) and a training example is that entry shifted by a
+random crop offset drawn with the epoch plan.
 """
+import dataclasses
 import logging
 import warnings
 from dataclasses import dataclass
@@ -97,6 +100,20 @@ def make_patches(start, length, patch_len, patch_hop):
                    offset=within * patch_hop, clen=np.asarray(length, np.int64)[clip])
 
 
+def make_clips(start, length):
+    """One entry per readable clip, at offset 0: the whole clip for extract.crop random_crop.
+
+    Read over clip_frames frames, frame t is row0 + t mod clen, so a short clip is repeated
+    up to clip_frames and a long one is cut there (He et al. downsample a long clip instead;
+    at their 2000 frames of 20 ms no clip of FSDKaggle2019, at most 30 s, is that long, and
+    cutting keeps one gather formula for patches, crops and whole clips).
+    """
+    length = np.asarray(length, np.int64)
+    clip = np.flatnonzero(length > 0)
+    return Patches(clip=clip, row0=np.asarray(start, np.int64)[clip],
+                   offset=np.zeros(clip.size, np.int64), clen=length[clip])
+
+
 # ----------------------------------------------------------------------------- scaler
 
 def fit_scaler(frames, patches, idx, patch_len, chunk=1 << 14):
@@ -164,14 +181,35 @@ def smooth_targets(ops, labels, eps, n_classes):
 
 @dataclass
 class EpochPlan:
-    """One epoch of training steps: patch indices, mixup partners and mixup weights.
+    """One epoch of training steps: patch indices, mixup partners and mixup weights, crop
+    offsets and SpecAugment masks.
 
-    Arrays have shape [steps, batch]. idx are patch indices; partner[i] is the patch mixed
-    into idx[i] with weight 1 - lam[i] (lam = 1: no mixup).
+    Arrays have shape [steps, batch, ...]. idx are patch indices; partner[i] is the patch
+    mixed into idx[i] with weight 1 - lam[i] (lam = 1: no mixup). shift / partner_shift
+    are added to the patch's start frame (random crops; 0 for patches). fmask / tmask
+    [steps, batch, n_masks, 2] are (first band or frame, width) of each mask (n_masks 0:
+    none). Every field is drawn on the host from the run's rng, so a run is repeatable
+    whatever the order in which tf.data evaluates batches.
     """
     idx: np.ndarray
     partner: np.ndarray
     lam: np.ndarray
+    shift: np.ndarray = None
+    partner_shift: np.ndarray = None
+    fmask: np.ndarray = None
+    tmask: np.ndarray = None
+
+    def __post_init__(self):
+        for name in ('shift', 'partner_shift'):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(self.idx.shape, np.int64))
+        for name in ('fmask', 'tmask'):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(self.idx.shape + (0, 2), np.int64))
+
+    def arrays(self):
+        """The fields in order: the elements of one training step."""
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
 
 
 def plan_epoch(rng, pool, batch_size, mixup=False, alpha=0.1, mode='intra'):
@@ -216,7 +254,36 @@ def plan_halves(rng, first, second, batch_size, mixup=False, alpha=0.1, mode='in
     def join(name):
         a = np.concatenate([getattr(p, name) for p in parts])[:steps]
         return np.concatenate([a, getattr(b, name)], axis=1)
-    return EpochPlan(join('idx'), join('partner'), join('lam'))
+    return EpochPlan(*(join(f.name) for f in dataclasses.fields(EpochPlan)))
+
+
+def mask_spans(rng, shape, count, max_width, size):
+    """SpecAugment masks (Park et al., Interspeech 2019): per example `count` masks of
+    width w ~ U{0..max_width} starting at s ~ U{0..size - w} -> int64 [*shape, count, 2]
+    of (s, w). Masks may overlap, as in the paper."""
+    width = rng.integers(0, min(max_width, size) + 1, size=(*shape, count))
+    start = np.floor(rng.random(width.shape) * (size - width + 1)).astype(np.int64)
+    return np.stack([start, width], axis=-1)
+
+
+def augment_plan(rng, plan, max_shift=0, specaugment=(0, 0, 0, 0), n_mels=1, length=1):
+    """Random crop offsets and SpecAugment masks drawn into an epoch plan.
+
+    max_shift: a crop starts at a frame drawn uniformly from 0..max_shift of its fixed-
+    length clip (0: patches, nothing drawn), independently for each example and partner.
+    specaugment: (freq masks, max freq width, time masks, max time width) over inputs of
+    n_mels bands x length frames; counts of 0 draw nothing, so that a run without these
+    draws the same batches as before they existed.
+    """
+    if max_shift > 0:
+        plan.shift = rng.integers(0, max_shift + 1, size=plan.idx.shape)
+        plan.partner_shift = rng.integers(0, max_shift + 1, size=plan.idx.shape)
+    n_freq, freq_width, n_time, time_width = specaugment
+    if n_freq:
+        plan.fmask = mask_spans(rng, plan.idx.shape, n_freq, freq_width, n_mels)
+    if n_time:
+        plan.tmask = mask_spans(rng, plan.idx.shape, n_time, time_width, length)
+    return plan
 
 
 def mix(ops, lam, a, b):
@@ -267,10 +334,13 @@ class PatchSource:
     standardised per band, one-hot targets smoothed per example, then mixed (mixup).
     """
 
-    def __init__(self, frames, patches, table, mean, std, eps, patch_len, on_device):
+    def __init__(self, frames, patches, table, mean, std, eps, patch_len, on_device,
+                 eval_len=None):
         import tensorflow as tf  # placement is TensorFlow's; Keras has no device API
         from keras import ops
         self.ops, self.patch_len, self.on_device = ops, patch_len, on_device
+        # Frames per evaluated example: a patch, or a whole fixed-length clip (random_crop).
+        self.eval_len = eval_len or patch_len
         self.n_classes = len(eps)
         self.n_mels = frames.shape[1]
         clip = patches.clip
@@ -289,43 +359,71 @@ class PatchSource:
             self.std = tf.constant(std.reshape(1, 1, -1, 1))
             self.eps = tf.constant(eps)
 
-    def inputs(self, idx):
-        """Standardised patches [B, patch_len, n_mels, 1] float32 for patch indices idx."""
+    def inputs(self, idx, shift=None, length=None):
+        """Standardised inputs [B, length, n_mels, 1] float32 for patch indices idx, each
+        starting `shift` frames after its patch (a random crop); length defaults to
+        patch_len."""
         take = self.ops.take
-        return self.windows(take(self.row0, idx), take(self.offset, idx), take(self.clen, idx))
+        offset = take(self.offset, idx)
+        if shift is not None:
+            offset = offset + self.ops.cast(shift, 'int32')
+        return self.windows(take(self.row0, idx), offset, take(self.clen, idx), length)
 
-    def windows(self, row0, offset, clen):
-        """Standardised windows [B, patch_len, n_mels, 1] of the clips whose frames start
-        at row0 [B] and last clen [B] frames, starting `offset` [B] frames in (wrapping
-        around short clips), e.g. the random excerpts of self-verification."""
+    def windows(self, row0, offset, clen, length=None):
+        """Standardised windows [B, length, n_mels, 1] of the clips whose frames start at
+        row0 [B] and last clen [B] frames, starting `offset` [B] frames in (wrapping around
+        short clips); length defaults to patch_len. Also the random excerpts of
+        self-verification."""
         ops = self.ops
-        t = ops.arange(self.patch_len, dtype='int32')
+        length = length or self.patch_len
+        t = ops.arange(length, dtype='int32')
         offset, clen = ops.expand_dims(offset, -1), ops.expand_dims(clen, -1)
         rows = ops.expand_dims(row0, -1) + (offset + t) % clen
         x = ops.take(self.frames, ops.reshape(rows, (-1,)), axis=0)
-        x = ops.reshape(ops.cast(x, 'float32'), (-1, self.patch_len, self.n_mels, 1))
+        x = ops.reshape(ops.cast(x, 'float32'), (-1, length, self.n_mels, 1))
         return (x - self.mean) / self.std
+
+    def masked(self, x, fmask, tmask):
+        """x [B, T, F, 1] with SpecAugment's bands and frames set to 0, which is the band
+        mean after standardisation (Park et al. mask with the mean of normalised features).
+        fmask / tmask [B, n, 2] hold (start, width)."""
+        ops = self.ops
+
+        def inside(spans, size):  # [B, size]: 1 where any of the spans covers the index
+            spans = ops.cast(spans, 'int32')
+            i = ops.arange(size, dtype='int32')
+            start, width = spans[..., 0:1], spans[..., 1:2]
+            hit = ops.logical_and(i >= start, i < start + width)  # [B, n, size]
+            return ops.cast(ops.any(hit, axis=1), x.dtype)
+        keep_f = 1.0 - inside(fmask, self.n_mels)
+        keep_t = 1.0 - inside(tmask, ops.shape(x)[1])
+        return x * keep_f[:, None, :, None] * keep_t[:, :, None, None]
 
     def targets(self, idx, smooth=True):
         labels = self.ops.take(self.label, idx)
         eps = self.eps if smooth else self.eps * 0.0
         return smooth_targets(self.ops, labels, eps, self.n_classes)
 
-    def train_batch(self, idx, partner, lam, clean=False):
-        """One planned step as a dict; partner == idx and lam == 1 mean no mixup.
+    def train_batch(self, idx, partner, lam, shift=None, partner_shift=None, fmask=None,
+                    tmask=None, clean=False):
+        """One planned step (EpochPlan.arrays()) as a dict; partner == idx and lam == 1 mean
+        no mixup.
 
         x, y: inputs and targets, smoothed first and then mixed, so that label smoothing
-        and mixup combine. verified: that of idx (partners stay in idx's pool). members:
-        examples in each mixed pair (2, or 1 without mixup); wrong: how many of them have a
-        wrong given label: noise-detection figures count both examples of a pair by their
-        true labels. With `clean`, also x_clean and labels: the inputs and given labels of
-        idx before mixup, for a loss that measures the batch itself (adaptive Lq).
+        and mixup combine; SpecAugment then masks the mixed input. verified: that of idx
+        (partners stay in idx's pool). members: examples in each mixed pair (2, or 1
+        without mixup); wrong: how many of them have a wrong given label: noise-detection
+        figures count both examples of a pair by their true labels. With `clean`, also
+        x_clean and labels: the inputs (crops) and given labels of idx before mixup and
+        masks, for a loss that measures the batch itself (adaptive Lq).
         """
         ops, take = self.ops, self.ops.take
-        x_clean = self.inputs(idx)
+        x_clean = self.inputs(idx, shift)
         paired = ops.cast(ops.not_equal(idx, partner), 'float32')
-        batch = {'x': mix(ops, lam, x_clean, self.inputs(partner)),
-                 'y': mix(ops, lam, self.targets(idx), self.targets(partner)),
+        x = mix(ops, lam, x_clean, self.inputs(partner, partner_shift))
+        if fmask is not None and (fmask.shape[1] or tmask.shape[1]):  # static: 0 = off
+            x = self.masked(x, fmask, tmask)
+        batch = {'x': x, 'y': mix(ops, lam, self.targets(idx), self.targets(partner)),
                  'verified': take(self.verified, idx), 'members': 1.0 + paired,
                  'wrong': take(self.wrong, idx) + paired * take(self.wrong, partner)}
         if clean:
@@ -333,5 +431,6 @@ class PatchSource:
         return batch
 
     def eval_batch(self, idx):
-        """(x, one-hot y) without smoothing or mixup, for validation and scoring."""
-        return self.inputs(idx), self.targets(idx, smooth=False)
+        """(x, one-hot y) without smoothing, mixup or masks, for validation and scoring:
+        patches, or whole fixed-length clips (eval_len frames)."""
+        return self.inputs(idx, length=self.eval_len), self.targets(idx, smooth=False)

@@ -4,12 +4,15 @@ Every adapter returns (table, classes): one row per clip, train rows first, with
 path, label, label_idx, verified, subset ('train'/'test') and, where the CSV has them,
 the true labels; classes are the sorted training labels.
 """
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from config import ConfigError, lookup
+
+logger = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ['fname', 'label', 'aso_id', 'manually_verified', 'noisy_small']
 TEST_COLUMNS = ['fname', 'label', 'aso_id']
@@ -92,5 +95,70 @@ def check(cfg):
 
 
 def load(cfg):
-    """ctrl.dataset -> (table, classes)."""
-    return lookup(DATASETS, cfg['ctrl']['dataset'], 'ctrl.dataset')(cfg)
+    """ctrl.dataset -> (table, classes), with ctrl.inject_noise applied to the labels."""
+    table, classes = lookup(DATASETS, cfg['ctrl']['dataset'], 'ctrl.dataset')(cfg)
+    return inject_noise(table, classes, cfg['ctrl']['inject_noise']), classes
+
+
+# ----------------------------------------------------------------------------- label noise
+
+# ctrl.inject_noise.subset -> which training rows may have their label replaced.
+NOISE_SUBSETS = {'unverified': lambda t: t.verified == 0, 'verified': lambda t: t.verified == 1,
+                 'all': lambda t: t.verified >= 0}
+
+
+def noise_subset_rows(table, subset):
+    train = table.subset == 'train'
+    return np.flatnonzero((train & NOISE_SUBSETS[subset](table)).to_numpy())
+
+
+def flip_labels(labels, n_classes, kind, rng):
+    """New labels, each different from its old one: `symmetric` uniform over the other
+    classes; `pairflip` the next class after it in one random permutation of the classes."""
+    labels = np.asarray(labels)
+    if kind == 'symmetric':
+        return (labels + rng.integers(1, n_classes, size=labels.size)) % n_classes
+    cycle = rng.permutation(n_classes)
+    position = np.argsort(cycle)  # position[c]: where class c sits in the cycle
+    return cycle[(position[labels] + 1) % n_classes]
+
+
+def inject_noise(table, classes, spec):
+    """Replace the label of each clip of spec['subset'] with probability spec['rate'].
+
+    Labels only (features do not depend on them). The labels before injection become the
+    true labels (true_label / true_idx) unless the table already has them, so that the
+    noise-detection figures measure against the real truth; column noise_injected marks
+    the replaced labels. Its own seed keeps the noisy
+    labels equal across the runs of a sweep that vary ctrl.seed (paired comparisons).
+    """
+    if spec['rate'] <= 0:
+        return table
+    table = table.copy()
+    if 'true_idx' not in table.columns:
+        table['true_label'], table['true_idx'] = table.label, table.label_idx
+    rng = np.random.default_rng(spec['seed'])
+    rows = noise_subset_rows(table, spec['subset'])
+    # round(rate * n) clips drawn without replacement: each clip is chosen with probability
+    # rate, and the realised share is the requested rate, not a binomial draw around it.
+    chosen = np.sort(rng.choice(rows, size=int(round(spec['rate'] * rows.size)), replace=False))
+    new = flip_labels(table.label_idx.to_numpy()[chosen], len(classes), spec['kind'], rng)
+    table.loc[chosen, 'label_idx'] = new
+    table.loc[chosen, 'label'] = np.asarray(classes, object)[new]
+    table['noise_injected'] = False
+    table.loc[chosen, 'noise_injected'] = True
+    logger.info('label noise injected: %s at rate %.3f into %d %s training clips: %d labels '
+                'changed (%.1f %%)', spec['kind'], spec['rate'], rows.size, spec['subset'],
+                chosen.size, 100.0 * chosen.size / max(rows.size, 1))
+    return table
+
+
+def label_noise(cfg, table):
+    """results.json entry of ctrl.inject_noise: {rate, kind, subset, share_changed}, or {}."""
+    spec = cfg['ctrl']['inject_noise']
+    if spec['rate'] <= 0:
+        return {}
+    rows = noise_subset_rows(table, spec['subset'])
+    changed = table.noise_injected.to_numpy()[rows]
+    return {'label_noise': {'rate': spec['rate'], 'kind': spec['kind'], 'subset': spec['subset'],
+                            'share_changed': float(changed.mean()) if rows.size else 0.0}}

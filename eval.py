@@ -1,7 +1,8 @@
 """Clip predictions, aggregation, metrics and the accuracy report (section `recognizer`).
 
 Patches are scored in large batches by one compiled function; clip scores are the mean
-of the patch scores of each clip (geometric or arithmetic, recognizer.aggregate).
+of the patch scores of each clip (geometric or arithmetic, recognizer.aggregate). With
+extract.crop random_crop each clip is scored whole, in one pass, many clips per call.
 """
 import json
 import logging
@@ -72,15 +73,38 @@ def map_patches(fn, idx, batch_size):
     return np.concatenate(out) if out else np.zeros((0,))
 
 
+def eval_batch_size(cfg):
+    """Examples per prediction call, from a frame budget of learn.predict_batch_size
+    training inputs: predict_batch_size patches, or as many whole clips of clip_frames
+    as hold predict_batch_size crops' worth of frames (at least one)."""
+    ext, n = cfg['extract'], cfg['learn']['predict_batch_size']
+    if ext['crop'] == 'patches':
+        return n
+    return max(1, n * ext['crop_frames'] // ext['clip_frames'])
+
+
 def clip_scorer(classifier, source, patches, cfg):
     """A function of table rows -> (evaluated rows, clip scores [n, K]): patch scores of
-    the classifier aggregated per clip (recognizer.aggregate). Compiled once."""
-    compiled = tf.function(lambda i: classifier(source.inputs(i), training=False),
-                           reduce_retracing=True)
+    the classifier aggregated per clip (recognizer.aggregate). Compiled once.
+
+    random_crop: the table holds one whole clip per row, scored in one pass (no
+    aggregation). Whole clips are batched by length (Akiyama & Sato, DCASE 2019 task 2,
+    group clips of similar length); every clip is fixed to extract.clip_frames, so one
+    length holds them all and a batch is eval_batch_size clips. Clips are never padded to
+    a common length: a convolution's border, batch normalisation's shift and the GRU or
+    global pooling all see padded frames, so a padded clip would score differently from
+    the same clip alone.
+    """
+    compiled = tf.function(
+        lambda i: classifier(source.inputs(i, length=source.eval_len), training=False),
+        reduce_retracing=True)
+    whole = cfg['extract']['crop'] == 'random_crop'
 
     def score(rows):
         idx = patches.of_clips(rows)
-        scores = map_patches(compiled, idx, cfg['learn']['predict_batch_size'])
+        scores = map_patches(compiled, idx, eval_batch_size(cfg))
+        if whole:
+            return patches.clip[idx], scores
         return aggregate(scores, patches.clip[idx], cfg['recognizer']['aggregate'])
     return score
 
@@ -194,3 +218,17 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
                'wall_time_s': round(wall_time, 2), **extra}
     atomic_write_text(run_dir / 'results.json', json.dumps(results, indent=2) + '\n')
     return results
+
+
+def write_plots(run_dir, table, classes, rows_evaluated, scores, results):
+    """curves.png from history.csv; confusion.png and per_class.png of the test clips
+    (single-label: one true class per clip)."""
+    import plots  # matplotlib is loaded only once a run has something to draw
+    name = results['run_name']
+    if (run_dir / 'history.csv').is_file():
+        plots.curves(run_dir / 'history.csv', run_dir / 'curves.png', f'{name}: training')
+    true = table.label_idx.to_numpy()[rows_evaluated]
+    plots.confusion(true, scores.argmax(axis=1), classes, run_dir / 'confusion.png',
+                    f'{name}: confusion on the test clips (row-normalised)')
+    plots.per_class(results['per_class'], run_dir / 'per_class.png',
+                    f'{name}: per-class accuracy on the test clips')

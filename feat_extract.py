@@ -57,6 +57,8 @@ def load_audio(path, params_extract):
     y = y.mean(axis=1)
     if sr != p['fs']:
         y = librosa.resample(y, orig_sr=sr, target_sr=p['fs'])
+    if p['trim_silence']:
+        y = trim_silence(y, p)
     if p['normalize_audio']:
         y = y - y.mean()
         y = y / (np.max(np.abs(y)) + PEAK_HEADROOM)
@@ -65,6 +67,22 @@ def load_audio(path, params_extract):
         # Short clips are repeated rather than zero-padded, so every patch holds sound.
         y = np.tile(y, -(-target // len(y)))[:target]
     return y.astype(np.float32)
+
+
+def trim_silence(audio, params_extract):
+    """Drop the silent start and end of a clip (He et al., DCASE 2019: silent frames at the
+    beginning and end are ignored), before normalisation and varup.
+
+    Frames are the STFT's (win_length_samples long, hop_length_samples apart, centred); a
+    frame is silent when its RMS is more than extract.trim_top_db dB below the loudest
+    frame's (librosa.effects.trim). The loudest frame always stays, so a clip is never
+    emptied.
+    """
+    p = params_extract
+    trimmed, _ = librosa.effects.trim(audio, top_db=p['trim_top_db'],
+                                      frame_length=p['win_length_samples'],
+                                      hop_length=p['hop_length_samples'])
+    return trimmed
 
 
 @functools.lru_cache(maxsize=4)
@@ -115,7 +133,7 @@ def _frames_name(cfg):
     return f'frames{cfg["suffix"]["in"]}.{FRAMES_EXT[cfg["extract"]["store_dtype"]]}'
 
 
-PATCH_KEYS = ('patch_len', 'patch_hop')
+PATCH_KEYS = ('patch_len', 'patch_hop', 'crop', 'crop_frames', 'clip_frames')
 
 
 def cache_dir(cfg, table):
@@ -123,7 +141,7 @@ def cache_dir(cfg, table):
     root = os.path.normpath(cfg['ctrl']['dataset_path'])
     clips = [Path(os.path.relpath(os.path.abspath(p), os.path.abspath(root))).as_posix()
              for p in table['path']]
-    # Patching happens after extraction, so a patch_len / patch_hop sweep reuses the cache.
+    # Patching and cropping happen after extraction, so a sweep over them reuses the cache.
     params = {k: v for k, v in cfg['extract'].items() if k not in PATCH_KEYS}
     key = json.dumps({'extract': params, 'clips': clips}, sort_keys=True,
                      separators=(',', ':'))

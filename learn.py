@@ -5,6 +5,7 @@ stratified train/val split, the scaler, the batch source, the model and its Trai
 (trainer.py). A mode is a function of the Experiment that calls experiment.fit(...) once
 per stage.
 """
+import functools
 import logging
 import time
 
@@ -21,8 +22,8 @@ import eval as evaluation
 import losses
 import self_verify
 from trainer import (EpochLR, History, ModelSelection, RunState, Snapshots, StopAfterSteps,
-                     Trainer, ValClipAccuracy, check_schedule, cosine_lr, detection_figures,
-                     precision_recall)
+                     TensorBoardScalars, Trainer, ValClipAccuracy, check_schedule, cosine_lr,
+                     detection_figures, precision_recall)
 from config import ConfigError, lookup
 from utils import atomic_path
 
@@ -46,10 +47,13 @@ class Experiment:
         self.tag = tag = '' if fold is None else f'_{fold}'
         self.train_idx = patches.of_clips(train_rows)
         self.val_idx = patches.of_clips(val_rows)
-        self.results = {}  # figures a mode adds to results.json (e.g. noise_detection)
+        # figures for results.json: the injected label noise, what a mode adds (noise_detection)
+        self.results = datasets.label_noise(cfg, table)
         self.monitor = 'val_accuracy' if self.val_idx.size else 'accuracy'
         learn = cfg['learn']
         self.history = History(run_dir / f'history{tag}.csv')
+        self.tensorboard = ([TensorBoardScalars(self.history, run_dir / f'tb{tag}')]
+                            if cfg['ctrl']['tensorboard'] else [])
         self.state = RunState()  # epochs done and model selection, one schema
         self.selection = ModelSelection(learn['model_selection'], self.monitor,
                                         run_dir / f'model{tag}.keras', self.state)
@@ -62,6 +66,12 @@ class Experiment:
         self.val_clip = ([ValClipAccuracy(score, val_rows, table.label_idx.to_numpy())]
                          if self.val_idx.size else [])
         self.has_truth = 'true_idx' in table.columns
+        ext = cfg['extract']
+        # Random crop offsets (extract.crop random_crop) and SpecAugment masks, drawn into
+        # every epoch plan from the stage's rng.
+        self.augment = functools.partial(
+            data.augment_plan, max_shift=source.eval_len - source.patch_len,
+            specaugment=specaugment(learn), n_mels=ext['n_mels'], length=source.patch_len)
         self.lr_callbacks = self.schedule()
         self.splits = [(train_rows, val_rows)]  # prepare() sets the k folds
 
@@ -97,9 +107,9 @@ class Experiment:
     def plan_halves(self, first, second):
         """Epoch plans whose batches are half patches of `first`, half of `second`."""
         learn = self.cfg['learn']
-        return lambda rng: data.plan_halves(rng, first, second, learn['batch_size'],
-                                            learn['mixup'], learn['mixup_alpha'],
-                                            learn['mixup_mode'])
+        return lambda rng: self.augment(rng, data.plan_halves(
+            rng, first, second, learn['batch_size'], learn['mixup'], learn['mixup_alpha'],
+            learn['mixup_mode']))
 
     # -- noise detection: only where the table knows the true labels
     def watch_noise(self):
@@ -145,8 +155,8 @@ class Experiment:
         pool."""
         learn = self.cfg['learn']
         mixup = learn['mixup'] if mixup is None else mixup
-        return lambda rng: data.plan_epoch(rng, pool, learn['batch_size'], mixup,
-                                           learn['mixup_alpha'], learn['mixup_mode'])
+        return lambda rng: self.augment(rng, data.plan_epoch(
+            rng, pool, learn['batch_size'], mixup, learn['mixup_alpha'], learn['mixup_mode']))
 
     @property
     def epoch(self):
@@ -171,7 +181,7 @@ class Experiment:
         lr_callbacks = self.lr_callbacks if lr_callbacks is None else lr_callbacks
         # The LR callbacks come before History, which logs the epoch's rate.
         cbs = [*self.trainer.step_loss.callbacks(), *lr_callbacks, *self.val_clip,
-               self.history, self.selection]
+               self.history, *self.tensorboard, self.selection]
         cyclic = self.cfg['learn']['lr_schedule'] == 'cyclic_cosine'
         cbs += [self.early_stopping] if early_stopping and not cyclic else []
         if steps is not None:
@@ -187,15 +197,14 @@ class Experiment:
                          shuffle=False)  # plan_epoch shuffles, seeded
 
     def train_dataset(self, plan, first):
-        """Epoch plans -> one (idx, partner, lam) element per step, prefetched."""
+        """Epoch plans -> one element per step (EpochPlan.arrays(): idx, partner, lam, crop
+        shifts, masks), prefetched."""
         def epochs():
-            yield first.idx, first.partner, first.lam
+            yield first.arrays()
             while True:
-                p = plan()
-                yield p.idx, p.partner, p.lam
-        batch = first.idx.shape[1]
-        spec = (tf.TensorSpec([None, batch], tf.int64), tf.TensorSpec([None, batch], tf.int64),
-                tf.TensorSpec([None, batch], tf.float32))
+                yield plan().arrays()
+        spec = tuple(tf.TensorSpec([None, *a.shape[1:]], tf.as_dtype(a.dtype))
+                     for a in first.arrays())
         ds = tf.data.Dataset.from_generator(epochs, output_signature=spec)
         ds = ds.flat_map(lambda *a: tf.data.Dataset.from_tensor_slices(a))
         if not self.source.on_device:
@@ -211,7 +220,7 @@ class Experiment:
 
     def _eval_dataset(self, idx):
         ds = tf.data.Dataset.from_tensor_slices(idx.astype(np.int64))
-        ds = ds.batch(self.cfg['learn']['predict_batch_size'])
+        ds = ds.batch(evaluation.eval_batch_size(self.cfg))
         if not self.source.on_device:
             ds = ds.map(self.source.eval_batch, num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
@@ -268,7 +277,7 @@ def score_clips(exp, rows):
         x, y = source.eval_batch(i)
         return per_example(y, classifier(x, training=False))
     idx = exp.patches.of_clips(rows)
-    values = evaluation.map_patches(patch_loss, idx, learn['predict_batch_size'])
+    values = evaluation.map_patches(patch_loss, idx, evaluation.eval_batch_size(exp.cfg))
     return evaluation.aggregate(values, exp.patches.clip[idx],
                                 learn['prune_aggregate_loss_clip'])
 
@@ -380,12 +389,44 @@ def check(cfg):
     if mode == 2 and loss_type not in TIME_DEPENDENT:
         raise ConfigError(f'learn.mode 2 needs a time-dependent loss.type '
                           f'({", ".join(TIME_DEPENDENT)}), got {loss_type!r}')
+    check_crop(cfg)
     check_schedule(cfg)
     if mode == 'self_verify' and (cfg['learn']['folds'] > 1 or
                                   cfg['learn']['lr_schedule'] == 'cyclic_cosine'):
         raise ConfigError('learn.mode self_verify makes its own 4 folds and fine-tunes with '
                           'its own schedule: keep learn.folds 1 and learn.lr_schedule plateau '
                           'or constant')
+
+
+def check_crop(cfg):
+    """extract.crop random_crop predicts each whole clip in one pass, so the model must take
+    inputs of any number of frames. A model that needs a fixed length (baseline, DenSE:
+    a dense layer on the flattened map) is refused rather than scored by averaging crops,
+    which would be extract.crop patches under another name."""
+    ext, learn = cfg['extract'], cfg['learn']
+    if ext['crop'] != 'random_crop':
+        return
+    try:  # the model itself says whether it can be built with an unknown time axis
+        architectures.build(learn['model'], input_shape(cfg), 2, learn)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f'learn.model {learn["model"]} needs a fixed number of input '
+                          f'frames, but extract.crop random_crop predicts whole clips: use '
+                          f'extract.crop patches, or a model that takes any length (such as '
+                          f'cnn_gru, vgg_gap)') from err
+
+
+def input_shape(cfg):
+    """Model input (frames, n_mels, 1): patch_len frames for patches, any (None) for
+    random_crop (crops of crop_frames in training, whole clips of clip_frames to predict)."""
+    ext = cfg['extract']
+    frames = ext['patch_len'] if ext['crop'] == 'patches' else None
+    return (frames, ext['n_mels'], 1)
+
+
+def specaugment(learn):
+    """(freq masks, max freq width, time masks, max time width) of learn.specaugment."""
+    masks = learn['specaugment']
+    return tuple(masks[k] for k in ('freq_masks', 'freq_width', 'time_masks', 'time_width'))
 
 
 def on_device(cfg):
@@ -403,12 +444,30 @@ def use_xla(cfg):
     return bool(tf.config.list_logical_devices('GPU')) if choice == 'auto' else choice
 
 
+def lengths(cfg):
+    """(training input frames, evaluated input frames): patches of patch_len for both, or
+    random crops of crop_frames and whole clips of clip_frames (He et al., DCASE 2019)."""
+    ext = cfg['extract']
+    if ext['crop'] == 'random_crop':
+        return ext['crop_frames'], ext['clip_frames']
+    return ext['patch_len'], ext['patch_len']
+
+
+def patch_table(cfg, store):
+    """The patch table: every patch of every clip, or one whole clip each (random_crop)."""
+    ext = cfg['extract']
+    if ext['crop'] == 'random_crop':
+        return data.make_clips(store.start, store.length)
+    return data.make_patches(store.start, store.length, ext['patch_len'], ext['patch_hop'])
+
+
 def batch_source(cfg, store, patches, table, mean, std, eps):
     """The PatchSource, with frames in GPU memory when wanted and they fit, else on host."""
-    args = (store.frames, patches, table, mean, std, eps, cfg['extract']['patch_len'])
+    train_len, eval_len = lengths(cfg)
+    args = (store.frames, patches, table, mean, std, eps, train_len)
     if on_device(cfg):
         try:
-            return data.PatchSource(*args, on_device=True)
+            return data.PatchSource(*args, on_device=True, eval_len=eval_len)
         except (tf.errors.ResourceExhaustedError, tf.errors.InternalError) as err:
             if cfg['learn']['frames_on_device'] == 'always':
                 raise ConfigError(f'the frames ({store.frames.nbytes / 2**30:.1f} GiB) do not '
@@ -417,14 +476,13 @@ def batch_source(cfg, store, patches, table, mean, std, eps):
             logger.warning('the frames (%.1f GiB) do not fit in GPU memory: batches are '
                            'gathered on the host instead (slower); extract.store_dtype '
                            'float16 halves them', store.frames.nbytes / 2**30)
-    return data.PatchSource(*args, on_device=False)
+    return data.PatchSource(*args, on_device=False, eval_len=eval_len)
 
 
 def build_trainer(cfg, classes, source):
     """A new model (learn.model) in a compiled Trainer with its own loss and optimiser."""
-    ext, learn = cfg['extract'], cfg['learn']
-    classifier = architectures.build(learn['model'], (ext['patch_len'], ext['n_mels'], 1),
-                                     len(classes), learn)
+    learn = cfg['learn']
+    classifier = architectures.build(learn['model'], input_shape(cfg), len(classes), learn)
     trainer = Trainer(classifier, source, losses.get(cfg))
     trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']), jit_compile=use_xla(cfg))
     return trainer
@@ -438,7 +496,7 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     scaler is fitted on the whole training subset, so that every fold model shares one
     batch source (band means and stds carry no label information).
     """
-    ext, learn = cfg['extract'], cfg['learn']
+    learn = cfg['learn']
     rows = datasets.train_rows(table, cfg['ctrl']['train_data'])
     rows = rows[store.length[rows] > 0]
     labels, seed = table.label_idx.to_numpy()[rows], cfg['ctrl']['seed']
@@ -446,14 +504,20 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     splits = (data.kfold_split(rows, labels, learn['folds'], seed) if learn['folds'] > 1
               else [data.split_train_val(rows, labels, learn['val_split'], seed)])
     train_rows, val_rows = splits[0]
-    patches = data.make_patches(store.start, store.length, ext['patch_len'], ext['patch_hop'])
+    patches = patch_table(cfg, store)
     train_idx = patches.of_clips(train_rows)
+    # Over the inputs the model is evaluated on: patches, or whole fixed-length clips
+    # (whose random crops it is trained on).
     mean, std = data.fit_scaler(store.frames, patches,
                                 patches.of_clips(rows) if shared else train_idx,
-                                ext['patch_len'])
+                                lengths(cfg)[1])
     source = batch_source(cfg, store, patches, table, mean, std, data.lsr_eps(learn, classes))
     logger.info('train: %d clips, %d patches; val: %d clips; frames on %s', train_rows.size,
                 train_idx.size, val_rows.size, 'the device' if source.on_device else 'host')
+    if cfg['extract']['crop'] == 'random_crop':
+        logger.info('random crops of %d frames from clips fixed to %d frames; whole clips '
+                    'validated and predicted, %d per call', *lengths(cfg),
+                    evaluation.eval_batch_size(cfg))
     # Set (or reset) the policy every run, so one mixed-precision run in a process does
     # not leak into the next.
     keras.mixed_precision.set_global_policy(

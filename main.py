@@ -54,16 +54,22 @@ def pipeline(cfg, run_dir, t0):
     test_rows = table.index[(table.subset == 'test').to_numpy()].to_numpy()
     rows, scores = evaluation.predict(predictor, experiment.source, experiment.patches,
                                       test_rows, cfg)
-    evaluation.report(cfg, table, classes, rows, scores, run_dir, time.time() - t0,
-                      experiment.results)
+    results = evaluation.report(cfg, table, classes, rows, scores, run_dir, time.time() - t0,
+                                experiment.results)
+    evaluation.write_plots(run_dir, table, classes, rows, scores, results)
 
 
 def main(argv=None):
-    t0 = time.time()
     args = parse_args(argv)
+    return run(args.params, args.override)
+
+
+def run(params_path, overrides=()):
+    """One experiment (main.py and every run of sweep.py): config -> pipeline -> exit code."""
+    t0 = time.time()
     stop_log = None
     try:
-        cfg = config.load_config(args.params, args.override)
+        cfg = config.load_config(params_path, overrides)
         utils.import_tensorflow_quietly()
         check_names(cfg)
         logs = Path(cfg['ctrl']['logs_dir'])
@@ -72,8 +78,8 @@ def main(argv=None):
         stop_log = utils.start_log(logs / f'{cfg["ctrl"]["run_name"]}.out')
         text = config.config_to_yaml(cfg)
         utils.atomic_write_text(run_dir / 'config.yaml', text)
-        print(f'run {cfg["ctrl"]["run_name"]}: {" ".join(sys.argv)}\nresolved config:\n{text}',
-              flush=True)
+        command = ' '.join(['-p', str(params_path), *(f'-o {o}' for o in overrides)])
+        print(f'run {cfg["ctrl"]["run_name"]}: {command}\nresolved config:\n{text}', flush=True)
         pipeline(cfg, run_dir, t0)
     except config.ConfigError as err:
         print(f'error: {err}', file=sys.stderr, flush=True)

@@ -54,7 +54,7 @@ def select(labels, posteriors, threshold, per_class):
 def excerpt_posteriors(exp, rows, n_excerpts, rng):
     """Mean posteriors [len(rows), K] of the current model over n_excerpts random
     windows of the training input length per clip (clips shorter than it wrap around)."""
-    patch_len = exp.cfg['extract']['patch_len']
+    patch_len = exp.source.patch_len  # the training input length (patch or crop)
     start = np.repeat(exp.store.start[rows], n_excerpts).astype(np.int32)
     length = np.repeat(exp.store.length[rows], n_excerpts).astype(np.int32)
     offset = rng.integers(0, np.maximum(1, length - patch_len + 1)).astype(np.int32)

@@ -13,6 +13,7 @@ from typing import Optional
 import keras
 import numpy as np
 import tensorflow as tf  # the step uses GradientTape: TensorFlow backend only
+from tensorflow.core.framework import summary_pb2  # the TensorBoard scalar data class
 from keras import ops
 
 from config import ConfigError
@@ -293,6 +294,34 @@ class ValClipAccuracy(keras.callbacks.Callback):
         logs['val_clip_accuracy'] = float(np.mean(scores.argmax(axis=1) == truth))
 
 
+class TensorBoardScalars(keras.callbacks.Callback):
+    """Writes each epoch's history.csv row (losses, accuracies, lr and the method figures,
+    noise-detection precision/recall included) as TensorBoard scalars under log_dir.
+
+    It runs after History and reads its last row, so TensorBoard shows exactly the figures
+    of history.csv. tf.summary: Keras has no summary writer of its own (its TensorBoard
+    callback would miss the figures computed by History). tf.summary.scalar lives in the
+    tensorboard package, which is not pinned; the core op tf.summary.write with the scalar
+    plugin's metadata writes the same event.
+    """
+
+    SCALAR = tf.compat.v1.SummaryMetadata(
+        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name='scalars'),
+        data_class=summary_pb2.DATA_CLASS_SCALAR)
+
+    def __init__(self, history, log_dir):
+        super().__init__()
+        self.history = history
+        self.writer = tf.summary.create_file_writer(str(log_dir))
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = self.history.rows[-1]
+        with self.writer.as_default():
+            for name, value in row.items():
+                if name not in ('epoch', 'seconds') and value is not None:
+                    tf.summary.write(name, tf.constant(value, tf.float32), step=row['epoch'],
+                                     metadata=self.SCALAR)
+        self.writer.flush()
 # ----------------------------------------------------------------------------- LR schedules
 
 def staged_epochs(learn):

@@ -16,6 +16,9 @@ inherits another's threads, caches or memory):
   4. peak resident memory to hold the training data: ours (frame matrix + patch table +
      PatchSource) vs all training patches materialised as float32.
   5. feature extraction clips/s on synthetic audio: 1 worker vs all cores.
+  6. whole-clip prediction clips/s (extract.crop random_crop, clips fixed to 2000 frames,
+     He et al.'s length): eval.predict_clips (length-bucketed batches) vs one
+     model.predict per clip, with a small fully convolutional model.
 Every ratio is also printed as `ratio <name>: <value>` for scripts.
 
 The data set has FSDnoisy18k's size: 15,813 noisy training clips and 947 test clips
@@ -51,7 +54,7 @@ FSD_TRAIN_CLIPS, FSD_TEST_CLIPS = 15813, 947
 DURATIONS = {'train': (6.006, 1.0), 'test': (3.359, 1.0)}
 MIN_DUR, MAX_DUR = 0.3, 30.0
 N_MELS, N_CLASSES, BATCH = 96, 20, 64
-FIGURES = ['train', 'input', 'predict', 'memory', 'extract']
+FIGURES = ['train', 'input', 'predict', 'memory', 'extract', 'whole']
 # ratio name -> (target as text, test of the value given the core count)
 TARGETS = {
     'train_vs_bound': ('>= 0.9', lambda v, n: v >= 0.9),
@@ -61,6 +64,7 @@ TARGETS = {
     'memory_vs_materialised': ('<= 0.55', lambda v, n: v <= 0.55),
     'memory_f16_vs_materialised': ('<= 0.55', lambda v, n: v <= 0.55),
     'extract_all_vs_1': ('close to the cores (>= 0.75 x cores)', lambda v, n: v >= 0.75 * n),
+    'predict_whole_clip_vs_per_clip': ('>= 5', lambda v, n: v >= 5),
 }
 
 
@@ -103,7 +107,7 @@ def write_dataset(work, scale, seed):
             'frames': total, 'frames_mib': total * N_MELS * 4 / 2 ** 20}
 
 
-def load_data(work, store_dtype='float32'):
+def load_data(work, store_dtype='float32', overrides=()):
     """(config, table, classes, store) as the children see them."""
     import config
     import feat_extract
@@ -120,7 +124,7 @@ def load_data(work, store_dtype='float32'):
         f'learn.n_classes={N_CLASSES}', 'learn.model=baseline', f'learn.batch_size={BATCH}',
         'learn.LSR=true', 'learn.mixup=true', 'learn.mode=1', 'learn.frames_on_device=auto',
         'loss.type=CCE', 'extract.patch_len=100', 'extract.patch_hop=50',
-        f'extract.n_mels={N_MELS}', f'extract.store_dtype={store_dtype}'])
+        f'extract.n_mels={N_MELS}', f'extract.store_dtype={store_dtype}', *overrides])
     return cfg, table, classes, store
 
 
@@ -435,6 +439,58 @@ def child_predict(ctx):
             'predict_max_abs_diff': float(np.abs(per_clip - scores).max())}
 
 
+def child_predict_whole(ctx):
+    """Test-set whole-clip scores (extract.crop random_crop, clip_frames 2000):
+    eval.predict_clips, whose batches hold as many clips of one length as the frame budget
+    allows, vs one model.predict per clip on the same standardised clip.
+
+    The model is a small fully convolutional one (conv-BN-ReLU, global average pooling)
+    that takes any length: the figure compares the two prediction paths; on a CPU the
+    arithmetic of vgg_gap or cnn_gru over 2000 x 96 inputs (tens of GFLOP per clip) would
+    hide them both.
+    """
+    import keras
+    import data
+    import eval as evaluation
+    import learn
+    import utils
+    utils.configure_logging()
+    utils.set_seed(ctx.args.seed)
+    cfg, table, classes, store = load_data(ctx.work, overrides=[
+        'extract.crop=random_crop', 'extract.crop_frames=512', 'extract.clip_frames=2000'])
+    clips = learn.patch_table(cfg, store)
+    clip_frames = cfg['extract']['clip_frames']
+    train = clips.of_clips(np.flatnonzero((table.subset == 'train').to_numpy()))
+    mean, std = data.fit_scaler(store.frames, clips, train, clip_frames)
+    source = learn.batch_source(cfg, store, clips, table, mean, std,
+                                np.zeros(N_CLASSES, np.float32))
+    inputs = keras.Input((None, N_MELS, 1))
+    x = keras.layers.Conv2D(16, 3, padding='same')(inputs)
+    x = keras.layers.Activation('relu')(keras.layers.BatchNormalization()(x))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.MaxPooling2D(4)(x))
+    clf = keras.Model(inputs, keras.layers.Dense(N_CLASSES, activation='softmax')(x))
+    test = table.index[(table.subset == 'test').to_numpy()].to_numpy()
+    evaluation.predict_clips(clf, source, clips, test[:2], cfg)  # warm-up (TF start-up)
+    t0 = time.perf_counter()
+    rows, scores = evaluation.predict_clips(clf, source, clips, test, cfg)
+    batched = time.perf_counter() - t0
+    # Per clip: the clip repeated or cut to clip_frames, standardised (not timed).
+    frames, per_clip = np.asarray(store.frames), []
+    for row in rows:
+        t = np.arange(clip_frames)
+        x = frames[store.start[row] + t % store.length[row]]
+        per_clip.append((((x - mean) / std)[None, :, :, None]).astype(np.float32))
+    for x in per_clip[:2]:
+        clf.predict(x, verbose=0)  # warm-up
+    t0 = time.perf_counter()
+    alone = np.concatenate([clf.predict(x, verbose=0) for x in per_clip])
+    per_clip_s = time.perf_counter() - t0
+    return {'predict_whole_batched': len(rows) / batched,
+            'predict_whole_per_clip': len(rows) / per_clip_s,
+            'predict_whole_clips_per_call': evaluation.eval_batch_size(cfg),
+            'predict_whole_max_abs_diff': float(np.abs(alone - scores).max())}
+
+
 # ---------------------------------------------------------------------------- memory
 
 def _status_kib(field):
@@ -626,7 +682,9 @@ def ratios(r, cores):
              'predict_vs_per_clip': ('predict_batched', 'predict_per_clip'),
              'memory_vs_materialised': ('memory_ours', 'memory_materialised'),
              'memory_f16_vs_materialised': ('memory_ours_f16', 'memory_materialised'),
-             'extract_all_vs_1': ('extract_all', 'extract_1')}
+             'extract_all_vs_1': ('extract_all', 'extract_1'),
+             'predict_whole_clip_vs_per_clip': ('predict_whole_batched',
+                                                'predict_whole_per_clip')}
     return {name: r[a] / r[b] for name, (a, b) in pairs.items() if a in r and b in r}
 
 
@@ -658,6 +716,10 @@ def report(args, r, data_info, info):
         ('4', 'peak RSS, materialised training patches', 'memory_materialised', 'MiB'),
         ('5', 'feature extraction, 1 worker', 'extract_1', 'clips/s'),
         ('5', f'feature extraction, {cores} workers', 'extract_all', 'clips/s'),
+        ('6', 'whole-clip prediction, length-bucketed (eval.predict_clips)',
+         'predict_whole_batched', 'clips/s'),
+        ('6', 'whole-clip prediction, one model.predict per clip', 'predict_whole_per_clip',
+         'clips/s'),
     ]
     cmd = 'python bench/bench_pipeline.py ' + ' '.join(args.argv)
     out = [f'### `{cmd.strip()}`', '', f'Machine: {desc}', '',
@@ -734,7 +796,8 @@ def main(argv=None):
         r = {}
         plan = {'train': ['train_bound', 'train_ours', 'train_reference'],
                 'input': ['input_ours', 'input_reference'], 'predict': ['predict'],
-                'memory': ['memory_ours', 'memory_ours_f16', 'memory_materialised']}
+                'memory': ['memory_ours', 'memory_ours_f16', 'memory_materialised'],
+                'whole': ['predict_whole']}
         for figure in args.figures:
             if figure == 'extract':
                 make_audio(work, args.scale, args.seed)

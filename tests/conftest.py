@@ -97,3 +97,14 @@ def clips():
               + 3.0).astype(np.float32)
     return {'frames': frames, 'starts': starts, 'lengths': lengths,
             'patch_len': 8, 'patch_hop': 3, 'n_mels': n_mels}
+
+
+@pytest.fixture
+def readable_png():
+    """Check a figure file: a PNG that matplotlib reads, of a readable size, not blank."""
+    def check(path):
+        import matplotlib.image
+        image = matplotlib.image.imread(path)
+        assert image.shape[0] > 200 and image.shape[1] > 200, path
+        assert image[..., :3].std() > 0.05, f'{path} is blank'
+    return check

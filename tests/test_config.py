@@ -330,8 +330,34 @@ def test_other_consistency_errors():
         config.load_config(None, ['extract.win_length_samples=4096'])
     with pytest.raises(ConfigError, match='staged_steps'):
         config.load_config(None, ['learn.staged_steps=[1,2]'])
-    with pytest.raises(ConfigError, match='run_name'):
-        config.load_config(None, ['ctrl.run_name=a/b'])
+    for bad in ('a/../b', '/abs', 'a//b', '.hidden/b', 'a/.b', 'a/', '..'):
+        with pytest.raises(ConfigError, match='run_name'):
+            config.load_config(None, [f'ctrl.run_name={bad}'])
+    assert config.load_config(None, ['ctrl.run_name=sweep/p=1_seed0'])['ctrl']['run_name'] \
+        == 'sweep/p=1_seed0'
+
+
+def test_mapping_keys_are_validated_per_sub_key(tmp_path):
+    cfg = config.load_config(None, ['ctrl.inject_noise.rate=0.4',
+                                    'ctrl.inject_noise={kind: pairflip}'])
+    assert cfg['ctrl']['inject_noise'] == {'rate': 0.4, 'kind': 'pairflip', 'seed': 0,
+                                           'subset': 'unverified'}
+    assert config.DEFAULTS['ctrl']['inject_noise']['rate'] == 0.0  # defaults untouched
+    path = tmp_path / 'noise.yaml'
+    path.write_text('ctrl:\n  inject_noise: {rate: 1, subset: all}\n')
+    assert config.load_config(path)['ctrl']['inject_noise']['subset'] == 'all'
+    cases = {'ctrl.inject_noise.rat=0.1': r'unknown config key ctrl\.inject_noise\.rat; valid',
+             'ctrl.inject_noise.rate=1.5': r'ctrl\.inject_noise\.rate = 1\.5 is out of range',
+             'ctrl.inject_noise.rate=high': r'ctrl\.inject_noise\.rate must be a number',
+             'ctrl.inject_noise.kind=flip': r'ctrl\.inject_noise\.kind .*symmetric, pairflip',
+             'ctrl.inject_noise.subset=test': r'ctrl\.inject_noise\.subset .*unverified',
+             'ctrl.inject_noise.seed=-1': r'ctrl\.inject_noise\.seed',
+             'ctrl.inject_noise=0.4': r'ctrl\.inject_noise must be a mapping',
+             'ctrl.seed.x=1': r'ctrl\.seed has no sub-keys'}
+    for override, message in cases.items():
+        with pytest.raises(ConfigError, match=message) as err:
+            config.load_config(None, [override])
+        assert '\n' not in str(err.value)
 
 
 # ----------------------------------------------------------------------------- main.py

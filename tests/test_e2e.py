@@ -4,6 +4,7 @@ The runs are in-process (main.main) so that TensorFlow is imported once; the com
 exit path itself is covered by test_config.py. Each dataset's features are extracted once
 per session and shared through one features folder.
 """
+import functools
 import json
 import re
 
@@ -225,6 +226,83 @@ def test_same_seed_same_run(workspace):
     pd.testing.assert_frame_equal(*preds)
 
 
+def test_injected_noise_is_reported_detected_plotted_and_in_tensorboard(workspace,
+                                                                          readable_png):
+    import tensorflow as tf
+    _, clean, _ = workspace
+    code, log, run_dir = run(workspace, 'injected', clean,
+                             ['ctrl.inject_noise.rate=0.4', 'ctrl.inject_noise.subset=all',
+                              'learn.mode=2', 'loss.type=lq_lqperc_time_sudden',
+                              'learn.stage1_epoch=1', 'learn.n_epochs=2'])
+    assert code == 0
+    assert re.search(r'label noise injected: symmetric at rate 0\.400 into 200 all training '
+                     r'clips: \d+ labels changed', log)
+    results = json.loads((run_dir / 'results.json').read_text())
+    noise = results['label_noise']
+    assert noise['rate'] == 0.4 and noise['kind'] == 'symmetric' and noise['subset'] == 'all'
+    assert abs(noise['share_changed'] - 0.4) <= 0.05  # 200 training clips
+    assert len(results['noise_detection']['precision']) == 2  # the truth was kept
+    for name in ('curves.png', 'confusion.png', 'per_class.png'):
+        readable_png(run_dir / name)
+    events = list((run_dir / 'tb').glob('events.out.tfevents.*'))
+    assert events
+    tags = {value.tag for path in events for event in tf.compat.v1.train.summary_iterator(
+        str(path)) for value in event.summary.value}
+    assert {'loss', 'val_accuracy', 'lr', 'discarded', 'nd_precision', 'nd_recall'} <= tags
+
+
+# ----------------------------------------------------------------------------- random crops
+
+def _narrow(monkeypatch):
+    """cnn_gru and vgg_gap with their layer structure but a fraction of their widths, so
+    that a few epochs take seconds on 2 CPU cores (vgg_gap: 14.9M parameters otherwise)."""
+    import architectures
+    monkeypatch.setattr(architectures, 'cnn_gru_trunk', functools.partial(
+        architectures.cnn_gru_trunk, filters=(8, 8, 16, 16), units=16, embedding=32))
+    monkeypatch.setattr(architectures, 'vgg_gap_trunk', functools.partial(
+        architectures.vgg_gap_trunk, nf=8))
+
+
+# vgg_gap's valid 3x3 conv after its pools needs 191 frames and 47 mel bands; its BN-heavy
+# trunk needs many small steps at a high rate to learn within a few epochs.
+CROPS = {'cnn_gru': ['extract.crop_frames=32', 'extract.clip_frames=128', 'learn.batch_size=16',
+                     'learn.lr=0.003'],
+         'vgg_gap': ['extract.n_mels=48', 'extract.crop_frames=192', 'extract.clip_frames=240',
+                     'learn.batch_size=8', 'learn.lr=0.01', 'learn.n_epochs=10',
+                     'learn.patience=10']}
+
+
+@pytest.mark.parametrize('model', ['cnn_gru', 'vgg_gap'])
+def test_random_crops_train_and_whole_clips_predict(workspace, monkeypatch, model):
+    _, clean, _ = workspace
+    _narrow(monkeypatch)
+    code, log, run_dir = run(workspace, f'crop_{model}', clean,
+                             [f'learn.model={model}', 'extract.crop=random_crop',
+                              'learn.specaugment={freq_masks: 1, freq_width: 4}',
+                              'learn.model_selection=best_val', *CROPS[model]])
+    assert code == 0, log[-2000:]
+    assert 'whole clips validated and predicted' in log
+    accuracy = float(ACCURACY.search(log)[1])
+    assert accuracy > 40.0, f'{model}: accuracy {accuracy} is not twice chance (20 %)'
+    assert len(pd.read_csv(run_dir / 'predictions.csv')) == 50  # one score per whole clip
+
+
+def test_random_crops_on_the_device_path(workspace, monkeypatch):
+    """Crop offsets and SpecAugment masks gathered inside the compiled step; whole clips
+    validated from the resident frames. (XLA and float16, which change how the same step
+    is compiled, are left to test_gpu_code_paths_run_on_cpu: with the GRU they take half a
+    minute on 2 CPU cores.)"""
+    _, clean, _ = workspace
+    _narrow(monkeypatch)
+    code, log, run_dir = run(workspace, 'crop_device', clean,
+                             ['learn.model=cnn_gru', 'extract.crop=random_crop',
+                              *CROPS['cnn_gru'], 'learn.frames_on_device=always',
+                              'learn.mixup=true', 'learn.specaugment.time_masks=2',
+                              'learn.specaugment.time_width=6', 'learn.n_epochs=1'])
+    assert code == 0, log[-2000:]
+    assert 'frames on the device' in log and ACCURACY.search(log)
+    hist = history(run_dir)
+    assert np.isfinite(hist.loss).all() and np.isfinite(hist.val_loss).all()
 def _numpy_clip_scores(model, store, rows, scaler, patch_len, patch_hop):
     """Per test clip: the model's scores on every patch (short clips wrap around), patches
     standardised with the run's scaler, geometric mean over patches (recognizer.aggregate)."""

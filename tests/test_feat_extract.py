@@ -274,3 +274,56 @@ def test_float16_store(wav_clips):
     assert half.path != full.path and (half.path / 'frames_mel.f16').is_file()
     assert half.frames.dtype == np.float16
     np.testing.assert_allclose(half.frames, full.frames, rtol=1e-3, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- trim silence
+
+def _reference_trim(y, frame, hop, top_db):
+    """Frame RMS over zero-padded centred frames, dB below the loudest frame; keep from the
+    first to the end of the last frame above -top_db (frame k covers hop*k .. hop*(k+1))."""
+    x = np.pad(y.astype(np.float64), frame // 2)
+    n = 1 + len(y) // hop
+    rms = np.sqrt([np.mean(x[k * hop:k * hop + frame] ** 2) for k in range(n)])
+    db = 20 * np.log10(np.maximum(rms, 1e-5) / max(rms.max(), 1e-5))
+    loud = np.flatnonzero(db > -top_db)
+    return y[loud[0] * hop:min(len(y), (loud[-1] + 1) * hop)]
+
+
+@pytest.mark.parametrize('top_db', [20.0, 60.0])
+def test_trim_silence_against_numpy_frame_energies(top_db):
+    rng = np.random.default_rng(3)
+    sr = 16000
+    # silence, a faint hum (-40 dB), a tone, a faint tail, silence: 20 dB trims the faint
+    # parts, 60 dB keeps them.
+    y = np.concatenate([np.zeros(3000), 0.005 * _sine(220, 1600, sr), _sine(440, 8000, sr),
+                        0.005 * rng.standard_normal(1200), np.zeros(2500)]).astype(np.float32)
+    params = _params(trim_silence=True, trim_top_db=top_db)
+    trimmed = fe.trim_silence(y, params)
+    expected = _reference_trim(y, 400, 160, top_db)
+    np.testing.assert_array_equal(trimmed, expected)
+    # the tone is kept whole, the silence around it is gone
+    assert len(trimmed) < len(y) - 5000 and np.abs(trimmed).max() == np.abs(y).max()
+    assert (len(trimmed) < 9000) == (top_db == 20.0)
+
+
+def test_load_audio_trims_before_varup(tmp_path):
+    sr = 16000
+    y = np.concatenate([np.zeros(4000), _sine(440, 3200, sr), np.zeros(4000)])
+    sf.write(tmp_path / 'a.wav', y, sr, subtype='FLOAT')
+    params = _params(trim_silence=True, load_mode='varup', audio_len_s=1.0)
+    audio = fe.load_audio(tmp_path / 'a.wav', params)
+    core = fe.trim_silence(y.astype(np.float32), params)
+    assert len(core) < 4000 and len(audio) == sr  # trimmed, then repeated up to 1 s
+    np.testing.assert_array_equal(audio, np.tile(core, 8)[:sr])
+
+
+def test_trim_and_crop_parameters_and_the_cache_key(wav_clips):
+    cfg, table = wav_clips
+    first = fe.cache_dir(cfg, table)
+    cfg['extract'].update(crop='random_crop', crop_frames=7, clip_frames=30)
+    assert fe.cache_dir(cfg, table) == first  # cropping happens after extraction
+    cfg['extract']['trim_silence'] = True
+    trimmed = fe.cache_dir(cfg, table)
+    assert trimmed != first
+    cfg['extract']['trim_top_db'] = 30.0
+    assert fe.cache_dir(cfg, table) not in (first, trimmed)

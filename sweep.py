@@ -1,0 +1,417 @@
+"""Sweeps: python sweep.py -p CONFIG.yaml --grid section.key=v1,v2 [--seeds 0,1,2] ...
+
+Every (grid point x seed) is one run of main.run() (the code path of main.py), named
+NAME/<key=value,...>_seed<k>, scheduled by Ray: embedded on this machine by default, or on
+a cluster with --address. Features are extracted once, in this process, before any run
+starts. Runs whose results.json exists are skipped. The results are summarised per grid
+point (mean, std, 95 % t confidence interval; paired differences to --baseline) in
+logs/sweeps/NAME/: runs.csv, summary.csv, summary.md, summary.png.
+"""
+import argparse
+import itertools
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from scipy import stats  # noqa: E402
+
+import config  # noqa: E402
+import utils  # noqa: E402
+from config import ConfigError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+UNSAFE = re.compile(r'[^A-Za-z0-9._=,+-]')  # anything else becomes '_' in a run name
+# Results that are counts or echoes of the config and of the model selection, not outcomes:
+# kept in runs.csv and summary.csv, left out of summary.md, summary.png and the paired
+# differences.
+NOT_HEADLINE = re.compile(r'^(per_class\.|n_files_|label_noise\.rate$|evaluated_epoch$)')
+
+
+@dataclass
+class Run:
+    name: str        # NAME/<point>_seed<k>, the run's ctrl.run_name
+    point: str       # 'key=value,...' of its grid point
+    values: dict     # grid key -> value
+    seed: int
+    overrides: list  # -o overrides + grid values + seed + run name
+    log: Path = None  # its logs/<name>.out, once its config is known
+
+
+# ----------------------------------------------------------------------------- command line
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('-p', '--params', required=True, help='experiment YAML file')
+    parser.add_argument('--grid', action='append', default=[], metavar='SECTION.KEY=V1,V2',
+                        help='values of one key (repeatable: the grid is their product)')
+    parser.add_argument('--seeds', default='0', help='ctrl.seed values, e.g. 0,1,2')
+    parser.add_argument('-o', '--override', action='append', default=[],
+                        metavar='SECTION.KEY=VALUE', help='override for every run')
+    parser.add_argument('--name', help='sweep name (default: config stem and grid keys)')
+    parser.add_argument('--address', help="Ray cluster: 'auto' or ray://host:port "
+                        '(default: Ray embedded on this machine)')
+    parser.add_argument('--cpus-per-run', type=float, default=1.0)
+    parser.add_argument('--gpus-per-run', type=float, default=0.0)
+    parser.add_argument('--baseline', metavar='SECTION.KEY=VALUE,...',
+                        help='grid point to which paired differences are computed')
+    return parser.parse_args(argv)
+
+
+def parse_values(text, what):
+    """'v1,v2,...' -> values parsed as YAML ('[1,2],[3,4]' gives two lists)."""
+    try:
+        values = yaml.safe_load(f'[{text}]')
+    except yaml.YAMLError:
+        raise ConfigError(f'{what}: {text!r} is not a comma-separated list of values') from None
+    if not values:
+        raise ConfigError(f'{what} has no values')
+    return values
+
+
+def parse_grid(specs):
+    """['section.key=v1,v2', ...] -> {key: [values]} in the order given."""
+    if not specs:
+        raise ConfigError('give at least one --grid section.key=v1,v2,...')
+    grid = {}
+    for spec in specs:
+        key, sep, text = spec.partition('=')
+        if not sep or '.' not in key:
+            raise ConfigError(f'--grid {spec!r} must look like section.key=v1,v2,...')
+        if key in grid:
+            raise ConfigError(f'--grid names {key} twice')
+        grid[key] = parse_values(text, f'--grid {key}')
+    return grid
+
+
+def parse_baseline(text, grid):
+    """'k=v,k2=v2' -> {key: value}; keys must be grid keys, values among their values."""
+    baseline = {}
+    # Split before each 'section.key=' so that values may hold commas ([2,2,1]).
+    for part in re.split(r',(?=[A-Za-z_]\w*\.[\w.]+=)', text):
+        key, sep, raw = part.partition('=')
+        if not sep or key not in grid:
+            raise ConfigError(f'--baseline {part!r} must be key=value with a --grid key '
+                              f'({", ".join(grid)})')
+        value = yaml.safe_load(raw)
+        if value not in grid[key]:
+            raise ConfigError(f'--baseline {key}={raw} is not one of the grid values '
+                              f'{", ".join(map(fmt, grid[key]))}')
+        baseline[key] = value
+    return baseline
+
+
+def fmt(value):
+    """A value as an override / name text (YAML-readable: JSON for non-strings)."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))
+
+
+def point_name(values):
+    return UNSAFE.sub('_', ','.join(f'{k}={fmt(v)}' for k, v in values.items()))
+
+
+def plan(args, grid, seeds):
+    """Every (grid point x seed) -> Run, with a unique, file-safe run name."""
+    name = UNSAFE.sub('_', args.name or f'{Path(args.params).stem}-{"-".join(grid)}')
+    runs = []
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo))
+        point = point_name(values)
+        for seed in seeds:
+            run_name = f'{name}/{point}_seed{seed}'
+            overrides = [*args.override, *(f'{k}={fmt(v)}' for k, v in values.items()),
+                         f'ctrl.seed={seed}', f'ctrl.run_name={run_name}']
+            runs.append(Run(run_name, point, values, seed, overrides))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ConfigError(f'two grid points give the same run name {dup!r} (repeated '
+                          f'values, or values equal once unsafe characters become _)')
+    return name, runs
+
+
+def parse_seeds(text):
+    seeds = parse_values(text, '--seeds')
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f'--seeds {text!r} must be integers, e.g. 0,1,2')
+    return seeds
+
+
+# ----------------------------------------------------------------------------- before Ray
+
+def check_runs(params, runs):
+    """Every run's config, validated here: a mistake stops the sweep before any work."""
+    import main
+    cfgs = [config.load_config(params, run.overrides) for run in runs]
+    utils.import_tensorflow_quietly()
+    for cfg in cfgs:
+        main.check_names(cfg)
+    return cfgs
+
+
+def extract_features(cfgs):
+    """Extract each distinct feature cache once, here, so that runs only read it."""
+    import datasets
+    import feat_extract
+    seen = set()
+    for cfg in cfgs:
+        key = json.dumps([cfg['ctrl'][k] for k in ('dataset', 'dataset_path', 'features_dir',
+                                                   'feat_ext')] + [cfg['extract']])
+        if key not in seen:
+            seen.add(key)
+            feat_extract.features(cfg, datasets.load(cfg)[0])
+
+
+def finished(cfg):
+    return (Path(cfg['ctrl']['logs_dir']) / cfg['ctrl']['run_name'] / 'results.json').is_file()
+
+
+# ----------------------------------------------------------------------------- Ray
+
+def run_one(cwd, params, overrides):
+    """One run inside a Ray worker: main.run in the sweep's working directory."""
+    os.chdir(cwd)
+    import main
+    return main.run(params, overrides)
+
+
+def start_ray(address):
+    """Embedded Ray on this machine (address None) or a connection to a cluster."""
+    import ray
+    # Workers import the framework's modules from this folder (a cluster needs the
+    # repository, data and logs at the same paths on every node: a shared file system).
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get('PYTHONPATH')) if p)
+    # TensorFlow takes all of a GPU's memory by default: growth lets runs share a GPU
+    # (--gpus-per-run 0.5).
+    env = {'KERAS_BACKEND': 'tensorflow', 'TF_CPP_MIN_LOG_LEVEL': '2', 'PYTHONPATH': path,
+           'TF_FORCE_GPU_ALLOW_GROWTH': 'true'}
+    kwargs = {'runtime_env': {'env_vars': env}, 'log_to_driver': False}
+    if address is None:
+        # A small object store: runs pass only their exit code through it.
+        ray.init(address='local', num_cpus=utils.n_workers(0), object_store_memory=200_000_000,
+                 include_dashboard=False, **kwargs)
+    else:
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as err:  # no cluster there: a user mistake, one line
+            raise ConfigError(f'--address {address}: {_last_line(str(err))}') from None
+    return ray
+
+
+def check_resources(ray, cpus, gpus):
+    """A run that asks for more than the cluster has would wait for ever: refuse it."""
+    total = ray.cluster_resources()
+    for what, need in (('CPU', cpus), ('GPU', gpus)):
+        if need > total.get(what, 0):
+            raise ConfigError(f'--{what.lower()}s-per-run {need:g} exceeds the {what}s of the '
+                              f'Ray cluster ({total.get(what, 0):g}): no run could start')
+
+
+def execute(ray, todo, params, cpus, gpus):
+    """Run `todo` on Ray with a progress bar; -> {run name: error} of the failed runs."""
+    from tqdm import tqdm
+    remote = ray.remote(run_one).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    cwd = os.getcwd()
+    pending = {remote.remote(cwd, params, run.overrides): run for run in todo}
+    failed = {}
+    with tqdm(total=len(todo), unit='run', desc='sweep', file=sys.stdout) as bar:
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            run = pending.pop(ref)
+            try:
+                code = ray.get(ref)
+                error = None if code == 0 else f'exit code {code}: {_last_line(run.log)}'
+            except Exception as err:  # the run's own exception, raised again by Ray
+                error = _last_line(str(err))
+            if error is not None:
+                failed[run.name] = error
+                bar.write(f'run {run.name} failed: {error}')
+            bar.update(1)
+    return failed
+
+
+def _last_line(text):
+    """The last non-empty line of a text or of a file (a run's log): its error."""
+    if isinstance(text, Path):
+        text = text.read_text(errors='replace') if text.is_file() else f'no log {text}'
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text
+
+
+# ----------------------------------------------------------------------------- summaries
+
+def flatten(results, prefix=''):
+    """Numeric scalar entries of results.json, nested keys joined by '.'; lists skipped."""
+    flat = {}
+    for key, value in results.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f'{prefix}{key}.'))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f'{prefix}{key}'] = value
+    return flat
+
+
+def collect(runs, cfgs, grid):
+    """runs.csv: one row per run (grid values, seed, status, every numeric result)."""
+    rows = []
+    for run, cfg in zip(runs, cfgs):
+        path = Path(cfg['ctrl']['logs_dir']) / run.name / 'results.json'
+        results = json.loads(path.read_text()) if path.is_file() else None
+        rows.append({'run': run.name, 'point': run.point,
+                     **{k: fmt(v) for k, v in run.values.items()}, 'seed': run.seed,
+                     'status': 'finished' if results else 'failed',
+                     **(flatten(results) if results else {})})
+    return pd.DataFrame(rows)
+
+
+def mean_ci(values, level=0.95):
+    """(n, mean, std, CI low, CI high) of the finite values: Student's t interval."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    n = v.size
+    if n == 0:
+        return 0, np.nan, np.nan, np.nan, np.nan
+    if n == 1:
+        return 1, v[0], np.nan, np.nan, np.nan
+    std = v.std(ddof=1)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * std / np.sqrt(n)
+    return n, v.mean(), std, v.mean() - half, v.mean() + half
+
+
+def metric_columns(frame, grid):
+    fixed = {'run', 'point', 'seed', 'status', *grid}
+    return [c for c in frame.columns if c not in fixed]
+
+
+def summarise(frame, grid, baseline):
+    """summary: one row per grid point: n, <metric>_mean/_std/_ci95_low/_ci95_high, and
+    with a baseline <metric>_diff_mean/_diff_ci95_low/_diff_ci95_high (paired by seed)."""
+    done = frame[frame.status == 'finished']
+    metrics = metric_columns(frame, grid)
+    rows = []
+    for point, group in frame.groupby('point', sort=False):
+        row = {'point': point, **group.iloc[0][list(grid)].to_dict(),
+               'n': int((group.status == 'finished').sum())}
+        ok = done[done.point == point]
+        for m in metrics:
+            _, *figures = mean_ci(ok[m])
+            row.update(zip([f'{m}_{s}' for s in ('mean', 'std', 'ci95_low', 'ci95_high')],
+                           figures))
+        if baseline:
+            ref = {**row, **{k: fmt(v) for k, v in baseline.items()}}
+            ref_point = done[(done[list(grid)] == pd.Series(ref)[list(grid)]).all(axis=1)]
+            pairs = ok.merge(ref_point, on='seed', suffixes=('', '_ref'))
+            row['n_pairs'] = len(pairs)
+            for m in headline(metrics):
+                _, mean, _, low, high = mean_ci(pairs[m] - pairs[f'{m}_ref'])
+                row.update({f'{m}_diff_mean': mean, f'{m}_diff_ci95_low': low,
+                            f'{m}_diff_ci95_high': high})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def headline(metrics):
+    return [m for m in metrics if not NOT_HEADLINE.match(m)]
+
+
+def markdown(summary, metrics, grid, baseline):
+    """summary.md: per grid point n and, per headline metric, mean, std and 95 % CI."""
+    def num(x):
+        return '' if pd.isna(x) else f'{x:.4g}'
+    head = [*grid, 'n']
+    for m in metrics:
+        head += [f'{m} mean', f'{m} std', f'{m} 95 % CI']
+        head += [f'{m} - baseline', f'{m} - baseline 95 % CI'] if baseline else []
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for _, r in summary.iterrows():
+        cells = [str(r[k]) for k in grid] + [str(r['n'])]
+        for m in metrics:
+            cells += [num(r[f'{m}_mean']), num(r[f'{m}_std']),
+                      f'[{num(r[f"{m}_ci95_low"])}, {num(r[f"{m}_ci95_high"])}]']
+            if baseline:
+                cells += [num(r[f'{m}_diff_mean']), f'[{num(r[f"{m}_diff_ci95_low"])}, '
+                          f'{num(r[f"{m}_diff_ci95_high"])}]']
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    note = ('\nmean and std over the seeds of each grid point; 95 % CI: Student\'s t '
+            'interval of the mean (n - 1 degrees of freedom)')
+    if baseline:
+        note += (f'; "- baseline": mean difference to the point with '
+                 f'{", ".join(f"{k}={fmt(v)}" for k, v in baseline.items())}, paired by seed')
+    return '\n'.join(lines) + '\n' + note + '.\n'
+
+
+def write_outputs(out, name, frame, grid, baseline):
+    import plots
+    metrics = metric_columns(frame, grid)
+    summary = summarise(frame, grid, baseline)
+    with utils.atomic_path(out / 'runs.csv') as tmp:
+        frame.to_csv(tmp, index=False, float_format='%.6g')
+    with utils.atomic_path(out / 'summary.csv') as tmp:
+        summary.to_csv(tmp, index=False, float_format='%.6g')
+    table = markdown(summary, headline(metrics), grid, baseline)
+    utils.atomic_write_text(out / 'summary.md', f'# sweep {name}\n\n{table}')
+    shown = [m for m in headline(metrics) if m != 'wall_time_s']
+    if shown:
+        plots.summary(summary, shown, out / 'summary.png', f'sweep {name}: mean and 95 % CI')
+    return summary, table
+
+
+# ----------------------------------------------------------------------------- main
+
+def sweep(args):
+    if args.cpus_per_run <= 0 or args.gpus_per_run < 0:
+        raise ConfigError(f'--cpus-per-run must be above 0 and --gpus-per-run not below 0 '
+                          f'(got {args.cpus_per_run:g} and {args.gpus_per_run:g})')
+    grid = parse_grid(args.grid)
+    seeds = parse_seeds(args.seeds)
+    baseline = parse_baseline(args.baseline, grid) if args.baseline else {}
+    params = str(Path(args.params).resolve())
+    name, runs = plan(args, grid, seeds)
+    cfgs = check_runs(params, runs)
+    utils.configure_logging()
+    for run, cfg in zip(runs, cfgs):
+        run.log = Path(cfg['ctrl']['logs_dir']) / f'{run.name}.out'
+    todo = [(run, cfg) for run, cfg in zip(runs, cfgs) if not finished(cfg)]
+    print(f'sweep {name}: {len(runs)} runs ({len(runs) // len(seeds)} grid points x '
+          f'{len(seeds)} seeds); skipped {len(runs) - len(todo)} finished runs', flush=True)
+    failed = {}
+    if todo:
+        extract_features([cfg for _, cfg in todo])
+        ray = start_ray(args.address)
+        try:
+            check_resources(ray, args.cpus_per_run, args.gpus_per_run)
+            failed = execute(ray, [run for run, _ in todo], params, args.cpus_per_run,
+                             args.gpus_per_run)
+        finally:
+            ray.shutdown()
+    out = Path(cfgs[0]['ctrl']['logs_dir']) / 'sweeps' / name
+    frame = collect(runs, cfgs, grid)
+    summary, table = write_outputs(out, name, frame, grid, baseline)
+    print(table)
+    print(f'{len(todo) - len(failed)} runs finished, {len(failed)} failed '
+          f'(logs in {cfgs[0]["ctrl"]["logs_dir"]}/{name}/)')
+    for run_name, error in failed.items():
+        print(f'  failed: {run_name}: {error}')
+    print(f'summary of {int(summary.n.sum())} finished runs: {out}/summary.md', flush=True)
+    return 1 if failed else 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return sweep(args)
+    except ConfigError as err:
+        print(f'error: {err}', file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

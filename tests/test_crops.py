@@ -1,0 +1,193 @@
+"""Random crops of fixed-length clips, whole-clip prediction, SpecAugment masks.
+
+Every number is compared with a computation written here in numpy.
+"""
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from keras import ops
+
+import data
+import eval as evaluation
+import learn
+from config import ConfigError
+
+
+def _fixed_clip(clips, c, clip_frames):
+    """Clip c repeated if shorter than clip_frames, cut if longer (numpy)."""
+    f, s, n = clips['frames'], clips['starts'][c], clips['lengths'][c]
+    own = f[s:s + n]
+    return np.tile(own, (-(-clip_frames // n), 1))[:clip_frames]
+
+
+@pytest.fixture
+def crop_setup(clips):
+    """Whole-clip table (one entry per readable clip), scaler over the fixed clips."""
+    table = pd.DataFrame({'label_idx': [0, 1, 2, 0, 1, 2], 'verified': 1})
+    clip_frames = 12  # clip lengths 5, 8, 20, 0, 14, 1: repeated, repeated, cut, -, cut, repeated
+    p = data.make_clips(clips['starts'], clips['lengths'])
+    mean, std = data.fit_scaler(clips['frames'], p, np.arange(p.clip.size), clip_frames)
+    return p, table, mean, std, clip_frames
+
+
+def _source(clips, crop_setup, crop_frames=5, on_device=False):
+    p, table, mean, std, clip_frames = crop_setup
+    return data.PatchSource(clips['frames'], p, table, mean, std, np.zeros(3, np.float32),
+                            crop_frames, on_device, eval_len=clip_frames)
+
+
+def test_make_clips_one_entry_per_readable_clip(clips):
+    p = data.make_clips(clips['starts'], clips['lengths'])
+    np.testing.assert_array_equal(p.clip, [0, 1, 2, 4, 5])  # clip 3 has no frames
+    np.testing.assert_array_equal(p.offset, 0)
+    np.testing.assert_array_equal(p.row0, clips['starts'][p.clip])
+    np.testing.assert_array_equal(p.clen, clips['lengths'][p.clip])
+
+
+def test_scaler_is_over_the_fixed_length_clips(clips, crop_setup):
+    p, _, mean, std, clip_frames = crop_setup
+    stacked = np.concatenate([_fixed_clip(clips, c, clip_frames) for c in p.clip])
+    np.testing.assert_allclose(mean, stacked.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(std, stacked.std(axis=0), rtol=1e-5)
+
+
+@pytest.mark.parametrize('on_device', [False, True])
+def test_crops_and_whole_clips_are_windows_of_the_fixed_clip(clips, crop_setup, on_device):
+    p, _, mean, std, clip_frames = crop_setup
+    src = _source(clips, crop_setup, on_device=on_device)
+    idx = np.array([0, 1, 2, 3, 4, 2])
+    shift = np.array([7, 0, 3, 7, 5, 6])  # 0 .. clip_frames - crop_frames
+    got = np.asarray(src.inputs(ops.convert_to_tensor(idx.astype(np.int32)),
+                                ops.convert_to_tensor(shift)))[..., 0]
+    whole = np.asarray(src.eval_batch(ops.convert_to_tensor(idx.astype(np.int32)))[0])[..., 0]
+    assert got.shape == (6, 5, clips['n_mels']) and whole.shape == (6, 12, clips['n_mels'])
+    for k, (i, s) in enumerate(zip(idx, shift)):
+        fixed = (_fixed_clip(clips, p.clip[i], clip_frames) - mean) / std
+        np.testing.assert_allclose(got[k], fixed[s:s + 5], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(whole[k], fixed, rtol=1e-5, atol=1e-5)
+
+
+def _plan(rng, n_steps=40, batch=8, pool=5):
+    """n_steps x batch random patch indices, no mixup (partner = idx, lam = 1)."""
+    idx = rng.integers(0, pool, (n_steps, batch))
+    return data.EpochPlan(idx, idx, np.ones(idx.shape, np.float32))
+
+
+def test_augment_plan_draws_crop_offsets_uniformly_and_repeatably():
+    plan = data.augment_plan(np.random.default_rng(1), _plan(np.random.default_rng(0)),
+                             max_shift=7)
+    for shift in (plan.shift, plan.partner_shift):
+        assert shift.shape == (40, 8) and shift.min() == 0 and shift.max() == 7
+        counts = np.bincount(shift.ravel(), minlength=8)
+        assert counts.min() > 0.6 * shift.size / 8  # every offset, roughly equally often
+    assert (plan.shift != plan.partner_shift).mean() > 0.5  # drawn independently
+    again = data.augment_plan(np.random.default_rng(1), _plan(np.random.default_rng(0)),
+                              max_shift=7)
+    np.testing.assert_array_equal(again.shift, plan.shift)
+
+
+def test_augment_plan_draws_nothing_when_off():
+    """Patches without SpecAugment: zero shifts, no masks, and the rng is not touched, so
+    that the batches of such runs are those drawn before crops and masks existed."""
+    rng = np.random.default_rng(5)
+    plan = data.augment_plan(rng, _plan(np.random.default_rng(0)))
+    np.testing.assert_array_equal(plan.shift, 0)
+    assert plan.fmask.shape == (40, 8, 0, 2) and plan.tmask.shape == (40, 8, 0, 2)
+    assert rng.random() == np.random.default_rng(5).random()
+
+
+@pytest.mark.parametrize('count,width,size', [(2, 4, 10), (1, 10, 10), (3, 0, 6)])
+def test_mask_spans_counts_widths_and_bounds(count, width, size):
+    spans = data.mask_spans(np.random.default_rng(2), (300, 4), count, width, size)
+    assert spans.shape == (300, 4, count, 2)
+    start, w = spans[..., 0], spans[..., 1]
+    assert w.min() == 0 and w.max() == width  # every width 0..width occurs
+    assert set(np.unique(w)) == set(range(width + 1))
+    assert start.min() == 0 and (start + w).max() == size and (start + w <= size).all()
+
+
+def test_specaugment_masks_training_batches_only(clips, crop_setup):
+    """Masked bands and frames are exactly the union of the planned spans (set to the band
+    mean, 0 after standardisation); everything else and every eval batch is untouched."""
+    src = _source(clips, crop_setup, crop_frames=9)
+    rng = np.random.default_rng(4)
+    plan = data.augment_plan(rng, _plan(rng, n_steps=3, batch=6), max_shift=3,
+                             specaugment=(2, 2, 2, 3), n_mels=clips['n_mels'], length=9)
+    for step in range(3):
+        a = [ops.convert_to_tensor(x[step]) for x in plan.arrays()]
+        x = np.asarray(src.train_batch(*a)['x'])[..., 0]
+        plain = np.asarray(src.inputs(a[0], a[3]))[..., 0]  # lam = 1: no mixup
+        for k in range(6):
+            band = np.zeros(clips['n_mels'], bool)
+            for s, w in plan.fmask[step, k]:
+                band[s:s + w] = True
+            frame = np.zeros(9, bool)
+            for s, w in plan.tmask[step, k]:
+                frame[s:s + w] = True
+            hidden = frame[:, None] | band[None, :]
+            np.testing.assert_array_equal(x[k][hidden], 0.0)
+            np.testing.assert_allclose(x[k][~hidden], plain[k][~hidden], rtol=1e-6)
+    idx = ops.convert_to_tensor(np.arange(5, dtype=np.int32))
+    np.testing.assert_array_equal(np.asarray(src.eval_batch(idx)[0]),
+                                  np.asarray(src.inputs(idx, length=12)))
+
+
+# ----------------------------------------------------------------------------- config
+
+def test_crop_longer_than_the_clip_is_refused(make_cfg):
+    with pytest.raises(ConfigError, match='extract.crop_frames.*extract.clip_frames'):
+        make_cfg('extract.crop=random_crop', 'extract.crop_frames=600',
+                 'extract.clip_frames=500')
+    make_cfg('extract.crop_frames=600', 'extract.clip_frames=500')  # patches: unused
+
+
+@pytest.mark.parametrize('key,value,size_key', [
+    ('freq_width', 97, 'extract.n_mels'), ('time_width', 101, 'extract.patch_len')])
+def test_mask_wider_than_the_input_is_refused(make_cfg, key, value, size_key):
+    with pytest.raises(ConfigError, match=f'learn.specaugment.{key} = {value} exceeds '
+                                          f'{size_key}'):
+        make_cfg(f'learn.specaugment.{key}={value}')
+    cfg = make_cfg('learn.specaugment={freq_masks: 2, freq_width: 8}')
+    assert learn.specaugment(cfg['learn']) == (2, 8, 0, 0)
+
+
+@pytest.mark.parametrize('model', ['baseline', 'DenSE'])
+def test_fixed_input_model_with_random_crop_is_refused(make_cfg, model):
+    cfg = make_cfg('extract.crop=random_crop', f'learn.model={model}')
+    with pytest.raises(ConfigError, match=f'learn.model {model} .*extract.crop random_crop'):
+        learn.check(cfg)
+    learn.check(make_cfg(f'learn.model={model}'))  # patches: fine
+
+
+# ----------------------------------------------------------------------------- prediction
+
+def _any_length_model(n_mels, n_classes):
+    """A small model over inputs of any length, with batch normalisation (inference mode
+    must not depend on the batch) and global average pooling."""
+    inputs = keras.Input((None, n_mels, 1))
+    x = keras.layers.Conv2D(4, 3, padding='same')(inputs)
+    x = keras.layers.Activation('relu')(keras.layers.BatchNormalization()(x))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(n_classes, activation='softmax')(x))
+
+
+@pytest.mark.parametrize('budget', [1, 2, 64])
+def test_whole_clip_prediction_equals_one_call_per_clip(clips, crop_setup, make_cfg, budget):
+    """predict_clips batches whole clips by the frame budget; each clip alone through the
+    model (built here from the frames in numpy) gives the same scores."""
+    p, _, mean, std, clip_frames = crop_setup
+    keras.utils.set_random_seed(0)
+    model = _any_length_model(clips['n_mels'], 3)
+    model.layers[2].moving_mean.assign(np.full(4, 0.3, np.float32))  # not the identity
+    src = _source(clips, crop_setup, crop_frames=4)
+    # eval_batch_size: budget x 4 crop frames / 12 clip frames clips per call
+    cfg = make_cfg('extract.crop=random_crop', 'extract.crop_frames=4',
+                   f'extract.clip_frames={clip_frames}', f'learn.predict_batch_size={budget}')
+    assert evaluation.eval_batch_size(cfg) == max(1, budget * 4 // 12)
+    rows, scores = evaluation.predict_clips(model, src, p, np.array([5, 0, 2, 3, 4, 1]), cfg)
+    np.testing.assert_array_equal(rows, [0, 1, 2, 4, 5])
+    for row, score in zip(rows, scores):
+        x = (_fixed_clip(clips, row, clip_frames) - mean) / std
+        alone = np.asarray(model(x[None, :, :, None], training=False))[0]
+        np.testing.assert_allclose(score, alone, rtol=1e-5, atol=1e-6)
