@@ -221,12 +221,15 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
 
 
 def write_plots(run_dir, table, classes, rows_evaluated, scores, results):
-    """curves.png from history.csv; confusion.png and per_class.png of the test clips
-    (single-label: one true class per clip)."""
+    """curves.png from history.csv (curves_<fold>.png from each fold's history_<fold>.csv);
+    confusion.png and per_class.png of the test clips (single-label: one true class per
+    clip)."""
     import plots  # matplotlib is loaded only once a run has something to draw
     name = results['run_name']
-    if (run_dir / 'history.csv').is_file():
-        plots.curves(run_dir / 'history.csv', run_dir / 'curves.png', f'{name}: training')
+    for history in sorted(run_dir.glob('history*.csv')):
+        tag = history.stem[len('history'):]  # '' or '_<fold>'
+        plots.curves(history, run_dir / f'curves{tag}.png',
+                     f'{name}: training' + (f', fold {tag[1:]}' if tag else ''))
     true = table.label_idx.to_numpy()[rows_evaluated]
     plots.confusion(true, scores.argmax(axis=1), classes, run_dir / 'confusion.png',
                     f'{name}: confusion on the test clips (row-normalised)')

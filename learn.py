@@ -491,18 +491,22 @@ def build_trainer(cfg, classes, source):
 def prepare(cfg, table, classes, store, rng, run_dir):
     """Patches, split, scaler, batch source, model and trainer -> Experiment.
 
-    With learn.folds K > 1 the training subset is split into K stratified folds and the
-    Experiment is the first fold's; with k folds (or self-verification's own folds) the
-    scaler is fitted on the whole training subset, so that every fold model shares one
-    batch source (band means and stds carry no label information).
+    With learn.folds K > 1 the training subset is split into K stratified folds (learn.mode
+    self_verify: its own 4) and the Experiment is the first fold's; the scaler is then
+    fitted on the whole training subset, so that every fold model shares one batch source
+    (band means and stds carry no label information).
     """
     learn = cfg['learn']
     rows = datasets.train_rows(table, cfg['ctrl']['train_data'])
     rows = rows[store.length[rows] > 0]
     labels, seed = table.label_idx.to_numpy()[rows], cfg['ctrl']['seed']
     shared = learn['folds'] > 1 or learn['mode'] == 'self_verify'
-    splits = (data.kfold_split(rows, labels, learn['folds'], seed) if learn['folds'] > 1
-              else [data.split_train_val(rows, labels, learn['val_split'], seed)])
+    if learn['mode'] == 'self_verify':
+        splits = self_verify.fold_splits(table, rows, seed)
+    elif learn['folds'] > 1:
+        splits = data.kfold_split(rows, labels, learn['folds'], seed)
+    else:
+        splits = [data.split_train_val(rows, labels, learn['val_split'], seed)]
     train_rows, val_rows = splits[0]
     patches = patch_table(cfg, store)
     train_idx = patches.of_clips(train_rows)
@@ -543,8 +547,9 @@ def run(exp):
     """Run the configured mode -> the predictor: the classifier with the selected weights,
     or an evaluation.Ensemble (k folds, snapshots, or a mode that returns one)."""
     t0 = time.time()
-    mode = MODES[exp.cfg['learn']['mode']]
-    if len(exp.splits) > 1 or exp.cfg['learn']['lr_schedule'] == 'cyclic_cosine':
+    learn = exp.cfg['learn']
+    mode = MODES[learn['mode']]
+    if learn['folds'] > 1 or learn['lr_schedule'] == 'cyclic_cosine':
         predictor = ensemble.run_folds(exp, mode, finish)
     else:
         predictor = mode(exp)

@@ -91,21 +91,30 @@ class Fold:
         exp.selection.finish(exp.trainer)
 
 
-def make_folds(exp):
-    """The 4 fold Experiments over the training subset (verified and unverified folds
-    stratified separately by the given label)."""
-    rows = np.union1d(*exp.splits[0])
-    verified = exp.table.verified.to_numpy()[rows] == 1
+def fold_splits(table, rows, seed):
+    """The 4 folds' (training rows, validation rows): verified and unverified clips are
+    each split into 4 folds stratified by the given label; fold f validates on its verified
+    part and trains on the other folds' verified and unverified parts."""
+    verified = table.verified.to_numpy()[rows] == 1
     if verified.all() or not verified.any():
         raise ConfigError('learn.mode self_verify needs verified and unverified training '
                           'clips (FSDnoisy18k: ctrl.train_data all)')
-    labels, seed = exp.table.label_idx.to_numpy(), exp.cfg['ctrl']['seed']
+    labels = table.label_idx.to_numpy()
     split = [data.kfold_split(part, labels[part], FOLDS, seed, 'learn.mode self_verify')
              for part in (rows[verified], rows[~verified])]
+    return [(np.union1d(ver_train, unv_train), ver_val)
+            for (ver_train, ver_val), (unv_train, _) in zip(*split)]
+
+
+def make_folds(exp):
+    """The 4 Folds; exp (prepare() made it on fold_splits) is the first one's."""
+    verified = exp.table.verified.to_numpy() == 1
+    rows = np.unique(np.concatenate([np.union1d(*split) for split in exp.splits]))
+    unverified = rows[~verified[rows]]
     folds = []
-    for f, ((ver_train, ver_val), (unv_train, unv_held)) in enumerate(zip(*split), 1):
-        fold_exp = exp.for_fold(np.union1d(ver_train, unv_train), ver_val, f)
-        folds.append(Fold(fold_exp, ver_train, unv_held))
+    for f, (train, val) in enumerate(exp.splits, 1):
+        fold_exp = exp if f == 1 else exp.for_fold(train, val, f)
+        folds.append(Fold(fold_exp, train[verified[train]], np.setdiff1d(unverified, train)))
     return folds
 
 

@@ -360,6 +360,8 @@ def test_three_folds_of_two_cycles_average_six_snapshots(workspace):
     assert ((oof[classes] >= 0) & (oof[classes] <= 1)).all().all()
     results = json.loads((run_dir / 'results.json').read_text())
     assert results['ensemble']['n_models'] == 6 and results['ensemble']['folds'] == 3
+    assert [f['fold'] for f in results['folds']] == [1, 2, 3]
+    assert all((run_dir / f'curves_{f}.png').is_file() for f in (1, 2, 3))
 
 
 def test_self_verification_accepts_mostly_right_labels(workspace):
@@ -388,3 +390,4 @@ def test_self_verification_accepts_mostly_right_labels(workspace):
     assert results['accuracy_micro'] == pytest.approx(rounds[chosen]['test_accuracy'], abs=0.01)
     assert 'ensemble: 4 models (4 folds x 1 snapshots), amean' in log
     assert len(list(run_dir.glob('sv_*_*.keras'))) == 12
+    assert not (run_dir / 'tb').exists() and (run_dir / 'curves_4.png').is_file()
