@@ -144,3 +144,30 @@ def test_sv_threshold_may_be_null(make_cfg):
     assert make_cfg('learn.sv_threshold=null')['learn']['sv_threshold'] is None
     with pytest.raises(config.ConfigError, match='learn.sv_threshold'):
         make_cfg('learn.sv_threshold=1.5')
+
+
+def test_self_verification_folds_keep_each_folds_unverified_clips_out():
+    import pandas as pd
+
+    import self_verify
+    rng = np.random.default_rng(0)
+    n = 160
+    table = pd.DataFrame({'label_idx': rng.integers(0, 4, n),
+                          'verified': (rng.random(n) < 0.3).astype(int)})
+    rows = np.arange(n)
+    splits = self_verify.fold_splits(table, rows, seed=1)
+    assert len(splits) == 4
+    unverified = rows[table.verified.to_numpy() == 0]
+    held = [np.setdiff1d(unverified, train) for train, _ in splits]
+    # The held-out unverified parts cover every unverified clip exactly once ...
+    np.testing.assert_array_equal(np.sort(np.concatenate(held)), unverified)
+    for (train, val), out in zip(splits, held):
+        # ... validation is verified only, and no fold trains on its validation clips.
+        assert (table.verified.to_numpy()[val] == 1).all()
+        assert np.intersect1d(train, val).size == 0 and np.intersect1d(train, out).size == 0
+        # stratified: each class's held-out share is within one clip of a quarter
+        for c in range(4):
+            total = np.sum(table.label_idx.to_numpy()[unverified] == c)
+            assert abs(np.sum(table.label_idx.to_numpy()[out] == c) - total / 4) <= 1
+    with pytest.raises(config.ConfigError, match='needs verified and unverified'):
+        self_verify.fold_splits(table.assign(verified=0), rows, seed=1)
