@@ -5,16 +5,20 @@ noisy labels when training sound event classifiers", IEEE WASPAA 2019. Inputs ar
 patches of shape (patch_len, n_mels, 1): time x mel bands x 1 channel (channels_last).
 The tagging models cnn_gru and vgg_gap (below) take any number of frames: (None, n_mels, 1).
 
-Every model ends in a float32 softmax, so that losses and metrics stay in float32 under a
-mixed_float16 policy, and names its penultimate representation 'embedding', so that a
+Every model ends in float32 outputs (a softmax, or the layers of learn.head), so that
+losses and metrics stay in float32 under a mixed_float16 policy, and names its penultimate representation 'embedding', so that a
 caller can read it with
     keras.Model(model.input, [model.output, model.get_layer('embedding').output])
 (model.input, not the list model.inputs, so that calling it on one array raises no
 input-structure warning).
+
+Heads by name (config key `learn.head`, registry HEADS): every model ends in
+head_outputs(), which puts the head's output layer(s) on the features of its classifier.
 """
 import keras
 from keras import layers
 
+import losses
 from config import ConfigError, lookup
 
 
@@ -28,11 +32,6 @@ def _too_small(input_shape, pools):
 
 def _bn_relu(x):
     return layers.Activation('relu')(layers.BatchNormalization()(x))
-
-
-def _softmax(x, n_classes, **kwargs):
-    # dtype float32: the probabilities stay float32 under a mixed_float16 policy.
-    return layers.Dense(n_classes, activation='softmax', dtype='float32', **kwargs)(x)
 
 
 # ----------------------------------------------------------------------------- baseline
@@ -58,8 +57,9 @@ def baseline(input_shape, n_classes, cfg_learn):
     x = layers.Dropout(0.5)(layers.Flatten()(x))
     x = layers.Dense(64, activation='relu', kernel_initializer='he_normal',
                      kernel_regularizer=keras.regularizers.L2(1e-3), name='embedding')(x)
-    outputs = _softmax(layers.Dropout(0.5)(x), n_classes, kernel_initializer='he_normal',
-                       kernel_regularizer=keras.regularizers.L2(1e-3))
+    outputs = head_outputs(layers.Dropout(0.5)(x), n_classes, cfg_learn,
+                           kernel_initializer='he_normal',
+                           kernel_regularizer=keras.regularizers.L2(1e-3))
     return keras.Model(inputs, outputs, name='baseline')
 
 
@@ -95,8 +95,9 @@ def dense_se(input_shape, n_classes, cfg_learn):
     for i in range(cfg_learn['densenet_modules']):
         x = _dense_se_module(x, min(512, 16 * 2 ** i))
     x = layers.Flatten(name='embedding')(_bn_relu(x))
-    outputs = _softmax(layers.Dropout(0.5)(x), n_classes, kernel_initializer='he_normal',
-                       kernel_regularizer=keras.regularizers.L2(1e-3))
+    outputs = head_outputs(layers.Dropout(0.5)(x), n_classes, cfg_learn,
+                           kernel_initializer='he_normal',
+                           kernel_regularizer=keras.regularizers.L2(1e-3))
     return keras.Model(inputs, outputs, name='DenSE')
 
 
@@ -161,7 +162,7 @@ def cnn_gru(input_shape, n_classes, cfg_learn):
     """CNN-GRU with a softmax output (see cnn_gru_trunk)."""
     _check_mels(input_shape, 2 ** len(CNN_GRU_FILTERS), 'cnn_gru')
     inputs = keras.Input(shape=(None,) + tuple(input_shape[1:]))
-    outputs = _softmax(cnn_gru_trunk(inputs, cfg_learn), n_classes)
+    outputs = head_outputs(cnn_gru_trunk(inputs, cfg_learn), n_classes, cfg_learn)
     return keras.Model(inputs, outputs, name='cnn_gru')
 
 
@@ -233,18 +234,90 @@ def vgg_gap(input_shape, n_classes, cfg_learn):
     _check_mels(input_shape, VGG_GAP_MIN_MELS, 'vgg_gap')
     inputs = keras.Input(shape=(None,) + tuple(input_shape[1:]))
     x = layers.Dropout(0.5)(vgg_gap_trunk(inputs, cfg_learn))
-    outputs = layers.Activation('softmax', dtype='float32')(class_map_logits(x, n_classes))
+    outputs = head_outputs(x, n_classes, cfg_learn, logits=class_map_logits)
     return keras.Model(inputs, outputs, name='vgg_gap')
 
 
 MODELS = {'baseline': baseline, 'DenSE': dense_se, 'cnn_gru': cnn_gru, 'vgg_gap': vgg_gap}
 
 
+# ----------------------------------------------------------------------------- heads
+# Every model ends in head_outputs(features, n_classes, cfg_learn, ...), which builds the
+# output layer(s) of learn.head on the features that feed the classifier. The softmax head
+# is the model's own softmax layer, exactly as before heads existed. Every other head
+# returns a dict of named outputs: 'scores' (the clip-level prediction, [B, K] in [0, 1])
+# and one entry per branch, named after what its loss (losses.BRANCH_LOSSES) reads:
+# 'sigmoid' and 'softmax' probabilities, 'sparsemax_logits' (the sparsemax loss needs the
+# logits z themselves: its threshold and support are functions of z, not of sparsemax(z)).
+# Each branch has its own classifier layer(s) (He et al.: "two dense layers"). All output
+# layers are float32, so that losses stay float32 under mixed_float16.
+
+@keras.saving.register_keras_serializable(package='noisy_sed')
+class Sparsemax(layers.Layer):
+    """sparsemax over the last axis (Martins & Astudillo, ICML 2016): losses.sparsemax."""
+
+    def call(self, z):
+        return losses.sparsemax(z)
+
+
+def _branch(z, activation):
+    """Float32 output of one branch from its logits z, named after what its loss reads."""
+    if activation == 'sparsemax':
+        z = layers.Activation('linear', dtype='float32', name='sparsemax_logits')(z)
+        return {'sparsemax_logits': z}, Sparsemax(dtype='float32', name='sparsemax')(z)
+    p = layers.Activation(activation, dtype='float32', name=activation)(z)
+    return {activation: p}, p
+
+
+# learn.head -> the activations of its branches (He et al., Sec. 3.2: the multi-activation
+# heads put a sigmoid layer trained with BCE beside a softmax or sparsemax layer; the
+# branches' outputs are averaged for prediction).
+HEADS = {
+    'softmax': ('softmax',),
+    'sigmoid': ('sigmoid',),
+    'sparsemax': ('sparsemax',),
+    'sigmoid_softmax': ('sigmoid', 'softmax'),
+    'sigmoid_sparsemax': ('sigmoid', 'sparsemax'),
+}
+
+
+def head_outputs(x, n_classes, cfg_learn, logits=None, **dense):
+    """The output layer(s) of learn.head on features x.
+
+    logits(x, n_classes) -> [B, K] builds one classifier (default: a dense layer with the
+    `dense` keyword arguments, e.g. the baseline's L2 regulariser); it is called once
+    per branch, so that each branch has its own weights.
+    """
+    head = cfg_learn.get('head', 'softmax')
+    if head == 'softmax' and logits is None:
+        # dtype float32: the probabilities stay float32 under a mixed_float16 policy.
+        return layers.Dense(n_classes, activation='softmax', dtype='float32', **dense)(x)
+    outputs, probs = {}, []
+    for activation in lookup(HEADS, head, 'learn.head'):
+        z = (logits(x, n_classes) if logits is not None else layers.Dense(
+            n_classes, dtype='float32', name=f'{activation}_dense', **dense)(x))
+        named, p = _branch(z, activation)
+        outputs.update(named)
+        probs.append(p)
+    if head in ('softmax', 'sigmoid'):
+        return probs[0]  # one layer whose probabilities are the prediction
+    outputs['scores'] = (probs[0] if len(probs) == 1 else
+                         layers.Average(dtype='float32', name='scores')(probs))
+    return outputs
+
+
+def scores(outputs):
+    """The prediction [B, K] of a model's output: the tensor itself, or its 'scores'."""
+    return outputs['scores'] if isinstance(outputs, dict) else outputs
+
+
 def check(cfg):
-    """Refuse an unknown learn.model before any heavy work."""
+    """Refuse an unknown learn.model or learn.head before any heavy work."""
     lookup(MODELS, cfg['learn']['model'], 'learn.model')
+    lookup(HEADS, cfg['learn']['head'], 'learn.head')
 
 
 def build(name, input_shape, n_classes, cfg_learn):
-    """learn.model name -> uncompiled keras.Model mapping input_shape to n_classes probs."""
+    """learn.model name -> uncompiled keras.Model mapping input_shape to n_classes
+    probabilities (softmax head) or to the named outputs of learn.head."""
     return lookup(MODELS, name, 'learn.model')(tuple(input_shape), n_classes, cfg_learn)

@@ -38,7 +38,7 @@ DEFAULTS = {
         'clip_frames': 2000,
     },
     'learn': {
-        'batch_size': 64, 'lr': 0.001, 'n_classes': 20, 'n_epochs': 100, 'optim': 'Adam',
+        'batch_size': 64, 'lr': 0.001, 'n_classes': None, 'n_epochs': 100, 'optim': 'Adam',
         'patience': 15, 'val_split': 0.15, 'LSR': False, 'eps_LSR_noisy': 0.15,
         'LSRmode': 'GROUPS2', 'delta_eps_LSR': 0.05, 'noisier_classes': FSDNOISY18K_NOISIER,
         'mixup': True, 'mixup_alpha': 0.1, 'mixup_mode': 'intra', 'mixup_warmup_epochs': 10,
@@ -51,7 +51,7 @@ DEFAULTS = {
         'predict_batch_size': 1024, 'frames_on_device': 'auto', 'model_selection': 'last',
         'steps_per_epoch': None,
         'specaugment': {'freq_masks': 0, 'freq_width': 0, 'time_masks': 0, 'time_width': 0},
-        'time_pooling': 'max',
+        'time_pooling': 'max', 'head': 'softmax',
         'lr_schedule': 'plateau', 'cycles': 8, 'cycle_epochs': 64, 'lr_min': 1e-6,
         'folds': 1, 'sv_excerpts': 25, 'sv_threshold': 0.95, 'sv_per_class': 40,
         'sv_epochs': 30, 'sv_lr': 0.0002, 'sv_rounds': 10,
@@ -60,14 +60,16 @@ DEFAULTS = {
         'q_loss': 0.5, 'q_loss2': 0.5, 'm_loss2': 0.99, 'perc_loss2': 96.0, 'type': 'lq_loss',
         'snn_temperature': 1000.0, 'q_min': 0.01, 'snn_space': 'input', 'lq_target': 'max',
     },
-    'recognizer': {'aggregate': 'gmean', 'ensemble': 'amean', 'snapshot_cycles': 'all'},
+    'recognizer': {'aggregate': 'gmean', 'metrics': None, 'ensemble': 'amean',
+                   'snapshot_cycles': 'all'},
     'suffix': {'in': '_mel', 'out': '_label'},
 }
 
 # Values restricted to a set. Registries (models, losses, modes, aggregations) are checked
 # by their own modules against their registry dicts, so that the list never goes stale.
 CHOICES = {
-    ('ctrl', 'train_data'): ['noisy', 'clean', 'noisy_small', 'noisy_small_clean', 'all'],
+    ('ctrl', 'train_data'): ['noisy', 'clean', 'noisy_small', 'noisy_small_clean', 'all',
+                             'curated'],
     ('extract', 'load_mode'): ['varup', 'full'],
     ('extract', 'spectrogram_type'): ['power', 'magnitude'],
     ('extract', 'store_dtype'): ['float32', 'float16'],
@@ -160,6 +162,7 @@ ALSO = {('learn', 'mode'): str, ('learn', 'jit_compile'): bool,
 # Keys that may be null (None), with the type of their other values (learn.sv_threshold:
 # null = no threshold, its default 0.95).
 NULLABLE = {('ctrl', 'run_name'): str, ('learn', 'steps_per_epoch'): int,
+            ('learn', 'n_classes'): int, ('recognizer', 'metrics'): list,
             ('learn', 'sv_threshold'): float}
 
 

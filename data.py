@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import datasets
 from config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,8 @@ def kfold_split(rows, labels, k, seed, what='learn.folds'):
     """K stratified folds of clip rows (sklearn StratifiedKFold, shuffled with the seed)
     -> [(train_rows, val_rows)] for fold 1..K; fold f validates on the f-th part.
 
-    Single-label: stratified on the label. (Multi-label tables will stratify on the first
-    label of each clip, which keeps every class that is some clip's first label spread
-    over the folds.)
+    labels: one class per clip, the clip's label, or for multi-label tables its rarest
+    label (strata()), which spreads every class, rare ones included, over the folds.
     """
     from sklearn.model_selection import StratifiedKFold
     rows, labels = np.asarray(rows), np.asarray(labels)
@@ -56,6 +56,21 @@ def kfold_split(rows, labels, k, seed, what='learn.folds'):
         warnings.simplefilter('ignore', UserWarning)
         parts = [rows[val] for _, val in folds.split(rows, labels)]
     return [(np.sort(np.setdiff1d(rows, val)), np.sort(val)) for val in parts]
+
+
+def strata(y):
+    """The class each clip is stratified by in split_train_val, from [N, K] multi-hot
+    targets: its only label (single-label), or its rarest label among these clips
+    (multi-label), so that every class, rare ones included, keeps training clips.
+
+    Why not scikit-learn: train_test_split(stratify=...) refuses a class with a single
+    clip and rounds the validation share over all classes at once, so it cannot keep
+    "round(val_split * n_c) per class, at least one clip left to train"; a multi-label
+    iterative stratification (Sechidis et al.) keeps label proportions but not that
+    guarantee either, and its package is one more dependency for a 15 % hold-out.
+    """
+    counts = y.sum(axis=0)
+    return np.argmin(np.where(y > 0, counts, np.inf), axis=1)
 
 
 # ----------------------------------------------------------------------------- patches
@@ -170,11 +185,18 @@ def lsr_eps(cfg_learn, classes):
     return eps
 
 
-def smooth_targets(ops, labels, eps, n_classes):
-    """One-hot targets smoothed per example: y (1 - eps_y) + eps_y / K. Backend ops."""
-    onehot = ops.one_hot(labels, n_classes)
-    e = ops.expand_dims(ops.take(eps, labels), -1)
-    return onehot * (1.0 - e) + e / n_classes
+def clip_eps(y, eps):
+    """Per-clip smoothing epsilon from [N, K] multi-hot targets and per-class eps [K]: the
+    mean eps of the clip's labels (single-label: that of its label, as in the paper)."""
+    return ((y @ eps) / np.maximum(y.sum(axis=1), 1)).astype(np.float32)
+
+
+def smooth_targets(y, e):
+    """Multi-hot targets [B, K] smoothed per example: y (1 - e) + e / K for every class,
+    with e [B] the example's epsilon. A one-hot target gives the paper's LSR; a
+    multi-hot one keeps its labels' mass (1 - e) + e / K each and e / K elsewhere."""
+    e = e[:, None]
+    return y * (1.0 - e) + e / y.shape[-1]
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -295,8 +317,11 @@ def mix(ops, lam, a, b):
 # ----------------------------------------------------------------------------- batches
 
 def wrong_labels(table):
-    """Per clip: 1 where the given label differs from the true label (needs a true_label
-    column, as synthetic data or injected noise have); all 0 without one."""
+    """Per clip: 1 where the given label(s) differ from the true label(s) (needs a
+    true_label(s) column, as synthetic data or injected noise have); all 0 without one."""
+    if 'true_labels_idx' in table.columns:
+        return np.array([set(a) != set(b) for a, b in
+                         zip(table.labels_idx, table.true_labels_idx)], bool)
     if 'true_idx' not in table.columns:
         return np.zeros(len(table), bool)
     return (table.label_idx.to_numpy() != table.true_idx.to_numpy())
@@ -331,7 +356,8 @@ class PatchSource:
     The same code runs inside the compiled training step (frames resident on the GPU) or
     in the tf.data input pipeline on the host (frames too large for the GPU, or no GPU).
     A batch is gathered by index: frame rows [B, patch_len] -> [B, patch_len, n_mels, 1],
-    standardised per band, one-hot targets smoothed per example, then mixed (mixup).
+    standardised per band, the clips' multi-hot target rows (datasets.targets) smoothed
+    per example, then mixed (mixup).
     """
 
     def __init__(self, frames, patches, table, mean, std, eps, patch_len, on_device,
@@ -352,12 +378,18 @@ class PatchSource:
             self.row0 = tf.constant(patches.row0.astype(np.int32))
             self.offset = tf.constant(patches.offset.astype(np.int32))
             self.clen = tf.constant(np.maximum(patches.clen, 1).astype(np.int32))
+            # Targets and epsilons per clip, gathered through the patch's clip: a
+            # [patches, K] copy would be large for many classes and many patches.
+            self.clip = tf.constant(clip.astype(np.int32))
+            y = datasets.targets(table, self.n_classes)
+            self.y = tf.constant(y)
+            self.clip_eps = tf.constant(clip_eps(y, eps))
+            # The given (first) label per patch: the class an adaptive-Lq batch groups by.
             self.label = tf.constant(table.label_idx.to_numpy()[clip].astype(np.int32))
             self.verified = tf.constant(table.verified.to_numpy()[clip].astype(np.float32))
             self.wrong = tf.constant(wrong_labels(table)[clip].astype(np.float32))
             self.mean = tf.constant(mean.reshape(1, 1, -1, 1))
             self.std = tf.constant(std.reshape(1, 1, -1, 1))
-            self.eps = tf.constant(eps)
 
     def inputs(self, idx, shift=None, length=None):
         """Standardised inputs [B, length, n_mels, 1] float32 for patch indices idx, each
@@ -400,9 +432,10 @@ class PatchSource:
         return x * keep_f[:, None, :, None] * keep_t[:, :, None, None]
 
     def targets(self, idx, smooth=True):
-        labels = self.ops.take(self.label, idx)
-        eps = self.eps if smooth else self.eps * 0.0
-        return smooth_targets(self.ops, labels, eps, self.n_classes)
+        """[B, K] targets of patch indices idx, smoothed (LSR) unless smooth is False."""
+        clip = self.ops.take(self.clip, idx)
+        y = self.ops.take(self.y, clip, axis=0)
+        return smooth_targets(y, self.ops.take(self.clip_eps, clip)) if smooth else y
 
     def train_batch(self, idx, partner, lam, shift=None, partner_shift=None, fmask=None,
                     tmask=None, clean=False):
@@ -431,6 +464,6 @@ class PatchSource:
         return batch
 
     def eval_batch(self, idx):
-        """(x, one-hot y) without smoothing, mixup or masks, for validation and scoring:
+        """(x, multi-hot y) without smoothing, mixup or masks, for validation and scoring:
         patches, or whole fixed-length clips (eval_len frames)."""
         return self.inputs(idx, length=self.eval_len), self.targets(idx, smooth=False)

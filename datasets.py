@@ -1,8 +1,18 @@
 """Datasets by name (config key `ctrl.dataset`): a dataset folder -> one clip table.
 
 Every adapter returns (table, classes): one row per clip, train rows first, with fname,
-path, label, label_idx, verified, subset ('train'/'test') and, where the CSV has them,
-the true labels; classes are the sorted training labels.
+path, label, labels, labels_idx, label_idx, verified, subset ('train'/'test') and, where
+the CSVs have them, the true labels; classes are the sorted training labels.
+
+How targets are carried (one convention for single- and multi-label data):
+  labels      tuple of the clip's class names, sorted (single-label: one name)
+  labels_idx  tuple of their indices into `classes`
+  label       the names comma-joined (single-label: the class name, as in the CSV)
+  label_idx   index of the clip's first label (single-label: its only label); what the
+              single-label code paths (accuracy, LSR GROUPS2, split) read
+  true_labels / true_labels_idx / true_label / true_idx  the same for the true labels,
+              where the CSV has a true_label(s) column (synthetic data)
+targets(table, n_classes) gives the [N, K] multi-hot matrix (one-hot for single-label).
 """
 import logging
 from pathlib import Path
@@ -25,6 +35,18 @@ TRAIN_SUBSETS = {
     'noisy_small': lambda t: t.noisy_small == 1,
     'noisy_small_clean': lambda t: (t.noisy_small == 1) | (t.verified == 1),
     'all': lambda t: t.verified >= 0,
+    'curated': lambda t: t.verified == 1,
+}
+
+MULTI_LABEL = ('fsdkaggle2019',)  # datasets whose clips may carry several labels
+
+# The subsets each dataset has. FSDKaggle2018 is split like FSDnoisy18k: noisy = the
+# clips not manually verified, clean = the verified ones. FSDKaggle2019: curated (the
+# verified FSD clips), noisy (the unverified YFCC clips).
+SUBSETS_OF = {
+    'fsdnoisy18k': ('noisy', 'clean', 'noisy_small', 'noisy_small_clean', 'all'),
+    'fsdkaggle2018': ('noisy', 'clean', 'all'),
+    'fsdkaggle2019': ('curated', 'noisy', 'all'),
 }
 
 
@@ -42,16 +64,86 @@ def _read_csv(path, columns):
     return df
 
 
-def load_fsdnoisy18k(cfg):
-    """FSDnoisy18k layout -> (table, classes).
-
-    table has one row per clip, train rows first: fname, path, label, label_idx, verified,
-    noisy_small, subset ('train'/'test'), [true_label, true_idx when train.csv has it],
-    plus any extra columns of the CSVs. classes are the sorted training labels.
-    """
+def _root(cfg):
     root = Path(cfg['ctrl']['dataset_path'])
     if not root.is_dir():
         raise ConfigError(f'dataset folder {root} does not exist (ctrl.dataset_path)')
+    return root
+
+
+def _split_labels(df, column, path):
+    """Column of label strings -> list of sorted label tuples; a comma separates the
+    labels of a multi-label clip. An empty label is an error naming file and row."""
+    out = []
+    for row, value in enumerate(df[column].tolist()):
+        names = [] if pd.isna(value) else [n.strip() for n in str(value).split(',')]
+        if not names or not all(names):
+            # row + 2: the header is line 1 of the file
+            raise ConfigError(f'{path} line {row + 2} (fname {df.fname.iloc[row]}): empty '
+                              f'label in column {column!r}')
+        out.append(tuple(sorted(set(names))))
+    return out
+
+
+def _finish(cfg, parts, paths):
+    """Train and test frames with a 'labels' column -> (table, classes).
+
+    parts: (train, test) DataFrames with fname, path, verified, subset, labels and any
+    true_labels; paths: (train CSV(s), test CSV) for error messages.
+    """
+    train, test = parts
+    classes = sorted({name for labels in train['labels'] for name in labels})
+    n_classes = cfg['learn']['n_classes']
+    if n_classes is not None and len(classes) != n_classes:
+        raise ConfigError(f'learn.n_classes is {n_classes} but {paths[0]} has '
+                          f'{len(classes)} classes (null: take them from the data)')
+    index = {c: i for i, c in enumerate(classes)}
+    for row, labels in enumerate(test['labels']):
+        unknown = [n for n in labels if n not in index]
+        if unknown:
+            raise ConfigError(f'{paths[1]} line {row + 2} (fname {test.fname.iloc[row]}) has '
+                              f'labels absent from the training data: {", ".join(unknown[:5])}')
+    table = pd.concat([train, test], ignore_index=True)
+    _label_columns(table, 'labels', index, 'label', 'label_idx')
+    if 'true_labels' in table.columns:
+        _label_columns(table, 'true_labels', index, 'true_label', 'true_idx')
+    return table, classes
+
+
+def _label_columns(table, column, index, name_column, idx_column):
+    """From a column of label tuples: its _idx tuples, the comma-joined names and the
+    index of the first label (-1 for a name outside the classes)."""
+    table[f'{column}_idx'] = [tuple(index.get(n, -1) for n in labels)
+                              for labels in table[column]]
+    table[name_column] = [','.join(labels) for labels in table[column]]
+    table[idx_column] = [ids[0] for ids in table[f'{column}_idx']]
+
+
+def targets(table, n_classes):
+    """[N, K] float32 multi-hot targets of the table's clips (one-hot for single-label
+    data). A table without labels_idx (single-label tests) uses label_idx."""
+    if 'labels_idx' not in table.columns:
+        return np.eye(n_classes, dtype=np.float32)[table.label_idx.to_numpy()]
+    y = np.zeros((len(table), n_classes), np.float32)
+    for row, ids in enumerate(table.labels_idx):
+        y[row, list(ids)] = 1.0
+    return y
+
+
+def is_multi_label(table):
+    """True when some clip has more than one label."""
+    return 'labels' in table.columns and bool((table['labels'].map(len) > 1).any())
+
+
+def load_fsdnoisy18k(cfg):
+    """FSDnoisy18k layout -> (table, classes).
+
+    table has one row per clip, train rows first: fname, path, label, label_idx, labels,
+    labels_idx, verified, noisy_small, subset ('train'/'test'), [true_label, true_idx,
+    true_labels, true_labels_idx when train.csv has true_label], plus any extra columns
+    of the CSVs. classes are the sorted training labels.
+    """
+    root = _root(cfg)
     meta = root / 'FSDnoisy18k.meta'
     train = _read_csv(meta / 'train.csv', TRAIN_COLUMNS)
     test = _read_csv(meta / 'test.csv', TEST_COLUMNS)
@@ -60,22 +152,63 @@ def load_fsdnoisy18k(cfg):
     test['path'] = [str(root / 'FSDnoisy18k.audio_test' / f) for f in test.fname]
     train['verified'] = train.manually_verified.astype(int)
     test['verified'], test['noisy_small'] = 1, 0
-    classes = sorted(train.label.unique())
-    n_classes = cfg['learn']['n_classes']
-    if len(classes) != n_classes:
-        raise ConfigError(f'learn.n_classes is {n_classes} but {meta / "train.csv"} has '
-                          f'{len(classes)} classes')
-    unknown = sorted(set(test.label) - set(classes))
-    if unknown:
-        raise ConfigError(f'{meta / "test.csv"} has labels absent from train.csv: '
-                          f'{", ".join(map(str, unknown[:5]))}')
-    table = pd.concat([train, test], ignore_index=True)
-    index = {c: i for i, c in enumerate(classes)}
-    table['label_idx'] = table.label.map(index).astype(int)
-    if 'true_label' in table.columns:
-        table['true_label'] = table.true_label.fillna(table.label)
-        table['true_idx'] = table.true_label.map(index).fillna(-1).astype(int)
-    return table, classes
+    train['labels'] = _split_labels(train, 'label', meta / 'train.csv')
+    test['labels'] = _split_labels(test, 'label', meta / 'test.csv')
+    _true_labels(train, test, 'true_label', meta / 'train.csv')
+    return _finish(cfg, (train, test), (meta / 'train.csv', meta / 'test.csv'))
+
+
+def load_fsdkaggle2018(cfg):
+    """FSDKaggle2018 (DCASE 2018 task 2) layout -> (table, classes). Single-label;
+    verified = manually_verified; test clips are the post-competition scoring clips."""
+    root = _root(cfg)
+    meta = root / 'FSDKaggle2018.meta'
+    train_csv = meta / 'train_post_competition.csv'
+    test_csv = meta / 'test_post_competition_scoring_clips.csv'
+    train = _read_csv(train_csv, ['fname', 'label', 'manually_verified'])
+    test = _read_csv(test_csv, ['fname', 'label'])
+    train['subset'], test['subset'] = 'train', 'test'
+    train['path'] = [str(root / 'FSDKaggle2018.audio_train' / f) for f in train.fname]
+    test['path'] = [str(root / 'FSDKaggle2018.audio_test' / f) for f in test.fname]
+    train['verified'], test['verified'] = train.manually_verified.astype(int), 1
+    train['labels'] = _split_labels(train, 'label', train_csv)
+    test['labels'] = _split_labels(test, 'label', test_csv)
+    _true_labels(train, test, 'true_label', train_csv)
+    return _finish(cfg, (train, test), (train_csv, test_csv))
+
+
+def load_fsdkaggle2019(cfg):
+    """FSDKaggle2019 (DCASE 2019 task 2) layout -> (table, classes). Multi-label (labels:
+    a comma-separated list); the curated clips are the verified ones, the noisy ones
+    (YFCC) unverified; subset 'train' holds both, curated first."""
+    root = _root(cfg)
+    meta = root / 'FSDKaggle2019.meta'
+    csvs = {'curated': meta / 'train_curated_post_competition.csv',
+            'noisy': meta / 'train_noisy_post_competition.csv',
+            'test': meta / 'test_post_competition.csv'}
+    frames = {}
+    for part, path in csvs.items():
+        df = _read_csv(path, ['fname', 'labels'])
+        df['labels'] = _split_labels(df, 'labels', path)
+        folder = 'audio_train_' + part if part != 'test' else 'audio_test'
+        df['path'] = [str(root / f'FSDKaggle2019.{folder}' / f) for f in df.fname]
+        df['verified'] = int(part != 'noisy')
+        df['subset'] = 'test' if part == 'test' else 'train'
+        frames[part] = df
+    train = pd.concat([frames['curated'], frames['noisy']], ignore_index=True)
+    _true_labels(train, frames['test'], 'true_labels', csvs['noisy'])
+    return _finish(cfg, (train, frames['test']), (csvs['curated'], csvs['test']))
+
+
+def _true_labels(train, test, column, path):
+    """true_labels from the optional truth column of the training CSV(s) (synthetic data);
+    a clip without one keeps its given labels, the test clips theirs."""
+    if column not in train.columns:
+        return
+    given = train['labels']
+    truth = train[column].where(train[column].notna(), given.map(','.join))
+    train['true_labels'] = _split_labels(train.assign(**{column: truth}), column, path)
+    test['true_labels'] = test['labels']
 
 
 def train_rows(table, train_data):
@@ -87,11 +220,21 @@ def train_rows(table, train_data):
     return train.index.to_numpy()[rows]
 
 
-DATASETS = {'fsdnoisy18k': load_fsdnoisy18k}
+DATASETS = {'fsdnoisy18k': load_fsdnoisy18k, 'fsdkaggle2018': load_fsdkaggle2018,
+            'fsdkaggle2019': load_fsdkaggle2019}
 
 
 def check(cfg):
-    lookup(DATASETS, cfg['ctrl']['dataset'], 'ctrl.dataset')
+    """Refuse an unknown dataset, or a training subset the dataset lacks."""
+    name, subset = cfg['ctrl']['dataset'], cfg['ctrl']['train_data']
+    lookup(DATASETS, name, 'ctrl.dataset')
+    if subset not in SUBSETS_OF[name]:
+        raise ConfigError(f'ctrl.train_data {subset!r} does not apply to ctrl.dataset {name}; '
+                          f'valid: {", ".join(SUBSETS_OF[name])}')
+    if name in MULTI_LABEL and cfg['ctrl']['inject_noise']['rate'] > 0:
+        raise ConfigError(f'ctrl.inject_noise replaces one label per clip and applies to '
+                          f'single-label datasets, not to {name} (synthetic.py --noise-rate '
+                          f'writes multi-label noise)')
 
 
 def load(cfg):
@@ -137,6 +280,9 @@ def inject_noise(table, classes, spec):
     table = table.copy()
     if 'true_idx' not in table.columns:
         table['true_label'], table['true_idx'] = table.label, table.label_idx
+        if 'labels_idx' in table.columns:
+            table['true_labels'] = table['labels']
+            table['true_labels_idx'] = table['labels_idx']
     rng = np.random.default_rng(spec['seed'])
     rows = noise_subset_rows(table, spec['subset'])
     # round(rate * n) clips drawn without replacement: each clip is chosen with probability
@@ -145,6 +291,11 @@ def inject_noise(table, classes, spec):
     new = flip_labels(table.label_idx.to_numpy()[chosen], len(classes), spec['kind'], rng)
     table.loc[chosen, 'label_idx'] = new
     table.loc[chosen, 'label'] = np.asarray(classes, object)[new]
+    if 'labels_idx' in table.columns:  # the columns the targets are built from
+        ids, names = table['labels_idx'].tolist(), table['labels'].tolist()
+        for row, k in zip(chosen, new):
+            ids[row], names[row] = (int(k),), (classes[k],)
+        table['labels_idx'], table['labels'] = ids, names
     table['noise_injected'] = False
     table.loc[chosen, 'noise_injected'] = True
     logger.info('label noise injected: %s at rate %.3f into %d %s training clips: %d labels '

@@ -13,7 +13,10 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf  # tf.function compiles the gather + model call for prediction
 
-from config import lookup
+import architectures
+import datasets
+import metrics
+from config import ConfigError, lookup
 from utils import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -53,6 +56,7 @@ def aggregate(values, clip_ids, method):
 def check(cfg):
     lookup(AGGREGATIONS, cfg['recognizer']['aggregate'], 'recognizer.aggregate')
     lookup(ENSEMBLES, cfg['recognizer']['ensemble'], 'recognizer.ensemble')
+    check_metrics(cfg)
 
 
 def map_patches(fn, idx, batch_size):
@@ -96,7 +100,8 @@ def clip_scorer(classifier, source, patches, cfg):
     the same clip alone.
     """
     compiled = tf.function(
-        lambda i: classifier(source.inputs(i, length=source.eval_len), training=False),
+        lambda i: architectures.scores(classifier(source.inputs(i, length=source.eval_len),
+                                                  training=False)),
         reduce_retracing=True)
     whole = cfg['extract']['crop'] == 'random_crop'
 
@@ -168,56 +173,111 @@ def predict(predictor, source, patches, rows, cfg):
 
 # ----------------------------------------------------------------------------- report
 
-def accuracy_table(true_idx, pred_idx, classes):
-    """Micro accuracy (percent) and per-class (n files, accuracy percent) in class order."""
-    true_idx, pred_idx = np.asarray(true_idx), np.asarray(pred_idx)
-    per_class = {}
-    for k, name in enumerate(classes):
-        mask = true_idx == k
-        acc = 100.0 * float(np.mean(pred_idx[mask] == k)) if mask.any() else float('nan')
-        per_class[name] = {'n_files': int(mask.sum()), 'accuracy': acc}
-    micro = 100.0 * float(np.mean(true_idx == pred_idx)) if true_idx.size else 0.0
-    return micro, per_class
+# recognizer.metrics null or empty -> the metrics of the dataset's own challenge.
+DEFAULT_METRICS = {'fsdnoisy18k': ['accuracy'], 'fsdkaggle2018': ['accuracy', 'map3'],
+                   'fsdkaggle2019': ['lwlrap']}
+SINGLE_LABEL_METRICS = ('accuracy', 'confusion')
+
+
+def metric_names(cfg):
+    """The configured metrics, or the dataset's default ones."""
+    return cfg['recognizer']['metrics'] or DEFAULT_METRICS[cfg['ctrl']['dataset']]
+
+
+def check_metrics(cfg):
+    """Refuse an unknown metric, or a single-label one on a multi-label dataset."""
+    for name in metric_names(cfg):
+        lookup(metrics.METRICS, name, 'recognizer.metrics')
+        if cfg['ctrl']['dataset'] in datasets.MULTI_LABEL and name in SINGLE_LABEL_METRICS:
+            raise ConfigError(f'recognizer.metrics {name!r} needs single-label data, but '
+                              f'{cfg["ctrl"]["dataset"]} has clips with several labels; use '
+                              f'lwlrap, map3 or prf1')
+
+
+def compute(names, y_true, scores):
+    """{metric figures} for the given metric names, always with per-class precision,
+    recall and F1 (prf1); per-class arrays merged under 'per_class'."""
+    figures, per_class = {}, {}
+    for name in dict.fromkeys([*names, 'prf1']):
+        out = dict(metrics.METRICS[name](y_true, scores))
+        per_class.update(out.pop('per_class', {}))
+        figures.update(out)
+    figures['per_class'] = per_class
+    return figures
+
+
+def evaluation_lines(names, figures, classes, where):
+    """The evaluation block: one grep-able line per metric, then per-class figures."""
+    heads = {'accuracy': lambda f: f'ACCURACY - MICRO: {f["accuracy_micro"]:.2f} % ({where})',
+             'lwlrap': lambda f: f'LWLRAP: {f["lwlrap"]:.4f} ({where})',
+             'map3': lambda f: f'MAP@3: {f["map_at_3"]:.4f} ({where})',
+             'prf1': lambda f: (f'PRF1 - MACRO: precision {f["precision_macro"]:.4f}, recall '
+                                f'{f["recall_macro"]:.4f}, F1 {f["f1_macro"]:.4f} ({where})'),
+             'confusion': lambda f: f'CONFUSION: confusion.csv ({where})'}
+    lines = ['', '=' * 72, 'EVALUATION'] + [heads[name](figures) for name in names]
+    per_class, width = figures['per_class'], max(len(c) for c in classes)
+    if 'accuracy' in names:
+        fmt = '  {:<%d}  n = {:>5}  accuracy = {:6.2f} %%' % width
+        rows = list(zip(classes, per_class['n_files'], per_class['accuracy']))
+        lines += ['', 'per-class accuracy, class order:']
+        lines += [fmt.format(*row) for row in rows]
+        lines += ['', 'per-class accuracy, best first:']
+        ranked = sorted(rows, key=lambda row: -np.nan_to_num(row[2], nan=-1))
+        lines += [fmt.format(*row) for row in ranked]
+    if 'lwlrap' in names:
+        fmt = '  {:<%d}  lwlrap = {:.4f}  (weight {:.4f})' % width
+        lines += ['', 'per-class lwlrap, class order:']
+        lines += [fmt.format(*row) for row in zip(classes, per_class['lwlrap'],
+                                                   per_class['lwlrap_weight'])]
+    return lines
 
 
 def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extra=None):
-    """Print the evaluation block; write predictions.csv and results.json. Returns results."""
-    test = table[table.subset == 'test']
-    pred = scores.argmax(axis=1)
-    true = table.label_idx.to_numpy()[rows_evaluated]
-    micro, per_class = accuracy_table(true, pred, classes)
-    n_eval, n_listed = len(rows_evaluated), len(test)
+    """Print the evaluation block; write predictions.csv and results.json (and
+    confusion.csv when configured). Returns results."""
+    names = metric_names(cfg)
+    y_true = datasets.targets(table, len(classes))[rows_evaluated]
+    figures = compute(names, y_true, scores)
+    n_eval, n_listed = len(rows_evaluated), int((table.subset == 'test').sum())
     train_data = cfg['ctrl']['train_data']
+    where = f'{n_eval}/{n_listed} test files, train_data={train_data}'
     extra = extra or {}
-    lines = ['', '=' * 72, 'EVALUATION',
-             f'ACCURACY - MICRO: {micro:.2f} % ({n_eval}/{n_listed} test files, '
-             f'train_data={train_data})']
+    lines = evaluation_lines(names, figures, classes, where)
     if 'model_selection' in extra:
-        lines.append(f'model evaluated: learn.model_selection {extra["model_selection"]}, '
-                     f'epoch {extra["evaluated_epoch"]}')
+        lines.insert(3 + len(names), f'model evaluated: learn.model_selection '
+                                     f'{extra["model_selection"]}, epoch '
+                                     f'{extra["evaluated_epoch"]}')
     if 'ensemble' in extra:
-        lines.append(ensemble_line(extra['ensemble']))
-    lines += ['', 'per-class accuracy, class order:']
-    width = max(len(c) for c in classes)
-    fmt = '  {:<%d}  n = {:>5}  accuracy = {:6.2f} %%' % width
-    lines += [fmt.format(c, v['n_files'], v['accuracy']) for c, v in per_class.items()]
-    lines += ['', 'per-class accuracy, best first:']
-    ranked = sorted(per_class.items(), key=lambda kv: -np.nan_to_num(kv[1]['accuracy'], nan=-1))
-    lines += [fmt.format(c, v['n_files'], v['accuracy']) for c, v in ranked]
+        lines.insert(3 + len(names) + ('model_selection' in extra),
+                     ensemble_line(extra['ensemble']))
     lines += ['', f'wall time of the job: {wall_time:.1f} s', '=' * 72]
     print('\n'.join(lines), flush=True)
 
+    pred = scores.argmax(axis=1)
     frame = pd.DataFrame(scores, columns=classes)
     frame.insert(0, 'predicted', [classes[k] for k in pred])
     frame.insert(0, 'fname', table.fname.to_numpy()[rows_evaluated])
     with atomic_path(run_dir / 'predictions.csv') as tmp:
         frame.to_csv(tmp, index=False, float_format='%.6g')
-    results = {'run_name': cfg['ctrl']['run_name'], 'accuracy_micro': round(micro, 4),
+    if 'confusion' in figures:
+        metrics.write_confusion_csv(run_dir / 'confusion.csv', figures.pop('confusion'),
+                                    classes)
+    results = {'run_name': cfg['ctrl']['run_name'], **_headline(figures),
                'n_files_evaluated': n_eval, 'n_files_listed': n_listed,
-               'train_data': train_data, 'per_class': per_class,
+               'train_data': train_data,
+               'per_class': metrics.per_class_dict(figures['per_class'], classes),
                'wall_time_s': round(wall_time, 2), **extra}
     atomic_write_text(run_dir / 'results.json', json.dumps(results, indent=2) + '\n')
     return results
+
+
+def _headline(figures):
+    """The overall figures for results.json: accuracy_micro first (rounded as always),
+    then lwlrap, map_at_3 and the macro precision/recall/F1."""
+    out = {k: round(float(v), 6) for k, v in figures.items() if k != 'per_class'}
+    if 'accuracy_micro' in out:
+        out = {'accuracy_micro': round(out.pop('accuracy_micro'), 4), **out}
+    return out
 
 
 def write_plots(run_dir, table, classes, rows_evaluated, scores, results):
@@ -230,6 +290,8 @@ def write_plots(run_dir, table, classes, rows_evaluated, scores, results):
         tag = history.stem[len('history'):]  # '' or '_<fold>'
         plots.curves(history, run_dir / f'curves{tag}.png',
                      f'{name}: training' + (f', fold {tag[1:]}' if tag else ''))
+    if 'accuracy' not in next(iter(results['per_class'].values())):
+        return  # multi-label metrics: no single true class per clip to plot
     true = table.label_idx.to_numpy()[rows_evaluated]
     plots.confusion(true, scores.argmax(axis=1), classes, run_dir / 'confusion.png',
                     f'{name}: confusion on the test clips (row-normalised)')

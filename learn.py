@@ -63,7 +63,8 @@ class Experiment:
             monitor=self.monitor, mode='max', patience=learn['patience'], min_delta=0.001,
             verbose=1)
         score = evaluation.clip_scorer(trainer.classifier, source, patches, cfg)
-        self.val_clip = ([ValClipAccuracy(score, val_rows, table.label_idx.to_numpy())]
+        self.val_clip = ([ValClipAccuracy(score, val_rows,
+                                          datasets.targets(table, len(classes)))]
                          if self.val_idx.size else [])
         self.has_truth = 'true_idx' in table.columns
         ext = cfg['extract']
@@ -80,7 +81,8 @@ class Experiment:
         and batch source (k-fold training)."""
         return Experiment(self.cfg, self.table, self.classes, self.store, self.patches,
                           train_rows, val_rows, self.source,
-                          build_trainer(self.cfg, self.classes, self.source), self.run_dir,
+                          build_trainer(self.cfg, self.table, self.classes, self.source),
+                          self.run_dir,
                           self.rng.spawn(1)[0], fold)
 
     def schedule(self):
@@ -275,7 +277,7 @@ def score_clips(exp, rows):
 
     def patch_loss(i):
         x, y = source.eval_batch(i)
-        return per_example(y, classifier(x, training=False))
+        return per_example(y, architectures.scores(classifier(x, training=False)))
     idx = exp.patches.of_clips(rows)
     values = evaluation.map_patches(patch_loss, idx, evaluation.eval_batch_size(exp.cfg))
     return evaluation.aggregate(values, exp.patches.clip[idx],
@@ -396,6 +398,9 @@ def check(cfg):
         raise ConfigError('learn.mode self_verify makes its own 4 folds and fine-tunes with '
                           'its own schedule: keep learn.folds 1 and learn.lr_schedule plateau '
                           'or constant')
+    if mode == 'self_verify' and cfg['ctrl']['dataset'] in datasets.MULTI_LABEL:
+        raise ConfigError(f'learn.mode self_verify verifies one given label per clip (Dorfer '
+                          f'& Widmer, single-label); {cfg["ctrl"]["dataset"]} is multi-label')
 
 
 def check_crop(cfg):
@@ -479,11 +484,11 @@ def batch_source(cfg, store, patches, table, mean, std, eps):
     return data.PatchSource(*args, on_device=False, eval_len=eval_len)
 
 
-def build_trainer(cfg, classes, source):
+def build_trainer(cfg, table, classes, source):
     """A new model (learn.model) in a compiled Trainer with its own loss and optimiser."""
     learn = cfg['learn']
     classifier = architectures.build(learn['model'], input_shape(cfg), len(classes), learn)
-    trainer = Trainer(classifier, source, losses.get(cfg))
+    trainer = Trainer(classifier, source, losses.get(cfg), datasets.is_multi_label(table))
     trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']), jit_compile=use_xla(cfg))
     return trainer
 
@@ -499,7 +504,8 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     learn = cfg['learn']
     rows = datasets.train_rows(table, cfg['ctrl']['train_data'])
     rows = rows[store.length[rows] > 0]
-    labels, seed = table.label_idx.to_numpy()[rows], cfg['ctrl']['seed']
+    labels = data.strata(datasets.targets(table, len(classes))[rows])
+    seed = cfg['ctrl']['seed']
     shared = learn['folds'] > 1 or learn['mode'] == 'self_verify'
     if learn['mode'] == 'self_verify':
         splits = self_verify.fold_splits(table, rows, seed)
@@ -526,7 +532,7 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     # not leak into the next.
     keras.mixed_precision.set_global_policy(
         'mixed_float16' if learn['mixed_precision'] else 'float32')
-    trainer = build_trainer(cfg, classes, source)
+    trainer = build_trainer(cfg, table, classes, source)
     with atomic_path(run_dir / 'scaler.npz') as tmp, open(tmp, 'wb') as f:
         np.savez(f, mean=mean, std=std)
     exp = Experiment(cfg, table, classes, store, patches, train_rows, val_rows, source,

@@ -13,7 +13,7 @@ and grows with label noise, as the paper intends.
 import keras
 from keras import ops
 
-from config import lookup
+from config import ConfigError, lookup
 
 P_MIN = 1e-7  # probabilities are clipped here before a log or a power
 
@@ -110,6 +110,7 @@ class StepLoss:
 
     needs_embedding = False  # the step passes the penultimate-layer output
     needs_clean = False      # the step passes the batch before mixup (clean=...)
+    heads = ('softmax',)     # the learn.head values whose outputs this loss can train
     log_names = ()           # names of the extra per-epoch figures this loss reports
 
     def __call__(self, y_true, y_pred, x=None, emb=None, mask=None, clean=None):
@@ -298,18 +299,59 @@ class AdaptiveLq(StepLoss):
         return ops.ones_like(losses), {'q_a': ops.convert_to_tensor(self.q_a)}
 
 
+def softmax_cce(y_true, y_pred):
+    """CCE of a softmax branch on targets normalised to sum 1: a clip's several labels as
+    a uniform distribution (He et al., DCASE 2019, Sec. 3.2)."""
+    return cce(normalise_targets(y_true), y_pred)
+
+
+# Each branch of a head (architectures.HEADS) is trained by its own loss, found by the
+# name of the branch's output: sigmoid probabilities -> BCE, softmax probabilities ->
+# softmax-CE, sparsemax logits -> the sparsemax loss (which normalises its targets).
+BRANCH_LOSSES = {'sigmoid': bce, 'softmax': softmax_cce, 'sparsemax_logits': sparsemax_loss}
+
+
+class HeadLosses(StepLoss):
+    """loss.type bce: each branch of the head trained with its own classification loss
+    (BRANCH_LOSSES); the per-example loss is the sum over the branches, so that a mode's
+    masking (staged training) weighs each example's whole loss."""
+
+    heads = ('sigmoid', 'sparsemax', 'sigmoid_softmax', 'sigmoid_sparsemax')
+
+    def __init__(self, cfg):
+        self.head = cfg['learn']['head']
+
+    def per_example(self, y_true, y_pred, x=None, emb=None):
+        # A one-layer sigmoid head outputs a tensor; the others name their branches.
+        branches = y_pred if isinstance(y_pred, dict) else {self.head: y_pred}
+        return sum(BRANCH_LOSSES[name](y_true, out) for name, out in branches.items()
+                   if name in BRANCH_LOSSES)
+
+
 LOSSES = {
     'CCE': CCE,
     'lq_loss': Lq,
     'lq_lqmax_time_sudden': LqMaxTimeSudden,
     'lq_lqperc_time_sudden': LqPercTimeSudden,
     'adaptive_lq': AdaptiveLq,
+    'bce': HeadLosses,
 }
 
 
 def check(cfg):
-    """Refuse an unknown loss.type before any heavy work."""
-    lookup(LOSSES, cfg['loss']['type'], 'loss.type')
+    """Refuse an unknown loss.type, or one that cannot train learn.head, before heavy work.
+
+    CCE, Lq and the noise-robust losses are written for softmax probabilities; bce is the
+    heads' own losses, and a softmax head's own loss is CCE (loss.type CCE), so bce with
+    learn.head softmax is refused rather than silently meaning CCE.
+    """
+    name, head = cfg['loss']['type'], cfg['learn']['head']
+    heads = lookup(LOSSES, name, 'loss.type').heads
+    if head not in heads:
+        raise ConfigError(f'loss.type {name!r} does not work with learn.head {head!r}; heads '
+                          f'it supports: {", ".join(heads)}'
+                          + ('; a softmax head is trained with loss.type CCE or an Lq loss'
+                             if head == 'softmax' else ''))
 
 
 def get(cfg):

@@ -16,6 +16,7 @@ import logging
 import keras
 import numpy as np
 
+import architectures
 import data
 import eval as evaluation
 from config import ConfigError
@@ -63,7 +64,7 @@ def excerpt_posteriors(exp, rows, n_excerpts, rng):
 
     def score(i):
         windows = source.windows(*(keras.ops.take(t, i) for t in tensors))
-        return classifier(windows, training=False)
+        return architectures.scores(classifier(windows, training=False))
     scores = evaluation.map_patches(score, np.arange(start.size),
                                     exp.cfg['learn']['predict_batch_size'])
     return scores.reshape(len(rows), n_excerpts, -1).mean(axis=1)

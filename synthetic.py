@@ -199,7 +199,9 @@ def _white_spectrum(rng, n, sr):
 
 
 def _to_time(spectrum, n):
-    return np.fft.irfft(spectrum)[:n]
+    # irfft's default length 2 (bins - 1) is one short of an odd FFT length; when that
+    # odd length is n itself, ask for n samples (every other length is unchanged).
+    return np.fft.irfft(spectrum, max(n, 2 * (spectrum.size - 1)))[:n]
 
 
 def _pink_noise(rng, n, sr):

@@ -16,6 +16,7 @@ import tensorflow as tf  # the step uses GradientTape: TensorFlow backend only
 from tensorflow.core.framework import summary_pb2  # the TensorBoard scalar data class
 from keras import ops
 
+from architectures import scores
 from config import ConfigError
 from utils import atomic_path, atomic_write_text
 
@@ -35,7 +36,7 @@ class Trainer(keras.Model):
     counts are summed per epoch for the noise-detection figures.
     """
 
-    def __init__(self, classifier, source, step_loss):
+    def __init__(self, classifier, source, step_loss, multi_label=False):
         super().__init__(name='trainer')
         self.classifier, self.source, self.step_loss = classifier, source, step_loss
         self.masker, self.detect = None, False
@@ -44,7 +45,11 @@ class Trainer(keras.Model):
             outputs = [classifier.output, classifier.get_layer('embedding').output]
         self.net = keras.Model(classifier.input, outputs)
         self.loss_tracker = keras.metrics.Mean(name='loss')
-        self.acc_tracker = keras.metrics.CategoricalAccuracy(name='accuracy')
+        # 'accuracy' on single-label data (as always); on multi-label data the top-1
+        # precision under the same name, so that model selection, the LR schedule and
+        # early stopping monitor it unchanged.
+        self.acc_tracker = (keras.metrics.MeanMetricWrapper(top1_precision, name='accuracy')
+                            if multi_label else keras.metrics.CategoricalAccuracy(name='accuracy'))
         self.extra = {}
         self.track(step_loss.log_names)
 
@@ -106,7 +111,7 @@ class Trainer(keras.Model):
                            nd_hit=ops.sum(flagged * batch['wrong']),
                            nd_wrong=ops.sum(batch['wrong']))
         self.loss_tracker.update_state(loss)
-        self.acc_tracker.update_state(y, y_pred)
+        self.acc_tracker.update_state(y, scores(y_pred))
         for name, value in figures.items():
             self.extra[name].update_state(value)
         return {m.name: m.result() for m in self.metrics}
@@ -125,8 +130,18 @@ class Trainer(keras.Model):
         y_pred, emb = self._forward(x, training=False)
         per_example = self.step_loss.per_example(y, y_pred, x, emb)
         self.loss_tracker.update_state(ops.mean(per_example))
-        self.acc_tracker.update_state(y, y_pred)
+        self.acc_tracker.update_state(y, scores(y_pred))
         return {m.name: m.result() for m in (self.loss_tracker, self.acc_tracker)}
+
+
+def top1_precision(y_true, y_pred):
+    """Per example: 1 when the top-scored class is one of the example's labels. Targets
+    may be smoothed or mixed in training, so a label is a class holding at least half the
+    example's largest target value; on the unsmoothed validation targets that is exactly
+    y = 1. Single-label one-hot data: the same as categorical accuracy."""
+    top = ops.expand_dims(ops.argmax(y_pred, axis=-1), -1)
+    at_top = ops.squeeze(ops.take_along_axis(y_true, top, axis=-1), -1)
+    return ops.cast(at_top >= 0.5 * ops.max(y_true, axis=-1), 'float32')
 
 
 # ----------------------------------------------------------------------------- callbacks
@@ -281,17 +296,18 @@ class StopAfterSteps(keras.callbacks.Callback):
 class ValClipAccuracy(keras.callbacks.Callback):
     """Adds val_clip_accuracy to the epoch logs: the share of validation clips whose
     aggregated clip score (recognizer.aggregate, as for the test report) picks the given
-    label. The per-patch val_accuracy (the paper's figure) stays what the schedule and the
-    model selection watch."""
+    label (multi-label: one of the given labels; targets are [N, K] multi-hot). The
+    per-patch val_accuracy (the paper's figure) stays what the schedule and the model
+    selection watch."""
 
-    def __init__(self, score_clips, rows, labels):
+    def __init__(self, score_clips, rows, targets):
         super().__init__()
-        self.score_clips, self.rows, self.labels = score_clips, rows, labels
+        self.score_clips, self.rows, self.targets = score_clips, rows, targets
 
     def on_epoch_end(self, epoch, logs=None):
         rows, scores = self.score_clips(self.rows)
-        truth = self.labels[rows]
-        logs['val_clip_accuracy'] = float(np.mean(scores.argmax(axis=1) == truth))
+        hits = self.targets[rows, scores.argmax(axis=1)] > 0
+        logs['val_clip_accuracy'] = float(np.mean(hits))
 
 
 class TensorBoardScalars(keras.callbacks.Callback):

@@ -263,12 +263,38 @@ def test_smooth_targets_matches_numpy():
     K = len(CLASSES)
     labels = rng.integers(0, K, size=50)
     eps = data.lsr_eps(_learn(LSRmode='GROUPS2'), CLASSES)
-    got = np.asarray(data.smooth_targets(ops, ops.convert_to_tensor(labels.astype('int32')),
-                                         ops.convert_to_tensor(eps), K))
-    e = eps[labels][:, None]
-    expected = np.eye(K)[labels] * (1 - e) + e / K
+    onehot = np.eye(K, dtype=np.float32)[labels]
+    e = data.clip_eps(onehot, eps)
+    np.testing.assert_array_equal(e, eps[labels])  # one label: exactly its class's eps
+    got = np.asarray(data.smooth_targets(ops.convert_to_tensor(onehot),
+                                         ops.convert_to_tensor(e)))
+    expected = np.eye(K)[labels] * (1 - e[:, None]) + e[:, None] / K
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_smooth_multi_hot_targets_per_class():
+    eps = data.lsr_eps(_learn(LSRmode='GROUPS2'), CLASSES)
+    K = len(CLASSES)
+    y = np.zeros((3, K), np.float32)
+    y[0, [0, 3]] = 1
+    y[1, [1, 2, 5]] = 1
+    y[2, 4] = 1
+    e = data.clip_eps(y, eps)
+    expected_e = [np.mean(eps[[0, 3]]), np.mean(eps[[1, 2, 5]]), eps[4]]
+    np.testing.assert_allclose(e, expected_e, rtol=1e-6)
+    got = np.asarray(data.smooth_targets(ops.convert_to_tensor(y), ops.convert_to_tensor(e)))
+    for i in range(3):
+        for k in range(K):
+            want = (1 - expected_e[i]) + expected_e[i] / K if y[i, k] else expected_e[i] / K
+            assert got[i, k] == pytest.approx(want, rel=1e-6)
+
+
+def test_strata_single_label_is_the_label_and_multi_label_the_rarest():
+    y = np.eye(3, dtype=np.float32)[[0, 1, 2, 1, 0, 0]]
+    np.testing.assert_array_equal(data.strata(y), [0, 1, 2, 1, 0, 0])
+    y[0, 2] = y[3, 0] = 1  # counts now: class 0: 4, 1: 2, 2: 2
+    np.testing.assert_array_equal(data.strata(y), [2, 1, 2, 1, 0, 0])
 
 
 # ----------------------------------------------------------------------------- epoch plans

@@ -251,6 +251,134 @@ def test_injected_noise_is_reported_detected_plotted_and_in_tensorboard(workspac
     assert {'loss', 'val_accuracy', 'lr', 'discarded', 'nd_precision', 'nd_recall'} <= tags
 
 
+# Head x loss pairs that other tests of this file train end to end.
+COVERED = {('softmax', 'CCE'), ('softmax', 'lq_loss'), ('softmax', 'lq_lqperc_time_sudden'),
+           ('softmax', 'adaptive_lq'), ('sigmoid_sparsemax', 'bce'), ('sigmoid_softmax', 'bce')}
+
+
+def _allowed_pairs():
+    import architectures
+    import losses
+    pairs = [(h, name) for h in architectures.HEADS for name, cls in losses.LOSSES.items()
+             if h in cls.heads]
+    assert COVERED <= set(pairs)
+    return [pair for pair in pairs if pair not in COVERED]
+
+
+@pytest.mark.parametrize('head, loss', _allowed_pairs())
+def test_every_allowed_head_and_loss_trains(workspace, head, loss):
+    _, clean, _ = workspace
+    code, log, run_dir = run(workspace, f'pair_{head}_{loss}', clean,
+                             [f'learn.head={head}', f'loss.type={loss}', 'learn.n_epochs=1',
+                              'ctrl.train_data=clean'])
+    assert code == 0 and ACCURACY.search(log)
+    assert np.isfinite(history(run_dir).loss).all()
+    scores = pd.read_csv(run_dir / 'predictions.csv').iloc[:, 2:].to_numpy()
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+# ----------------------------------------------------------------------------- FSDKaggle
+
+LWLRAP = re.compile(r'^LWLRAP: (\d\.\d{4}) \((\d+)/(\d+) test files, train_data=(\w+)\)$', re.M)
+MAP3 = re.compile(r'^MAP@3: (\d\.\d{4}) \((\d+)/(\d+) test files, train_data=(\w+)\)$', re.M)
+
+
+@pytest.fixture(scope='session')
+def kaggle(workspace):
+    root, *_ = workspace
+    common = dict(n_classes=6, min_dur=0.5, max_dur=1.5, sr=16000)
+    d2019 = synthetic.make_dataset(root / 'k2019', train_per_class=60, test_per_class=8,
+                                   clean_fraction=0.5,
+                                   noise_rate=0.0, seed=3, layout='fsdkaggle2019',
+                                   max_labels=2, **common)
+    d2018 = synthetic.make_dataset(root / 'k2018', train_per_class=10, test_per_class=5,
+                                   clean_fraction=0.3,
+                                   noise_rate=0.3, seed=5, layout='fsdkaggle2018', **common)
+    return d2019, d2018
+
+
+def _truth_and_scores(run_dir, csv, column):
+    """Multi-hot truth from a test CSV and the scores of predictions.csv, in one order."""
+    pred = pd.read_csv(run_dir / 'predictions.csv')
+    classes = list(pred.columns[2:])
+    labels = pd.read_csv(csv).set_index('fname').loc[pred.fname, column]
+    truth = np.array([[c in str(v).split(',') for c in classes] for v in labels], float)
+    return truth, pred[classes].to_numpy()
+
+
+def test_fsdkaggle2019_sigmoid_sparsemax_reaches_lwlrap(workspace, kaggle):
+    from sklearn.metrics import label_ranking_average_precision_score
+    d2019, _ = kaggle
+    code, log, run_dir = run(workspace, 'k2019', d2019,
+                             ['ctrl.dataset=fsdkaggle2019', 'learn.n_classes=null',
+                              'learn.head=sigmoid_sparsemax', 'loss.type=bce',
+                              'learn.n_epochs=8'])
+    assert code == 0, log[-2000:]
+    match = LWLRAP.search(log)
+    assert match and (int(match[2]), int(match[3]), match[4]) == (48, 48, 'all')
+    assert not ACCURACY.search(log)  # single-label accuracy is not the 2019 metric
+    truth, scores = _truth_and_scores(run_dir, d2019 / 'FSDKaggle2019.meta' /
+                                      'test_post_competition.csv', 'labels')
+    assert (truth.sum(axis=1) == 2).any()  # the test set is multi-label
+    # lwlrap = LRAP with each clip weighted by its number of labels.
+    expected = label_ranking_average_precision_score(truth, scores,
+                                                     sample_weight=truth.sum(axis=1))
+    assert float(match[1]) == pytest.approx(expected, abs=1e-4)
+    assert expected >= 0.8, f'lwlrap {expected:.3f}'
+    results = json.loads((run_dir / 'results.json').read_text())
+    assert results['lwlrap'] == pytest.approx(expected, abs=1e-5)
+    assert {'lwlrap', 'precision', 'recall', 'f1'} <= set(next(iter(
+        results['per_class'].values())))
+
+
+def test_fsdkaggle2019_staged_masks_per_example_head_losses(workspace, kaggle):
+    d2019, _ = kaggle
+    code, log, run_dir = run(workspace, 'k2019_staged', d2019,
+                             ['ctrl.dataset=fsdkaggle2019', 'learn.n_classes=null',
+                              'learn.head=sigmoid_softmax', 'loss.type=bce',
+                              'learn.mode=staged', 'learn.staged_steps=[8,8,4]',
+                              'learn.steps_per_epoch=4'])
+    assert code == 0, log[-2000:]
+    assert 'staged: 8 steps verified' in log and LWLRAP.search(log)
+    hist = history(run_dir)
+    stage2 = hist[(hist.steps > 8) & (hist.steps <= 16)]  # a row every 4 steps
+    assert len(stage2) == 2
+    assert (stage2.eta > 0).all() and ((stage2.masked > 0) & (stage2.masked < 0.5)).all()
+
+
+def test_fsdkaggle2018_reports_map3_and_accuracy(workspace, kaggle):
+    _, d2018 = kaggle
+    code, log, run_dir = run(workspace, 'k2018', d2018,
+                             ['ctrl.dataset=fsdkaggle2018', 'learn.n_classes=6',
+                              'learn.n_epochs=1'])
+    assert code == 0, log[-2000:]
+    assert ACCURACY.search(log) and log.index('ACCURACY') < log.index('MAP@3')
+    match = MAP3.search(log)
+    truth, scores = _truth_and_scores(run_dir, d2018 / 'FSDKaggle2018.meta' /
+                                      'test_post_competition_scoring_clips.csv', 'label')
+    # One label per clip: MAP@3 is the mean of 1/rank of the true class in the top 3.
+    rank = (scores > scores[truth > 0][:, None]).sum(axis=1) + 1
+    expected = np.mean(np.where(rank <= 3, 1.0 / rank, 0.0))
+    assert float(match[1]) == pytest.approx(expected, abs=1e-4)
+    assert json.loads((run_dir / 'results.json').read_text())['map_at_3'] == pytest.approx(
+        expected, abs=1e-5)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (['ctrl.train_data=noisy_small'], "ctrl.train_data 'noisy_small' does not apply to "
+                                      "ctrl.dataset fsdkaggle2019; valid: curated, noisy, all"),
+    (['learn.head=softmax', 'loss.type=bce'], "loss.type 'bce' does not work with learn.head "
+                                              "'softmax'"),
+    (['recognizer.metrics=[accuracy]'], "recognizer.metrics 'accuracy' needs single-label"),
+])
+def test_fsdkaggle2019_config_errors_are_one_line(workspace, kaggle, capsys, overrides,
+                                                   message):
+    d2019, _ = kaggle
+    code, _, _ = run(workspace, 'k2019_bad', d2019, ['ctrl.dataset=fsdkaggle2019', *overrides])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f'error: {message}') and '\n' not in err
+
+
 # ----------------------------------------------------------------------------- random crops
 
 def _narrow(monkeypatch):

@@ -54,26 +54,6 @@ def test_aggregate_unknown_method():
         assert name in str(err.value)
 
 
-def test_accuracy_table_against_sklearn():
-    rng = np.random.default_rng(1)
-    classes = ['a', 'b', 'c', 'd']
-    true = rng.integers(0, 4, 60)
-    pred = np.where(rng.random(60) < 0.6, true, rng.integers(0, 4, 60))
-    micro, per_class = evaluation.accuracy_table(true, pred, classes)
-    assert micro == pytest.approx(100 * accuracy_score(true, pred))
-    recall = 100 * recall_score(true, pred, labels=range(4), average=None)
-    assert list(per_class) == classes
-    for k, name in enumerate(classes):
-        assert per_class[name]['accuracy'] == pytest.approx(recall[k])
-        assert per_class[name]['n_files'] == int(np.sum(true == k))
-
-
-def test_accuracy_table_class_without_files():
-    micro, per_class = evaluation.accuracy_table([0, 0, 2], [0, 1, 2], ['a', 'b', 'c'])
-    assert micro == pytest.approx(200 / 3)
-    assert per_class['b']['n_files'] == 0 and np.isnan(per_class['b']['accuracy'])
-
-
 def test_report_files_and_line(tmp_path, capsys):
     classes = ['Acoustic_guitar', 'Rain', 'Wind']
     table = pd.DataFrame({
@@ -83,7 +63,8 @@ def test_report_files_and_line(tmp_path, capsys):
     })
     rows = np.array([2, 3, 4, 6])  # t4.wav (row 5) failed to load: not evaluated
     scores = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.1, 0.7], [0.3, 0.6, 0.1]])
-    cfg = {'ctrl': {'run_name': 'r1', 'train_data': 'noisy'}}
+    cfg = {'ctrl': {'run_name': 'r1', 'train_data': 'noisy', 'dataset': 'fsdnoisy18k'},
+           'recognizer': {'metrics': None}}
     results = evaluation.report(cfg, table, classes, rows, scores, tmp_path, 12.345)
 
     true = table.label_idx.to_numpy()[rows]
@@ -123,3 +104,58 @@ def test_map_patches_order_and_length(n, batch):
         return tf.stack([i * 2.0, i + 1.0], axis=-1)
     out = evaluation.map_patches(fn, idx, batch)
     np.testing.assert_array_equal(out, np.stack([idx * 2.0, idx + 1.0], axis=-1))
+
+
+def _lwlrap_by_hand(truth, scores):
+    """Mean over every positive (clip, label) of the share of positives among the labels
+    scored at or above it (Fonseca et al., DCASE 2019)."""
+    precisions = []
+    for t, s in zip(truth, scores):
+        for j in np.flatnonzero(t):
+            above = s >= s[j]
+            precisions.append(t[above].sum() / above.sum())
+    return float(np.mean(precisions))
+
+
+def test_report_multi_label_lines_and_results(tmp_path, capsys):
+    classes = ['a', 'b', 'c', 'd']
+    table = pd.DataFrame({'fname': [f'{i}.wav' for i in range(5)], 'subset': ['test'] * 5,
+                          'labels_idx': [(0,), (1, 2), (3,), (0, 3), (2,)],
+                          'label_idx': [0, 1, 3, 0, 2]})
+    rows = np.arange(5)
+    scores = np.random.default_rng(4).random((5, 4))
+    cfg = {'ctrl': {'run_name': 'r2', 'train_data': 'all', 'dataset': 'fsdkaggle2019'},
+           'recognizer': {'metrics': ['lwlrap', 'map3', 'prf1']}}
+    evaluation.report(cfg, table, classes, rows, scores, tmp_path, 1.0)
+    truth = np.zeros((5, 4))
+    for i, ids in enumerate(table.labels_idx):
+        truth[i, list(ids)] = 1
+    expected = _lwlrap_by_hand(truth, scores)
+    lines = capsys.readouterr().out.splitlines()
+    assert f'LWLRAP: {expected:.4f} (5/5 test files, train_data=all)' in lines
+    assert not any(ln.startswith('ACCURACY') for ln in lines)
+    # MAP@3 by hand: 1/rank of each true label within the top 3, over min(n labels, 3).
+    ap = []
+    for t, s in zip(truth, scores):
+        top = np.argsort(-s)[:3]
+        hits = np.cumsum(t[top])
+        ap.append(sum(hits[r] / (r + 1) for r in range(3) if t[top[r]]) / min(t.sum(), 3))
+    assert any(re.match(rf'MAP@3: {np.mean(ap):.4f} \(5/5', ln) for ln in lines)
+    saved = json.loads((tmp_path / 'results.json').read_text())
+    assert saved['lwlrap'] == pytest.approx(expected, abs=1e-6)
+    assert saved['map_at_3'] == pytest.approx(np.mean(ap), abs=1e-6)
+    assert 'accuracy_micro' not in saved
+    assert {'lwlrap', 'precision', 'recall', 'f1'} <= set(saved['per_class']['d'])
+    # d is positive in clips 2 and 3: its lwlrap is the mean of their two precisions.
+    d = [truth[i][scores[i] >= scores[i, 3]].sum() / (scores[i] >= scores[i, 3]).sum()
+         for i in (2, 3)]
+    assert saved['per_class']['d']['lwlrap'] == pytest.approx(np.mean(d))
+
+
+def test_single_label_metric_on_a_multi_label_dataset_is_refused():
+    cfg = {'ctrl': {'dataset': 'fsdkaggle2019'}, 'recognizer': {'metrics': ['accuracy']}}
+    with pytest.raises(ConfigError, match="recognizer.metrics 'accuracy'"):
+        evaluation.check_metrics(cfg)
+    cfg['recognizer']['metrics'] = ['auc']
+    with pytest.raises(ConfigError, match='lwlrap'):
+        evaluation.check_metrics(cfg)

@@ -236,3 +236,14 @@ def test_layout_arguments_are_checked(tmp_path, capsys):
     assert '(fsdkaggle2019): 3 classes, 6 train clips' in capsys.readouterr().out
     assert synthetic.main(args) == 2
     assert 'already holds' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('n', [15, 16, 17, 375, 1000])
+def test_noise_has_the_asked_length_for_odd_fast_fft_sizes(n):
+    # 15 and 375 are odd lengths that are fast FFT sizes themselves: irfft's default
+    # output length (one short) used to break the clip synthesis for some seeds.
+    from scipy.fft import next_fast_len
+    assert (next_fast_len(15, real=True), next_fast_len(375, real=True)) == (15, 375)
+    rng = np.random.default_rng(0)
+    assert synthetic._pink_noise(rng, n, 16000).shape == (n,)
+

@@ -1,0 +1,144 @@
+"""datasets.py: the FSDKaggle2018 and FSDKaggle2019 adapters and the multi-hot targets."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import datasets
+from config import ConfigError
+
+K19 = 'FSDKaggle2019.meta'
+CURATED = [('c1.wav', 'Bark,Rain'), ('c2.wav', 'Rain'), ('c3.wav', 'Applause')]
+NOISY = [('n1.wav', 'Bark', 'Rain'), ('n2.wav', 'Applause,Bark', None)]
+TEST19 = [('t1.wav', 'Rain,Applause'), ('t2.wav', 'Bark')]
+
+
+def _write19(root, curated=CURATED, noisy=NOISY, test=TEST19):
+    meta = Path(root) / K19
+    meta.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(curated, columns=['fname', 'labels']).to_csv(
+        meta / 'train_curated_post_competition.csv', index=False)
+    pd.DataFrame(noisy, columns=['fname', 'labels', 'true_labels']).to_csv(
+        meta / 'train_noisy_post_competition.csv', index=False)
+    frame = pd.DataFrame(test, columns=['fname', 'labels'])
+    frame['usage'] = 'Private'
+    frame.to_csv(meta / 'test_post_competition.csv', index=False)
+    return meta
+
+
+def _cfg(make_cfg, root, dataset='fsdkaggle2019', *more):
+    return make_cfg(f'ctrl.dataset_path={root}', f'ctrl.dataset={dataset}', *more)
+
+
+def test_fsdkaggle2019_table(make_cfg, tmp_path):
+    _write19(tmp_path)
+    table, classes = datasets.load(_cfg(make_cfg, tmp_path))
+    assert classes == ['Applause', 'Bark', 'Rain']
+    assert table.fname.tolist() == ['c1.wav', 'c2.wav', 'c3.wav', 'n1.wav', 'n2.wav',
+                                    't1.wav', 't2.wav']
+    assert table.subset.tolist() == ['train'] * 5 + ['test'] * 2
+    assert table.verified.tolist() == [1, 1, 1, 0, 0, 1, 1]
+    assert table.path.iloc[0] == str(tmp_path / 'FSDKaggle2019.audio_train_curated' / 'c1.wav')
+    assert table.path.iloc[3] == str(tmp_path / 'FSDKaggle2019.audio_train_noisy' / 'n1.wav')
+    assert table.path.iloc[5] == str(tmp_path / 'FSDKaggle2019.audio_test' / 't1.wav')
+    assert table['labels'].tolist()[5] == ('Applause', 'Rain')
+    assert table.label.tolist()[0] == 'Bark,Rain'
+    expected = np.array([[0, 1, 1], [0, 0, 1], [1, 0, 0], [0, 1, 0], [1, 1, 0], [1, 0, 1],
+                         [0, 1, 0]], np.float32)
+    np.testing.assert_array_equal(datasets.targets(table, 3), expected)
+    assert datasets.is_multi_label(table)
+    # Truth: n1's given Bark is really Rain; n2 and the curated clips keep their labels.
+    assert table.true_labels.tolist()[3:5] == [('Rain',), ('Applause', 'Bark')]
+    assert table.true_labels.tolist()[0] == ('Bark', 'Rain')
+
+
+@pytest.mark.parametrize('subset, expected', [('curated', [0, 1, 2]), ('noisy', [3, 4]),
+                                              ('all', [0, 1, 2, 3, 4])])
+def test_fsdkaggle2019_subsets(make_cfg, tmp_path, subset, expected):
+    _write19(tmp_path)
+    table, _ = datasets.load(_cfg(make_cfg, tmp_path))
+    np.testing.assert_array_equal(datasets.train_rows(table, subset), expected)
+
+
+def test_fsdkaggle2018_table_and_subsets(make_cfg, tmp_path):
+    meta = tmp_path / 'FSDKaggle2018.meta'
+    meta.mkdir()
+    pd.DataFrame([('a.wav', 'Bus', 1, 'Bus'), ('b.wav', 'Cello', 0, 'Bus'),
+                  ('c.wav', 'Bus', 0, None)],
+                 columns=['fname', 'label', 'manually_verified', 'true_label']).to_csv(
+        meta / 'train_post_competition.csv', index=False)
+    pd.DataFrame([('t.wav', 'Cello', 'Public')], columns=['fname', 'label', 'usage']).to_csv(
+        meta / 'test_post_competition_scoring_clips.csv', index=False)
+    table, classes = datasets.load(_cfg(make_cfg, tmp_path, 'fsdkaggle2018',
+                                        'ctrl.train_data=clean'))
+    assert classes == ['Bus', 'Cello']
+    assert table.label_idx.tolist() == [0, 1, 0, 1]
+    assert table.true_idx.tolist() == [0, 0, 0, 1]
+    assert not datasets.is_multi_label(table)
+    np.testing.assert_array_equal(datasets.targets(table, 2), np.eye(2)[[0, 1, 0, 1]])
+    np.testing.assert_array_equal(datasets.train_rows(table, 'clean'), [0])
+    np.testing.assert_array_equal(datasets.train_rows(table, 'noisy'), [1, 2])
+    assert table.path.iloc[3] == str(tmp_path / 'FSDKaggle2018.audio_test' / 't.wav')
+
+
+def test_n_classes_null_is_taken_from_the_data_and_a_wrong_one_refused(make_cfg, tmp_path):
+    _write19(tmp_path)
+    assert len(datasets.load(_cfg(make_cfg, tmp_path, 'fsdkaggle2019',
+                                  'learn.n_classes=null'))[1]) == 3
+    with pytest.raises(ConfigError, match='learn.n_classes is 80 but .* has 3 classes'):
+        datasets.load(_cfg(make_cfg, tmp_path, 'fsdkaggle2019', 'learn.n_classes=80'))
+
+
+def test_empty_label_names_file_and_line(make_cfg, tmp_path):
+    _write19(tmp_path, curated=CURATED + [('c4.wav', None)])
+    with pytest.raises(ConfigError, match=r'train_curated_post_competition.csv line 5 '
+                                          r'\(fname c4.wav\): empty label'):
+        datasets.load(_cfg(make_cfg, tmp_path))
+
+
+def test_unknown_test_label_names_file_and_line(make_cfg, tmp_path):
+    _write19(tmp_path, test=TEST19 + [('t3.wav', 'Bark,Thunder')])
+    with pytest.raises(ConfigError, match=r'test_post_competition.csv line 4 \(fname t3.wav\) '
+                                          r'has labels absent .*Thunder'):
+        datasets.load(_cfg(make_cfg, tmp_path))
+
+
+@pytest.mark.parametrize('name', ['train_curated_post_competition.csv',
+                                  'train_noisy_post_competition.csv',
+                                  'test_post_competition.csv'])
+def test_missing_file_or_column(make_cfg, tmp_path, name):
+    meta = _write19(tmp_path)
+    pd.read_csv(meta / name).drop(columns='labels').to_csv(meta / name, index=False)
+    with pytest.raises(ConfigError, match=f'{name} lacks the column.*labels'):
+        datasets.load(_cfg(make_cfg, tmp_path))
+    (meta / name).unlink()
+    with pytest.raises(ConfigError, match=f'missing dataset file .*{name}'):
+        datasets.load(_cfg(make_cfg, tmp_path))
+
+
+def test_subset_of_another_dataset_is_refused(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match='valid: noisy, clean, all'):
+        datasets.check(_cfg(make_cfg, tmp_path, 'fsdkaggle2018', 'ctrl.train_data=curated'))
+
+
+def test_injected_noise_changes_the_targets_and_keeps_the_truth(make_cfg, dataset):
+    import data
+    root, _, _ = dataset
+    cfg = make_cfg(f'ctrl.dataset_path={root}', 'ctrl.inject_noise.rate=1.0',
+                   'ctrl.inject_noise.subset=all')
+    before, classes = datasets.DATASETS['fsdnoisy18k'](cfg)
+    after, _ = datasets.load(cfg)
+    train = (after.subset == 'train').to_numpy()
+    y = datasets.targets(after, len(classes))
+    # The targets follow the new labels; the truth columns hold the old ones.
+    np.testing.assert_array_equal(y.argmax(axis=1), after.label_idx)
+    assert (y.argmax(axis=1)[train] != before.label_idx[train]).all()
+    assert after.true_labels_idx.tolist() == before.labels_idx.tolist()
+    np.testing.assert_array_equal(data.wrong_labels(after), train)
+
+
+def test_injected_noise_on_a_multi_label_dataset_is_refused(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match='ctrl.inject_noise .* not to fsdkaggle2019'):
+        datasets.check(_cfg(make_cfg, tmp_path, 'fsdkaggle2019', 'ctrl.train_data=all',
+                            'ctrl.inject_noise.rate=0.2'))

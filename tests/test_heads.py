@@ -1,0 +1,145 @@
+"""Heads (architectures.HEADS), their losses (losses.HeadLosses) and the head x loss check.
+
+Outputs and losses are compared with numpy computations written here.
+"""
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import architectures
+import losses
+import trainer
+from config import ConfigError
+
+SHAPE = (16, 8, 1)  # the smallest patch the baseline takes (pools 16 x 4)
+
+
+def _np_sparsemax(z):
+    """Projection onto the simplex by bisection on tau: sum(max(z - tau, 0)) = 1 (no sort,
+    unlike the code under test)."""
+    out = np.empty_like(z)
+    for i, row in enumerate(z):
+        lo, hi = row.min() - 1.0, row.max()
+        for _ in range(200):
+            tau = (lo + hi) / 2
+            lo, hi = (tau, hi) if np.maximum(row - tau, 0).sum() > 1 else (lo, tau)
+        out[i] = np.maximum(row - (lo + hi) / 2, 0)
+    return out
+
+
+def _np_sparsemax_loss(q, z):
+    """Martins & Astudillo (ICML 2016), Eq. 18, with tau from the bisection above:
+    -q.z + 1/2 sum_{j: z_j > tau} (z_j^2 - tau^2) + 1/2 |q|^2."""
+    p = _np_sparsemax(z)
+    tau = np.array([(row[pi > 0].sum() - 1) / (pi > 0).sum() for row, pi in zip(z, p)])
+    support = z > tau[:, None]
+    return (-(q * z).sum(1) + 0.5 * (support * (z ** 2 - tau[:, None] ** 2)).sum(1)
+            + 0.5 * (q ** 2).sum(1))
+
+
+def _np_bce(y, p):
+    return -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p), axis=1)
+
+
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize('head', ['sigmoid', 'sparsemax', 'sigmoid_softmax',
+                                  'sigmoid_sparsemax'])
+def test_head_outputs_match_numpy(head):
+    keras.utils.set_random_seed(0)
+    model = architectures.build('baseline', SHAPE, 5, {'head': head})
+    x = np.random.default_rng(1).normal(size=(4,) + SHAPE).astype('float32')
+    out = model(x, training=False)
+    # Inference: the dropout after the embedding is the identity.
+    features = np.asarray(keras.Model(model.input, model.get_layer('embedding').output)(x))
+    branches = architectures.HEADS[head]
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)
+             and layer.name != 'embedding']
+    assert len(dense) == len(branches)  # one classifier per branch
+    probs = []
+    for activation in branches:
+        layer = model.get_layer(f'{activation}_dense')
+        w, b = (np.asarray(v) for v in layer.weights)
+        assert layer.kernel_regularizer is not None  # the baseline's L2 on every branch
+        z = features @ w + b
+        p = {'sigmoid': _sigmoid, 'softmax': _softmax, 'sparsemax': _np_sparsemax}[
+            activation](z)
+        probs.append(p)
+        if activation == 'sparsemax':
+            np.testing.assert_allclose(out['sparsemax_logits'], z, rtol=1e-4, atol=1e-5)
+        elif len(branches) > 1:
+            np.testing.assert_allclose(out[activation], p, rtol=1e-4, atol=1e-6)
+    scores = np.asarray(architectures.scores(out))
+    np.testing.assert_allclose(scores, np.mean(probs, axis=0), rtol=1e-4, atol=1e-6)
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_softmax_head_is_the_model_as_before():
+    model = architectures.build('baseline', SHAPE, 5, {'head': 'softmax'})
+    assert model.layers[-1].get_config()['activation'] == 'softmax'
+    assert not isinstance(model.output, dict)
+
+
+def test_head_outputs_are_float32_under_mixed_precision(mixed_float16):
+    model = architectures.build('baseline', SHAPE, 5, {'head': 'sigmoid_sparsemax'})
+    assert {k: v.dtype for k, v in model.output.items()} == {
+        'scores': 'float32', 'sigmoid': 'float32', 'sparsemax_logits': 'float32'}
+
+
+@pytest.mark.parametrize('head', ['sigmoid', 'sigmoid_softmax', 'sigmoid_sparsemax',
+                                  'sparsemax'])
+def test_head_losses_sum_each_branch_loss(head):
+    rng = np.random.default_rng(2)
+    y = np.zeros((6, 5), np.float32)
+    for i in range(6):
+        y[i, rng.choice(5, size=1 + i % 2, replace=False)] = 1
+    z1, z2 = rng.normal(size=(2, 6, 5)).astype(np.float32) * 2
+    sig, q = _sigmoid(z1), y / y.sum(axis=1, keepdims=True)
+    outputs = {'sigmoid': sig, 'softmax': _softmax(z2), 'sparsemax_logits': z2}
+    expected = {'sigmoid': _np_bce(y, sig), 'softmax': -(q * np.log(_softmax(z2))).sum(1),
+                'sparsemax': _np_sparsemax_loss(q, z2)}
+    branches = architectures.HEADS[head]
+    names = ['sparsemax_logits' if b == 'sparsemax' else b for b in branches]
+    y_pred = ({n: ops.convert_to_tensor(outputs[n]) for n in names} if head != 'sigmoid'
+              else ops.convert_to_tensor(sig))
+    loss = losses.HeadLosses({'learn': {'head': head}})
+    got = np.asarray(loss.per_example(ops.convert_to_tensor(y), y_pred))
+    np.testing.assert_allclose(got, sum(expected[b] for b in branches), rtol=1e-4, atol=1e-5)
+
+
+def _cfg(head, loss_type):
+    return {'learn': {'head': head}, 'loss': {'type': loss_type}}
+
+
+@pytest.mark.parametrize('head', list(architectures.HEADS))
+@pytest.mark.parametrize('loss_type', list(losses.LOSSES))
+def test_every_head_and_loss_pair_is_allowed_or_refused(head, loss_type):
+    allowed = (loss_type == 'bce') != (head == 'softmax')
+    if allowed:
+        losses.check(_cfg(head, loss_type))
+        return
+    with pytest.raises(ConfigError) as err:
+        losses.check(_cfg(head, loss_type))
+    message = str(err.value)
+    assert f"loss.type '{loss_type}'" in message and f"learn.head '{head}'" in message
+    assert '\n' not in message
+
+
+def test_top1_precision_on_multi_hot_targets():
+    y = np.array([[1, 0, 1, 0], [0, 1, 0, 0], [0.05, 0.85, 0.05, 0.05], [0.6, 0.4, 0, 0]],
+                 np.float32)
+    p = np.array([[0.1, 0.2, 0.6, 0.1], [0.5, 0.3, 0.1, 0.1], [0.1, 0.7, 0.1, 0.1],
+                  [0.2, 0.7, 0.1, 0.0]], np.float32)
+    # Row 4 (mixed 0.6 / 0.4): the second class holds over half the largest target.
+    expected = [1, 0, 1, 1]
+    got = np.asarray(trainer.top1_precision(ops.convert_to_tensor(y),
+                                            ops.convert_to_tensor(p)))
+    np.testing.assert_array_equal(got, expected)
