@@ -7,6 +7,10 @@ wrote is looked up in a registry (models, losses, modes, aggregations, ...).
 """
 import copy
 import datetime
+import math
+import os
+import re
+import secrets
 from pathlib import Path
 
 import yaml
@@ -28,6 +32,7 @@ DEFAULTS = {
         'features_dir': 'features', 'logs_dir': 'logs', 'workers': 0, 'verbose': 2,
         'inject_noise': {'rate': 0.0, 'kind': 'symmetric', 'seed': 0, 'subset': 'unverified'},
         'tensorboard': True,
+        'overwrite': False,
     },
     'extract': {
         'audio_len_s': 2, 'eps': 2.220446049250313e-16, 'fmax': 22050, 'fmin': 0, 'fs': 44100,
@@ -141,6 +146,7 @@ RANGES = {
     ('learn', 'specaugment.freq_width'): (0, None, True, True),
     ('learn', 'specaugment.time_masks'): (0, None, True, True),
     ('learn', 'specaugment.time_width'): (0, None, True, True),
+    ('ctrl', 'seed'): (0, 2**32 - 1, True, True),  # numpy's SeedSequence takes no negatives
     ('learn', 'cycles'): (1, None, True, True),
     ('learn', 'cycle_epochs'): (1, None, True, True),
     ('learn', 'lr_min'): (0, None, True, True),
@@ -171,6 +177,34 @@ def _type_name(value):
             list: 'a list', dict: 'a mapping'}.get(type(value), type(value).__name__)
 
 
+# A number as people write it. PyYAML (YAML 1.1) reads 1e-4 and 1e3 (no dot, or no sign
+# in the exponent) as strings, so such strings are read as numbers here.
+NUMBER = re.compile(r'[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?')
+
+
+def _number(value):
+    """A number written as text -> int or float; anything else unchanged."""
+    if not isinstance(value, str) or not NUMBER.fullmatch(value.strip()):
+        return value
+    number = float(value.replace('_', ''))
+    return int(number) if number.is_integer() and abs(number) < 2**63 else number
+
+
+def _check_number(where, default, value):
+    """int / float keys: accept every way of writing a (finite) number of the right kind."""
+    value = _number(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = 'a number' if isinstance(default, float) else 'an integer'
+        raise ConfigError(f'{where} must be {kind}, got {value!r}')
+    if not math.isfinite(value):
+        raise ConfigError(f'{where} must be a finite number, got {value!r}')
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f'{where} must be an integer, got {value!r}')
+    return int(value)
+
+
 def _check_value(section, key, value):
     """Type-check against the default's type, then choices and ranges; return the value.
 
@@ -188,21 +222,18 @@ def _check_value(section, key, value):
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f'{where} must be true or false, got {value!r}')
-    elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f'{where} must be a number, got {value!r}')
-        value = float(value)
-    elif (section, key) in ALSO and isinstance(value, ALSO[section, key]):
+    elif (section, key) in ALSO and isinstance(value, ALSO[section, key]) and not (
+            isinstance(value, str) and NUMBER.fullmatch(value.strip())):
         return value
-    elif isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f'{where} must be an integer, got {value!r}')
+    elif isinstance(default, (int, float)):
+        value = _check_number(where, default, value)
     elif isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(f'{where} must be a string, got {value!r}')
     elif isinstance(default, list):
         if not isinstance(value, list):
             raise ConfigError(f'{where} must be a list, got {value!r}')
+        value = [_number(v) for v in value]
     choices = CHOICES.get((section, key))
     if choices is not None and value not in choices:
         raise ConfigError(f'{where} is {value!r}; valid values: {", ".join(map(str, choices))}')
@@ -285,10 +316,18 @@ def load_config(path=None, overrides=()):
     for text in overrides:
         _merge(cfg, *parse_override(text))
     _check_consistency(cfg)
-    stem = Path(path).stem if path else 'run'
     if cfg['ctrl']['run_name'] is None:
-        cfg['ctrl']['run_name'] = f'{stem}_{datetime.datetime.now():%Y%m%d-%H%M%S}'
+        cfg['ctrl']['run_name'] = default_run_name(path)
     return cfg
+
+
+def default_run_name(path):
+    """<config stem>_<YYYYmmdd-HHMMSS>_<pid>-<4 random hex digits>: the pid tells apart
+    two runs started in the same second on one machine, the random part two started on
+    machines that share the logs folder."""
+    stem = Path(path).stem if path else 'run'
+    return (f'{stem}_{datetime.datetime.now():%Y%m%d-%H%M%S}_{os.getpid()}-'
+            f'{secrets.token_hex(2)}')
 
 
 def _check_consistency(cfg):

@@ -61,7 +61,39 @@ def _read_csv(path, columns):
     if missing:
         raise ConfigError(f'{path} lacks the column(s) {", ".join(missing)}; required: '
                           f'{", ".join(columns)}')
+    _check_cells(path, df, columns)
     return df
+
+
+FLAGS = ('manually_verified', 'noisy_small')  # 0/1 columns of the training CSVs
+LABEL_COLUMNS = ('label', 'labels')  # checked by _split_labels, which names the fname
+
+
+def _check_cells(path, df, columns):
+    """One line naming the file, line and column of the first empty or malformed cell."""
+    for column in columns:
+        cells = df[column]
+        empty = cells.isna() | (cells.astype(str).str.strip() == '')
+        if empty.any() and column not in LABEL_COLUMNS:
+            raise ConfigError(f'{path} line {_line(empty)}: empty {column} cell')
+        if column in FLAGS:
+            bad = ~cells.astype(str).str.strip().isin(['0', '1', '0.0', '1.0'])
+            if bad.any():
+                value = cells[bad].iloc[0]
+                raise ConfigError(f'{path} line {_line(bad)}: {column} must be 0 or 1, got '
+                                  f'{value!r}')
+
+
+def _line(mask):
+    """File line of the first True row (line 1 is the header)."""
+    return int(mask.to_numpy().argmax()) + 2
+
+
+def _audio_folder(folder):
+    if not folder.is_dir():
+        raise ConfigError(f'audio folder {folder} does not exist (check ctrl.dataset_path '
+                          f'and the folder name)')
+    return folder
 
 
 def _root(cfg):
@@ -148,9 +180,12 @@ def load_fsdnoisy18k(cfg):
     train = _read_csv(meta / 'train.csv', TRAIN_COLUMNS)
     test = _read_csv(meta / 'test.csv', TEST_COLUMNS)
     train['subset'], test['subset'] = 'train', 'test'
-    train['path'] = [str(root / 'FSDnoisy18k.audio_train' / f) for f in train.fname]
-    test['path'] = [str(root / 'FSDnoisy18k.audio_test' / f) for f in test.fname]
-    train['verified'] = train.manually_verified.astype(int)
+    train_audio = _audio_folder(root / 'FSDnoisy18k.audio_train')
+    test_audio = _audio_folder(root / 'FSDnoisy18k.audio_test')
+    train['path'] = [str(train_audio / f) for f in train.fname]
+    test['path'] = [str(test_audio / f) for f in test.fname]
+    train['verified'] = train.manually_verified.astype(float).astype(int)
+    train['noisy_small'] = train.noisy_small.astype(float).astype(int)
     test['verified'], test['noisy_small'] = 1, 0
     train['labels'] = _split_labels(train, 'label', meta / 'train.csv')
     test['labels'] = _split_labels(test, 'label', meta / 'test.csv')
@@ -170,7 +205,7 @@ def load_fsdkaggle2018(cfg):
     train['subset'], test['subset'] = 'train', 'test'
     train['path'] = [str(root / 'FSDKaggle2018.audio_train' / f) for f in train.fname]
     test['path'] = [str(root / 'FSDKaggle2018.audio_test' / f) for f in test.fname]
-    train['verified'], test['verified'] = train.manually_verified.astype(int), 1
+    train['verified'], test['verified'] = train.manually_verified.astype(float).astype(int), 1
     train['labels'] = _split_labels(train, 'label', train_csv)
     test['labels'] = _split_labels(test, 'label', test_csv)
     _true_labels(train, test, 'true_label', train_csv)
@@ -218,6 +253,44 @@ def train_rows(table, train_data):
     if rows.size == 0:
         raise ConfigError(f'ctrl.train_data {train_data!r} selects no training clip')
     return train.index.to_numpy()[rows]
+
+
+def _folders(table, rows):
+    return ', '.join(sorted({str(Path(p).parent) for p in table.path.to_numpy()[rows]}))
+
+
+def _classes_of(table, rows):
+    """Class indices that the given rows carry (every label of a multi-label clip)."""
+    if 'labels_idx' not in table.columns:
+        return set(table.label_idx.to_numpy()[rows])
+    return {k for ids in table.labels_idx.to_numpy()[rows] for k in ids}
+
+
+def readable_train_rows(table, classes, length, train_data):
+    """Training rows of ctrl.train_data whose audio could be read (length [n] frames per
+    row, 0 for a failed clip); every class must keep at least one."""
+    rows = train_rows(table, train_data)
+    readable = rows[length[rows] > 0]
+    if readable.size == 0:
+        raise ConfigError(f'no readable training clip: all {rows.size} clips of '
+                          f'ctrl.train_data {train_data!r} failed to load from '
+                          f'{_folders(table, rows)}')
+    missing = sorted(set(range(len(classes))) - _classes_of(table, readable))
+    if missing:
+        raise ConfigError(f'class(es) {", ".join(classes[k] for k in missing)} have no '
+                          f'readable training clip in ctrl.train_data {train_data!r} (from '
+                          f'{_folders(table, rows)})')
+    return readable
+
+
+def readable_test_rows(table, length):
+    """Test rows whose audio could be read; at least one, checked before training."""
+    rows = table.index[(table.subset == 'test').to_numpy()].to_numpy()
+    readable = rows[length[rows] > 0]
+    if readable.size == 0:
+        raise ConfigError(f'no readable test clip: all {rows.size} test clips failed to load '
+                          f'from {_folders(table, rows)}')
+    return readable
 
 
 DATASETS = {'fsdnoisy18k': load_fsdnoisy18k, 'fsdkaggle2018': load_fsdkaggle2018,

@@ -17,6 +17,7 @@ import architectures
 import datasets
 import metrics
 from config import ConfigError, lookup
+from trainer import Diverged
 from utils import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -235,6 +236,10 @@ def evaluation_lines(names, figures, classes, where):
 def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extra=None):
     """Print the evaluation block; write predictions.csv and results.json (and
     confusion.csv when configured). Returns results."""
+    if not np.isfinite(scores).all():  # argmax of NaN scores would report chance accuracy
+        raise Diverged(f'the model predicts non-finite scores for '
+                       f'{int((~np.isfinite(scores).all(axis=1)).sum())} of {len(scores)} test '
+                       f'clips')
     names = metric_names(cfg)
     y_true = datasets.targets(table, len(classes))[rows_evaluated]
     figures = compute(names, y_true, scores)
@@ -262,7 +267,7 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
     if 'confusion' in figures:
         metrics.write_confusion_csv(run_dir / 'confusion.csv', figures.pop('confusion'),
                                     classes)
-    results = {'run_name': cfg['ctrl']['run_name'], **_headline(figures),
+    results = {'run_name': cfg['ctrl']['run_name'], 'status': 'finished', **_headline(figures),
                'n_files_evaluated': n_eval, 'n_files_listed': n_listed,
                'train_data': train_data,
                'per_class': metrics.per_class_dict(figures['per_class'], classes),

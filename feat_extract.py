@@ -6,11 +6,19 @@ extraction parameters, clip list):
     <ctrl.features_dir>/<dataset>/<hash>/
         frames<suffix.in>.f32|f16   every clip's frames, one after the other, [frames, n_mels]
         start.npy, length.npy       first row and number of rows of each clip (int64)
-        manifest.json               counts, dtype, failed clips, hash, parameters, complete
+        audio.npy                   size and modification time (ns) of each audio file
+        manifest.json               counts, dtype, failed clips and why, hash, parameters,
+                                    complete
 
 The folder is filled under a temporary name and renamed when complete, so a crash
 never leaves a folder that looks complete. Frames are memory-mapped read-only: patches
 are (clip, start) indices into them, never copies.
+
+The folder's name keys the parameters and the clip list; the audio itself is keyed by
+each file's size and modification time (audio.npy), checked on every use. A stat per file
+costs milliseconds on 18k files, where hashing their contents would read all 18k files
+(several GB) on every run. A file that changed (repaired in place, another dataset in a
+folder of the same name) is re-extracted; the frames of unchanged clips are reused.
 """
 import functools
 import hashlib
@@ -54,6 +62,8 @@ def load_audio(path, params_extract):
         raise BadAudio(f'{path}: {err}') from None
     if y.size == 0:
         raise BadAudio(f'{path}: no samples')
+    if not np.isfinite(y).all():  # librosa would stop the whole extraction on them
+        raise BadAudio(f'{path}: samples that are NaN or infinite')
     y = y.mean(axis=1)
     if sr != p['fs']:
         y = librosa.resample(y, orig_sr=sr, target_sr=p['fs'])
@@ -124,6 +134,8 @@ class FeatureStore:
     length: np.ndarray  # int64 [n_clips], 0 for a failed clip
     failed: list        # fnames that could not be read
     path: Path          # the cache folder
+    errors: list = ()   # why each of `failed` could not be read
+    audio: np.ndarray = None  # int64 [n_clips, 2]: size, mtime_ns of each audio file
 
     def clip(self, i):
         return self.frames[self.start[i]:self.start[i] + self.length[i]]
@@ -149,6 +161,18 @@ def cache_dir(cfg, table):
     return Path(cfg['ctrl']['features_dir']) / os.path.basename(root) / digest
 
 
+def audio_stamps(paths):
+    """int64 [n, 2]: size and modification time (ns) of each file; -1 for a missing one."""
+    stamps = np.full((len(paths), 2), -1, np.int64)
+    for i, path in enumerate(paths):
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        stamps[i] = info.st_size, info.st_mtime_ns
+    return stamps
+
+
 def _open(folder, frames_name):
     """The store in a complete cache folder, or None when the folder is not one."""
     try:
@@ -164,8 +188,10 @@ def _open(folder, frames_name):
     # np.memmap cannot map an empty file (every clip failed): use an empty array then.
     frames = (np.memmap(folder / frames_name, dtype=dtype, mode='r', shape=shape) if shape[0]
               else np.empty(shape, dtype))
+    audio = np.load(folder / 'audio.npy') if (folder / 'audio.npy').is_file() else None
     return FeatureStore(frames, np.load(folder / 'start.npy'), np.load(folder / 'length.npy'),
-                        manifest['failed'], folder)
+                        manifest['failed'], folder, manifest.get('errors', manifest['failed']),
+                        audio)
 
 
 def _pid_alive(pid):
@@ -207,26 +233,55 @@ def _computed(paths, params, workers):
         yield from pool.imap(task, paths, chunksize=chunksize)
 
 
-def _extract(cfg, table, tmp, workers, progress):
-    """Write frames, start and length into tmp; return (failed fnames, total frames)."""
+def _extract(cfg, table, tmp, workers, progress, todo, old=None):
+    """Write frames, start and length into tmp: clips flagged in `todo` are computed, the
+    others copied from the `old` store. Returns (failed fnames, their errors, total frames).
+    """
     dtype = cfg['extract']['store_dtype']
-    start, length, failed = np.zeros(len(table), np.int64), np.zeros(len(table), np.int64), []
-    total = 0
-    results = _computed(list(table['path']), cfg['extract'], workers)
-    with open(tmp / _frames_name(cfg), 'wb') as out:
-        bar = tqdm(results, total=len(table), desc='log-mel', unit='clip', disable=not progress)
-        for i, (fname, (frames, error)) in enumerate(zip(table['fname'], bar)):
+    start, length = np.zeros(len(table), np.int64), np.zeros(len(table), np.int64)
+    failed, errors, total = [], [], 0
+    old_errors = {} if old is None else dict(zip(old.failed, old.errors))
+    results = _computed(list(table['path'][todo]), cfg['extract'], workers)
+    bar = tqdm(total=int(todo.sum()), desc='log-mel', unit='clip', disable=not progress)
+    with open(tmp / _frames_name(cfg), 'wb') as out, bar:
+        for i, fname in enumerate(table['fname']):
             start[i] = total
+            if todo[i]:
+                frames, error = next(results)
+                bar.update()
+            else:
+                frames = old.clip(i) if old.length[i] else None
+                error = old_errors.get(str(fname), 'unreadable')
             if frames is None:
-                logger.warning('skipping unreadable audio %s (%s)', fname, error)
+                if todo[i]:
+                    logger.warning('skipping unreadable audio %s (%s)', fname, error)
                 failed.append(str(fname))
+                errors.append(error)
                 continue
             out.write(np.ascontiguousarray(frames, dtype=dtype).tobytes())
             length[i] = len(frames)
             total += len(frames)
+    results.close()  # ends the worker pool
     np.save(tmp / 'start.npy', start)
     np.save(tmp / 'length.npy', length)
-    return failed, total
+    return failed, errors, total
+
+
+def report_failed(store):
+    """Every run says which clips could not be read, also when it reuses the cache."""
+    if not store.failed:
+        return
+    shown = '; '.join(store.errors[:10]) + ('; ...' if len(store.failed) > 10 else '')
+    logger.warning('%d audio file(s) could not be read and are skipped (listed in %s): %s',
+                   len(store.failed), store.path / 'manifest.json', shown)
+
+
+def _make_folder(folder):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f'cannot create the feature cache folder {folder}: '
+                          f'{err.strerror} (ctrl.features_dir)') from None
 
 
 def features(cfg, table, workers=None, progress=True):
@@ -236,32 +291,46 @@ def features(cfg, table, workers=None, progress=True):
         raise ConfigError('extract.mono is false, but features are single-channel: '
                           'set extract.mono true')
     final = cache_dir(cfg, table)
+    audio = audio_stamps(list(table['path']))
     store = _open(final, _frames_name(cfg))
-    if store is not None:
+    if store is not None and np.array_equal(store.audio, audio):
         logger.info('using cached features %s (%d clips, %d frames)', final, len(store.start),
                     len(store.frames))
+        report_failed(store)
         return store
     if not cfg['ctrl']['feat_ext']:
-        raise ConfigError(f'no complete feature cache at {final} for these extract '
-                          f'parameters and clips; set ctrl.feat_ext true to extract them')
+        why = ('no complete feature cache' if store is None else
+               'audio files changed since the feature cache was made')
+        raise ConfigError(f'{why} at {final} for these extract parameters and clips; set '
+                          f'ctrl.feat_ext true to extract them')
+    todo = np.ones(len(table), bool)
+    if store is not None and store.audio is not None:
+        todo = (store.audio != audio).any(axis=1)
+        logger.info('%d of %d audio files changed (size or modification time) since the '
+                    'feature cache was made: extracting them again', todo.sum(), len(table))
     workers = n_workers(cfg['ctrl']['workers']) if workers is None else workers
-    workers = max(1, min(workers, len(table)))
+    workers = max(1, min(workers, int(todo.sum()) or 1))
     started = time.time()
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(final.parent)
     _remove_stale_temps(final)
     tmp = final.parent / f'.{final.name}.tmp-{os.getpid()}'
-    tmp.mkdir()
+    _make_folder(tmp)
     try:
-        failed, total = _extract(cfg, table, tmp, workers, progress)
+        failed, errors, total = _extract(cfg, table, tmp, workers, progress, todo, store)
+        np.save(tmp / 'audio.npy', audio)
         manifest = {'n_clips': len(table), 'total_frames': total, 'n_mels': params['n_mels'],
                     'dtype': params['store_dtype'], 'frames_file': _frames_name(cfg),
-                    'failed': failed, 'hash': final.name, 'params': params, 'complete': True}
+                    'failed': failed, 'errors': errors, 'hash': final.name, 'params': params,
+                    'complete': True}
         atomic_write_text(tmp / 'manifest.json', json.dumps(manifest, indent=1))
         if final.exists():  # an incomplete or unreadable folder under the final name
             shutil.rmtree(final)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.info('extracted features of %d clips (%d failed) in %.1f s with %d worker(s) -> %s',
-                len(table) - len(failed), len(failed), time.time() - started, workers, final)
-    return _open(final, _frames_name(cfg))
+    logger.info('extracted features of %d clips (%d reused from the cache, %d failed) in '
+                '%.1f s with %d worker(s) -> %s', todo.sum(), len(table) - todo.sum(),
+                len(failed), time.time() - started, workers, final)
+    store = _open(final, _frames_name(cfg))
+    report_failed(store)
+    return store

@@ -21,9 +21,10 @@ import ensemble
 import eval as evaluation
 import losses
 import self_verify
-from trainer import (EpochLR, History, ModelSelection, RunState, Snapshots, StopAfterSteps,
-                     TensorBoardScalars, Trainer, ValClipAccuracy, check_schedule, cosine_lr,
-                     detection_figures, precision_recall)
+from trainer import (Backup, EpochLR, History, ModelSelection, RunState, Snapshots,
+                     StopAfterSteps, StopOnNonFinite, TensorBoardScalars, Trainer,
+                     ValClipAccuracy, check_schedule, cosine_lr, detection_figures, load_backup,
+                     precision_recall)
 from config import ConfigError, lookup
 from utils import atomic_path
 
@@ -73,6 +74,16 @@ class Experiment:
         self.augment = functools.partial(
             data.augment_plan, max_shift=source.eval_len - source.patch_len,
             specaugment=specaugment(learn), n_mels=ext['n_mels'], length=source.patch_len)
+        # Resume: fit() calls are the mode's stages; the backup holds the state at the end
+        # of the last completed epoch, restored when the mode reaches that epoch's stage.
+        self.stage_epochs = []
+        # k folds and self-verification rounds are not resumed (a fold's stages interleave
+        # with the others' decisions): their fold Experiments keep no backup.
+        self.backup_path = None if fold else run_dir / 'backup' / 'state.pkl'
+        self.resume = load_backup(self.backup_path) if self.backup_path else None
+        # Results of once(): loaded now, since the mode asks for them between stages,
+        # before the stage that restores the rest.
+        self.memo = dict(self.resume['memo']) if self.resume else {}
         self.lr_callbacks = self.schedule()
         self.splits = [(train_rows, val_rows)]  # prepare() sets the k folds
 
@@ -171,32 +182,101 @@ class Experiment:
         (validation, LR schedule, history row) being learn.steps_per_epoch steps (null: one
         pass over the pool) and the last one shorter where they do not divide. The LR
         follows learn.lr_schedule unless other lr_callbacks are passed; under cyclic_cosine
-        the cycles fix the length, so early stopping is off."""
-        if (steps if steps is not None else epochs) <= 0:
-            return
-        # A child rng per stage: tf.data may draw an epoch ahead by a timing-dependent
-        # amount, which must not shift the draws of the next stage.
-        rng = self.rng.spawn(1)[0]
+        the cycles fix the length, so early stopping is off.
+
+        One call is one stage of the mode. A resumed run skips the stages it had finished
+        and continues the one it was in from its last completed epoch."""
         self.state.stage += 1
-        first = plan(rng)
-        per_epoch = first.idx.shape[0]
+        stage, start = self.state.stage, self.epoch
+        trains = (steps if steps is not None else epochs) > 0
+        # A child rng per stage: tf.data may draw an epoch ahead by a timing-dependent
+        # amount, which must not shift the draws of the next stage. Drawn for skipped stages
+        # too, so that a resumed run's stages get the same ones.
+        rng = self.rng.spawn(1)[0] if trains else None
+        if self.resume is not None and stage < self.resume['state']['stage']:
+            self.state.epoch += self.resume['stage_epochs'][stage - 1]  # done before the kill
+            return
+        counters, stopped = None, False
+        if self.resume is not None:
+            counters, stopped = self._restore(self.resume), self.resume['stopped']
+            self.resume = None
+        if trains and not stopped:
+            self._train(rng, start, epochs, steps, plan, early_stopping, counters,
+                        lr_callbacks)
+        self.stage_epochs.append(self.epoch - start)
+
+    def _train(self, rng, start, epochs, steps, plan, early_stopping, counters,
+               lr_callbacks):
+        per_plan = plan(np.random.default_rng(0)).idx.shape[0]  # steps of every plan
+        per_epoch = per_plan
         lr_callbacks = self.lr_callbacks if lr_callbacks is None else lr_callbacks
         # The LR callbacks come before History, which logs the epoch's rate.
-        cbs = [*self.trainer.step_loss.callbacks(), *lr_callbacks, *self.val_clip,
-               self.history, *self.tensorboard, self.selection]
+        cbs = [StopOnNonFinite(), *self.trainer.step_loss.callbacks(), *lr_callbacks,
+               *self.val_clip, self.history, *self.tensorboard, self.selection]
         cyclic = self.cfg['learn']['lr_schedule'] == 'cyclic_cosine'
         cbs += [self.early_stopping] if early_stopping and not cyclic else []
         if steps is not None:
             per_epoch = min(self.cfg['learn']['steps_per_epoch'] or per_epoch, steps)
             epochs = -(-steps // per_epoch)
             if steps % per_epoch:
-                cbs.append(StopAfterSteps(steps, per_epoch, self.epoch))
-        train = self.train_dataset(lambda: plan(rng), first)
+                cbs.append(StopAfterSteps(steps, per_epoch, start))
+        # StopOnNonFinite first: a diverged epoch must reach no other callback; Backup
+        # last: it saves what the others updated at the epoch's end.
+        if self.backup_path is not None:
+            cbs.append(Backup(self.backup_path, self._state,
+                              [self.reduce_lr, self.early_stopping], counters))
+        # A resumed stage continues the stream of planned steps where its last completed
+        # epoch ended: the plans drawn before are drawn again (the k-th plan of a stage
+        # depends only on its rng), and the steps of the cut plan already trained skipped.
+        done = (self.epoch - start) * per_epoch
+        for _ in range(done // per_plan):
+            plan(rng)
+        train = self.train_dataset(lambda: plan(rng), plan(rng)).skip(done % per_plan)
         val = self._eval_dataset(self.val_idx) if self.val_idx.size else None
-        self.trainer.fit(train, validation_data=val, epochs=self.epoch + epochs,
+        self.trainer.fit(train, validation_data=val, epochs=start + epochs,
                          initial_epoch=self.epoch, steps_per_epoch=per_epoch, callbacks=cbs,
                          verbose=self.cfg['ctrl']['verbose'],
                          shuffle=False)  # plan_epoch shuffles, seeded
+
+    def once(self, key, compute):
+        """A result computed between stages from the weights of that moment (mode 3's clip
+        losses): kept in the backup, so a resumed run reuses it rather than recomputing
+        it from later weights."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+    # -- resume
+    def _variables(self):
+        """Every variable training changes: weights, seed generators (dropout), optimizer
+        (step, learning rate, moments) and the masker's threshold."""
+        t = self.trainer
+        if not t.optimizer.built:
+            t.optimizer.build(t.classifier.trainable_variables)
+        masker = [] if t.masker is None else t.masker.variables
+        return [*t.classifier.variables, *t.optimizer.variables, *masker]
+
+    def _state(self):
+        return {'state': self.state.as_dict(), 'stage_epochs': list(self.stage_epochs),
+                'variables': [ops.convert_to_numpy(v) for v in self._variables()],
+                'history': list(self.history.rows), 'selected': self.selection.weights,
+                'results': self.results, 'memo': self.memo}
+
+    def _restore(self, state):
+        """Put back the state of the last completed epoch; return the callbacks' counters."""
+        variables = self._variables()
+        if len(variables) != len(state['variables']):
+            raise ConfigError(f'{self.backup_path} does not fit this model; set '
+                              f'ctrl.overwrite true to start the run afresh')
+        for variable, value in zip(variables, state['variables']):
+            variable.assign(value)
+        vars(self.state).update(state['state'])  # in place: ModelSelection shares it
+        self.stage_epochs, self.history.rows = state['stage_epochs'], list(state['history'])
+        self.selection.weights = state['selected']
+        self.results = state['results']
+        logger.info('resumed at epoch %d (stage %d; epochs 1-%d restored from %s)',
+                    self.epoch + 1, self.state.stage, self.epoch, self.backup_path)
+        return state['callbacks']
 
     def train_dataset(self, plan, first):
         """Epoch plans -> one element per step (EpochPlan.arrays(): idx, partner, lam, crop
@@ -296,7 +376,7 @@ def mode_prune(exp):
     learn = exp.cfg['learn']
     exp.fit(min(learn['prune_stage1'], learn['n_epochs']), exp.plan(exp.train_idx),
             early_stopping=False)
-    rows, clip_loss = score_clips(exp, exp.train_rows)
+    rows, clip_loss = exp.once('prune_clip_loss', lambda: score_clips(exp, exp.train_rows))
     threshold = prune_threshold(clip_loss, learn['prune_discard_percentile'])
     pruned = clip_loss > threshold
     logger.info('pruning: %d of %d training clips kept, %d pruned (clip loss > %.4f, the '
@@ -327,6 +407,7 @@ class Masker:
         self.method, self.k, self.alpha = method, k, alpha
         self.eta = keras.Variable(0.0, trainable=False, name='eta')
         self.started = keras.Variable(0.0, trainable=False, name='eta_started')
+        self.variables = [self.eta, self.started]  # saved by a run's backup
 
     def __call__(self, losses, verified):
         k = min(self.k, losses.shape[0])
@@ -502,8 +583,8 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     (band means and stds carry no label information).
     """
     learn = cfg['learn']
-    rows = datasets.train_rows(table, cfg['ctrl']['train_data'])
-    rows = rows[store.length[rows] > 0]
+    rows = datasets.readable_train_rows(table, classes, store.length,
+                                        cfg['ctrl']['train_data'])
     labels = data.strata(datasets.targets(table, len(classes))[rows])
     seed = cfg['ctrl']['seed']
     shared = learn['folds'] > 1 or learn['mode'] == 'self_verify'
@@ -514,6 +595,11 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     else:
         splits = [data.split_train_val(rows, labels, learn['val_split'], seed)]
     train_rows, val_rows = splits[0]
+    if len(splits) == 1 and learn['val_split'] > 0 and val_rows.size == 0:
+        raise ConfigError(f'learn.val_split {learn["val_split"]} leaves no validation clip '
+                          f'({rows.size} readable training clips, at least one per class '
+                          f'stays in training); raise it, or set it to 0 to select the '
+                          f'model on training accuracy')
     patches = patch_table(cfg, store)
     train_idx = patches.of_clips(train_rows)
     # Over the inputs the model is evaluated on: patches, or whole fixed-length clips

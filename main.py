@@ -1,18 +1,20 @@
 """Command line: python main.py -p config/params.yaml [-o section.key=value ...]
 
 Loads and validates the config, runs the pipeline (table -> features -> learning mode ->
-prediction -> report) and exits 0; a user mistake prints one line and exits 2.
+prediction -> report) and exits 0; a user mistake prints one line and exits 2; a run that
+diverged or failed exits 1. The same command continues a run that was killed.
 """
 import argparse
 import os
 import sys
 import time
-from pathlib import Path
+import traceback
 
 os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # keep TensorFlow's C++ chatter out
 
 import config  # noqa: E402  (the environment above must be set before Keras loads)
+import runfolder  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -38,7 +40,7 @@ def check_names(cfg):
     evaluation.check(cfg)
 
 
-def pipeline(cfg, run_dir, t0):
+def pipeline(cfg, folder, t0):
     import datasets
     import eval as evaluation
     import feat_extract
@@ -48,51 +50,70 @@ def pipeline(cfg, run_dir, t0):
     if not cfg['ctrl']['learn']:
         print('ctrl.learn is false: features are ready, nothing is trained.')
         return
+    test_rows = datasets.readable_test_rows(table, store.length)
     rng = utils.set_seed(cfg['ctrl']['seed'])
-    experiment = learn.prepare(cfg, table, classes, store, rng, run_dir)
+    experiment = learn.prepare(cfg, table, classes, store, rng, folder.dir)
+    folder.training = True  # from here on, an error keeps what the run wrote
     predictor = learn.run(experiment)
-    test_rows = table.index[(table.subset == 'test').to_numpy()].to_numpy()
     rows, scores = evaluation.predict(predictor, experiment.source, experiment.patches,
                                       test_rows, cfg)
-    results = evaluation.report(cfg, table, classes, rows, scores, run_dir, time.time() - t0,
-                                experiment.results)
-    evaluation.write_plots(run_dir, table, classes, rows, scores, results)
+    results = evaluation.report(cfg, table, classes, rows, scores, folder.dir,
+                                time.time() - t0, experiment.results)
+    evaluation.write_plots(folder.dir, table, classes, rows, scores, results)
+    folder.drop_backup()
+
+
+def run(params_path, overrides=()):
+    """One experiment (main.py, and each run of a sweep) -> exit status: 0 done, 1 failed
+    (diverged, or an unexpected error whose traceback also goes to logs/<run>.out), 2 a
+    user mistake (one line; what the run created is removed when found before training)."""
+    t0 = time.time()
+    try:
+        cfg = config.load_config(params_path, overrides)
+    except config.ConfigError as err:
+        print(f'error: {err}', file=sys.stderr, flush=True)
+        return 2
+    folder = runfolder.RunFolder(cfg)
+    try:
+        utils.import_tensorflow_quietly()
+        check_names(cfg)
+        folder.open()
+        command = ' '.join(['-p', str(params_path), *(f'-o {o}' for o in overrides)])
+        print(f'run {folder.name}: {command}\nresolved config:\n'
+              f'{config.config_to_yaml(cfg)}', flush=True)
+        pipeline(cfg, folder, t0)
+    except config.ConfigError as err:
+        print(f'error: {err}', file=sys.stderr, flush=True)
+        folder.close(discard=not folder.training)
+        return 2
+    except KeyboardInterrupt:
+        # history.csv, model.keras and the backup of the last epoch are on disk.
+        print('interrupted: run the same command again to continue from the last epoch',
+              file=sys.stderr, flush=True)
+        return 130
+    except Exception as err:  # noqa: BLE001  (logged in full, then a one-line verdict)
+        return failed(folder, err)
+    finally:
+        folder.close()
+    return 0
+
+
+def failed(folder, err):
+    """Divergence: its message and results.json status "diverged"; anything else: the
+    traceback. Both end with the line saying the run failed (exit status 1)."""
+    import trainer
+    if isinstance(err, trainer.Diverged):
+        folder.write_status('diverged', message=str(err), epoch=err.epoch, step=err.step)
+    else:
+        traceback.print_exc()
+        err = f'{type(err).__name__}: {err}'
+    print(f'run {folder.name} failed: {err}', file=sys.stderr, flush=True)
+    return 1
 
 
 def main(argv=None):
     args = parse_args(argv)
     return run(args.params, args.override)
-
-
-def run(params_path, overrides=()):
-    """One experiment (main.py and every run of sweep.py): config -> pipeline -> exit code."""
-    t0 = time.time()
-    stop_log = None
-    try:
-        cfg = config.load_config(params_path, overrides)
-        utils.import_tensorflow_quietly()
-        check_names(cfg)
-        logs = Path(cfg['ctrl']['logs_dir'])
-        run_dir = logs / cfg['ctrl']['run_name']
-        run_dir.mkdir(parents=True, exist_ok=True)
-        stop_log = utils.start_log(logs / f'{cfg["ctrl"]["run_name"]}.out')
-        text = config.config_to_yaml(cfg)
-        utils.atomic_write_text(run_dir / 'config.yaml', text)
-        command = ' '.join(['-p', str(params_path), *(f'-o {o}' for o in overrides)])
-        print(f'run {cfg["ctrl"]["run_name"]}: {command}\nresolved config:\n{text}', flush=True)
-        pipeline(cfg, run_dir, t0)
-    except config.ConfigError as err:
-        print(f'error: {err}', file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        # history.csv and the selected model.keras so far are already on disk.
-        print('interrupted: logs/<run>/ keeps history.csv and the selected model so far',
-              file=sys.stderr, flush=True)
-        return 130
-    finally:
-        if stop_log is not None:
-            stop_log()
-    return 0
 
 
 if __name__ == '__main__':

@@ -1,11 +1,12 @@
 """The training machinery of section `learn`: the Keras Model subclass whose train_step
 assembles the batch and weighs and reduces the loss, and the callbacks every mode uses
-(history.csv, model selection).
+(history.csv, model selection, the stop at a non-finite loss, the backup for resume).
 
 Modes (learn.py) change training by passing things in (a masker, a loss's own callbacks),
 never by reaching into these objects' internals.
 """
 import logging
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -146,6 +147,38 @@ def top1_precision(y_true, y_pred):
 
 # ----------------------------------------------------------------------------- callbacks
 
+class Diverged(RuntimeError):
+    """Training (or prediction) produced non-finite numbers; epoch and step when known."""
+
+    def __init__(self, message, epoch=None, step=None):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss, naming the epoch and step.
+
+    Keras's TerminateOnNaN only ends the current fit quietly: the mode would go on to its
+    next stage and save and evaluate a NaN model. Raising ends the run instead, before
+    the epoch's other callbacks (history, model selection) see the bad epoch. The check
+    runs on Keras's callback thread (async_safe), so it adds no sync point to the step;
+    Keras re-raises its error on the training thread within a step or at the epoch end.
+    """
+
+    async_safe = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get('loss')
+        if loss is not None and not np.isfinite(float(loss)):
+            raise Diverged(f'training diverged: the loss is {float(loss)} at epoch '
+                           f'{self.epoch + 1}, step {batch + 1} (try a lower learn.lr); '
+                           f'history.csv and the best model so far are kept',
+                           self.epoch + 1, batch + 1)
+
+
 NOISE_COUNTS = ('nd_flagged', 'nd_hit', 'nd_wrong')
 
 
@@ -195,6 +228,46 @@ class History(keras.callbacks.Callback):
         lines += [','.join('' if r.get(c) is None else f'{r[c]:.6g}' for c in columns)
                   for r in self.rows]
         atomic_write_text(self.path, '\n'.join(lines) + '\n')
+
+
+class Backup(keras.callbacks.Callback):
+    """Writes the training state at the end of every epoch, atomically, so that a killed
+    run continues from its last completed epoch (logs/<run>/backup/state.pkl).
+
+    collect() -> the experiment's state (variables, RunState, history, selected weights).
+    The counters of `callbacks` (ReduceLROnPlateau, EarlyStopping) are saved too and put
+    back in on_train_begin, after those callbacks have reset themselves; so this callback
+    must come after them in the list. keras.callbacks.BackupAndRestore covers one
+    fit() call; a mode's stages are several, with state between them, hence this one.
+    """
+
+    COUNTERS = ('wait', 'best', 'cooldown_counter', 'stopped_epoch', 'best_epoch')
+
+    def __init__(self, path, collect, callbacks, restore=None):
+        super().__init__()
+        self.path, self.collect, self.callbacks = path, collect, callbacks
+        self.restore = restore  # counters to put back when this (resumed) fit begins
+
+    def on_train_begin(self, logs=None):
+        for callback, saved in zip(self.callbacks, self.restore or ()):
+            vars(callback).update(saved)
+        self.restore = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        state = self.collect()
+        state['callbacks'] = [{k: getattr(c, k) for k in self.COUNTERS if hasattr(c, k)}
+                              for c in self.callbacks]
+        state['stopped'] = bool(self.model.stop_training)  # early stopping ended the stage
+        with atomic_path(self.path) as tmp:
+            tmp.write_bytes(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def load_backup(path):
+    """The state a Backup wrote, or None when there is none (a fresh run)."""
+    try:
+        return pickle.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
 
 
 @dataclass

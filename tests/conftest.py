@@ -37,6 +37,8 @@ def write_dataset(root, train_rows=TRAIN_ROWS, test_rows=TEST_ROWS, extra=True):
     """Write FSDnoisy18k.meta/{train,test}.csv under root; return the two DataFrames."""
     meta = Path(root) / 'FSDnoisy18k.meta'
     meta.mkdir(parents=True, exist_ok=True)
+    for audio in ('FSDnoisy18k.audio_train', 'FSDnoisy18k.audio_test'):
+        (Path(root) / audio).mkdir(exist_ok=True)
     train = pd.DataFrame(train_rows, columns=['fname', 'label', 'aso_id',
                                               'manually_verified', 'noisy_small'])
     test = pd.DataFrame(test_rows, columns=['fname', 'label', 'aso_id'])

@@ -202,7 +202,54 @@ def test_override_beats_file(tmp_path):
 def test_default_run_name_is_stem_and_timestamp(tmp_path):
     path = _write(tmp_path, 'learn:\n  lr: 0.5\n', name='my_exp.yaml')
     name = config.load_config(path)['ctrl']['run_name']
-    assert re.fullmatch(r'my_exp_\d{8}-\d{6}', name), name
+    assert re.fullmatch(r'my_exp_\d{8}-\d{6}_\d+-[0-9a-f]{4}', name), name
+
+
+def test_default_run_names_differ_within_one_second(tmp_path):
+    """Issue 11, case 4: two runs started in the same second get different names."""
+    path = _write(tmp_path, '', name='my_exp.yaml')
+    names = {config.load_config(path)['ctrl']['run_name'] for _ in range(20)}
+    assert len(names) == 20
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('1e-4', 1e-4), ('1e3', 1000.0), ('1E+3', 1000.0), ('.5', 0.5), ('2', 2.0),
+    ('2.5e-1', 0.25), ('1_000', 1000.0)])
+def test_every_written_number_is_accepted(tmp_path, text, expected):
+    """Issue 11, case 8: PyYAML reads 1e-4 as a string; in a file and in an override."""
+    path = _write(tmp_path, f'learn:\n  lr: {text}\n')
+    assert config.load_config(path)['learn']['lr'] == expected
+    assert config.load_config(None, [f'learn.lr={text}'])['learn']['lr'] == expected
+
+
+@pytest.mark.parametrize('text, expected', [('1e2', 100), ('64.0', 64), ('1E1', 10)])
+def test_integer_keys_accept_integral_numbers(tmp_path, text, expected):
+    path = _write(tmp_path, f'learn:\n  n_epochs: {text}\n')
+    assert config.load_config(path)['learn']['n_epochs'] == expected
+    value = config.load_config(None, [f'learn.batch_size={text}'])['learn']['batch_size']
+    assert value == expected and type(value) is int
+
+
+@pytest.mark.parametrize('override, message', [
+    ('learn.n_epochs=1.5', 'learn.n_epochs must be an integer'),
+    ('learn.lr=.nan', 'learn.lr must be a finite number'),
+    ('learn.lr=.inf', 'learn.lr must be a finite number'),
+    ('learn.lr=1e-4x', 'learn.lr must be a number'),
+    ('learn.lr=1e3', None)])
+def test_numbers_that_are_not_accepted(override, message):
+    if message is None:
+        assert config.load_config(None, [override])['learn']['lr'] == 1000.0
+        return
+    with pytest.raises(ConfigError, match=message):
+        config.load_config(None, [override])
+
+
+@pytest.mark.parametrize('seed', ['-1', '5e9', '4294967296'])
+def test_seed_is_range_checked(seed):
+    """Issue 11, case 9: numpy seeds are 0 .. 2**32 - 1."""
+    with pytest.raises(ConfigError, match=r'ctrl.seed = -?\d+ is out of range'):
+        config.load_config(None, [f'ctrl.seed={seed}'])
+    assert config.load_config(None, ['ctrl.seed=4294967295'])['ctrl']['seed'] == 2**32 - 1
 
 
 def test_defaults_are_not_shared_between_configs():
@@ -418,8 +465,8 @@ def test_main_missing_dataset_folder(main_runs):
     assert 'Traceback' not in err
     line = _error_line(err)
     assert f'{tmp}/no_such_dataset' in line
-    # The run wrote its log under ctrl.logs_dir, not into the repository.
-    assert list((tmp / 'logs').glob('exp_*.out'))
+    # Issue 11, case 11: an error before training leaves nothing behind in logs/.
+    assert not (tmp / 'logs').exists() or not list((tmp / 'logs').iterdir())
     assert not list((REPO / 'logs').glob('exp_*'))
 
 

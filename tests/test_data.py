@@ -104,6 +104,33 @@ def test_test_label_absent_from_train(make_cfg, fsd, tmp_path):
         datasets.load(_cfg(make_cfg, tmp_path))
 
 
+@pytest.mark.parametrize('name, column, value, line, expected', [
+    ('train.csv', 'label', '', 4, "(fname a3.wav): empty label in column 'label'"),
+    ('test.csv', 'fname', '', 3, 'empty fname cell'),
+    ('train.csv', 'manually_verified', 'yes', 5, "manually_verified must be 0 or 1, got 'yes'"),
+    ('train.csv', 'noisy_small', '2', 2, 'noisy_small must be 0 or 1'),
+])
+def test_bad_csv_cell_names_file_and_line(make_cfg, dataset, name, column, value, line,
+                                          expected):
+    """Issue 11, case 10: a malformed cell is one line naming the file and its line."""
+    root, _, _ = dataset
+    path = root / 'FSDnoisy18k.meta' / name
+    frame = pd.read_csv(path, dtype=str)
+    frame.loc[line - 2, column] = value
+    frame.to_csv(path, index=False)
+    with pytest.raises(ConfigError) as err:
+        datasets.load(_cfg(make_cfg, root))
+    assert str(err.value).startswith(f'{path} line {line}') and expected in str(err.value)
+
+
+def test_misnamed_audio_folder_is_named(make_cfg, dataset):
+    """Issue 11, case 1: a misnamed audio folder stops before extraction, naming it."""
+    root, _, _ = dataset
+    (root / 'FSDnoisy18k.audio_train').rename(root / 'FSDnoisy18k.audio_trian')
+    with pytest.raises(ConfigError, match='FSDnoisy18k.audio_train does not exist'):
+        datasets.load(_cfg(make_cfg, root))
+
+
 # ----------------------------------------------------------------------------- split
 
 def _split_input():

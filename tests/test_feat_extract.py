@@ -327,3 +327,92 @@ def test_trim_and_crop_parameters_and_the_cache_key(wav_clips):
     assert trimmed != first
     cfg['extract']['trim_top_db'] = 30.0
     assert fe.cache_dir(cfg, table) not in (first, trimmed)
+
+
+# ----------------------------------------------------------------------------- issue 11
+
+def test_load_audio_rejects_nan_and_inf_samples(tmp_path):
+    """Issue 11, case 7: NaN / inf samples are a bad file, named, not a librosa error."""
+    for name, bad in [('nan.wav', np.nan), ('inf.wav', np.inf)]:
+        y = _sine(440, 4000, 16000)
+        y[100] = bad
+        sf.write(tmp_path / name, y, 16000, subtype='FLOAT')
+        with pytest.raises(fe.BadAudio, match=f'{name}: samples that are NaN or infinite'):
+            fe.load_audio(tmp_path / name, _params())
+
+
+def test_nan_audio_is_skipped_and_counted(wav_clips):
+    cfg, table = wav_clips
+    y = _sine(440, 4000, 16000)
+    y[5] = np.nan
+    sf.write(table.path[2], y, 16000, subtype='FLOAT')
+    store = fe.features(cfg, table, progress=False)
+    assert store.failed == ['2.wav'] and store.length[2] == 0 and (store.length[[0, 1]] > 0).all()
+
+
+def _touch_other_audio(path, freq):
+    """Rewrite a clip in place with other audio (and a later modification time)."""
+    mtime = os.stat(path).st_mtime_ns
+    sf.write(path, _sine(freq, 3000, 16000), 16000, subtype='PCM_16')
+    os.utime(path, ns=(mtime + 10**9, mtime + 10**9))
+
+
+def test_changed_audio_is_extracted_again_and_only_it(wav_clips, monkeypatch):
+    """Issue 11, case 3: a file repaired in place is re-extracted; the others reused."""
+    cfg, table = wav_clips
+    first = fe.features(cfg, table, progress=False)
+    before = [np.array(first.clip(i)) for i in range(len(table))]
+    _touch_other_audio(table.path[3], 700)
+    seen = []
+    real = fe._clip_frames
+    monkeypatch.setattr(fe, '_clip_frames',
+                        lambda path, **kw: seen.append(path) or real(path, **kw))
+    second = fe.features(cfg, table, progress=False)
+    assert seen == [table.path[3]] and second.path == first.path
+    expected = fe.log_mel(fe.load_audio(table.path[3], cfg['extract']), cfg['extract'])
+    np.testing.assert_array_equal(second.clip(3), expected)
+    assert len(expected) != len(before[3])  # the new audio, not the cached frames
+    for i in (0, 1, 2, 4):
+        np.testing.assert_array_equal(second.clip(i), before[i])
+    seen.clear()
+    fe.features(cfg, table, progress=False)  # unchanged now: nothing is computed
+    assert seen == []
+
+
+def test_changed_audio_with_feat_ext_false_is_refused(wav_clips):
+    cfg, table = wav_clips
+    fe.features(cfg, table, progress=False)
+    _touch_other_audio(table.path[0], 900)
+    cfg['ctrl']['feat_ext'] = False
+    with pytest.raises(ConfigError, match='audio files changed'):
+        fe.features(cfg, table, progress=False)
+
+
+def test_cached_run_reports_the_clips_that_failed(wav_clips, caplog):
+    """Issue 11, case 13: the manifest keeps why clips failed; a cached run says so too."""
+    cfg, table = wav_clips
+    open(table.path[1], 'wb').close()
+    fe.features(cfg, table, progress=False)
+    caplog.clear()
+    with caplog.at_level('WARNING'):
+        store = fe.features(cfg, table, progress=False)
+    assert '1 audio file(s) could not be read' in caplog.text and '1.wav' in caplog.text
+    manifest = json.loads((store.path / 'manifest.json').read_text())
+    assert manifest['failed'] == ['1.wav'] and '1.wav' in manifest['errors'][0]
+
+
+def test_unwritable_features_folder_is_one_line(wav_clips, monkeypatch):
+    """Issue 11, case 10: a read-only features folder without a cache names the folder.
+    (Tests run as root, which chmod does not stop: the refusal is simulated.)"""
+    cfg, table = wav_clips
+    real_mkdir = os.mkdir
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(cfg['ctrl']['features_dir']):
+            raise PermissionError(13, 'Permission denied', str(path))
+        return real_mkdir(path, *args, **kwargs)
+    monkeypatch.setattr(os, 'mkdir', read_only)
+    with pytest.raises(ConfigError) as err:
+        fe.features(cfg, table, progress=False)
+    assert str(err.value).startswith('cannot create the feature cache folder ')
+    assert 'Permission denied (ctrl.features_dir)' in str(err.value)

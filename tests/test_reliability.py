@@ -1,0 +1,307 @@
+"""Issue 11: no hang, no silent wrong result, no lost run, resume after a crash.
+
+Runs go through main.main on a tiny synthetic dataset (3 classes); a test that damages
+the data works on its own copy, in a folder of its own name (the cache namespace).
+"""
+import fcntl
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import learn
+import main
+import runfolder
+import synthetic
+import trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    'ctrl': {'train_data': 'all', 'verbose': 0, 'workers': 1},
+    'extract': {'fs': 16000, 'fmax': 8000, 'n_fft': 512, 'win_length_samples': 400,
+                'hop_length_samples': 160, 'n_mels': 16, 'patch_len': 32, 'patch_hop': 16,
+                'audio_len_s': 1},
+    'learn': {'n_classes': 3, 'batch_size': 16, 'n_epochs': 2, 'patience': 8, 'mode': 1,
+              'mixup': False, 'predict_batch_size': 128},
+    'loss': {'type': 'CCE'},
+}
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp('reliability')
+    data = synthetic.make_dataset(root / 'tiny', n_classes=3, train_per_class=10,
+                                  test_per_class=3, clean_fraction=0.3, noise_rate=0.0,
+                                  min_dur=0.5, max_dur=1.0, sr=16000, seed=5)
+    return root, data
+
+
+def copy_of(tiny, name):
+    """A copy of the dataset that a test may damage."""
+    root, data = tiny
+    return shutil.copytree(data, root / name)
+
+
+def config_file(tiny, dataset=None, name='exp'):
+    root, data = tiny
+    cfg = {section: dict(values) for section, values in TINY.items()}
+    cfg['ctrl'].update(dataset_path=str(dataset or data), features_dir=str(root / 'features'),
+                       logs_dir=str(root / 'logs'))
+    path = root / f'{name}.yaml'
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run(tiny, name, *overrides, dataset=None):
+    """main.main on the tiny config -> (exit code, run folder, .out path)."""
+    root, _ = tiny
+    args = ['-p', str(config_file(tiny, dataset)), '-o', f'ctrl.run_name={name}']
+    for o in overrides:
+        args += ['-o', o]
+    return main.main(args), root / 'logs' / name, root / 'logs' / f'{name}.out'
+
+
+def one_error_line(capsys):
+    """The one error line (progress bars may precede it on stderr), no traceback."""
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith('error: ')]
+    assert len(lines) == 1 and 'Traceback' not in err, err
+    return lines[0]
+
+
+def nothing_left(run_dir, out):
+    return not run_dir.exists() and not out.exists()
+
+
+def _audio(data, subset):
+    return sorted((data / f'FSDnoisy18k.audio_{subset}').glob('*.wav'))
+
+
+# ----------------------------------------------------------------------------- hangs
+
+def test_misnamed_audio_folder_stops_before_anything(tiny, capsys):
+    """Cases 1 and 11: one line naming the folder, exit 2, nothing left in logs/."""
+    data = copy_of(tiny, 'misnamed')
+    (data / 'FSDnoisy18k.audio_train').rename(data / 'audio_train')
+    code, run_dir, out = run(tiny, 'misnamed', dataset=data)
+    assert code == 2
+    assert f'{data}/FSDnoisy18k.audio_train does not exist' in one_error_line(capsys)
+    assert nothing_left(run_dir, out)
+
+
+def test_class_without_readable_training_clip(tiny, capsys):
+    data = copy_of(tiny, 'lost_class')
+    train = pd.read_csv(data / 'FSDnoisy18k.meta' / 'train.csv')
+    lost = sorted(train.label.unique())[1]
+    for fname in train.fname[train.label == lost]:
+        (data / 'FSDnoisy18k.audio_train' / fname).write_bytes(b'')
+    code, run_dir, out = run(tiny, 'lost_class', dataset=data)
+    assert code == 2
+    assert f'class(es) {lost} have no readable training clip' in one_error_line(capsys)
+    assert nothing_left(run_dir, out)
+
+
+def test_empty_validation_split(tiny, capsys):
+    code, run_dir, out = run(tiny, 'no_val', 'learn.val_split=0.01')
+    assert code == 2
+    assert 'learn.val_split 0.01 leaves no validation clip' in one_error_line(capsys)
+    assert nothing_left(run_dir, out)
+
+
+@pytest.mark.parametrize('subset, what', [('train', 'training'), ('test', 'test')])
+def test_no_readable_clip_stops_before_training(tiny, capsys, monkeypatch, subset, what):
+    """Cases 1 and 6: every training (test) file unreadable -> one line naming the folder,
+    exit 2, before training (no NaN scaler, no IndexError after the training)."""
+    data = copy_of(tiny, f'unreadable_{subset}')
+    for path in _audio(data, subset):
+        path.write_bytes(b'not audio')
+    monkeypatch.setattr(learn, 'run', lambda exp: pytest.fail('training started'))
+    code, run_dir, out = run(tiny, f'unreadable_{subset}', dataset=data)
+    assert code == 2
+    line = one_error_line(capsys)
+    assert f'no readable {what} clip' in line and f'{data}/FSDnoisy18k.audio_{subset}' in line
+    assert nothing_left(run_dir, out)
+
+
+def test_divergence_stops_at_the_first_non_finite_loss(tiny, capsys):
+    """Case 2: exit 1, the epoch and step named, status "diverged", no report."""
+    code, run_dir, out = run(tiny, 'diverged', 'learn.lr=1e30', 'learn.n_epochs=3')
+    assert code == 1
+    err = capsys.readouterr().err
+    results = json.loads((run_dir / 'results.json').read_text())
+    assert results['status'] == 'diverged'
+    epoch, step = results['epoch'], results['step']
+    assert f'training diverged: the loss is nan at epoch {epoch}, step {step}' in err
+    assert f'run diverged failed: training diverged' in out.read_text()
+    assert 'ACCURACY' not in out.read_text() and not (run_dir / 'predictions.csv').exists()
+    if (run_dir / 'history.csv').exists():  # only epochs that ended with a finite loss
+        history = pd.read_csv(run_dir / 'history.csv')
+        assert len(history) == epoch - 1 and np.isfinite(history.loss).all()
+
+
+# ----------------------------------------------------------------------------- runs
+
+def test_a_locked_run_is_refused(tiny, capsys):
+    """Case 4: a second run of a name that is running refuses with one line."""
+    root, _ = tiny
+    run_dir = root / 'logs' / 'busy'
+    run_dir.mkdir(parents=True)
+    with open(run_dir / '.lock', 'a') as held:  # what the other process holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, _, out = run(tiny, 'busy')
+    assert code == 2 and 'run busy is running in another process' in one_error_line(capsys)
+    assert not out.exists() and sorted(p.name for p in run_dir.iterdir()) == ['.lock']
+
+
+def test_finished_run_is_never_modified_unless_overwrite(tiny, capsys):
+    """Case 5 (and the status of a finished run)."""
+    code, run_dir, out = run(tiny, 'done', 'learn.n_epochs=1')
+    assert code == 0
+    assert json.loads((run_dir / 'results.json').read_text())['status'] == 'finished'
+    before = {p.name: p.read_bytes() for p in [out, *run_dir.iterdir()] if p.is_file()}
+    capsys.readouterr()
+    code, _, _ = run(tiny, 'done', 'learn.n_epochs=1')
+    assert code == 2 and 'run done has finished' in one_error_line(capsys)
+    assert before == {p.name: p.read_bytes() for p in [out, *run_dir.iterdir()] if p.is_file()}
+    code, _, _ = run(tiny, 'done', 'learn.n_epochs=1', 'ctrl.overwrite=true')
+    assert code == 0 and out.read_text().count('ACCURACY - MICRO') == 1
+
+
+def test_unexpected_error_reaches_the_log(tiny, monkeypatch):
+    """Case 12: the traceback and a line saying the run failed are in the .out."""
+    def boom(exp):
+        raise RuntimeError('boom in training')
+    monkeypatch.setattr(learn, 'run', boom)
+    code, _, out = run(tiny, 'boom')
+    assert code == 1
+    log = out.read_text()
+    assert 'Traceback (most recent call last)' in log
+    assert log.rstrip().endswith('run boom failed: RuntimeError: boom in training')
+
+
+def test_leftover_temp_files_are_removed(tiny):
+    """Case 14: a kill -9 during a save leaves .<name>.<random>.tmp<suffix>."""
+    root, _ = tiny
+    run_dir = root / 'logs' / 'leftover'
+    run_dir.mkdir(parents=True)
+    (run_dir / '.model.keras.k2j3.tmp.keras').write_bytes(b'half a model')
+    code, _, _ = run(tiny, 'leftover', 'learn.n_epochs=1')
+    assert code == 0 and not list(run_dir.rglob('.*.tmp*'))
+
+
+# ----------------------------------------------------------------------------- resume
+
+def _interrupt_after(monkeypatch, epochs):
+    """Stop the run (KeyboardInterrupt) right after the backup of epoch `epochs`."""
+    real = trainer.Backup.on_epoch_end
+
+    def stop(self, epoch, logs=None):
+        real(self, epoch, logs)
+        if epoch + 1 == epochs:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(trainer.Backup, 'on_epoch_end', stop)
+
+
+# Mode 0: two stages in epochs; staged: three stages in steps, 2 steps an epoch (the cut
+# falls inside a plan), the loss-masking threshold in the state; mode 3: pruning between
+# two stages. Each is cut inside its second stage.
+RESUME = {
+    'mode0': (('learn.mode=0', 'learn.mixup=true', 'learn.mixup_warmup_epochs=1',
+               'learn.n_epochs=3', 'learn.LSR=true', 'learn.model_selection=best_val'), 2),
+    'staged': (('learn.mode=staged', 'learn.staged_steps=[4,6,3]', 'learn.steps_per_epoch=2',
+                'learn.mixup=true'), 4),
+    # The clips pruned after stage 1 come from the backup, not from the restored weights.
+    'mode3': (('learn.mode=3', 'learn.prune_stage1=2', 'learn.n_epochs=4',
+               'learn.prune_discard_percentile=80'), 3),
+}
+
+
+def _same_run(run_a, run_b):
+    history = [pd.read_csv(d / 'history.csv').drop(columns='seconds') for d in (run_a, run_b)]
+    pd.testing.assert_frame_equal(*history)
+    for name in ('predictions.csv', 'pruned.csv'):
+        if (run_a / name).exists() or (run_b / name).exists():
+            pd.testing.assert_frame_equal(*[pd.read_csv(d / name) for d in (run_a, run_b)])
+    results = [json.loads((d / 'results.json').read_text()) for d in (run_a, run_b)]
+    for key in ('accuracy_micro', 'evaluated_epoch', 'noise_detection'):
+        assert results[0].get(key) == results[1].get(key), key
+
+
+@pytest.mark.parametrize('mode', RESUME)
+def test_resumed_run_equals_an_uninterrupted_one(tiny, monkeypatch, mode):
+    """Interrupted inside a later stage, right after an epoch's backup: the resumed run
+    ends with the same history, predictions and accuracy as an uninterrupted one (CPU)."""
+    overrides, cut = RESUME[mode]
+    code, whole, _ = run(tiny, f'whole_{mode}', *overrides)
+    assert code == 0
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, cut)
+        code, resumed, out = run(tiny, f'resumed_{mode}', *overrides)
+    assert code == 130 and not (resumed / 'results.json').exists()
+    assert len(pd.read_csv(resumed / 'history.csv')) == cut
+    code, _, _ = run(tiny, f'resumed_{mode}', *overrides)
+    assert code == 0 and f'resumed at epoch {cut + 1} (stage 2' in out.read_text()
+    epochs = list(pd.read_csv(resumed / 'history.csv').epoch)
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) > cut
+    _same_run(whole, resumed)
+    assert not (resumed / 'backup').exists()  # a finished run is never resumed
+
+
+def test_resume_with_another_config_is_refused(tiny, monkeypatch, capsys):
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 1)
+        code, run_dir, _ = run(tiny, 'changed', 'learn.n_epochs=2')
+    assert code == 130
+    code, _, _ = run(tiny, 'changed', 'learn.n_epochs=2', 'learn.lr=0.01')
+    assert code == 2 and 'with another value of learn.lr' in one_error_line(capsys)
+    assert (run_dir / 'backup' / 'state.pkl').is_file()
+
+
+def test_killed_training_subprocess_continues(tiny):
+    """SIGKILL a real `python main.py` after its 2nd epoch; the same command continues it:
+    each epoch once in history.csv, the log says where it resumed, the run completes."""
+    root, _ = tiny
+    args = [sys.executable, 'main.py', '-p', str(config_file(tiny, name='killed')),
+            '-o', 'ctrl.run_name=killed', '-o', 'learn.n_epochs=6']
+    run_dir = root / 'logs' / 'killed'
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and not (
+                (run_dir / 'history.csv').exists() and
+                len(pd.read_csv(run_dir / 'history.csv')) >= 2):
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, 'the run ended before it was killed'
+    assert not (run_dir / 'results.json').exists()
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert list(pd.read_csv(run_dir / 'history.csv').epoch) == [1, 2, 3, 4, 5, 6]
+    resumed = re.search(r'resumed at epoch (\d+)', (root / 'logs' / 'killed.out').read_text())
+    assert resumed and int(resumed[1]) in (2, 3)  # 2: killed before epoch 2's backup
+    assert json.loads((run_dir / 'results.json').read_text())['status'] == 'finished'
+
+
+def test_run_name_with_a_folder_level_leaves_nothing_after_an_error(tmp_path, make_cfg):
+    """The sweeps name runs NAME/point_seed0: discarding removes the folders it made."""
+    cfg = make_cfg(f'ctrl.logs_dir={tmp_path}/logs')
+    cfg['ctrl']['run_name'] = 'sweep_x/point_seed0'  # (config.py refuses '/' until then)
+    folder = runfolder.RunFolder(cfg)
+    folder.open()
+    print('a line of the log')
+    assert (tmp_path / 'logs' / 'sweep_x' / 'point_seed0' / 'config.yaml').is_file()
+    assert (tmp_path / 'logs' / 'sweep_x' / 'point_seed0.out').is_file()
+    folder.close(discard=True)
+    assert not (tmp_path / 'logs').exists()
