@@ -57,12 +57,16 @@ DEFAULTS = {
         'steps_per_epoch': None,
         'specaugment': {'freq_masks': 0, 'freq_width': 0, 'time_masks': 0, 'time_width': 0},
         'time_pooling': 'max', 'head': 'softmax',
+        'lr_schedule': 'plateau', 'cycles': 8, 'cycle_epochs': 64, 'lr_min': 1e-6,
+        'folds': 1, 'sv_excerpts': 25, 'sv_threshold': 0.95, 'sv_per_class': 40,
+        'sv_epochs': 30, 'sv_lr': 0.0002, 'sv_rounds': 10,
     },
     'loss': {
         'q_loss': 0.5, 'q_loss2': 0.5, 'm_loss2': 0.99, 'perc_loss2': 96.0, 'type': 'lq_loss',
         'snn_temperature': 1000.0, 'q_min': 0.01, 'snn_space': 'input', 'lq_target': 'max',
     },
-    'recognizer': {'aggregate': 'gmean', 'metrics': None},
+    'recognizer': {'aggregate': 'gmean', 'metrics': None, 'ensemble': 'amean',
+                   'snapshot_cycles': 'all'},
     'suffix': {'in': '_mel', 'out': '_label'},
 }
 
@@ -90,6 +94,7 @@ CHOICES = {
     ('ctrl', 'inject_noise.subset'): ['unverified', 'verified', 'all'],
     ('extract', 'crop'): ['patches', 'random_crop'],
     ('learn', 'time_pooling'): ['max', 'mean'],
+    ('learn', 'lr_schedule'): ['plateau', 'constant', 'cyclic_cosine'],
 }
 
 # (low, high, low inclusive, high inclusive) for numbers that must lie in a range.
@@ -142,15 +147,29 @@ RANGES = {
     ('learn', 'specaugment.time_masks'): (0, None, True, True),
     ('learn', 'specaugment.time_width'): (0, None, True, True),
     ('ctrl', 'seed'): (0, 2**32 - 1, True, True),  # numpy's SeedSequence takes no negatives
+    ('learn', 'cycles'): (1, None, True, True),
+    ('learn', 'cycle_epochs'): (1, None, True, True),
+    ('learn', 'lr_min'): (0, None, True, True),
+    ('learn', 'folds'): (1, None, True, True),
+    ('learn', 'sv_excerpts'): (1, None, True, True),
+    ('learn', 'sv_threshold'): (0, 1, True, False),
+    ('learn', 'sv_per_class'): (1, None, True, True),
+    ('learn', 'sv_epochs'): (1, None, True, True),
+    ('learn', 'sv_lr'): (0, None, False, True),
+    ('learn', 'sv_rounds'): (1, None, True, True),
 }
 
 # Keys that also take a value of another type than their default's: learn.mode a name
-# such as 'staged' (learn.py checks it), learn.jit_compile true/false besides 'auto'.
-ALSO = {('learn', 'mode'): str, ('learn', 'jit_compile'): bool}
+# such as 'staged' (learn.py checks it), learn.jit_compile true/false besides 'auto',
+# recognizer.snapshot_cycles a list of cycles besides 'all' (learn.py checks them).
+ALSO = {('learn', 'mode'): str, ('learn', 'jit_compile'): bool,
+        ('recognizer', 'snapshot_cycles'): list}
 
-# Keys whose default is null (None), with the type of their other values.
+# Keys that may be null (None), with the type of their other values (learn.sv_threshold:
+# null = no threshold, its default 0.95).
 NULLABLE = {('ctrl', 'run_name'): str, ('learn', 'steps_per_epoch'): int,
-            ('learn', 'n_classes'): int, ('recognizer', 'metrics'): list}
+            ('learn', 'n_classes'): int, ('recognizer', 'metrics'): list,
+            ('learn', 'sv_threshold'): float}
 
 
 def _type_name(value):
