@@ -126,9 +126,9 @@ class Experiment:
 
     # -- noise detection: only where the table knows the true labels
     def watch_noise(self):
+        """The noise-detection figures count from the next epoch on (the Trainer counts
+        flagged examples from the start when the mode drops or masks: DETECTS)."""
         self.state.noise_from = len(self.history.rows)
-        if self.has_truth:
-            self.trainer.detect_noise()
 
     def record_epoch_detection(self):
         """Per-epoch precision/recall of the masked/dropped examples since watch_noise()."""
@@ -331,6 +331,7 @@ def mode_standard(exp):
 
 
 TIME_DEPENDENT = ('lq_lqmax_time_sudden', 'lq_lqperc_time_sudden')
+DETECTS = (2, 'staged')  # modes that drop or mask examples in the step (noise detection)
 
 
 def mode_time_dependent(exp):
@@ -403,11 +404,16 @@ class Masker:
 
     log_names = ('eta', 'masked')
 
-    def __init__(self, method, k, alpha):
+    def __init__(self, method, k, alpha, active=True):
         self.method, self.k, self.alpha = method, k, alpha
         self.eta = keras.Variable(0.0, trainable=False, name='eta')
         self.started = keras.Variable(0.0, trainable=False, name='eta_started')
-        self.variables = [self.eta, self.started]  # saved by a run's backup
+        # 1 while the stage masks: a variable, so that the compiled step need not change.
+        self.active = keras.Variable(float(active), trainable=False, name='mask_active')
+        self.variables = [self.eta, self.started, self.active]  # saved by a run's backup
+
+    def activate(self, on):
+        self.active.assign(1.0 if on else 0.0)
 
     def __call__(self, losses, verified):
         k = min(self.k, losses.shape[0])
@@ -419,12 +425,19 @@ class Masker:
             kth = ops.sort(ranked)[-k]
             masked = unverified * ops.cast((ranked >= kth) & (unverified > 0), 'float32')
         else:
+            # eta only moves while masking is active (it is initialised from the first
+            # batch of the masking stage, not from stage 1).
             t = ops.sort(losses)[-k]
             eta = ops.where(self.started > 0, self.alpha * self.eta + (1 - self.alpha) * t, t)
+            eta = ops.where(self.active > 0, eta, self.eta)
             self.eta.assign(eta)
-            self.started.assign(1.0)
+            self.started.assign(ops.maximum(self.started, self.active))
             masked = unverified * ops.cast(losses > eta, 'float32')
-        return 1.0 - masked, {'eta': self.eta.value, 'masked': ops.mean(masked)}
+        masked = masked * self.active
+        # Outside the masking stage its figures are missing (NaN), not zero.
+        figures = {'eta': self.eta.value, 'masked': ops.mean(masked)}
+        return 1.0 - masked, {name: ops.where(self.active > 0, value, np.nan)
+                              for name, value in figures.items()}
 
 
 def mode_staged(exp):
@@ -444,13 +457,12 @@ def mode_staged(exp):
                 'unverified patches (%s), %d steps verified', n1, ver.size, n2, unv.size,
                 learn['mask_method'], n3)
     exp.fit(None, exp.plan(ver), early_stopping=False, steps=n1)
-    exp.trainer.set_masker(Masker(learn['mask_method'], learn['mask_top_k'],
-                                  learn['mask_alpha']))
+    exp.trainer.masker.activate(True)
     exp.selection.restart()
     exp.watch_noise()
     exp.fit(None, exp.plan_halves(ver, unv), early_stopping=False, steps=n2)
     exp.record_epoch_detection()
-    exp.trainer.set_masker(None)
+    exp.trainer.masker.activate(False)
     exp.selection.restart()  # the evaluated model is the fine-tuned one
     exp.fit(None, exp.plan(ver), early_stopping=False, steps=n3)
 
@@ -569,7 +581,12 @@ def build_trainer(cfg, table, classes, source):
     """A new model (learn.model) in a compiled Trainer with its own loss and optimiser."""
     learn = cfg['learn']
     classifier = architectures.build(learn['model'], input_shape(cfg), len(classes), learn)
-    trainer = Trainer(classifier, source, losses.get(cfg), datasets.is_multi_label(table))
+    staged = learn['mode'] == 'staged'
+    masker = (Masker(learn['mask_method'], learn['mask_top_k'], learn['mask_alpha'],
+                     active=False) if staged else None)
+    detect = learn['mode'] in DETECTS and 'true_idx' in table.columns
+    trainer = Trainer(classifier, source, losses.get(cfg), datasets.is_multi_label(table),
+                      masker=masker, detect=detect)
     trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']), jit_compile=use_xla(cfg))
     return trainer
 

@@ -32,15 +32,19 @@ class Trainer(keras.Model):
     On the device path a step receives (idx, partner, lam) [B] and gathers its batch from
     the resident frames; on the host path tf.data has already built (x, y, verified,
     wrong). Per-example weights are the product of the loss's own keep mask (time-
-    dependent loss) and, when a mode sets one, the masker's (staged loss masking); a
-    weight of 0 flags the example as dropped. With `detect` on, flagged and wrong-label
-    counts are summed per epoch for the noise-detection figures.
+    dependent loss) and, when the mode has one, the masker's (staged loss masking, active
+    only in the stage that masks); a weight of 0 flags the example as dropped. With
+    `detect` on, flagged and wrong-label counts are summed per epoch for the
+    noise-detection figures.
     """
 
-    def __init__(self, classifier, source, step_loss, multi_label=False):
+    def __init__(self, classifier, source, step_loss, multi_label=False, masker=None,
+                 detect=False):
         super().__init__(name='trainer')
         self.classifier, self.source, self.step_loss = classifier, source, step_loss
-        self.masker, self.detect = None, False
+        # Both are fixed for the Trainer's life, so the step is traced once: a mode turns
+        # masking on and off through the masker's own variable (Masker.activate).
+        self.masker, self.detect = masker, detect
         outputs = classifier.output
         if step_loss.needs_embedding:
             outputs = [classifier.output, classifier.get_layer('embedding').output]
@@ -53,23 +57,15 @@ class Trainer(keras.Model):
                             if multi_label else keras.metrics.CategoricalAccuracy(name='accuracy'))
         self.extra = {}
         self.track(step_loss.log_names)
+        if masker is not None:
+            self.track(masker.log_names)
+        if detect:  # flagged / wrong-label example counts per epoch (needs true labels)
+            self.track(NOISE_COUNTS, keras.metrics.Sum)
 
     def track(self, names, kind=keras.metrics.Mean):
         """Report these figures per epoch (means, or sums) in the logs and history.csv."""
         for name in names:
             self.extra.setdefault(name, kind(name=name))
-
-    def detect_noise(self):
-        """Count flagged / wrong-label examples per epoch (needs a true_label column)."""
-        self.detect = True
-        self.track(NOISE_COUNTS, keras.metrics.Sum)
-        self.train_function = None  # the step changed: trace it again
-
-    def set_masker(self, masker):
-        self.masker = masker
-        if masker is not None:
-            self.track(masker.log_names)
-        self.train_function = None  # the step changed: trace it again
 
     def reset_optimizer(self):
         """A fresh optimizer state (step count and moments zeroed) without compiling
