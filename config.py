@@ -56,7 +56,11 @@ DEFAULTS = {
         'predict_batch_size': 1024, 'frames_on_device': 'auto', 'model_selection': 'last',
         'steps_per_epoch': None,
         'specaugment': {'freq_masks': 0, 'freq_width': 0, 'time_masks': 0, 'time_width': 0},
-        'time_pooling': 'max', 'head': 'softmax', 'multitask': False, 'pseudo_labels': None,
+        'time_pooling': 'max', 'head': 'softmax',
+        'lr_schedule': 'plateau', 'cycles': 8, 'cycle_epochs': 64, 'lr_min': 1e-6,
+        'folds': 1, 'sv_excerpts': 25, 'sv_threshold': 0.95, 'sv_per_class': 40,
+        'sv_epochs': 30, 'sv_lr': 0.0002, 'sv_rounds': 10,
+        'multitask': False, 'pseudo_labels': None,
         'freq_mask': {'p': 0.0, 'min_width': 8, 'max_width': 32},
         'gain': {'p': 0.0, 'low': 0.8, 'high': 1.2},
         'extra_crop': {'p': 0.0, 'min_frac': 0.25, 'max_frac': 1.0},
@@ -66,7 +70,8 @@ DEFAULTS = {
         'snn_temperature': 1000.0, 'q_min': 0.01, 'snn_space': 'input', 'lq_target': 'max',
         'multitask_weights': [1.0, 1.0], 'sharpen_T': 2.0, 'pseudo_weight': 20.0,
     },
-    'recognizer': {'aggregate': 'gmean', 'metrics': None},
+    'recognizer': {'aggregate': 'gmean', 'metrics': None, 'ensemble': 'amean',
+                   'snapshot_cycles': 'all'},
     'suffix': {'in': '_mel', 'out': '_label'},
 }
 
@@ -94,6 +99,7 @@ CHOICES = {
     ('ctrl', 'inject_noise.subset'): ['unverified', 'verified', 'all'],
     ('extract', 'crop'): ['patches', 'random_crop'],
     ('learn', 'time_pooling'): ['max', 'mean'],
+    ('learn', 'lr_schedule'): ['plateau', 'constant', 'cyclic_cosine'],
     ('extract', 'normalize'): ['dataset', 'per_clip'],
 }
 
@@ -147,6 +153,16 @@ RANGES = {
     ('learn', 'specaugment.time_masks'): (0, None, True, True),
     ('learn', 'specaugment.time_width'): (0, None, True, True),
     ('ctrl', 'seed'): (0, 2**32 - 1, True, True),  # numpy's SeedSequence takes no negatives
+    ('learn', 'cycles'): (1, None, True, True),
+    ('learn', 'cycle_epochs'): (1, None, True, True),
+    ('learn', 'lr_min'): (0, None, True, True),
+    ('learn', 'folds'): (1, None, True, True),
+    ('learn', 'sv_excerpts'): (1, None, True, True),
+    ('learn', 'sv_threshold'): (0, 1, True, False),
+    ('learn', 'sv_per_class'): (1, None, True, True),
+    ('learn', 'sv_epochs'): (1, None, True, True),
+    ('learn', 'sv_lr'): (0, None, False, True),
+    ('learn', 'sv_rounds'): (1, None, True, True),
     ('loss', 'sharpen_T'): (0, None, False, True),
     ('loss', 'pseudo_weight'): (0, None, True, True),
     ('learn', 'freq_mask.p'): (0, 1, True, True),
@@ -161,12 +177,16 @@ RANGES = {
 }
 
 # Keys that also take a value of another type than their default's: learn.mode a name
-# such as 'staged' (learn.py checks it), learn.jit_compile true/false besides 'auto'.
-ALSO = {('learn', 'mode'): str, ('learn', 'jit_compile'): bool}
+# such as 'staged' (learn.py checks it), learn.jit_compile true/false besides 'auto',
+# recognizer.snapshot_cycles a list of cycles besides 'all' (learn.py checks them).
+ALSO = {('learn', 'mode'): str, ('learn', 'jit_compile'): bool,
+        ('recognizer', 'snapshot_cycles'): list}
 
-# Keys whose default is null (None), with the type of their other values.
+# Keys that may be null (None), with the type of their other values (learn.sv_threshold:
+# null = no threshold, its default 0.95).
 NULLABLE = {('ctrl', 'run_name'): str, ('learn', 'steps_per_epoch'): int,
             ('learn', 'n_classes'): int, ('recognizer', 'metrics'): list,
+            ('learn', 'sv_threshold'): float,
             ('learn', 'pseudo_labels'): str}
 
 

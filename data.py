@@ -9,6 +9,7 @@ random crop offset drawn with the epoch plan.
 """
 import dataclasses
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,27 @@ def split_train_val(rows, labels, val_split, seed):
         val.extend(rng.choice(members, size=n_val, replace=False).tolist())
     val = np.sort(np.asarray(val, dtype=np.int64))
     return np.setdiff1d(rows, val), val
+
+
+def kfold_split(rows, labels, k, seed, what='learn.folds'):
+    """K stratified folds of clip rows (sklearn StratifiedKFold, shuffled with the seed)
+    -> [(train_rows, val_rows)] for fold 1..K; fold f validates on the f-th part.
+
+    labels: one class per clip, the clip's label, or for multi-label tables its rarest
+    label (strata()), which spreads every class, rare ones included, over the folds.
+    """
+    from sklearn.model_selection import StratifiedKFold
+    rows, labels = np.asarray(rows), np.asarray(labels)
+    if rows.size < k:
+        raise ConfigError(f'{what} = {k} folds need at least {k} training clips, got '
+                          f'{rows.size}')
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    # A class with fewer clips than folds is spread over as many folds as it has clips
+    # (sklearn warns; the other classes are unaffected).
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)
+        parts = [rows[val] for _, val in folds.split(rows, labels)]
+    return [(np.sort(np.setdiff1d(rows, val)), np.sort(val)) for val in parts]
 
 
 def strata(y):
@@ -447,18 +469,26 @@ class PatchSource:
         """Standardised inputs [B, length, n_mels, 1] float32 for patch indices idx, each
         starting `shift` frames after its patch (a random crop), its signal scaled by
         `gain` [B] (augment.gain_frames) before standardisation; length defaults to
-        patch_len. Standardised per band with the training set's scaler, or (extract.
-        normalize per_clip) each example with its own mean and std over all its frames and
-        bands (Akiyama & Sato, Sec. 3.2.2)."""
+        patch_len."""
+        take = self.ops.take
+        offset = take(self.offset, idx)
+        if shift is not None:
+            offset = offset + self.ops.cast(shift, 'int32')
+        return self.windows(take(self.row0, idx), offset, take(self.clen, idx), length, gain)
+
+    def windows(self, row0, offset, clen, length=None, gain=None):
+        """Standardised windows [B, length, n_mels, 1] of the clips whose frames start at
+        row0 [B] and last clen [B] frames, starting `offset` [B] frames in (wrapping around
+        short clips); length defaults to patch_len. Also the random excerpts of
+        self-verification. gain [B] scales each signal before standardisation. Standardised
+        per band with the training set's scaler, or (extract.normalize per_clip) each
+        example with its own mean and std over all its frames and bands (Akiyama & Sato,
+        Sec. 3.2.2)."""
         ops = self.ops
         length = length or self.patch_len
         t = ops.arange(length, dtype='int32')
-        offset = ops.take(self.offset, idx)
-        if shift is not None:
-            offset = offset + ops.cast(shift, 'int32')
-        offset = ops.expand_dims(offset, -1)
-        clen = ops.expand_dims(ops.take(self.clen, idx), -1)
-        rows = ops.expand_dims(ops.take(self.row0, idx), -1) + (offset + t) % clen
+        offset, clen = ops.expand_dims(offset, -1), ops.expand_dims(clen, -1)
+        rows = ops.expand_dims(row0, -1) + (offset + t) % clen
         x = ops.take(self.frames, ops.reshape(rows, (-1,)), axis=0)
         x = ops.reshape(ops.cast(x, 'float32'), (-1, length, self.n_mels))
         if gain is not None:

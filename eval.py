@@ -6,7 +6,9 @@ extract.crop random_crop each clip is scored whole, in one pass, many clips per 
 """
 import json
 import logging
+from dataclasses import dataclass, field
 
+import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf  # tf.function compiles the gather + model call for prediction
@@ -54,6 +56,7 @@ def aggregate(values, clip_ids, method):
 
 def check(cfg):
     lookup(AGGREGATIONS, cfg['recognizer']['aggregate'], 'recognizer.aggregate')
+    lookup(ENSEMBLES, cfg['recognizer']['ensemble'], 'recognizer.ensemble')
     check_metrics(cfg)
 
 
@@ -115,6 +118,58 @@ def clip_scorer(classifier, source, patches, cfg):
 def predict_clips(classifier, source, patches, rows, cfg):
     """Clip scores [len(evaluated rows), K] for the table rows that have patches."""
     return clip_scorer(classifier, source, patches, cfg)(rows)
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+def _geometric(scores):
+    return np.exp(np.log(np.maximum(scores, TINY)).mean(axis=0))
+
+
+# members' clip scores [M, N, K] -> ensemble clip scores [N, K] (recognizer.ensemble)
+ENSEMBLES = {'amean': lambda scores: scores.mean(axis=0), 'gmean': _geometric}
+
+
+@dataclass
+class Ensemble:
+    """Saved member models (paths of .keras files, one per fold and snapshot) whose clip
+    scores are averaged with `method`."""
+    paths: list
+    folds: int
+    snapshots: int
+    method: str
+    names: list = field(init=False)
+
+    def __post_init__(self):
+        self.names = [p.name for p in self.paths]
+
+    def summary(self):
+        return {'n_models': len(self.paths), 'folds': self.folds,
+                'snapshots': self.snapshots, 'method': self.method, 'members': self.names}
+
+
+def ensemble_line(summary):
+    """The evaluation block's line: how many models were averaged, and how."""
+    return (f'ensemble: {summary["n_models"]} models ({summary["folds"]} folds x '
+            f'{summary["snapshots"]} snapshots), {summary["method"]}')
+
+
+def combine(scores, method):
+    """Members' clip scores [M, N, K] -> [N, K], arithmetic or geometric mean."""
+    return lookup(ENSEMBLES, method, 'recognizer.ensemble')(np.asarray(scores, np.float64))
+
+
+def predict(predictor, source, patches, rows, cfg):
+    """Clip scores of one classifier, or of an Ensemble whose members are loaded one at a
+    time (so that a large ensemble never sits in memory at once)."""
+    if not isinstance(predictor, Ensemble):
+        return predict_clips(predictor, source, patches, rows, cfg)
+    scores = []
+    for path in predictor.paths:
+        member = keras.saving.load_model(path, compile=False)
+        clips, member_scores = predict_clips(member, source, patches, rows, cfg)
+        scores.append(member_scores)
+    return clips, combine(scores, predictor.method)
 
 
 # ----------------------------------------------------------------------------- report
@@ -197,6 +252,9 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
         lines.insert(3 + len(names), f'model evaluated: learn.model_selection '
                                      f'{extra["model_selection"]}, epoch '
                                      f'{extra["evaluated_epoch"]}')
+    if 'ensemble' in extra:
+        lines.insert(3 + len(names) + ('model_selection' in extra),
+                     ensemble_line(extra['ensemble']))
     lines += ['', f'wall time of the job: {wall_time:.1f} s', '=' * 72]
     print('\n'.join(lines), flush=True)
 
@@ -232,12 +290,15 @@ def _headline(figures):
 
 
 def write_plots(run_dir, table, classes, rows_evaluated, scores, results):
-    """curves.png from history.csv; confusion.png and per_class.png of the test clips
-    (single-label: one true class per clip)."""
+    """curves.png from history.csv (curves_<fold>.png from each fold's history_<fold>.csv);
+    confusion.png and per_class.png of the test clips (single-label: one true class per
+    clip)."""
     import plots  # matplotlib is loaded only once a run has something to draw
     name = results['run_name']
-    if (run_dir / 'history.csv').is_file():
-        plots.curves(run_dir / 'history.csv', run_dir / 'curves.png', f'{name}: training')
+    for history in sorted(run_dir.glob('history*.csv')):
+        tag = history.stem[len('history'):]  # '' or '_<fold>'
+        plots.curves(history, run_dir / f'curves{tag}.png',
+                     f'{name}: training' + (f', fold {tag[1:]}' if tag else ''))
     if 'accuracy' not in next(iter(results['per_class'].values())):
         return  # multi-label metrics: no single true class per clip to plot
     true = table.label_idx.to_numpy()[rows_evaluated]

@@ -19,11 +19,14 @@ import architectures
 import augment
 import data
 import datasets
+import ensemble
 import eval as evaluation
 import losses
-from trainer import (Backup, History, ModelSelection, RunState, StopAfterSteps,
-                     StopOnNonFinite, TensorBoardScalars, Trainer, ValClipAccuracy,
-                     detection_figures, load_backup, precision_recall)
+import self_verify
+from trainer import (Backup, EpochLR, History, ModelSelection, RunState, Snapshots,
+                     StopAfterSteps, StopOnNonFinite, TensorBoardScalars, Trainer,
+                     ValClipAccuracy, check_schedule, cosine_lr, detection_figures, load_backup,
+                     precision_recall)
 from config import ConfigError, lookup
 from utils import atomic_path
 
@@ -36,23 +39,27 @@ class Experiment:
     """Everything a learning mode needs; modes call fit() once per stage."""
 
     def __init__(self, cfg, table, classes, store, patches, train_rows, val_rows, source,
-                 trainer, run_dir, rng):
+                 trainer, run_dir, rng, fold=None):
         self.cfg, self.table, self.classes, self.store = cfg, table, classes, store
         self.patches, self.source, self.trainer = patches, source, trainer
         self.train_rows, self.val_rows = train_rows, val_rows
         self.run_dir, self.rng = run_dir, rng
+        # fold: 1-based fold of k-fold training (ensemble.py, self_verify.py); None = the
+        # single split, whose files keep their plain names.
+        self.fold = fold
+        self.tag = tag = '' if fold is None else f'_{fold}'
         self.train_idx = patches.of_clips(train_rows)
         self.val_idx = patches.of_clips(val_rows)
         # figures for results.json: the injected label noise, what a mode adds (noise_detection)
         self.results = datasets.label_noise(cfg, table)
         self.monitor = 'val_accuracy' if self.val_idx.size else 'accuracy'
         learn = cfg['learn']
-        self.history = History(run_dir / 'history.csv')
-        self.tensorboard = ([TensorBoardScalars(self.history, run_dir / 'tb')]
+        self.history = History(run_dir / f'history{tag}.csv')
+        self.tensorboard = ([TensorBoardScalars(self.history, run_dir / f'tb{tag}')]
                             if cfg['ctrl']['tensorboard'] else [])
         self.state = RunState()  # epochs done and model selection, one schema
         self.selection = ModelSelection(learn['model_selection'], self.monitor,
-                                        run_dir / 'model.keras', self.state)
+                                        run_dir / f'model{tag}.keras', self.state)
         self.reduce_lr = keras.callbacks.ReduceLROnPlateau(
             monitor=self.monitor, mode='max', factor=0.5, patience=5, verbose=1)
         self.early_stopping = keras.callbacks.EarlyStopping(
@@ -73,11 +80,45 @@ class Experiment:
         # Resume: fit() calls are the mode's stages; the backup holds the state at the end
         # of the last completed epoch, restored when the mode reaches that epoch's stage.
         self.stage_epochs = []
-        self.backup_path = run_dir / 'backup' / 'state.pkl'
-        self.resume = load_backup(self.backup_path)
+        # k folds and self-verification rounds are not resumed (a fold's stages interleave
+        # with the others' decisions): their fold Experiments keep no backup.
+        self.backup_path = None if fold else run_dir / 'backup' / 'state.pkl'
+        self.resume = load_backup(self.backup_path) if self.backup_path else None
         # Results of once(): loaded now, since the mode asks for them between stages,
         # before the stage that restores the rest.
         self.memo = dict(self.resume['memo']) if self.resume else {}
+        self.lr_callbacks = self.schedule()
+        self.splits = [(train_rows, val_rows)]  # prepare() sets the k folds
+
+    def for_fold(self, train_rows, val_rows, fold):
+        """A fresh model and trainer on other rows, sharing this experiment's data, scaler
+        and batch source (k-fold training)."""
+        return Experiment(self.cfg, self.table, self.classes, self.store, self.patches,
+                          train_rows, val_rows, self.source,
+                          build_trainer(self.cfg, self.table, self.classes, self.source),
+                          self.run_dir,
+                          self.rng.spawn(1)[0], fold)
+
+    def schedule(self):
+        """The callbacks of learn.lr_schedule: plateau halves the rate on validation
+        plateaus of 5 epochs; constant keeps learn.lr; cyclic_cosine anneals each cycle and
+        saves a snapshot at each cycle's end."""
+        learn = self.cfg['learn']
+        if learn['lr_schedule'] == 'plateau':
+            return [self.reduce_lr]
+        if learn['lr_schedule'] == 'constant':
+            return []
+        lr, lr_min, length = learn['lr'], learn['lr_min'], learn['cycle_epochs']
+        return [EpochLR(lambda epoch: cosine_lr(epoch, lr, lr_min, length)),
+                Snapshots(length, learn['cycles'], self.save_snapshot)]
+
+    def snapshot_path(self, cycle):
+        return self.run_dir / f'snapshot_{self.fold or 1}_{cycle}.keras'
+
+    def save_snapshot(self, cycle):
+        with atomic_path(self.snapshot_path(cycle)) as tmp:
+            self.trainer.classifier.save(tmp)
+        logger.info('snapshot of cycle %d saved: %s', cycle, self.snapshot_path(cycle).name)
 
     def plan_halves(self, first, second):
         """Epoch plans whose batches are half patches of `first`, half of `second`."""
@@ -88,9 +129,9 @@ class Experiment:
 
     # -- noise detection: only where the table knows the true labels
     def watch_noise(self):
+        """The noise-detection figures count from the next epoch on (the Trainer counts
+        flagged examples from the start when the mode drops or masks: DETECTS)."""
         self.state.noise_from = len(self.history.rows)
-        if self.has_truth:
-            self.trainer.detect_noise()
 
     def record_epoch_detection(self):
         """Per-epoch precision/recall of the masked/dropped examples since watch_noise()."""
@@ -122,7 +163,7 @@ class Experiment:
         columns = ['fname', 'label'] + (['true_label'] if self.has_truth else [])
         frame = self.table.loc[rows, columns].copy()
         frame.insert(2, 'clip_loss', clip_loss)
-        with atomic_path(self.run_dir / 'pruned.csv') as tmp:
+        with atomic_path(self.run_dir / f'pruned{self.tag}.csv') as tmp:
             frame.to_csv(tmp, index=False, float_format='%.6g')
 
     def plan(self, pool, mixup=None):
@@ -162,11 +203,13 @@ class Experiment:
         """Epochs done so far, counted across stages."""
         return self.state.epoch
 
-    def fit(self, epochs, plan, early_stopping=True, steps=None):
+    def fit(self, epochs, plan, early_stopping=True, steps=None, lr_callbacks=None):
         """Train `epochs` more epochs (numbered on from self.epoch) over `plan`, an epoch
         being one pass over its pool; or, given `steps`, that many optimizer steps, an epoch
         (validation, LR schedule, history row) being learn.steps_per_epoch steps (null: one
-        pass over the pool) and the last one shorter where they do not divide.
+        pass over the pool) and the last one shorter where they do not divide. The LR
+        follows learn.lr_schedule unless other lr_callbacks are passed; under cyclic_cosine
+        the cycles fix the length, so early stopping is off.
 
         One call is one stage of the mode. A resumed run skips the stages it had finished
         and continues the one it was in from its last completed epoch."""
@@ -185,15 +228,20 @@ class Experiment:
             counters, stopped = self._restore(self.resume), self.resume['stopped']
             self.resume = None
         if trains and not stopped:
-            self._train(rng, start, epochs, steps, plan, early_stopping, counters)
+            self._train(rng, start, epochs, steps, plan, early_stopping, counters,
+                        lr_callbacks)
         self.stage_epochs.append(self.epoch - start)
 
-    def _train(self, rng, start, epochs, steps, plan, early_stopping, counters):
+    def _train(self, rng, start, epochs, steps, plan, early_stopping, counters,
+               lr_callbacks):
         per_plan = plan(np.random.default_rng(0)).idx.shape[0]  # steps of every plan
         per_epoch = per_plan
-        cbs = [StopOnNonFinite(), *self.trainer.step_loss.callbacks(), *self.val_clip,
-               self.history, *self.tensorboard, self.selection, self.reduce_lr]
-        cbs += [self.early_stopping] if early_stopping else []
+        lr_callbacks = self.lr_callbacks if lr_callbacks is None else lr_callbacks
+        # The LR callbacks come before History, which logs the epoch's rate.
+        cbs = [StopOnNonFinite(), *self.trainer.step_loss.callbacks(), *lr_callbacks,
+               *self.val_clip, self.history, *self.tensorboard, self.selection]
+        cyclic = self.cfg['learn']['lr_schedule'] == 'cyclic_cosine'
+        cbs += [self.early_stopping] if early_stopping and not cyclic else []
         if steps is not None:
             per_epoch = min(self.cfg['learn']['steps_per_epoch'] or per_epoch, steps)
             epochs = -(-steps // per_epoch)
@@ -201,8 +249,9 @@ class Experiment:
                 cbs.append(StopAfterSteps(steps, per_epoch, start))
         # StopOnNonFinite first: a diverged epoch must reach no other callback; Backup
         # last: it saves what the others updated at the epoch's end.
-        cbs.append(Backup(self.backup_path, self._state, [self.reduce_lr, self.early_stopping],
-                          counters))
+        if self.backup_path is not None:
+            cbs.append(Backup(self.backup_path, self._state,
+                              [self.reduce_lr, self.early_stopping], counters))
         # A resumed stage continues the stream of planned steps where its last completed
         # epoch ended: the plans drawn before are drawn again (the k-th plan of a stage
         # depends only on its rng), and the steps of the cut plan already trained skipped.
@@ -273,6 +322,11 @@ class Experiment:
                         num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
+    def validate(self):
+        """{'loss': ..., 'accuracy': ...} of the current model on the validation clips."""
+        return self.trainer.evaluate(self._eval_dataset(self.val_idx), verbose=0,
+                                     return_dict=True)
+
     def _eval_dataset(self, idx):
         ds = tf.data.Dataset.from_tensor_slices(idx.astype(np.int64))
         ds = ds.batch(evaluation.eval_batch_size(self.cfg))
@@ -304,6 +358,7 @@ def mode_standard(exp):
 
 
 TIME_DEPENDENT = ('lq_lqmax_time_sudden', 'lq_lqperc_time_sudden')
+DETECTS = (2, 'staged')  # modes that drop or mask examples in the step (noise detection)
 
 
 def mode_time_dependent(exp):
@@ -376,11 +431,16 @@ class Masker:
 
     log_names = ('eta', 'masked')
 
-    def __init__(self, method, k, alpha):
+    def __init__(self, method, k, alpha, active=True):
         self.method, self.k, self.alpha = method, k, alpha
         self.eta = keras.Variable(0.0, trainable=False, name='eta')
         self.started = keras.Variable(0.0, trainable=False, name='eta_started')
-        self.variables = [self.eta, self.started]  # saved by a run's backup
+        # 1 while the stage masks: a variable, so that the compiled step need not change.
+        self.active = keras.Variable(float(active), trainable=False, name='mask_active')
+        self.variables = [self.eta, self.started, self.active]  # saved by a run's backup
+
+    def activate(self, on):
+        self.active.assign(1.0 if on else 0.0)
 
     def __call__(self, losses, verified):
         k = min(self.k, losses.shape[0])
@@ -392,12 +452,19 @@ class Masker:
             kth = ops.sort(ranked)[-k]
             masked = unverified * ops.cast((ranked >= kth) & (unverified > 0), 'float32')
         else:
+            # eta only moves while masking is active (it is initialised from the first
+            # batch of the masking stage, not from stage 1).
             t = ops.sort(losses)[-k]
             eta = ops.where(self.started > 0, self.alpha * self.eta + (1 - self.alpha) * t, t)
+            eta = ops.where(self.active > 0, eta, self.eta)
             self.eta.assign(eta)
-            self.started.assign(1.0)
+            self.started.assign(ops.maximum(self.started, self.active))
             masked = unverified * ops.cast(losses > eta, 'float32')
-        return 1.0 - masked, {'eta': self.eta.value, 'masked': ops.mean(masked)}
+        masked = masked * self.active
+        # Outside the masking stage its figures are missing (NaN), not zero.
+        figures = {'eta': self.eta.value, 'masked': ops.mean(masked)}
+        return 1.0 - masked, {name: ops.where(self.active > 0, value, np.nan)
+                              for name, value in figures.items()}
 
 
 def mode_staged(exp):
@@ -417,13 +484,12 @@ def mode_staged(exp):
                 'unverified patches (%s), %d steps verified', n1, ver.size, n2, unv.size,
                 learn['mask_method'], n3)
     exp.fit(None, exp.plan(ver), early_stopping=False, steps=n1)
-    exp.trainer.set_masker(Masker(learn['mask_method'], learn['mask_top_k'],
-                                  learn['mask_alpha']))
+    exp.trainer.masker.activate(True)
     exp.selection.restart()
     exp.watch_noise()
     exp.fit(None, exp.plan_halves(ver, unv), early_stopping=False, steps=n2)
     exp.record_epoch_detection()
-    exp.trainer.set_masker(None)
+    exp.trainer.masker.activate(False)
     exp.selection.restart()  # the evaluated model is the fine-tuned one
     exp.fit(None, exp.plan(ver), early_stopping=False, steps=n3)
 
@@ -434,6 +500,7 @@ MODES = {
     2: mode_time_dependent,
     3: mode_prune,
     'staged': mode_staged,
+    'self_verify': self_verify.mode_self_verify,
 }
 
 
@@ -445,6 +512,15 @@ def check(cfg):
         raise ConfigError(f'learn.mode 2 needs a time-dependent loss.type '
                           f'({", ".join(TIME_DEPENDENT)}), got {loss_type!r}')
     check_crop(cfg)
+    check_schedule(cfg)
+    if mode == 'self_verify' and (cfg['learn']['folds'] > 1 or
+                                  cfg['learn']['lr_schedule'] == 'cyclic_cosine'):
+        raise ConfigError('learn.mode self_verify makes its own 4 folds and fine-tunes with '
+                          'its own schedule: keep learn.folds 1 and learn.lr_schedule plateau '
+                          'or constant')
+    if mode == 'self_verify' and cfg['ctrl']['dataset'] in datasets.MULTI_LABEL:
+        raise ConfigError(f'learn.mode self_verify verifies one given label per clip (Dorfer '
+                          f'& Widmer, single-label); {cfg["ctrl"]["dataset"]} is multi-label')
     check_multitask(cfg)
 
 
@@ -457,7 +533,7 @@ def check_multitask(cfg):
     with both kinds, a loss that is a plain per-example loss (the time-dependent and
     adaptive losses decide per batch what to keep or which q to use, over examples that
     here belong to two heads), and a mode that does not mask or switch the unverified clips
-    itself (mode 2, staged). Pseudo labels are learned beside the multitask loss only."""
+    itself (mode 2, staged, self_verify). Pseudo labels are learned beside the multitask loss only."""
     learn, loss_type = cfg['learn'], cfg['loss']['type']
     if learn['pseudo_labels'] is not None and not learn['multitask']:
         raise ConfigError('learn.pseudo_labels is learned by the verified head of '
@@ -466,7 +542,7 @@ def check_multitask(cfg):
         raise ConfigError(f'learn.pseudo_labels: no file {learn["pseudo_labels"]}')
     if not learn['multitask']:
         return
-    if learn['mode'] in (2, 'staged'):
+    if learn['mode'] not in (0, 1, 3):
         raise ConfigError(f'learn.multitask works with learn.mode 0, 1 or 3, not '
                           f'{learn["mode"]!r} (its own treatment of the unverified clips)')
     if loss_type in TIME_DEPENDENT + ('adaptive_lq',):
@@ -563,15 +639,42 @@ def batch_source(cfg, store, patches, table, mean, std, eps):
     return data.PatchSource(*args, on_device=False, **more)
 
 
+def build_trainer(cfg, table, classes, source):
+    """A new model (learn.model) in a compiled Trainer with its own loss and optimiser."""
+    learn = cfg['learn']
+    classifier = architectures.build(learn['model'], input_shape(cfg), len(classes), learn)
+    staged = learn['mode'] == 'staged'
+    masker = (Masker(learn['mask_method'], learn['mask_top_k'], learn['mask_alpha'],
+                     active=False) if staged else None)
+    detect = learn['mode'] in DETECTS and 'true_idx' in table.columns
+    trainer = Trainer(classifier, source, losses.get(cfg), datasets.is_multi_label(table),
+                      masker=masker, detect=detect)
+    trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']), jit_compile=use_xla(cfg))
+    return trainer
+
+
 def prepare(cfg, table, classes, store, rng, run_dir):
-    """Patches, split, scaler, batch source, model and trainer -> Experiment."""
+    """Patches, split, scaler, batch source, model and trainer -> Experiment.
+
+    With learn.folds K > 1 the training subset is split into K stratified folds (learn.mode
+    self_verify: its own 4) and the Experiment is the first fold's; the scaler is then
+    fitted on the whole training subset, so that every fold model shares one batch source
+    (band means and stds carry no label information).
+    """
     learn = cfg['learn']
     rows = datasets.readable_train_rows(table, classes, store.length,
                                         cfg['ctrl']['train_data'])
-    train_rows, val_rows = data.split_train_val(
-        rows, data.strata(datasets.targets(table, len(classes))[rows]), learn['val_split'],
-        cfg['ctrl']['seed'])
-    if learn['val_split'] > 0 and val_rows.size == 0:
+    labels = data.strata(datasets.targets(table, len(classes))[rows])
+    seed = cfg['ctrl']['seed']
+    shared = learn['folds'] > 1 or learn['mode'] == 'self_verify'
+    if learn['mode'] == 'self_verify':
+        splits = self_verify.fold_splits(table, rows, seed)
+    elif learn['folds'] > 1:
+        splits = data.kfold_split(rows, labels, learn['folds'], seed)
+    else:
+        splits = [data.split_train_val(rows, labels, learn['val_split'], seed)]
+    train_rows, val_rows = splits[0]
+    if len(splits) == 1 and learn['val_split'] > 0 and val_rows.size == 0:
         raise ConfigError(f'learn.val_split {learn["val_split"]} leaves no validation clip '
                           f'({rows.size} readable training clips, at least one per class '
                           f'stays in training); raise it, or set it to 0 to select the '
@@ -584,7 +687,9 @@ def prepare(cfg, table, classes, store, rng, run_dir):
         mean, std = (np.zeros(cfg['extract']['n_mels'], np.float32),
                      np.ones(cfg['extract']['n_mels'], np.float32))
     else:
-        mean, std = data.fit_scaler(store.frames, patches, train_idx, lengths(cfg)[1])
+        mean, std = data.fit_scaler(store.frames, patches,
+                                    patches.of_clips(rows) if shared else train_idx,
+                                    lengths(cfg)[1])
     source = batch_source(cfg, store, patches, table, mean, std, data.lsr_eps(learn, classes))
     logger.info('train: %d clips, %d patches; val: %d clips; frames on %s', train_rows.size,
                 train_idx.size, val_rows.size, 'the device' if source.on_device else 'host')
@@ -596,15 +701,15 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     # not leak into the next.
     keras.mixed_precision.set_global_policy(
         'mixed_float16' if learn['mixed_precision'] else 'float32')
-    classifier = architectures.build(learn['model'], input_shape(cfg), len(classes), learn)
-    if learn['multitask']:
-        source.use_members(pseudo_labels(cfg, table, classes, train_rows))
-    trainer = Trainer(classifier, source, losses.get(cfg), datasets.is_multi_label(table))
-    trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']), jit_compile=use_xla(cfg))
+    if learn['multitask']:  # every unverified clip of the subset: any fold may train it
+        source.use_members(pseudo_labels(cfg, table, classes, rows))
+    trainer = build_trainer(cfg, table, classes, source)
     with atomic_path(run_dir / 'scaler.npz') as tmp, open(tmp, 'wb') as f:
         np.savez(f, mean=mean, std=std)
-    return Experiment(cfg, table, classes, store, patches, train_rows, val_rows, source,
-                      trainer, run_dir, rng)
+    exp = Experiment(cfg, table, classes, store, patches, train_rows, val_rows, source,
+                     trainer, run_dir, rng, fold=1 if len(splits) > 1 else None)
+    exp.splits = splits
+    return exp
 
 
 def pseudo_labels(cfg, table, classes, train_rows):
@@ -621,12 +726,29 @@ def pseudo_labels(cfg, table, classes, train_rows):
     return data.sharpen(scores, cfg['loss']['sharpen_T'])
 
 
-def run(exp):
-    """Run the configured mode, then put the selected weights (learn.model_selection) into
-    the classifier; results.json names the rule and the epoch evaluated."""
-    t0 = time.time()
-    MODES[exp.cfg['learn']['mode']](exp)
+def finish(exp):
+    """Put the selected weights (learn.model_selection) into the classifier; results.json
+    names the rule and the epoch evaluated."""
     exp.selection.finish(exp.trainer)
     exp.results.update(model_selection=exp.cfg['learn']['model_selection'],
                        evaluated_epoch=exp.state.evaluated_epoch)
-    logger.info('training done in %.1f s (%d epochs)', time.time() - t0, exp.epoch)
+
+
+def run(exp):
+    """Run the configured mode -> the predictor: the classifier with the selected weights,
+    or an evaluation.Ensemble (k folds, snapshots, or a mode that returns one)."""
+    t0 = time.time()
+    learn = exp.cfg['learn']
+    mode = MODES[learn['mode']]
+    if learn['folds'] > 1 or learn['lr_schedule'] == 'cyclic_cosine':
+        predictor = ensemble.run_folds(exp, mode, finish)
+    else:
+        predictor = mode(exp)
+        if predictor is None:
+            finish(exp)
+            predictor = exp.trainer.classifier
+    if isinstance(predictor, evaluation.Ensemble):
+        logger.info('training done in %.1f s', time.time() - t0)
+    else:
+        logger.info('training done in %.1f s (%d epochs)', time.time() - t0, exp.epoch)
+    return predictor

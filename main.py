@@ -54,9 +54,9 @@ def pipeline(cfg, folder, t0):
     rng = utils.set_seed(cfg['ctrl']['seed'])
     experiment = learn.prepare(cfg, table, classes, store, rng, folder.dir)
     folder.training = True  # from here on, an error keeps what the run wrote
-    learn.run(experiment)
-    rows, scores = evaluation.predict_clips(experiment.trainer.classifier, experiment.source,
-                                            experiment.patches, test_rows, cfg)
+    predictor = learn.run(experiment)
+    rows, scores = evaluation.predict(predictor, experiment.source, experiment.patches,
+                                      test_rows, cfg)
     results = evaluation.report(cfg, table, classes, rows, scores, folder.dir,
                                 time.time() - t0, experiment.results)
     evaluation.write_plots(folder.dir, table, classes, rows, scores, results)

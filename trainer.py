@@ -18,6 +18,7 @@ from tensorflow.core.framework import summary_pb2  # the TensorBoard scalar data
 from keras import ops
 
 from architectures import scores
+from config import ConfigError
 from utils import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -31,15 +32,19 @@ class Trainer(keras.Model):
     On the device path a step receives (idx, partner, lam) [B] and gathers its batch from
     the resident frames; on the host path tf.data has already built (x, y, verified,
     wrong). Per-example weights are the product of the loss's own keep mask (time-
-    dependent loss) and, when a mode sets one, the masker's (staged loss masking); a
-    weight of 0 flags the example as dropped. With `detect` on, flagged and wrong-label
-    counts are summed per epoch for the noise-detection figures.
+    dependent loss) and, when the mode has one, the masker's (staged loss masking, active
+    only in the stage that masks); a weight of 0 flags the example as dropped. With
+    `detect` on, flagged and wrong-label counts are summed per epoch for the
+    noise-detection figures.
     """
 
-    def __init__(self, classifier, source, step_loss, multi_label=False):
+    def __init__(self, classifier, source, step_loss, multi_label=False, masker=None,
+                 detect=False):
         super().__init__(name='trainer')
         self.classifier, self.source, self.step_loss = classifier, source, step_loss
-        self.masker, self.detect = None, False
+        # Both are fixed for the Trainer's life, so the step is traced once: a mode turns
+        # masking on and off through the masker's own variable (Masker.activate).
+        self.masker, self.detect = masker, detect
         outputs = classifier.output
         if step_loss.needs_embedding:
             outputs = [classifier.output, classifier.get_layer('embedding').output]
@@ -52,23 +57,24 @@ class Trainer(keras.Model):
                             if multi_label else keras.metrics.CategoricalAccuracy(name='accuracy'))
         self.extra = {}
         self.track(step_loss.log_names)
+        if masker is not None:
+            self.track(masker.log_names)
+        if detect:  # flagged / wrong-label example counts per epoch (needs true labels)
+            self.track(NOISE_COUNTS, keras.metrics.Sum)
 
     def track(self, names, kind=keras.metrics.Mean):
         """Report these figures per epoch (means, or sums) in the logs and history.csv."""
         for name in names:
             self.extra.setdefault(name, kind(name=name))
 
-    def detect_noise(self):
-        """Count flagged / wrong-label examples per epoch (needs a true_label column)."""
-        self.detect = True
-        self.track(NOISE_COUNTS, keras.metrics.Sum)
-        self.train_function = None  # the step changed: trace it again
-
-    def set_masker(self, masker):
-        self.masker = masker
-        if masker is not None:
-            self.track(masker.log_names)
-        self.train_function = None  # the step changed: trace it again
+    def reset_optimizer(self):
+        """A fresh optimizer state (step count and moments zeroed) without compiling
+        again, so the traced step is kept; the learning rate is left to a schedule."""
+        optimizer = getattr(self.optimizer, 'inner_optimizer', self.optimizer)  # loss scaling
+        lr = optimizer.learning_rate
+        for variable in optimizer.variables:
+            if variable is not lr:
+                variable.assign(ops.zeros(variable.shape, variable.dtype))
 
     @property
     def metrics(self):
@@ -403,3 +409,85 @@ class TensorBoardScalars(keras.callbacks.Callback):
                     tf.summary.write(name, tf.constant(value, tf.float32), step=row['epoch'],
                                      metadata=self.SCALAR)
         self.writer.flush()
+# ----------------------------------------------------------------------------- LR schedules
+
+def staged_epochs(learn):
+    """Epochs of staged training when learn.steps_per_epoch fixes them (else None)."""
+    per_epoch = learn['steps_per_epoch']
+    return None if per_epoch is None else sum(-(-n // per_epoch) for n in learn['staged_steps'])
+
+
+def check_schedule(cfg):
+    """cyclic_cosine: the mode's epochs must be whole cycles (each cycle ends in a
+    snapshot), the snapshot cycles must exist, and lr_min must be below lr."""
+    learn = cfg['learn']
+    if learn['lr_schedule'] != 'cyclic_cosine':
+        return
+    chosen = cfg['recognizer']['snapshot_cycles']
+    if chosen != 'all' and (not chosen or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= learn['cycles']
+            for c in chosen)):
+        raise ConfigError(f'recognizer.snapshot_cycles must be all or a list of cycles '
+                          f'from 1 to learn.cycles ({learn["cycles"]}), got {chosen!r}')
+    if learn['lr_min'] >= learn['lr']:
+        raise ConfigError(f'learn.lr_min ({learn["lr_min"]}) must be below learn.lr '
+                          f'({learn["lr"]}) for lr_schedule cyclic_cosine')
+    cycled = learn['cycles'] * learn['cycle_epochs']
+    if learn['mode'] == 'staged':
+        key, epochs = 'learn.staged_steps / learn.steps_per_epoch', staged_epochs(learn)
+        if epochs is None:
+            raise ConfigError('learn.lr_schedule cyclic_cosine with learn.mode staged needs '
+                              'learn.steps_per_epoch, so that the stages last whole cycles')
+    else:
+        key, epochs = 'learn.n_epochs', learn['n_epochs']
+    if epochs != cycled:
+        raise ConfigError(f'learn.lr_schedule cyclic_cosine trains learn.cycles x '
+                          f'learn.cycle_epochs = {cycled} epochs; set {key} to {cycled} '
+                          f'epochs (now {epochs})')
+
+
+def cosine_lr(epoch, lr_max, lr_min, cycle_epochs):
+    """Cyclic cosine annealing (Akiyama & Sato, DCASE 2019 Sec. 2.3, 3.5; the warm-restart
+    schedule of Loshchilov & Hutter, "SGDR", ICLR 2017, with cycles of equal length): each
+    cycle starts at lr_max and anneals towards lr_min along half a cosine; epoch is the
+    0-based epoch counted across stages."""
+    t = (epoch % cycle_epochs) / cycle_epochs
+    return lr_min + 0.5 * (lr_max - lr_min) * (1.0 + np.cos(np.pi * t))
+
+
+def linear_decay_lr(epoch, lr, decay_from, epochs):
+    """lr for the first decay_from epochs, then linearly down towards 0 at epoch `epochs`
+    (0-based epoch within the stage)."""
+    if epoch < decay_from:
+        return lr
+    return lr * max(0.0, 1.0 - (epoch - decay_from) / max(1, epochs - decay_from))
+
+
+class EpochLR(keras.callbacks.Callback):
+    """Sets the optimizer's learning rate to schedule(epoch) at the start of each epoch.
+
+    It must come before History in the callback list, so that history.csv logs the rate
+    the epoch was trained with.
+    """
+
+    def __init__(self, schedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.optimizer.learning_rate = float(self.schedule(epoch))
+
+
+class Snapshots(keras.callbacks.Callback):
+    """Calls save(cycle) at the end of each of the first `cycles` cycles (1-based cycle
+    numbers), the weights of Snapshot Ensembles (Huang et al., "Snapshot Ensembles: Train
+    1, get M for free", ICLR 2017)."""
+
+    def __init__(self, cycle_epochs, cycles, save):
+        super().__init__()
+        self.cycle_epochs, self.cycles, self.save = cycle_epochs, cycles, save
+
+    def on_epoch_end(self, epoch, logs=None):
+        cycle, within = divmod(epoch + 1, self.cycle_epochs)
+        if within == 0 and 1 <= cycle <= self.cycles:
+            self.save(cycle)

@@ -51,6 +51,29 @@ def test_threshold_masker_inside_a_compiled_step():
     assert float(masker.eta.value) == pytest.approx(2.5)
 
 
+def test_inactive_masker_keeps_every_example_and_one_traced_step_serves_both_stages():
+    losses = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.5], np.float32)
+    verified = np.array([0, 1, 0, 0, 1, 0], np.float32)
+    masker = learn.Masker('threshold', k=2, alpha=0.5, active=False)
+    traces = []
+
+    def call(l, v):
+        traces.append(1)
+        weights, figures = masker(l, v)
+        return weights, figures['masked']
+    step = tf.function(call, jit_compile=True)
+    weights, masked = step(losses, verified)   # stage 1: no masking, eta not started
+    np.testing.assert_array_equal(np.asarray(weights), np.ones(6))
+    assert np.isnan(float(masked)) and float(masker.started.value) == 0.0
+    masker.activate(True)                       # stage 2: eta = T_1 = 4 masks the 5.0
+    weights, masked = step(losses, verified)
+    np.testing.assert_array_equal(np.asarray(weights), [0, 1, 1, 1, 1, 1])
+    assert float(masked) == pytest.approx(1 / 6) and float(masker.eta.value) == 4.0
+    masker.activate(False)                      # stage 3: eta frozen, nothing masked
+    weights, _ = step(losses * 10, verified)
+    np.testing.assert_array_equal(np.asarray(weights), np.ones(6))
+    assert float(masker.eta.value) == 4.0 and len(traces) == 1
+
 def test_topk_masker_masks_the_k_largest_unverified_losses():
     losses = np.array([9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0], np.float32)
     verified = np.array([1, 0, 1, 0, 0, 0, 1], np.float32)

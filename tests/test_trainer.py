@@ -117,8 +117,8 @@ def test_noise_detection_counts_both_examples_of_a_mixed_pair():
              'verified': np.zeros(b, 'float32'), 'wrong': wrong, 'members': members}
     inp = keras.Input((4,))
     net = keras.Model(inp, keras.layers.Dense(k, activation='softmax')(inp))
-    model = trainer.Trainer(net, SimpleNamespace(on_device=False), _DropFirstThree({}))
-    model.detect_noise()
+    model = trainer.Trainer(net, SimpleNamespace(on_device=False), _DropFirstThree({}),
+                            detect=True)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     logs = model.train_step({key: keras.ops.convert_to_tensor(v) for key, v in batch.items()})
     # Examples 0-2 are flagged: 2 + 1 + 2 patches, of which 2 + 0 + 1 have wrong labels.

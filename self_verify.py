@@ -1,0 +1,202 @@
+"""Iterative self-verification (learn.mode self_verify): Dorfer & Widmer, "Training
+General-Purpose Audio Tagging Networks with Noisy Labels and Iterative Self-Verification",
+DCASE 2018 workshop (2nd place of DCASE 2018 task 2).
+
+Verified and unverified training clips are each split into 4 stratified folds. Fold f's
+model trains on the verified and unverified clips of the other folds and is validated on
+fold f's verified clips; it never trains on fold f's unverified clips, so it can judge
+their labels. Round 0 trains the 4 fold models; each later round r lets every fold model
+predict its held-out unverified clips (posteriors averaged over random excerpts), accepts
+clips by the rule of select(), and fine-tunes each fold model on its verified clips plus
+every clip self-verified so far outside its own unverified fold. The round with the lowest
+mean validation loss (verified validation clips) is evaluated: its 4 fold models averaged.
+"""
+import logging
+
+import keras
+import numpy as np
+
+import architectures
+import data
+import eval as evaluation
+from config import ConfigError
+from trainer import EpochLR, linear_decay_lr
+from utils import atomic_path
+
+logger = logging.getLogger(__name__)
+
+FOLDS = 4
+# The released code fine-tunes at a constant rate for 5 epochs, then decays it linearly
+# to 0 at the last epoch.
+DECAY_FROM = 5
+
+
+def select(labels, posteriors, threshold, per_class):
+    """Positions of the clips accepted as self-verified (Dorfer & Widmer, Sec. "Iterative
+    Self-Verification Loop"): (1) the argmax of the mean posteriors equals the given
+    label, (2) the mean posterior of that label exceeds threshold (None: not applied, as
+    in the released code), (3) at most per_class clips per class, highest posterior first.
+
+    labels [n] given labels; posteriors [n, K] mean posteriors. Ties in (3) keep the
+    earlier clip.
+    """
+    labels = np.asarray(labels)
+    own = posteriors[np.arange(labels.size), labels]
+    ok = posteriors.argmax(axis=1) == labels
+    if threshold is not None:
+        ok &= own > threshold
+    accepted = []
+    for c in np.unique(labels[ok]):
+        members = np.flatnonzero(ok & (labels == c))
+        accepted += members[np.argsort(-own[members], kind='stable')][:per_class].tolist()
+    return np.sort(np.asarray(accepted, np.int64))
+
+
+def excerpt_posteriors(exp, rows, n_excerpts, rng):
+    """Mean posteriors [len(rows), K] of the current model over n_excerpts random
+    windows of the training input length per clip (clips shorter than it wrap around)."""
+    patch_len = exp.source.patch_len  # the training input length (patch or crop)
+    start = np.repeat(exp.store.start[rows], n_excerpts).astype(np.int32)
+    length = np.repeat(exp.store.length[rows], n_excerpts).astype(np.int32)
+    offset = rng.integers(0, np.maximum(1, length - patch_len + 1)).astype(np.int32)
+    tensors = [keras.ops.convert_to_tensor(a) for a in (start, offset, length)]
+    source, classifier = exp.source, exp.trainer.classifier
+
+    def score(i):
+        windows = source.windows(*(keras.ops.take(t, i) for t in tensors))
+        return architectures.scores(classifier(windows, training=False))
+    scores = evaluation.map_patches(score, np.arange(start.size),
+                                    exp.cfg['learn']['predict_batch_size'])
+    return scores.reshape(len(rows), n_excerpts, -1).mean(axis=1)
+
+
+class Fold:
+    """One fold model: its Experiment, its verified training rows and its held-out
+    unverified rows (which it judges and never trains on)."""
+
+    def __init__(self, exp, verified_train, held_out):
+        self.exp, self.verified_train, self.held_out = exp, verified_train, held_out
+
+    def fine_tune(self, accepted, learn):
+        """sv_epochs from a fresh Adam state at sv_lr (the released code starts a new
+        training run from the previous parameters), constant for 5 epochs then linearly to
+        0, without mixup, on the verified clips plus the accepted clips of other folds."""
+        exp = self.exp
+        rows = np.union1d(self.verified_train, np.setdiff1d(accepted, self.held_out))
+        exp.trainer.reset_optimizer()
+        first, epochs, lr = exp.epoch, learn['sv_epochs'], learn['sv_lr']
+        schedule = EpochLR(lambda e: linear_decay_lr(e - first, lr, DECAY_FROM, epochs))
+        exp.selection.restart()
+        exp.fit(epochs, exp.plan(exp.patches.of_clips(rows), mixup=False),
+                early_stopping=False, lr_callbacks=[schedule])
+        exp.selection.finish(exp.trainer)
+
+
+def fold_splits(table, rows, seed):
+    """The 4 folds' (training rows, validation rows): verified and unverified clips are
+    each split into 4 folds stratified by the given label; fold f validates on its verified
+    part and trains on the other folds' verified and unverified parts."""
+    verified = table.verified.to_numpy()[rows] == 1
+    if verified.all() or not verified.any():
+        raise ConfigError('learn.mode self_verify needs verified and unverified training '
+                          'clips (FSDnoisy18k: ctrl.train_data all)')
+    labels = table.label_idx.to_numpy()
+    split = [data.kfold_split(part, labels[part], FOLDS, seed, 'learn.mode self_verify')
+             for part in (rows[verified], rows[~verified])]
+    return [(np.union1d(ver_train, unv_train), ver_val)
+            for (ver_train, ver_val), (unv_train, _) in zip(*split)]
+
+
+def make_folds(exp):
+    """The 4 Folds; exp (prepare() made it on fold_splits) is the first one's."""
+    verified = exp.table.verified.to_numpy() == 1
+    rows = np.unique(np.concatenate([np.union1d(*split) for split in exp.splits]))
+    unverified = rows[~verified[rows]]
+    folds = []
+    for f, (train, val) in enumerate(exp.splits, 1):
+        fold_exp = exp if f == 1 else exp.for_fold(train, val, f)
+        folds.append(Fold(fold_exp, train[verified[train]], np.setdiff1d(unverified, train)))
+    return folds
+
+
+class Rounds:
+    """What each round did and how its models score; picks the evaluated round."""
+
+    def __init__(self, exp, folds):
+        self.exp, self.folds, self.records = exp, folds, []
+        self.best_loss, self.chosen = np.inf, None
+
+    def paths(self, r):
+        return [self.exp.run_dir / f'sv_{fold.exp.fold}_{r}.keras' for fold in self.folds]
+
+    def record(self, r, accepted):
+        """Save the round's fold models; log and keep its figures."""
+        exp, method = self.exp, self.exp.cfg['recognizer']['ensemble']
+        for fold, path in zip(self.folds, self.paths(r)):
+            with atomic_path(path) as tmp:
+                fold.exp.trainer.classifier.save(tmp)
+        val = [fold.exp.validate() for fold in self.folds]
+        # The round's test accuracy (reported, never used to choose): the fold models'
+        # clip scores averaged as the evaluated ensemble averages them.
+        test_rows = np.flatnonzero((exp.table.subset == 'test').to_numpy())
+        members = [evaluation.predict_clips(fold.exp.trainer.classifier, exp.source,
+                                            exp.patches, test_rows, exp.cfg)
+                   for fold in self.folds]
+        clips, scores = members[0][0], evaluation.combine([s for _, s in members], method)
+        truth = exp.table.label_idx.to_numpy()
+        given = truth[accepted]
+        per_class = np.bincount(given, minlength=len(exp.classes))
+        rec = {'round': r,
+               'accepted_per_class': {c: int(n) for c, n in zip(exp.classes, per_class)},
+               'accepted': int(accepted.size), 'precision': None,
+               'val_loss': float(np.mean([v['loss'] for v in val])),
+               'val_accuracy': float(np.mean([v['accuracy'] for v in val])),
+               'test_accuracy': 100.0 * float(np.mean(scores.argmax(1) == truth[clips]))}
+        if exp.has_truth and accepted.size:
+            rec['precision'] = float(np.mean(given == exp.table.true_idx.to_numpy()[accepted]))
+        self.records.append(rec)
+        logger.info('self-verification round %d: %d clips accepted (precision %s), mean val '
+                    'loss %.4f, mean val accuracy %.4f, test accuracy %.2f %%', r,
+                    rec['accepted'], 'n/a' if rec['precision'] is None
+                    else f'{rec["precision"]:.3f}', rec['val_loss'], rec['val_accuracy'],
+                    rec['test_accuracy'])
+        if rec['val_loss'] < self.best_loss:
+            self.best_loss, self.chosen = rec['val_loss'], r
+
+
+def mode_self_verify(exp):
+    """learn.mode self_verify -> the Ensemble of the chosen round's 4 fold models."""
+    learn = exp.cfg['learn']
+    folds = make_folds(exp)
+    rounds = Rounds(exp, folds)
+    logger.info('self-verification: %d folds, round 0 = %d epochs on all training clips',
+                FOLDS, learn['n_epochs'])
+    for fold in folds:
+        fold.exp.fit(learn['n_epochs'], fold.exp.plan(fold.exp.train_idx))
+        fold.exp.selection.finish(fold.exp.trainer)
+    rounds.record(0, np.zeros(0, np.int64))
+    accepted = np.zeros(0, np.int64)  # table rows self-verified so far
+    rng = exp.rng.spawn(1)[0]
+    labels = exp.table.label_idx.to_numpy()
+    for r in range(1, learn['sv_rounds'] + 1):
+        # Every fold judges its held-out unverified clips not accepted yet; the per-class
+        # cap applies to the round as a whole.
+        pending = [np.setdiff1d(fold.held_out, accepted) for fold in folds]
+        candidates = np.concatenate(pending)
+        posteriors = np.concatenate([
+            excerpt_posteriors(fold.exp, rows, learn['sv_excerpts'], rng)
+            for fold, rows in zip(folds, pending) if rows.size] or [np.zeros((0, 1))])
+        new = candidates[select(labels[candidates], posteriors, learn['sv_threshold'],
+                                learn['sv_per_class'])] if candidates.size else candidates
+        accepted = np.union1d(accepted, new)
+        for fold in folds:
+            fold.fine_tune(accepted, learn)
+        rounds.record(r, new)
+    exp.results['self_verification'] = rounds.records
+    exp.results['self_verification_round'] = rounds.chosen
+    logger.info('self-verification: round %d has the lowest mean validation loss (%.4f); '
+                'its %d fold models are evaluated', rounds.chosen, rounds.best_loss, FOLDS)
+    ensemble = evaluation.Ensemble(rounds.paths(rounds.chosen), FOLDS, 1,
+                                   exp.cfg['recognizer']['ensemble'])
+    exp.results['ensemble'] = ensemble.summary()
+    return ensemble

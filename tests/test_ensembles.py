@@ -1,0 +1,173 @@
+"""LR schedules and snapshots, k-fold ensembles and self-verification: units against
+numpy written here, independently of trainer.py / eval.py / self_verify.py."""
+import keras
+import numpy as np
+import pytest
+
+import config
+import learn
+import trainer
+
+
+class _Recorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.lr = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.lr.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+
+def test_cyclic_cosine_lr_per_epoch_and_a_snapshot_at_each_cycle_end():
+    lr_max, lr_min, length, cycles = 1e-3, 1e-6, 4, 3
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(0.5), loss='mse')
+    saved, recorder = [], _Recorder()
+    callbacks = [trainer.EpochLR(lambda e: trainer.cosine_lr(e, lr_max, lr_min, length)),
+                 trainer.Snapshots(length, cycles, saved.append), recorder]
+    x = np.zeros((4, 3), np.float32)
+    model.fit(x, x[:, :2], epochs=length * cycles + 2, verbose=0, callbacks=callbacks)
+    # Akiyama & Sato: each cycle restarts at lr and anneals to lr_min by half a cosine.
+    epochs = np.arange(length * cycles + 2)
+    expected = lr_min + (lr_max - lr_min) * (1 + np.cos(np.pi * (epochs % length) / length)) / 2
+    np.testing.assert_allclose(recorder.lr, expected, rtol=1e-6)
+    assert recorder.lr[0] == pytest.approx(lr_max) and recorder.lr[length] == pytest.approx(lr_max)
+    # Saved after epochs 4, 8, 12 (1-based); the two epochs past the last cycle save nothing.
+    assert saved == [1, 2, 3]
+
+
+def test_linear_decay_after_the_constant_epochs():
+    got = [trainer.linear_decay_lr(e, 2e-4, 5, 30) for e in range(30)]
+    expected = np.where(np.arange(30) < 5, 2e-4, 2e-4 * (1 - (np.arange(30) - 5) / 25))
+    np.testing.assert_allclose(got, expected)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (['learn.lr_schedule=cyclic_cosine', 'learn.cycles=2', 'learn.cycle_epochs=3',
+      'learn.n_epochs=5'], 'set learn.n_epochs to 6 epochs (now 5)'),
+    (['learn.lr_schedule=cyclic_cosine', 'learn.cycles=2', 'learn.cycle_epochs=3',
+      'learn.mode=staged', 'learn.staged_steps=[10,10,5]', 'learn.steps_per_epoch=4'],
+     'set learn.staged_steps / learn.steps_per_epoch to 6 epochs (now 8)'),
+    (['learn.lr_schedule=cyclic_cosine', 'learn.cycles=2', 'learn.cycle_epochs=3',
+      'learn.mode=staged'], 'with learn.mode staged needs learn.steps_per_epoch'),
+    (['learn.lr_schedule=cyclic_cosine', 'learn.lr_min=0.01', 'learn.lr=0.001'],
+     'learn.lr_min (0.01) must be below learn.lr'),
+    (['learn.lr_schedule=step'], 'learn.lr_schedule is'),
+])
+def test_schedule_mistakes_are_one_line_errors(make_cfg, overrides, message):
+    with pytest.raises(config.ConfigError, match=message.replace('(', r'\(').replace(')', r'\)')):
+        learn.check(make_cfg(*overrides))
+
+
+@pytest.mark.parametrize('method', ['amean', 'gmean'])
+def test_ensemble_combines_members_by_arithmetic_or_geometric_mean(method):
+    import eval as evaluation
+    scores = np.random.default_rng(1).dirichlet(np.ones(4), size=(3, 5))  # 3 members
+    expected = (scores.sum(axis=0) / 3 if method == 'amean'
+                else np.prod(scores, axis=0) ** (1 / 3))
+    np.testing.assert_allclose(evaluation.combine(scores, method), expected, rtol=1e-12)
+    assert (evaluation.ensemble_line({'n_models': 6, 'folds': 3, 'snapshots': 2,
+                                      'method': method})
+            == f'ensemble: 6 models (3 folds x 2 snapshots), {method}')
+
+
+def test_kfold_split_is_stratified_and_disjoint():
+    import data
+    rows = np.arange(100, 160)
+    labels = np.repeat([0, 1, 2], [30, 18, 12])
+    splits = data.kfold_split(rows, labels, 3, seed=5)
+    vals = [val for _, val in splits]
+    np.testing.assert_array_equal(np.sort(np.concatenate(vals)), rows)  # each row once
+    for train, val in splits:
+        assert np.intersect1d(train, val).size == 0 and train.size + val.size == rows.size
+        # every class is split 10/6/4 per fold
+        assert np.bincount(labels[val - 100], minlength=3).tolist() == [10, 6, 4]
+    assert [v.tolist() for v in vals] == [v.tolist() for _, v in data.kfold_split(
+        rows, labels, 3, seed=5)]
+
+
+@pytest.mark.parametrize('value', ['[0]', '[3]', '[]', 'some'])
+def test_snapshot_cycles_must_name_existing_cycles(make_cfg, value):
+    cfg = make_cfg('learn.lr_schedule=cyclic_cosine', 'learn.cycles=2', 'learn.cycle_epochs=2',
+                   'learn.n_epochs=4', f'recognizer.snapshot_cycles={value}')
+    with pytest.raises(config.ConfigError, match='recognizer.snapshot_cycles must be all or'):
+        learn.check(cfg)
+
+
+def test_snapshot_cycles_select_the_members(make_cfg):
+    import ensemble
+    cfg = make_cfg('learn.lr_schedule=cyclic_cosine', 'learn.cycles=3', 'learn.cycle_epochs=2',
+                   'learn.n_epochs=6', 'recognizer.snapshot_cycles=[3, 2]')
+    assert ensemble.snapshot_cycles(cfg) == [2, 3]
+    assert ensemble.snapshot_cycles(make_cfg('learn.lr_schedule=cyclic_cosine',
+                                             'learn.cycles=3')) == [1, 2, 3]
+    assert ensemble.snapshot_cycles(make_cfg()) is None
+
+
+def _numpy_self_verified(labels, posteriors, threshold, per_class):
+    """Greedy over all clips by falling posterior of their given label: take a clip whose
+    argmax is its label, whose label posterior exceeds the threshold, while its class has
+    fewer than per_class taken."""
+    taken, count = [], {}
+    own = posteriors[np.arange(len(labels)), labels]
+    for i in sorted(range(len(labels)), key=lambda i: (-own[i], i)):
+        if posteriors[i].argmax() != labels[i] or (threshold is not None and own[i] <= threshold):
+            continue
+        if count.get(labels[i], 0) < per_class:
+            count[labels[i]] = count.get(labels[i], 0) + 1
+            taken.append(i)
+    return sorted(taken)
+
+
+@pytest.mark.parametrize('threshold, per_class', [(0.95, 40), (0.95, 3), (None, 5), (0.6, 2)])
+def test_self_verification_rule_matches_numpy(threshold, per_class):
+    import self_verify
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, size=300)
+    # Peaked posteriors, many near the label, so that all three conditions bite.
+    logits = rng.normal(size=(300, 4)) * 3
+    logits[np.arange(300), labels] += rng.uniform(0, 6, size=300)
+    posteriors = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    got = self_verify.select(labels, posteriors, threshold, per_class)
+    assert got.tolist() == _numpy_self_verified(labels, posteriors, threshold, per_class)
+    assert np.bincount(labels[got], minlength=4).max() <= per_class
+
+
+@pytest.mark.parametrize('other', ['learn.folds=2', 'learn.lr_schedule=cyclic_cosine'])
+def test_self_verification_refuses_folds_and_cycles(make_cfg, other):
+    cfg = make_cfg('learn.mode=self_verify', other, 'learn.cycles=2', 'learn.cycle_epochs=50')
+    with pytest.raises(config.ConfigError, match='learn.mode self_verify makes its own 4 folds'):
+        learn.check(cfg)
+
+
+def test_sv_threshold_may_be_null(make_cfg):
+    assert make_cfg('learn.sv_threshold=null')['learn']['sv_threshold'] is None
+    with pytest.raises(config.ConfigError, match='learn.sv_threshold'):
+        make_cfg('learn.sv_threshold=1.5')
+
+
+def test_self_verification_folds_keep_each_folds_unverified_clips_out():
+    import pandas as pd
+
+    import self_verify
+    rng = np.random.default_rng(0)
+    n = 160
+    table = pd.DataFrame({'label_idx': rng.integers(0, 4, n),
+                          'verified': (rng.random(n) < 0.3).astype(int)})
+    rows = np.arange(n)
+    splits = self_verify.fold_splits(table, rows, seed=1)
+    assert len(splits) == 4
+    unverified = rows[table.verified.to_numpy() == 0]
+    held = [np.setdiff1d(unverified, train) for train, _ in splits]
+    # The held-out unverified parts cover every unverified clip exactly once ...
+    np.testing.assert_array_equal(np.sort(np.concatenate(held)), unverified)
+    for (train, val), out in zip(splits, held):
+        # ... validation is verified only, and no fold trains on its validation clips.
+        assert (table.verified.to_numpy()[val] == 1).all()
+        assert np.intersect1d(train, val).size == 0 and np.intersect1d(train, out).size == 0
+        # stratified: each class's held-out share is within one clip of a quarter
+        for c in range(4):
+            total = np.sum(table.label_idx.to_numpy()[unverified] == c)
+            assert abs(np.sum(table.label_idx.to_numpy()[out] == c) - total / 4) <= 1
+    with pytest.raises(config.ConfigError, match='needs verified and unverified'):
+        self_verify.fold_splits(table.assign(verified=0), rows, seed=1)
