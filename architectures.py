@@ -260,12 +260,14 @@ class Sparsemax(layers.Layer):
         return losses.sparsemax(z)
 
 
-def _branch(z, activation):
-    """Float32 output of one branch from its logits z, named after what its loss reads."""
+def _branch(z, activation, prefix=''):
+    """Float32 output of one branch from its logits z, named after what its loss reads
+    (prefix: that of a multitask head's layers, see multitask_outputs)."""
     if activation == 'sparsemax':
-        z = layers.Activation('linear', dtype='float32', name='sparsemax_logits')(z)
-        return {'sparsemax_logits': z}, Sparsemax(dtype='float32', name='sparsemax')(z)
-    p = layers.Activation(activation, dtype='float32', name=activation)(z)
+        z = layers.Activation('linear', dtype='float32', name=f'{prefix}sparsemax_logits')(z)
+        return ({'sparsemax_logits': z},
+                Sparsemax(dtype='float32', name=f'{prefix}sparsemax')(z))
+    p = layers.Activation(activation, dtype='float32', name=f'{prefix}{activation}')(z)
     return {activation: p}, p
 
 
@@ -281,29 +283,75 @@ HEADS = {
 }
 
 
-def head_outputs(x, n_classes, cfg_learn, logits=None, **dense):
+def head_outputs(x, n_classes, cfg_learn, logits=None, prefix='', **dense):
     """The output layer(s) of learn.head on features x.
 
     logits(x, n_classes) -> [B, K] builds one classifier (default: a dense layer with the
     `dense` keyword arguments, e.g. the baseline's L2 regulariser); it is called once
-    per branch, so that each branch has its own weights.
+    per branch, so that each branch has its own weights. With learn.multitask: the two
+    heads of multitask_outputs. prefix names the layers of one multitask head.
     """
     head = cfg_learn.get('head', 'softmax')
-    if head == 'softmax' and logits is None:
+    if cfg_learn.get('multitask') and not prefix:
+        return multitask_outputs(x, n_classes, cfg_learn, **dense)
+    if head == 'softmax' and logits is None and not prefix:
         # dtype float32: the probabilities stay float32 under a mixed_float16 policy.
         return layers.Dense(n_classes, activation='softmax', dtype='float32', **dense)(x)
     outputs, probs = {}, []
     for activation in lookup(HEADS, head, 'learn.head'):
         z = (logits(x, n_classes) if logits is not None else layers.Dense(
-            n_classes, dtype='float32', name=f'{activation}_dense', **dense)(x))
-        named, p = _branch(z, activation)
+            n_classes, dtype='float32', name=f'{prefix}{activation}_dense', **dense)(x))
+        named, p = _branch(z, activation, prefix)
         outputs.update(named)
         probs.append(p)
     if head in ('softmax', 'sigmoid'):
         return probs[0]  # one layer whose probabilities are the prediction
     outputs['scores'] = (probs[0] if len(probs) == 1 else
-                         layers.Average(dtype='float32', name='scores')(probs))
+                         layers.Average(dtype='float32', name=f'{prefix}scores')(probs))
     return outputs
+
+
+# learn.multitask (Akiyama & Sato, "Multitask learning and semi-supervised learning with
+# noisy data for audio tagging", DCASE 2019 task 2, Sec. 2.1 and 3.4.3): the trunk's
+# features feed two identical heads, FC 1024 - ReLU - dropout 0.2 - FC 1024 - ReLU -
+# dropout 0.1 - the output layer(s) of learn.head; one head learns the verified (curated)
+# clips, the other the unverified (noisy) ones. The paper puts them after global max
+# pooling: a trunk whose features are still a map (vgg_gap) is max-pooled over time and
+# frequency first, and the heads end in dense layers (not the trunk's own classifier).
+MULTITASK_HEADS = ('verified', 'unverified')
+MULTITASK_FC = ((1024, 0.2), (1024, 0.1))
+
+
+def multitask_outputs(x, n_classes, cfg_learn, **dense):
+    """Named outputs of the two multitask heads: 'scores' is the verified head's prediction
+    (what every caller predicts with); head_branches(outputs, name) gives each head's
+    branches for its loss. Layers are named '<head>_...'."""
+    if len(x.shape) == 4:
+        x = layers.GlobalMaxPooling2D()(x)
+    head, outputs, predictions = cfg_learn['head'], {}, {}
+    for name in MULTITASK_HEADS:
+        h = x
+        for i, (units, rate) in enumerate(MULTITASK_FC):
+            h = layers.Dense(units, activation='relu', name=f'{name}_fc{i + 1}', **dense)(h)
+            h = layers.Dropout(rate)(h)
+        named = head_outputs(h, n_classes, cfg_learn, prefix=f'{name}_', **dense)
+        predictions[name] = scores(named)
+        named = named if isinstance(named, dict) else {head: named}
+        outputs.update({f'{name}_{key}': value for key, value in named.items()
+                        if key != 'scores'})
+    # A layer of its own: one tensor may not be two outputs of a model.
+    outputs['scores'] = layers.Identity(dtype='float32', name='scores')(predictions['verified'])
+    return outputs
+
+
+def head_branches(outputs, name, head):
+    """One multitask head's outputs as its loss reads them: the probabilities of a one-
+    layer head (softmax, sigmoid), else its branches by their unprefixed names."""
+    prefix = f'{name}_'
+    if head in ('softmax', 'sigmoid'):
+        return outputs[prefix + head]
+    return {key[len(prefix):]: value for key, value in outputs.items()
+            if key.startswith(prefix)}
 
 
 def scores(outputs):

@@ -40,7 +40,7 @@ DEFAULTS = {
         'n_fft': 2048, 'n_mels': 96, 'normalize_audio': True, 'patch_hop': 50, 'patch_len': 100,
         'spectrogram_type': 'power', 'win_length_samples': 1764, 'store_dtype': 'float32',
         'trim_silence': False, 'trim_top_db': 60.0, 'crop': 'patches', 'crop_frames': 512,
-        'clip_frames': 2000,
+        'clip_frames': 2000, 'normalize': 'dataset',
     },
     'learn': {
         'batch_size': 64, 'lr': 0.001, 'n_classes': None, 'n_epochs': 100, 'optim': 'Adam',
@@ -60,10 +60,15 @@ DEFAULTS = {
         'lr_schedule': 'plateau', 'cycles': 8, 'cycle_epochs': 64, 'lr_min': 1e-6,
         'folds': 1, 'sv_excerpts': 25, 'sv_threshold': 0.95, 'sv_per_class': 40,
         'sv_epochs': 30, 'sv_lr': 0.0002, 'sv_rounds': 10,
+        'multitask': False, 'pseudo_labels': None,
+        'freq_mask': {'p': 0.0, 'min_width': 8, 'max_width': 32},
+        'gain': {'p': 0.0, 'low': 0.8, 'high': 1.2},
+        'extra_crop': {'p': 0.0, 'min_frac': 0.25, 'max_frac': 1.0},
     },
     'loss': {
         'q_loss': 0.5, 'q_loss2': 0.5, 'm_loss2': 0.99, 'perc_loss2': 96.0, 'type': 'lq_loss',
         'snn_temperature': 1000.0, 'q_min': 0.01, 'snn_space': 'input', 'lq_target': 'max',
+        'multitask_weights': [1.0, 1.0], 'sharpen_T': 2.0, 'pseudo_weight': 20.0,
     },
     'recognizer': {'aggregate': 'gmean', 'metrics': None, 'ensemble': 'amean',
                    'snapshot_cycles': 'all'},
@@ -95,6 +100,7 @@ CHOICES = {
     ('extract', 'crop'): ['patches', 'random_crop'],
     ('learn', 'time_pooling'): ['max', 'mean'],
     ('learn', 'lr_schedule'): ['plateau', 'constant', 'cyclic_cosine'],
+    ('extract', 'normalize'): ['dataset', 'per_clip'],
 }
 
 # (low, high, low inclusive, high inclusive) for numbers that must lie in a range.
@@ -157,6 +163,17 @@ RANGES = {
     ('learn', 'sv_epochs'): (1, None, True, True),
     ('learn', 'sv_lr'): (0, None, False, True),
     ('learn', 'sv_rounds'): (1, None, True, True),
+    ('loss', 'sharpen_T'): (0, None, False, True),
+    ('loss', 'pseudo_weight'): (0, None, True, True),
+    ('learn', 'freq_mask.p'): (0, 1, True, True),
+    ('learn', 'freq_mask.min_width'): (0, None, True, True),
+    ('learn', 'freq_mask.max_width'): (0, None, True, True),
+    ('learn', 'gain.p'): (0, 1, True, True),
+    ('learn', 'gain.low'): (0, None, False, True),
+    ('learn', 'gain.high'): (0, None, False, True),
+    ('learn', 'extra_crop.p'): (0, 1, True, True),
+    ('learn', 'extra_crop.min_frac'): (0, 1, False, True),
+    ('learn', 'extra_crop.max_frac'): (0, 1, False, True),
 }
 
 # Keys that also take a value of another type than their default's: learn.mode a name
@@ -169,7 +186,8 @@ ALSO = {('learn', 'mode'): str, ('learn', 'jit_compile'): bool,
 # null = no threshold, its default 0.95).
 NULLABLE = {('ctrl', 'run_name'): str, ('learn', 'steps_per_epoch'): int,
             ('learn', 'n_classes'): int, ('recognizer', 'metrics'): list,
-            ('learn', 'sv_threshold'): float}
+            ('learn', 'sv_threshold'): float,
+            ('learn', 'pseudo_labels'): str}
 
 
 def _type_name(value):
@@ -344,11 +362,17 @@ def _check_consistency(cfg):
                           f'extract.clip_frames = {ext["clip_frames"]} (crops are cut from '
                           f'the fixed-length clip)')
     _check_specaugment(cfg)
+    _check_paper_augment(cfg)
     staged = cfg['learn']['staged_steps']
     if len(staged) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
                                    for n in staged):
         raise ConfigError(f'learn.staged_steps must be three non-negative integers '
                           f'[n1, n2, n3] (optimizer steps), got {staged!r}')
+    weights = cfg['loss']['multitask_weights']
+    if len(weights) != 2 or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                    and w >= 0 for w in weights):
+        raise ConfigError(f'loss.multitask_weights must be two non-negative numbers '
+                          f'[verified, unverified], got {weights!r}')
     if not all(isinstance(c, str) for c in cfg['learn']['noisier_classes']):
         raise ConfigError('learn.noisier_classes must be a list of class names')
     name = cfg['ctrl']['run_name']
@@ -370,6 +394,21 @@ def _check_specaugment(cfg):
         if width > size:
             raise ConfigError(f'learn.specaugment.{axis}_width = {width} exceeds {key} = '
                               f'{size}')
+
+
+def _check_paper_augment(cfg):
+    """The ranges of learn.freq_mask, gain and extra_crop run from low to high; a mask that
+    is drawn (p > 0) fits the mel bands."""
+    learn = cfg['learn']
+    for key, low, high in (('freq_mask', 'min_width', 'max_width'), ('gain', 'low', 'high'),
+                           ('extra_crop', 'min_frac', 'max_frac')):
+        if learn[key][low] > learn[key][high]:
+            raise ConfigError(f'learn.{key}.{low} = {learn[key][low]} exceeds '
+                              f'learn.{key}.{high} = {learn[key][high]}')
+    mask = learn['freq_mask']
+    if mask['p'] > 0 and mask['max_width'] > cfg['extract']['n_mels']:
+        raise ConfigError(f'learn.freq_mask.max_width = {learn["freq_mask"]["max_width"]} '
+                          f'exceeds extract.n_mels = {cfg["extract"]["n_mels"]}')
 
 
 def config_to_yaml(cfg):

@@ -11,9 +11,12 @@ import dataclasses
 import logging
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+import augment
 import datasets
 from config import ConfigError
 
@@ -204,13 +207,13 @@ def smooth_targets(y, e):
 @dataclass
 class EpochPlan:
     """One epoch of training steps: patch indices, mixup partners and mixup weights, crop
-    offsets and SpecAugment masks.
+    offsets, SpecAugment masks and gains (augment.py).
 
     Arrays have shape [steps, batch, ...]. idx are patch indices; partner[i] is the patch
     mixed into idx[i] with weight 1 - lam[i] (lam = 1: no mixup). shift / partner_shift
     are added to the patch's start frame (random crops; 0 for patches). fmask / tmask
     [steps, batch, n_masks, 2] are (first band or frame, width) of each mask (n_masks 0:
-    none). Every field is drawn on the host from the run's rng, so a run is repeatable
+    none). gain / partner_gain scale each member's signal (1: none). Every field is drawn on the host from the run's rng, so a run is repeatable
     whatever the order in which tf.data evaluates batches.
     """
     idx: np.ndarray
@@ -220,11 +223,16 @@ class EpochPlan:
     partner_shift: np.ndarray = None
     fmask: np.ndarray = None
     tmask: np.ndarray = None
+    gain: np.ndarray = None
+    partner_gain: np.ndarray = None
 
     def __post_init__(self):
         for name in ('shift', 'partner_shift'):
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros(self.idx.shape, np.int64))
+        for name in ('gain', 'partner_gain'):
+            if getattr(self, name) is None:
+                setattr(self, name, np.ones(self.idx.shape, np.float32))
         for name in ('fmask', 'tmask'):
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros(self.idx.shape + (0, 2), np.int64))
@@ -279,6 +287,51 @@ def plan_halves(rng, first, second, batch_size, mixup=False, alpha=0.1, mode='in
     return EpochPlan(*(join(f.name) for f in dataclasses.fields(EpochPlan)))
 
 
+def cross_pairs(rng, plan, alpha):
+    """Mixup between the two halves of plan_halves batches (Akiyama & Sato, Sec. 2.2: curated
+    clips mixed with soft-pseudo-labelled ones): each example's partner is the example at
+    the same place of the other half, lam ~ Beta(alpha, alpha) per example."""
+    half = plan.idx.shape[1] // 2
+    plan.partner = np.concatenate([plan.idx[:, half:2 * half], plan.idx[:, :half],
+                                   plan.idx[:, 2 * half:]], axis=1)
+    plan.lam = rng.beta(alpha, alpha, size=plan.idx.shape).astype(np.float32)
+    plan.lam[:, 2 * half:] = 1.0  # an odd batch's last example has no partner
+    return plan
+
+
+def sharpen(p, temperature):
+    """Sharpening of MixMatch (Berthelot et al., NeurIPS 2019), as Akiyama & Sato sharpen
+    their soft pseudo labels: p_k^(1/T) / sum_j p_j^(1/T) per row."""
+    p = np.power(np.clip(np.asarray(p, np.float64), 0.0, None), 1.0 / temperature)
+    return (p / np.maximum(p.sum(axis=1, keepdims=True), 1e-300)).astype(np.float32)
+
+
+def read_pseudo_labels(path, table, rows, classes):
+    """learn.pseudo_labels: a predictions CSV (fname + one score column per class, as
+    predictions.csv or predict.py writes it) -> [len(table), K] scores, filled for `rows`
+    (the unverified training clips; other rows 0). One-line errors for a missing file, a
+    class set that differs from the dataset's, or clips it does not cover."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'learn.pseudo_labels: no file {path}')
+    frame = pd.read_csv(path)
+    if 'fname' not in frame.columns or set(classes) - set(frame.columns):
+        missing = sorted(set(classes) - set(frame.columns))
+        raise ConfigError(f'learn.pseudo_labels {path} must have an fname column and one '
+                          f'column per class of the dataset; missing: '
+                          f'{", ".join(missing[:5] or ["fname"])}'
+                          f'{" ..." if len(missing) > 5 else ""}')
+    frame = frame.drop_duplicates('fname').set_index('fname')
+    fnames = table.fname.to_numpy()[rows]
+    absent = [f for f in fnames if f not in frame.index]
+    if absent:
+        raise ConfigError(f'learn.pseudo_labels {path} lacks {len(absent)} of the '
+                          f'{len(fnames)} unverified training clips (e.g. {absent[0]})')
+    scores = np.zeros((len(table), len(classes)), np.float32)
+    scores[rows] = frame.loc[fnames, list(classes)].to_numpy(np.float32)
+    return scores
+
+
 def mask_spans(rng, shape, count, max_width, size):
     """SpecAugment masks (Park et al., Interspeech 2019): per example `count` masks of
     width w ~ U{0..max_width} starting at s ~ U{0..size - w} -> int64 [*shape, count, 2]
@@ -288,7 +341,8 @@ def mask_spans(rng, shape, count, max_width, size):
     return np.stack([start, width], axis=-1)
 
 
-def augment_plan(rng, plan, max_shift=0, specaugment=(0, 0, 0, 0), n_mels=1, length=1):
+def augment_plan(rng, plan, max_shift=0, specaugment=(0, 0, 0, 0), n_mels=1, length=1,
+                 paper=None):
     """Random crop offsets and SpecAugment masks drawn into an epoch plan.
 
     max_shift: a crop starts at a frame drawn uniformly from 0..max_shift of its fixed-
@@ -305,6 +359,23 @@ def augment_plan(rng, plan, max_shift=0, specaugment=(0, 0, 0, 0), n_mels=1, len
         plan.fmask = mask_spans(rng, plan.idx.shape, n_freq, freq_width, n_mels)
     if n_time:
         plan.tmask = mask_spans(rng, plan.idx.shape, n_time, time_width, length)
+    return augment_paper(rng, plan, paper or {}, n_mels, length)
+
+
+def augment_paper(rng, plan, paper, n_mels, length):
+    """Akiyama & Sato's frequency mask, gain and additional crop (augment.py), each drawn
+    only when its p > 0; `paper` maps learn.freq_mask / gain / extra_crop to their
+    settings. Masks join SpecAugment's."""
+    shape = plan.idx.shape
+    if paper.get('freq_mask', {}).get('p', 0) > 0:
+        plan.fmask = np.concatenate(
+            [plan.fmask, augment.freq_masks(rng, shape, paper['freq_mask'], n_mels)], axis=-2)
+    if paper.get('gain', {}).get('p', 0) > 0:
+        plan.gain = augment.gains(rng, shape, paper['gain'])
+        plan.partner_gain = augment.gains(rng, shape, paper['gain'])
+    if paper.get('extra_crop', {}).get('p', 0) > 0:
+        plan.tmask = np.concatenate(
+            [plan.tmask, augment.crop_masks(rng, shape, paper['extra_crop'], length)], axis=-2)
     return plan
 
 
@@ -361,10 +432,13 @@ class PatchSource:
     """
 
     def __init__(self, frames, patches, table, mean, std, eps, patch_len, on_device,
-                 eval_len=None):
+                 eval_len=None, gain_exponent=2, log=True, per_clip=False):
         import tensorflow as tf  # placement is TensorFlow's; Keras has no device API
         from keras import ops
         self.ops, self.patch_len, self.on_device = ops, patch_len, on_device
+        self.per_member, self.pseudo = False, None  # use_members() sets them
+        # gains on the frames (augment.gain_frames); extract.normalize per_clip
+        self.gain_exponent, self.log, self.per_clip = gain_exponent, log, per_clip
         # Frames per evaluated example: a patch, or a whole fixed-length clip (random_crop).
         self.eval_len = eval_len or patch_len
         self.n_classes = len(eps)
@@ -391,28 +465,39 @@ class PatchSource:
             self.mean = tf.constant(mean.reshape(1, 1, -1, 1))
             self.std = tf.constant(std.reshape(1, 1, -1, 1))
 
-    def inputs(self, idx, shift=None, length=None):
+    def inputs(self, idx, shift=None, length=None, gain=None):
         """Standardised inputs [B, length, n_mels, 1] float32 for patch indices idx, each
-        starting `shift` frames after its patch (a random crop); length defaults to
+        starting `shift` frames after its patch (a random crop), its signal scaled by
+        `gain` [B] (augment.gain_frames) before standardisation; length defaults to
         patch_len."""
         take = self.ops.take
         offset = take(self.offset, idx)
         if shift is not None:
             offset = offset + self.ops.cast(shift, 'int32')
-        return self.windows(take(self.row0, idx), offset, take(self.clen, idx), length)
+        return self.windows(take(self.row0, idx), offset, take(self.clen, idx), length, gain)
 
-    def windows(self, row0, offset, clen, length=None):
+    def windows(self, row0, offset, clen, length=None, gain=None):
         """Standardised windows [B, length, n_mels, 1] of the clips whose frames start at
         row0 [B] and last clen [B] frames, starting `offset` [B] frames in (wrapping around
         short clips); length defaults to patch_len. Also the random excerpts of
-        self-verification."""
+        self-verification. gain [B] scales each signal before standardisation. Standardised
+        per band with the training set's scaler, or (extract.normalize per_clip) each
+        example with its own mean and std over all its frames and bands (Akiyama & Sato,
+        Sec. 3.2.2)."""
         ops = self.ops
         length = length or self.patch_len
         t = ops.arange(length, dtype='int32')
         offset, clen = ops.expand_dims(offset, -1), ops.expand_dims(clen, -1)
         rows = ops.expand_dims(row0, -1) + (offset + t) % clen
         x = ops.take(self.frames, ops.reshape(rows, (-1,)), axis=0)
-        x = ops.reshape(ops.cast(x, 'float32'), (-1, length, self.n_mels, 1))
+        x = ops.reshape(ops.cast(x, 'float32'), (-1, length, self.n_mels))
+        if gain is not None:
+            x = augment.gain_frames(ops, x, gain, self.gain_exponent, self.log)
+        x = ops.expand_dims(x, -1)
+        if self.per_clip:
+            mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+            std = ops.std(x, axis=(1, 2, 3), keepdims=True)
+            return (x - mean) / ops.maximum(std, 1e-8)
         return (x - self.mean) / self.std
 
     def masked(self, x, fmask, tmask):
@@ -438,7 +523,7 @@ class PatchSource:
         return smooth_targets(y, self.ops.take(self.clip_eps, clip)) if smooth else y
 
     def train_batch(self, idx, partner, lam, shift=None, partner_shift=None, fmask=None,
-                    tmask=None, clean=False):
+                    tmask=None, gain=None, partner_gain=None, clean=False):
         """One planned step (EpochPlan.arrays()) as a dict; partner == idx and lam == 1 mean
         no mixup.
 
@@ -451,17 +536,35 @@ class PatchSource:
         masks, for a loss that measures the batch itself (adaptive Lq).
         """
         ops, take = self.ops, self.ops.take
-        x_clean = self.inputs(idx, shift)
+        x_clean = self.inputs(idx, shift, gain=gain)
         paired = ops.cast(ops.not_equal(idx, partner), 'float32')
-        x = mix(ops, lam, x_clean, self.inputs(partner, partner_shift))
+        x = mix(ops, lam, x_clean, self.inputs(partner, partner_shift, gain=partner_gain))
         if fmask is not None and (fmask.shape[1] or tmask.shape[1]):  # static: 0 = off
             x = self.masked(x, fmask, tmask)
-        batch = {'x': x, 'y': mix(ops, lam, self.targets(idx), self.targets(partner)),
+        y_a, y_b = self.targets(idx), self.targets(partner)
+        batch = {'x': x, 'y': mix(ops, lam, y_a, y_b),
                  'verified': take(self.verified, idx), 'members': 1.0 + paired,
                  'wrong': take(self.wrong, idx) + paired * take(self.wrong, partner)}
+        if self.per_member:  # the members of each mixed pair, for losses.Multitask
+            batch.update(y_a=y_a, y_b=y_b, lam=ops.cast(lam, 'float32'),
+                         verified_a=batch['verified'], verified_b=take(self.verified, partner))
+            if self.pseudo is not None:
+                batch.update(pseudo_a=self.pseudo_of(idx), pseudo_b=self.pseudo_of(partner))
         if clean:
             batch.update(x_clean=x_clean, labels=take(self.label, idx))
         return batch
+
+    def use_members(self, pseudo=None):
+        """Batches carry each pair's members (losses.Multitask), and with pseudo [clips, K]
+        the members' soft pseudo labels."""
+        import tensorflow as tf
+        self.per_member = True
+        if pseudo is not None:
+            with tf.device('/GPU:0' if self.on_device else '/CPU:0'):
+                self.pseudo = tf.constant(pseudo.astype(np.float32))
+
+    def pseudo_of(self, idx):
+        return self.ops.take(self.pseudo, self.ops.take(self.clip, idx), axis=0)
 
     def eval_batch(self, idx):
         """(x, multi-hot y) without smoothing, mixup or masks, for validation and scoring:

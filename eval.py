@@ -258,12 +258,7 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
     lines += ['', f'wall time of the job: {wall_time:.1f} s', '=' * 72]
     print('\n'.join(lines), flush=True)
 
-    pred = scores.argmax(axis=1)
-    frame = pd.DataFrame(scores, columns=classes)
-    frame.insert(0, 'predicted', [classes[k] for k in pred])
-    frame.insert(0, 'fname', table.fname.to_numpy()[rows_evaluated])
-    with atomic_path(run_dir / 'predictions.csv') as tmp:
-        frame.to_csv(tmp, index=False, float_format='%.6g')
+    write_predictions(run_dir / 'predictions.csv', table, classes, rows_evaluated, scores)
     if 'confusion' in figures:
         metrics.write_confusion_csv(run_dir / 'confusion.csv', figures.pop('confusion'),
                                     classes)
@@ -274,6 +269,15 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
                'wall_time_s': round(wall_time, 2), **extra}
     atomic_write_text(run_dir / 'results.json', json.dumps(results, indent=2) + '\n')
     return results
+
+
+def write_predictions(path, table, classes, rows, scores):
+    """predictions.csv format: fname, predicted (top class), one score column per class."""
+    frame = pd.DataFrame(scores, columns=classes)
+    frame.insert(0, 'predicted', [classes[k] for k in scores.argmax(axis=1)])
+    frame.insert(0, 'fname', table.fname.to_numpy()[rows])
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format='%.6g')
 
 
 def _headline(figures):

@@ -145,7 +145,7 @@ def _frames_name(cfg):
     return f'frames{cfg["suffix"]["in"]}.{FRAMES_EXT[cfg["extract"]["store_dtype"]]}'
 
 
-PATCH_KEYS = ('patch_len', 'patch_hop', 'crop', 'crop_frames', 'clip_frames')
+PATCH_KEYS = ('patch_len', 'patch_hop', 'crop', 'crop_frames', 'clip_frames', 'normalize')
 
 
 def cache_dir(cfg, table):
@@ -153,7 +153,8 @@ def cache_dir(cfg, table):
     root = os.path.normpath(cfg['ctrl']['dataset_path'])
     clips = [Path(os.path.relpath(os.path.abspath(p), os.path.abspath(root))).as_posix()
              for p in table['path']]
-    # Patching and cropping happen after extraction, so a sweep over them reuses the cache.
+    # Patching, cropping and standardisation happen after extraction, so a sweep over them
+    # reuses the cache.
     params = {k: v for k, v in cfg['extract'].items() if k not in PATCH_KEYS}
     key = json.dumps({'extract': params, 'clips': clips}, sort_keys=True,
                      separators=(',', ':'))

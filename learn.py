@@ -8,6 +8,7 @@ per stage.
 import functools
 import logging
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -15,6 +16,7 @@ import tensorflow as tf  # the step uses GradientTape and tf.data: TensorFlow ba
 from keras import ops
 
 import architectures
+import augment
 import data
 import datasets
 import ensemble
@@ -73,7 +75,8 @@ class Experiment:
         # every epoch plan from the stage's rng.
         self.augment = functools.partial(
             data.augment_plan, max_shift=source.eval_len - source.patch_len,
-            specaugment=specaugment(learn), n_mels=ext['n_mels'], length=source.patch_len)
+            specaugment=specaugment(learn), n_mels=ext['n_mels'], length=source.patch_len,
+            paper={key: learn[key] for key in ('freq_mask', 'gain', 'extra_crop')})
         # Resume: fit() calls are the mode's stages; the backup holds the state at the end
         # of the last completed epoch, restored when the mode reaches that epoch's stage.
         self.stage_epochs = []
@@ -165,11 +168,35 @@ class Experiment:
 
     def plan(self, pool, mixup=None):
         """A function of an rng that draws one epoch of batches over the patch indices in
-        pool."""
+        pool (learn.multitask: multitask_plan)."""
         learn = self.cfg['learn']
         mixup = learn['mixup'] if mixup is None else mixup
+        if learn['multitask']:
+            return self.multitask_plan(pool, mixup)
         return lambda rng: self.augment(rng, data.plan_epoch(
             rng, pool, learn['batch_size'], mixup, learn['mixup_alpha'], learn['mixup_mode']))
+
+    def multitask_plan(self, pool, mixup):
+        """Batches half verified, half unverified patches of pool (plan_halves; an epoch is
+        one pass over the unverified ones), so that both heads learn in every step. With
+        pseudo labels and mixup, each verified example is mixed with an unverified (pseudo-
+        labelled) one (Akiyama & Sato, Sec. 2.2); otherwise mixup stays inside each half."""
+        learn = self.cfg['learn']
+        verified = self.table.verified.to_numpy()[self.patches.clip[pool]] == 1
+        ver, unv = pool[verified], pool[~verified]
+        if ver.size == 0 or unv.size == 0:
+            raise ConfigError('learn.multitask needs verified and unverified training clips; '
+                              f'this split has {ver.size} verified and {unv.size} unverified '
+                              f'patches')
+        cross = mixup and learn['pseudo_labels'] is not None
+
+        def plan(rng):
+            halves = data.plan_halves(rng, ver, unv, learn['batch_size'], mixup and not cross,
+                                      learn['mixup_alpha'], learn['mixup_mode'])
+            if cross:
+                halves = data.cross_pairs(rng, halves, learn['mixup_alpha'])
+            return self.augment(rng, halves)
+        return plan
 
     @property
     def epoch(self):
@@ -494,6 +521,37 @@ def check(cfg):
     if mode == 'self_verify' and cfg['ctrl']['dataset'] in datasets.MULTI_LABEL:
         raise ConfigError(f'learn.mode self_verify verifies one given label per clip (Dorfer '
                           f'& Widmer, single-label); {cfg["ctrl"]["dataset"]} is multi-label')
+    check_multitask(cfg)
+
+
+# Training subsets that hold verified and unverified clips, as both multitask heads need.
+MIXED_SUBSETS = ('all', 'noisy_small_clean')
+
+
+def check_multitask(cfg):
+    """learn.multitask trains each head on its own clips in every step, so it needs a subset
+    with both kinds, a loss that is a plain per-example loss (the time-dependent and
+    adaptive losses decide per batch what to keep or which q to use, over examples that
+    here belong to two heads), and a mode that does not mask or switch the unverified clips
+    itself (mode 2, staged, self_verify). Pseudo labels are learned beside the multitask loss only."""
+    learn, loss_type = cfg['learn'], cfg['loss']['type']
+    if learn['pseudo_labels'] is not None and not learn['multitask']:
+        raise ConfigError('learn.pseudo_labels is learned by the verified head of '
+                          'learn.multitask: set learn.multitask true')
+    if learn['pseudo_labels'] is not None and not Path(learn['pseudo_labels']).is_file():
+        raise ConfigError(f'learn.pseudo_labels: no file {learn["pseudo_labels"]}')
+    if not learn['multitask']:
+        return
+    if learn['mode'] not in (0, 1, 3):
+        raise ConfigError(f'learn.multitask works with learn.mode 0, 1 or 3, not '
+                          f'{learn["mode"]!r} (its own treatment of the unverified clips)')
+    if loss_type in TIME_DEPENDENT + ('adaptive_lq',):
+        raise ConfigError(f'learn.multitask works with loss.type CCE, lq_loss or bce, not '
+                          f'{loss_type!r}')
+    if cfg['ctrl']['train_data'] not in MIXED_SUBSETS:
+        raise ConfigError(f'learn.multitask needs verified and unverified training clips: '
+                          f'ctrl.train_data {" or ".join(MIXED_SUBSETS)}, not '
+                          f'{cfg["ctrl"]["train_data"]!r}')
 
 
 def check_crop(cfg):
@@ -563,9 +621,13 @@ def batch_source(cfg, store, patches, table, mean, std, eps):
     """The PatchSource, with frames in GPU memory when wanted and they fit, else on host."""
     train_len, eval_len = lengths(cfg)
     args = (store.frames, patches, table, mean, std, eps, train_len)
+    ext = cfg['extract']
+    # how a gain acts on the stored frames (augment.gain_frames); the standardisation
+    more = dict(eval_len=eval_len, gain_exponent=augment.GAIN_EXPONENT[ext['spectrogram_type']],
+                log=ext['log'], per_clip=ext['normalize'] == 'per_clip')
     if on_device(cfg):
         try:
-            return data.PatchSource(*args, on_device=True, eval_len=eval_len)
+            return data.PatchSource(*args, on_device=True, **more)
         except (tf.errors.ResourceExhaustedError, tf.errors.InternalError) as err:
             if cfg['learn']['frames_on_device'] == 'always':
                 raise ConfigError(f'the frames ({store.frames.nbytes / 2**30:.1f} GiB) do not '
@@ -574,7 +636,7 @@ def batch_source(cfg, store, patches, table, mean, std, eps):
             logger.warning('the frames (%.1f GiB) do not fit in GPU memory: batches are '
                            'gathered on the host instead (slower); extract.store_dtype '
                            'float16 halves them', store.frames.nbytes / 2**30)
-    return data.PatchSource(*args, on_device=False, eval_len=eval_len)
+    return data.PatchSource(*args, on_device=False, **more)
 
 
 def build_trainer(cfg, table, classes, source):
@@ -621,9 +683,13 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     train_idx = patches.of_clips(train_rows)
     # Over the inputs the model is evaluated on: patches, or whole fixed-length clips
     # (whose random crops it is trained on).
-    mean, std = data.fit_scaler(store.frames, patches,
-                                patches.of_clips(rows) if shared else train_idx,
-                                lengths(cfg)[1])
+    if cfg['extract']['normalize'] == 'per_clip':  # each example standardises itself
+        mean, std = (np.zeros(cfg['extract']['n_mels'], np.float32),
+                     np.ones(cfg['extract']['n_mels'], np.float32))
+    else:
+        mean, std = data.fit_scaler(store.frames, patches,
+                                    patches.of_clips(rows) if shared else train_idx,
+                                    lengths(cfg)[1])
     source = batch_source(cfg, store, patches, table, mean, std, data.lsr_eps(learn, classes))
     logger.info('train: %d clips, %d patches; val: %d clips; frames on %s', train_rows.size,
                 train_idx.size, val_rows.size, 'the device' if source.on_device else 'host')
@@ -635,6 +701,8 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     # not leak into the next.
     keras.mixed_precision.set_global_policy(
         'mixed_float16' if learn['mixed_precision'] else 'float32')
+    if learn['multitask']:  # every unverified clip of the subset: any fold may train it
+        source.use_members(pseudo_labels(cfg, table, classes, rows))
     trainer = build_trainer(cfg, table, classes, source)
     with atomic_path(run_dir / 'scaler.npz') as tmp, open(tmp, 'wb') as f:
         np.savez(f, mean=mean, std=std)
@@ -642,6 +710,20 @@ def prepare(cfg, table, classes, store, rng, run_dir):
                      trainer, run_dir, rng, fold=1 if len(splits) > 1 else None)
     exp.splits = splits
     return exp
+
+
+def pseudo_labels(cfg, table, classes, train_rows):
+    """learn.pseudo_labels -> sharpened soft pseudo labels [clips, K] of the unverified
+    training clips (None without the key)."""
+    path = cfg['learn']['pseudo_labels']
+    if path is None:
+        return None
+    rows = train_rows[table.verified.to_numpy()[train_rows] == 0]
+    scores = data.read_pseudo_labels(path, table, rows, classes)
+    logger.info('soft pseudo labels of %d unverified training clips from %s, sharpened with '
+                'T = %g, MSE weight %g', rows.size, path, cfg['loss']['sharpen_T'],
+                cfg['loss']['pseudo_weight'])
+    return data.sharpen(scores, cfg['loss']['sharpen_T'])
 
 
 def finish(exp):

@@ -110,6 +110,7 @@ class StepLoss:
 
     needs_embedding = False  # the step passes the penultimate-layer output
     needs_clean = False      # the step passes the batch before mixup (clean=...)
+    needs_batch = False      # the step passes the whole batch dict (batch=...)
     heads = ('softmax',)     # the learn.head values whose outputs this loss can train
     log_names = ()           # names of the extra per-epoch figures this loss reports
 
@@ -328,6 +329,72 @@ class HeadLosses(StepLoss):
                    if name in BRANCH_LOSSES)
 
 
+def mse(y_true, y_pred):
+    """Mean squared error per example, the mean over the K classes of (y_k - p_k)^2."""
+    return ops.mean(ops.square(y_true - y_pred), axis=-1)
+
+
+class Multitask(StepLoss):
+    """learn.multitask (Akiyama & Sato, DCASE 2019 task 2, Sec. 2.1-2.2 and Fig. 1): the
+    loss.type loss (`base`) trains the verified head on verified clips and the unverified
+    head on unverified clips, weighed by loss.multitask_weights; with learn.pseudo_labels,
+    the verified head also learns the unverified clips' sharpened soft pseudo labels with
+    MSE weighed by loss.pseudo_weight (Fig. 1: the soft-pseudo-label MSE and the curated
+    BCE both sit on the curated branch, and the paper mixes curated clips with pseudo-
+    labelled ones, which only one head can learn).
+
+    Mixup in the loss form: an example mixed from members a and b with weight lam is
+    lam * (a's terms) + (1 - lam) * (b's terms), each member contributing by its own
+    verified flag. For CCE and BCE, linear in the targets, this is exactly the loss of the
+    mixed targets on the head both members train; it also lets a verified clip mixed with a
+    pseudo-labelled one train the verified head with both its label and the pseudo label.
+    The step reads the members from the batch (PatchSource with per_member on): y_a, y_b
+    (label-smoothed targets), lam, verified_a, verified_b, pseudo_a, pseudo_b.
+
+    Figures: loss_verified, loss_unverified (and loss_pseudo), the batch means of each
+    head's weighted terms, which add up to the loss.
+    """
+
+    def __init__(self, base, cfg):
+        self.base, self.head = base, cfg['learn']['head']
+        self.weights = dict(zip(('verified', 'unverified'), cfg['loss']['multitask_weights']))
+        self.pseudo = cfg['learn']['pseudo_labels'] is not None
+        self.pseudo_weight = cfg['loss']['pseudo_weight']
+        self.log_names = ('loss_verified', 'loss_unverified') + (
+            ('loss_pseudo',) if self.pseudo else ())
+        self.needs_batch = True
+
+    def per_example(self, y_true, y_pred, x=None, emb=None):
+        """The verified head's loss (validation, scoring): what the model predicts with."""
+        # Imported here: architectures imports losses (its Sparsemax layer).
+        from architectures import head_branches
+        return self.base.per_example(y_true, head_branches(y_pred, 'verified', self.head))
+
+    def terms(self, y_pred, batch):
+        """Per-example [B] weighted terms of each head: {verified, unverified[, pseudo]}."""
+        from architectures import head_branches
+        heads = {name: head_branches(y_pred, name, self.head) for name in self.weights}
+        lam = batch['lam']
+        terms = {}
+        for member, share in (('a', lam), ('b', 1.0 - lam)):
+            ver = batch[f'verified_{member}']
+            y = batch[f'y_{member}']
+            for name, flag in (('verified', ver), ('unverified', 1.0 - ver)):
+                term = share * flag * self.weights[name] * self.base.per_example(y, heads[name])
+                terms[name] = terms.get(name, 0.0) + term
+            if self.pseudo:
+                term = (share * (1.0 - ver) * self.pseudo_weight
+                        * mse(batch[f'pseudo_{member}'], y_pred['scores']))
+                terms['pseudo'] = terms.get('pseudo', 0.0) + term
+        return terms
+
+    def __call__(self, y_true, y_pred, x=None, emb=None, mask=None, clean=None, batch=None):
+        terms = self.terms(y_pred, batch)
+        total = sum(terms.values())
+        figures = {f'loss_{name}': ops.mean(term) for name, term in terms.items()}
+        return ops.mean(total), ops.ones_like(total), figures
+
+
 LOSSES = {
     'CCE': CCE,
     'lq_loss': Lq,
@@ -355,8 +422,9 @@ def check(cfg):
 
 
 def get(cfg):
-    """The StepLoss named by loss.type."""
-    return lookup(LOSSES, cfg['loss']['type'], 'loss.type')(cfg)
+    """The StepLoss named by loss.type; with learn.multitask, that loss on both heads."""
+    loss = lookup(LOSSES, cfg['loss']['type'], 'loss.type')(cfg)
+    return Multitask(loss, cfg) if cfg['learn']['multitask'] else loss
 
 
 def per_example_by_name(name, q, target='max'):

@@ -95,8 +95,10 @@ class Trainer(keras.Model):
         mask = None if self.masker is None else (lambda losses: self.masker(losses, verified))
         with tf.GradientTape() as tape:
             y_pred, emb = self._forward(x, training=True)
+            more = {'batch': batch} if self.step_loss.needs_batch else {}
             loss, weights, figures = self.step_loss(y, y_pred, x, emb, mask,
-                                                    self._clean(batch) if needs_clean else None)
+                                                    self._clean(batch) if needs_clean else None,
+                                                    **more)
             total = loss + ops.sum(self.classifier.losses) if self.classifier.losses else loss
             scaled = self.optimizer.scale_loss(total)
         variables = self.classifier.trainable_variables

@@ -346,6 +346,18 @@ def test_fsdkaggle2019_staged_masks_per_example_head_losses(workspace, kaggle):
     assert (stage2.eta > 0).all() and ((stage2.masked > 0) & (stage2.masked < 0.5)).all()
 
 
+def test_fsdkaggle2019_multitask_multi_activation_heads(workspace, kaggle):
+    d2019, _ = kaggle
+    code, log, run_dir = run(workspace, 'k2019_multitask', d2019,
+                             ['ctrl.dataset=fsdkaggle2019', 'learn.n_classes=null',
+                              'learn.head=sigmoid_softmax', 'loss.type=bce',
+                              'learn.multitask=true', 'learn.mixup=true', 'learn.n_epochs=3'])
+    assert code == 0, log[-2000:]
+    hist = history(run_dir)
+    assert (hist.loss_verified > 0).all() and (hist.loss_unverified > 0).all()
+    assert float(LWLRAP.search(log)[1]) > 0.5
+
+
 def test_fsdkaggle2018_reports_map3_and_accuracy(workspace, kaggle):
     _, d2018 = kaggle
     code, log, run_dir = run(workspace, 'k2018', d2018,
@@ -519,3 +531,64 @@ def test_self_verification_accepts_mostly_right_labels(workspace):
     assert 'ensemble: 4 models (4 folds x 1 snapshots), amean' in log
     assert len(list(run_dir.glob('sv_*_*.keras'))) == 12
     assert not (run_dir / 'tb').exists() and (run_dir / 'curves_4.png').is_file()
+
+
+
+# ----------------------------------------------------------------------------- multitask
+
+def test_multitask_trains_each_head_on_its_own_clips(workspace):
+    _, clean, _ = workspace
+    code, log, run_dir = run(workspace, 'multitask', clean,
+                             ['learn.multitask=true', 'learn.mixup=true', 'learn.n_epochs=6'])
+    assert code == 0, log[-2000:]
+    hist = history(run_dir)
+    assert (hist.loss_verified > 0).all() and (hist.loss_unverified > 0).all()
+    # the two heads' terms make up the logged loss (the baseline's L2 is not in it)
+    assert np.allclose(hist.loss_verified + hist.loss_unverified, hist.loss, rtol=1e-4)
+    assert hist.loss_unverified.iloc[-1] < hist.loss_unverified.iloc[0]
+    accuracy = float(ACCURACY.search(log)[1])
+    assert accuracy >= 80, f'multitask accuracy {accuracy}'
+
+
+def test_multitask_learns_soft_pseudo_labels_of_an_earlier_run(workspace, tmp_path):
+    import predict
+    _, _, noisy = workspace
+    # The earlier run sees only the verified clips: its scores of the unverified ones are
+    # out of sample.
+    code, log, first = run(workspace, 'pseudo_source', noisy,
+                           ['ctrl.train_data=clean', 'learn.n_epochs=4'])
+    assert code == 0, log[-2000:]
+    # predict.py scores the test clips as the run itself did
+    assert predict.main([str(first), '--clips', 'test', '-o', str(tmp_path / 'test.csv')]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / 'test.csv'),
+                                  pd.read_csv(first / 'predictions.csv'), rtol=1e-4)
+    csv = tmp_path / 'unverified.csv'
+    assert predict.main([str(first), '-o', str(csv)]) == 0
+    scores = pd.read_csv(csv)
+    assert len(scores) == 140  # every unverified training clip of the synthetic set
+    code, log, run_dir = run(workspace, 'pseudo', noisy,
+                             ['learn.multitask=true', f'learn.pseudo_labels={csv}',
+                              'learn.mixup=true', 'learn.n_epochs=3'])
+    assert code == 0, log[-2000:]
+    # every unverified clip of the training subset (a fold of learn.folds may train any)
+    assert f'soft pseudo labels of {len(scores)} unverified training clips' in log
+    hist = history(run_dir)
+    for name in ('loss_verified', 'loss_unverified', 'loss_pseudo'):
+        assert (hist[name] > 0).all(), name
+    assert np.allclose(hist.loss_verified + hist.loss_unverified + hist.loss_pseudo,
+                       hist.loss, rtol=1e-4)
+    assert ACCURACY.search(log)
+
+
+def test_paper_augmentations_and_per_clip_standardisation_train(workspace):
+    _, clean, _ = workspace
+    code, log, run_dir = run(workspace, 'augment', clean,
+                             ['extract.normalize=per_clip', 'learn.freq_mask.p=0.5',
+                              'learn.freq_mask.min_width=2', 'learn.freq_mask.max_width=8',
+                              'learn.gain.p=0.5', 'learn.extra_crop.p=0.5',
+                              'learn.n_epochs=6'])
+    assert code == 0, log[-2000:]
+    scaler = np.load(run_dir / 'scaler.npz')
+    assert (scaler['mean'] == 0).all() and (scaler['std'] == 1).all()  # not used
+    accuracy = float(ACCURACY.search(log)[1])
+    assert accuracy >= 70, f'accuracy {accuracy} with the augmentations'

@@ -1,0 +1,63 @@
+"""The augmentations of Akiyama & Sato, "Multitask learning and semi-supervised learning
+with noisy data for audio tagging" (DCASE 2019 task 2, Sec. 3.3.1), drawn into the epoch
+plan like SpecAugment's masks (data.augment_plan), so that a run stays repeatable:
+
+- learn.freq_mask {p, min_width, max_width}: with probability p one frequency mask of
+  width ~ U{min_width..max_width} bands (the paper: 8-32, p 0.5);
+- learn.gain {p, low, high}: with probability p a gain g ~ U(low, high) on the signal
+  (the paper: 0.8-1.2, p 0.5), applied to the frames as the feature extraction would see
+  it (gain_frames);
+- learn.extra_crop {p, min_frac, max_frac}: with probability p only a random span of
+  min_frac..max_frac of the crop is kept and the rest zero-padded (the paper: 25-100 %,
+  p 0.5).
+
+Each is off (p 0) by default and draws nothing then, so a run without them draws the
+same batches as before they existed.
+"""
+import numpy as np
+
+# extract.spectrogram_type -> the power of the signal's amplitude in a frame's energies.
+GAIN_EXPONENT = {'power': 2, 'magnitude': 1}
+
+
+def freq_masks(rng, shape, setting, n_mels):
+    """[*shape, 1, 2] (first band, width) of one mask per example; width 0 where the
+    mask is not drawn (probability 1 - p)."""
+    on = rng.random(shape) < setting['p']
+    width = rng.integers(setting['min_width'], setting['max_width'] + 1, size=shape)
+    width = np.where(on, np.minimum(width, n_mels), 0)
+    start = np.floor(rng.random(shape) * (n_mels - width + 1)).astype(np.int64)
+    return np.stack([start, width], axis=-1)[..., None, :]
+
+
+def gains(rng, shape, setting):
+    """[*shape] float32 gain factors: U(low, high) with probability p, else 1."""
+    on = rng.random(shape) < setting['p']
+    g = rng.uniform(setting['low'], setting['high'], size=shape)
+    return np.where(on, g, 1.0).astype(np.float32)
+
+
+def crop_masks(rng, shape, setting, length):
+    """[*shape, 2, 2] time masks (start, width) that zero everything outside a kept span
+    of round(f * length) frames, f ~ U(min_frac, max_frac), at a random place of the crop;
+    widths 0 where no additional crop is drawn. The kept span stays where it was in the
+    crop rather than moving to its start: the trunks end in global pooling, so the place
+    of the padding does not matter to them."""
+    on = rng.random(shape) < setting['p']
+    frac = rng.uniform(setting['min_frac'], setting['max_frac'], size=shape)
+    keep = np.where(on, np.clip(np.round(frac * length), 1, length), length).astype(np.int64)
+    start = np.floor(rng.random(shape) * (length - keep + 1)).astype(np.int64)
+    before = np.stack([np.zeros_like(start), start], axis=-1)
+    after = np.stack([start + keep, length - start - keep], axis=-1)
+    return np.stack([before, after], axis=-2)
+
+
+def gain_frames(ops, frames, g, exponent, log):
+    """Frames [B, T, F] of a signal scaled by g [B]: the energies scale by g**exponent
+    (2 for a power spectrogram, 1 for magnitude), so log10 frames shift by
+    exponent * log10(g) (the eps inside the log is neglected) and linear frames are
+    multiplied by g**exponent."""
+    g = ops.reshape(ops.cast(g, frames.dtype), (-1, 1, 1))
+    if log:
+        return frames + exponent * ops.log(g) / np.log(10.0)
+    return frames * g ** exponent

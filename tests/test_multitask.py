@@ -1,0 +1,155 @@
+"""Multitask heads and soft pseudo labels (Akiyama & Sato, DCASE 2019 task 2)."""
+import numpy as np
+import pandas as pd
+import pytest
+from keras import layers, ops
+
+import architectures
+import data
+import learn
+import losses
+from config import ConfigError
+
+K, B = 5, 6
+
+
+def test_multitask_heads_are_two_identical_fc_stacks(make_cfg):
+    cfg = make_cfg('learn.multitask=true', 'learn.head=sigmoid')
+    model = architectures.build('baseline', (32, 32, 1), K, cfg['learn'])
+    assert set(model.output) == {'scores', 'verified_sigmoid', 'unverified_sigmoid'}
+    for head in ('verified', 'unverified'):
+        fc1, fc2 = model.get_layer(f'{head}_fc1'), model.get_layer(f'{head}_fc2')
+        assert fc1.units == fc2.units == 1024 and fc1.activation.__name__ == 'relu'
+        out = model.get_layer(f'{head}_sigmoid_dense')
+        assert out.units == K
+    rates = sorted(l.rate for l in model.layers if isinstance(l, layers.Dropout)
+                   and l.rate < 0.5)
+    assert rates == [0.1, 0.1, 0.2, 0.2]
+    x = np.random.default_rng(0).normal(size=(3, 32, 32, 1)).astype('float32')
+    out = model(x)
+    np.testing.assert_allclose(out['scores'], out['verified_sigmoid'])
+    assert not np.allclose(out['scores'], out['unverified_sigmoid'])
+
+
+def _batch(rng, pseudo):
+    onehot = np.eye(K, dtype='float32')
+    batch = {'lam': rng.uniform(size=B).astype('float32'),
+             'verified_a': np.array([1, 1, 1, 0, 0, 0], 'float32'),
+             'verified_b': np.array([0, 1, 0, 1, 0, 0], 'float32'),
+             'y_a': onehot[rng.integers(0, K, B)], 'y_b': onehot[rng.integers(0, K, B)]}
+    if pseudo:
+        batch['pseudo_a'] = rng.dirichlet(np.ones(K), B).astype('float32')
+        batch['pseudo_b'] = rng.dirichlet(np.ones(K), B).astype('float32')
+    return batch
+
+
+@pytest.mark.parametrize('pseudo', [False, True])
+def test_each_member_trains_its_own_head_and_the_pseudo_mse_weight(make_cfg, pseudo):
+    rng = np.random.default_rng(1)
+    over = ['learn.multitask=true', 'loss.type=CCE', 'loss.multitask_weights=[1.0, 0.5]']
+    if pseudo:
+        over.append('learn.pseudo_labels=p.csv')
+    loss = losses.get(make_cfg(*over))
+    pv, pu = (rng.dirichlet(np.ones(K), B).astype('float32') for _ in range(2))
+    y_pred = {'verified_softmax': pv, 'unverified_softmax': pu, 'scores': pv}
+    batch = _batch(rng, pseudo)
+    total, _, figures = loss(None, y_pred, batch=batch)
+
+    def cce(y, p):
+        return -(y * np.log(p)).sum(axis=1)
+    expected = {'verified': 0.0, 'unverified': 0.0, 'pseudo': 0.0}
+    for m, share in (('a', batch['lam']), ('b', 1 - batch['lam'])):
+        v, y = batch[f'verified_{m}'], batch[f'y_{m}']
+        expected['verified'] += share * v * 1.0 * cce(y, pv)
+        expected['unverified'] += share * (1 - v) * 0.5 * cce(y, pu)
+        if pseudo:
+            expected['pseudo'] += (share * (1 - v) * 20.0
+                                   * ((batch[f'pseudo_{m}'] - pv) ** 2).mean(axis=1))
+    for name in ('verified', 'unverified') + (('pseudo',) if pseudo else ()):
+        assert float(figures[f'loss_{name}']) == pytest.approx(expected[name].mean(), rel=1e-5)
+    assert float(total) == pytest.approx(sum(np.mean(e) for e in expected.values()), rel=1e-5)
+
+
+def test_validation_loss_is_the_verified_heads(make_cfg):
+    loss = losses.get(make_cfg('learn.multitask=true', 'learn.head=sigmoid', 'loss.type=bce'))
+    rng = np.random.default_rng(2)
+    y = (rng.random((B, K)) > 0.5).astype('float32')
+    pv, pu = rng.uniform(0.05, 0.95, (2, B, K)).astype('float32')
+    got = loss.per_example(y, {'verified_sigmoid': pv, 'unverified_sigmoid': pu, 'scores': pv})
+    expected = -(y * np.log(pv) + (1 - y) * np.log(1 - pv)).mean(axis=1)
+    np.testing.assert_allclose(ops.convert_to_numpy(got), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (['learn.multitask=true', 'ctrl.train_data=noisy'], 'ctrl.train_data all'),
+    (['learn.multitask=true', 'ctrl.train_data=all', 'learn.mode=staged'], 'learn.mode'),
+    (['learn.multitask=true', 'ctrl.train_data=all', 'loss.type=adaptive_lq'], 'loss.type'),
+    (['learn.pseudo_labels=p.csv', 'ctrl.train_data=all'], 'set learn.multitask true'),
+    (['learn.multitask=true', 'ctrl.train_data=all', 'learn.pseudo_labels=/no/p.csv'],
+     'learn.pseudo_labels: no file /no/p.csv'),
+])
+def test_multitask_config_errors(make_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        learn.check(make_cfg('learn.mode=1', *overrides))
+
+
+def test_multitask_weights_must_be_two_numbers(make_cfg):
+    with pytest.raises(ConfigError, match='loss.multitask_weights'):
+        make_cfg('loss.multitask_weights=[1.0]')
+
+
+def test_sharpening_against_numpy():
+    p = np.array([[0.6, 0.3, 0.1, 0.0, 0.0], [0.2, 0.2, 0.2, 0.2, 0.2],
+                  [0.05, 0.9, 0.02, 0.02, 0.01]])
+    for t in (0.5, 1.0, 2.0):
+        q = p ** (1 / t)
+        np.testing.assert_allclose(data.sharpen(p, t), q / q.sum(axis=1, keepdims=True),
+                                   rtol=1e-6)
+    # T = 2 flattens the distribution: sqrt(0.6) / (sqrt(0.6) + sqrt(0.3) + sqrt(0.1))
+    assert data.sharpen(p, 2.0)[0, 0] == pytest.approx(0.7746 / (0.7746 + 0.5477 + 0.3162),
+                                                       abs=1e-4)
+
+
+def test_cross_pairs_mix_each_half_with_the_other():
+    rng = np.random.default_rng(0)
+    ver, unv = np.arange(0, 10), np.arange(100, 130)
+    plan = data.cross_pairs(rng, data.plan_halves(rng, ver, unv, 8), alpha=1.0)
+    assert np.isin(plan.idx[:, :4], ver).all() and np.isin(plan.partner[:, :4], unv).all()
+    assert np.isin(plan.idx[:, 4:], unv).all() and np.isin(plan.partner[:, 4:], ver).all()
+    assert ((plan.lam > 0) & (plan.lam < 1)).all()
+
+
+@pytest.fixture
+def pseudo_table():
+    table = pd.DataFrame({'fname': ['a.wav', 'b.wav', 'c.wav'], 'verified': [1, 0, 0]})
+    return table, ['dog', 'cat']
+
+
+def test_pseudo_labels_are_read_for_the_given_rows(tmp_path, pseudo_table):
+    table, classes = pseudo_table
+    path = tmp_path / 'p.csv'
+    pd.DataFrame({'fname': ['c.wav', 'b.wav', 'z.wav'], 'predicted': ['cat', 'dog', 'dog'],
+                  'cat': [0.7, 0.1, 0.5], 'dog': [0.3, 0.9, 0.5]}).to_csv(path, index=False)
+    scores = data.read_pseudo_labels(path, table, np.array([1, 2]), classes)
+    np.testing.assert_allclose(scores, [[0, 0], [0.9, 0.1], [0.3, 0.7]])
+
+
+@pytest.mark.parametrize('frame, message', [
+    (None, 'no file'),
+    (pd.DataFrame({'fname': ['b.wav', 'c.wav'], 'dog': [1, 0], 'bird': [0, 1]}),
+     'missing: cat'),
+    (pd.DataFrame({'fname': ['b.wav'], 'dog': [1], 'cat': [0]}), 'lacks 1 of the 2'),
+])
+def test_pseudo_label_file_errors(tmp_path, pseudo_table, frame, message):
+    table, classes = pseudo_table
+    path = tmp_path / 'p.csv'
+    if frame is not None:
+        frame.to_csv(path, index=False)
+    with pytest.raises(ConfigError, match=f'learn.pseudo_labels.*{message}'):
+        data.read_pseudo_labels(path, table, np.array([1, 2]), classes)
+
+
+def test_predict_refuses_a_folder_without_a_trained_run(tmp_path, capsys):
+    import predict
+    assert predict.main([str(tmp_path), '-o', str(tmp_path / 'p.csv')]) == 2
+    assert 'has no config.yaml' in capsys.readouterr().err
