@@ -43,6 +43,7 @@ def check_names(cfg):
 def pipeline(cfg, folder, t0):
     import datasets
     import eval as evaluation
+    import experiment
     import feat_extract
     import learn
     table, classes = datasets.load(cfg)
@@ -52,7 +53,7 @@ def pipeline(cfg, folder, t0):
         return
     test_rows = datasets.readable_test_rows(table, store.length)
     rng = utils.set_seed(cfg['ctrl']['seed'])
-    experiment = learn.prepare(cfg, table, classes, store, rng, folder.dir)
+    experiment = experiment.prepare(cfg, table, classes, store, rng, folder.dir)
     folder.training = True  # from here on, an error keeps what the run wrote
     predictor = learn.run(experiment)
     rows, scores = evaluation.predict(predictor, experiment.source, experiment.patches,

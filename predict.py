@@ -59,12 +59,12 @@ def predict(run_dir, clips, out):
     import datasets
     import eval as evaluation
     import feat_extract
-    import learn
+    import experiment
     cfg, classifier, mean, std = load_run(run_dir)
     table, classes = datasets.load(cfg)
     store = feat_extract.features(cfg, table)
-    patches = learn.patch_table(cfg, store)
-    source = learn.batch_source(cfg, store, patches, table, mean, std,
+    patches = experiment.patch_table(cfg, store)
+    source = experiment.batch_source(cfg, store, patches, table, mean, std,
                                 data.lsr_eps(cfg['learn'], classes))
     rows = np.flatnonzero(CLIPS[clips](table).to_numpy() & (store.length > 0))
     rows, scores = evaluation.predict_clips(classifier, source, patches, rows, cfg)

@@ -6,7 +6,7 @@ approach, at FSDnoisy18k scale, all figures in one run.
 
 Figures (each measured in a fresh child process of this script, so that no measurement
 inherits another's threads, caches or memory):
-  1. training patches/s: ours (learn.prepare's Trainer on the tf.data pipeline that
+  1. training patches/s: ours (experiment.prepare's Trainer on the tf.data pipeline that
      Experiment.fit builds), the model-only bound (the same model fed one constant
      batch) and a reference re-implementation of the original
      approach (keras.utils.PyDataset over materialised patches, per-example Python loops
@@ -138,13 +138,13 @@ class Context:
 
     def prepare(self, mode):
         """learn.prepare on the benchmark data -> Experiment (its run folder is per mode)."""
-        import learn
+        import experiment
         import utils
         utils.configure_logging()
         cfg, table, classes, store = load_data(self.work)
         run_dir = self.work / f'run_{mode}'
         run_dir.mkdir(exist_ok=True)
-        return learn.prepare(cfg, table, classes, store, utils.set_seed(self.args.seed),
+        return experiment.prepare(cfg, table, classes, store, utils.set_seed(self.args.seed),
                              run_dir)
 
 
@@ -222,7 +222,7 @@ def child_train_bound(ctx):
     """The same model and step fed one constant batch; the faster of two ways."""
     import architectures
     import keras
-    import learn
+    import experiment
     import losses
     import tensorflow as tf  # tf.data: Keras has no dataset API of its own
     import trainer as trainer_mod
@@ -242,7 +242,7 @@ def child_train_bound(ctx):
     # (a) the framework's Trainer (same train_step, loss and metrics as ours)
     trainer = trainer_mod.Trainer(build(), Fed(), losses.get(cfg))
     trainer.compile(optimizer=keras.optimizers.Adam(learn_cfg['lr']),
-                    jit_compile=learn.use_xla(cfg))
+                    jit_compile=experiment.use_xla(cfg))
     timer = step_timer(ctx.warmup, ctx.steps)
     trainer.fit(tf.data.Dataset.from_tensors(batch).repeat(), epochs=1,
                 steps_per_epoch=total, callbacks=[timer], verbose=0, shuffle=False)
@@ -251,7 +251,7 @@ def child_train_bound(ctx):
     model = build()
     model.compile(optimizer=keras.optimizers.Adam(learn_cfg['lr']),
                   loss='categorical_crossentropy', metrics=['accuracy'],
-                  jit_compile=learn.use_xla(cfg))
+                  jit_compile=experiment.use_xla(cfg))
     timer = step_timer(ctx.warmup, ctx.steps)
     model.fit(tf.data.Dataset.from_tensors(batch[:2]).repeat(), epochs=1,
               steps_per_epoch=total, callbacks=[timer], verbose=0, shuffle=False)
@@ -354,7 +354,7 @@ def build_reference(ctx, n_batches):
 def child_train_reference(ctx):
     import architectures
     import keras
-    import learn
+    import experiment
     import utils
     total = ctx.warmup + ctx.steps
     cfg, ds = build_reference(ctx, total)
@@ -363,7 +363,7 @@ def child_train_reference(ctx):
     model = architectures.build('baseline', (100, N_MELS, 1), N_CLASSES, learn_cfg)
     model.compile(optimizer=keras.optimizers.Adam(learn_cfg['lr']),
                   loss='categorical_crossentropy', metrics=['accuracy'],
-                  jit_compile=learn.use_xla(cfg))
+                  jit_compile=experiment.use_xla(cfg))
     timer = step_timer(ctx.warmup, ctx.steps)
     model.fit(ds, epochs=1, steps_per_epoch=total, callbacks=[timer], verbose=0, shuffle=False)
     return {'train_reference': timer.rate()}
@@ -378,12 +378,12 @@ def child_input_ours(ctx):
     Device path: the same index pipeline, each element gathered by source.train_batch
     compiled as the step compiles it (XLA when learn.jit_compile).
     """
-    import learn
+    import experiment
     import tensorflow as tf  # tf.function: the gather is compiled as in the step
     exp = ctx.prepare('input_ours')
     total = ctx.warmup + ctx.steps
     ds = train_dataset(exp, total, ctx.args.seed)
-    produce = (tf.function(exp.source.train_batch, jit_compile=learn.use_xla(exp.cfg))
+    produce = (tf.function(exp.source.train_batch, jit_compile=experiment.use_xla(exp.cfg))
                if exp.source.on_device else None)
     it, t0 = iter(ds), None
     for k in range(total):
@@ -452,17 +452,17 @@ def child_predict_whole(ctx):
     import keras
     import data
     import eval as evaluation
-    import learn
+    import experiment
     import utils
     utils.configure_logging()
     utils.set_seed(ctx.args.seed)
     cfg, table, classes, store = load_data(ctx.work, overrides=[
         'extract.crop=random_crop', 'extract.crop_frames=512', 'extract.clip_frames=2000'])
-    clips = learn.patch_table(cfg, store)
+    clips = experiment.patch_table(cfg, store)
     clip_frames = cfg['extract']['clip_frames']
     train = clips.of_clips(np.flatnonzero((table.subset == 'train').to_numpy()))
     mean, std = data.fit_scaler(store.frames, clips, train, clip_frames)
-    source = learn.batch_source(cfg, store, clips, table, mean, std,
+    source = experiment.batch_source(cfg, store, clips, table, mean, std,
                                 np.zeros(N_CLASSES, np.float32))
     inputs = keras.Input((None, N_MELS, 1))
     x = keras.layers.Conv2D(16, 3, padding='same')(inputs)
@@ -508,7 +508,7 @@ def _memory_baseline():
     """
     import data  # noqa: F401
     import feat_extract  # noqa: F401
-    import learn  # noqa: F401
+    import experiment  # noqa: F401
     import tensorflow as tf
     tf.config.list_logical_devices()  # starts the runtime (and the GPU, if any)
     float(tf.reduce_sum(tf.ones([4])))
@@ -529,10 +529,10 @@ def _memory_result(name, base):
 
 
 def child_memory_ours(ctx, store_dtype='float32', name='memory_ours'):
-    """The data part of learn.prepare: patch table, split, scaler, PatchSource."""
+    """The data part of experiment.prepare: patch table, split, scaler, PatchSource."""
     import data
     import datasets
-    import learn
+    import experiment
     base = _memory_baseline()
     cfg, table, classes, store = load_data(ctx.work, store_dtype)
     ext, learn_cfg = cfg['extract'], cfg['learn']
@@ -542,7 +542,7 @@ def child_memory_ours(ctx, store_dtype='float32', name='memory_ours'):
     patches = data.make_patches(store.start, store.length, ext['patch_len'], ext['patch_hop'])
     train_idx = patches.of_clips(train_rows)
     mean, std = data.fit_scaler(store.frames, patches, train_idx, ext['patch_len'])
-    source = learn.batch_source(cfg, store, patches, table, mean, std,
+    source = experiment.batch_source(cfg, store, patches, table, mean, std,
                                 data.lsr_eps(learn_cfg, classes))
     result = _memory_result(name, base)
     result[name + '_on_device'] = bool(source.on_device)

@@ -10,6 +10,7 @@ from keras import ops
 
 import data
 import eval as evaluation
+import experiment
 import learn
 from config import ConfigError
 
@@ -149,7 +150,7 @@ def test_mask_wider_than_the_input_is_refused(make_cfg, key, value, size_key):
                                           f'{size_key}'):
         make_cfg(f'learn.specaugment.{key}={value}')
     cfg = make_cfg('learn.specaugment={freq_masks: 2, freq_width: 8}')
-    assert learn.specaugment(cfg['learn']) == (2, 8, 0, 0)
+    assert experiment.specaugment(cfg['learn']) == (2, 8, 0, 0)
 
 
 @pytest.mark.parametrize('model', ['baseline', 'DenSE'])

@@ -10,6 +10,7 @@ import tensorflow as tf
 import config
 import learn
 import trainer
+from losses import Masker
 
 
 def _numpy_threshold_masks(batches, k, alpha):
@@ -27,7 +28,7 @@ def test_threshold_masker_follows_the_eta_recursion():
     rng = np.random.default_rng(0)
     batches = [(rng.gamma(2.0, size=16).astype(np.float32),
                 (rng.random(16) < 0.5).astype(np.float32)) for _ in range(6)]
-    masker = learn.Masker('threshold', k=3, alpha=0.9)
+    masker = Masker('threshold', k=3, alpha=0.9)
     for (losses, verified), (eta, masked) in zip(
             batches, _numpy_threshold_masks(batches, 3, 0.9)):
         weights, figures = masker(keras.ops.convert_to_tensor(losses),
@@ -42,7 +43,7 @@ def test_threshold_masker_follows_the_eta_recursion():
 def test_threshold_masker_inside_a_compiled_step():
     losses = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.5], np.float32)
     verified = np.array([0, 1, 0, 0, 1, 0], np.float32)
-    masker = learn.Masker('threshold', k=2, alpha=0.5)
+    masker = Masker('threshold', k=2, alpha=0.5)
     step = tf.function(lambda l, v: masker(l, v)[0], jit_compile=True)
     first = np.asarray(step(losses, verified))   # eta = T_1 = 4: only the 5.0 (unverified)
     np.testing.assert_array_equal(first, [0, 1, 1, 1, 1, 1])
@@ -54,7 +55,7 @@ def test_threshold_masker_inside_a_compiled_step():
 def test_inactive_masker_keeps_every_example_and_one_traced_step_serves_both_stages():
     losses = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.5], np.float32)
     verified = np.array([0, 1, 0, 0, 1, 0], np.float32)
-    masker = learn.Masker('threshold', k=2, alpha=0.5, active=False)
+    masker = Masker('threshold', k=2, alpha=0.5, active=False)
     traces = []
 
     def call(l, v):
@@ -77,7 +78,7 @@ def test_inactive_masker_keeps_every_example_and_one_traced_step_serves_both_sta
 def test_topk_masker_masks_the_k_largest_unverified_losses():
     losses = np.array([9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0], np.float32)
     verified = np.array([1, 0, 1, 0, 0, 0, 1], np.float32)
-    weights, figures = learn.Masker('topk', k=2, alpha=0.9)(losses, verified)
+    weights, figures = Masker('topk', k=2, alpha=0.9)(losses, verified)
     unverified = np.flatnonzero(verified == 0)
     largest = unverified[np.argsort(losses[unverified])[-2:]]
     expected = np.ones(7, np.float32)
@@ -89,7 +90,7 @@ def test_topk_masker_masks_the_k_largest_unverified_losses():
 def test_topk_masker_with_fewer_unverified_than_k_masks_them_all():
     losses = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
     verified = np.array([1, 0, 1, 1], np.float32)
-    weights, _ = learn.Masker('topk', k=3, alpha=0.9)(losses, verified)
+    weights, _ = Masker('topk', k=3, alpha=0.9)(losses, verified)
     np.testing.assert_array_equal(np.asarray(weights), [1, 0, 1, 1])
 
 
