@@ -239,6 +239,8 @@ def vgg_gap(input_shape, n_classes, cfg_learn):
 
 
 MODELS = {'baseline': baseline, 'DenSE': dense_se, 'cnn_gru': cnn_gru, 'vgg_gap': vgg_gap}
+# The fewest input frames a model that takes any length accepts (others: 1).
+MIN_FRAMES = {'vgg_gap': VGG_GAP_MIN_FRAMES}
 
 
 # ----------------------------------------------------------------------------- heads
@@ -360,9 +362,54 @@ def scores(outputs):
 
 
 def check(cfg):
-    """Refuse an unknown learn.model or learn.head before any heavy work."""
-    lookup(MODELS, cfg['learn']['model'], 'learn.model')
-    lookup(HEADS, cfg['learn']['head'], 'learn.head')
+    """Refuse an unknown learn.model or learn.head, a model that cannot take the inputs of
+    extract.crop, or inputs shorter than the model accepts, before any heavy work."""
+    learn = cfg['learn']
+    lookup(MODELS, learn['model'], 'learn.model')
+    lookup(HEADS, learn['head'], 'learn.head')
+    check_crop(cfg)
+    minimum = MIN_FRAMES.get(learn['model'], 1)
+    keys = (('crop_frames', 'clip_frames') if cfg['extract']['crop'] == 'random_crop'
+            else ('patch_len',))
+    for key in keys:
+        if cfg['extract'][key] < minimum:
+            raise ConfigError(f'extract.{key} = {cfg["extract"][key]} frames is shorter than '
+                              f'learn.model {learn["model"]} accepts (at least {minimum} '
+                              f'frames: its last valid 3x3 conv needs 3 positions)')
+
+
+def check_crop(cfg):
+    """extract.crop random_crop predicts each whole clip in one pass, so the model must take
+    inputs of any number of frames. A model that needs a fixed length (baseline, DenSE:
+    a dense layer on the flattened map) is refused rather than scored by averaging crops,
+    which would be extract.crop patches under another name."""
+    ext, learn = cfg['extract'], cfg['learn']
+    if ext['crop'] != 'random_crop':
+        return
+    try:  # the model itself says whether it can be built with an unknown time axis
+        build(learn['model'], input_shape(cfg), 2, learn)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f'learn.model {learn["model"]} needs a fixed number of input '
+                          f'frames, but extract.crop random_crop predicts whole clips: use '
+                          f'extract.crop patches, or a model that takes any length (such as '
+                          f'cnn_gru, vgg_gap)') from err
+
+
+def input_shape(cfg):
+    """Model input (frames, n_mels, 1): patch_len frames for patches, any (None) for
+    random_crop (crops of crop_frames in training, whole clips of clip_frames to predict)."""
+    ext = cfg['extract']
+    frames = ext['patch_len'] if ext['crop'] == 'patches' else None
+    return (frames, ext['n_mels'], 1)
+
+
+def lengths(cfg):
+    """(training input frames, evaluated input frames): patches of patch_len for both, or
+    random crops of crop_frames and whole clips of clip_frames (He et al., DCASE 2019)."""
+    ext = cfg['extract']
+    if ext['crop'] == 'random_crop':
+        return ext['crop_frames'], ext['clip_frames']
+    return ext['patch_len'], ext['patch_len']
 
 
 def build(name, input_shape, n_classes, cfg_learn):

@@ -1,6 +1,8 @@
-"""The augmentations of Akiyama & Sato, "Multitask learning and semi-supervised learning
-with noisy data for audio tagging" (DCASE 2019 task 2, Sec. 3.3.1), drawn into the epoch
-plan like SpecAugment's masks (data.augment_plan), so that a run stays repeatable:
+"""Augmentations drawn into the epoch plan (augment_plan), so that a run stays
+repeatable: random crop offsets (extract.crop random_crop), SpecAugment masks
+(learn.specaugment), and the augmentations of Akiyama & Sato, "Multitask learning and
+semi-supervised learning with noisy data for audio tagging" (DCASE 2019 task 2,
+Sec. 3.3.1):
 
 - learn.freq_mask {p, min_width, max_width}: with probability p one frequency mask of
   width ~ U{min_width..max_width} bands (the paper: 8-32, p 0.5);
@@ -61,3 +63,50 @@ def gain_frames(ops, frames, g, exponent, log):
     if log:
         return frames + exponent * ops.log(g) / np.log(10.0)
     return frames * g ** exponent
+
+
+def mask_spans(rng, shape, count, max_width, size):
+    """SpecAugment masks (Park et al., Interspeech 2019): per example `count` masks of
+    width w ~ U{0..max_width} starting at s ~ U{0..size - w} -> int64 [*shape, count, 2]
+    of (s, w). Masks may overlap, as in the paper."""
+    width = rng.integers(0, min(max_width, size) + 1, size=(*shape, count))
+    start = np.floor(rng.random(width.shape) * (size - width + 1)).astype(np.int64)
+    return np.stack([start, width], axis=-1)
+
+
+def augment_plan(rng, plan, max_shift=0, specaugment=(0, 0, 0, 0), n_mels=1, length=1,
+                 paper=None):
+    """Random crop offsets and SpecAugment masks drawn into an epoch plan.
+
+    max_shift: a crop starts at a frame drawn uniformly from 0..max_shift of its fixed-
+    length clip (0: patches, nothing drawn), independently for each example and partner.
+    specaugment: (freq masks, max freq width, time masks, max time width) over inputs of
+    n_mels bands x length frames; counts of 0 draw nothing, so that a run without these
+    draws the same batches as before they existed.
+    """
+    if max_shift > 0:
+        plan.shift = rng.integers(0, max_shift + 1, size=plan.idx.shape)
+        plan.partner_shift = rng.integers(0, max_shift + 1, size=plan.idx.shape)
+    n_freq, freq_width, n_time, time_width = specaugment
+    if n_freq:
+        plan.fmask = mask_spans(rng, plan.idx.shape, n_freq, freq_width, n_mels)
+    if n_time:
+        plan.tmask = mask_spans(rng, plan.idx.shape, n_time, time_width, length)
+    return augment_paper(rng, plan, paper or {}, n_mels, length)
+
+
+def augment_paper(rng, plan, paper, n_mels, length):
+    """Akiyama & Sato's frequency mask, gain and additional crop (below), each drawn
+    only when its p > 0; `paper` maps learn.freq_mask / gain / extra_crop to their
+    settings. Masks join SpecAugment's."""
+    shape = plan.idx.shape
+    if paper.get('freq_mask', {}).get('p', 0) > 0:
+        plan.fmask = np.concatenate(
+            [plan.fmask, freq_masks(rng, shape, paper['freq_mask'], n_mels)], axis=-2)
+    if paper.get('gain', {}).get('p', 0) > 0:
+        plan.gain = gains(rng, shape, paper['gain'])
+        plan.partner_gain = gains(rng, shape, paper['gain'])
+    if paper.get('extra_crop', {}).get('p', 0) > 0:
+        plan.tmask = np.concatenate(
+            [plan.tmask, crop_masks(rng, shape, paper['extra_crop'], length)], axis=-2)
+    return plan

@@ -1,15 +1,15 @@
-"""Split, patches and crops, scaler, batches, label smoothing, mixup, SpecAugment.
+"""Patches and crops, scaler, epoch plans, batches, label smoothing, mixup, pseudo labels.
 
 Shapes: frames [total_frames, n_mels] (every clip's log-mel stacked once, see
 feat_extract.FeatureStore); a patch is a (clip, start frame) pair, never a copy. Patch
 tables are flat numpy arrays over all patches of all clips; training, validation, test and
 pruning select patches by index. With extract.crop random_crop the table holds one entry
 per clip (its whole fixed-length clip) and a training example is that entry shifted by a
-random crop offset drawn with the epoch plan.
+random crop offset drawn with the epoch plan (augment.augment_plan draws the crops and
+masks; splits.py splits the clips).
 """
 import dataclasses
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,59 +21,6 @@ import datasets
 from config import ConfigError
 
 logger = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------- split
-
-def split_train_val(rows, labels, val_split, seed):
-    """Stratified split of clip rows: round(val_split * n_c) clips of each class go to val.
-
-    A class keeps at least one training clip. The split depends only on the seed.
-    """
-    rng = np.random.default_rng(seed)
-    val = []
-    for c in np.unique(labels):
-        members = rows[labels == c]
-        n_val = min(int(round(val_split * members.size)), members.size - 1)
-        val.extend(rng.choice(members, size=n_val, replace=False).tolist())
-    val = np.sort(np.asarray(val, dtype=np.int64))
-    return np.setdiff1d(rows, val), val
-
-
-def kfold_split(rows, labels, k, seed, what='learn.folds'):
-    """K stratified folds of clip rows (sklearn StratifiedKFold, shuffled with the seed)
-    -> [(train_rows, val_rows)] for fold 1..K; fold f validates on the f-th part.
-
-    labels: one class per clip, the clip's label, or for multi-label tables its rarest
-    label (strata()), which spreads every class, rare ones included, over the folds.
-    """
-    from sklearn.model_selection import StratifiedKFold
-    rows, labels = np.asarray(rows), np.asarray(labels)
-    if rows.size < k:
-        raise ConfigError(f'{what} = {k} folds need at least {k} training clips, got '
-                          f'{rows.size}')
-    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    # A class with fewer clips than folds is spread over as many folds as it has clips
-    # (sklearn warns; the other classes are unaffected).
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', UserWarning)
-        parts = [rows[val] for _, val in folds.split(rows, labels)]
-    return [(np.sort(np.setdiff1d(rows, val)), np.sort(val)) for val in parts]
-
-
-def strata(y):
-    """The class each clip is stratified by in split_train_val, from [N, K] multi-hot
-    targets: its only label (single-label), or its rarest label among these clips
-    (multi-label), so that every class, rare ones included, keeps training clips.
-
-    Why not scikit-learn: train_test_split(stratify=...) refuses a class with a single
-    clip and rounds the validation share over all classes at once, so it cannot keep
-    "round(val_split * n_c) per class, at least one clip left to train"; a multi-label
-    iterative stratification (Sechidis et al.) keeps label proportions but not that
-    guarantee either, and its package is one more dependency for a 15 % hold-out.
-    """
-    counts = y.sum(axis=0)
-    return np.argmin(np.where(y > 0, counts, np.inf), axis=1)
 
 
 # ----------------------------------------------------------------------------- patches
@@ -330,53 +277,6 @@ def read_pseudo_labels(path, table, rows, classes):
     scores = np.zeros((len(table), len(classes)), np.float32)
     scores[rows] = frame.loc[fnames, list(classes)].to_numpy(np.float32)
     return scores
-
-
-def mask_spans(rng, shape, count, max_width, size):
-    """SpecAugment masks (Park et al., Interspeech 2019): per example `count` masks of
-    width w ~ U{0..max_width} starting at s ~ U{0..size - w} -> int64 [*shape, count, 2]
-    of (s, w). Masks may overlap, as in the paper."""
-    width = rng.integers(0, min(max_width, size) + 1, size=(*shape, count))
-    start = np.floor(rng.random(width.shape) * (size - width + 1)).astype(np.int64)
-    return np.stack([start, width], axis=-1)
-
-
-def augment_plan(rng, plan, max_shift=0, specaugment=(0, 0, 0, 0), n_mels=1, length=1,
-                 paper=None):
-    """Random crop offsets and SpecAugment masks drawn into an epoch plan.
-
-    max_shift: a crop starts at a frame drawn uniformly from 0..max_shift of its fixed-
-    length clip (0: patches, nothing drawn), independently for each example and partner.
-    specaugment: (freq masks, max freq width, time masks, max time width) over inputs of
-    n_mels bands x length frames; counts of 0 draw nothing, so that a run without these
-    draws the same batches as before they existed.
-    """
-    if max_shift > 0:
-        plan.shift = rng.integers(0, max_shift + 1, size=plan.idx.shape)
-        plan.partner_shift = rng.integers(0, max_shift + 1, size=plan.idx.shape)
-    n_freq, freq_width, n_time, time_width = specaugment
-    if n_freq:
-        plan.fmask = mask_spans(rng, plan.idx.shape, n_freq, freq_width, n_mels)
-    if n_time:
-        plan.tmask = mask_spans(rng, plan.idx.shape, n_time, time_width, length)
-    return augment_paper(rng, plan, paper or {}, n_mels, length)
-
-
-def augment_paper(rng, plan, paper, n_mels, length):
-    """Akiyama & Sato's frequency mask, gain and additional crop (augment.py), each drawn
-    only when its p > 0; `paper` maps learn.freq_mask / gain / extra_crop to their
-    settings. Masks join SpecAugment's."""
-    shape = plan.idx.shape
-    if paper.get('freq_mask', {}).get('p', 0) > 0:
-        plan.fmask = np.concatenate(
-            [plan.fmask, augment.freq_masks(rng, shape, paper['freq_mask'], n_mels)], axis=-2)
-    if paper.get('gain', {}).get('p', 0) > 0:
-        plan.gain = augment.gains(rng, shape, paper['gain'])
-        plan.partner_gain = augment.gains(rng, shape, paper['gain'])
-    if paper.get('extra_crop', {}).get('p', 0) > 0:
-        plan.tmask = np.concatenate(
-            [plan.tmask, augment.crop_masks(rng, shape, paper['extra_crop'], length)], axis=-2)
-    return plan
 
 
 def mix(ops, lam, a, b):

@@ -21,6 +21,7 @@ import datasets
 import eval as evaluation
 import losses
 import self_verify
+import splits
 from config import ConfigError
 from losses import Masker
 from trainer import (Backup, EpochLR, History, ModelSelection, RunState, Snapshots,
@@ -73,7 +74,7 @@ class Experiment:
         # Random crop offsets (extract.crop random_crop) and SpecAugment masks, drawn into
         # every epoch plan from the stage's rng.
         self.augment = functools.partial(
-            data.augment_plan, max_shift=source.eval_len - source.patch_len,
+            augment.augment_plan, max_shift=source.eval_len - source.patch_len,
             specaugment=specaugment(learn), n_mels=ext['n_mels'], length=source.patch_len,
             paper={key: learn[key] for key in ('freq_mask', 'gain', 'extra_crop')})
         # Resume: fit() calls are the mode's stages; the backup holds the state at the end
@@ -337,31 +338,6 @@ class Experiment:
 DETECTS = (2, 'staged')  # modes that drop or mask examples in the step (noise detection)
 
 
-def check_crop(cfg):
-    """extract.crop random_crop predicts each whole clip in one pass, so the model must take
-    inputs of any number of frames. A model that needs a fixed length (baseline, DenSE:
-    a dense layer on the flattened map) is refused rather than scored by averaging crops,
-    which would be extract.crop patches under another name."""
-    ext, learn = cfg['extract'], cfg['learn']
-    if ext['crop'] != 'random_crop':
-        return
-    try:  # the model itself says whether it can be built with an unknown time axis
-        architectures.build(learn['model'], input_shape(cfg), 2, learn)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f'learn.model {learn["model"]} needs a fixed number of input '
-                          f'frames, but extract.crop random_crop predicts whole clips: use '
-                          f'extract.crop patches, or a model that takes any length (such as '
-                          f'cnn_gru, vgg_gap)') from err
-
-
-def input_shape(cfg):
-    """Model input (frames, n_mels, 1): patch_len frames for patches, any (None) for
-    random_crop (crops of crop_frames in training, whole clips of clip_frames to predict)."""
-    ext = cfg['extract']
-    frames = ext['patch_len'] if ext['crop'] == 'patches' else None
-    return (frames, ext['n_mels'], 1)
-
-
 def specaugment(learn):
     """(freq masks, max freq width, time masks, max time width) of learn.specaugment."""
     masks = learn['specaugment']
@@ -383,15 +359,6 @@ def use_xla(cfg):
     return bool(tf.config.list_logical_devices('GPU')) if choice == 'auto' else choice
 
 
-def lengths(cfg):
-    """(training input frames, evaluated input frames): patches of patch_len for both, or
-    random crops of crop_frames and whole clips of clip_frames (He et al., DCASE 2019)."""
-    ext = cfg['extract']
-    if ext['crop'] == 'random_crop':
-        return ext['crop_frames'], ext['clip_frames']
-    return ext['patch_len'], ext['patch_len']
-
-
 def patch_table(cfg, store):
     """The patch table: every patch of every clip, or one whole clip each (random_crop)."""
     ext = cfg['extract']
@@ -402,7 +369,7 @@ def patch_table(cfg, store):
 
 def batch_source(cfg, store, patches, table, mean, std, eps):
     """The PatchSource, with frames in GPU memory when wanted and they fit, else on host."""
-    train_len, eval_len = lengths(cfg)
+    train_len, eval_len = architectures.lengths(cfg)
     args = (store.frames, patches, table, mean, std, eps, train_len)
     ext = cfg['extract']
     # how a gain acts on the stored frames (augment.gain_frames); the standardisation
@@ -425,7 +392,7 @@ def batch_source(cfg, store, patches, table, mean, std, eps):
 def build_trainer(cfg, table, classes, source):
     """A new model (learn.model) in a compiled Trainer with its own loss and optimiser."""
     learn = cfg['learn']
-    classifier = architectures.build(learn['model'], input_shape(cfg), len(classes), learn)
+    classifier = architectures.build(learn['model'], architectures.input_shape(cfg), len(classes), learn)
     staged = learn['mode'] == 'staged'
     masker = (Masker(learn['mask_method'], learn['mask_top_k'], learn['mask_alpha'],
                      active=False) if staged else None)
@@ -447,17 +414,19 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     learn = cfg['learn']
     rows = datasets.readable_train_rows(table, classes, store.length,
                                         cfg['ctrl']['train_data'])
-    labels = data.strata(datasets.targets(table, len(classes))[rows])
+    y = datasets.targets(table, len(classes))[rows]
+    labels = splits.strata(y)  # one class per clip (multi-label: its rarest label)
     seed = cfg['ctrl']['seed']
     shared = learn['folds'] > 1 or learn['mode'] == 'self_verify'
     if learn['mode'] == 'self_verify':
-        splits = self_verify.fold_splits(table, rows, seed)
+        folds = self_verify.fold_splits(table, rows, seed)
     elif learn['folds'] > 1:
-        splits = data.kfold_split(rows, labels, learn['folds'], seed)
+        folds = splits.kfold_split(rows, y if datasets.is_multi_label(table) else labels,
+                                   learn['folds'], seed)
     else:
-        splits = [data.split_train_val(rows, labels, learn['val_split'], seed)]
-    train_rows, val_rows = splits[0]
-    if len(splits) == 1 and learn['val_split'] > 0 and val_rows.size == 0:
+        folds = [splits.split_train_val(rows, labels, learn['val_split'], seed)]
+    train_rows, val_rows = folds[0]
+    if len(folds) == 1 and learn['val_split'] > 0 and val_rows.size == 0:
         raise ConfigError(f'learn.val_split {learn["val_split"]} leaves no validation clip '
                           f'({rows.size} readable training clips, at least one per class '
                           f'stays in training); raise it, or set it to 0 to select the '
@@ -472,13 +441,13 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     else:
         mean, std = data.fit_scaler(store.frames, patches,
                                     patches.of_clips(rows) if shared else train_idx,
-                                    lengths(cfg)[1])
+                                    architectures.lengths(cfg)[1])
     source = batch_source(cfg, store, patches, table, mean, std, data.lsr_eps(learn, classes))
     logger.info('train: %d clips, %d patches; val: %d clips; frames on %s', train_rows.size,
                 train_idx.size, val_rows.size, 'the device' if source.on_device else 'host')
     if cfg['extract']['crop'] == 'random_crop':
         logger.info('random crops of %d frames from clips fixed to %d frames; whole clips '
-                    'validated and predicted, %d per call', *lengths(cfg),
+                    'validated and predicted, %d per call', *architectures.lengths(cfg),
                     evaluation.eval_batch_size(cfg))
     # Set (or reset) the policy every run, so one mixed-precision run in a process does
     # not leak into the next.
@@ -490,8 +459,8 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     with atomic_path(run_dir / 'scaler.npz') as tmp, open(tmp, 'wb') as f:
         np.savez(f, mean=mean, std=std)
     exp = Experiment(cfg, table, classes, store, patches, train_rows, val_rows, source,
-                     trainer, run_dir, rng, fold=1 if len(splits) > 1 else None)
-    exp.splits = splits
+                     trainer, run_dir, rng, fold=1 if len(folds) > 1 else None)
+    exp.splits = folds
     return exp
 
 

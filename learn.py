@@ -17,7 +17,6 @@ import eval as evaluation
 import losses
 import self_verify
 from config import ConfigError, lookup
-from experiment import check_crop
 from trainer import check_schedule
 
 logger = logging.getLogger(__name__)
@@ -147,7 +146,6 @@ def check(cfg):
     if mode == 2 and loss_type not in TIME_DEPENDENT:
         raise ConfigError(f'learn.mode 2 needs a time-dependent loss.type '
                           f'({", ".join(TIME_DEPENDENT)}), got {loss_type!r}')
-    check_crop(cfg)
     check_schedule(cfg)
     if mode == 'self_verify' and (cfg['learn']['folds'] > 1 or
                                   cfg['learn']['lr_schedule'] == 'cyclic_cosine'):

@@ -19,6 +19,7 @@ import numpy as np
 import architectures
 import data
 import eval as evaluation
+import splits
 from config import ConfigError
 from trainer import EpochLR, linear_decay_lr
 from utils import atomic_path
@@ -101,7 +102,7 @@ def fold_splits(table, rows, seed):
         raise ConfigError('learn.mode self_verify needs verified and unverified training '
                           'clips (FSDnoisy18k: ctrl.train_data all)')
     labels = table.label_idx.to_numpy()
-    split = [data.kfold_split(part, labels[part], FOLDS, seed, 'learn.mode self_verify')
+    split = [splits.kfold_split(part, labels[part], FOLDS, seed, 'learn.mode self_verify')
              for part in (rows[verified], rows[~verified])]
     return [(np.union1d(ver_train, unv_train), ver_val)
             for (ver_train, ver_val), (unv_train, _) in zip(*split)]

@@ -336,12 +336,13 @@ def build_reference(ctx, n_batches):
     """Same split and LSR epsilons as ours; patches materialised and standardised."""
     import data
     import datasets
+    import splits
     import utils
     utils.configure_logging()
     cfg, table, classes, store = load_data(ctx.work)
     ext, learn_cfg = cfg['extract'], cfg['learn']
     rows = datasets.train_rows(table, cfg['ctrl']['train_data'])
-    train_rows, _ = data.split_train_val(rows, table.label_idx.to_numpy()[rows],
+    train_rows, _ = splits.split_train_val(rows, table.label_idx.to_numpy()[rows],
                                          learn_cfg['val_split'], cfg['ctrl']['seed'])
     patches, clip = materialise(store, train_rows, ext['patch_len'], ext['patch_hop'])
     standardise_inplace(patches)
@@ -532,12 +533,13 @@ def child_memory_ours(ctx, store_dtype='float32', name='memory_ours'):
     """The data part of experiment.prepare: patch table, split, scaler, PatchSource."""
     import data
     import datasets
+    import splits
     import experiment
     base = _memory_baseline()
     cfg, table, classes, store = load_data(ctx.work, store_dtype)
     ext, learn_cfg = cfg['extract'], cfg['learn']
     rows = datasets.train_rows(table, cfg['ctrl']['train_data'])
-    train_rows, _ = data.split_train_val(rows, table.label_idx.to_numpy()[rows],
+    train_rows, _ = splits.split_train_val(rows, table.label_idx.to_numpy()[rows],
                                          learn_cfg['val_split'], cfg['ctrl']['seed'])
     patches = data.make_patches(store.start, store.length, ext['patch_len'], ext['patch_hop'])
     train_idx = patches.of_clips(train_rows)
@@ -562,6 +564,7 @@ def child_memory_materialised(ctx):
     """All patches of the training clips (train + validation) as one float32 array."""
     import data
     import datasets
+    import splits
     base = _memory_baseline()
     cfg, table, _, store = load_data(ctx.work)
     ext = cfg['extract']

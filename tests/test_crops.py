@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 from keras import ops
 
+import architectures
+import augment
 import data
 import eval as evaluation
 import experiment
@@ -76,14 +78,14 @@ def _plan(rng, n_steps=40, batch=8, pool=5):
 
 
 def test_augment_plan_draws_crop_offsets_uniformly_and_repeatably():
-    plan = data.augment_plan(np.random.default_rng(1), _plan(np.random.default_rng(0)),
+    plan = augment.augment_plan(np.random.default_rng(1), _plan(np.random.default_rng(0)),
                              max_shift=7)
     for shift in (plan.shift, plan.partner_shift):
         assert shift.shape == (40, 8) and shift.min() == 0 and shift.max() == 7
         counts = np.bincount(shift.ravel(), minlength=8)
         assert counts.min() > 0.6 * shift.size / 8  # every offset, roughly equally often
     assert (plan.shift != plan.partner_shift).mean() > 0.5  # drawn independently
-    again = data.augment_plan(np.random.default_rng(1), _plan(np.random.default_rng(0)),
+    again = augment.augment_plan(np.random.default_rng(1), _plan(np.random.default_rng(0)),
                               max_shift=7)
     np.testing.assert_array_equal(again.shift, plan.shift)
 
@@ -92,7 +94,7 @@ def test_augment_plan_draws_nothing_when_off():
     """Patches without SpecAugment: zero shifts, no masks, and the rng is not touched, so
     that the batches of such runs are those drawn before crops and masks existed."""
     rng = np.random.default_rng(5)
-    plan = data.augment_plan(rng, _plan(np.random.default_rng(0)))
+    plan = augment.augment_plan(rng, _plan(np.random.default_rng(0)))
     np.testing.assert_array_equal(plan.shift, 0)
     assert plan.fmask.shape == (40, 8, 0, 2) and plan.tmask.shape == (40, 8, 0, 2)
     assert rng.random() == np.random.default_rng(5).random()
@@ -100,7 +102,7 @@ def test_augment_plan_draws_nothing_when_off():
 
 @pytest.mark.parametrize('count,width,size', [(2, 4, 10), (1, 10, 10), (3, 0, 6)])
 def test_mask_spans_counts_widths_and_bounds(count, width, size):
-    spans = data.mask_spans(np.random.default_rng(2), (300, 4), count, width, size)
+    spans = augment.mask_spans(np.random.default_rng(2), (300, 4), count, width, size)
     assert spans.shape == (300, 4, count, 2)
     start, w = spans[..., 0], spans[..., 1]
     assert w.min() == 0 and w.max() == width  # every width 0..width occurs
@@ -113,7 +115,7 @@ def test_specaugment_masks_training_batches_only(clips, crop_setup):
     mean, 0 after standardisation); everything else and every eval batch is untouched."""
     src = _source(clips, crop_setup, crop_frames=9)
     rng = np.random.default_rng(4)
-    plan = data.augment_plan(rng, _plan(rng, n_steps=3, batch=6), max_shift=3,
+    plan = augment.augment_plan(rng, _plan(rng, n_steps=3, batch=6), max_shift=3,
                              specaugment=(2, 2, 2, 3), n_mels=clips['n_mels'], length=9)
     for step in range(3):
         a = [ops.convert_to_tensor(x[step]) for x in plan.arrays()]
@@ -157,8 +159,25 @@ def test_mask_wider_than_the_input_is_refused(make_cfg, key, value, size_key):
 def test_fixed_input_model_with_random_crop_is_refused(make_cfg, model):
     cfg = make_cfg('extract.crop=random_crop', f'learn.model={model}')
     with pytest.raises(ConfigError, match=f'learn.model {model} .*extract.crop random_crop'):
-        learn.check(cfg)
-    learn.check(make_cfg(f'learn.model={model}'))  # patches: fine
+        architectures.check(cfg)
+    architectures.check(make_cfg(f'learn.model={model}'))  # patches: fine
+
+
+@pytest.mark.parametrize('key, overrides', [
+    ('crop_frames', ['extract.crop=random_crop', 'extract.crop_frames=190',
+                     'extract.clip_frames=400']),
+    ('patch_len', ['extract.patch_len=100'])])
+def test_vgg_gap_refuses_inputs_shorter_than_its_last_valid_conv(make_cfg, key, overrides):
+    """vgg_gap halves time once by stride 2 and five times by pooling, then a valid 3x3
+    conv needs 3 positions: ceil(T / 2) // 32 >= 3, i.e. T >= 191 (counted here by hand);
+    shorter inputs would give an empty or undefined map."""
+    assert -(-191 // 2) // 32 == 3 and -(-190 // 2) // 32 == 2
+    cfg = make_cfg('learn.model=vgg_gap', 'extract.n_mels=48', *overrides)
+    with pytest.raises(ConfigError, match=f'extract.{key} = .*at least 191 frames'):
+        architectures.check(cfg)
+    architectures.check(make_cfg('learn.model=vgg_gap', 'extract.n_mels=48',
+                                 'extract.crop=random_crop', 'extract.crop_frames=191',
+                                 'extract.clip_frames=400'))
 
 
 # ----------------------------------------------------------------------------- prediction

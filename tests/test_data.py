@@ -11,6 +11,7 @@ from keras import ops
 
 import data
 import datasets
+import splits
 from config import ConfigError
 
 
@@ -144,7 +145,7 @@ def _split_input():
 @pytest.mark.parametrize('val_split', [0.15, 0.5, 0.9, 0.0])  # 0.9: the cap binds
 def test_split_train_val_counts_and_partition(val_split):
     rows, labels, sizes = _split_input()
-    tr, va = data.split_train_val(rows, labels, val_split, seed=3)
+    tr, va = splits.split_train_val(rows, labels, val_split, seed=3)
     assert np.intersect1d(tr, va).size == 0
     np.testing.assert_array_equal(np.sort(np.concatenate([tr, va])), np.sort(rows))
     label_of = dict(zip(rows.tolist(), labels.tolist()))
@@ -156,9 +157,9 @@ def test_split_train_val_counts_and_partition(val_split):
 
 def test_split_train_val_depends_on_seed():
     rows, labels, _ = _split_input()
-    a = data.split_train_val(rows, labels, 0.15, seed=3)
-    b = data.split_train_val(rows, labels, 0.15, seed=3)
-    c = data.split_train_val(rows, labels, 0.15, seed=4)
+    a = splits.split_train_val(rows, labels, 0.15, seed=3)
+    b = splits.split_train_val(rows, labels, 0.15, seed=3)
+    c = splits.split_train_val(rows, labels, 0.15, seed=4)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert not np.array_equal(a[1], c[1])
@@ -319,9 +320,9 @@ def test_smooth_multi_hot_targets_per_class():
 
 def test_strata_single_label_is_the_label_and_multi_label_the_rarest():
     y = np.eye(3, dtype=np.float32)[[0, 1, 2, 1, 0, 0]]
-    np.testing.assert_array_equal(data.strata(y), [0, 1, 2, 1, 0, 0])
+    np.testing.assert_array_equal(splits.strata(y), [0, 1, 2, 1, 0, 0])
     y[0, 2] = y[3, 0] = 1  # counts now: class 0: 4, 1: 2, 2: 2
-    np.testing.assert_array_equal(data.strata(y), [2, 1, 2, 1, 0, 0])
+    np.testing.assert_array_equal(splits.strata(y), [2, 1, 2, 1, 0, 0])
 
 
 # ----------------------------------------------------------------------------- epoch plans

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import config
+import splits
 import learn
 import trainer
 
@@ -75,14 +76,14 @@ def test_kfold_split_is_stratified_and_disjoint():
     import data
     rows = np.arange(100, 160)
     labels = np.repeat([0, 1, 2], [30, 18, 12])
-    splits = data.kfold_split(rows, labels, 3, seed=5)
-    vals = [val for _, val in splits]
+    parts = splits.kfold_split(rows, labels, 3, seed=5)
+    vals = [val for _, val in parts]
     np.testing.assert_array_equal(np.sort(np.concatenate(vals)), rows)  # each row once
-    for train, val in splits:
+    for train, val in parts:
         assert np.intersect1d(train, val).size == 0 and train.size + val.size == rows.size
         # every class is split 10/6/4 per fold
         assert np.bincount(labels[val - 100], minlength=3).tolist() == [10, 6, 4]
-    assert [v.tolist() for v in vals] == [v.tolist() for _, v in data.kfold_split(
+    assert [v.tolist() for v in vals] == [v.tolist() for _, v in splits.kfold_split(
         rows, labels, 3, seed=5)]
 
 
@@ -171,3 +172,19 @@ def test_self_verification_folds_keep_each_folds_unverified_clips_out():
             assert abs(np.sum(table.label_idx.to_numpy()[out] == c) - total / 4) <= 1
     with pytest.raises(config.ConfigError, match='needs verified and unverified'):
         self_verify.fold_splits(table.assign(verified=0), rows, seed=1)
+
+
+def test_multilabel_kfold_keeps_each_labels_share():
+    """Multi-hot targets go through iterative stratification: every label's clips are
+    spread over the folds within one clip of an even share (counted here in numpy)."""
+    rng = np.random.default_rng(0)
+    y = (rng.random((90, 6)) < [0.5, 0.3, 0.2, 0.15, 0.1, 0.05]).astype(np.float32)
+    y[y.sum(axis=1) == 0, 0] = 1
+    rows = np.arange(500, 590)
+    parts = splits.kfold_split(rows, y, 3, seed=1)
+    vals = [val for _, val in parts]
+    np.testing.assert_array_equal(np.sort(np.concatenate(vals)), rows)
+    per_fold = np.stack([y[val - 500].sum(axis=0) for val in vals])  # [3, K]
+    assert np.all(np.abs(per_fold - y.sum(axis=0) / 3) <= 1.0), per_fold
+    assert [v.tolist() for v in vals] == [v.tolist() for _, v in splits.kfold_split(
+        rows, y, 3, seed=1)]

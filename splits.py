@@ -1,0 +1,73 @@
+"""Train/validation split and k folds of the training clips (learn.val_split, learn.folds,
+and the 4 folds of learn.mode self_verify).
+
+Every split depends only on its seed, so repeats with the same ctrl.seed validate on the
+same clips, and a sweep over seeds also varies the split.
+"""
+import warnings
+
+import numpy as np
+
+from config import ConfigError
+
+
+def split_train_val(rows, labels, val_split, seed):
+    """Stratified split of clip rows: round(val_split * n_c) clips of each class go to val.
+
+    A class keeps at least one training clip. The split depends only on the seed.
+    labels: one class per clip (strata() of multi-label targets).
+
+    Why not scikit-learn's train_test_split(stratify=...): it refuses a class with a
+    single clip and rounds the validation share over all classes at once, so it cannot
+    keep "round(val_split * n_c) per class, at least one clip left to train", which small
+    classes of FSDnoisy18k's noisy subset need.
+    """
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(labels):
+        members = rows[labels == c]
+        n_val = min(int(round(val_split * members.size)), members.size - 1)
+        val.extend(rng.choice(members, size=n_val, replace=False).tolist())
+    val = np.sort(np.asarray(val, dtype=np.int64))
+    return np.setdiff1d(rows, val), val
+
+
+def kfold_split(rows, y, k, seed, what='learn.folds'):
+    """K stratified folds of clip rows, shuffled with the seed -> [(train_rows, val_rows)]
+    for fold 1..K; fold f validates on the f-th part.
+
+    y: one class per clip ([N], sklearn's StratifiedKFold), or multi-hot targets ([N, K]
+    of a multi-label dataset): iterative stratification (Sechidis, Tsoumakas & Vlahavas,
+    "On the stratification of multi-label data", ECML PKDD 2011) through the
+    iterative-stratification package's MultilabelStratifiedKFold, which keeps each label's
+    share in every fold, co-occurring labels included.
+    """
+    from sklearn.model_selection import StratifiedKFold
+    rows, y = np.asarray(rows), np.asarray(y)
+    if rows.size < k:
+        raise ConfigError(f'{what} = {k} folds need at least {k} training clips, got '
+                          f'{rows.size}')
+    if y.ndim == 2:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+        folds = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    else:
+        folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    # A class with fewer clips than folds is spread over as many folds as it has clips
+    # (sklearn warns; the other classes are unaffected).
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)
+        parts = [rows[val] for _, val in folds.split(rows, y)]
+    return [(np.sort(np.setdiff1d(rows, val)), np.sort(val)) for val in parts]
+
+
+def strata(y):
+    """The class each clip is stratified by in split_train_val, from [N, K] multi-hot
+    targets: its only label (single-label), or its rarest label among these clips
+    (multi-label), so that every class, rare ones included, keeps training clips.
+
+    Why not an iterative stratification here as in kfold_split: it keeps label
+    proportions but not the guarantee that every class keeps a training clip, which a
+    15 % hold-out of rare classes needs.
+    """
+    counts = y.sum(axis=0)
+    return np.argmin(np.where(y > 0, counts, np.inf), axis=1)
