@@ -339,13 +339,21 @@ def load_config(path=None, overrides=()):
     return cfg
 
 
+_ISSUED_RUN_NAMES = set()  # default names made by this process, never given twice
+
+
 def default_run_name(path):
-    """<config stem>_<YYYYmmdd-HHMMSS>_<pid>-<4 random hex digits>: the pid tells apart
-    two runs started in the same second on one machine, the random part two started on
-    machines that share the logs folder."""
+    """<config stem>_<YYYYmmdd-HHMMSS>_<pid>-<8 random hex digits>: the pid tells apart
+    two runs started in the same second on one machine, the random part (32 bits, drawn
+    again in the rare case that this process gave the name already) two of one process
+    or two started on machines that share the logs folder."""
     stem = Path(path).stem if path else 'run'
-    return (f'{stem}_{datetime.datetime.now():%Y%m%d-%H%M%S}_{os.getpid()}-'
-            f'{secrets.token_hex(2)}')
+    while True:
+        name = (f'{stem}_{datetime.datetime.now():%Y%m%d-%H%M%S}_{os.getpid()}-'
+                f'{secrets.token_hex(4)}')
+        if name not in _ISSUED_RUN_NAMES:
+            _ISSUED_RUN_NAMES.add(name)
+            return name
 
 
 def _check_consistency(cfg):

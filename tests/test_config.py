@@ -202,7 +202,7 @@ def test_override_beats_file(tmp_path):
 def test_default_run_name_is_stem_and_timestamp(tmp_path):
     path = _write(tmp_path, 'learn:\n  lr: 0.5\n', name='my_exp.yaml')
     name = config.load_config(path)['ctrl']['run_name']
-    assert re.fullmatch(r'my_exp_\d{8}-\d{6}_\d+-[0-9a-f]{4}', name), name
+    assert re.fullmatch(r'my_exp_\d{8}-\d{6}_\d+-[0-9a-f]{8}', name), name
 
 
 def test_default_run_names_differ_within_one_second(tmp_path):
@@ -210,6 +210,15 @@ def test_default_run_names_differ_within_one_second(tmp_path):
     path = _write(tmp_path, '', name='my_exp.yaml')
     names = {config.load_config(path)['ctrl']['run_name'] for _ in range(20)}
     assert len(names) == 20
+
+
+def test_many_default_run_names_of_one_process_never_repeat(tmp_path):
+    """The names of one process share the pid and mostly the second: with 16 random bits,
+    5000 of them would repeat ~190 times (birthday bound 5000^2 / 2^17); none may."""
+    path = tmp_path / 'my_exp.yaml'
+    names = [config.default_run_name(path) for _ in range(5000)]
+    assert len(set(names)) == len(names)
+    assert all(re.fullmatch(r'my_exp_\d{8}-\d{6}_\d+-[0-9a-f]{8}', n) for n in names)
 
 
 @pytest.mark.parametrize('text, expected', [
