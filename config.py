@@ -47,7 +47,7 @@ DEFAULTS = {
         'patience': 15, 'val_split': 0.15, 'LSR': False, 'eps_LSR_noisy': 0.15,
         'LSRmode': 'GROUPS2', 'delta_eps_LSR': 0.05, 'noisier_classes': FSDNOISY18K_NOISIER,
         'mixup': True, 'mixup_alpha': 0.1, 'mixup_mode': 'intra', 'mixup_warmup_epochs': 10,
-        'mode': 0, 'model': 'baseline', 'stage1_epoch': 25, 'prune_stage1': 20,
+        'mode': 0, 'model': 'baseline', 'stage1_epoch': 20, 'prune_stage1': 20,
         'prune_loss_type': 'lq_loss', 'prune_loss_q_value': 0.5,
         'prune_aggregate_loss_clip': 'amean', 'prune_loss_threshold_method': 'percentile',
         'prune_discard_percentile': 97.75, 'densenet_modules': 3,
@@ -66,7 +66,7 @@ DEFAULTS = {
         'extra_crop': {'p': 0.0, 'min_frac': 0.25, 'max_frac': 1.0},
     },
     'loss': {
-        'q_loss': 0.5, 'q_loss2': 0.5, 'm_loss2': 0.99, 'perc_loss2': 96.0, 'type': 'lq_loss',
+        'q_loss': 0.5, 'q_loss2': 0.5, 'm_loss2': 0.93, 'perc_loss2': 93.0, 'type': 'lq_loss',
         'snn_temperature': 1000.0, 'q_min': 0.01, 'snn_space': 'input', 'lq_target': 'max',
         'multitask_weights': [1.0, 1.0], 'sharpen_T': 2.0, 'pseudo_weight': 20.0,
     },

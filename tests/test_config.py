@@ -149,7 +149,8 @@ def test_every_shipped_yaml_loads_and_validates(path):
     ('lq', {('learn', 'mode'): 1, ('loss', 'type'): 'lq_loss', ('learn', 'mixup'): False}),
     ('time_lqmax', {('learn', 'mode'): 2, ('loss', 'type'): 'lq_lqmax_time_sudden'}),
     ('time_lqperc', {('learn', 'mode'): 2, ('loss', 'type'): 'lq_lqperc_time_sudden'}),
-    ('pruning', {('learn', 'mode'): 3, ('learn', 'mixup'): False}),
+    ('pruning', {('learn', 'mode'): 3, ('learn', 'mixup'): False, ('loss', 'type'): 'lq_loss',
+                 ('loss', 'q_loss'): 0.5, ('learn', 'prune_loss_type'): 'lq_loss'}),
 ])
 def test_waspaa19_configs_switch_their_method(name, expected):
     cfg = config.load_config(REPO / 'config' / 'waspaa19' / f'{name}.yaml')
@@ -163,6 +164,22 @@ def test_staged_yaml_is_the_papers_schedule_with_cce():
     assert cfg['learn']['mode'] == 'staged' and cfg['ctrl']['train_data'] == 'all'
     assert cfg['learn']['staged_steps'] == [10000, 10000, 5000]
     assert cfg['loss']['type'] == 'CCE' and cfg['learn']['mixup'] is False
+    # Adam at 0.001 throughout (He et al., Sec. 4.1): no plateau halving
+    assert cfg['learn']['lr'] == 0.001 and cfg['learn']['lr_schedule'] == 'constant'
+
+
+# The time-dependent loss of the original code's last params.yaml (edufonseca/waspaa19,
+# learn.mode 2 with lq_lqmax_time_sudden): the switch epoch and both thresholds.
+TIME_DEPENDENT = {('learn', 'stage1_epoch'): 20, ('loss', 'm_loss2'): 0.93,
+                  ('loss', 'perc_loss2'): 93.0, ('loss', 'q_loss2'): 0.5}
+
+
+@pytest.mark.parametrize('name', ['time_lqmax', 'time_lqperc'])
+def test_time_dependent_configs_hold_the_original_values(raw_params, name):
+    cfg = config.load_config(REPO / 'config' / 'waspaa19' / f'{name}.yaml')
+    for (section, key), value in TIME_DEPENDENT.items():
+        assert config.DEFAULTS[section][key] == raw_params[section][key] == value
+        assert cfg[section][key] == value, (name, key)
 
 
 # ----------------------------------------------------------------------------- overrides

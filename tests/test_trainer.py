@@ -127,3 +127,40 @@ def test_noise_detection_counts_both_examples_of_a_mixed_pair():
     figures = trainer.precision_recall(5, 3, int(wrong.sum()))
     assert figures['precision'] == pytest.approx(3 / 5)
     assert figures['recall'] == pytest.approx(3 / 7)
+
+
+def test_val_clip_accuracy_is_the_clip_accuracy_of_gmean_patch_scores(clips, make_cfg):
+    """history.csv's val_clip_accuracy: each validation clip's patches scored one by one
+    (standardised in numpy), geometric mean over the clip's patches, argmax against the
+    given label, share of hits -- as the test report would count it."""
+    import data
+    import eval as evaluation
+    import pandas as pd
+    keras.utils.set_random_seed(3)
+    plen, hop, n_mels = clips['patch_len'], clips['patch_hop'], clips['n_mels']
+    p = data.make_patches(clips['starts'], clips['lengths'], plen, hop)
+    mean, std = data.fit_scaler(clips['frames'], p, np.arange(p.clip.size), plen)
+    table = pd.DataFrame({'label_idx': [0, 1, 2, 0, 1, 2], 'verified': 1})
+    src = data.PatchSource(clips['frames'], p, table, mean, std, np.zeros(3, np.float32),
+                           plen, False)
+    inp = keras.Input((plen, n_mels, 1))
+    x = keras.layers.Flatten()(inp)
+    model = keras.Model(inp, keras.layers.Dense(3, activation='softmax')(x))
+    cfg = make_cfg(f'extract.patch_len={plen}', f'extract.patch_hop={hop}',
+                   f'extract.n_mels={n_mels}', 'recognizer.aggregate=gmean')
+    targets = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]]
+    rows = np.array([1, 2, 4])  # clips with patches (lengths 8, 20, 14)
+    callback = trainer.ValClipAccuracy(evaluation.clip_scorer(model, src, p, cfg), rows,
+                                       targets)
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    hits = []
+    for c in rows:
+        start, n = clips['starts'][c], clips['lengths'][c]
+        probs = []
+        for s in range(0, n - plen + 1, hop):
+            x = (clips['frames'][start + s:start + s + plen] - mean) / std
+            probs.append(np.asarray(model(x[None, :, :, None]))[0])
+        clip = np.exp(np.log(np.array(probs)).mean(axis=0))
+        hits.append(clip.argmax() == targets[c].argmax())
+    assert logs['val_clip_accuracy'] == pytest.approx(np.mean(hits))
