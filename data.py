@@ -247,9 +247,14 @@ def cross_pairs(rng, plan, alpha):
 
 
 def sharpen(p, temperature):
-    """Sharpening of MixMatch (Berthelot et al., NeurIPS 2019), as Akiyama & Sato sharpen
-    their soft pseudo labels: p_k^(1/T) / sum_j p_j^(1/T) per row."""
-    p = np.power(np.clip(np.asarray(p, np.float64), 0.0, None), 1.0 / temperature)
+    """Soft pseudo labels as Akiyama & Sato sharpen them (Sec. 2.2; released code,
+    train_model2.py: `tmp ** TEMPERATURE` normalised): p_k^T / sum_j p_j^T per row, so
+    that T > 1 sharpens (their best T = 2) and T = 1 leaves the scores unchanged.
+
+    MixMatch's formula p^(1/T), which the paper cites and issue 9 wrote literally, would
+    flatten the scores with T = 2 ([0.8, 0.2] -> [0.67, 0.33]), contradicting the paper's
+    "sharpens the predicted categorical distribution" and its code."""
+    p = np.power(np.clip(np.asarray(p, np.float64), 0.0, None), temperature)
     return (p / np.maximum(p.sum(axis=1, keepdims=True), 1e-300)).astype(np.float32)
 
 

@@ -99,15 +99,20 @@ def test_multitask_weights_must_be_two_numbers(make_cfg):
 
 
 def test_sharpening_against_numpy():
+    """Akiyama & Sato's sharpening (their code: scores ** T, normalised per row)."""
     p = np.array([[0.6, 0.3, 0.1, 0.0, 0.0], [0.2, 0.2, 0.2, 0.2, 0.2],
-                  [0.05, 0.9, 0.02, 0.02, 0.01]])
-    for t in (0.5, 1.0, 2.0):
-        q = p ** (1 / t)
+                  [0.05, 0.9, 0.02, 0.02, 0.01], [0.8, 0.2, 0.0, 0.0, 0.0]])
+    for t in (1.0, 1.5, 2.0):
+        q = p ** t
         np.testing.assert_allclose(data.sharpen(p, t), q / q.sum(axis=1, keepdims=True),
                                    rtol=1e-6)
-    # T = 2 flattens the distribution: sqrt(0.6) / (sqrt(0.6) + sqrt(0.3) + sqrt(0.1))
-    assert data.sharpen(p, 2.0)[0, 0] == pytest.approx(0.7746 / (0.7746 + 0.5477 + 0.3162),
-                                                       abs=1e-4)
+    np.testing.assert_allclose(data.sharpen(p, 1.0), p, rtol=1e-6)  # T = 1: unchanged
+    # T = 2 sharpens: every row not uniform gets a larger maximum; [0.8, 0.2] -> [16, 1] / 17
+    sharp = data.sharpen(p, 2.0)
+    assert (sharp.max(axis=1)[[0, 2, 3]] > p.max(axis=1)[[0, 2, 3]]).all()
+    np.testing.assert_allclose(sharp[1], p[1], rtol=1e-6)
+    np.testing.assert_allclose(sharp[3, :2], [16 / 17, 1 / 17], rtol=1e-6)
+    assert sharp[0, 0] == pytest.approx(0.36 / (0.36 + 0.09 + 0.01), rel=1e-6)
 
 
 def test_cross_pairs_mix_each_half_with_the_other():
