@@ -6,9 +6,9 @@ Sec. 3.3.1):
 
 - learn.freq_mask {p, min_width, max_width}: with probability p one frequency mask of
   width ~ U{min_width..max_width} bands (the paper: 8-32, p 0.5);
-- learn.gain {p, low, high}: with probability p a gain g ~ U(low, high) on the signal
-  (the paper: 0.8-1.2, p 0.5), applied to the frames as the feature extraction would see
-  it (gain_frames);
+- learn.gain {p, low, high}: with probability p a factor g ~ U(low, high) on the mel
+  spectrogram before the log (the paper: 0.8-1.2, p 0.5; its released code multiplies
+  the power mel spectrogram by g), applied to the stored frames (gain_frames);
 - learn.extra_crop {p, min_frac, max_frac}: with probability p only a random span of
   min_frac..max_frac of the crop is kept and the rest zero-padded (the paper: 25-100 %,
   p 0.5).
@@ -17,10 +17,6 @@ Each is off (p 0) by default and draws nothing then, so a run without them draws
 same batches as before they existed.
 """
 import numpy as np
-
-# extract.spectrogram_type -> the power of the signal's amplitude in a frame's energies.
-GAIN_EXPONENT = {'power': 2, 'magnitude': 1}
-
 
 def freq_masks(rng, shape, setting, n_mels):
     """[*shape, 1, 2] (first band, width) of one mask per example; width 0 where the
@@ -54,15 +50,15 @@ def crop_masks(rng, shape, setting, length):
     return np.stack([before, after], axis=-2)
 
 
-def gain_frames(ops, frames, g, exponent, log):
-    """Frames [B, T, F] of a signal scaled by g [B]: the energies scale by g**exponent
-    (2 for a power spectrogram, 1 for magnitude), so log10 frames shift by
-    exponent * log10(g) (the eps inside the log is neglected) and linear frames are
-    multiplied by g**exponent."""
+def gain_frames(ops, frames, g, log):
+    """Frames [B, T, F] whose mel energies are multiplied by g [B] (Akiyama & Sato's gain:
+    the factor multiplies the mel spectrogram itself, power or magnitude alike, not the
+    signal): log10 frames shift by log10(g) (the eps inside the log is neglected), linear
+    frames are multiplied by g."""
     g = ops.reshape(ops.cast(g, frames.dtype), (-1, 1, 1))
     if log:
-        return frames + exponent * ops.log(g) / np.log(10.0)
-    return frames * g ** exponent
+        return frames + ops.log(g) / np.log(10.0)
+    return frames * g
 
 
 def mask_spans(rng, shape, count, max_width, size):

@@ -337,13 +337,13 @@ class PatchSource:
     """
 
     def __init__(self, frames, patches, table, mean, std, eps, patch_len, on_device,
-                 eval_len=None, gain_exponent=2, log=True, per_clip=False):
+                 eval_len=None, log=True, per_clip=False):
         import tensorflow as tf  # placement is TensorFlow's; Keras has no device API
         from keras import ops
         self.ops, self.patch_len, self.on_device = ops, patch_len, on_device
         self.per_member, self.pseudo = False, None  # use_members() sets them
         # gains on the frames (augment.gain_frames); extract.normalize per_clip
-        self.gain_exponent, self.log, self.per_clip = gain_exponent, log, per_clip
+        self.log, self.per_clip = log, per_clip
         # Frames per evaluated example: a patch, or a whole fixed-length clip (random_crop).
         self.eval_len = eval_len or patch_len
         self.n_classes = len(eps)
@@ -397,7 +397,7 @@ class PatchSource:
         x = ops.take(self.frames, ops.reshape(rows, (-1,)), axis=0)
         x = ops.reshape(ops.cast(x, 'float32'), (-1, length, self.n_mels))
         if gain is not None:
-            x = augment.gain_frames(ops, x, gain, self.gain_exponent, self.log)
+            x = augment.gain_frames(ops, x, gain, self.log)
         x = ops.expand_dims(x, -1)
         if self.per_clip:
             mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)

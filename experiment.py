@@ -373,8 +373,7 @@ def batch_source(cfg, store, patches, table, mean, std, eps):
     args = (store.frames, patches, table, mean, std, eps, train_len)
     ext = cfg['extract']
     # how a gain acts on the stored frames (augment.gain_frames); the standardisation
-    more = dict(eval_len=eval_len, gain_exponent=augment.GAIN_EXPONENT[ext['spectrogram_type']],
-                log=ext['log'], per_clip=ext['normalize'] == 'per_clip')
+    more = dict(eval_len=eval_len, log=ext['log'], per_clip=ext['normalize'] == 'per_clip')
     if on_device(cfg):
         try:
             return data.PatchSource(*args, on_device=True, **more)

@@ -67,27 +67,31 @@ def _exact_patches(clips, p):
     return idx, f
 
 
-@pytest.mark.parametrize('kind, log, expected', [
-    ('power', True, lambda f, g: f + np.log10(g ** 2)),
-    ('magnitude', True, lambda f, g: f + np.log10(g)),
-    ('power', False, lambda f, g: f * g ** 2),
-])
-def test_gain_acts_on_the_frames_as_before_the_log(clips, kind, log, expected):
+@pytest.mark.parametrize('log', [True, False])
+def test_gain_multiplies_the_mel_energies_before_the_log(clips, log):
+    """Akiyama & Sato multiply the mel spectrogram by g before the log (their code: the
+    power mel spectrogram times g, then power_to_db): with stored log10 frames f the input
+    is log10(10**f * g), with linear frames f * g, then standardised."""
     p = data.make_patches(clips['starts'], clips['lengths'], clips['patch_len'],
                           clips['patch_hop'])
     mean, std = np.full(4, 1.5, np.float32), np.full(4, 2.0, np.float32)
-    src = _source(clips, p, mean, std, augment.GAIN_EXPONENT[kind], log)
+    src = _source(clips, p, mean, std, log)
     idx, f = _exact_patches(clips, p)
-    g = np.linspace(0.8, 1.2, idx.size).astype(np.float32)
-    got = ops.convert_to_numpy(src.inputs(idx.astype(np.int32), gain=g))[..., 0]
-    np.testing.assert_allclose(got, (expected(f, g[:, None, None]) - mean) / std, rtol=1e-5,
-                               atol=1e-5)
+    g = np.linspace(0.8, 1.2, idx.size)[:, None, None]
+    energies = 10.0 ** f.astype(np.float64) if log else f.astype(np.float64)
+    expected = np.log10(energies * g) if log else energies * g
+    got = ops.convert_to_numpy(src.inputs(idx.astype(np.int32),
+                                          gain=g[:, 0, 0].astype(np.float32)))[..., 0]
+    np.testing.assert_allclose(got, (expected - mean) / std, rtol=1e-5, atol=1e-5)
+    # g = 1.2 on log frames: a shift of log10(1.2) = 0.0792, not log10(1.44) (a signal gain)
+    if log:
+        np.testing.assert_allclose(got[-1] * std - (f[-1] - mean), 0.0792, atol=1e-4)
 
 
 def test_per_clip_standardisation(clips):
     p = data.make_patches(clips['starts'], clips['lengths'], clips['patch_len'],
                           clips['patch_hop'])
-    src = _source(clips, p, np.zeros(4, np.float32), np.ones(4, np.float32), 2, True,
+    src = _source(clips, p, np.zeros(4, np.float32), np.ones(4, np.float32), True,
                   per_clip=True)
     idx, f = _exact_patches(clips, p)
     got = ops.convert_to_numpy(src.inputs(idx.astype(np.int32)))[..., 0]
@@ -95,12 +99,12 @@ def test_per_clip_standardisation(clips):
     np.testing.assert_allclose(got, (f - mu) / sd, rtol=1e-4, atol=1e-5)
 
 
-def _source(clips, p, mean, std, exponent, log, per_clip=False):
+def _source(clips, p, mean, std, log, per_clip=False):
     import pandas as pd
     n = len(clips['lengths'])
     table = pd.DataFrame({'label_idx': np.arange(n) % 2, 'verified': np.ones(n, int)})
     return data.PatchSource(clips['frames'], p, table, mean, std, np.zeros(2, np.float32),
-                            clips['patch_len'], False, gain_exponent=exponent, log=log,
+                            clips['patch_len'], False, log=log,
                             per_clip=per_clip)
 
 
