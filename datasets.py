@@ -203,8 +203,10 @@ def load_fsdkaggle2018(cfg):
     train = _read_csv(train_csv, ['fname', 'label', 'manually_verified'])
     test = _read_csv(test_csv, ['fname', 'label'])
     train['subset'], test['subset'] = 'train', 'test'
-    train['path'] = [str(root / 'FSDKaggle2018.audio_train' / f) for f in train.fname]
-    test['path'] = [str(root / 'FSDKaggle2018.audio_test' / f) for f in test.fname]
+    train_audio = _audio_folder(root / 'FSDKaggle2018.audio_train')
+    test_audio = _audio_folder(root / 'FSDKaggle2018.audio_test')
+    train['path'] = [str(train_audio / f) for f in train.fname]
+    test['path'] = [str(test_audio / f) for f in test.fname]
     train['verified'], test['verified'] = train.manually_verified.astype(float).astype(int), 1
     train['labels'] = _split_labels(train, 'label', train_csv)
     test['labels'] = _split_labels(test, 'label', test_csv)
@@ -226,7 +228,8 @@ def load_fsdkaggle2019(cfg):
         df = _read_csv(path, ['fname', 'labels'])
         df['labels'] = _split_labels(df, 'labels', path)
         folder = 'audio_train_' + part if part != 'test' else 'audio_test'
-        df['path'] = [str(root / f'FSDKaggle2019.{folder}' / f) for f in df.fname]
+        audio = _audio_folder(root / f'FSDKaggle2019.{folder}')
+        df['path'] = [str(audio / f) for f in df.fname]
         df['verified'] = int(part != 'noisy')
         df['subset'] = 'test' if part == 'test' else 'train'
         frames[part] = df

@@ -420,6 +420,12 @@ def check(cfg):
                           f'it supports: {", ".join(heads)}'
                           + ('; a softmax head is trained with loss.type CCE or an Lq loss'
                              if head == 'softmax' else ''))
+    if cfg['learn']['mode'] == 3:  # pruning scores the clips with a second loss
+        prune = cfg['learn']['prune_loss_type']
+        if head not in LOSSES[prune].heads:
+            raise ConfigError(f'learn.prune_loss_type {prune!r} (learn.mode 3 scores the clips '
+                              f'with it) does not work with learn.head {head!r}; heads it '
+                              f'supports: {", ".join(LOSSES[prune].heads)}')
 
 
 def get(cfg):

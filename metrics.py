@@ -104,6 +104,10 @@ def map_at_k(y_true, scores, k=3):
     that is 1/rank of the true label if it is in the top k, else 0. Ties are broken by
     the lower class index. Clips without true labels are left out of the mean; nan if
     no clip has one.
+
+    Hand-written: scikit-learn has no MAP@k (its average_precision_score ranks the clips
+    of each class over all ranks, not the top k classes of each clip); sklearn's
+    top_k_accuracy_score gives 1 per hit at any rank, not 1/rank.
     """
     truth, scores = _positives(y_true), np.asarray(scores, float)
     top = np.argsort(-scores, axis=1, kind='stable')[:, :k]

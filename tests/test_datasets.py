@@ -17,6 +17,8 @@ TEST19 = [('t1.wav', 'Rain,Applause'), ('t2.wav', 'Bark')]
 def _write19(root, curated=CURATED, noisy=NOISY, test=TEST19):
     meta = Path(root) / K19
     meta.mkdir(parents=True, exist_ok=True)
+    for folder in ('audio_train_curated', 'audio_train_noisy', 'audio_test'):
+        (Path(root) / f'FSDKaggle2019.{folder}').mkdir(exist_ok=True)
     pd.DataFrame(curated, columns=['fname', 'labels']).to_csv(
         meta / 'train_curated_post_competition.csv', index=False)
     pd.DataFrame(noisy, columns=['fname', 'labels', 'true_labels']).to_csv(
@@ -64,6 +66,8 @@ def test_fsdkaggle2019_subsets(make_cfg, tmp_path, subset, expected):
 def test_fsdkaggle2018_table_and_subsets(make_cfg, tmp_path):
     meta = tmp_path / 'FSDKaggle2018.meta'
     meta.mkdir()
+    for folder in ('audio_train', 'audio_test'):
+        (tmp_path / f'FSDKaggle2018.{folder}').mkdir()
     pd.DataFrame([('a.wav', 'Bus', 1, 'Bus'), ('b.wav', 'Cello', 0, 'Bus'),
                   ('c.wav', 'Bus', 0, None)],
                  columns=['fname', 'label', 'manually_verified', 'true_label']).to_csv(
@@ -142,3 +146,12 @@ def test_injected_noise_on_a_multi_label_dataset_is_refused(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match='ctrl.inject_noise .* not to fsdkaggle2019'):
         datasets.check(_cfg(make_cfg, tmp_path, 'fsdkaggle2019', 'ctrl.train_data=all',
                             'ctrl.inject_noise.rate=0.2'))
+
+
+@pytest.mark.parametrize('folder', ['audio_train_curated', 'audio_train_noisy', 'audio_test'])
+def test_fsdkaggle2019_missing_audio_folder_is_named(make_cfg, tmp_path, folder):
+    _write19(tmp_path)
+    (tmp_path / f'FSDKaggle2019.{folder}').rmdir()
+    with pytest.raises(ConfigError, match=f'audio folder .*FSDKaggle2019.{folder} does not '
+                                          f'exist'):
+        datasets.load(_cfg(make_cfg, tmp_path))

@@ -384,6 +384,15 @@ def test_fsdkaggle2018_reports_map3_and_accuracy(workspace, kaggle):
                                       "ctrl.dataset fsdkaggle2019; valid: curated, noisy, all"),
     (['learn.head=softmax', 'loss.type=bce'], "loss.type 'bce' does not work with learn.head "
                                               "'softmax'"),
+    (['learn.head=sigmoid', 'loss.type=CCE'], "loss.type 'CCE' does not work with learn.head "
+                                              "'sigmoid'"),
+    (['learn.head=sparsemax', 'loss.type=lq_loss'], "loss.type 'lq_loss' does not work with "
+                                                    "learn.head 'sparsemax'"),
+    (['learn.head=sigmoid_sparsemax', 'loss.type=adaptive_lq'],
+     "loss.type 'adaptive_lq' does not work with learn.head 'sigmoid_sparsemax'"),
+    (['learn.head=sigmoid_softmax', 'loss.type=bce', 'learn.mode=3'],
+     "learn.prune_loss_type 'lq_loss' (learn.mode 3 scores the clips with it) does not work "
+     "with learn.head 'sigmoid_softmax'"),
     (['recognizer.metrics=[accuracy]'], "recognizer.metrics 'accuracy' needs single-label"),
 ])
 def test_fsdkaggle2019_config_errors_are_one_line(workspace, kaggle, capsys, overrides,

@@ -115,8 +115,9 @@ def test_head_losses_sum_each_branch_loss(head):
     np.testing.assert_allclose(got, sum(expected[b] for b in branches), rtol=1e-4, atol=1e-5)
 
 
-def _cfg(head, loss_type):
-    return {'learn': {'head': head}, 'loss': {'type': loss_type}}
+def _cfg(head, loss_type, mode=1, prune_loss_type='lq_loss'):
+    return {'learn': {'head': head, 'mode': mode, 'prune_loss_type': prune_loss_type},
+            'loss': {'type': loss_type}}
 
 
 @pytest.mark.parametrize('head', list(architectures.HEADS))
@@ -131,6 +132,17 @@ def test_every_head_and_loss_pair_is_allowed_or_refused(head, loss_type):
     message = str(err.value)
     assert f"loss.type '{loss_type}'" in message and f"learn.head '{head}'" in message
     assert '\n' not in message
+
+
+@pytest.mark.parametrize('head', [h for h in architectures.HEADS if h != 'softmax'])
+@pytest.mark.parametrize('prune', ['lq_loss', 'CCE'])
+def test_pruning_scores_clips_only_with_softmax_probabilities(head, prune):
+    """Mode 3 ranks clips by CCE or Lq of the head's scores: defined for softmax
+    probabilities only, so a sigmoid / sparsemax / multi-activation head is refused."""
+    with pytest.raises(ConfigError, match=f"learn.prune_loss_type '{prune}' .*learn.head "
+                                          f"'{head}'"):
+        losses.check(_cfg(head, 'bce', mode=3, prune_loss_type=prune))
+    losses.check(_cfg('softmax', 'CCE', mode=3, prune_loss_type=prune))
 
 
 def test_top1_precision_on_multi_hot_targets():
