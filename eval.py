@@ -234,8 +234,9 @@ def evaluation_lines(names, figures, classes, where):
 
 
 def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extra=None):
-    """Print the evaluation block; write predictions.csv and results.json (and
-    confusion.csv when configured). Returns results."""
+    """Print the evaluation block; write predictions.csv (and confusion.csv when
+    configured). Returns the results, which write_results writes to results.json: the
+    marker of a finished run, so the last file a run writes."""
     if not np.isfinite(scores).all():  # argmax of NaN scores would report chance accuracy
         raise Diverged(f'the model predicts non-finite scores for '
                        f'{int((~np.isfinite(scores).all(axis=1)).sum())} of {len(scores)} test '
@@ -267,8 +268,25 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
                'train_data': train_data,
                'per_class': metrics.per_class_dict(figures['per_class'], classes),
                'wall_time_s': round(wall_time, 2), **extra}
-    atomic_write_text(run_dir / 'results.json', json.dumps(results, indent=2) + '\n')
     return results
+
+
+def write_results(run_dir, results):
+    """results.json, strict JSON: a figure that is NaN or infinite (the precision of a
+    class never predicted, a metric without positives) is written as null."""
+    atomic_write_text(run_dir / 'results.json',
+                      json.dumps(json_ready(results), indent=2, allow_nan=False) + '\n')
+
+
+def json_ready(value):
+    """value with every non-finite float (numpy's too) replaced by None, recursively."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def write_predictions(path, table, classes, rows, scores):

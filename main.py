@@ -61,6 +61,7 @@ def pipeline(cfg, folder, t0):
     results = evaluation.report(cfg, table, classes, rows, scores, folder.dir,
                                 time.time() - t0, experiment.results)
     evaluation.write_plots(folder.dir, table, classes, rows, scores, results)
+    evaluation.write_results(folder.dir, results)  # last: results.json marks it finished
     folder.drop_backup()
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 from scipy.stats import gmean
-from sklearn.metrics import accuracy_score, recall_score
+from sklearn.metrics import accuracy_score, precision_score, recall_score
 
 import eval as evaluation
 from config import ConfigError
@@ -66,6 +66,8 @@ def test_report_files_and_line(tmp_path, capsys):
     cfg = {'ctrl': {'run_name': 'r1', 'train_data': 'noisy', 'dataset': 'fsdnoisy18k'},
            'recognizer': {'metrics': None}}
     results = evaluation.report(cfg, table, classes, rows, scores, tmp_path, 12.345)
+    assert not (tmp_path / 'results.json').exists()  # written last, by write_results
+    evaluation.write_results(tmp_path, results)
 
     true = table.label_idx.to_numpy()[rows]
     pred = scores.argmax(axis=1)
@@ -126,7 +128,8 @@ def test_report_multi_label_lines_and_results(tmp_path, capsys):
     scores = np.random.default_rng(4).random((5, 4))
     cfg = {'ctrl': {'run_name': 'r2', 'train_data': 'all', 'dataset': 'fsdkaggle2019'},
            'recognizer': {'metrics': ['lwlrap', 'map3', 'prf1']}}
-    evaluation.report(cfg, table, classes, rows, scores, tmp_path, 1.0)
+    evaluation.write_results(tmp_path,
+                             evaluation.report(cfg, table, classes, rows, scores, tmp_path, 1.0))
     truth = np.zeros((5, 4))
     for i, ids in enumerate(table.labels_idx):
         truth[i, list(ids)] = 1
@@ -171,3 +174,34 @@ def test_report_refuses_non_finite_scores(tmp_path):
     with pytest.raises(trainer.Diverged, match='non-finite scores for 1 of 2 test clips'):
         evaluation.report(cfg, table, ['a', 'b'], np.array([0, 1]), scores, tmp_path, 1.0)
     assert not (tmp_path / 'results.json').exists()
+
+
+def _strict_json(text):
+    """json.loads that refuses NaN and Infinity, which are not JSON (RFC 8259)."""
+    def refuse(constant):
+        raise ValueError(f'{constant} is not valid JSON')
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_results_json_is_strict_json_with_a_never_predicted_class(tmp_path):
+    """The precision of a class that is never predicted is 0/0: null in results.json, and
+    the file parses with a strict parser."""
+    classes = ['a', 'b', 'c']
+    table = pd.DataFrame({'fname': [f't{i}.wav' for i in range(4)], 'subset': ['test'] * 4,
+                          'label_idx': [0, 1, 2, 1]})
+    rows = np.arange(4)
+    scores = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.2, 0.1, 0.7], [0.1, 0.2, 0.7]])
+    cfg = {'ctrl': {'run_name': 'r3', 'train_data': 'all', 'dataset': 'fsdnoisy18k'},
+           'recognizer': {'metrics': ['accuracy', 'prf1']}}
+    extra = {'noise_detection': {'precision': float('nan'), 'recall': 0.5, 'n_flagged': 0}}
+    results = evaluation.report(cfg, table, classes, rows, scores, tmp_path, 1.0, extra)
+    evaluation.write_results(tmp_path, results)
+    saved = _strict_json((tmp_path / 'results.json').read_text())
+    true, pred = table.label_idx.to_numpy(), scores.argmax(axis=1)
+    assert 1 not in pred  # class b is never predicted
+    precision = precision_score(true, pred, labels=range(3), average=None, zero_division=0)
+    assert saved['per_class']['b']['precision'] is None
+    for k in (0, 2):
+        assert saved['per_class'][classes[k]]['precision'] == pytest.approx(precision[k])
+    assert saved['precision_macro'] == pytest.approx(precision[[0, 2]].mean())
+    assert saved['noise_detection'] == {'precision': None, 'recall': 0.5, 'n_flagged': 0}

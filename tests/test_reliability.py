@@ -189,6 +189,29 @@ def test_unexpected_error_reaches_the_log(tiny, monkeypatch):
     assert log.rstrip().endswith('run boom failed: RuntimeError: boom in training')
 
 
+def test_a_crash_while_plotting_leaves_the_run_unfinished(tiny, monkeypatch):
+    """results.json marks a finished run, so it is the last file written: a crash in the
+    plots leaves no results.json and keeps the backup; the same command then finishes the
+    run, with its plots, without training again."""
+    import plots
+
+    def boom(*args, **kwargs):
+        raise RuntimeError('plotting failed')
+    with monkeypatch.context() as patch:
+        patch.setattr(plots, 'per_class', boom)
+        code, run_dir, out = run(tiny, 'plot_crash', 'learn.n_epochs=2')
+    assert code == 1
+    assert 'run plot_crash failed: RuntimeError: plotting failed' in out.read_text()
+    assert not (run_dir / 'results.json').exists()
+    assert (run_dir / 'backup' / 'state.pkl').is_file()
+    code, _, _ = run(tiny, 'plot_crash', 'learn.n_epochs=2')
+    assert code == 0 and 'resumed at epoch 3' in out.read_text()
+    assert json.loads((run_dir / 'results.json').read_text())['status'] == 'finished'
+    assert all((run_dir / f'{name}.png').is_file() for name in ('curves', 'per_class'))
+    assert list(pd.read_csv(run_dir / 'history.csv').epoch) == [1, 2]
+    assert not (run_dir / 'backup').exists()
+
+
 def test_leftover_temp_files_are_removed(tiny):
     """Case 14: a kill -9 during a save leaves .<name>.<random>.tmp<suffix>."""
     root, _ = tiny
