@@ -59,16 +59,18 @@ class RunFolder:
     def open(self):
         """Lock the folder, refuse a finished or running run, start the log."""
         overwrite = self.cfg['ctrl']['overwrite']
-        ended = status(self.dir)
-        if ended and not overwrite:
-            raise ConfigError(f'run {self.name} has {ended} ({self.dir / "results.json"}) and '
-                              f'is never modified: choose another ctrl.run_name, or set '
-                              f'ctrl.overwrite true to start it afresh')
         # A run name may hold a folder level (sweeps: NAME/point_seed0): every missing
         # folder on the way is noted, to be removed again by discard().
         self.created = [p for p in (*reversed(self.dir.parents), self.dir) if not p.exists()]
         self.dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
+        # Checked under the lock: a run of this name that was still running a moment ago
+        # may have finished since (it writes results.json last, then releases the lock).
+        ended = status(self.dir)
+        if ended and not overwrite:
+            raise ConfigError(f'run {self.name} has {ended} ({self.dir / "results.json"}) and '
+                              f'is never modified: choose another ctrl.run_name, or set '
+                              f'ctrl.overwrite true to start it afresh')
         if overwrite:
             self._clear()
         self._remove_temp_files()

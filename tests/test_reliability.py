@@ -177,6 +177,32 @@ def test_finished_run_is_never_modified_unless_overwrite(tiny, capsys):
     assert code == 0 and out.read_text().count('ACCURACY - MICRO') == 1
 
 
+def test_a_run_that_finishes_before_the_lock_is_taken_is_not_modified(tmp_path, make_cfg,
+                                                                       monkeypatch):
+    """Cases 4 and 5 together: the other run of this name writes results.json and ends
+    (releasing the lock) just before this run takes the lock. Checked under the lock, the
+    finished run is refused and left as it was (not resumed, no .out, no new config)."""
+    import config
+    cfg = make_cfg(f'ctrl.logs_dir={tmp_path}/logs', 'ctrl.run_name=race')
+    run_dir, saved = tmp_path / 'logs' / 'race', config.config_to_yaml(cfg)
+    run_dir.mkdir(parents=True)
+    (run_dir / 'config.yaml').write_text(saved)  # the other run's, same config
+    take_lock = fcntl.flock
+
+    def other_run_finishes_first(fd, operation):
+        if not (run_dir / 'results.json').exists():
+            (run_dir / 'results.json').write_text('{"status": "finished"}\n')
+        return take_lock(fd, operation)
+    monkeypatch.setattr(runfolder.fcntl, 'flock', other_run_finishes_first)
+    folder = runfolder.RunFolder(cfg)
+    with pytest.raises(config.ConfigError, match='run race has finished'):
+        folder.open()
+    folder.close(discard=True)
+    assert sorted(p.name for p in run_dir.iterdir()) == ['.lock', 'config.yaml', 'results.json']
+    assert (run_dir / 'config.yaml').read_text() == saved
+    assert not (tmp_path / 'logs' / 'race.out').exists()
+
+
 def test_unexpected_error_reaches_the_log(tiny, monkeypatch):
     """Case 12: the traceback and a line saying the run failed are in the .out."""
     def boom(exp):
