@@ -460,8 +460,8 @@ class PatchSource:
         return batch
 
     def use_members(self, pseudo=None):
-        """Batches carry each pair's members (losses.Multitask), and with pseudo [clips, K]
-        the members' soft pseudo labels."""
+        """Batches carry each pair's members (losses.Multitask, losses.HeadLosses), and with
+        pseudo [clips, K] the members' soft pseudo labels."""
         import tensorflow as tf
         self.per_member = True
         if pseudo is not None:

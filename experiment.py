@@ -455,6 +455,8 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     if learn['multitask']:  # every unverified clip of the subset: any fold may train it
         source.use_members(pseudo_labels(cfg, table, classes, rows))
     trainer = build_trainer(cfg, table, classes, source)
+    if trainer.step_loss.needs_batch and not source.per_member:
+        source.use_members()  # mixed pairs' members for the head's distribution branch
     with atomic_path(run_dir / 'scaler.npz') as tmp, open(tmp, 'wb') as f:
         np.savez(f, mean=mean, std=std)
     exp = Experiment(cfg, table, classes, store, patches, train_rows, val_rows, source,

@@ -311,6 +311,8 @@ def softmax_cce(y_true, y_pred):
 # name of the branch's output: sigmoid probabilities -> BCE, softmax probabilities ->
 # softmax-CE, sparsemax logits -> the sparsemax loss (which normalises its targets).
 BRANCH_LOSSES = {'sigmoid': bce, 'softmax': softmax_cce, 'sparsemax_logits': sparsemax_loss}
+# The branches trained on one distribution per example (targets normalised to sum 1).
+DISTRIBUTION_BRANCHES = ('softmax', 'sparsemax_logits')
 
 
 class HeadLosses(StepLoss):
@@ -322,12 +324,30 @@ class HeadLosses(StepLoss):
 
     def __init__(self, cfg):
         self.head = cfg['learn']['head']
+        # A head with a distribution branch reads the members of each mixed pair
+        # (PatchSource.use_members): y_a, y_b, lam.
+        self.needs_batch = self.head != 'sigmoid'
+
+    def __call__(self, y_true, y_pred, x=None, emb=None, mask=None, clean=None, batch=None):
+        """With the batch's members, the distribution branches learn the mix of the two
+        members' distributions, lam * y_a / |y_a| + (1 - lam) * y_b / |y_b|: a mixup of
+        He et al.'s uniform label distributions. Normalising the mixed multi-hot target
+        instead would weigh a 2-label clip mixed with a 1-label clip at lam 0.5 as 1/3 each
+        rather than 1/4, 1/4, 1/2. The sigmoid branch's BCE is linear in the target and
+        learns the mixed multi-hot target itself."""
+        if batch is not None:
+            lam = ops.reshape(batch['lam'], (-1, 1))
+            y_true = (y_true, lam * normalise_targets(batch['y_a'])
+                      + (1.0 - lam) * normalise_targets(batch['y_b']))
+        return super().__call__(y_true, y_pred, x, emb, mask, clean)
 
     def per_example(self, y_true, y_pred, x=None, emb=None):
+        """y_true: targets [B, K], or (targets, distributions) from __call__."""
+        y, y_dist = y_true if isinstance(y_true, tuple) else (y_true, y_true)
         # A one-layer sigmoid head outputs a tensor; the others name their branches.
         branches = y_pred if isinstance(y_pred, dict) else {self.head: y_pred}
-        return sum(BRANCH_LOSSES[name](y_true, out) for name, out in branches.items()
-                   if name in BRANCH_LOSSES)
+        return sum(BRANCH_LOSSES[name](y_dist if name in DISTRIBUTION_BRANCHES else y, out)
+                   for name, out in branches.items() if name in BRANCH_LOSSES)
 
 
 def mse(y_true, y_pred):

@@ -115,6 +115,36 @@ def test_head_losses_sum_each_branch_loss(head):
     np.testing.assert_allclose(got, sum(expected[b] for b in branches), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('head', ['sigmoid_softmax', 'sigmoid_sparsemax', 'sparsemax'])
+def test_mixed_pairs_learn_the_mix_of_the_members_distributions(head):
+    """Under mixup the distribution branch learns lam * a/|a| + (1 - lam) * b/|b| (a 2-label
+    clip mixed with a 1-label clip at 0.5: 1/4, 1/4, 1/2), the sigmoid branch the mixed
+    multi-hot target; both written here in numpy."""
+    rng = np.random.default_rng(4)
+    y_a = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 1, 1, 1]], np.float32)
+    y_b = np.array([[0, 0, 1, 0], [0, 1, 1, 0], [0, 1, 1, 1]], np.float32)
+    lam = np.array([0.5, 0.8, 0.3], np.float32)
+    y = lam[:, None] * y_a + (1 - lam[:, None]) * y_b
+    dist = (lam[:, None] * y_a / y_a.sum(1, keepdims=True)
+            + (1 - lam[:, None]) * y_b / y_b.sum(1, keepdims=True))
+    np.testing.assert_allclose(dist[0], [0.25, 0.25, 0.5, 0])
+    z1, z2 = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    sig = _sigmoid(z1)
+    expected = {'sigmoid': _np_bce(y, sig), 'softmax': -(dist * np.log(_softmax(z2))).sum(1),
+                'sparsemax': _np_sparsemax_loss(dist, z2)}
+    outputs = {'sigmoid': sig, 'softmax': _softmax(z2), 'sparsemax_logits': z2}
+    branches = architectures.HEADS[head]
+    names = ['sparsemax_logits' if b == 'sparsemax' else b for b in branches]
+    y_pred = {n: ops.convert_to_tensor(outputs[n]) for n in names}
+    loss = losses.HeadLosses({'learn': {'head': head}})
+    assert loss.needs_batch
+    batch = {'y_a': ops.convert_to_tensor(y_a), 'y_b': ops.convert_to_tensor(y_b),
+             'lam': ops.convert_to_tensor(lam)}
+    value, weights, _ = loss(ops.convert_to_tensor(y), y_pred, batch=batch)
+    per_example = sum(expected[b] for b in branches)
+    np.testing.assert_allclose(float(value), per_example.mean(), rtol=1e-4)
+
+
 def _cfg(head, loss_type, mode=1, prune_loss_type='lq_loss'):
     return {'learn': {'head': head, 'mode': mode, 'prune_loss_type': prune_loss_type},
             'loss': {'type': loss_type}}
