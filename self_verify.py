@@ -27,9 +27,18 @@ from utils import atomic_path
 logger = logging.getLogger(__name__)
 
 FOLDS = 4
-# The released code fine-tunes at a constant rate for 5 epochs, then decays it linearly
-# to 0 at the last epoch.
+# The released code (CPJKU/dcase_task2: models/vgg_gap_spec2.py, fine_tune=True, with
+# lasagne_wrapper/learn_rate_shedules.get_linear) trains epochs 1-5 at the initial rate
+# and lowers it by rate / (epochs - 5) after each later epoch, so that its last epoch is
+# trained at rate 0.
 DECAY_FROM = 5
+
+
+def fine_tune_lr(epoch, lr, epochs):
+    """The rate of fine-tuning epoch `epoch` (0-based) of `epochs`, as the released code
+    sets it: lr for epochs 1-5 (1-based), then lr * (1 - (n - 5) / (epochs - 5)) for epoch
+    n, 0 at the last one. linear_decay_lr gets the 1-based number the code counts in."""
+    return linear_decay_lr(epoch + 1, lr, DECAY_FROM, epochs)
 
 
 def select(labels, posteriors, threshold, per_class):
@@ -78,15 +87,20 @@ class Fold:
     def __init__(self, exp, verified_train, held_out):
         self.exp, self.verified_train, self.held_out = exp, verified_train, held_out
 
+    def tuning_rows(self, accepted):
+        """The table rows it fine-tunes on: its verified training clips plus the accepted
+        (self-verified) clips outside its own held-out unverified part."""
+        return np.union1d(self.verified_train, np.setdiff1d(accepted, self.held_out))
+
     def fine_tune(self, accepted, learn):
         """sv_epochs from a fresh Adam state at sv_lr (the released code starts a new
-        training run from the previous parameters), constant for 5 epochs then linearly to
-        0, without mixup, on the verified clips plus the accepted clips of other folds."""
+        training run from the previous parameters), at the released code's rates
+        (fine_tune_lr), without mixup, on tuning_rows(accepted)."""
         exp = self.exp
-        rows = np.union1d(self.verified_train, np.setdiff1d(accepted, self.held_out))
+        rows = self.tuning_rows(accepted)
         exp.trainer.reset_optimizer()
         first, epochs, lr = exp.epoch, learn['sv_epochs'], learn['sv_lr']
-        schedule = EpochLR(lambda e: linear_decay_lr(e - first, lr, DECAY_FROM, epochs))
+        schedule = EpochLR(lambda e: fine_tune_lr(e - first, lr, epochs))
         exp.selection.restart()
         exp.fit(epochs, exp.plan(exp.patches.of_clips(rows), mixup=False),
                 early_stopping=False, lr_callbacks=[schedule])

@@ -456,8 +456,9 @@ def cosine_lr(epoch, lr_max, lr_min, cycle_epochs):
 
 
 def linear_decay_lr(epoch, lr, decay_from, epochs):
-    """lr for the first decay_from epochs, then linearly down towards 0 at epoch `epochs`
-    (0-based epoch within the stage)."""
+    """lr up to epoch decay_from, then lr * (1 - (epoch - decay_from) / (epochs -
+    decay_from)), 0 at epoch `epochs` and after, counting epochs as the caller does
+    (self_verify passes the released code's 1-based numbers, so its last epoch gets 0)."""
     if epoch < decay_from:
         return lr
     return lr * max(0.0, 1.0 - (epoch - decay_from) / max(1, epochs - decay_from))

@@ -1,0 +1,127 @@
+"""Self-verification (self_verify.py) units against numpy written here: which clips a fold
+model fine-tunes on, its fine-tuning rates, and the excerpt posteriors it judges by."""
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+import data
+import self_verify
+
+LEARN = {'sv_epochs': 30, 'sv_lr': 2e-4}
+
+
+class _TuneExp:
+    """Stands in for a fold's Experiment in Fold.fine_tune: records the table rows the
+    plan is made of and the LR callbacks of the fit."""
+
+    def __init__(self, epoch=7):
+        self.epoch, self.rows, self.callbacks = epoch, None, None
+        self.trainer = SimpleNamespace(reset_optimizer=lambda: None)
+        self.selection = SimpleNamespace(restart=lambda: None, finish=lambda trainer: None)
+        self.patches = SimpleNamespace(of_clips=self._of_clips)
+
+    def _of_clips(self, rows):
+        self.rows = np.asarray(rows)
+        return self.rows
+
+    def plan(self, idx, mixup=True):
+        assert mixup is False  # fine-tuning without mixup, as the released code
+        return idx
+
+    def fit(self, epochs, plan, early_stopping=True, lr_callbacks=()):
+        assert epochs == LEARN['sv_epochs'] and early_stopping is False
+        self.callbacks = lr_callbacks
+
+
+def test_a_fold_never_fine_tunes_on_clips_of_its_own_held_out_part():
+    """Each clip has the fold that validates it (verified) or judges it (unverified);
+    fold f fine-tunes on the verified clips of other folds and on the accepted clips of
+    other folds, never on an accepted clip it judged itself."""
+    rng = np.random.default_rng(4)
+    n = 300
+    verified = rng.random(n) < 0.3
+    fold_of = rng.integers(0, 4, n)
+    accepted = np.flatnonzero(~verified & (rng.random(n) < 0.5))
+    accepted_set = set(accepted.tolist())
+    for f in range(4):
+        exp = _TuneExp()
+        own = np.flatnonzero(~verified & (fold_of == f))
+        fold = self_verify.Fold(exp, np.flatnonzero(verified & (fold_of != f)), own)
+        fold.fine_tune(accepted, LEARN)
+        expected = [r for r in range(n)
+                    if fold_of[r] != f and (verified[r] or r in accepted_set)]
+        assert exp.rows.tolist() == expected
+        assert np.intersect1d(exp.rows, own).size == 0
+        assert np.intersect1d(exp.rows, accepted).size > 0  # other folds' clips do train it
+
+
+def test_fine_tuning_rates_are_the_released_codes():
+    """The released code (Network.fit with get_linear(5, lr, 25)) sets the rate before
+    epoch 1 and, after each epoch n >= 5, lowers it by lr / 25: epochs 1-5 at lr, epoch 6
+    at 24/25 lr, ..., epoch 30 at 0. Replayed here as its loop does it."""
+    lr, epochs = LEARN['sv_lr'], LEARN['sv_epochs']
+    rate, released = lr, []
+    for n in range(1, epochs + 1):
+        released.append(rate)
+        if n >= 5:
+            rate = max(0.0, rate - lr / (epochs - 5))
+    exp = _TuneExp(epoch=7)  # fine-tuning starts after 7 epochs of earlier training
+    self_verify.Fold(exp, np.arange(3), np.arange(3, 5)).fine_tune(np.zeros(0, int), LEARN)
+    (schedule,) = exp.callbacks
+    got = [schedule.schedule(7 + e) for e in range(epochs)]  # Keras's epoch numbers
+    np.testing.assert_allclose(got, released, rtol=0, atol=1e-12)
+    assert got[4] == lr and got[5] == pytest.approx(lr * 24 / 25) and got[-1] == 0.0
+
+
+class _Offsets:
+    """Stands in for the Generator: records the bounds of the excerpt starts and
+    returns known starts below them."""
+
+    def integers(self, low, high):
+        self.low, self.high = low, np.asarray(high)
+        return (np.arange(self.high.size) * 5 + 2) % self.high
+
+
+def test_excerpt_posteriors_average_the_model_over_random_excerpts(clips):
+    """K excerpts of the training input length per clip, each starting at 0..length - L
+    (clips shorter than L start at 0 and wrap around), standardised, scored by a model
+    computing softmax(W x + b), averaged per clip: against numpy."""
+    L, K, n_classes = clips['patch_len'], 4, 3
+    n_mels = clips['n_mels']
+    mean, std = np.full(n_mels, 1.5, np.float32), np.full(n_mels, 2.0, np.float32)
+    p = data.make_clips(clips['starts'], clips['lengths'])
+    table = pd.DataFrame({'label_idx': np.arange(len(clips['lengths'])) % n_classes,
+                          'verified': 0})
+    source = data.PatchSource(clips['frames'], p, table, mean, std,
+                              np.zeros(n_classes, np.float32), L, False)
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(L * n_mels, n_classes)).astype(np.float32) * 0.3
+    b = rng.normal(size=n_classes).astype(np.float32)
+    inputs = keras.Input((L, n_mels, 1))
+    model = keras.Model(inputs, keras.layers.Dense(n_classes, activation='softmax')(
+        keras.layers.Flatten()(inputs)))
+    model.layers[-1].set_weights([w, b])
+    exp = SimpleNamespace(source=source, trainer=SimpleNamespace(classifier=model),
+                          store=SimpleNamespace(start=clips['starts'],
+                                                length=clips['lengths']),
+                          cfg={'learn': {'predict_batch_size': 6}})  # 20 windows: padded
+    rows = np.array([2, 0, 5, 4, 1])  # lengths 20, 5, 1, 14, 8: L = 8 fits 13, 1, 1, 7, 1 ways
+    offsets = _Offsets()
+    got = self_verify.excerpt_posteriors(exp, rows, K, offsets)
+
+    lengths, starts = clips['lengths'][rows], clips['starts'][rows]
+    bounds = np.repeat(np.maximum(1, lengths - L + 1), K)
+    assert offsets.low == 0 and offsets.high.tolist() == bounds.tolist()
+    begin = (np.arange(rows.size * K) * 5 + 2) % bounds
+    expected = np.zeros((rows.size, n_classes))
+    for i in range(rows.size):
+        for k in range(K):
+            frame_rows = starts[i] + (begin[i * K + k] + np.arange(L)) % lengths[i]
+            x = ((clips['frames'][frame_rows] - mean) / std).reshape(-1)
+            z = x @ w + b
+            expected[i] += np.exp(z - z.max()) / np.exp(z - z.max()).sum() / K
+    assert got.shape == (rows.size, n_classes)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
