@@ -23,7 +23,7 @@ import losses
 import self_verify
 import splits
 from config import ConfigError
-from losses import Masker
+from masking import Masker
 from trainer import (Backup, EpochLR, History, ModelSelection, RunState, Snapshots,
                      StopAfterSteps, StopOnNonFinite, TensorBoardScalars, Trainer,
                      ValClipAccuracy, cosine_lr, detection_figures, load_backup,

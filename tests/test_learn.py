@@ -10,7 +10,7 @@ import tensorflow as tf
 import config
 import learn
 import trainer
-from losses import Masker
+from masking import Masker
 
 
 def _numpy_threshold_masks(batches, k, alpha):
