@@ -3,15 +3,17 @@
 Every (grid point x seed) is one run of main.run() (the code path of main.py), named
 NAME/<key=value,...>_seed<k>, scheduled by Ray: embedded on this machine by default, or on
 a cluster with --address. Features are extracted once, in this process, before any run
-starts. Runs whose results.json exists are skipped. The results are summarised per grid
-point (mean, std, 95 % t confidence interval; paired differences to --baseline) in
-logs/sweeps/NAME/: runs.csv, summary.csv, summary.md, summary.png.
+starts. Runs that ended (results.json with status finished or diverged) are skipped. The
+finished runs are summarised per grid point (mean, std, 95 % t confidence interval; paired
+differences to --baseline) in logs/sweeps/NAME/: runs.csv, summary.csv, summary.md,
+summary.png.
 """
 import argparse
 import itertools
 import json
 import os
 import re
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +27,19 @@ import yaml  # noqa: E402
 from scipy import stats  # noqa: E402
 
 import config  # noqa: E402
+import runfolder  # noqa: E402
 import utils  # noqa: E402
 from config import ConfigError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 UNSAFE = re.compile(r'[^A-Za-z0-9._=,+-]')  # anything else becomes '_' in a run name
-# Results that are counts or echoes of the config and of the model selection, not outcomes:
-# kept in runs.csv and summary.csv, left out of summary.md, summary.png and the paired
-# differences.
-NOT_HEADLINE = re.compile(r'^(per_class\.|n_files_|label_noise\.rate$|evaluated_epoch$)')
+# The metrics of a run shown in summary.md and summary.png and compared to --baseline; the
+# other numbers of results.json (per-class figures, counts, echoes of the config, the model
+# selection, the wall time) are kept in runs.csv and summary.csv only.
+HEADLINE = re.compile(r'^(accuracy_micro|lwlrap|map_at_3|(precision|recall|f1)_macro|'
+                      r'noise_detection\.(precision|recall))$')
+# Columns of runs.csv that are not metrics (besides the grid keys).
+NOT_METRICS = ('run', 'point', 'seed', 'overrides', 'status', 'error')
 
 
 @dataclass
@@ -43,7 +49,6 @@ class Run:
     values: dict     # grid key -> value
     seed: int
     overrides: list  # -o overrides + grid values + seed + run name
-    log: Path = None  # its logs/<name>.out, once its config is known
 
 
 # ----------------------------------------------------------------------------- command line
@@ -170,17 +175,43 @@ def extract_features(cfgs):
             feat_extract.features(cfg, datasets.load(cfg)[0])
 
 
-def finished(cfg):
-    return (Path(cfg['ctrl']['logs_dir']) / cfg['ctrl']['run_name'] / 'results.json').is_file()
+def run_dir(cfg):
+    return Path(cfg['ctrl']['logs_dir']) / cfg['ctrl']['run_name']
 
 
 # ----------------------------------------------------------------------------- Ray
 
+class StderrTail:
+    """sys.stderr during a run, passed through, keeping its last characters: a run's
+    verdict (its error) is its last line there. Ray does not forward a worker's output, and
+    a run that stops before training removes its own .out, so this is where the sweep
+    finds the error."""
+
+    KEEP = 4000
+
+    def __init__(self, stream):
+        self.stream, self.tail = stream, ''
+
+    def write(self, text):
+        self.tail = (self.tail + text)[-self.KEEP:]
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def run_one(cwd, params, overrides):
-    """One run inside a Ray worker: main.run in the sweep's working directory."""
+    """One run inside a Ray worker: main.run in the sweep's working directory ->
+    (exit status, the last line the run wrote to stderr)."""
     os.chdir(cwd)
     import main
-    return main.run(params, overrides)
+    saved = sys.stderr
+    sys.stderr = tail = StderrTail(saved)
+    try:
+        code = main.run(params, overrides)
+    finally:
+        sys.stderr = saved
+    return code, _last_line(tail.tail)
 
 
 def start_ray(address):
@@ -227,8 +258,8 @@ def execute(ray, todo, params, cpus, gpus):
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             run = pending.pop(ref)
             try:
-                code = ray.get(ref)
-                error = None if code == 0 else f'exit code {code}: {_last_line(run.log)}'
+                code, last = ray.get(ref)
+                error = None if code == 0 else f'exit code {code}: {last}'
             except Exception as err:  # the run's own exception, raised again by Ray
                 error = _last_line(str(err))
             if error is not None:
@@ -239,11 +270,10 @@ def execute(ray, todo, params, cpus, gpus):
 
 
 def _last_line(text):
-    """The last non-empty line of a text or of a file (a run's log): its error."""
-    if isinstance(text, Path):
-        text = text.read_text(errors='replace') if text.is_file() else f'no log {text}'
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else text
+    """The last non-empty line of a text (a progress bar's redraws end at '\\r'): its error."""
+    lines = [line.rpartition('\r')[2] for line in text.splitlines()]
+    lines = [line.strip() for line in lines if line.strip()]
+    return lines[-1] if lines else 'no message'
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -259,16 +289,22 @@ def flatten(results, prefix=''):
     return flat
 
 
-def collect(runs, cfgs, grid):
-    """runs.csv: one row per run (grid values, seed, status, every numeric result)."""
+def collect(runs, cfgs, errors, common):
+    """runs.csv: one row per run: grid values, seed, the -o overrides common to all runs
+    (`common`), status (finished, diverged or failed), error (the message of a diverged
+    run, the error of a failed one: `errors`) and every numeric result of a finished run."""
     rows = []
     for run, cfg in zip(runs, cfgs):
-        path = Path(cfg['ctrl']['logs_dir']) / run.name / 'results.json'
-        results = json.loads(path.read_text()) if path.is_file() else None
+        path = run_dir(cfg) / 'results.json'
+        results = json.loads(path.read_text()) if path.is_file() else {}
+        status = results.get('status', 'finished') if results else 'failed'
+        # A diverged run's epoch and step say where it stopped: not metrics.
+        error = results.get('message', '') if status == 'diverged' else errors.get(run.name, '')
         rows.append({'run': run.name, 'point': run.point,
                      **{k: fmt(v) for k, v in run.values.items()}, 'seed': run.seed,
-                     'status': 'finished' if results else 'failed',
-                     **(flatten(results) if results else {})})
+                     'overrides': ' '.join(f'-o {shlex.quote(o)}' for o in common),
+                     'status': status, 'error': error,
+                     **(flatten(results) if status == 'finished' else {})})
     return pd.DataFrame(rows)
 
 
@@ -287,7 +323,7 @@ def mean_ci(values, level=0.95):
 
 
 def metric_columns(frame, grid):
-    fixed = {'run', 'point', 'seed', 'status', *grid}
+    fixed = {*NOT_METRICS, *grid}
     return [c for c in frame.columns if c not in fixed]
 
 
@@ -319,7 +355,7 @@ def summarise(frame, grid, baseline):
 
 
 def headline(metrics):
-    return [m for m in metrics if not NOT_HEADLINE.match(m)]
+    return [m for m in metrics if HEADLINE.match(m)]
 
 
 def markdown(summary, metrics, grid, baseline):
@@ -358,9 +394,9 @@ def write_outputs(out, name, frame, grid, baseline):
         summary.to_csv(tmp, index=False, float_format='%.6g')
     table = markdown(summary, headline(metrics), grid, baseline)
     utils.atomic_write_text(out / 'summary.md', f'# sweep {name}\n\n{table}')
-    shown = [m for m in headline(metrics) if m != 'wall_time_s']
-    if shown:
-        plots.summary(summary, shown, out / 'summary.png', f'sweep {name}: mean and 95 % CI')
+    if headline(metrics):
+        plots.summary(summary, headline(metrics), out / 'summary.png',
+                      f'sweep {name}: mean and 95 % CI')
     return summary, table
 
 
@@ -377,11 +413,13 @@ def sweep(args):
     name, runs = plan(args, grid, seeds)
     cfgs = check_runs(params, runs)
     utils.configure_logging()
-    for run, cfg in zip(runs, cfgs):
-        run.log = Path(cfg['ctrl']['logs_dir']) / f'{run.name}.out'
-    todo = [(run, cfg) for run, cfg in zip(runs, cfgs) if not finished(cfg)]
+    # A run that ended is never run again: a finished one has its result, and a diverged
+    # one would diverge again with the same config and seed (main.py refuses it anyway).
+    ended = [runfolder.status(run_dir(cfg)) for cfg in cfgs]
+    todo = [(run, cfg) for run, cfg, end in zip(runs, cfgs, ended) if end is None]
     print(f'sweep {name}: {len(runs)} runs ({len(runs) // len(seeds)} grid points x '
-          f'{len(seeds)} seeds); skipped {len(runs) - len(todo)} finished runs', flush=True)
+          f'{len(seeds)} seeds); skipped {ended.count("finished")} finished runs and '
+          f'{ended.count("diverged")} diverged runs', flush=True)
     failed = {}
     if todo:
         extract_features([cfg for _, cfg in todo])
@@ -393,13 +431,16 @@ def sweep(args):
         finally:
             ray.shutdown()
     out = Path(cfgs[0]['ctrl']['logs_dir']) / 'sweeps' / name
-    frame = collect(runs, cfgs, grid)
+    frame = collect(runs, cfgs, failed, args.override)
     summary, table = write_outputs(out, name, frame, grid, baseline)
     print(table)
-    print(f'{len(todo) - len(failed)} runs finished, {len(failed)} failed '
+    ran = frame[frame.run.isin([run.name for run, _ in todo])]
+    counts = ran.status.value_counts()
+    print(f'{counts.get("finished", 0)} runs finished, {counts.get("failed", 0)} failed, '
+          f'{counts.get("diverged", 0)} diverged '
           f'(logs in {cfgs[0]["ctrl"]["logs_dir"]}/{name}/)')
-    for run_name, error in failed.items():
-        print(f'  failed: {run_name}: {error}')
+    for _, row in ran[ran.status != 'finished'].iterrows():
+        print(f'  {row.status}: {row.run}: {row.error}')
     print(f'summary of {int(summary.n.sum())} finished runs: {out}/summary.md', flush=True)
     return 1 if failed else 0
 

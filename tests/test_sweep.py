@@ -174,14 +174,97 @@ class FakeRay:
 
 
 def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, capsys):
-    runs = [sweep.Run(f's/p_seed{i}', 'p', {}, i, [f'ctrl.run_name=s/p_seed{i}'],
-                      tmp_path / f'p_seed{i}.out') for i in range(3)]
-    runs[1].log.write_text('resolved config:\n...\nerror: ctrl.train_data all is needed\n\n')
-    ray = FakeRay({'s/p_seed0': 0, 's/p_seed1': 2,
+    runs = [sweep.Run(f's/p_seed{i}', 'p', {}, i, [f'ctrl.run_name=s/p_seed{i}'])
+            for i in range(3)]
+    ray = FakeRay({'s/p_seed0': (0, 'done'), 's/p_seed1': (2, 'error: ctrl.train_data x'),
                    's/p_seed2': RuntimeError('Traceback ...\n  File "x"\nValueError: boom')})
     failed = sweep.execute(ray, runs, 'p.yaml', 0.5, 0.25)
-    assert failed == {'s/p_seed1': 'exit code 2: error: ctrl.train_data all is needed',
+    assert failed == {'s/p_seed1': 'exit code 2: error: ctrl.train_data x',
                       's/p_seed2': 'ValueError: boom'}
     assert ray.options_seen == {'num_cpus': 0.5, 'num_gpus': 0.25, 'max_retries': 0}
     out = capsys.readouterr().out
     assert 'run s/p_seed1 failed: exit code 2' in out and 'run s/p_seed2 failed' in out
+
+
+def test_errors_of_real_runs_reach_the_sweep(tiny, capsys):
+    """Through Ray: a run that stops before training (exit 2; it removes its own .out) and
+    one that diverges (exit 1, results.json status diverged) are reported with their one
+    line, in the output and in runs.csv, and neither counts in the summary."""
+    root, params = tiny
+    argv = ['-p', str(params), '--grid', 'learn.val_split=0.01,0.2', '--name', 'broken',
+            '-o', 'learn.lr=1e30']
+    assert sweep.main(argv) == 1
+    out = capsys.readouterr().out
+    no_val = 'learn.val_split 0.01 leaves no validation clip'
+    assert re.search(rf'failed: broken/learn.val_split=0.01_seed0: exit code 2: error: '
+                     rf'{no_val}', out), out
+    assert re.search(r'diverged: broken/learn.val_split=0.2_seed0: training diverged: the '
+                     r'loss is nan at epoch 1', out), out
+    assert '0 runs finished, 1 failed, 1 diverged' in out
+    assert not (root / 'logs' / 'broken' / 'learn.val_split=0.01_seed0.out').exists()
+    runs = pd.read_csv(root / 'logs' / 'sweeps' / 'broken' / 'runs.csv').set_index('run')
+    failed, diverged = runs.loc['broken/learn.val_split=0.01_seed0'], runs.loc[
+        'broken/learn.val_split=0.2_seed0']
+    assert failed.status == 'failed' and failed.error.startswith(f'exit code 2: error: {no_val}')
+    assert diverged.status == 'diverged' and diverged.error.startswith('training diverged')
+    assert (runs.overrides == '-o learn.lr=1e30').all()
+    assert not {'epoch', 'step'} & set(runs.columns)  # where it diverged: no metric
+    summary = pd.read_csv(root / 'logs' / 'sweeps' / 'broken' / 'summary.csv')
+    assert list(summary.n) == [0, 0]
+
+
+def _results(tmp, name, **results):
+    """A results.json as main.py writes it."""
+    path = tmp / 'logs' / name / 'results.json'
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({'run_name': name, **results}))
+
+
+def test_ended_runs_are_skipped_and_only_finished_ones_summarised(tiny, capsys):
+    """Every run has ended (nothing runs, Ray is not started): diverged runs are skipped
+    and counted apart, kept out of n, mean and CI; summary.md and the paired differences
+    show real metrics only, not counts or echoes of the config."""
+    root, params = tiny
+    acc = {(0.001, 0): 60.0, (0.001, 1): 70.0, (0.001, 2): 62.5, (0.1, 2): 40.0}
+    precision = {0: 0.5, 1: 0.75, 2: 0.25}
+    for (lr, seed), value in acc.items():
+        _results(root, f'ended/learn.lr={lr}_seed{seed}', status='finished',
+                 accuracy_micro=value, n_files_evaluated=20, wall_time_s=10.0 + seed,
+                 evaluated_epoch=1, per_class={'a': {'accuracy': value, 'n_files': 10}},
+                 label_noise={'rate': 0.4, 'kind': 'symmetric', 'share_changed': 0.38},
+                 noise_detection={'precision': precision[seed], 'recall': 0.5,
+                                  'n_flagged': 4 + seed, 'n_wrong': 8})
+    for seed in (0, 1):
+        _results(root, f'ended/learn.lr=0.1_seed{seed}', status='diverged', epoch=2, step=7,
+                 message=f'training diverged: the loss is nan at epoch 2, step 7 ({seed})')
+    argv = ['-p', str(params), '--grid', 'learn.lr=0.001,0.1', '--seeds', '0,1,2',
+            '--name', 'ended', '--baseline', 'learn.lr=0.001', '-o', 'learn.n_epochs=1',
+            '-o', 'ctrl.dataset_path=' + str(root / 'data')]
+    assert sweep.main(argv) == 0
+    out = capsys.readouterr().out
+    assert 'skipped 4 finished runs and 2 diverged runs' in out
+    assert '0 runs finished, 0 failed, 0 diverged' in out
+
+    sweep_dir = root / 'logs' / 'sweeps' / 'ended'
+    runs = pd.read_csv(sweep_dir / 'runs.csv')
+    assert list(runs.status) == ['finished'] * 3 + ['diverged', 'diverged', 'finished']
+    assert runs.error[3] == 'training diverged: the loss is nan at epoch 2, step 7 (0)'
+    assert not {'epoch', 'step'} & set(runs.columns)
+    assert (runs.overrides == f'-o learn.n_epochs=1 -o ctrl.dataset_path={root}/data').all()
+    summary = pd.read_csv(sweep_dir / 'summary.csv').set_index('learn.lr')
+    assert summary.n.to_dict() == {0.001: 3, 0.1: 1}
+    base = [acc[0.001, s] for s in range(3)]
+    assert summary.accuracy_micro_mean[0.001] == pytest.approx(np.mean(base))
+    assert (summary.accuracy_micro_ci95_low[0.001],
+            summary.accuracy_micro_ci95_high[0.001]) == pytest.approx(ci(base))
+    assert summary.accuracy_micro_mean[0.1] == 40.0  # the diverged seeds are not in it
+    assert summary.n_pairs[0.1] == 1
+    assert summary.accuracy_micro_diff_mean[0.1] == pytest.approx(40.0 - acc[0.001, 2])
+    assert summary['noise_detection.precision_mean'][0.001] == pytest.approx(0.5)
+    # Paired differences and the table: metrics only.
+    diffs = {c[:-len('_diff_mean')] for c in summary.columns if c.endswith('_diff_mean')}
+    assert diffs == {'accuracy_micro', 'noise_detection.precision', 'noise_detection.recall'}
+    md = (sweep_dir / 'summary.md').read_text()
+    head = md.splitlines()[2]
+    shown = {c[:-len(' mean')] for c in head.strip('| ').split(' | ') if c.endswith(' mean')}
+    assert shown == diffs
