@@ -249,13 +249,13 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
     where = f'{n_eval}/{n_listed} test files, train_data={train_data}'
     extra = extra or {}
     lines = evaluation_lines(names, figures, classes, where)
-    if 'model_selection' in extra:
+    single = 'evaluated_epoch' in extra  # one model: its selection rule and epoch
+    if single:
         lines.insert(3 + len(names), f'model evaluated: learn.model_selection '
                                      f'{extra["model_selection"]}, epoch '
                                      f'{extra["evaluated_epoch"]}')
-    if 'ensemble' in extra:
-        lines.insert(3 + len(names) + ('model_selection' in extra),
-                     ensemble_line(extra['ensemble']))
+    if 'ensemble' in extra:  # an ensemble (model_selection 'ensemble'): its one line
+        lines.insert(3 + len(names) + single, ensemble_line(extra['ensemble']))
     lines += ['', f'wall time of the job: {wall_time:.1f} s', '=' * 72]
     print('\n'.join(lines), flush=True)
 

@@ -190,10 +190,15 @@ def check_multitask(cfg):
 
 def finish(exp):
     """Put the selected weights (learn.model_selection) into the classifier; results.json
-    names the rule and the epoch evaluated."""
+    names the rule and the epoch evaluated, or, where the run's members are snapshots
+    (lr_schedule cyclic_cosine) rather than the selected weights, their cycles."""
     exp.selection.finish(exp.trainer)
-    exp.results.update(model_selection=exp.cfg['learn']['model_selection'],
-                       evaluated_epoch=exp.state.evaluated_epoch)
+    cycles = ensemble.snapshot_cycles(exp.cfg)
+    if cycles is None:
+        exp.results.update(model_selection=exp.cfg['learn']['model_selection'],
+                           evaluated_epoch=exp.state.evaluated_epoch)
+    else:
+        exp.results.update(model_selection='snapshots', snapshot_cycles=cycles)
 
 
 def run(exp):
@@ -210,6 +215,10 @@ def run(exp):
             finish(exp)
             predictor = exp.trainer.classifier
     if isinstance(predictor, evaluation.Ensemble):
+        # What is evaluated is the ensemble (results.json 'ensemble' names its members),
+        # not one model's selected epoch; each fold's selection stays under 'folds'.
+        exp.results.pop('evaluated_epoch', None)
+        exp.results['model_selection'] = 'ensemble'
         logger.info('training done in %.1f s', time.time() - t0)
     else:
         logger.info('training done in %.1f s (%d epochs)', time.time() - t0, exp.epoch)

@@ -1,5 +1,8 @@
 """LR schedules and snapshots, k-fold ensembles and self-verification: units against
 numpy written here, independently of trainer.py / eval.py / self_verify.py."""
+from pathlib import Path
+from types import SimpleNamespace
+
 import keras
 import numpy as np
 import pytest
@@ -153,8 +156,6 @@ def test_self_verification_folds_keep_each_folds_unverified_clips_out():
     three train on it), every verified clip validates exactly one fold and trains the
     other three; the Folds of make_folds hold out exactly the clips assigned to them and
     fine-tune on no clip assigned to them."""
-    from types import SimpleNamespace
-
     import pandas as pd
 
     import self_verify
@@ -207,3 +208,92 @@ def test_multilabel_kfold_keeps_each_labels_share():
     assert np.all(np.abs(per_fold - y.sum(axis=0) / 3) <= 1.0), per_fold
     assert [v.tolist() for v in vals] == [v.tolist() for _, v in splits.kfold_split(
         rows, y, 3, seed=1)]
+
+
+class _RunExp:
+    """Stands in for an Experiment in learn.run: training does nothing, model selection
+    evaluates epoch 7, saved models are named as the Experiment names them."""
+
+    def __init__(self, cfg, splits, fold=1):
+        self.cfg, self.splits, self.fold, self.results, self.epoch = cfg, splits, fold, {}, 8
+        self.train_idx = np.arange(3)
+        self.state = SimpleNamespace(evaluated_epoch=7)
+        self.selection = SimpleNamespace(finish=lambda trainer: None, restart=lambda: None,
+                                         path=Path(f'model_{fold}.keras'))
+        self.trainer = SimpleNamespace(classifier='the classifier')
+        self.source = self.patches = None
+
+    def for_fold(self, train, val, fold):
+        return _RunExp(self.cfg, self.splits, fold)
+
+    def fit(self, *args, **kwargs):
+        pass
+
+    def plan(self, idx, **kwargs):
+        return idx
+
+    def snapshot_path(self, cycle):
+        return Path(f'snapshot_{self.fold}_{cycle}.keras')
+
+
+@pytest.mark.parametrize('folds, cyclic', [(1, False), (1, True), (2, False), (2, True)])
+def test_results_name_the_ensemble_not_one_models_epoch(make_cfg, monkeypatch, tmp_path,
+                                                        capsys, folds, cyclic):
+    """One model: results.json and the log name learn.model_selection and the epoch. An
+    ensemble (snapshots and/or folds): model_selection 'ensemble', no evaluated_epoch, the
+    members named, the one ensemble line and no 'model evaluated' line; per fold, the
+    selected epoch or the snapshot cycles that are that fold's members."""
+    import json
+
+    import pandas as pd
+
+    import ensemble
+    import eval as evaluation
+    over = ['learn.mode=1', f'learn.folds={folds}', 'learn.n_epochs=4']
+    if cyclic:
+        over += ['learn.lr_schedule=cyclic_cosine', 'learn.cycles=2', 'learn.cycle_epochs=2']
+    cfg = make_cfg(*over)
+    rows = np.arange(10)
+    splits = [(rows[rows % folds != f], rows[rows % folds == f]) for f in range(folds)]
+    # folds > 1 predict each fold's own clips (out-of-fold) and write oof.csv: not here
+    monkeypatch.setattr(evaluation, 'predict',
+                        lambda e, s, p, r, c: (r, np.zeros((r.size, 3))))
+    monkeypatch.setattr(ensemble, 'write_oof', lambda *args: None)
+    exp = _RunExp(cfg, splits)
+    predictor = learn.run(exp)
+    results = exp.results
+
+    members = ([f'snapshot_{f}_{c}.keras' for f in range(1, folds + 1) for c in (1, 2)]
+               if cyclic else [f'model_{f}.keras' for f in range(1, folds + 1)])
+    per_fold = ({'model_selection': 'snapshots', 'snapshot_cycles': [1, 2]} if cyclic
+                else {'model_selection': 'last', 'evaluated_epoch': 7})
+    if folds == 1 and not cyclic:
+        assert predictor == 'the classifier'
+        assert results == {'model_selection': 'last', 'evaluated_epoch': 7}
+        expected_line = 'model evaluated: learn.model_selection last, epoch 7'
+    else:
+        assert isinstance(predictor, evaluation.Ensemble)
+        assert results['model_selection'] == 'ensemble' and 'evaluated_epoch' not in results
+        assert results['ensemble'] == {'n_models': len(members), 'folds': folds,
+                                       'snapshots': 2 if cyclic else 1, 'method': 'amean',
+                                       'members': members}
+        if folds > 1:
+            assert results['folds'] == [dict(per_fold, fold=f) for f in range(1, folds + 1)]
+        expected_line = (f'ensemble: {len(members)} models ({folds} folds x '
+                         f'{2 if cyclic else 1} snapshots), amean')
+
+    classes = ['a', 'b', 'c']
+    table = pd.DataFrame({'fname': ['t1.wav', 't2.wav', 't3.wav'], 'subset': 'test',
+                          'label_idx': [0, 1, 2]})
+    report_cfg = {'ctrl': {'run_name': 'r', 'train_data': 'all', 'dataset': 'fsdnoisy18k'},
+                  'recognizer': {'metrics': None}}
+    scores = np.eye(3) * 0.8 + 0.05
+    saved = evaluation.report(report_cfg, table, classes, np.arange(3), scores, tmp_path, 1.0,
+                              results)
+    evaluation.write_results(tmp_path, saved)
+    lines = capsys.readouterr().out.splitlines()
+    assert expected_line in lines
+    assert len([ln for ln in lines if ln.startswith(('model evaluated:', 'ensemble:'))]) == 1
+    on_disk = json.loads((tmp_path / 'results.json').read_text())
+    assert on_disk['model_selection'] == results['model_selection']
+    assert ('evaluated_epoch' in on_disk) == (folds == 1 and not cyclic)
