@@ -320,6 +320,9 @@ def head_outputs(x, n_classes, cfg_learn, logits=None, prefix='', **dense):
 # clips, the other the unverified (noisy) ones. The paper puts them after global max
 # pooling: a trunk whose features are still a map (vgg_gap) is max-pooled over time and
 # frequency first, and the heads end in dense layers (not the trunk's own classifier).
+# The paper's FC 1024 layers are plain (PyTorch's defaults, no weight decay): here Keras's
+# defaults (Glorot uniform, no regulariser), whatever the trunk; each head's output layer is
+# built as the model's single output layer is (baseline and DenSE: he_normal, L2 1e-3).
 MULTITASK_HEADS = ('verified', 'unverified')
 MULTITASK_FC = ((1024, 0.2), (1024, 0.1))
 
@@ -327,14 +330,15 @@ MULTITASK_FC = ((1024, 0.2), (1024, 0.1))
 def multitask_outputs(x, n_classes, cfg_learn, **dense):
     """Named outputs of the two multitask heads: 'scores' is the verified head's prediction
     (what every caller predicts with); head_branches(outputs, name) gives each head's
-    branches for its loss. Layers are named '<head>_...'."""
+    branches for its loss. Layers are named '<head>_...'. `dense` (the trunk's output
+    layer settings) goes to the output layers only, not to the FC 1024 layers."""
     if len(x.shape) == 4:
         x = layers.GlobalMaxPooling2D()(x)
     head, outputs, predictions = cfg_learn['head'], {}, {}
     for name in MULTITASK_HEADS:
         h = x
         for i, (units, rate) in enumerate(MULTITASK_FC):
-            h = layers.Dense(units, activation='relu', name=f'{name}_fc{i + 1}', **dense)(h)
+            h = layers.Dense(units, activation='relu', name=f'{name}_fc{i + 1}')(h)
             h = layers.Dropout(rate)(h)
         named = head_outputs(h, n_classes, cfg_learn, prefix=f'{name}_', **dense)
         predictions[name] = scores(named)

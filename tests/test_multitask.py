@@ -31,6 +31,48 @@ def test_multitask_heads_are_two_identical_fc_stacks(make_cfg):
     assert not np.allclose(out['scores'], out['unverified_sigmoid'])
 
 
+@pytest.mark.parametrize('model_name', ['baseline', 'DenSE'])
+def test_multitask_fc_layers_are_plain_and_output_layers_as_the_single_heads(make_cfg,
+                                                                             model_name):
+    """The paper's FC 1024 layers carry no weight decay: only the output layers keep the
+    single head's he_normal + L2 1e-3. Parameter count and L2 penalty against a head pair
+    built here and numpy."""
+    import keras
+    single = architectures.build(model_name, (32, 32, 1), K,
+                                 make_cfg('learn.head=sigmoid')['learn'])
+    multi = architectures.build(model_name, (32, 32, 1), K,
+                                make_cfg('learn.multitask=true', 'learn.head=sigmoid')['learn'])
+    d = int(np.prod(single.get_layer('embedding').output.shape[1:]))  # features the heads read
+    feats = keras.Input((d,))
+
+    def head():
+        h = keras.layers.Dropout(0.2)(keras.layers.Dense(1024, activation='relu')(feats))
+        h = keras.layers.Dropout(0.1)(keras.layers.Dense(1024, activation='relu')(h))
+        return keras.layers.Dense(K, activation='sigmoid', kernel_initializer='he_normal',
+                                  kernel_regularizer=keras.regularizers.L2(1e-3))(h)
+    pair = keras.Model(feats, [head(), head()])
+    assert pair.count_params() == 2 * (d * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * K + K)
+    # the trunk is the single-head model without its output layer (d * K + K parameters)
+    assert multi.count_params() == single.count_params() - (d * K + K) + pair.count_params()
+
+    one = single.get_layer('sigmoid_dense')
+    for name in ('verified', 'unverified'):
+        for i in (1, 2):
+            fc = multi.get_layer(f'{name}_fc{i}')
+            assert fc.kernel_regularizer is None and fc.bias_regularizer is None
+            assert isinstance(fc.kernel_initializer, keras.initializers.GlorotUniform)
+        out = multi.get_layer(f'{name}_sigmoid_dense')
+        assert out.kernel_regularizer.get_config() == one.kernel_regularizer.get_config()
+        assert type(out.kernel_initializer) is type(one.kernel_initializer)
+    # The L2 penalty: 1e-3 * squared kernels of the two output layers (and of baseline's
+    # embedding layer, its only other L2 layer; DenSE has none), nothing from the FC layers.
+    l2 = ['verified_sigmoid_dense', 'unverified_sigmoid_dense']
+    l2 += ['embedding'] if model_name == 'baseline' else []
+    expected = sum(1e-3 * np.sum(np.square(multi.get_layer(n).get_weights()[0])) for n in l2)
+    got = sum(float(ops.convert_to_numpy(loss)) for loss in multi.losses)
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
 def _batch(rng, pseudo):
     onehot = np.eye(K, dtype='float32')
     batch = {'lam': rng.uniform(size=B).astype('float32'),
