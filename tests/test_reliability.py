@@ -306,6 +306,26 @@ def test_resumed_run_equals_an_uninterrupted_one(tiny, monkeypatch, mode):
     assert not (resumed / 'backup').exists()  # a finished run is never resumed
 
 
+def test_resume_keeps_the_early_stopping_and_plateau_counters(tiny, monkeypatch):
+    """A tiny rate keeps the validation accuracy flat: ReduceLROnPlateau (patience 5,
+    experiment.py) halves the rate after epoch 6 and early stopping (learn.patience 7)
+    ends the run after epoch 8 of 10. Cut after epoch 4, both are counting; a resumed run
+    that lost their counters would halve the rate and stop later."""
+    overrides = ('learn.n_epochs=10', 'learn.patience=7', 'learn.lr=1e-6')
+    code, whole, _ = run(tiny, 'whole_counters', *overrides)
+    assert code == 0
+    lr = pd.read_csv(whole / 'history.csv').lr  # the rate each epoch trained with
+    assert len(lr) == 8  # early stopping fired
+    assert list(lr) == pytest.approx([1e-6] * 6 + [5e-7] * 2, rel=1e-5)  # so did the plateau
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 4)
+        code, resumed, out = run(tiny, 'resumed_counters', *overrides)
+    assert code == 130
+    code, _, _ = run(tiny, 'resumed_counters', *overrides)
+    assert code == 0 and 'resumed at epoch 5' in out.read_text()
+    _same_run(whole, resumed)
+
+
 def test_resume_with_another_config_is_refused(tiny, monkeypatch, capsys):
     with monkeypatch.context() as patch:
         _interrupt_after(patch, 1)
