@@ -160,8 +160,9 @@ class EpochPlan:
     mixed into idx[i] with weight 1 - lam[i] (lam = 1: no mixup). shift / partner_shift
     are added to the patch's start frame (random crops; 0 for patches). fmask / tmask
     [steps, batch, n_masks, 2] are (first band or frame, width) of each mask (n_masks 0:
-    none). gain / partner_gain scale each member's signal (1: none). Every field is drawn on the host from the run's rng, so a run is repeatable
-    whatever the order in which tf.data evaluates batches.
+    none). gain / partner_gain multiply each member's mel energies (1: none). Every field
+    is drawn on the host from the run's rng, so a run is repeatable whatever the order in
+    which tf.data evaluates batches.
     """
     idx: np.ndarray
     partner: np.ndarray
@@ -385,9 +386,9 @@ class PatchSource:
         """Standardised windows [B, length, n_mels, 1] of the clips whose frames start at
         row0 [B] and last clen [B] frames, starting `offset` [B] frames in (wrapping around
         short clips); length defaults to patch_len. Also the random excerpts of
-        self-verification. gain [B] scales each signal before standardisation. Standardised
-        per band with the training set's scaler, or (extract.normalize per_clip) each
-        example with its own mean and std over all its frames and bands (Akiyama & Sato,
+        self-verification. gain [B] multiplies each clip's mel energies before
+        standardisation. Standardised per band with the training set's scaler, or
+        (extract.normalize per_clip) each example with its own mean and std over all its frames and bands (Akiyama & Sato,
         Sec. 3.2.2)."""
         ops = self.ops
         length = length or self.patch_len

@@ -391,7 +391,8 @@ def batch_source(cfg, store, patches, table, mean, std, eps):
 def build_trainer(cfg, table, classes, source):
     """A new model (learn.model) in a compiled Trainer with its own loss and optimiser."""
     learn = cfg['learn']
-    classifier = architectures.build(learn['model'], architectures.input_shape(cfg), len(classes), learn)
+    classifier = architectures.build(learn['model'], architectures.input_shape(cfg),
+                                     len(classes), learn)
     staged = learn['mode'] == 'staged'
     masker = (Masker(learn['mask_method'], learn['mask_top_k'], learn['mask_alpha'],
                      active=False) if staged else None)
