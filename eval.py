@@ -4,7 +4,6 @@ Patches are scored in large batches by one compiled function; clip scores are th
 of the patch scores of each clip (geometric or arithmetic, recognizer.aggregate). With
 extract.crop random_crop each clip is scored whole, in one pass, many clips per call.
 """
-import json
 import logging
 from dataclasses import dataclass, field
 
@@ -18,7 +17,7 @@ import datasets
 import metrics
 from config import ConfigError, lookup
 from trainer import Diverged
-from utils import atomic_path, atomic_write_text
+from utils import atomic_path, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -272,21 +271,8 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extr
 
 
 def write_results(run_dir, results):
-    """results.json, strict JSON: a figure that is NaN or infinite (the precision of a
-    class never predicted, a metric without positives) is written as null."""
-    atomic_write_text(run_dir / 'results.json',
-                      json.dumps(json_ready(results), indent=2, allow_nan=False) + '\n')
-
-
-def json_ready(value):
-    """value with every non-finite float (numpy's too) replaced by None, recursively."""
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
+    """results.json (strict JSON, non-finite figures as null): the last file a run writes."""
+    atomic_write_json(run_dir / 'results.json', results)
 
 
 def write_predictions(path, table, classes, rows, scores):

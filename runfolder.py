@@ -17,7 +17,7 @@ import yaml
 
 import config
 from config import ConfigError
-from utils import atomic_write_text, start_log
+from utils import atomic_write_json, atomic_write_text, start_log
 
 LOCK = '.lock'
 # Keys that may differ between the run that was interrupted and the one that continues it:
@@ -124,7 +124,7 @@ class RunFolder:
     def write_status(self, status_name, **fields):
         """results.json of a run that ended without a report (e.g. diverged)."""
         results = {'run_name': self.name, 'status': status_name, **fields}
-        atomic_write_text(self.dir / 'results.json', json.dumps(results, indent=2) + '\n')
+        atomic_write_json(self.dir / 'results.json', results)
 
     def drop_backup(self):
         """A finished run is never resumed: its backup/ is no longer needed."""

@@ -17,7 +17,6 @@ import keras
 import numpy as np
 
 import architectures
-import data
 import eval as evaluation
 import splits
 from config import ConfigError

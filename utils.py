@@ -1,5 +1,6 @@
 """Small shared helpers: atomic writes, the log tee, quiet TensorFlow import, seeding."""
 import contextlib
+import json
 import logging
 import os
 import random
@@ -36,6 +37,24 @@ def atomic_path(path):
 def atomic_write_text(path, text):
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def atomic_write_json(path, value):
+    """value as strict JSON (allow_nan=False), atomically: a figure that is NaN or infinite
+    (the precision of a class never predicted, a metric without positives) is written as
+    null, which every JSON reader accepts."""
+    atomic_write_text(path, json.dumps(_json_ready(value), indent=2, allow_nan=False) + '\n')
+
+
+def _json_ready(value):
+    """value with every non-finite float (numpy's too) replaced by None, recursively."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 # ----------------------------------------------------------------------------- logging

@@ -13,7 +13,6 @@ import augment
 import data
 import eval as evaluation
 import experiment
-import learn
 from config import ConfigError
 
 

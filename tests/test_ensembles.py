@@ -76,7 +76,6 @@ def test_ensemble_combines_members_by_arithmetic_or_geometric_mean(method):
 
 
 def test_kfold_split_is_stratified_and_disjoint():
-    import data
     rows = np.arange(100, 160)
     labels = np.repeat([0, 1, 2], [30, 18, 12])
     parts = splits.kfold_split(rows, labels, 3, seed=5)
