@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny FSDnoisy18k layout, default configs, a tiny frame matrix."""
+"""Shared fixtures: a tiny FSDnoisy18k layout, default configs, a tiny frame matrix, and
+the tiny synthetic dataset and config of the tests that run main.py (TINY)."""
 import os
 
 os.environ['KERAS_BACKEND'] = 'tensorflow'
@@ -9,6 +10,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 
 # Tiny FSDnoisy18k-style metadata: 3 classes, written unsorted so that sorting is tested.
@@ -110,3 +112,41 @@ def readable_png():
         assert image.shape[0] > 200 and image.shape[1] > 200, path
         assert image[..., :3].std() > 0.05, f'{path} is blank'
     return check
+
+
+# ----------------------------------------------------------------------------- tiny runs
+
+# The config of the tests that run main.py on synthetic data (test_e2e, test_reliability,
+# test_sweep): small features, so that an epoch takes about a second on 2 CPU cores.
+TINY = {
+    'ctrl': {'train_data': 'all', 'verbose': 0, 'workers': 2},
+    'extract': {'fs': 16000, 'fmax': 8000, 'n_fft': 512, 'win_length_samples': 400,
+                'hop_length_samples': 160, 'n_mels': 32, 'patch_len': 32, 'patch_hop': 16,
+                'audio_len_s': 1},
+    'learn': {'n_classes': 5, 'batch_size': 32, 'n_epochs': 8, 'patience': 8,
+              'mixup_warmup_epochs': 2, 'mode': 1, 'mixup': False, 'predict_batch_size': 256},
+    'loss': {'type': 'CCE'},
+}
+
+
+def tiny_dataset(root, n_classes, train_per_class, test_per_class, seed, noise_rate=0.0,
+                 max_dur=1.0):
+    """A synthetic FSDnoisy18k-layout dataset at TINY's rate (16 kHz, 30 % of the training
+    clips verified, clips of 0.5 s to max_dur) under root -> root."""
+    import synthetic
+    return synthetic.make_dataset(root, n_classes=n_classes, train_per_class=train_per_class,
+                                  test_per_class=test_per_class, clean_fraction=0.3,
+                                  noise_rate=noise_rate, min_dur=0.5, max_dur=max_dur,
+                                  sr=16000, seed=seed)
+
+
+def write_tiny_config(path, dataset, root, changes=None):
+    """TINY with {section: {key: value}} changes, reading dataset and keeping features and
+    logs under root (root/features, root/logs), written as YAML to path -> path."""
+    cfg = {section: dict(values) for section, values in TINY.items()}
+    for section, values in (changes or {}).items():
+        cfg.setdefault(section, {}).update(values)
+    cfg['ctrl'].update(dataset_path=str(dataset), features_dir=str(root / 'features'),
+                       logs_dir=str(root / 'logs'))
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -15,26 +15,15 @@ import yaml
 
 import main
 import synthetic
+from conftest import tiny_dataset, write_tiny_config
 
 ACCURACY = re.compile(r'^ACCURACY - MICRO: (\d+\.\d{2}) % \((\d+)/(\d+) test files, '
                       r'train_data=(\w+)\)$', re.M)
 
-# Small features so that an epoch takes about a second on 2 CPU cores.
-TINY = {
-    'ctrl': {'train_data': 'all', 'verbose': 0, 'workers': 2},
-    'extract': {'fs': 16000, 'fmax': 8000, 'n_fft': 512, 'win_length_samples': 400,
-                'hop_length_samples': 160, 'n_mels': 32, 'patch_len': 32, 'patch_hop': 16,
-                'audio_len_s': 1},
-    'learn': {'n_classes': 5, 'batch_size': 32, 'n_epochs': 8, 'patience': 8,
-              'mixup_warmup_epochs': 2, 'mode': 1, 'mixup': False, 'predict_batch_size': 256},
-    'loss': {'type': 'CCE'},
-}
-
 
 def _dataset(root, noise_rate, seed):
-    return synthetic.make_dataset(root, n_classes=5, train_per_class=40, test_per_class=10,
-                                  clean_fraction=0.3, noise_rate=noise_rate, min_dur=0.5,
-                                  max_dur=1.5, sr=16000, seed=seed)
+    return tiny_dataset(root, n_classes=5, train_per_class=40, test_per_class=10, seed=seed,
+                        noise_rate=noise_rate, max_dur=1.5)
 
 
 @pytest.fixture(scope='session')
@@ -48,11 +37,7 @@ def workspace(tmp_path_factory):
 def run(workspace, name, dataset, overrides=()):
     """Run main.py on a tiny config; return (exit code, log text, run folder)."""
     root, *_ = workspace
-    cfg = {section: dict(values) for section, values in TINY.items()}
-    cfg['ctrl'].update(dataset_path=str(dataset), features_dir=str(root / 'features'),
-                       logs_dir=str(root / 'logs'))
-    path = root / f'{name}.yaml'
-    path.write_text(yaml.safe_dump(cfg))
+    path = write_tiny_config(root / f'{name}.yaml', dataset, root)
     code = main.main(['-p', str(path), '-o', f'ctrl.run_name={name}', *[
         arg for o in overrides for arg in ('-o', o)]])
     out = root / 'logs' / f'{name}.out'
@@ -89,12 +74,17 @@ def test_mode1_learns_an_easy_noise_free_set(workspace):
     assert 100 * np.mean(pred.predicted.to_numpy() == truth) == pytest.approx(accuracy, abs=0.01)
 
 
-def test_mode0_writes_every_artefact(workspace):
+@pytest.fixture(scope='session')
+def mode0(workspace):
+    """One mode-0 run (mixup warm-up, LSR, Lq, best_val) -> (exit code, log, run folder)."""
     _, clean, _ = workspace
-    code, log, run_dir = run(workspace, 'mode0', clean,
-                             ['learn.mode=0', 'learn.mixup=true', 'learn.LSR=true',
-                              'learn.n_epochs=4', 'loss.type=lq_loss',
-                              'learn.model_selection=best_val'])
+    return run(workspace, 'mode0', clean,
+               ['learn.mode=0', 'learn.mixup=true', 'learn.LSR=true', 'learn.n_epochs=4',
+                'loss.type=lq_loss', 'learn.model_selection=best_val'])
+
+
+def test_mode0_writes_every_artefact(mode0):
+    code, log, run_dir = mode0
     assert code == 0
     assert log.index('resolved config') < log.index('ACCURACY - MICRO')
     assert 'per-class accuracy, best first' in log and 'wall time of the job' in log
@@ -123,7 +113,35 @@ def test_mode0_writes_every_artefact(workspace):
     scores = pred.iloc[:, 2:]
     # gmean clip scores are not renormalised (the argmax is what counts).
     assert ((scores >= 0) & (scores <= 1)).all().all()
+
+
+def test_smoke_predictions_csv_names_its_top_scored_class(mode0):
+    """Smoke test (the CSV against itself): predicted is the class of the highest score."""
+    _, _, run_dir = mode0
+    pred = pd.read_csv(run_dir / 'predictions.csv')
+    scores = pred.iloc[:, 2:]
     assert (scores.columns[scores.to_numpy().argmax(axis=1)] == pred.predicted).all()
+
+
+def test_mode0_reported_accuracy_is_that_of_predictions_csv(workspace, mode0):
+    """The log's and results.json's accuracy, overall and per class, recomputed with numpy
+    from predictions.csv and the labels of the dataset's test.csv."""
+    _, clean, _ = workspace
+    _, log, run_dir = mode0
+    pred = pd.read_csv(run_dir / 'predictions.csv')
+    test = pd.read_csv(clean / 'FSDnoisy18k.meta' / 'test.csv').set_index('fname')
+    truth, predicted = test.loc[pred.fname, 'label'].to_numpy(), pred.predicted.to_numpy()
+    assert len(pred) == len(test) == 50
+    micro = 100 * np.mean(predicted == truth)
+    results = json.loads((run_dir / 'results.json').read_text())
+    assert results['accuracy_micro'] == pytest.approx(micro, abs=1e-4)
+    assert float(ACCURACY.search(log)[1]) == pytest.approx(micro, abs=0.005)
+    assert sorted(results['per_class']) == sorted(set(truth))
+    for name, figures in results['per_class'].items():
+        mine = truth == name
+        assert figures['n_files'] == mine.sum() == 10, name
+        assert figures['accuracy'] == pytest.approx(100 * np.mean(predicted[mine] == name),
+                                                    abs=1e-4), name
 
 
 def test_mode2_switches_at_the_configured_epoch(workspace):

@@ -16,33 +16,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 import learn
 import main
 import runfolder
-import synthetic
 import trainer
+from conftest import tiny_dataset, write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = {
-    'ctrl': {'train_data': 'all', 'verbose': 0, 'workers': 1},
-    'extract': {'fs': 16000, 'fmax': 8000, 'n_fft': 512, 'win_length_samples': 400,
-                'hop_length_samples': 160, 'n_mels': 16, 'patch_len': 32, 'patch_hop': 16,
-                'audio_len_s': 1},
-    'learn': {'n_classes': 3, 'batch_size': 16, 'n_epochs': 2, 'patience': 8, 'mode': 1,
-              'mixup': False, 'predict_batch_size': 128},
-    'loss': {'type': 'CCE'},
-}
+# TINY (conftest.py) with 3 classes, fewer mel bands and epochs: runs of a second or two.
+SMALLER = {'ctrl': {'workers': 1}, 'extract': {'n_mels': 16},
+           'learn': {'n_classes': 3, 'batch_size': 16, 'n_epochs': 2, 'predict_batch_size': 128}}
 
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp('reliability')
-    data = synthetic.make_dataset(root / 'tiny', n_classes=3, train_per_class=10,
-                                  test_per_class=3, clean_fraction=0.3, noise_rate=0.0,
-                                  min_dur=0.5, max_dur=1.0, sr=16000, seed=5)
+    data = tiny_dataset(root / 'tiny', n_classes=3, train_per_class=10, test_per_class=3,
+                        seed=5)
     return root, data
 
 
@@ -54,12 +46,7 @@ def copy_of(tiny, name):
 
 def config_file(tiny, dataset=None, name='exp'):
     root, data = tiny
-    cfg = {section: dict(values) for section, values in TINY.items()}
-    cfg['ctrl'].update(dataset_path=str(dataset or data), features_dir=str(root / 'features'),
-                       logs_dir=str(root / 'logs'))
-    path = root / f'{name}.yaml'
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_tiny_config(root / f'{name}.yaml', dataset or data, root, SMALLER)
 
 
 def run(tiny, name, *overrides, dataset=None):

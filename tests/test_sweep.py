@@ -5,13 +5,11 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from scipy import stats
 
 import config
 import sweep
-import synthetic
-from test_e2e import TINY
+from conftest import tiny_dataset, write_tiny_config
 
 
 def ci(values):
@@ -90,16 +88,9 @@ def test_summary_and_paired_differences_match_scipy():
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp('sweep')
-    data = synthetic.make_dataset(root / 'data', n_classes=5, train_per_class=12,
-                                  test_per_class=4, clean_fraction=0.3, noise_rate=0.0,
-                                  min_dur=0.5, max_dur=1.0, sr=16000, seed=4)
-    cfg = {section: dict(values) for section, values in TINY.items()}
-    cfg['ctrl'].update(dataset_path=str(data), features_dir=str(root / 'features'),
-                       logs_dir=str(root / 'logs'))
-    cfg['learn'].update(n_epochs=1)
-    path = root / 'tiny.yaml'
-    path.write_text(yaml.safe_dump(cfg))
-    return root, path
+    data = tiny_dataset(root / 'data', n_classes=5, train_per_class=12, test_per_class=4,
+                        seed=4)
+    return root, write_tiny_config(root / 'tiny.yaml', data, root, {'learn': {'n_epochs': 1}})
 
 
 def test_sweep_runs_on_ray_summarises_and_skips_finished_runs(tiny, capsys, readable_png):
