@@ -153,9 +153,7 @@ def _label_columns(table, column, index, name_column, idx_column):
 
 def targets(table, n_classes):
     """[N, K] float32 multi-hot targets of the table's clips (one-hot for single-label
-    data). A table without labels_idx (single-label tests) uses label_idx."""
-    if 'labels_idx' not in table.columns:
-        return np.eye(n_classes, dtype=np.float32)[table.label_idx.to_numpy()]
+    data)."""
     y = np.zeros((len(table), n_classes), np.float32)
     for row, ids in enumerate(table.labels_idx):
         y[row, list(ids)] = 1.0
@@ -264,8 +262,6 @@ def _folders(table, rows):
 
 def _classes_of(table, rows):
     """Class indices that the given rows carry (every label of a multi-label clip)."""
-    if 'labels_idx' not in table.columns:
-        return set(table.label_idx.to_numpy()[rows])
     return {k for ids in table.labels_idx.to_numpy()[rows] for k in ids}
 
 
@@ -356,9 +352,7 @@ def inject_noise(table, classes, spec):
     table = table.copy()
     if 'true_idx' not in table.columns:
         table['true_label'], table['true_idx'] = table.label, table.label_idx
-        if 'labels_idx' in table.columns:
-            table['true_labels'] = table['labels']
-            table['true_labels_idx'] = table['labels_idx']
+        table['true_labels'], table['true_labels_idx'] = table['labels'], table['labels_idx']
     rng = np.random.default_rng(spec['seed'])
     rows = noise_subset_rows(table, spec['subset'])
     # round(rate * n) clips drawn without replacement: each clip is chosen with probability
@@ -367,11 +361,10 @@ def inject_noise(table, classes, spec):
     new = flip_labels(table.label_idx.to_numpy()[chosen], len(classes), spec['kind'], rng)
     table.loc[chosen, 'label_idx'] = new
     table.loc[chosen, 'label'] = np.asarray(classes, object)[new]
-    if 'labels_idx' in table.columns:  # the columns the targets are built from
-        ids, names = table['labels_idx'].tolist(), table['labels'].tolist()
-        for row, k in zip(chosen, new):
-            ids[row], names[row] = (int(k),), (classes[k],)
-        table['labels_idx'], table['labels'] = ids, names
+    ids, names = table['labels_idx'].tolist(), table['labels'].tolist()  # targets read these
+    for row, k in zip(chosen, new):
+        ids[row], names[row] = (int(k),), (classes[k],)
+    table['labels_idx'], table['labels'] = ids, names
     table['noise_injected'] = False
     table.loc[chosen, 'noise_injected'] = True
     logger.info('label noise injected: %s at rate %.3f into %d %s training clips: %d labels '

@@ -103,6 +103,7 @@ def _source(clips, p, mean, std, log, per_clip=False):
     import pandas as pd
     n = len(clips['lengths'])
     table = pd.DataFrame({'label_idx': np.arange(n) % 2, 'verified': np.ones(n, int)})
+    table['labels_idx'] = [(k,) for k in table.label_idx]
     return data.PatchSource(clips['frames'], p, table, mean, std, np.zeros(2, np.float32),
                             clips['patch_len'], False, log=log,
                             per_clip=per_clip)

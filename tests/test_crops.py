@@ -26,7 +26,8 @@ def _fixed_clip(clips, c, clip_frames):
 @pytest.fixture
 def crop_setup(clips):
     """Whole-clip table (one entry per readable clip), scaler over the fixed clips."""
-    table = pd.DataFrame({'label_idx': [0, 1, 2, 0, 1, 2], 'verified': 1})
+    table = pd.DataFrame({'label_idx': [0, 1, 2, 0, 1, 2], 'verified': 1,
+                          'labels_idx': [(0,), (1,), (2,), (0,), (1,), (2,)]})
     clip_frames = 12  # clip lengths 5, 8, 20, 0, 14, 1: repeated, repeated, cut, -, cut, repeated
     p = data.make_clips(clips['starts'], clips['lengths'])
     mean, std = data.fit_scaler(clips['frames'], p, np.arange(p.clip.size), clip_frames)

@@ -431,6 +431,7 @@ def source_setup(clips):
     table = pd.DataFrame({'label_idx': [0, 1, 2, 3, 1, 3][:n_clips],
                           'verified': [1, 0, 0, 1, 1, 0][:n_clips],
                           'true_idx': [0, 2, 2, 3, 0, 3][:n_clips]})
+    table['labels_idx'] = [(k,) for k in table.label_idx]
     idx = np.arange(p.clip.size)
     mean, std = data.fit_scaler(clips['frames'], p, idx, L)
     eps = data.lsr_eps(_learn(LSRmode='GROUPS2'), classes)

@@ -283,7 +283,7 @@ def test_results_name_the_ensemble_not_one_models_epoch(make_cfg, monkeypatch, t
 
     classes = ['a', 'b', 'c']
     table = pd.DataFrame({'fname': ['t1.wav', 't2.wav', 't3.wav'], 'subset': 'test',
-                          'label_idx': [0, 1, 2]})
+                          'label_idx': [0, 1, 2], 'labels_idx': [(0,), (1,), (2,)]})
     report_cfg = {'ctrl': {'run_name': 'r', 'train_data': 'all', 'dataset': 'fsdnoisy18k'},
                   'recognizer': {'metrics': None}}
     scores = np.eye(3) * 0.8 + 0.05

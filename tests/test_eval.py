@@ -60,6 +60,7 @@ def test_report_files_and_line(tmp_path, capsys):
         'fname': ['tr1.wav', 'tr2.wav', 't1.wav', 't2.wav', 't3.wav', 't4.wav', 't5.wav'],
         'subset': ['train', 'train'] + ['test'] * 5,
         'label_idx': [0, 1, 0, 1, 2, 2, 1],
+        'labels_idx': [(0,), (1,), (0,), (1,), (2,), (2,), (1,)],
     })
     rows = np.array([2, 3, 4, 6])  # t4.wav (row 5) failed to load: not evaluated
     scores = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.1, 0.7], [0.3, 0.6, 0.1]])
@@ -168,7 +169,7 @@ def test_report_refuses_non_finite_scores(tmp_path):
     """Issue 11, case 2: NaN scores would give argmax 0 and a chance-level accuracy."""
     import trainer
     table = pd.DataFrame({'fname': ['t1.wav', 't2.wav'], 'subset': ['test', 'test'],
-                          'label_idx': [0, 1]})
+                          'label_idx': [0, 1], 'labels_idx': [(0,), (1,)]})
     scores = np.array([[0.7, 0.3], [np.nan, np.nan]])
     cfg = {'ctrl': {'run_name': 'r1', 'train_data': 'noisy'}}
     with pytest.raises(trainer.Diverged, match='non-finite scores for 1 of 2 test clips'):
@@ -188,7 +189,7 @@ def test_results_json_is_strict_json_with_a_never_predicted_class(tmp_path):
     the file parses with a strict parser."""
     classes = ['a', 'b', 'c']
     table = pd.DataFrame({'fname': [f't{i}.wav' for i in range(4)], 'subset': ['test'] * 4,
-                          'label_idx': [0, 1, 2, 1]})
+                          'label_idx': [0, 1, 2, 1], 'labels_idx': [(0,), (1,), (2,), (1,)]})
     rows = np.arange(4)
     scores = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.2, 0.1, 0.7], [0.1, 0.2, 0.7]])
     cfg = {'ctrl': {'run_name': 'r3', 'train_data': 'all', 'dataset': 'fsdnoisy18k'},

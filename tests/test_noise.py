@@ -18,6 +18,7 @@ def table(n_unverified=200, n_verified=60, n_test=40):
     return pd.DataFrame({
         'fname': [f'{i}.wav' for i in range(n)], 'path': [f'/x/{i}.wav' for i in range(n)],
         'label': np.asarray(CLASSES, object)[idx], 'label_idx': idx,
+        'labels': [(CLASSES[k],) for k in idx], 'labels_idx': [(k,) for k in idx],
         'verified': [0] * n_unverified + [1] * (n_verified + n_test),
         'subset': ['train'] * (n_unverified + n_verified) + ['test'] * n_test})
 

@@ -95,6 +95,7 @@ def test_excerpt_posteriors_average_the_model_over_random_excerpts(clips):
     p = data.make_clips(clips['starts'], clips['lengths'])
     table = pd.DataFrame({'label_idx': np.arange(len(clips['lengths'])) % n_classes,
                           'verified': 0})
+    table['labels_idx'] = [(k,) for k in table.label_idx]
     source = data.PatchSource(clips['frames'], p, table, mean, std,
                               np.zeros(n_classes, np.float32), L, False)
     rng = np.random.default_rng(0)

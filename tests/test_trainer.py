@@ -140,7 +140,8 @@ def test_val_clip_accuracy_is_the_clip_accuracy_of_gmean_patch_scores(clips, mak
     plen, hop, n_mels = clips['patch_len'], clips['patch_hop'], clips['n_mels']
     p = data.make_patches(clips['starts'], clips['lengths'], plen, hop)
     mean, std = data.fit_scaler(clips['frames'], p, np.arange(p.clip.size), plen)
-    table = pd.DataFrame({'label_idx': [0, 1, 2, 0, 1, 2], 'verified': 1})
+    table = pd.DataFrame({'label_idx': [0, 1, 2, 0, 1, 2], 'verified': 1,
+                          'labels_idx': [(0,), (1,), (2,), (0,), (1,), (2,)]})
     src = data.PatchSource(clips['frames'], p, table, mean, std, np.zeros(3, np.float32),
                            plen, False)
     inp = keras.Input((plen, n_mels, 1))
