@@ -37,7 +37,7 @@ def _single_label(y_true, metric):
     if np.any(counts != 1):
         raise ConfigError(f"recognizer.metrics '{metric}' needs single-label data, but "
                           f"{int(np.sum(counts != 1))} of {len(counts)} clips have 0 or "
-                          f"several true labels; use lwlrap, map3 or prf1")
+                          f"several true labels; use {multi_label_choices()}")
     return truth.argmax(axis=1)
 
 
@@ -252,6 +252,13 @@ METRICS = {
 def choices():
     """The metrics that recognizer.metrics may name: those computed from test scores."""
     return {name: metric for name, metric in METRICS.items() if metric.compute is not None}
+
+
+def multi_label_choices():
+    """The recognizer.metrics choices that work on multi-label data, as a user reads them
+    ('lwlrap, map3 or prf1')."""
+    names = [name for name, metric in choices().items() if not metric.single_label]
+    return ' or '.join([', '.join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def headline_keys():
