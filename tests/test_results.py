@@ -163,7 +163,7 @@ def test_a_metric_added_to_metrics_alone_reaches_report_results_and_sweep(
         headline=('mean_true_score',)))
     classes = ['a', 'b', 'c']
     table = pd.DataFrame({'fname': [f't{i}.wav' for i in range(4)], 'subset': 'test',
-                          'label_idx': [0, 1, 2, 1]})
+                          'label_idx': [0, 1, 2, 1], 'labels_idx': [(0,), (1,), (2,), (1,)]})
     scores = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.2, 0.1, 0.7], [0.1, 0.2, 0.7]])
     expected = np.mean([0.8, 0.3, 0.7, 0.2])
     cfg = {'ctrl': {'run_name': 'r', 'train_data': 'all', 'dataset': 'fsdnoisy18k',
