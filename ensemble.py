@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 import eval as evaluation
-from utils import atomic_path
+import runfolder
+from utils import atomic_write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,8 @@ def write_oof(exp, rows, scores):
     frame = pd.DataFrame(scores, columns=exp.classes)
     frame.insert(0, 'label', exp.table.label.to_numpy()[rows])
     frame.insert(0, 'fname', exp.table.fname.to_numpy()[rows])
-    with atomic_path(exp.run_dir / 'oof.csv') as tmp:
-        frame.to_csv(tmp, index=False, float_format='%.6g')
+    atomic_write_csv(runfolder.path(exp.run_dir, 'oof'), frame, index=False,
+                     float_format='%.6g')
 
 
 def run_folds(exp, mode, finish):

@@ -21,10 +21,11 @@ import tensorflow as tf  # tf.function compiles the gather + model call for pred
 import architectures
 import datasets
 import metrics
+import runfolder
 from config import ConfigError, lookup
 from results import Evaluation, Results
 from trainer import Diverged
-from utils import atomic_path, atomic_write_json
+from utils import atomic_write_csv, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -254,16 +255,17 @@ def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, resu
     results = Results() if results is None else results
     results.evaluated(evaluate(cfg, table, classes, rows_evaluated, scores, wall_time))
     print('\n'.join(evaluation_lines(results)), flush=True)
-    write_predictions(run_dir / 'predictions.csv', table, classes, rows_evaluated, scores)
+    write_predictions(runfolder.path(run_dir, 'predictions'), table, classes, rows_evaluated,
+                      scores)
     if results.evaluation.confusion is not None:
-        metrics.write_confusion_csv(run_dir / 'confusion.csv', results.evaluation.confusion,
-                                    classes)
+        metrics.write_confusion_csv(runfolder.path(run_dir, 'confusion'),
+                                    results.evaluation.confusion, classes)
     return results
 
 
 def write_results(run_dir, results):
     """results.json (strict JSON, non-finite figures as null): the last file a run writes."""
-    atomic_write_json(run_dir / 'results.json', results.to_json())
+    atomic_write_json(runfolder.path(run_dir, 'results'), results.to_json())
 
 
 def write_predictions(path, table, classes, rows, scores):
@@ -271,8 +273,7 @@ def write_predictions(path, table, classes, rows, scores):
     frame = pd.DataFrame(scores, columns=classes)
     frame.insert(0, 'predicted', [classes[k] for k in scores.argmax(axis=1)])
     frame.insert(0, 'fname', table.fname.to_numpy()[rows])
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format='%.6g')
+    atomic_write_csv(path, frame, index=False, float_format='%.6g')
 
 
 def write_plots(run_dir, table, classes, rows_evaluated, scores, results):
@@ -282,14 +283,15 @@ def write_plots(run_dir, table, classes, rows_evaluated, scores, results):
     import plots  # matplotlib is loaded only once a run has something to draw
     ev = results.evaluation
     name = ev.run_name
-    for history in sorted(run_dir.glob('history*.csv')):
-        tag = history.stem[len('history'):]  # '' or '_<fold>'
-        plots.curves(history, run_dir / f'curves{tag}.png',
-                     f'{name}: training' + (f', fold {tag[1:]}' if tag else ''))
+    for fold, history in runfolder.per_fold(run_dir, 'history'):
+        plots.curves(history, runfolder.path(run_dir, 'curves', fold),
+                     f'{name}: training' + (f', fold {fold}' if fold else ''))
     if 'accuracy' not in ev.per_class:
         return  # multi-label metrics: no single true class per clip to plot
     true = table.label_idx.to_numpy()[rows_evaluated]
-    plots.confusion(true, scores.argmax(axis=1), classes, run_dir / 'confusion.png',
+    plots.confusion(true, scores.argmax(axis=1), classes,
+                    runfolder.path(run_dir, 'confusion_plot'),
                     f'{name}: confusion on the test clips (row-normalised)')
-    plots.per_class(metrics.per_class_dict(ev.per_class, classes), run_dir / 'per_class.png',
+    plots.per_class(metrics.per_class_dict(ev.per_class, classes),
+                    runfolder.path(run_dir, 'per_class_plot'),
                     f'{name}: per-class accuracy on the test clips')

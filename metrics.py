@@ -20,7 +20,7 @@ from sklearn.metrics import (confusion_matrix, label_ranking_average_precision_s
                              precision_recall_fscore_support)
 
 from config import ConfigError
-from utils import atomic_path
+from utils import atomic_write_csv
 
 PRF1_THRESHOLD = 0.5  # prf1 on multi-label truth: a class is predicted when its score >= this
 
@@ -166,8 +166,7 @@ def write_confusion_csv(path, matrix, classes):
     """The matrix as CSV, rows (true) and columns (predicted) named by class; atomic."""
     frame = pd.DataFrame(np.asarray(matrix), columns=list(classes),
                          index=pd.Index(list(classes), name='true/predicted'))
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp)
+    atomic_write_csv(path, frame)
 
 
 # ----------------------------------------------------------------------------- registry

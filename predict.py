@@ -19,6 +19,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # noqa: E402
 
 import config  # noqa: E402  (the environment above must be set before Keras loads)
+import runfolder  # noqa: E402
 import utils  # noqa: E402
 
 # --clips -> the table rows scored: training clips by status, or the test clips.
@@ -40,16 +41,17 @@ def parse_args(argv):
 def load_run(run_dir):
     """(config, classifier, mean, std) of a finished run; one-line errors for what is
     missing."""
-    run_dir = Path(run_dir)
-    for name in ('config.yaml', 'model.keras', 'scaler.npz'):
-        if not (run_dir / name).is_file():
-            raise config.ConfigError(f'{run_dir} has no {name}: not the folder of a trained run')
-    cfg = config.load_config(run_dir / 'config.yaml')
+    files = {name: runfolder.path(run_dir, name) for name in ('config', 'model', 'scaler')}
+    for path in files.values():
+        if not path.is_file():
+            raise config.ConfigError(f'{run_dir} has no {path.name}: not the folder of a '
+                                     f'trained run')
+    cfg = config.load_config(files['config'])
     utils.import_tensorflow_quietly()
     import keras
     import architectures  # noqa: F401  (registers the heads' custom layers for loading)
-    classifier = keras.saving.load_model(run_dir / 'model.keras', compile=False)
-    with np.load(run_dir / 'scaler.npz') as scaler:
+    classifier = keras.saving.load_model(files['model'], compile=False)
+    with np.load(files['scaler']) as scaler:
         return cfg, classifier, scaler['mean'], scaler['std']
 
 

@@ -1,4 +1,4 @@
-"""The run folder logs/<run>/ and its log logs/<run>.out: lock, refusal, clean start.
+"""The run folder logs/<run>/ and its log logs/<run>.out: file names, lock, refusal, clean start.
 
 A run holds an exclusive lock (fcntl.flock on logs/<run>/.lock) while it lives; the
 operating system releases it when the process ends in any way, kill -9 included, so a
@@ -19,7 +19,49 @@ import config
 from config import ConfigError
 from utils import atomic_write_json, atomic_write_text, start_log
 
-LOCK = '.lock'
+# What a run folder holds, by the name the code asks for. {tag} is '' for a run of one
+# split and _<fold> for fold <fold> of k-fold training; snapshots and self-verification
+# models are named by their fold and their cycle / round.
+FILES = {
+    'config': 'config.yaml',            # the resolved config (a resumed run must match it)
+    'lock': '.lock',                    # flock of the running process
+    'backup': 'backup/state.pkl',       # resume state; backup/ is removed once finished
+    'history': 'history{tag}.csv',      # one row per epoch
+    'tensorboard': 'tb{tag}',           # TensorBoard scalars (a folder)
+    'model': 'model{tag}.keras',        # the selected weights
+    'snapshot': 'snapshot_{fold}_{cycle}.keras',
+    'self_verify': 'sv_{fold}_{round}.keras',
+    'pruned': 'pruned{tag}.csv',        # mode 3's pruned clips
+    'scaler': 'scaler.npz',             # per-band mean and std of the training patches
+    'oof': 'oof.csv',                   # out-of-fold scores of the training clips
+    'predictions': 'predictions.csv',
+    'confusion': 'confusion.csv',
+    'curves': 'curves{tag}.png',
+    'confusion_plot': 'confusion.png',
+    'per_class_plot': 'per_class.png',
+    'results': 'results.json',          # written last: marks a run that ended
+}
+
+
+def path(run_dir, name, fold=None, **numbers):
+    """run_dir / FILES[name]; fold (1-based; None for a single split) gives the _<fold>
+    tag and the fold of the per-fold names, numbers the cycle or round they hold."""
+    tag = '' if fold is None else f'_{fold}'
+    return Path(run_dir) / FILES[name].format(tag=tag, fold=fold, **numbers)
+
+
+def per_fold(run_dir, name):
+    """[(fold, path)] of the files FILES[name] (a name with a {tag}) in run_dir, fold None
+    for the single split's file."""
+    before, after = FILES[name].split('{tag}')
+    found = []
+    for item in sorted(Path(run_dir).glob(f'{before}*{after}')):
+        tag = item.name[len(before):len(item.name) - len(after)]
+        if not tag or (tag[0] == '_' and tag[1:].isdigit()):
+            found.append((int(tag[1:]) if tag else None, item))
+    return found
+
+
 # Keys that may differ between the run that was interrupted and the one that continues it:
 # they change how a run is carried out or shown, not its result.
 RESUME_FREE = {('ctrl', k) for k in ('verbose', 'workers', 'overwrite', 'feat_ext')}
@@ -28,7 +70,7 @@ RESUME_FREE = {('ctrl', k) for k in ('verbose', 'workers', 'overwrite', 'feat_ex
 def status(run_dir):
     """'finished' / 'diverged' for a run that ended, None otherwise."""
     try:
-        return json.loads((Path(run_dir) / 'results.json').read_text()).get('status', 'finished')
+        return json.loads(path(run_dir, 'results').read_text()).get('status', 'finished')
     except FileNotFoundError:
         return None
     except (OSError, ValueError, AttributeError):
@@ -68,7 +110,7 @@ class RunFolder:
         # may have finished since (it writes results.json last, then releases the lock).
         ended = status(self.dir)
         if ended and not overwrite:
-            raise ConfigError(f'run {self.name} has {ended} ({self.dir / "results.json"}) and '
+            raise ConfigError(f'run {self.name} has {ended} ({path(self.dir, "results")}) and '
                               f'is never modified: choose another ctrl.run_name, or set '
                               f'ctrl.overwrite true to start it afresh')
         if overwrite:
@@ -82,10 +124,10 @@ class RunFolder:
         if self.resuming:
             print(f'run {self.name} exists, unfinished: continuing it (ctrl.overwrite true '
                   f'starts it afresh)', flush=True)
-        atomic_write_text(self.dir / 'config.yaml', config.config_to_yaml(self.cfg))
+        atomic_write_text(path(self.dir, 'config'), config.config_to_yaml(self.cfg))
 
     def _take_lock(self):
-        self._lock = open(self.dir / LOCK, 'a')  # 'a': never truncates another run's file
+        self._lock = open(path(self.dir, 'lock'), 'a')  # 'a': never truncates another run's file
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -97,20 +139,20 @@ class RunFolder:
 
     def _clear(self):
         """ctrl.overwrite: the run starts afresh (the lock file stays, held by this run)."""
-        for path in self.dir.iterdir():
-            if path.name != LOCK:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for item in self.dir.iterdir():
+            if item.name != FILES['lock']:
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
         self.out.unlink(missing_ok=True)
 
     def _remove_temp_files(self):
         """Temporary files of this run's atomic writes that a killed process left behind
         (utils.atomic_path names them .<name>.<random>.tmp<suffix>)."""
-        for path in sorted(self.dir.rglob('.*.tmp*'), reverse=True):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for item in sorted(self.dir.rglob('.*.tmp*'), reverse=True):
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
 
     def _check_resumable(self):
         """An earlier, unfinished run of this name must have had the same config."""
-        saved = self.dir / 'config.yaml'
+        saved = path(self.dir, 'config')
         if not saved.exists():
             return False
         changed = config_changes(yaml.safe_load(saved.read_text()) or {}, self.cfg)
@@ -124,11 +166,11 @@ class RunFolder:
     def write_status(self, status_name, **fields):
         """results.json of a run that ended without a report (e.g. diverged)."""
         results = {'run_name': self.name, 'status': status_name, **fields}
-        atomic_write_json(self.dir / 'results.json', results)
+        atomic_write_json(path(self.dir, 'results'), results)
 
     def drop_backup(self):
         """A finished run is never resumed: its backup/ is no longer needed."""
-        shutil.rmtree(self.dir / 'backup', ignore_errors=True)
+        shutil.rmtree(path(self.dir, 'backup').parent, ignore_errors=True)
 
     def close(self, discard=False):
         """Stop the log and release the lock; discard: remove what this run created (the
@@ -146,12 +188,12 @@ class RunFolder:
         if self.out_size is not None and self.out.exists() and self.out not in self.created:
             with open(self.out, 'r+') as f:
                 f.truncate(self.out_size)
-        for path in reversed(self.created):  # the .out, the run folder, then its parents
-            if path == self.dir:
-                shutil.rmtree(path, ignore_errors=True)
-            elif path.is_dir():
-                if not any(path.iterdir()):
-                    path.rmdir()
+        for item in reversed(self.created):  # the .out, the run folder, then its parents
+            if item == self.dir:
+                shutil.rmtree(item, ignore_errors=True)
+            elif item.is_dir():
+                if not any(item.iterdir()):
+                    item.rmdir()
             else:
-                path.unlink(missing_ok=True)
+                item.unlink(missing_ok=True)
         self.created = []

@@ -291,7 +291,7 @@ def collect(runs, cfgs, errors, common):
     run, the error of a failed one: `errors`) and every numeric result of a finished run."""
     rows = []
     for run, cfg in zip(runs, cfgs):
-        path = run_dir(cfg) / 'results.json'
+        path = runfolder.path(run_dir(cfg), 'results')
         results = json.loads(path.read_text()) if path.is_file() else {}
         status = results.get('status', 'finished') if results else 'failed'
         # A diverged run's epoch and step say where it stopped: not metrics.
@@ -389,10 +389,8 @@ def write_outputs(out, name, frame, grid, baseline):
     import plots
     columns = metric_columns(frame, grid)
     summary = summarise(frame, grid, baseline)
-    with utils.atomic_path(out / 'runs.csv') as tmp:
-        frame.to_csv(tmp, index=False, float_format='%.6g')
-    with utils.atomic_path(out / 'summary.csv') as tmp:
-        summary.to_csv(tmp, index=False, float_format='%.6g')
+    utils.atomic_write_csv(out / 'runs.csv', frame, index=False, float_format='%.6g')
+    utils.atomic_write_csv(out / 'summary.csv', summary, index=False, float_format='%.6g')
     table = markdown(summary, headline(columns), grid, baseline)
     utils.atomic_write_text(out / 'summary.md', f'# sweep {name}\n\n{table}')
     if headline(columns):

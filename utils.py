@@ -39,6 +39,12 @@ def atomic_write_text(path, text):
         tmp.write_text(text)
 
 
+def atomic_write_csv(path, frame, **to_csv_kwargs):
+    """frame.to_csv(path, **to_csv_kwargs), atomically: a reader never sees half a table."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, **to_csv_kwargs)
+
+
 def atomic_write_json(path, value):
     """value as strict JSON (allow_nan=False), atomically: a figure that is NaN or infinite
     (the precision of a class never predicted, a metric without positives) is written as

@@ -235,6 +235,32 @@ def test_leftover_temp_files_are_removed(tiny):
     assert code == 0 and not list(run_dir.rglob('.*.tmp*'))
 
 
+def test_the_run_folder_names_its_files():
+    """runfolder.path: one name per file; per-fold files tagged _<fold>, and README gives
+    every name so spelled."""
+    run = Path('logs/r')
+    assert runfolder.path(run, 'history') == run / 'history.csv'
+    assert runfolder.path(run, 'history', 2) == run / 'history_2.csv'
+    assert runfolder.path(run, 'model', 3) == run / 'model_3.keras'
+    assert runfolder.path(run, 'tensorboard', 1) == run / 'tb_1'
+    assert runfolder.path(run, 'snapshot', 1, cycle=4) == run / 'snapshot_1_4.keras'
+    assert runfolder.path(run, 'self_verify', 2, round=0) == run / 'sv_2_0.keras'
+    assert runfolder.path(run, 'backup') == run / 'backup' / 'state.pkl'
+    assert len(set(runfolder.FILES.values())) == len(runfolder.FILES)
+    readme = (REPO / 'README.md').read_text()
+    for name in runfolder.FILES.values():
+        spelled = name.format(tag='', fold='<fold>', cycle='<cycle>', round='<round>')
+        assert spelled in readme, spelled
+
+
+def test_per_fold_files_are_found_with_their_fold(tmp_path):
+    for name in ('history.csv', 'history_1.csv', 'history_10.csv', 'history_x.csv'):
+        (tmp_path / name).write_text('epoch\n')
+    assert runfolder.per_fold(tmp_path, 'history') == [
+        (None, tmp_path / 'history.csv'), (1, tmp_path / 'history_1.csv'),
+        (10, tmp_path / 'history_10.csv')]
+
+
 # ----------------------------------------------------------------------------- resume
 
 def _interrupt_after(monkeypatch, epochs):
