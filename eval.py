@@ -12,12 +12,11 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf  # tf.function compiles the gather + model call for prediction
 
-import architectures
 import datasets
+import heads  # noqa: F401  (registers the Sparsemax layer that saved members may hold)
 import metrics
 from config import ConfigError, lookup
-from trainer import Diverged
-from utils import atomic_path, atomic_write_json
+from utils import Diverged, atomic_path, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +99,8 @@ def clip_scorer(classifier, source, patches, cfg):
     the same clip alone.
     """
     compiled = tf.function(
-        lambda i: architectures.scores(classifier(source.inputs(i, length=source.eval_len),
-                                                  training=False)),
+        lambda i: classifier(source.inputs(i, length=source.eval_len),
+                             training=False)['scores'],
         reduce_retracing=True)
     whole = cfg['extract']['crop'] == 'random_crop'
 

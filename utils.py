@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic writes, the log tee, quiet TensorFlow import, seeding."""
+"""Small shared helpers: the Diverged error, atomic writes, the log tee, quiet TensorFlow
+import, seeding."""
 import contextlib
 import json
 import logging
@@ -11,6 +12,15 @@ from pathlib import Path
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+
+class Diverged(RuntimeError):
+    """Training (or prediction) produced non-finite numbers; epoch and step when known.
+    Raised by the training callbacks and by the report; main.py reports it as a failed run."""
+
+    def __init__(self, message, epoch=None, step=None):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
 
 
 # ----------------------------------------------------------------------------- disk
