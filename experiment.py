@@ -23,6 +23,7 @@ import losses
 import splits
 from config import ConfigError
 from masking import Masker
+from results import Results
 from trainer import (Backup, EpochLR, History, ModelSelection, RunState, Snapshots,
                      StopAfterSteps, StopOnNonFinite, TensorBoardScalars, Trainer,
                      ValClipAccuracy, cosine_lr, detection_figures, load_backup,
@@ -50,7 +51,7 @@ class Experiment:
         self.train_idx = patches.of_clips(train_rows)
         self.val_idx = patches.of_clips(val_rows)
         # figures for results.json: the injected label noise, what a mode adds (noise_detection)
-        self.results = datasets.label_noise(cfg, table)
+        self.results = Results(**datasets.label_noise(cfg, table))
         self.monitor = 'val_accuracy' if self.val_idx.size else 'accuracy'
         learn = cfg['learn']
         self.history = History(run_dir / f'history{tag}.csv')
@@ -139,10 +140,7 @@ class Experiment:
             return
         figures = [precision_recall(int(r['nd_flagged']), int(r['nd_hit']),
                                      int(r['nd_wrong'])) for r in rows]
-        self.results['noise_detection'] = {
-            key: [f[key] for f in figures] for key in ('precision', 'recall', 'n_flagged',
-                                                        'n_wrong')}
-        self.results['noise_detection']['epoch'] = [r['epoch'] for r in rows]
+        self.results.noise_detected_per_epoch([r['epoch'] for r in rows], figures)
         for r, f in zip(rows, figures):
             logger.info('noise detection, epoch %d: precision %.3f, recall %.3f (%d flagged, '
                         '%d wrong-label examples seen)', r['epoch'], f['precision'],
@@ -153,7 +151,7 @@ class Experiment:
         if not self.has_truth:
             return
         figures = detection_figures(flagged, data.wrong_labels(self.table)[rows])
-        self.results['noise_detection'] = figures
+        self.results.noise_detected(figures)
         logger.info('noise detection (%s): precision %.3f, recall %.3f (%d flagged, %d '
                     'wrong-label clips)', what, figures['precision'], figures['recall'],
                     figures['n_flagged'], figures['n_wrong'])
@@ -286,7 +284,7 @@ class Experiment:
         return {'state': self.state.as_dict(), 'stage_epochs': list(self.stage_epochs),
                 'variables': [ops.convert_to_numpy(v) for v in self._variables()],
                 'history': list(self.history.rows), 'selected': self.selection.weights,
-                'results': self.results, 'memo': self.memo}
+                'results': self.results.state_dict(), 'memo': self.memo}
 
     def _restore(self, state):
         """Put back the state of the last completed epoch; return the callbacks' counters."""
@@ -299,7 +297,7 @@ class Experiment:
         vars(self.state).update(state['state'])  # in place: ModelSelection shares it
         self.stage_epochs, self.history.rows = state['stage_epochs'], list(state['history'])
         self.selection.weights = state['selected']
-        self.results = state['results']
+        self.results.load_state_dict(state['results'])
         logger.info('resumed at epoch %d (stage %d; epochs 1-%d restored from %s)',
                     self.epoch + 1, self.state.stage, self.epoch, self.backup_path)
         return state['callbacks']
