@@ -202,7 +202,7 @@ def check_metrics(cfg):
         if cfg['ctrl']['dataset'] in datasets.MULTI_LABEL and metric.single_label:
             raise ConfigError(f'recognizer.metrics {name!r} needs single-label data, but '
                               f'{cfg["ctrl"]["dataset"]} has clips with several labels; use '
-                              f'lwlrap, map3 or prf1')
+                              f'{metrics.multi_label_choices()}')
 
 
 def compute(names, y_true, scores):

@@ -37,7 +37,7 @@ def _single_label(y_true, metric):
     if np.any(counts != 1):
         raise ConfigError(f"recognizer.metrics '{metric}' needs single-label data, but "
                           f"{int(np.sum(counts != 1))} of {len(counts)} clips have 0 or "
-                          f"several true labels; use lwlrap, map3 or prf1")
+                          f"several true labels; use {multi_label_choices()}")
     return truth.argmax(axis=1)
 
 
@@ -176,8 +176,10 @@ def write_confusion_csv(path, matrix, classes):
 class Metric:
     """One entry of METRICS: how a metric is computed, reported and summarised, so that
     adding a metric is one entry here (eval.py, sweep.py and plots.py read these)."""
-    # (y_true [N, K], scores [N, K]) -> {figure: float, 'per_class': {figure: [K]}}; None
-    # for figures that a learning mode measures during training (not a recognizer.metrics)
+    # (y_true [N, K], scores [N, K]) -> {figure: float, 'per_class': {figure: [K]}} (the
+    # confusion entry: {'confusion': matrix [K, K]}, which eval writes to confusion.csv);
+    # None for figures that a learning mode measures during training (not a
+    # recognizer.metrics choice)
     compute: Callable = None
     line: Callable = None             # (figures, where) -> its line of the evaluation block
     per_class_lines: Callable = None  # (per_class, classes) -> its per-class block
@@ -252,6 +254,13 @@ METRICS = {
 def choices():
     """The metrics that recognizer.metrics may name: those computed from test scores."""
     return {name: metric for name, metric in METRICS.items() if metric.compute is not None}
+
+
+def multi_label_choices():
+    """The recognizer.metrics choices that work on multi-label data, as a user reads them
+    ('lwlrap, map3 or prf1')."""
+    names = [name for name, metric in choices().items() if not metric.single_label]
+    return ' or '.join([', '.join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def headline_keys():
