@@ -20,7 +20,6 @@ import data
 import datasets
 import eval as evaluation
 import losses
-import self_verify
 import splits
 from config import ConfigError
 from masking import Masker
@@ -417,7 +416,7 @@ def prepare(cfg, table, classes, store, rng, run_dir):
     seed = cfg['ctrl']['seed']
     shared = learn['folds'] > 1 or learn['mode'] == 'self_verify'
     if learn['mode'] == 'self_verify':
-        folds = self_verify.fold_splits(table, rows, seed)
+        folds = splits.self_verify_folds(table, rows, seed)
     elif learn['folds'] > 1:
         folds = splits.kfold_split(rows, y if datasets.is_multi_label(table) else labels,
                                    learn['folds'], seed)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-import architectures
 import datasets
 import ensemble
 import eval as evaluation
@@ -71,7 +70,7 @@ def score_clips(exp, rows):
 
     def patch_loss(i):
         x, y = source.eval_batch(i)
-        return per_example(y, architectures.scores(classifier(x, training=False)))
+        return per_example(y, classifier(x, training=False)['scores'])
     idx = exp.patches.of_clips(rows)
     values = evaluation.map_patches(patch_loss, idx, evaluation.eval_batch_size(exp.cfg))
     return evaluation.aggregate(values, exp.patches.clip[idx],

@@ -49,7 +49,7 @@ def load_run(run_dir):
     cfg = config.load_config(files['config'])
     utils.import_tensorflow_quietly()
     import keras
-    import architectures  # noqa: F401  (registers the heads' custom layers for loading)
+    import heads  # noqa: F401  (registers the Sparsemax layer for loading)
     classifier = keras.saving.load_model(files['model'], compile=False)
     with np.load(files['scaler']) as scaler:
         return cfg, classifier, scaler['mean'], scaler['std']

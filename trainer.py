@@ -17,9 +17,8 @@ import tensorflow as tf  # the step uses GradientTape: TensorFlow backend only
 from tensorflow.core.framework import summary_pb2  # the TensorBoard scalar data class
 from keras import ops
 
-from architectures import scores
 from config import ConfigError
-from utils import atomic_path, atomic_write_text
+from utils import Diverged, atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +44,6 @@ class Trainer(keras.Model):
         # Both are fixed for the Trainer's life, so the step is traced once: a mode turns
         # masking on and off through the masker's own variable (Masker.activate).
         self.masker, self.detect = masker, detect
-        outputs = classifier.output
-        if step_loss.needs_embedding:
-            outputs = [classifier.output, classifier.get_layer('embedding').output]
-        self.net = keras.Model(classifier.input, outputs)
         self.loss_tracker = keras.metrics.Mean(name='loss')
         # 'accuracy' on single-label data (as always); on multi-label data the top-1
         # precision under the same name, so that model selection, the LR schedule and
@@ -83,10 +78,6 @@ class Trainer(keras.Model):
     def call(self, x, training=False):
         return self.classifier(x, training=training)
 
-    def _forward(self, x, training):
-        out = self.net(x, training=training)
-        return out if self.step_loss.needs_embedding else (out, None)
-
     def train_step(self, batch):
         needs_clean = self.step_loss.needs_clean
         if self.source.on_device:
@@ -94,9 +85,9 @@ class Trainer(keras.Model):
         x, y, verified = batch['x'], batch['y'], batch['verified']
         mask = None if self.masker is None else (lambda losses: self.masker(losses, verified))
         with tf.GradientTape() as tape:
-            y_pred, emb = self._forward(x, training=True)
+            outputs = self.classifier(x, training=True)
             more = {'batch': batch} if self.step_loss.needs_batch else {}
-            loss, weights, figures = self.step_loss(y, y_pred, x, emb, mask,
+            loss, weights, figures = self.step_loss(y, outputs, x, outputs['embedding'], mask,
                                                     self._clean(batch) if needs_clean else None,
                                                     **more)
             total = loss + ops.sum(self.classifier.losses) if self.classifier.losses else loss
@@ -110,7 +101,7 @@ class Trainer(keras.Model):
                            nd_hit=ops.sum(flagged * batch['wrong']),
                            nd_wrong=ops.sum(batch['wrong']))
         self.loss_tracker.update_state(loss)
-        self.acc_tracker.update_state(y, scores(y_pred))
+        self.acc_tracker.update_state(y, outputs['scores'])
         for name, value in figures.items():
             self.extra[name].update_state(value)
         return {m.name: m.result() for m in self.metrics}
@@ -121,15 +112,15 @@ class Trainer(keras.Model):
         gradient): the training pass only sees the mixed inputs."""
         space = batch['x_clean']
         if self.step_loss.needs_embedding:
-            space = ops.stop_gradient(self._forward(space, training=False)[1])
+            space = ops.stop_gradient(self.classifier(space, training=False)['embedding'])
         return space, batch['labels']
 
     def test_step(self, batch):
         x, y = self.source.eval_batch(batch) if self.source.on_device else batch
-        y_pred, emb = self._forward(x, training=False)
-        per_example = self.step_loss.per_example(y, y_pred, x, emb)
+        outputs = self.classifier(x, training=False)
+        per_example = self.step_loss.per_example(y, outputs, x, outputs['embedding'])
         self.loss_tracker.update_state(ops.mean(per_example))
-        self.acc_tracker.update_state(y, scores(y_pred))
+        self.acc_tracker.update_state(y, outputs['scores'])
         return {m.name: m.result() for m in (self.loss_tracker, self.acc_tracker)}
 
 
@@ -144,14 +135,6 @@ def top1_precision(y_true, y_pred):
 
 
 # ----------------------------------------------------------------------------- callbacks
-
-class Diverged(RuntimeError):
-    """Training (or prediction) produced non-finite numbers; epoch and step when known."""
-
-    def __init__(self, message, epoch=None, step=None):
-        super().__init__(message)
-        self.epoch, self.step = epoch, step
-
 
 class StopOnNonFinite(keras.callbacks.Callback):
     """Stops training at the first non-finite loss, naming the epoch and step.
