@@ -118,6 +118,8 @@ def load_data(work, store_dtype='float32', overrides=()):
     classes = synthetic.class_names(N_CLASSES)
     table = pd.read_csv(work / 'table.csv')
     table['label'] = [classes[k] for k in table.label_idx]
+    table['labels'] = [(c,) for c in table.label]  # the label columns of every adapter
+    table['labels_idx'] = [(k,) for k in table.label_idx]
     length = np.load(work / 'length.npy')
     frames = np.memmap(work / f'frames.f{np.dtype(store_dtype).itemsize * 8}',
                        dtype=store_dtype, mode='r', shape=(int(length.sum()), N_MELS))
