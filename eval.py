@@ -16,7 +16,7 @@ import architectures
 import datasets
 import metrics
 from config import ConfigError, lookup
-from trainer import Diverged
+from utils import Diverged
 from utils import atomic_path, atomic_write_json
 
 logger = logging.getLogger(__name__)

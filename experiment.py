@@ -24,10 +24,10 @@ import self_verify
 import splits
 from config import ConfigError
 from masking import Masker
-from trainer import (Backup, EpochLR, History, ModelSelection, RunState, Snapshots,
-                     StopAfterSteps, StopOnNonFinite, TensorBoardScalars, Trainer,
-                     ValClipAccuracy, cosine_lr, detection_figures, load_backup,
-                     precision_recall)
+from callbacks import (Backup, EpochLR, History, ModelSelection, RunState, Snapshots,
+                       StopAfterSteps, StopOnNonFinite, TensorBoardScalars, ValClipAccuracy,
+                       cosine_lr, detection_figures, load_backup, precision_recall)
+from trainer import Trainer
 from utils import atomic_path
 
 logger = logging.getLogger(__name__)

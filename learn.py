@@ -17,7 +17,7 @@ import eval as evaluation
 import losses
 import self_verify
 from config import ConfigError, lookup
-from trainer import check_schedule
+from callbacks import check_schedule
 
 logger = logging.getLogger(__name__)
 

@@ -103,8 +103,7 @@ def run(params_path, overrides=()):
 def failed(folder, err):
     """Divergence: its message and results.json status "diverged"; anything else: the
     traceback. Both end with the line saying the run failed (exit status 1)."""
-    import trainer
-    if isinstance(err, trainer.Diverged):
+    if isinstance(err, utils.Diverged):
         folder.write_status('diverged', message=str(err), epoch=err.epoch, step=err.step)
     else:
         traceback.print_exc()

@@ -20,7 +20,7 @@ import architectures
 import eval as evaluation
 import splits
 from config import ConfigError
-from trainer import EpochLR, linear_decay_lr
+from callbacks import EpochLR, linear_decay_lr
 from utils import atomic_path
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, the log tee, quiet TensorFlow import, seeding."""
+"""Small shared helpers: the Diverged error, atomic writes, the log tee, quiet TensorFlow import, seeding."""
 import contextlib
 import json
 import logging
@@ -11,6 +11,17 @@ from pathlib import Path
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- errors
+
+class Diverged(RuntimeError):
+    """Training (or prediction) produced non-finite numbers; epoch and step when known."""
+
+    def __init__(self, message, epoch=None, step=None):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
 
 
 # ----------------------------------------------------------------------------- disk

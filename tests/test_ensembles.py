@@ -1,5 +1,5 @@
 """LR schedules and snapshots, k-fold ensembles and self-verification: units against
-numpy written here, independently of trainer.py / eval.py / self_verify.py."""
+numpy written here, independently of callbacks.py / eval.py / self_verify.py."""
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -7,10 +7,10 @@ import keras
 import numpy as np
 import pytest
 
+import callbacks
 import config
 import splits
 import learn
-import trainer
 
 
 class _Recorder(keras.callbacks.Callback):
@@ -27,10 +27,10 @@ def test_cyclic_cosine_lr_per_epoch_and_a_snapshot_at_each_cycle_end():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer=keras.optimizers.Adam(0.5), loss='mse')
     saved, recorder = [], _Recorder()
-    callbacks = [trainer.EpochLR(lambda e: trainer.cosine_lr(e, lr_max, lr_min, length)),
-                 trainer.Snapshots(length, cycles, saved.append), recorder]
+    schedule = [callbacks.EpochLR(lambda e: callbacks.cosine_lr(e, lr_max, lr_min, length)),
+                callbacks.Snapshots(length, cycles, saved.append), recorder]
     x = np.zeros((4, 3), np.float32)
-    model.fit(x, x[:, :2], epochs=length * cycles + 2, verbose=0, callbacks=callbacks)
+    model.fit(x, x[:, :2], epochs=length * cycles + 2, verbose=0, callbacks=schedule)
     # Akiyama & Sato: each cycle restarts at lr and anneals to lr_min by half a cosine.
     epochs = np.arange(length * cycles + 2)
     expected = lr_min + (lr_max - lr_min) * (1 + np.cos(np.pi * (epochs % length) / length)) / 2
@@ -41,7 +41,7 @@ def test_cyclic_cosine_lr_per_epoch_and_a_snapshot_at_each_cycle_end():
 
 
 def test_linear_decay_after_the_constant_epochs():
-    got = [trainer.linear_decay_lr(e, 2e-4, 5, 30) for e in range(30)]
+    got = [callbacks.linear_decay_lr(e, 2e-4, 5, 30) for e in range(30)]
     expected = np.where(np.arange(30) < 5, 2e-4, 2e-4 * (1 - (np.arange(30) - 5) / 25))
     np.testing.assert_allclose(got, expected)
 

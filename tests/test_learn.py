@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import callbacks
 import config
 import learn
-import trainer
 from masking import Masker
 
 
@@ -111,16 +111,16 @@ def test_prune_threshold_drops_the_clips_above_the_percentile(percentile):
 def test_detection_figures_count_precision_and_recall():
     flagged = np.array([1, 1, 1, 0, 0, 0, 1, 0], bool)
     wrong = np.array([1, 0, 1, 1, 0, 0, 1, 0], bool)
-    figures = trainer.detection_figures(flagged, wrong)
+    figures = callbacks.detection_figures(flagged, wrong)
     assert figures == {'precision': 3 / 4, 'recall': 3 / 4, 'n_flagged': 4, 'n_wrong': 4}
-    none = trainer.detection_figures(np.zeros(4, bool), np.zeros(4, bool))
+    none = callbacks.detection_figures(np.zeros(4, bool), np.zeros(4, bool))
     assert np.isnan(none['precision']) and np.isnan(none['recall'])
 
 
 def test_noise_detection_from_summed_step_counts():
     row = {'nd_flagged': 10.0, 'nd_hit': 7.0, 'nd_wrong': 14.0}
-    assert trainer.noise_detection(row) == {'nd_precision': 0.7, 'nd_recall': 0.5}
-    assert trainer.noise_detection({'loss': 1.0}) == {}
+    assert callbacks.noise_detection(row) == {'nd_precision': 0.7, 'nd_recall': 0.5}
+    assert callbacks.noise_detection({'loss': 1.0}) == {}
 
 
 def test_unknown_mode_is_refused():

@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 import yaml
 
+import callbacks
 import learn
 import main
 import runfolder
 import synthetic
-import trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -252,13 +252,13 @@ def test_leftover_temp_files_are_removed(tiny):
 
 def _interrupt_after(monkeypatch, epochs):
     """Stop the run (KeyboardInterrupt) right after the backup of epoch `epochs`."""
-    real = trainer.Backup.on_epoch_end
+    real = callbacks.Backup.on_epoch_end
 
     def stop(self, epoch, logs=None):
         real(self, epoch, logs)
         if epoch + 1 == epochs:
             raise KeyboardInterrupt
-    monkeypatch.setattr(trainer.Backup, 'on_epoch_end', stop)
+    monkeypatch.setattr(callbacks.Backup, 'on_epoch_end', stop)
 
 
 # Mode 0: two stages in epochs; staged: three stages in steps, 2 steps an epoch (the cut

@@ -1,4 +1,4 @@
-"""trainer.py: model selection (last / best_val with restarts) and the training step's
+"""trainer.py and callbacks.py: model selection (last / best_val with restarts) and the training step's
 batch before mixup for adaptive Lq, against references written here."""
 from types import SimpleNamespace
 
@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+import callbacks
 import config
 import losses
 import trainer
@@ -27,8 +28,8 @@ def _epochs(selection, net, values, start=0):
 def test_model_selection_restarts_where_the_method_acts(tmp_path, rule):
     net = _classifier()
     host = SimpleNamespace(classifier=net)
-    state = trainer.RunState()
-    selection = trainer.ModelSelection(rule, 'val_accuracy', tmp_path / 'model.keras', state)
+    state = callbacks.RunState()
+    selection = callbacks.ModelSelection(rule, 'val_accuracy', tmp_path / 'model.keras', state)
     selection.set_model(host)
     _epochs(selection, net, [0.2, 0.9, 0.3])  # the best epoch (2) is before the method acts
     selection.restart()                       # e.g. pruning: from epoch 4 on
@@ -51,8 +52,8 @@ def test_best_val_restart_at_a_later_epoch_ignores_the_epochs_before(tmp_path):
     """Mode 2: the loss switches inside one fit; only epochs from the switch count."""
     net = _classifier()
     host = SimpleNamespace(classifier=net)
-    state = trainer.RunState()
-    selection = trainer.ModelSelection('best_val', 'val_accuracy', tmp_path / 'm.keras', state)
+    state = callbacks.RunState()
+    selection = callbacks.ModelSelection('best_val', 'val_accuracy', tmp_path / 'm.keras', state)
     selection.set_model(host)
     selection.restart(from_epoch=3)
     _epochs(selection, net, [0.9, 0.8, 0.1, 0.2])
@@ -124,7 +125,7 @@ def test_noise_detection_counts_both_examples_of_a_mixed_pair():
     # Examples 0-2 are flagged: 2 + 1 + 2 patches, of which 2 + 0 + 1 have wrong labels.
     assert float(logs['nd_flagged']) == 5 and float(logs['nd_hit']) == 3
     assert float(logs['nd_wrong']) == wrong.sum()
-    figures = trainer.precision_recall(5, 3, int(wrong.sum()))
+    figures = callbacks.precision_recall(5, 3, int(wrong.sum()))
     assert figures['precision'] == pytest.approx(3 / 5)
     assert figures['recall'] == pytest.approx(3 / 7)
 
@@ -150,7 +151,7 @@ def test_val_clip_accuracy_is_the_clip_accuracy_of_gmean_patch_scores(clips, mak
                    f'extract.n_mels={n_mels}', 'recognizer.aggregate=gmean')
     targets = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]]
     rows = np.array([1, 2, 4])  # clips with patches (lengths 8, 20, 14)
-    callback = trainer.ValClipAccuracy(evaluation.clip_scorer(model, src, p, cfg), rows,
+    callback = callbacks.ValClipAccuracy(evaluation.clip_scorer(model, src, p, cfg), rows,
                                        targets)
     logs = {}
     callback.on_epoch_end(0, logs)
