@@ -11,7 +11,6 @@ import logging
 
 import keras
 import numpy as np
-import tensorflow as tf  # tf.data input pipeline and device placement
 from keras import ops
 
 import architectures
@@ -20,6 +19,7 @@ import data
 import datasets
 import eval as evaluation
 import losses
+import pipeline
 import self_verify
 import splits
 from config import ConfigError
@@ -258,8 +258,10 @@ class Experiment:
         done = (self.epoch - start) * per_epoch
         for _ in range(done // per_plan):
             plan(rng)
-        train = self.train_dataset(lambda: plan(rng), plan(rng)).skip(done % per_plan)
-        val = self._eval_dataset(self.val_idx) if self.val_idx.size else None
+        train = pipeline.train_dataset(self.source, lambda: plan(rng), plan(rng),
+                                       clean=self.trainer.step_loss.needs_clean)
+        train = train.skip(done % per_plan)
+        val = pipeline.eval_dataset(self.source, self.val_idx, evaluation.eval_batch_size(self.cfg)) if self.val_idx.size else None
         self.trainer.fit(train, validation_data=val, epochs=start + epochs,
                          initial_epoch=self.epoch, steps_per_epoch=per_epoch, callbacks=cbs,
                          verbose=self.cfg['ctrl']['verbose'],
@@ -305,34 +307,11 @@ class Experiment:
                     self.epoch + 1, self.state.stage, self.epoch, self.backup_path)
         return state['callbacks']
 
-    def train_dataset(self, plan, first):
-        """Epoch plans -> one element per step (EpochPlan.arrays(): idx, partner, lam, crop
-        shifts, masks), prefetched."""
-        def epochs():
-            yield first.arrays()
-            while True:
-                yield plan().arrays()
-        spec = tuple(tf.TensorSpec([None, *a.shape[1:]], tf.as_dtype(a.dtype))
-                     for a in first.arrays())
-        ds = tf.data.Dataset.from_generator(epochs, output_signature=spec)
-        ds = ds.flat_map(lambda *a: tf.data.Dataset.from_tensor_slices(a))
-        if not self.source.on_device:
-            clean = self.trainer.step_loss.needs_clean
-            ds = ds.map(lambda *a: self.source.train_batch(*a, clean=clean),
-                        num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.prefetch(tf.data.AUTOTUNE)
-
     def validate(self):
         """{'loss': ..., 'accuracy': ...} of the current model on the validation clips."""
-        return self.trainer.evaluate(self._eval_dataset(self.val_idx), verbose=0,
+        return self.trainer.evaluate(pipeline.eval_dataset(self.source, self.val_idx, evaluation.eval_batch_size(self.cfg)), verbose=0,
                                      return_dict=True)
 
-    def _eval_dataset(self, idx):
-        ds = tf.data.Dataset.from_tensor_slices(idx.astype(np.int64))
-        ds = ds.batch(evaluation.eval_batch_size(self.cfg))
-        if not self.source.on_device:
-            ds = ds.map(self.source.eval_batch, num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.prefetch(tf.data.AUTOTUNE)
 
 
 DETECTS = (2, 'staged')  # modes that drop or mask examples in the step (noise detection)
@@ -342,50 +321,6 @@ def specaugment(learn):
     """(freq masks, max freq width, time masks, max time width) of learn.specaugment."""
     masks = learn['specaugment']
     return tuple(masks[k] for k in ('freq_masks', 'freq_width', 'time_masks', 'time_width'))
-
-
-def on_device(cfg):
-    """Where the frames should live: learn.frames_on_device, 'auto' = GPU when there is one."""
-    choice = cfg['learn']['frames_on_device']
-    if choice != 'auto':
-        return choice == 'always'
-    return bool(tf.config.list_logical_devices('GPU'))
-
-
-def use_xla(cfg):
-    """learn.jit_compile: 'auto' compiles the step with XLA on a GPU only; on CPU the XLA
-    step of the baseline CNN measured slower than TensorFlow's own kernels."""
-    choice = cfg['learn']['jit_compile']
-    return bool(tf.config.list_logical_devices('GPU')) if choice == 'auto' else choice
-
-
-def patch_table(cfg, store):
-    """The patch table: every patch of every clip, or one whole clip each (random_crop)."""
-    ext = cfg['extract']
-    if ext['crop'] == 'random_crop':
-        return data.make_clips(store.start, store.length)
-    return data.make_patches(store.start, store.length, ext['patch_len'], ext['patch_hop'])
-
-
-def batch_source(cfg, store, patches, table, mean, std, eps):
-    """The PatchSource, with frames in GPU memory when wanted and they fit, else on host."""
-    train_len, eval_len = architectures.lengths(cfg)
-    args = (store.frames, patches, table, mean, std, eps, train_len)
-    ext = cfg['extract']
-    # how a gain acts on the stored frames (augment.gain_frames); the standardisation
-    more = dict(eval_len=eval_len, log=ext['log'], per_clip=ext['normalize'] == 'per_clip')
-    if on_device(cfg):
-        try:
-            return data.PatchSource(*args, on_device=True, **more)
-        except (tf.errors.ResourceExhaustedError, tf.errors.InternalError) as err:
-            if cfg['learn']['frames_on_device'] == 'always':
-                raise ConfigError(f'the frames ({store.frames.nbytes / 2**30:.1f} GiB) do not '
-                                  f'fit in GPU memory; set learn.frames_on_device to auto or '
-                                  f'never, or extract.store_dtype float16') from err
-            logger.warning('the frames (%.1f GiB) do not fit in GPU memory: batches are '
-                           'gathered on the host instead (slower); extract.store_dtype '
-                           'float16 halves them', store.frames.nbytes / 2**30)
-    return data.PatchSource(*args, on_device=False, **more)
 
 
 def build_trainer(cfg, table, classes, source):
@@ -399,7 +334,8 @@ def build_trainer(cfg, table, classes, source):
     detect = learn['mode'] in DETECTS and 'true_idx' in table.columns
     trainer = Trainer(classifier, source, losses.get(cfg), datasets.is_multi_label(table),
                       masker=masker, detect=detect)
-    trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']), jit_compile=use_xla(cfg))
+    trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']),
+                    jit_compile=pipeline.use_xla(cfg))
     return trainer
 
 
@@ -431,7 +367,7 @@ def prepare(cfg, table, classes, store, rng, run_dir):
                           f'({rows.size} readable training clips, at least one per class '
                           f'stays in training); raise it, or set it to 0 to select the '
                           f'model on training accuracy')
-    patches = patch_table(cfg, store)
+    patches = pipeline.patch_table(cfg, store)
     train_idx = patches.of_clips(train_rows)
     # Over the inputs the model is evaluated on: patches, or whole fixed-length clips
     # (whose random crops it is trained on).
@@ -442,7 +378,7 @@ def prepare(cfg, table, classes, store, rng, run_dir):
         mean, std = data.fit_scaler(store.frames, patches,
                                     patches.of_clips(rows) if shared else train_idx,
                                     architectures.lengths(cfg)[1])
-    source = batch_source(cfg, store, patches, table, mean, std, data.lsr_eps(learn, classes))
+    source = pipeline.batch_source(cfg, store, patches, table, mean, std, data.lsr_eps(learn, classes))
     logger.info('train: %d clips, %d patches; val: %d clips; frames on %s', train_rows.size,
                 train_idx.size, val_rows.size, 'the device' if source.on_device else 'host')
     if cfg['extract']['crop'] == 'random_crop':

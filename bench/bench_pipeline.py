@@ -190,7 +190,8 @@ def train_dataset(exp, steps, seed):
             parts.append(draw(rng))
         return data.EpochPlan(*(np.concatenate([getattr(p, f) for p in parts])[:steps]
                                 for f in ('idx', 'partner', 'lam')))
-    return exp.train_dataset(plan, plan())
+    import pipeline
+    return pipeline.train_dataset(exp.source, plan, plan())
 
 
 def device_info():
@@ -222,7 +223,7 @@ def child_train_bound(ctx):
     """The same model and step fed one constant batch; the faster of two ways."""
     import architectures
     import keras
-    import experiment
+    import pipeline
     import losses
     import tensorflow as tf  # tf.data: Keras has no dataset API of its own
     import trainer as trainer_mod
@@ -242,7 +243,7 @@ def child_train_bound(ctx):
     # (a) the framework's Trainer (same train_step, loss and metrics as ours)
     trainer = trainer_mod.Trainer(build(), Fed(), losses.get(cfg))
     trainer.compile(optimizer=keras.optimizers.Adam(learn_cfg['lr']),
-                    jit_compile=experiment.use_xla(cfg))
+                    jit_compile=pipeline.use_xla(cfg))
     timer = step_timer(ctx.warmup, ctx.steps)
     trainer.fit(tf.data.Dataset.from_tensors(batch).repeat(), epochs=1,
                 steps_per_epoch=total, callbacks=[timer], verbose=0, shuffle=False)
@@ -251,7 +252,7 @@ def child_train_bound(ctx):
     model = build()
     model.compile(optimizer=keras.optimizers.Adam(learn_cfg['lr']),
                   loss='categorical_crossentropy', metrics=['accuracy'],
-                  jit_compile=experiment.use_xla(cfg))
+                  jit_compile=pipeline.use_xla(cfg))
     timer = step_timer(ctx.warmup, ctx.steps)
     model.fit(tf.data.Dataset.from_tensors(batch[:2]).repeat(), epochs=1,
               steps_per_epoch=total, callbacks=[timer], verbose=0, shuffle=False)
@@ -355,7 +356,7 @@ def build_reference(ctx, n_batches):
 def child_train_reference(ctx):
     import architectures
     import keras
-    import experiment
+    import pipeline
     import utils
     total = ctx.warmup + ctx.steps
     cfg, ds = build_reference(ctx, total)
@@ -364,7 +365,7 @@ def child_train_reference(ctx):
     model = architectures.build('baseline', (100, N_MELS, 1), N_CLASSES, learn_cfg)
     model.compile(optimizer=keras.optimizers.Adam(learn_cfg['lr']),
                   loss='categorical_crossentropy', metrics=['accuracy'],
-                  jit_compile=experiment.use_xla(cfg))
+                  jit_compile=pipeline.use_xla(cfg))
     timer = step_timer(ctx.warmup, ctx.steps)
     model.fit(ds, epochs=1, steps_per_epoch=total, callbacks=[timer], verbose=0, shuffle=False)
     return {'train_reference': timer.rate()}
@@ -379,12 +380,12 @@ def child_input_ours(ctx):
     Device path: the same index pipeline, each element gathered by source.train_batch
     compiled as the step compiles it (XLA when learn.jit_compile).
     """
-    import experiment
+    import pipeline
     import tensorflow as tf  # tf.function: the gather is compiled as in the step
     exp = ctx.prepare('input_ours')
     total = ctx.warmup + ctx.steps
     ds = train_dataset(exp, total, ctx.args.seed)
-    produce = (tf.function(exp.source.train_batch, jit_compile=experiment.use_xla(exp.cfg))
+    produce = (tf.function(exp.source.train_batch, jit_compile=pipeline.use_xla(exp.cfg))
                if exp.source.on_device else None)
     it, t0 = iter(ds), None
     for k in range(total):
@@ -453,18 +454,18 @@ def child_predict_whole(ctx):
     import keras
     import data
     import eval as evaluation
-    import experiment
+    import pipeline
     import utils
     utils.configure_logging()
     utils.set_seed(ctx.args.seed)
     cfg, table, classes, store = load_data(ctx.work, overrides=[
         'extract.crop=random_crop', 'extract.crop_frames=512', 'extract.clip_frames=2000'])
-    clips = experiment.patch_table(cfg, store)
+    clips = pipeline.patch_table(cfg, store)
     clip_frames = cfg['extract']['clip_frames']
     train = clips.of_clips(np.flatnonzero((table.subset == 'train').to_numpy()))
     mean, std = data.fit_scaler(store.frames, clips, train, clip_frames)
-    source = experiment.batch_source(cfg, store, clips, table, mean, std,
-                                np.zeros(N_CLASSES, np.float32))
+    source = pipeline.batch_source(cfg, store, clips, table, mean, std,
+                                   np.zeros(N_CLASSES, np.float32))
     inputs = keras.Input((None, N_MELS, 1))
     x = keras.layers.Conv2D(16, 3, padding='same')(inputs)
     x = keras.layers.Activation('relu')(keras.layers.BatchNormalization()(x))
@@ -534,7 +535,7 @@ def child_memory_ours(ctx, store_dtype='float32', name='memory_ours'):
     import data
     import datasets
     import splits
-    import experiment
+    import pipeline
     base = _memory_baseline()
     cfg, table, classes, store = load_data(ctx.work, store_dtype)
     ext, learn_cfg = cfg['extract'], cfg['learn']
@@ -544,8 +545,8 @@ def child_memory_ours(ctx, store_dtype='float32', name='memory_ours'):
     patches = data.make_patches(store.start, store.length, ext['patch_len'], ext['patch_hop'])
     train_idx = patches.of_clips(train_rows)
     mean, std = data.fit_scaler(store.frames, patches, train_idx, ext['patch_len'])
-    source = experiment.batch_source(cfg, store, patches, table, mean, std,
-                                data.lsr_eps(learn_cfg, classes))
+    source = pipeline.batch_source(cfg, store, patches, table, mean, std,
+                                   data.lsr_eps(learn_cfg, classes))
     result = _memory_result(name, base)
     result[name + '_on_device'] = bool(source.on_device)
     if source.on_device:
