@@ -1,14 +1,13 @@
-"""Patches and crops, scaler, epoch plans, batches, label smoothing, mixup, pseudo labels.
+"""Patches and crops, scaler, batches, label smoothing, mixup, pseudo labels.
 
 Shapes: frames [total_frames, n_mels] (every clip's log-mel stacked once, see
 feat_extract.FeatureStore); a patch is a (clip, start frame) pair, never a copy. Patch
 tables are flat numpy arrays over all patches of all clips; training, validation, test and
 pruning select patches by index. With extract.crop random_crop the table holds one entry
 per clip (its whole fixed-length clip) and a training example is that entry shifted by a
-random crop offset drawn with the epoch plan (augment.augment_plan draws the crops and
-masks; splits.py splits the clips).
+random crop offset drawn with the epoch plan (sampling.py draws the plans,
+augment.augment_plan the crops and masks; splits.py splits the clips).
 """
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,104 +146,6 @@ def smooth_targets(y, e):
     multi-hot one keeps its labels' mass (1 - e) + e / K each and e / K elsewhere."""
     e = e[:, None]
     return y * (1.0 - e) + e / y.shape[-1]
-
-
-# ----------------------------------------------------------------------------- sampling
-
-@dataclass
-class EpochPlan:
-    """One epoch of training steps: patch indices, mixup partners and mixup weights, crop
-    offsets, SpecAugment masks and gains (augment.py).
-
-    Arrays have shape [steps, batch, ...]. idx are patch indices; partner[i] is the patch
-    mixed into idx[i] with weight 1 - lam[i] (lam = 1: no mixup). shift / partner_shift
-    are added to the patch's start frame (random crops; 0 for patches). fmask / tmask
-    [steps, batch, n_masks, 2] are (first band or frame, width) of each mask (n_masks 0:
-    none). gain / partner_gain multiply each member's mel energies (1: none). Every field
-    is drawn on the host from the run's rng, so a run is repeatable whatever the order in
-    which tf.data evaluates batches.
-    """
-    idx: np.ndarray
-    partner: np.ndarray
-    lam: np.ndarray
-    shift: np.ndarray = None
-    partner_shift: np.ndarray = None
-    fmask: np.ndarray = None
-    tmask: np.ndarray = None
-    gain: np.ndarray = None
-    partner_gain: np.ndarray = None
-
-    def __post_init__(self):
-        for name in ('shift', 'partner_shift'):
-            if getattr(self, name) is None:
-                setattr(self, name, np.zeros(self.idx.shape, np.int64))
-        for name in ('gain', 'partner_gain'):
-            if getattr(self, name) is None:
-                setattr(self, name, np.ones(self.idx.shape, np.float32))
-        for name in ('fmask', 'tmask'):
-            if getattr(self, name) is None:
-                setattr(self, name, np.zeros(self.idx.shape + (0, 2), np.int64))
-
-    def arrays(self):
-        """The fields in order: the elements of one training step."""
-        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
-
-
-def plan_epoch(rng, pool, batch_size, mixup=False, alpha=0.1, mode='intra'):
-    """Shuffle `pool` (patch indices) into fixed-size batches and draw mixup partners.
-
-    The last batch is filled with randomly drawn extra patches so that every step has the
-    same shape (one compiled step, no retracing) and every patch is seen each epoch.
-    intra: each batch is mixed with a shuffled copy of itself; inter: each example with
-    the example at the same position of the next batch (Fonseca et al., WASPAA 2019).
-    lam ~ Beta(alpha, alpha) per example.
-    """
-    pool = np.asarray(pool, np.int64)
-    steps = -(-pool.size // batch_size)
-    order = rng.permutation(pool)
-    pad = steps * batch_size - pool.size
-    if pad:
-        order = np.concatenate([order, rng.choice(pool, size=pad)])
-    idx = order.reshape(steps, batch_size)
-    if not mixup:
-        return EpochPlan(idx, idx.copy(), np.ones(idx.shape, np.float32))
-    if mode == 'intra':
-        perm = np.argsort(rng.random(idx.shape), axis=1)
-        partner = np.take_along_axis(idx, perm, axis=1)
-    else:
-        partner = np.roll(idx, -1, axis=0)
-    lam = rng.beta(alpha, alpha, size=idx.shape).astype(np.float32)
-    return EpochPlan(idx, partner, lam)
-
-
-def plan_halves(rng, first, second, batch_size, mixup=False, alpha=0.1, mode='intra'):
-    """Batches whose first half comes from pool `first` and second half from `second`.
-
-    The epoch runs over `second` once; `first` is reshuffled as often as needed. mixup
-    partners stay inside their half, so a mixed example keeps its pool's status.
-    """
-    half = max(1, batch_size // 2)
-    b = plan_epoch(rng, second, batch_size - half, mixup, alpha, mode)
-    steps, parts = b.idx.shape[0], []
-    while sum(p.idx.shape[0] for p in parts) < steps:
-        parts.append(plan_epoch(rng, first, half, mixup, alpha, mode))
-
-    def join(name):
-        a = np.concatenate([getattr(p, name) for p in parts])[:steps]
-        return np.concatenate([a, getattr(b, name)], axis=1)
-    return EpochPlan(*(join(f.name) for f in dataclasses.fields(EpochPlan)))
-
-
-def cross_pairs(rng, plan, alpha):
-    """Mixup between the two halves of plan_halves batches (Akiyama & Sato, Sec. 2.2: curated
-    clips mixed with soft-pseudo-labelled ones): each example's partner is the example at
-    the same place of the other half, lam ~ Beta(alpha, alpha) per example."""
-    half = plan.idx.shape[1] // 2
-    plan.partner = np.concatenate([plan.idx[:, half:2 * half], plan.idx[:, :half],
-                                   plan.idx[:, 2 * half:]], axis=1)
-    plan.lam = rng.beta(alpha, alpha, size=plan.idx.shape).astype(np.float32)
-    plan.lam[:, 2 * half:] = 1.0  # an odd batch's last example has no partner
-    return plan
 
 
 def sharpen(p, temperature):

@@ -20,6 +20,7 @@ import datasets
 import eval as evaluation
 import losses
 import pipeline
+import sampling
 import self_verify
 import splits
 from config import ConfigError
@@ -70,13 +71,7 @@ class Experiment:
                                           datasets.targets(table, len(classes)))]
                          if self.val_idx.size else [])
         self.has_truth = 'true_idx' in table.columns
-        ext = cfg['extract']
-        # Random crop offsets (extract.crop random_crop) and SpecAugment masks, drawn into
-        # every epoch plan from the stage's rng.
-        self.augment = functools.partial(
-            augment.augment_plan, max_shift=source.eval_len - source.patch_len,
-            specaugment=specaugment(learn), n_mels=ext['n_mels'], length=source.patch_len,
-            paper={key: learn[key] for key in ('freq_mask', 'gain', 'extra_crop')})
+        self.plans = epoch_plans(cfg, table, patches, source)
         # Resume: fit() calls are the mode's stages; the backup holds the state at the end
         # of the last completed epoch, restored when the mode reaches that epoch's stage.
         self.stage_epochs = []
@@ -120,13 +115,6 @@ class Experiment:
             self.trainer.classifier.save(tmp)
         logger.info('snapshot of cycle %d saved: %s', cycle, self.snapshot_path(cycle).name)
 
-    def plan_halves(self, first, second):
-        """Epoch plans whose batches are half patches of `first`, half of `second`."""
-        learn = self.cfg['learn']
-        return lambda rng: self.augment(rng, data.plan_halves(
-            rng, first, second, learn['batch_size'], learn['mixup'], learn['mixup_alpha'],
-            learn['mixup_mode']))
-
     # -- noise detection: only where the table knows the true labels
     def watch_noise(self):
         """The noise-detection figures count from the next epoch on (the Trainer counts
@@ -165,38 +153,6 @@ class Experiment:
         frame.insert(2, 'clip_loss', clip_loss)
         with atomic_path(self.run_dir / f'pruned{self.tag}.csv') as tmp:
             frame.to_csv(tmp, index=False, float_format='%.6g')
-
-    def plan(self, pool, mixup=None):
-        """A function of an rng that draws one epoch of batches over the patch indices in
-        pool (learn.multitask: multitask_plan)."""
-        learn = self.cfg['learn']
-        mixup = learn['mixup'] if mixup is None else mixup
-        if learn['multitask']:
-            return self.multitask_plan(pool, mixup)
-        return lambda rng: self.augment(rng, data.plan_epoch(
-            rng, pool, learn['batch_size'], mixup, learn['mixup_alpha'], learn['mixup_mode']))
-
-    def multitask_plan(self, pool, mixup):
-        """Batches half verified, half unverified patches of pool (plan_halves; an epoch is
-        one pass over the unverified ones), so that both heads learn in every step. With
-        pseudo labels and mixup, each verified example is mixed with an unverified (pseudo-
-        labelled) one (Akiyama & Sato, Sec. 2.2); otherwise mixup stays inside each half."""
-        learn = self.cfg['learn']
-        verified = self.table.verified.to_numpy()[self.patches.clip[pool]] == 1
-        ver, unv = pool[verified], pool[~verified]
-        if ver.size == 0 or unv.size == 0:
-            raise ConfigError('learn.multitask needs verified and unverified training clips; '
-                              f'this split has {ver.size} verified and {unv.size} unverified '
-                              f'patches')
-        cross = mixup and learn['pseudo_labels'] is not None
-
-        def plan(rng):
-            halves = data.plan_halves(rng, ver, unv, learn['batch_size'], mixup and not cross,
-                                      learn['mixup_alpha'], learn['mixup_mode'])
-            if cross:
-                halves = data.cross_pairs(rng, halves, learn['mixup_alpha'])
-            return self.augment(rng, halves)
-        return plan
 
     @property
     def epoch(self):
@@ -261,7 +217,7 @@ class Experiment:
         train = pipeline.train_dataset(self.source, lambda: plan(rng), plan(rng),
                                        clean=self.trainer.step_loss.needs_clean)
         train = train.skip(done % per_plan)
-        val = pipeline.eval_dataset(self.source, self.val_idx, evaluation.eval_batch_size(self.cfg)) if self.val_idx.size else None
+        val = self._val_dataset() if self.val_idx.size else None
         self.trainer.fit(train, validation_data=val, epochs=start + epochs,
                          initial_epoch=self.epoch, steps_per_epoch=per_epoch, callbacks=cbs,
                          verbose=self.cfg['ctrl']['verbose'],
@@ -309,18 +265,31 @@ class Experiment:
 
     def validate(self):
         """{'loss': ..., 'accuracy': ...} of the current model on the validation clips."""
-        return self.trainer.evaluate(pipeline.eval_dataset(self.source, self.val_idx, evaluation.eval_batch_size(self.cfg)), verbose=0,
-                                     return_dict=True)
+        return self.trainer.evaluate(self._val_dataset(), verbose=0, return_dict=True)
+
+    def _val_dataset(self):
+        return pipeline.eval_dataset(self.source, self.val_idx,
+                                     evaluation.eval_batch_size(self.cfg))
 
 
 
 DETECTS = (2, 'staged')  # modes that drop or mask examples in the step (noise detection)
 
 
-def specaugment(learn):
-    """(freq masks, max freq width, time masks, max time width) of learn.specaugment."""
-    masks = learn['specaugment']
-    return tuple(masks[k] for k in ('freq_masks', 'freq_width', 'time_masks', 'time_width'))
+def epoch_plans(cfg, table, patches, source):
+    """The run's sampling.Plans: learn.batch_size, mixup and multitask, with random crop
+    offsets (extract.crop random_crop), SpecAugment and Akiyama & Sato's augmentations
+    drawn into every epoch plan from the stage's rng."""
+    learn = cfg['learn']
+    draw = functools.partial(
+        augment.augment_plan, max_shift=source.eval_len - source.patch_len,
+        specaugment=augment.specaugment(learn), n_mels=cfg['extract']['n_mels'],
+        length=source.patch_len,
+        paper={key: learn[key] for key in ('freq_mask', 'gain', 'extra_crop')})
+    return sampling.Plans(learn['batch_size'], learn['mixup'], learn['mixup_alpha'],
+                          learn['mixup_mode'], draw,
+                          table.verified.to_numpy()[patches.clip] == 1, learn['multitask'],
+                          learn['pseudo_labels'] is not None)
 
 
 def build_trainer(cfg, table, classes, source):
@@ -378,7 +347,8 @@ def prepare(cfg, table, classes, store, rng, run_dir):
         mean, std = data.fit_scaler(store.frames, patches,
                                     patches.of_clips(rows) if shared else train_idx,
                                     architectures.lengths(cfg)[1])
-    source = pipeline.batch_source(cfg, store, patches, table, mean, std, data.lsr_eps(learn, classes))
+    source = pipeline.batch_source(cfg, store, patches, table, mean, std,
+                                   data.lsr_eps(learn, classes))
     logger.info('train: %d clips, %d patches; val: %d clips; frames on %s', train_rows.size,
                 train_idx.size, val_rows.size, 'the device' if source.on_device else 'host')
     if cfg['extract']['crop'] == 'random_crop':

@@ -15,6 +15,7 @@ import datasets
 import ensemble
 import eval as evaluation
 import losses
+import sampling
 import self_verify
 from config import ConfigError, lookup
 from callbacks import check_schedule
@@ -34,14 +35,14 @@ def mode_warmup_mixup(exp):
     warm = min(learn['mixup_warmup_epochs'], learn['n_epochs'])
     logger.info('mode 0: %d warm-up epochs without mixup, then mixup=%s', warm,
                 learn['mixup'])
-    exp.fit(warm, exp.plan(exp.train_idx, mixup=False), early_stopping=False)
+    exp.fit(warm, exp.plans.epoch(exp.train_idx, mixup=False), early_stopping=False)
     exp.selection.restart()
-    exp.fit(learn['n_epochs'] - exp.epoch, exp.plan(exp.train_idx))
+    exp.fit(learn['n_epochs'] - exp.epoch, exp.plans.epoch(exp.train_idx))
 
 
 def mode_standard(exp):
     """Mode 1: standard training with LSR / mixup / loss as configured."""
-    exp.fit(exp.cfg['learn']['n_epochs'], exp.plan(exp.train_idx))
+    exp.fit(exp.cfg['learn']['n_epochs'], exp.plans.epoch(exp.train_idx))
 
 
 TIME_DEPENDENT = ('lq_lqmax_time_sudden', 'lq_lqperc_time_sudden')
@@ -56,7 +57,7 @@ def mode_time_dependent(exp):
                 switch)
     exp.selection.restart(from_epoch=switch)
     exp.watch_noise()
-    exp.fit(exp.cfg['learn']['n_epochs'], exp.plan(exp.train_idx))
+    exp.fit(exp.cfg['learn']['n_epochs'], exp.plans.epoch(exp.train_idx))
     exp.record_epoch_detection()
 
 
@@ -88,7 +89,7 @@ def mode_prune(exp):
     continue the same model and optimiser on the kept clips (Fonseca et al., Sec. 2.4).
     The scaler stays the one fitted before pruning."""
     learn = exp.cfg['learn']
-    exp.fit(min(learn['prune_stage1'], learn['n_epochs']), exp.plan(exp.train_idx),
+    exp.fit(min(learn['prune_stage1'], learn['n_epochs']), exp.plans.epoch(exp.train_idx),
             early_stopping=False)
     rows, clip_loss = exp.once('prune_clip_loss', lambda: score_clips(exp, exp.train_rows))
     threshold = prune_threshold(clip_loss, learn['prune_discard_percentile'])
@@ -99,7 +100,8 @@ def mode_prune(exp):
     exp.write_pruned(rows[pruned], clip_loss[pruned])
     exp.record_detection('pruning', rows, pruned)
     exp.selection.restart()  # the evaluated model is one trained on the pruned set
-    exp.fit(learn['n_epochs'] - exp.epoch, exp.plan(exp.patches.of_clips(rows[~pruned])))
+    kept = exp.patches.of_clips(rows[~pruned])
+    exp.fit(learn['n_epochs'] - exp.epoch, exp.plans.epoch(kept))
 
 
 def mode_staged(exp):
@@ -109,24 +111,20 @@ def mode_staged(exp):
     (fine-tune). Validation, the LR schedule and history rows every learn.steps_per_epoch
     steps; no early stopping; model selection restarts at each stage."""
     learn = exp.cfg['learn']
-    verified = exp.table.verified.to_numpy()[exp.patches.clip[exp.train_idx]] == 1
-    ver, unv = exp.train_idx[verified], exp.train_idx[~verified]
-    if ver.size == 0 or unv.size == 0:
-        raise ConfigError('learn.mode staged needs verified and unverified training clips '
-                          '(FSDnoisy18k: ctrl.train_data all)')
+    ver, unv = sampling.verified_pools(exp.train_idx, exp.plans.verified, 'learn.mode staged')
     n1, n2, n3 = learn['staged_steps']
     logger.info('staged: %d steps verified (%d patches), %d steps masked half/half with %d '
                 'unverified patches (%s), %d steps verified', n1, ver.size, n2, unv.size,
                 learn['mask_method'], n3)
-    exp.fit(None, exp.plan(ver), early_stopping=False, steps=n1)
+    exp.fit(None, exp.plans.epoch(ver), early_stopping=False, steps=n1)
     exp.trainer.masker.activate(True)
     exp.selection.restart()
     exp.watch_noise()
-    exp.fit(None, exp.plan_halves(ver, unv), early_stopping=False, steps=n2)
+    exp.fit(None, exp.plans.halves(ver, unv), early_stopping=False, steps=n2)
     exp.record_epoch_detection()
     exp.trainer.masker.activate(False)
     exp.selection.restart()  # the evaluated model is the fine-tuned one
-    exp.fit(None, exp.plan(ver), early_stopping=False, steps=n3)
+    exp.fit(None, exp.plans.epoch(ver), early_stopping=False, steps=n3)
 
 
 MODES = {

@@ -101,7 +101,7 @@ class Fold:
         first, epochs, lr = exp.epoch, learn['sv_epochs'], learn['sv_lr']
         schedule = EpochLR(lambda e: fine_tune_lr(e - first, lr, epochs))
         exp.selection.restart()
-        exp.fit(epochs, exp.plan(exp.patches.of_clips(rows), mixup=False),
+        exp.fit(epochs, exp.plans.epoch(exp.patches.of_clips(rows), mixup=False),
                 early_stopping=False, lr_callbacks=[schedule])
         exp.selection.finish(exp.trainer)
 
@@ -186,7 +186,7 @@ def mode_self_verify(exp):
     logger.info('self-verification: %d folds, round 0 = %d epochs on all training clips',
                 FOLDS, learn['n_epochs'])
     for fold in folds:
-        fold.exp.fit(learn['n_epochs'], fold.exp.plan(fold.exp.train_idx))
+        fold.exp.fit(learn['n_epochs'], fold.exp.plans.epoch(fold.exp.train_idx))
         fold.exp.selection.finish(fold.exp.trainer)
     rounds.record(0, np.zeros(0, np.int64))
     accepted = np.zeros(0, np.int64)  # table rows self-verified so far

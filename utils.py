@@ -1,4 +1,5 @@
-"""Small shared helpers: the Diverged error, atomic writes, the log tee, quiet TensorFlow import, seeding."""
+"""Small shared helpers: the Diverged error, atomic writes, the log tee, quiet TensorFlow
+import, seeding."""
 import contextlib
 import json
 import logging

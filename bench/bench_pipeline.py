@@ -177,20 +177,20 @@ def step_timer(warmup, steps):
 def train_dataset(exp, steps, seed):
     """The tf.data pipeline that Experiment.fit trains on, over `steps` planned steps.
 
-    Plans are the framework's (Experiment.plan: shuffled patches, mixup partners and
-    weights), concatenated over epochs and cut to `steps`. Experiment.train_dataset is
-    private: fit() offers no way to time steps (no callbacks argument).
+    Plans are the framework's (Experiment.plans: shuffled patches, mixup partners and
+    weights), concatenated over epochs and cut to `steps`; pipeline.train_dataset as fit()
+    builds it (fit() offers no way to time steps: no callbacks argument).
     """
-    import data
-    draw, rng = exp.plan(exp.train_idx), np.random.default_rng(seed)
+    import pipeline
+    import sampling
+    draw, rng = exp.plans.epoch(exp.train_idx), np.random.default_rng(seed)
 
     def plan():
         parts = [draw(rng)]
         while sum(p.idx.shape[0] for p in parts) < steps:
             parts.append(draw(rng))
-        return data.EpochPlan(*(np.concatenate([getattr(p, f) for p in parts])[:steps]
-                                for f in ('idx', 'partner', 'lam')))
-    import pipeline
+        return sampling.EpochPlan(*(np.concatenate([getattr(p, f) for p in parts])[:steps]
+                                    for f in ('idx', 'partner', 'lam')))
     return pipeline.train_dataset(exp.source, plan, plan())
 
 
@@ -229,7 +229,7 @@ def child_train_bound(ctx):
     import trainer as trainer_mod
     exp = ctx.prepare('train_bound')
     cfg, learn_cfg = exp.cfg, exp.cfg['learn']
-    p = exp.plan(exp.train_idx)(np.random.default_rng(ctx.args.seed))
+    p = exp.plans.epoch(exp.train_idx)(np.random.default_rng(ctx.args.seed))
     # (x, y, verified, ...) exactly as the step receives it on the host path
     batch = tuple(np.asarray(t) for t in exp.source.train_batch(p.idx[0], p.partner[0],
                                                                  p.lam[0]))

@@ -12,7 +12,7 @@ import architectures
 import augment
 import data
 import eval as evaluation
-import experiment
+import sampling
 from config import ConfigError
 
 
@@ -73,7 +73,7 @@ def test_crops_and_whole_clips_are_windows_of_the_fixed_clip(clips, crop_setup, 
 def _plan(rng, n_steps=40, batch=8, pool=5):
     """n_steps x batch random patch indices, no mixup (partner = idx, lam = 1)."""
     idx = rng.integers(0, pool, (n_steps, batch))
-    return data.EpochPlan(idx, idx, np.ones(idx.shape, np.float32))
+    return sampling.EpochPlan(idx, idx, np.ones(idx.shape, np.float32))
 
 
 def test_augment_plan_draws_crop_offsets_uniformly_and_repeatably():
@@ -151,7 +151,7 @@ def test_mask_wider_than_the_input_is_refused(make_cfg, key, value, size_key):
                                           f'{size_key}'):
         make_cfg(f'learn.specaugment.{key}={value}')
     cfg = make_cfg('learn.specaugment={freq_masks: 2, freq_width: 8}')
-    assert experiment.specaugment(cfg['learn']) == (2, 8, 0, 0)
+    assert augment.specaugment(cfg['learn']) == (2, 8, 0, 0)
 
 
 @pytest.mark.parametrize('model', ['baseline', 'DenSE'])

@@ -8,6 +8,7 @@ import architectures
 import data
 import learn
 import losses
+import sampling
 from config import ConfigError
 
 K, B = 5, 6
@@ -160,7 +161,7 @@ def test_sharpening_against_numpy():
 def test_cross_pairs_mix_each_half_with_the_other():
     rng = np.random.default_rng(0)
     ver, unv = np.arange(0, 10), np.arange(100, 130)
-    plan = data.cross_pairs(rng, data.plan_halves(rng, ver, unv, 8), alpha=1.0)
+    plan = sampling.cross_pairs(rng, sampling.plan_halves(rng, ver, unv, 8), alpha=1.0)
     assert np.isin(plan.idx[:, :4], ver).all() and np.isin(plan.partner[:, :4], unv).all()
     assert np.isin(plan.idx[:, 4:], unv).all() and np.isin(plan.partner[:, 4:], ver).all()
     assert ((plan.lam > 0) & (plan.lam < 1)).all()

@@ -22,12 +22,13 @@ class _TuneExp:
         self.trainer = SimpleNamespace(reset_optimizer=lambda: None)
         self.selection = SimpleNamespace(restart=lambda: None, finish=lambda trainer: None)
         self.patches = SimpleNamespace(of_clips=self._of_clips)
+        self.plans = SimpleNamespace(epoch=self._epoch)
 
     def _of_clips(self, rows):
         self.rows = np.asarray(rows)
         return self.rows
 
-    def plan(self, idx, mixup=True):
+    def _epoch(self, idx, mixup=True):
         assert mixup is False  # fine-tuning without mixup, as the released code
         return idx
 
