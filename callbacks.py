@@ -1,6 +1,6 @@
 """The Keras callbacks of section `learn` that every mode uses: history.csv, model
 selection, the stop at a non-finite loss, the stop after a number of steps, the clip
-accuracy of the validation set, TensorBoard scalars, the backup for resume, and the LR
+accuracy of the validation set, TensorBoard scalars, the checkpoint for resume, and the LR
 schedules (plateau, cyclic cosine with snapshots, the linear decay of self-verification).
 Also the noise-detection figures computed from the counts the training step logs.
 """
@@ -75,6 +75,12 @@ class History(keras.callbacks.Callback):
         super().__init__()
         self.path, self.rows, self.lr = path, [], None
 
+    def state_dict(self):
+        return {'rows': list(self.rows)}
+
+    def load_state_dict(self, state):
+        self.rows = list(state['rows'])
+
     def on_epoch_begin(self, epoch, logs=None):
         self.lr = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
         self.t0 = time.time()
@@ -94,44 +100,85 @@ class History(keras.callbacks.Callback):
         atomic_write_text(self.path, '\n'.join(lines) + '\n')
 
 
-class Backup(keras.callbacks.Callback):
-    """Writes the training state at the end of every epoch, atomically, so that a killed
-    run continues from its last completed epoch (logs/<run>/backup/state.pkl).
+class Checkpoint:
+    """The resume state of a run in one file (logs/<run>/backup/state.pkl), written
+    atomically. Each part (an object with state_dict() -> picklable and
+    load_state_dict(d)) saves and restores itself; the checkpoint only collects the parts
+    by name, with a few extra entries of the moment it is saved (save(**extra))."""
 
-    collect() -> the experiment's state (variables, RunState, history, selected weights).
-    The counters of `callbacks` (ReduceLROnPlateau, EarlyStopping) are saved too and put
-    back in on_train_begin, after those callbacks have reset themselves; so this callback
-    must come after them in the list. keras.callbacks.BackupAndRestore covers one
-    fit() call; a mode's stages are several, with state between them, hence this one.
-    """
+    def __init__(self, path, parts):
+        self.path, self.parts = path, parts
 
-    COUNTERS = ('wait', 'best', 'cooldown_counter', 'stopped_epoch', 'best_epoch')
-
-    def __init__(self, path, collect, callbacks, restore=None):
-        super().__init__()
-        self.path, self.collect, self.callbacks = path, collect, callbacks
-        self.restore = restore  # counters to put back when this (resumed) fit begins
-
-    def on_train_begin(self, logs=None):
-        for callback, saved in zip(self.callbacks, self.restore or ()):
-            vars(callback).update(saved)
-        self.restore = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        state = self.collect()
-        state['callbacks'] = [{k: getattr(c, k) for k in self.COUNTERS if hasattr(c, k)}
-                              for c in self.callbacks]
-        state['stopped'] = bool(self.model.stop_training)  # early stopping ended the stage
+    def save(self, **extra):
+        state = {name: part.state_dict() for name, part in self.parts.items()}
+        state.update(extra)
         with atomic_path(self.path) as tmp:
             tmp.write_bytes(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
 
+    def load(self):
+        """The state save() wrote, or None when there is none (a fresh run)."""
+        try:
+            return pickle.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return None
 
-def load_backup(path):
-    """The state a Backup wrote, or None when there is none (a fresh run)."""
-    try:
-        return pickle.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
+    def restore(self, state):
+        """Every part loads its own entry of `state` (what load() returned). A part whose
+        saved state does not fit it (another model) raises ValueError: one-line error."""
+        try:
+            for name, part in self.parts.items():
+                part.load_state_dict(state[name])
+        except ValueError as err:
+            raise ConfigError(f'{self.path} does not fit this model; set ctrl.overwrite '
+                              f'true to start the run afresh') from err
+
+
+class Counters:
+    """The counters of Keras callbacks that reset themselves when a fit begins
+    (ReduceLROnPlateau's wait and cooldown, EarlyStopping's wait and best): a checkpoint
+    part whose loaded values wait for put_back(), which Backup calls after the reset."""
+
+    NAMES = ('wait', 'best', 'cooldown_counter', 'stopped_epoch', 'best_epoch')
+
+    def __init__(self, callbacks):
+        self.callbacks, self.pending = callbacks, None
+
+    def state_dict(self):
+        return [{k: getattr(c, k) for k in self.NAMES if hasattr(c, k)}
+                for c in self.callbacks]
+
+    def load_state_dict(self, state):
+        self.pending = state
+
+    def drop(self):
+        """Forget the loaded counters: the stage they belong to trains no further."""
+        self.pending = None
+
+    def put_back(self):
+        for callback, saved in zip(self.callbacks, self.pending or ()):
+            vars(callback).update(saved)
+        self.pending = None
+
+
+class Backup(keras.callbacks.Callback):
+    """Saves the checkpoint at the end of every epoch, so that a killed run continues from
+    its last completed epoch; `stopped` records whether early stopping ended the stage.
+
+    In on_train_begin it puts back the counters a resumed run loaded (Counters), after
+    those callbacks have reset themselves; so this callback must come after them in the
+    list. keras.callbacks.BackupAndRestore covers one fit() call; a mode's stages are
+    several, with state between them, hence this one.
+    """
+
+    def __init__(self, checkpoint, counters):
+        super().__init__()
+        self.checkpoint, self.counters = checkpoint, counters
+
+    def on_train_begin(self, logs=None):
+        self.counters.put_back()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.checkpoint.save(stopped=bool(self.model.stop_training))
 
 
 @dataclass
@@ -154,8 +201,11 @@ class RunState:
     best_epoch: Optional[int] = None
     evaluated_epoch: Optional[int] = None
 
-    def as_dict(self):
+    def state_dict(self):
         return asdict(self)
+
+    def load_state_dict(self, state):
+        vars(self).update(state)  # in place: ModelSelection shares this object
 
 
 class ModelSelection(keras.callbacks.Callback):
@@ -172,6 +222,13 @@ class ModelSelection(keras.callbacks.Callback):
         super().__init__()
         self.rule, self.monitor, self.path, self.state = rule, monitor, path, state
         self.weights = None
+
+    def state_dict(self):
+        """The selected weights (RunState, shared, is a part of its own)."""
+        return {'weights': self.weights}
+
+    def load_state_dict(self, state):
+        self.weights = state['weights']
 
     def restart(self, from_epoch=None):
         """Only epochs from `from_epoch` (1-based; default: the next one) may be selected."""

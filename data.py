@@ -244,7 +244,8 @@ class PatchSource:
         from keras import ops
         self.ops, self.patch_len, self.on_device = ops, patch_len, on_device
         self.per_member, self.pseudo = False, None  # use_members() sets them
-        # gains on the frames (augment.gain_frames); extract.normalize per_clip
+        # log: the frames are log-mel (how augment.gain_frames applies a gain); per_clip:
+        # extract.normalize per_clip, each example standardised by its own mean and std
         self.log, self.per_clip = log, per_clip
         # Frames per evaluated example: a patch, or a whole fixed-length clip (random_crop).
         self.eval_len = eval_len or patch_len

@@ -117,12 +117,12 @@ def mode_staged(exp):
                 'unverified patches (%s), %d steps verified', n1, ver.size, n2, unv.size,
                 learn['mask_method'], n3)
     exp.fit(None, exp.plans.epoch(ver), early_stopping=False, steps=n1)
-    exp.trainer.masker.activate(True)
+    exp.set_masking(True)
     exp.selection.restart()
     exp.watch_noise()
     exp.fit(None, exp.plans.halves(ver, unv), early_stopping=False, steps=n2)
     exp.record_epoch_detection()
-    exp.trainer.masker.activate(False)
+    exp.set_masking(False)
     exp.selection.restart()  # the evaluated model is the fine-tuned one
     exp.fit(None, exp.plans.epoch(ver), early_stopping=False, steps=n3)
 

@@ -113,6 +113,15 @@ class StepLoss:
     needs_batch = False      # the step passes the whole batch dict (batch=...)
     heads = ('softmax',)     # the learn.head values whose outputs this loss can train
     log_names = ()           # names of the extra per-epoch figures this loss reports
+    reads = frozenset()      # what it reads from the batch beyond x, y, verified (needs)
+
+    @classmethod
+    def needs(cls, cfg):
+        """What the loss configured by cfg reads from the batch beyond x, y and verified:
+        'clean' (the inputs and given labels before mixup), 'members' (each mixed pair's
+        members), 'pseudo' (their soft pseudo labels). Declared by the class, so that
+        the batch source is built to carry them before any loss is."""
+        return cls.reads
 
     def __call__(self, y_true, y_pred, x=None, emb=None, mask=None, clean=None):
         """One training step's loss -> (scalar loss, per-example weights, figures to log).
@@ -275,6 +284,7 @@ class AdaptiveLq(StepLoss):
 
     log_names = ('q_a',)
     needs_clean = True
+    reads = frozenset({'clean'})
 
     def __init__(self, cfg):
         loss = cfg['loss']
@@ -320,6 +330,11 @@ class HeadLosses(StepLoss):
     masking (staged training) weighs each example's whole loss."""
 
     heads = ('sigmoid', 'sparsemax', 'sigmoid_softmax', 'sigmoid_sparsemax')
+
+    @classmethod
+    def needs(cls, cfg):
+        """A head with a distribution branch reads the members of each mixed pair."""
+        return frozenset() if cfg['learn']['head'] == 'sigmoid' else frozenset({'members'})
 
     def __init__(self, cfg):
         self.head = cfg['learn']['head']
@@ -374,6 +389,10 @@ class Multitask(StepLoss):
     Figures: loss_verified, loss_unverified (and loss_pseudo), the batch means of each
     head's weighted terms, which add up to the loss.
     """
+
+    @classmethod
+    def needs(cls, cfg):
+        return frozenset({'members'} | ({'pseudo'} if cfg['learn']['pseudo_labels'] is not None else set()))
 
     def __init__(self, base, cfg):
         self.base, self.head = base, cfg['learn']['head']
@@ -451,6 +470,12 @@ def get(cfg):
     """The StepLoss named by loss.type; with learn.multitask, that loss on both heads."""
     loss = lookup(LOSSES, cfg['loss']['type'], 'loss.type')(cfg)
     return Multitask(loss, cfg) if cfg['learn']['multitask'] else loss
+
+
+def needs(cfg):
+    """What the configured step loss (get(cfg)) reads from the batch (StepLoss.needs)."""
+    loss = lookup(LOSSES, cfg['loss']['type'], 'loss.type')
+    return loss.needs(cfg) | (Multitask.needs(cfg) if cfg['learn']['multitask'] else set())
 
 
 def per_example_by_name(name, q, target='max'):

@@ -47,7 +47,8 @@ def batch_source(cfg, store, patches, table, mean, std, eps):
     train_len, eval_len = architectures.lengths(cfg)
     args = (store.frames, patches, table, mean, std, eps, train_len)
     ext = cfg['extract']
-    # how a gain acts on the stored frames (augment.gain_frames); the standardisation
+    # log: whether the stored frames are log-mel (how a gain acts on them,
+    # augment.gain_frames); per_clip: each example standardised by itself
     more = dict(eval_len=eval_len, log=ext['log'], per_clip=ext['normalize'] == 'per_clip')
     if on_device(cfg):
         try:

@@ -128,7 +128,7 @@ def make_folds(exp):
     unverified = rows[~verified[rows]]
     folds = []
     for f, (train, val) in enumerate(exp.splits, 1):
-        fold_exp = exp if f == 1 else exp.for_fold(train, val, f)
+        fold_exp = exp if f == 1 else exp.for_fold(f)
         folds.append(Fold(fold_exp, train[verified[train]], np.setdiff1d(unverified, train)))
     return folds
 

@@ -63,6 +63,26 @@ class Trainer(keras.Model):
             if variable is not lr:
                 variable.assign(ops.zeros(variable.shape, variable.dtype))
 
+    def _variables(self):
+        """Every variable training changes: weights, seed generators (dropout), optimizer
+        (step, learning rate, moments) and the masker's threshold."""
+        if not self.optimizer.built:
+            self.optimizer.build(self.classifier.trainable_variables)
+        masker = [] if self.masker is None else self.masker.variables
+        return [*self.classifier.variables, *self.optimizer.variables, *masker]
+
+    def state_dict(self):
+        """Its variables as numpy arrays (a part of the run's callbacks.Checkpoint)."""
+        return {'variables': [ops.convert_to_numpy(v) for v in self._variables()]}
+
+    def load_state_dict(self, state):
+        variables = self._variables()
+        if len(variables) != len(state['variables']):
+            raise ValueError(f'{len(state["variables"])} saved variables for '
+                             f'{len(variables)}')
+        for variable, value in zip(variables, state['variables']):
+            variable.assign(value)
+
     @property
     def metrics(self):
         return [self.loss_tracker, self.acc_tracker, *self.extra.values()]

@@ -180,7 +180,7 @@ def test_self_verification_folds_keep_each_folds_unverified_clips_out():
             total = np.sum(~verified & (labels == c))
             assert abs(np.sum(~verified & (labels == c) & (fold_of == f)) - total / 4) <= 1
     exp = SimpleNamespace(table=table, splits=splits,
-                          for_fold=lambda train, val, f: SimpleNamespace(fold=f))
+                          for_fold=lambda f: SimpleNamespace(fold=f))
     folds = self_verify.make_folds(exp)
     accepted = rows[~verified]  # even if every unverified clip were accepted
     for f, fold in enumerate(folds):
@@ -221,15 +221,13 @@ class _RunExp:
                                          path=Path(f'model_{fold}.keras'))
         self.trainer = SimpleNamespace(classifier='the classifier')
         self.source = self.patches = None
+        self.plans = SimpleNamespace(epoch=lambda idx, **kwargs: idx)
 
-    def for_fold(self, train, val, fold):
+    def for_fold(self, fold):
         return _RunExp(self.cfg, self.splits, fold)
 
     def fit(self, *args, **kwargs):
         pass
-
-    def plan(self, idx, **kwargs):
-        return idx
 
     def snapshot_path(self, cycle):
         return Path(f'snapshot_{self.fold}_{cycle}.keras')

@@ -44,7 +44,7 @@ def test_model_selection_restarts_where_the_method_acts(tmp_path, rule):
     saved = keras.saving.load_model(tmp_path / 'model.keras')
     for w in saved.get_weights():
         np.testing.assert_array_equal(w, expected)
-    assert set(state.as_dict()) == {'epoch', 'stage', 'noise_from', 'selection_from',
+    assert set(state.state_dict()) == {'epoch', 'stage', 'noise_from', 'selection_from',
                                     'best_value', 'best_epoch', 'evaluated_epoch'}
 
 
@@ -165,3 +165,40 @@ def test_val_clip_accuracy_is_the_clip_accuracy_of_gmean_patch_scores(clips, mak
         clip = np.exp(np.log(np.array(probs)).mean(axis=0))
         hits.append(clip.argmax() == targets[c].argmax())
     assert logs['val_clip_accuracy'] == pytest.approx(np.mean(hits))
+
+
+def test_checkpoint_parts_save_and_restore_themselves(tmp_path):
+    """callbacks.Checkpoint: each part's state_dict goes into state.pkl and comes back
+    through its load_state_dict; the counters wait for put_back (after Keras resets
+    them); a model with other variables is refused with one line naming the file."""
+    net = _classifier()
+    model = trainer.Trainer(net, SimpleNamespace(on_device=False), losses.CCE({}))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    state, history = callbacks.RunState(epoch=3, stage=2), callbacks.History(tmp_path / 'h.csv')
+    history.rows = [{'epoch': 1, 'loss': 0.5}]
+    stopping = keras.callbacks.EarlyStopping(patience=4)
+    stopping.wait, stopping.best = 2, 0.75
+    counters = callbacks.Counters([stopping])
+    path = tmp_path / 'backup' / 'state.pkl'
+    parts = {'run': state, 'history': history, 'trainer': model, 'counters': counters}
+    checkpoint = callbacks.Checkpoint(path, parts)
+    weights = [w.copy() for w in net.get_weights()]
+    checkpoint.save(stopped=True)
+    net.set_weights([w + 1.0 for w in weights])
+    state.epoch, history.rows = 9, []
+    stopping.on_train_begin()  # Keras resets the counters when a fit begins
+    saved = callbacks.Checkpoint(path, parts).load()
+    assert saved['stopped'] is True and callbacks.Checkpoint(tmp_path / 'none', {}).load() is None
+    checkpoint.restore(saved)
+    assert state.epoch == 3 and state.stage == 2 and history.rows == [{'epoch': 1, 'loss': 0.5}]
+    for got, want in zip(net.get_weights(), weights):
+        np.testing.assert_array_equal(got, want)
+    assert stopping.wait == 0  # not yet: put back when the resumed fit begins
+    counters.put_back()
+    assert (stopping.wait, stopping.best) == (2, 0.75)
+    inp = keras.Input((3,))
+    deeper = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Dense(4)(inp)))
+    other = trainer.Trainer(deeper, SimpleNamespace(on_device=False), losses.CCE({}))
+    other.compile(optimizer=keras.optimizers.Adam(1e-3))
+    with pytest.raises(config.ConfigError, match='state.pkl does not fit this model'):
+        callbacks.Checkpoint(path, {'trainer': other}).restore(saved)
