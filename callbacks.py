@@ -342,9 +342,11 @@ def staged_epochs(learn):
     return None if per_epoch is None else sum(-(-n // per_epoch) for n in learn['staged_steps'])
 
 
-def check_schedule(cfg):
+def check_schedule(cfg, steps=False):
     """cyclic_cosine: the mode's epochs must be whole cycles (each cycle ends in a
-    snapshot), the snapshot cycles must exist, and lr_min must be below lr."""
+    snapshot), the snapshot cycles must exist, and lr_min must be below lr. steps: the
+    mode trains in optimizer steps (its Mode declares it), its epochs counted from
+    learn.staged_steps and learn.steps_per_epoch."""
     learn = cfg['learn']
     if learn['lr_schedule'] != 'cyclic_cosine':
         return
@@ -358,11 +360,12 @@ def check_schedule(cfg):
         raise ConfigError(f'learn.lr_min ({learn["lr_min"]}) must be below learn.lr '
                           f'({learn["lr"]}) for lr_schedule cyclic_cosine')
     cycled = learn['cycles'] * learn['cycle_epochs']
-    if learn['mode'] == 'staged':
+    if steps:
         key, epochs = 'learn.staged_steps / learn.steps_per_epoch', staged_epochs(learn)
         if epochs is None:
-            raise ConfigError('learn.lr_schedule cyclic_cosine with learn.mode staged needs '
-                              'learn.steps_per_epoch, so that the stages last whole cycles')
+            raise ConfigError(f'learn.lr_schedule cyclic_cosine with learn.mode '
+                              f'{learn["mode"]} needs learn.steps_per_epoch, so that the '
+                              f'stages last whole cycles')
     else:
         key, epochs = 'learn.n_epochs', learn['n_epochs']
     if epochs != cycled:

@@ -22,7 +22,6 @@ import eval as evaluation
 import losses
 import pipeline
 import sampling
-import self_verify
 import splits
 from config import ConfigError
 from masking import Masker
@@ -41,15 +40,16 @@ logger = logging.getLogger(__name__)
 class Experiment:
     """Everything a learning mode needs; modes call fit() once per stage.
 
-    splits: the (training rows, validation rows) of every fold (one for a single split);
-    fold: the 1-based fold this Experiment trains (k-fold training, self-verification),
-    None for the single split, whose files keep their plain names.
+    mode: the learn.Mode declaration of the configured mode. splits: the (training rows,
+    validation rows) of every fold (one for a single split); fold: the 1-based fold this
+    Experiment trains (k-fold training, self-verification), None for the single split,
+    whose files keep their plain names.
     """
 
-    def __init__(self, cfg, table, classes, store, patches, source, trainer, run_dir, rng,
-                 splits, fold=None):
-        self.cfg, self.table, self.classes, self.store = cfg, table, classes, store
-        self.patches, self.source, self.trainer = patches, source, trainer
+    def __init__(self, cfg, mode, table, classes, store, patches, source, trainer, run_dir,
+                 rng, splits, fold=None):
+        self.cfg, self.mode, self.table, self.classes = cfg, mode, table, classes
+        self.store, self.patches, self.source, self.trainer = store, patches, source, trainer
         self.run_dir, self.rng, self.splits, self.fold = run_dir, rng, splits, fold
         self.train_rows, self.val_rows = splits[(fold or 1) - 1]
         self.tag = tag = '' if fold is None else f'_{fold}'
@@ -98,10 +98,10 @@ class Experiment:
     def for_fold(self, fold):
         """Fold `fold` (1-based) of self.splits: a fresh model and trainer sharing this
         experiment's data, scaler and batch source (k-fold training)."""
-        return Experiment(self.cfg, self.table, self.classes, self.store, self.patches,
-                          self.source,
-                          build_trainer(self.cfg, self.table, self.classes, self.source),
-                          self.run_dir, self.rng.spawn(1)[0], self.splits, fold)
+        trainer = build_trainer(self.cfg, self.mode, self.table, self.classes, self.source)
+        return Experiment(self.cfg, self.mode, self.table, self.classes, self.store,
+                          self.patches, self.source, trainer, self.run_dir,
+                          self.rng.spawn(1)[0], self.splits, fold)
 
     def state_dict(self):
         """Its own part of the checkpoint: the epochs of each stage and the results."""
@@ -138,7 +138,7 @@ class Experiment:
     # -- noise detection: only where the table knows the true labels
     def watch_noise(self):
         """The noise-detection figures count from the next epoch on (the Trainer counts
-        flagged examples from the start when the mode drops or masks: DETECTS)."""
+        flagged examples from the start when the mode drops or masks: Mode.detects)."""
         self.state.noise_from = len(self.history.rows)
 
     def record_epoch_detection(self):
@@ -278,9 +278,6 @@ class Memo:
         self.values = dict(state)
 
 
-DETECTS = (2, 'staged')  # modes that drop or mask examples in the step (noise detection)
-
-
 def epoch_plans(cfg, table, patches, source):
     """The run's sampling.Plans: learn.batch_size, mixup and multitask, with random crop
     offsets (extract.crop random_crop), SpecAugment and Akiyama & Sato's augmentations
@@ -297,15 +294,15 @@ def epoch_plans(cfg, table, patches, source):
                           learn['pseudo_labels'] is not None)
 
 
-def build_trainer(cfg, table, classes, source):
-    """A new model (learn.model) in a compiled Trainer with its own loss and optimiser."""
+def build_trainer(cfg, mode, table, classes, source):
+    """A new model (learn.model) in a compiled Trainer with its own loss and optimiser,
+    and the loss masker when the mode declares one (off until it turns it on)."""
     learn = cfg['learn']
     classifier = architectures.build(learn['model'], architectures.input_shape(cfg),
                                      len(classes), learn)
-    staged = learn['mode'] == 'staged'
     masker = (Masker(learn['mask_method'], learn['mask_top_k'], learn['mask_alpha'],
-                     active=False) if staged else None)
-    detect = learn['mode'] in DETECTS and 'true_idx' in table.columns
+                     active=False) if mode.masker else None)
+    detect = mode.detects and 'true_idx' in table.columns
     trainer = Trainer(classifier, source, losses.get(cfg), datasets.is_multi_label(table),
                       masker=masker, detect=detect)
     trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']),
@@ -313,29 +310,29 @@ def build_trainer(cfg, table, classes, source):
     return trainer
 
 
-def prepare(cfg, table, classes, store, rng, run_dir):
+def prepare(cfg, mode, table, classes, store, rng, run_dir):
     """Split, batch source (with its scaler), trainer -> the Experiment of the first fold
-    (or of the single split)."""
-    rows, folds = split(cfg, table, classes, store)
+    (or of the single split). mode: the configured mode's learn.Mode declaration."""
+    rows, folds = split(cfg, mode, table, classes, store)
     patches, source = batch_source(cfg, table, classes, store, rows, folds, run_dir)
     set_precision_policy(cfg['learn'])
-    trainer = build_trainer(cfg, table, classes, source)
-    return Experiment(cfg, table, classes, store, patches, source, trainer, run_dir, rng,
-                      folds, fold=1 if len(folds) > 1 else None)
+    trainer = build_trainer(cfg, mode, table, classes, source)
+    return Experiment(cfg, mode, table, classes, store, patches, source, trainer, run_dir,
+                      rng, folds, fold=1 if len(folds) > 1 else None)
 
 
-def split(cfg, table, classes, store):
+def split(cfg, mode, table, classes, store):
     """(the readable training rows, the folds' (training rows, validation rows)): one
-    stratified train/val split, or with learn.folds K > 1 K stratified folds (learn.mode
-    self_verify: its own 4)."""
+    stratified train/val split, or with learn.folds K > 1 K stratified folds, or the folds
+    the mode makes itself (Mode.split: self_verify's 4)."""
     learn = cfg['learn']
     rows = datasets.readable_train_rows(table, classes, store.length,
                                         cfg['ctrl']['train_data'])
     y = datasets.targets(table, len(classes))[rows]
     labels = splits.strata(y)  # one class per clip (multi-label: its rarest label)
     seed = cfg['ctrl']['seed']
-    if learn['mode'] == 'self_verify':
-        return rows, self_verify.fold_splits(table, rows, seed)
+    if mode.split is not None:
+        return rows, mode.split(table, rows, seed)
     if learn['folds'] > 1:
         return rows, splits.kfold_split(rows, y if datasets.is_multi_label(table) else labels,
                                         learn['folds'], seed)
@@ -357,8 +354,8 @@ def batch_source(cfg, table, classes, store, rows, folds, run_dir):
     patches = pipeline.patch_table(cfg, store)
     train_rows, val_rows = folds[0]
     train_idx = patches.of_clips(train_rows)
-    mean, std = scaler(cfg, store, patches, patches.of_clips(rows) if len(folds) > 1
-                       or learn['mode'] == 'self_verify' else train_idx)
+    mean, std = scaler(cfg, store, patches,
+                       patches.of_clips(rows) if len(folds) > 1 else train_idx)
     write_scaler(run_dir / 'scaler.npz', mean, std)
     source = pipeline.batch_source(cfg, store, patches, table, mean, std,
                                    data.lsr_eps(learn, classes))

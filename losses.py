@@ -112,6 +112,8 @@ class StepLoss:
     needs_clean = False      # the step passes the batch before mixup (clean=...)
     needs_batch = False      # the step passes the whole batch dict (batch=...)
     heads = ('softmax',)     # the learn.head values whose outputs this loss can train
+    time_dependent = False   # switches at learn.stage1_epoch (what learn.mode 2 needs)
+    per_batch = False        # decides per batch what to keep or which q to use (no multitask)
     log_names = ()           # names of the extra per-epoch figures this loss reports
     reads = frozenset()      # what it reads from the batch beyond x, y, verified (needs)
 
@@ -190,6 +192,7 @@ class TimeDependentLq(StepLoss):
     """
 
     log_names = ('discarded',)  # fraction of the batch over the threshold; 0 before
+    time_dependent = per_batch = True
 
     def __init__(self, cfg):
         self.q_early, self.q_late = cfg['loss']['q_loss'], cfg['loss']['q_loss2']
@@ -284,6 +287,7 @@ class AdaptiveLq(StepLoss):
 
     log_names = ('q_a',)
     needs_clean = True
+    per_batch = True
     reads = frozenset({'clean'})
 
     def __init__(self, cfg):
@@ -458,12 +462,6 @@ def check(cfg):
                           f'it supports: {", ".join(heads)}'
                           + ('; a softmax head is trained with loss.type CCE or an Lq loss'
                              if head == 'softmax' else ''))
-    if cfg['learn']['mode'] == 3:  # pruning scores the clips with a second loss
-        prune = cfg['learn']['prune_loss_type']
-        if head not in LOSSES[prune].heads:
-            raise ConfigError(f'learn.prune_loss_type {prune!r} (learn.mode 3 scores the clips '
-                              f'with it) does not work with learn.head {head!r}; heads it '
-                              f'supports: {", ".join(LOSSES[prune].heads)}')
 
 
 def get(cfg):

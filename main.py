@@ -53,7 +53,8 @@ def pipeline(cfg, folder, t0):
         return
     test_rows = datasets.readable_test_rows(table, store.length)
     rng = utils.set_seed(cfg['ctrl']['seed'])
-    exp = experiment.prepare(cfg, table, classes, store, rng, folder.dir)
+    mode = learn.MODES[cfg['learn']['mode']]
+    exp = experiment.prepare(cfg, mode, table, classes, store, rng, folder.dir)
     folder.training = True  # from here on, an error keeps what the run wrote
     predictor = learn.run(exp)
     rows, scores = evaluation.predict(predictor, exp.source, exp.patches, test_rows, cfg)

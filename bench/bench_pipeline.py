@@ -139,13 +139,14 @@ class Context:
     def prepare(self, mode):
         """learn.prepare on the benchmark data -> Experiment (its run folder is per mode)."""
         import experiment
+        import learn
         import utils
         utils.configure_logging()
         cfg, table, classes, store = load_data(self.work)
         run_dir = self.work / f'run_{mode}'
         run_dir.mkdir(exist_ok=True)
-        return experiment.prepare(cfg, table, classes, store, utils.set_seed(self.args.seed),
-                             run_dir)
+        return experiment.prepare(cfg, learn.MODES[cfg['learn']['mode']], table, classes,
+                                  store, utils.set_seed(self.args.seed), run_dir)
 
 
 def step_timer(warmup, steps):

@@ -8,6 +8,7 @@ import pytest
 from keras import ops
 
 import architectures
+import learn
 import losses
 import trainer
 from config import ConfigError
@@ -171,8 +172,8 @@ def test_pruning_scores_clips_only_with_softmax_probabilities(head, prune):
     probabilities only, so a sigmoid / sparsemax / multi-activation head is refused."""
     with pytest.raises(ConfigError, match=f"learn.prune_loss_type '{prune}' .*learn.head "
                                           f"'{head}'"):
-        losses.check(_cfg(head, 'bce', mode=3, prune_loss_type=prune))
-    losses.check(_cfg('softmax', 'CCE', mode=3, prune_loss_type=prune))
+        learn.check_loss(_cfg(head, 'bce', mode=3, prune_loss_type=prune))
+    learn.check_loss(_cfg('softmax', 'CCE', mode=3, prune_loss_type=prune))
 
 
 def test_top1_precision_on_multi_hot_targets():
