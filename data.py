@@ -9,7 +9,7 @@ random crop offset drawn with the epoch plan (sampling.py draws the plans,
 augment.augment_plan the crops and masks; splits.py splits the clips).
 """
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +228,48 @@ def host_tensor(array):
     return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One training step's batch: PatchSource.train_batch builds it, the Trainer's step
+    unpacks it at its top, the step loss reads its fields.
+
+    x [B, T, F, 1] inputs and y [B, K] targets, smoothed first and then mixed, so that
+    label smoothing and mixup combine (SpecAugment then masks the mixed input); verified
+    [B]: that of the first member (partners stay in its pool); members [B]: examples in
+    each mixed pair (2, or 1 without mixup); wrong [B]: how many of them have a wrong
+    given label (noise detection counts both examples of a pair by their true labels).
+    train_batch always sets these five; the others are None unless the loss declares
+    that it reads them
+    (losses.StepLoss.needs): 'members': y_a, y_b (each member's smoothed targets), lam
+    [B] and verified_b (the partner's); 'pseudo': pseudo_a, pseudo_b (the members' soft
+    pseudo labels); 'clean': x_clean and labels (the first member's inputs and given
+    label before mixup and masks, for a loss that measures the batch itself).
+
+    A dataclass names each field once, where a dict of string keys would spell them in
+    every reader. tf.data has no dataclass structure and cannot carry None, so on the
+    host path the batch crosses the tf.data boundary as as_dict() and the step rebuilds
+    it with Batch(**element).
+    """
+    x: object = None
+    y: object = None
+    verified: object = None
+    members: object = None
+    wrong: object = None
+    y_a: object = None
+    y_b: object = None
+    lam: object = None
+    verified_b: object = None
+    pseudo_a: object = None
+    pseudo_b: object = None
+    x_clean: object = None
+    labels: object = None
+
+    def as_dict(self):
+        """The fields that are set, by name (the element tf.data carries)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None}
+
+
 class PatchSource:
     """Frames and patch table as backend tensors; builds batches with backend ops.
 
@@ -236,14 +278,18 @@ class PatchSource:
     A batch is gathered by index: frame rows [B, patch_len] -> [B, patch_len, n_mels, 1],
     standardised per band, the clips' multi-hot target rows (datasets.targets) smoothed
     per example, then mixed (mixup).
+
+    needs: what the batches carry beyond x, y, verified, members and wrong (the fields
+    of Batch the loss reads: 'members', 'pseudo', 'clean'); pseudo [clips, K]: the soft
+    pseudo labels of 'pseudo'.
     """
 
     def __init__(self, frames, patches, table, mean, std, eps, patch_len, on_device,
-                 eval_len=None, log=True, per_clip=False):
+                 eval_len=None, log=True, per_clip=False, needs=frozenset(), pseudo=None):
         import tensorflow as tf  # placement is TensorFlow's; Keras has no device API
         from keras import ops
         self.ops, self.patch_len, self.on_device = ops, patch_len, on_device
-        self.per_member, self.pseudo = False, None  # use_members() sets them
+        self.needs = frozenset(needs)
         # log: the frames are log-mel (how augment.gain_frames applies a gain); per_clip:
         # extract.normalize per_clip, each example standardised by its own mean and std
         self.log, self.per_clip = log, per_clip
@@ -272,6 +318,7 @@ class PatchSource:
             self.wrong = tf.constant(wrong_labels(table)[clip].astype(np.float32))
             self.mean = tf.constant(mean.reshape(1, 1, -1, 1))
             self.std = tf.constant(std.reshape(1, 1, -1, 1))
+            self.pseudo = None if pseudo is None else tf.constant(pseudo.astype(np.float32))
 
     def inputs(self, idx, shift=None, length=None, gain=None):
         """Standardised inputs [B, length, n_mels, 1] float32 for patch indices idx, each
@@ -331,18 +378,9 @@ class PatchSource:
         return smooth_targets(y, self.ops.take(self.clip_eps, clip)) if smooth else y
 
     def train_batch(self, idx, partner, lam, shift=None, partner_shift=None, fmask=None,
-                    tmask=None, gain=None, partner_gain=None, clean=False):
-        """One planned step (EpochPlan.arrays()) as a dict; partner == idx and lam == 1 mean
-        no mixup.
-
-        x, y: inputs and targets, smoothed first and then mixed, so that label smoothing
-        and mixup combine; SpecAugment then masks the mixed input. verified: that of idx
-        (partners stay in idx's pool). members: examples in each mixed pair (2, or 1
-        without mixup); wrong: how many of them have a wrong given label: noise-detection
-        figures count both examples of a pair by their true labels. With `clean`, also
-        x_clean and labels: the inputs (crops) and given labels of idx before mixup and
-        masks, for a loss that measures the batch itself (adaptive Lq).
-        """
+                    tmask=None, gain=None, partner_gain=None):
+        """One planned step (the fields of a sampling.EpochPlan step, by name) -> Batch;
+        partner == idx and lam == 1 mean no mixup."""
         ops, take = self.ops, self.ops.take
         x_clean = self.inputs(idx, shift, gain=gain)
         paired = ops.cast(ops.not_equal(idx, partner), 'float32')
@@ -350,26 +388,17 @@ class PatchSource:
         if fmask is not None and (fmask.shape[1] or tmask.shape[1]):  # static: 0 = off
             x = self.masked(x, fmask, tmask)
         y_a, y_b = self.targets(idx), self.targets(partner)
-        batch = {'x': x, 'y': mix(ops, lam, y_a, y_b),
-                 'verified': take(self.verified, idx), 'members': 1.0 + paired,
-                 'wrong': take(self.wrong, idx) + paired * take(self.wrong, partner)}
-        if self.per_member:  # the members of each mixed pair, for losses.Multitask
-            batch.update(y_a=y_a, y_b=y_b, lam=ops.cast(lam, 'float32'),
-                         verified_a=batch['verified'], verified_b=take(self.verified, partner))
-            if self.pseudo is not None:
-                batch.update(pseudo_a=self.pseudo_of(idx), pseudo_b=self.pseudo_of(partner))
-        if clean:
-            batch.update(x_clean=x_clean, labels=take(self.label, idx))
-        return batch
-
-    def use_members(self, pseudo=None):
-        """Batches carry each pair's members (losses.Multitask, losses.HeadLosses), and with
-        pseudo [clips, K] the members' soft pseudo labels."""
-        import tensorflow as tf
-        self.per_member = True
-        if pseudo is not None:
-            with tf.device('/GPU:0' if self.on_device else '/CPU:0'):
-                self.pseudo = tf.constant(pseudo.astype(np.float32))
+        more = {}
+        if 'members' in self.needs:  # the members of each mixed pair
+            more.update(y_a=y_a, y_b=y_b, lam=ops.cast(lam, 'float32'),
+                        verified_b=take(self.verified, partner))
+        if 'pseudo' in self.needs:
+            more.update(pseudo_a=self.pseudo_of(idx), pseudo_b=self.pseudo_of(partner))
+        if 'clean' in self.needs:
+            more.update(x_clean=x_clean, labels=take(self.label, idx))
+        return Batch(x=x, y=mix(ops, lam, y_a, y_b), verified=take(self.verified, idx),
+                     members=1.0 + paired,
+                     wrong=take(self.wrong, idx) + paired * take(self.wrong, partner), **more)
 
     def pseudo_of(self, idx):
         return self.ops.take(self.pseudo, self.ops.take(self.clip, idx), axis=0)

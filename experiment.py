@@ -236,8 +236,7 @@ class Experiment:
         done = (self.epoch - start) * per_epoch
         for _ in range(done // per_plan):
             plan(rng)
-        train = pipeline.train_dataset(self.source, lambda: plan(rng), plan(rng),
-                                       clean=self.trainer.step_loss.needs_clean)
+        train = pipeline.train_dataset(self.source, lambda: plan(rng), plan(rng))
         train = train.skip(done % per_plan)
         val = self._val_dataset() if self.val_idx.size else None
         self.trainer.fit(train, validation_data=val, epochs=start + epochs,
@@ -357,17 +356,18 @@ def batch_source(cfg, table, classes, store, rows, folds, run_dir):
     mean, std = scaler(cfg, store, patches,
                        patches.of_clips(rows) if len(folds) > 1 else train_idx)
     write_scaler(run_dir / 'scaler.npz', mean, std)
+    # What the loss reads from the batch, declared by its class: the source is built to
+    # carry it (pseudo labels of every unverified clip of the subset: any fold may train it).
+    needs = losses.needs(cfg)
+    pseudo = pseudo_labels(cfg, table, classes, rows) if 'pseudo' in needs else None
     source = pipeline.batch_source(cfg, store, patches, table, mean, std,
-                                   data.lsr_eps(learn, classes))
+                                   data.lsr_eps(learn, classes), needs, pseudo)
     logger.info('train: %d clips, %d patches; val: %d clips; frames on %s', train_rows.size,
                 train_idx.size, val_rows.size, 'the device' if source.on_device else 'host')
     if cfg['extract']['crop'] == 'random_crop':
         logger.info('random crops of %d frames from clips fixed to %d frames; whole clips '
                     'validated and predicted, %d per call', *architectures.lengths(cfg),
                     evaluation.eval_batch_size(cfg))
-    if 'members' in losses.needs(cfg):
-        # Pseudo labels of every unverified clip of the subset: any fold may train it.
-        source.use_members(pseudo_labels(cfg, table, classes, rows))
     return patches, source
 
 
@@ -396,10 +396,8 @@ def set_precision_policy(learn):
 
 def pseudo_labels(cfg, table, classes, train_rows):
     """learn.pseudo_labels -> sharpened soft pseudo labels [clips, K] of the unverified
-    training clips (None without the key)."""
+    training clips."""
     path = cfg['learn']['pseudo_labels']
-    if path is None:
-        return None
     rows = train_rows[table.verified.to_numpy()[train_rows] == 0]
     scores = data.read_pseudo_labels(path, table, rows, classes)
     logger.info('soft pseudo labels of %d unverified training clips from %s, sharpened with '

@@ -110,7 +110,7 @@ class StepLoss:
 
     needs_embedding = False  # the step passes the penultimate-layer output
     needs_clean = False      # the step passes the batch before mixup (clean=...)
-    needs_batch = False      # the step passes the whole batch dict (batch=...)
+    needs_batch = False      # the step passes the whole data.Batch (batch=...)
     heads = ('softmax',)     # the learn.head values whose outputs this loss can train
     time_dependent = False   # switches at learn.stage1_epoch (what learn.mode 2 needs)
     per_batch = False        # decides per batch what to keep or which q to use (no multitask)
@@ -343,7 +343,7 @@ class HeadLosses(StepLoss):
     def __init__(self, cfg):
         self.head = cfg['learn']['head']
         # A head with a distribution branch reads the members of each mixed pair
-        # (PatchSource.use_members): y_a, y_b, lam.
+        # (needs(): data.Batch's y_a, y_b, lam).
         self.needs_batch = self.head != 'sigmoid'
 
     def __call__(self, y_true, y_pred, x=None, emb=None, mask=None, clean=None, batch=None):
@@ -354,9 +354,9 @@ class HeadLosses(StepLoss):
         rather than 1/4, 1/4, 1/2. The sigmoid branch's BCE is linear in the target and
         learns the mixed multi-hot target itself."""
         if batch is not None:
-            lam = ops.reshape(batch['lam'], (-1, 1))
-            y_true = (y_true, lam * normalise_targets(batch['y_a'])
-                      + (1.0 - lam) * normalise_targets(batch['y_b']))
+            lam = ops.reshape(batch.lam, (-1, 1))
+            y_true = (y_true, lam * normalise_targets(batch.y_a)
+                      + (1.0 - lam) * normalise_targets(batch.y_b))
         return super().__call__(y_true, y_pred, x, emb, mask, clean)
 
     def per_example(self, y_true, y_pred, x=None, emb=None):
@@ -387,8 +387,9 @@ class Multitask(StepLoss):
     verified flag. For CCE and BCE, linear in the targets, this is exactly the loss of the
     mixed targets on the head both members train; it also lets a verified clip mixed with a
     pseudo-labelled one train the verified head with both its label and the pseudo label.
-    The step reads the members from the batch (PatchSource with per_member on): y_a, y_b
-    (label-smoothed targets), lam, verified_a, verified_b, pseudo_a, pseudo_b.
+    The step reads the members from the batch (data.Batch, fields of needs() 'members'
+    and 'pseudo'): y_a, y_b (label-smoothed targets), lam, verified (the first member's),
+    verified_b, pseudo_a, pseudo_b.
 
     Figures: loss_verified, loss_unverified (and loss_pseudo), the batch means of each
     head's weighted terms, which add up to the loss.
@@ -396,7 +397,8 @@ class Multitask(StepLoss):
 
     @classmethod
     def needs(cls, cfg):
-        return frozenset({'members'} | ({'pseudo'} if cfg['learn']['pseudo_labels'] is not None else set()))
+        pseudo = {'pseudo'} if cfg['learn']['pseudo_labels'] is not None else set()
+        return frozenset({'members'} | pseudo)
 
     def __init__(self, base, cfg):
         self.base, self.head = base, cfg['learn']['head']
@@ -417,17 +419,16 @@ class Multitask(StepLoss):
         """Per-example [B] weighted terms of each head: {verified, unverified[, pseudo]}."""
         from architectures import head_branches
         heads = {name: head_branches(y_pred, name, self.head) for name in self.weights}
-        lam = batch['lam']
+        lam = batch.lam
         terms = {}
-        for member, share in (('a', lam), ('b', 1.0 - lam)):
-            ver = batch[f'verified_{member}']
-            y = batch[f'y_{member}']
+        for share, ver, y, pseudo in ((lam, batch.verified, batch.y_a, batch.pseudo_a),
+                                      (1.0 - lam, batch.verified_b, batch.y_b, batch.pseudo_b)):
             for name, flag in (('verified', ver), ('unverified', 1.0 - ver)):
                 term = share * flag * self.weights[name] * self.base.per_example(y, heads[name])
                 terms[name] = terms.get(name, 0.0) + term
             if self.pseudo:
                 term = (share * (1.0 - ver) * self.pseudo_weight
-                        * mse(batch[f'pseudo_{member}'], y_pred['scores']))
+                        * mse(pseudo, y_pred['scores']))
                 terms['pseudo'] = terms.get('pseudo', 0.0) + term
         return terms
 

@@ -42,14 +42,16 @@ def patch_table(cfg, store):
     return data.make_patches(store.start, store.length, ext['patch_len'], ext['patch_hop'])
 
 
-def batch_source(cfg, store, patches, table, mean, std, eps):
-    """The PatchSource, with frames in GPU memory when wanted and they fit, else on host."""
+def batch_source(cfg, store, patches, table, mean, std, eps, needs=frozenset(), pseudo=None):
+    """The PatchSource, with frames in GPU memory when wanted and they fit, else on host;
+    needs and pseudo: what its batches carry for the loss (data.PatchSource)."""
     train_len, eval_len = architectures.lengths(cfg)
     args = (store.frames, patches, table, mean, std, eps, train_len)
     ext = cfg['extract']
     # log: whether the stored frames are log-mel (how a gain acts on them,
     # augment.gain_frames); per_clip: each example standardised by itself
-    more = dict(eval_len=eval_len, log=ext['log'], per_clip=ext['normalize'] == 'per_clip')
+    more = dict(eval_len=eval_len, log=ext['log'], per_clip=ext['normalize'] == 'per_clip',
+                needs=needs, pseudo=pseudo)
     if on_device(cfg):
         try:
             return data.PatchSource(*args, on_device=True, **more)
@@ -64,21 +66,21 @@ def batch_source(cfg, store, patches, table, mean, std, eps):
     return data.PatchSource(*args, on_device=False, **more)
 
 
-def train_dataset(source, plan, first, clean=False):
-    """Epoch plans -> one element per step (EpochPlan.arrays(): idx, partner, lam, crop
-    shifts, masks), prefetched: plan() draws the next epoch's plan, `first` is the first
-    one. On the host path each element is the batch itself (with `clean`: also the
-    inputs and labels before mixup)."""
+def train_dataset(source, plan, first):
+    """Epoch plans -> one element per step, prefetched: plan() draws the next epoch's
+    sampling.EpochPlan, `first` is the first one. An element is a dict: on the device path
+    the step's row of each plan array by name (idx, partner, lam, crop shifts, masks,
+    gains), on the host path the batch itself (data.Batch.as_dict())."""
     def epochs():
-        yield first.arrays()
+        yield first.as_dict()
         while True:
-            yield plan().arrays()
-    spec = tuple(tf.TensorSpec([None, *a.shape[1:]], tf.as_dtype(a.dtype))
-                 for a in first.arrays())
+            yield plan().as_dict()
+    spec = {name: tf.TensorSpec([None, *a.shape[1:]], tf.as_dtype(a.dtype))
+            for name, a in first.as_dict().items()}
     ds = tf.data.Dataset.from_generator(epochs, output_signature=spec)
-    ds = ds.flat_map(lambda *a: tf.data.Dataset.from_tensor_slices(a))
+    ds = ds.flat_map(tf.data.Dataset.from_tensor_slices)
     if not source.on_device:
-        ds = ds.map(lambda *a: source.train_batch(*a, clean=clean),
+        ds = ds.map(lambda step: source.train_batch(**step).as_dict(),
                     num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 

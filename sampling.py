@@ -46,9 +46,10 @@ class EpochPlan:
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros(self.idx.shape + (0, 2), np.int64))
 
-    def arrays(self):
-        """The fields in order: the elements of one training step."""
-        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+    def as_dict(self):
+        """The arrays by field name: tf.data's element of one epoch (a step is one row of
+        each, PatchSource.train_batch's keyword arguments)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def plan_epoch(rng, pool, batch_size, mixup=False, alpha=0.1, mode='intra'):
@@ -93,7 +94,7 @@ def plan_halves(rng, first, second, batch_size, mixup=False, alpha=0.1, mode='in
     def join(name):
         a = np.concatenate([getattr(p, name) for p in parts])[:steps]
         return np.concatenate([a, getattr(b, name)], axis=1)
-    return EpochPlan(*(join(f.name) for f in dataclasses.fields(EpochPlan)))
+    return EpochPlan(**{f.name: join(f.name) for f in dataclasses.fields(EpochPlan)})
 
 
 def cross_pairs(rng, plan, alpha):

@@ -10,6 +10,7 @@ import tensorflow as tf  # the step uses GradientTape: TensorFlow backend only
 from keras import ops
 
 from architectures import scores
+from data import Batch
 
 # ----------------------------------------------------------------------------- trainer
 
@@ -94,11 +95,13 @@ class Trainer(keras.Model):
         out = self.net(x, training=training)
         return out if self.step_loss.needs_embedding else (out, None)
 
-    def train_step(self, batch):
+    def train_step(self, element):
+        # The device path gets the step's plan row (indices, partners, weights, ...), the
+        # host path the batch tf.data built from it, as a dict (data.Batch).
+        batch = (self.source.train_batch(**element) if self.source.on_device
+                 else Batch(**element))
         needs_clean = self.step_loss.needs_clean
-        if self.source.on_device:
-            batch = self.source.train_batch(*batch, clean=needs_clean)
-        x, y, verified = batch['x'], batch['y'], batch['verified']
+        x, y, verified = batch.x, batch.y, batch.verified
         mask = None if self.masker is None else (lambda losses: self.masker(losses, verified))
         with tf.GradientTape() as tape:
             y_pred, emb = self._forward(x, training=True)
@@ -113,9 +116,9 @@ class Trainer(keras.Model):
         if self.detect:
             # Per pair of mixed examples, both count by their true labels (members, wrong).
             flagged = 1.0 - ops.cast(weights > 0, 'float32')
-            figures.update(nd_flagged=ops.sum(flagged * batch['members']),
-                           nd_hit=ops.sum(flagged * batch['wrong']),
-                           nd_wrong=ops.sum(batch['wrong']))
+            figures.update(nd_flagged=ops.sum(flagged * batch.members),
+                           nd_hit=ops.sum(flagged * batch.wrong),
+                           nd_wrong=ops.sum(batch.wrong))
         self.loss_tracker.update_state(loss)
         self.acc_tracker.update_state(y, scores(y_pred))
         for name, value in figures.items():
@@ -126,10 +129,10 @@ class Trainer(keras.Model):
         """(inputs or embeddings, given labels) of the batch before mixup. Embeddings are
         those of the unmixed inputs in inference mode (an extra forward pass without
         gradient): the training pass only sees the mixed inputs."""
-        space = batch['x_clean']
+        space = batch.x_clean
         if self.step_loss.needs_embedding:
             space = ops.stop_gradient(self._forward(space, training=False)[1])
-        return space, batch['labels']
+        return space, batch.labels
 
     def test_step(self, batch):
         x, y = self.source.eval_batch(batch) if self.source.on_device else batch

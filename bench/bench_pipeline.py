@@ -386,16 +386,18 @@ def child_input_ours(ctx):
     exp = ctx.prepare('input_ours')
     total = ctx.warmup + ctx.steps
     ds = train_dataset(exp, total, ctx.args.seed)
-    produce = (tf.function(exp.source.train_batch, jit_compile=pipeline.use_xla(exp.cfg))
+    # a tf.function returns nested tensors, not a data.Batch: its dict, as tf.data's
+    produce = (tf.function(lambda **step: exp.source.train_batch(**step).as_dict(),
+                           jit_compile=pipeline.use_xla(exp.cfg))
                if exp.source.on_device else None)
     it, t0 = iter(ds), None
     for k in range(total):
         element = next(it)
-        batch = produce(*element) if produce else element
+        batch = produce(**element) if produce else element
         if k == ctx.warmup - 1:
-            float(batch[0][0, 0, 0, 0])  # wait for the device (a no-op on the host path)
+            float(batch['x'][0, 0, 0, 0])  # wait for the device (a no-op on the host path)
             t0 = time.perf_counter()
-    float(batch[0][0, 0, 0, 0])
+    float(batch['x'][0, 0, 0, 0])
     return {'input_ours': ctx.steps * BATCH / (time.perf_counter() - t0)}
 
 

@@ -117,9 +117,9 @@ def test_specaugment_masks_training_batches_only(clips, crop_setup):
     plan = augment.augment_plan(rng, _plan(rng, n_steps=3, batch=6), max_shift=3,
                              specaugment=(2, 2, 2, 3), n_mels=clips['n_mels'], length=9)
     for step in range(3):
-        a = [ops.convert_to_tensor(x[step]) for x in plan.arrays()]
-        x = np.asarray(src.train_batch(*a)['x'])[..., 0]
-        plain = np.asarray(src.inputs(a[0], a[3]))[..., 0]  # lam = 1: no mixup
+        a = {k: ops.convert_to_tensor(v[step]) for k, v in plan.as_dict().items()}
+        x = np.asarray(src.train_batch(**a).x)[..., 0]
+        plain = np.asarray(src.inputs(a['idx'], a['shift']))[..., 0]  # lam = 1: no mixup
         for k in range(6):
             band = np.zeros(clips['n_mels'], bool)
             for s, w in plan.fmask[step, k]:

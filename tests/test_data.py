@@ -454,15 +454,16 @@ def test_patch_source_inputs(clips, source_setup, on_device):
 def test_patch_source_train_batch_smooths_then_mixes(clips, source_setup, on_device):
     p, table, mean, std, eps, classes = source_setup
     L, K = clips['patch_len'], len(classes)
-    src = data.PatchSource(clips['frames'], p, table, mean, std, eps, L, on_device)
+    src = data.PatchSource(clips['frames'], p, table, mean, std, eps, L, on_device,
+                           needs={'clean'})
     rng = np.random.default_rng(3)
     idx = rng.integers(0, p.clip.size, 7)
     partner = rng.permutation(idx)
     lam = rng.random(7).astype(np.float32)
     partner[0] = idx[0]  # one example mixed with itself: a pair of one
     batch = src.train_batch(*(ops.convert_to_tensor(a) for a in (
-        idx.astype(np.int32), partner.astype(np.int32), lam)), clean=True)
-    x, y, verified, wrong = (batch[k] for k in ('x', 'y', 'verified', 'wrong'))
+        idx.astype(np.int32), partner.astype(np.int32), lam)))
+    x, y, verified, wrong = batch.x, batch.y, batch.verified, batch.wrong
 
     xa = (_materialise(clips, p, idx) - mean) / std
     xb = (_materialise(clips, p, partner) - mean) / std
@@ -485,11 +486,11 @@ def test_patch_source_train_batch_smooths_then_mixes(clips, source_setup, on_dev
     # Noise detection counts both examples of a pair by their true labels.
     bad = (given != true)[p.clip]
     pair = idx != partner
-    np.testing.assert_array_equal(np.asarray(batch['members']), 1 + pair)
+    np.testing.assert_array_equal(np.asarray(batch.members), 1 + pair)
     np.testing.assert_array_equal(np.asarray(wrong), bad[idx] + pair * bad[partner])
     # The batch before mixup, for a loss that measures it (adaptive Lq).
-    np.testing.assert_allclose(np.asarray(batch['x_clean'])[..., 0], xa, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(batch['labels']), given[p.clip[idx]])
+    np.testing.assert_allclose(np.asarray(batch.x_clean)[..., 0], xa, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(batch.labels), given[p.clip[idx]])
 
 
 def test_patch_source_eval_batch_is_unsmoothed(clips, source_setup):

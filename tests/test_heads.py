@@ -8,6 +8,7 @@ import pytest
 from keras import ops
 
 import architectures
+import data
 import learn
 import losses
 import trainer
@@ -139,8 +140,8 @@ def test_mixed_pairs_learn_the_mix_of_the_members_distributions(head):
     y_pred = {n: ops.convert_to_tensor(outputs[n]) for n in names}
     loss = losses.HeadLosses({'learn': {'head': head}})
     assert loss.needs_batch
-    batch = {'y_a': ops.convert_to_tensor(y_a), 'y_b': ops.convert_to_tensor(y_b),
-             'lam': ops.convert_to_tensor(lam)}
+    batch = data.Batch(y_a=ops.convert_to_tensor(y_a), y_b=ops.convert_to_tensor(y_b),
+                       lam=ops.convert_to_tensor(lam))
     value, weights, _ = loss(ops.convert_to_tensor(y), y_pred, batch=batch)
     per_example = sum(expected[b] for b in branches)
     np.testing.assert_allclose(float(value), per_example.mean(), rtol=1e-4)

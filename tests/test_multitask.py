@@ -77,7 +77,7 @@ def test_multitask_fc_layers_are_plain_and_output_layers_as_the_single_heads(mak
 def _batch(rng, pseudo):
     onehot = np.eye(K, dtype='float32')
     batch = {'lam': rng.uniform(size=B).astype('float32'),
-             'verified_a': np.array([1, 1, 1, 0, 0, 0], 'float32'),
+             'verified': np.array([1, 1, 1, 0, 0, 0], 'float32'),
              'verified_b': np.array([0, 1, 0, 1, 0, 0], 'float32'),
              'y_a': onehot[rng.integers(0, K, B)], 'y_b': onehot[rng.integers(0, K, B)]}
     if pseudo:
@@ -96,13 +96,13 @@ def test_each_member_trains_its_own_head_and_the_pseudo_mse_weight(make_cfg, pse
     pv, pu = (rng.dirichlet(np.ones(K), B).astype('float32') for _ in range(2))
     y_pred = {'verified_softmax': pv, 'unverified_softmax': pu, 'scores': pv}
     batch = _batch(rng, pseudo)
-    total, _, figures = loss(None, y_pred, batch=batch)
+    total, _, figures = loss(None, y_pred, batch=data.Batch(**batch))
 
     def cce(y, p):
         return -(y * np.log(p)).sum(axis=1)
     expected = {'verified': 0.0, 'unverified': 0.0, 'pseudo': 0.0}
     for m, share in (('a', batch['lam']), ('b', 1 - batch['lam'])):
-        v, y = batch[f'verified_{m}'], batch[f'y_{m}']
+        v, y = batch['verified' if m == 'a' else 'verified_b'], batch[f'y_{m}']
         expected['verified'] += share * v * 1.0 * cce(y, pv)
         expected['unverified'] += share * (1 - v) * 0.5 * cce(y, pu)
         if pseudo:
