@@ -364,10 +364,34 @@ def test_adaptive_inside_xla_reports_the_batch_q():
     ('lq_lqperc_time_sudden', losses.LqPercTimeSudden),
     ('adaptive_lq', losses.AdaptiveLq),
 ])
-def test_registry_builds_each_new_loss(name, cls):
+def test_smoke_registry_builds_each_new_loss(name, cls):
+    """Smoke test only (the registry against itself); the check is the test below."""
     loss = losses.get(_config(f'loss.type={name}'))
     assert isinstance(loss, cls)
     assert loss.log_names
+
+
+def test_each_registered_name_computes_its_formula():
+    """Every loss.type, built by name, against its formula written here in numpy: CCE
+    -sum y log p; Lq (1 - max(y p)^q) / q; the time-dependent losses before their switch
+    Lq with q_loss; adaptive Lq on a batch of one class (SNN 1) Lq with q_min; bce on a
+    sigmoid head the mean over classes of the binary cross-entropy."""
+    rng = np.random.default_rng(8)
+    p = _probs(rng, 6, 4)
+    y = _onehot(np.zeros(6, int), 4)
+    x = rng.normal(size=(6, 3)).astype('float32')
+    sig = rng.uniform(0.05, 0.95, (6, 4)).astype('float32')
+    lq = _lq_ref(y, p, 0.3)
+    expected = {'CCE': -np.log(p[:, 0]), 'lq_loss': lq, 'lq_lqmax_time_sudden': lq,
+                'lq_lqperc_time_sudden': lq, 'adaptive_lq': lq,
+                'bce': -(y * np.log(sig) + (1 - y) * np.log(1 - sig)).mean(axis=1)}
+    assert set(expected) == set(losses.LOSSES)
+    for name, want in expected.items():
+        head = 'sigmoid' if name == 'bce' else 'softmax'
+        cfg = _config(f'loss.type={name}', f'learn.head={head}', 'loss.q_loss=0.3',
+                      'loss.q_min=0.3')
+        got = _np(losses.get(cfg).per_example(y, sig if name == 'bce' else p, x))
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=name)
 
 
 def test_unknown_loss_lists_valid_names():
