@@ -65,12 +65,12 @@ def run_folds(exp, mode, finish):
                                               val_rows, cfg)
             oof_rows.append(rows)
             oof_scores.append(scores)
-            per_fold.append(dict(fold_exp.results, fold=fold))
+            per_fold.append({**fold_exp.results.to_json(), 'fold': fold})
     if len(splits) > 1:
         write_oof(exp, np.concatenate(oof_rows), np.concatenate(oof_scores))
         # The mode's figures (model selection, noise detection, ...) per fold.
-        exp.results = {'folds': per_fold}
+        exp.results.fold_results(per_fold)
     ensemble = evaluation.Ensemble(paths, len(splits), len(paths) // len(splits), method)
-    exp.results['ensemble'] = ensemble.summary()
+    exp.results.ensembled(ensemble.summary())
     logger.info('%s', evaluation.ensemble_line(ensemble.summary()))
     return ensemble

@@ -1,8 +1,14 @@
 """Clip predictions, aggregation, metrics and the accuracy report (section `recognizer`).
 
-Patches are scored in large batches by one compiled function; clip scores are the mean
-of the patch scores of each clip (geometric or arithmetic, recognizer.aggregate). With
-extract.crop random_crop each clip is scored whole, in one pass, many clips per call.
+Patches are scored in large batches by one compiled function; clip scores aggregate the
+patch scores of each clip (recognizer.aggregate: geometric mean gmean, arithmetic mean
+amean, or the maximum max). With extract.crop random_crop each clip is scored whole, in one
+pass, many clips per call. An ensemble averages its members' clip scores
+(recognizer.ensemble).
+
+The report computes (evaluate: metrics.METRICS -> results.Evaluation), formats
+(evaluation_lines: the block, from the Results) and writes (predictions.csv, confusion.csv;
+results.json last, write_results).
 """
 import logging
 from dataclasses import dataclass, field
@@ -16,6 +22,7 @@ import architectures
 import datasets
 import metrics
 from config import ConfigError, lookup
+from results import Evaluation, Results
 from utils import Diverged
 from utils import atomic_path, atomic_write_json
 
@@ -176,7 +183,6 @@ def predict(predictor, source, patches, rows, cfg):
 # recognizer.metrics null or empty -> the metrics of the dataset's own challenge.
 DEFAULT_METRICS = {'fsdnoisy18k': ['accuracy'], 'fsdkaggle2018': ['accuracy', 'map3'],
                    'fsdkaggle2019': ['lwlrap']}
-SINGLE_LABEL_METRICS = ('accuracy', 'confusion')
 
 
 def metric_names(cfg):
@@ -187,92 +193,77 @@ def metric_names(cfg):
 def check_metrics(cfg):
     """Refuse an unknown metric, or a single-label one on a multi-label dataset."""
     for name in metric_names(cfg):
-        lookup(metrics.METRICS, name, 'recognizer.metrics')
-        if cfg['ctrl']['dataset'] in datasets.MULTI_LABEL and name in SINGLE_LABEL_METRICS:
+        metric = lookup(metrics.choices(), name, 'recognizer.metrics')
+        if cfg['ctrl']['dataset'] in datasets.MULTI_LABEL and metric.single_label:
             raise ConfigError(f'recognizer.metrics {name!r} needs single-label data, but '
                               f'{cfg["ctrl"]["dataset"]} has clips with several labels; use '
-                              f'lwlrap, map3 or prf1')
+                              f'{metrics.multi_label_choices()}')
 
 
 def compute(names, y_true, scores):
-    """{metric figures} for the given metric names, always with per-class precision,
-    recall and F1 (prf1); per-class arrays merged under 'per_class'."""
+    """{metric figures} for the given metric names and those always computed (prf1);
+    per-class arrays merged under 'per_class'."""
+    always = [name for name, metric in metrics.METRICS.items() if metric.always]
     figures, per_class = {}, {}
-    for name in dict.fromkeys([*names, 'prf1']):
-        out = dict(metrics.METRICS[name](y_true, scores))
+    for name in dict.fromkeys([*names, *always]):
+        out = dict(metrics.METRICS[name].compute(y_true, scores))
         per_class.update(out.pop('per_class', {}))
         figures.update(out)
     figures['per_class'] = per_class
     return figures
 
 
-def evaluation_lines(names, figures, classes, where):
-    """The evaluation block: one grep-able line per metric, then per-class figures."""
-    heads = {'accuracy': lambda f: f'ACCURACY - MICRO: {f["accuracy_micro"]:.2f} % ({where})',
-             'lwlrap': lambda f: f'LWLRAP: {f["lwlrap"]:.4f} ({where})',
-             'map3': lambda f: f'MAP@3: {f["map_at_3"]:.4f} ({where})',
-             'prf1': lambda f: (f'PRF1 - MACRO: precision {f["precision_macro"]:.4f}, recall '
-                                f'{f["recall_macro"]:.4f}, F1 {f["f1_macro"]:.4f} ({where})'),
-             'confusion': lambda f: f'CONFUSION: confusion.csv ({where})'}
-    lines = ['', '=' * 72, 'EVALUATION'] + [heads[name](figures) for name in names]
-    per_class, width = figures['per_class'], max(len(c) for c in classes)
-    if 'accuracy' in names:
-        fmt = '  {:<%d}  n = {:>5}  accuracy = {:6.2f} %%' % width
-        rows = list(zip(classes, per_class['n_files'], per_class['accuracy']))
-        lines += ['', 'per-class accuracy, class order:']
-        lines += [fmt.format(*row) for row in rows]
-        lines += ['', 'per-class accuracy, best first:']
-        ranked = sorted(rows, key=lambda row: -np.nan_to_num(row[2], nan=-1))
-        lines += [fmt.format(*row) for row in ranked]
-    if 'lwlrap' in names:
-        fmt = '  {:<%d}  lwlrap = {:.4f}  (weight {:.4f})' % width
-        lines += ['', 'per-class lwlrap, class order:']
-        lines += [fmt.format(*row) for row in zip(classes, per_class['lwlrap'],
-                                                   per_class['lwlrap_weight'])]
-    return lines
-
-
-def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, extra=None):
-    """Print the evaluation block; write predictions.csv (and confusion.csv when
-    configured). Returns the results, which write_results writes to results.json: the
-    marker of a finished run, so the last file a run writes."""
-    if not np.isfinite(scores).all():  # argmax of NaN scores would report chance accuracy
+def evaluate(cfg, table, classes, rows_evaluated, scores, wall_time):
+    """The metrics of the test clips' scores -> results.Evaluation. Non-finite scores are
+    a diverged model (argmax of NaN scores would report chance accuracy)."""
+    if not np.isfinite(scores).all():
         raise Diverged(f'the model predicts non-finite scores for '
                        f'{int((~np.isfinite(scores).all(axis=1)).sum())} of {len(scores)} test '
                        f'clips')
     names = metric_names(cfg)
-    y_true = datasets.targets(table, len(classes))[rows_evaluated]
-    figures = compute(names, y_true, scores)
-    n_eval, n_listed = len(rows_evaluated), int((table.subset == 'test').sum())
-    train_data = cfg['ctrl']['train_data']
-    where = f'{n_eval}/{n_listed} test files, train_data={train_data}'
-    extra = extra or {}
-    lines = evaluation_lines(names, figures, classes, where)
-    single = 'evaluated_epoch' in extra  # one model: its selection rule and epoch
-    if single:
-        lines.insert(3 + len(names), f'model evaluated: learn.model_selection '
-                                     f'{extra["model_selection"]}, epoch '
-                                     f'{extra["evaluated_epoch"]}')
-    if 'ensemble' in extra:  # an ensemble (model_selection 'ensemble'): its one line
-        lines.insert(3 + len(names) + single, ensemble_line(extra['ensemble']))
-    lines += ['', f'wall time of the job: {wall_time:.1f} s', '=' * 72]
-    print('\n'.join(lines), flush=True)
+    figures = compute(names, datasets.targets(table, len(classes))[rows_evaluated], scores)
+    per_class, matrix = figures.pop('per_class'), figures.pop('confusion', None)
+    return Evaluation(cfg['ctrl']['run_name'], list(names), figures, per_class, list(classes),
+                      len(rows_evaluated), int((table.subset == 'test').sum()),
+                      cfg['ctrl']['train_data'], wall_time, matrix)
 
+
+def evaluation_lines(results):
+    """The evaluation block of a Results with its Evaluation: one grep-able line per
+    metric, what was evaluated (one model's epoch, or the ensemble), the per-class blocks
+    (in the order of metrics.METRICS), the wall time."""
+    ev = results.evaluation
+    chosen = [(name, metrics.METRICS[name]) for name in ev.metrics]
+    lines = ['', '=' * 72, 'EVALUATION'] + [m.line(ev.figures, ev.where) for _, m in chosen]
+    if results.evaluated_epoch is not None:
+        lines.append(f'model evaluated: learn.model_selection {results.model_selection}, '
+                     f'epoch {results.evaluated_epoch}')
+    if results.ensemble is not None:
+        lines.append(ensemble_line(results.ensemble))
+    for name, metric in metrics.METRICS.items():
+        if name in ev.metrics and metric.per_class_lines is not None:
+            lines += metric.per_class_lines(ev.per_class, ev.classes)
+    return lines + ['', f'wall time of the job: {ev.wall_time:.1f} s', '=' * 72]
+
+
+def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, results=None):
+    """Evaluate the test clips' scores into `results` (a Results; a fresh one if None),
+    print the evaluation block, write predictions.csv (and confusion.csv when configured).
+    Returns the results, which write_results writes to results.json: the marker of a
+    finished run, so the last file a run writes."""
+    results = Results() if results is None else results
+    results.evaluated(evaluate(cfg, table, classes, rows_evaluated, scores, wall_time))
+    print('\n'.join(evaluation_lines(results)), flush=True)
     write_predictions(run_dir / 'predictions.csv', table, classes, rows_evaluated, scores)
-    if 'confusion' in figures:
-        metrics.write_confusion_csv(run_dir / 'confusion.csv', figures.pop('confusion'),
+    if results.evaluation.confusion is not None:
+        metrics.write_confusion_csv(run_dir / 'confusion.csv', results.evaluation.confusion,
                                     classes)
-    results = {'run_name': cfg['ctrl']['run_name'], 'status': 'finished', **_headline(figures),
-               'n_files_evaluated': n_eval, 'n_files_listed': n_listed,
-               'train_data': train_data,
-               'per_class': metrics.per_class_dict(figures['per_class'], classes),
-               'wall_time_s': round(wall_time, 2), **extra}
     return results
 
 
 def write_results(run_dir, results):
     """results.json (strict JSON, non-finite figures as null): the last file a run writes."""
-    atomic_write_json(run_dir / 'results.json', results)
+    atomic_write_json(run_dir / 'results.json', results.to_json())
 
 
 def write_predictions(path, table, classes, rows, scores):
@@ -284,29 +275,21 @@ def write_predictions(path, table, classes, rows, scores):
         frame.to_csv(tmp, index=False, float_format='%.6g')
 
 
-def _headline(figures):
-    """The overall figures for results.json: accuracy_micro first (rounded as always),
-    then lwlrap, map_at_3 and the macro precision/recall/F1."""
-    out = {k: round(float(v), 6) for k, v in figures.items() if k != 'per_class'}
-    if 'accuracy_micro' in out:
-        out = {'accuracy_micro': round(out.pop('accuracy_micro'), 4), **out}
-    return out
-
-
 def write_plots(run_dir, table, classes, rows_evaluated, scores, results):
     """curves.png from history.csv (curves_<fold>.png from each fold's history_<fold>.csv);
     confusion.png and per_class.png of the test clips (single-label: one true class per
     clip)."""
     import plots  # matplotlib is loaded only once a run has something to draw
-    name = results['run_name']
+    ev = results.evaluation
+    name = ev.run_name
     for history in sorted(run_dir.glob('history*.csv')):
         tag = history.stem[len('history'):]  # '' or '_<fold>'
         plots.curves(history, run_dir / f'curves{tag}.png',
                      f'{name}: training' + (f', fold {tag[1:]}' if tag else ''))
-    if 'accuracy' not in next(iter(results['per_class'].values())):
+    if 'accuracy' not in ev.per_class:
         return  # multi-label metrics: no single true class per clip to plot
     true = table.label_idx.to_numpy()[rows_evaluated]
     plots.confusion(true, scores.argmax(axis=1), classes, run_dir / 'confusion.png',
                     f'{name}: confusion on the test clips (row-normalised)')
-    plots.per_class(results['per_class'], run_dir / 'per_class.png',
+    plots.per_class(metrics.per_class_dict(ev.per_class, classes), run_dir / 'per_class.png',
                     f'{name}: per-class accuracy on the test clips')

@@ -29,6 +29,7 @@ from callbacks import (Backup, Checkpoint, Counters, EpochLR, History, ModelSele
                        RunState, Snapshots, StopAfterSteps, StopOnNonFinite,
                        TensorBoardScalars, ValClipAccuracy, cosine_lr, detection_figures,
                        precision_recall)
+from results import Results
 from trainer import Trainer
 from utils import atomic_path
 
@@ -56,7 +57,7 @@ class Experiment:
         self.train_idx = patches.of_clips(self.train_rows)
         self.val_idx = patches.of_clips(self.val_rows)
         # figures for results.json: the injected label noise, what a mode adds (noise_detection)
-        self.results = datasets.label_noise(cfg, table)
+        self.results = Results(**datasets.label_noise(cfg, table))
         self.monitor = 'val_accuracy' if self.val_idx.size else 'accuracy'
         learn = cfg['learn']
         self.history = History(run_dir / f'history{tag}.csv')
@@ -105,10 +106,11 @@ class Experiment:
 
     def state_dict(self):
         """Its own part of the checkpoint: the epochs of each stage and the results."""
-        return {'stage_epochs': list(self.stage_epochs), 'results': self.results}
+        return {'stage_epochs': list(self.stage_epochs), 'results': self.results.state_dict()}
 
     def load_state_dict(self, state):
-        self.stage_epochs, self.results = list(state['stage_epochs']), state['results']
+        self.stage_epochs = list(state['stage_epochs'])
+        self.results.load_state_dict(state['results'])
 
     def schedule(self):
         """The callbacks of learn.lr_schedule: plateau halves the rate on validation
@@ -148,10 +150,7 @@ class Experiment:
             return
         figures = [precision_recall(int(r['nd_flagged']), int(r['nd_hit']),
                                      int(r['nd_wrong'])) for r in rows]
-        self.results['noise_detection'] = {
-            key: [f[key] for f in figures] for key in ('precision', 'recall', 'n_flagged',
-                                                        'n_wrong')}
-        self.results['noise_detection']['epoch'] = [r['epoch'] for r in rows]
+        self.results.noise_detected_per_epoch([r['epoch'] for r in rows], figures)
         for r, f in zip(rows, figures):
             logger.info('noise detection, epoch %d: precision %.3f, recall %.3f (%d flagged, '
                         '%d wrong-label examples seen)', r['epoch'], f['precision'],
@@ -162,7 +161,7 @@ class Experiment:
         if not self.has_truth:
             return
         figures = detection_figures(flagged, data.wrong_labels(self.table)[rows])
-        self.results['noise_detection'] = figures
+        self.results.noise_detected(figures)
         logger.info('noise detection (%s): precision %.3f, recall %.3f (%d flagged, %d '
                     'wrong-label clips)', what, figures['precision'], figures['recall'],
                     figures['n_flagged'], figures['n_wrong'])

@@ -252,10 +252,9 @@ def finish(exp):
     exp.selection.finish(exp.trainer)
     cycles = ensemble.snapshot_cycles(exp.cfg)
     if cycles is None:
-        exp.results.update(model_selection=exp.cfg['learn']['model_selection'],
-                           evaluated_epoch=exp.state.evaluated_epoch)
+        exp.results.selected(exp.cfg['learn']['model_selection'], exp.state.evaluated_epoch)
     else:
-        exp.results.update(model_selection='snapshots', snapshot_cycles=cycles)
+        exp.results.snapshots(cycles)
 
 
 def run(exp):
@@ -272,10 +271,6 @@ def run(exp):
             finish(exp)
             predictor = exp.trainer.classifier
     if isinstance(predictor, evaluation.Ensemble):
-        # What is evaluated is the ensemble (results.json 'ensemble' names its members),
-        # not one model's selected epoch; each fold's selection stays under 'folds'.
-        exp.results.pop('evaluated_epoch', None)
-        exp.results['model_selection'] = 'ensemble'
         logger.info('training done in %.1f s', time.time() - t0)
     else:
         logger.info('training done in %.1f s (%d epochs)', time.time() - t0, exp.epoch)

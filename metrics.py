@@ -1,13 +1,18 @@
 """Evaluation metrics by name (config key `recognizer.metrics`).
 
-Every entry of METRICS maps (y_true [N, K] multi-hot truth, scores [N, K] clip scores) to a
-dict of results.json-ready figures: floats for the overall figures and, under 'per_class', a
-dict of per-class arrays in class order (per_class_dict turns those into {class: {...}}).
+Every entry of METRICS is a Metric: its compute function maps (y_true [N, K] multi-hot truth,
+scores [N, K] clip scores) to a dict of results.json-ready figures (floats for the overall
+figures and, under 'per_class', a dict of per-class arrays in class order, which
+per_class_dict turns into {class: {...}}); the entry also owns its line of the evaluation
+block, its per-class block, the results.json keys a sweep summarises and its curves.
 
 Ties in the scores: lwlrap counts a tied label as ranked above (the pessimistic rank, as
 sklearn's label_ranking_average_precision_score); MAP@k and top-1 break ties by the lower
 class index (a stable sort). Real-valued network scores are practically never tied.
 """
+from dataclasses import dataclass, field
+from typing import Callable
+
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
@@ -32,7 +37,7 @@ def _single_label(y_true, metric):
     if np.any(counts != 1):
         raise ConfigError(f"recognizer.metrics '{metric}' needs single-label data, but "
                           f"{int(np.sum(counts != 1))} of {len(counts)} clips have 0 or "
-                          f"several true labels; use lwlrap, map3 or prf1")
+                          f"several true labels; use {multi_label_choices()}")
     return truth.argmax(axis=1)
 
 
@@ -167,6 +172,21 @@ def write_confusion_csv(path, matrix, classes):
 
 # ----------------------------------------------------------------------------- registry
 
+@dataclass(frozen=True)
+class Metric:
+    """One entry of METRICS: how a metric is computed, reported and summarised, so that
+    adding a metric is one entry here (eval.py, sweep.py and plots.py read these)."""
+    # (y_true [N, K], scores [N, K]) -> {figure: float, 'per_class': {figure: [K]}}; None
+    # for figures that a learning mode measures during training (not a recognizer.metrics)
+    compute: Callable = None
+    line: Callable = None             # (figures, where) -> its line of the evaluation block
+    per_class_lines: Callable = None  # (per_class, classes) -> its per-class block
+    headline: tuple = ()              # results.json keys that a sweep summarises
+    single_label: bool = False        # needs exactly one true label per clip
+    always: bool = False              # in results.json even when not in recognizer.metrics
+    curves: dict = field(default_factory=dict)  # history.csv column -> label in curves.png
+
+
 def _lwlrap_entry(y_true, scores):
     per_class, weights = lwlrap_per_class(y_true, scores)
     return {'lwlrap': lwlrap(y_true, scores),
@@ -187,13 +207,69 @@ def _confusion_entry(y_true, scores):
     return {'confusion': confusion(y_true, scores)}
 
 
+def _accuracy_per_class(per_class, classes):
+    """Per-class files and accuracy, in class order, then best first."""
+    fmt = '  {:<%d}  n = {:>5}  accuracy = {:6.2f} %%' % max(len(c) for c in classes)
+    rows = list(zip(classes, per_class['n_files'], per_class['accuracy']))
+    ranked = sorted(rows, key=lambda row: -np.nan_to_num(row[2], nan=-1))
+    return ['', 'per-class accuracy, class order:', *(fmt.format(*row) for row in rows),
+            '', 'per-class accuracy, best first:', *(fmt.format(*row) for row in ranked)]
+
+
+def _lwlrap_per_class(per_class, classes):
+    fmt = '  {:<%d}  lwlrap = {:.4f}  (weight {:.4f})' % max(len(c) for c in classes)
+    rows = zip(classes, per_class['lwlrap'], per_class['lwlrap_weight'])
+    return ['', 'per-class lwlrap, class order:', *(fmt.format(*row) for row in rows)]
+
+
+def _prf1_line(f, where):
+    return (f'PRF1 - MACRO: precision {f["precision_macro"]:.4f}, recall '
+            f'{f["recall_macro"]:.4f}, F1 {f["f1_macro"]:.4f} ({where})')
+
+
 METRICS = {
-    'accuracy': accuracy,
-    'lwlrap': _lwlrap_entry,
-    'map3': _map3_entry,
-    'prf1': _prf1_entry,
-    'confusion': _confusion_entry,
+    'accuracy': Metric(
+        accuracy, lambda f, where: f'ACCURACY - MICRO: {f["accuracy_micro"]:.2f} % ({where})',
+        _accuracy_per_class, headline=('accuracy_micro',), single_label=True),
+    'lwlrap': Metric(_lwlrap_entry, lambda f, where: f'LWLRAP: {f["lwlrap"]:.4f} ({where})',
+                     _lwlrap_per_class, headline=('lwlrap',)),
+    'map3': Metric(_map3_entry, lambda f, where: f'MAP@3: {f["map_at_3"]:.4f} ({where})',
+                   headline=('map_at_3',)),
+    'prf1': Metric(_prf1_entry, _prf1_line,
+                   headline=('precision_macro', 'recall_macro', 'f1_macro'), always=True),
+    'confusion': Metric(_confusion_entry, lambda f, where: f'CONFUSION: confusion.csv ({where})',
+                        single_label=True),
+    # The precision and recall of the examples that learn.mode 2, 3 and staged drop or
+    # mask, measured during training where the true labels are known (results.json
+    # noise_detection, history.csv nd_precision / nd_recall).
+    'noise_detection': Metric(
+        headline=('noise_detection.precision', 'noise_detection.recall'),
+        curves={'nd_precision': 'noise detection: precision',
+                'nd_recall': 'noise detection: recall'}),
 }
+
+
+def choices():
+    """The metrics that recognizer.metrics may name: those computed from test scores."""
+    return {name: metric for name, metric in METRICS.items() if metric.compute is not None}
+
+
+def multi_label_choices():
+    """The recognizer.metrics choices that work on multi-label data, as a user reads them
+    ('lwlrap, map3 or prf1')."""
+    names = [name for name, metric in choices().items() if not metric.single_label]
+    return ' or '.join([', '.join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+def headline_keys():
+    """Every results.json key that a sweep summarises (nested keys joined by '.')."""
+    return {key for metric in METRICS.values() for key in metric.headline}
+
+
+def curve_labels():
+    """history.csv columns of the metrics -> their label in curves.png."""
+    return {column: label for metric in METRICS.values() for column, label in
+            metric.curves.items()}
 
 
 def per_class_dict(per_class, classes):

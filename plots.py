@@ -11,14 +11,14 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+import metrics  # noqa: E402
 from utils import atomic_path  # noqa: E402
 
-# history.csv columns of the methods -> their label in curves.png.
+# history.csv columns that the losses and the staged masker log (their log_names) -> their
+# label in curves.png; the metrics' own columns (noise detection) are in metrics.METRICS.
 METHOD_FIGURES = {'q_a': 'adaptive Lq: batch q_a', 'eta': 'staged: threshold eta',
                   'discarded': 'time-dependent loss: discarded share',
-                  'masked': 'staged: masked share',
-                  'nd_precision': 'noise detection: precision',
-                  'nd_recall': 'noise detection: recall'}
+                  'masked': 'staged: masked share'}
 
 
 def _save(fig, path):
@@ -33,14 +33,15 @@ def curves(history, path, title):
     panels = [('loss', ['loss', 'val_loss']),
               ('accuracy', ['accuracy', 'val_accuracy', 'val_clip_accuracy']),
               ('learning rate', ['lr'])]
-    method = [c for c in METHOD_FIGURES if c in hist.columns and hist[c].notna().any()]
+    labels = {**METHOD_FIGURES, **metrics.curve_labels()}
+    method = [c for c in labels if c in hist.columns and hist[c].notna().any()]
     panels += [('method figures', method)] if method else []
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False,
                              layout='constrained')
     for ax, (name, columns) in zip(axes[0], panels):
         for column in (c for c in columns if c in hist.columns):
             ax.plot(hist.epoch, hist[column], marker='.',
-                    label=METHOD_FIGURES.get(column, column.replace('_', ' ')))
+                    label=labels.get(column, column.replace('_', ' ')))
         ax.set(title=name, xlabel='epoch', ylabel=name)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

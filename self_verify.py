@@ -206,11 +206,10 @@ def mode_self_verify(exp):
         for fold in folds:
             fold.fine_tune(accepted, learn)
         rounds.record(r, new)
-    exp.results['self_verification'] = rounds.records
-    exp.results['self_verification_round'] = rounds.chosen
+    exp.results.self_verified(rounds.records, rounds.chosen)
     logger.info('self-verification: round %d has the lowest mean validation loss (%.4f); '
                 'its %d fold models are evaluated', rounds.chosen, rounds.best_loss, FOLDS)
     ensemble = evaluation.Ensemble(rounds.paths(rounds.chosen), FOLDS, 1,
                                    exp.cfg['recognizer']['ensemble'])
-    exp.results['ensemble'] = ensemble.summary()
+    exp.results.ensembled(ensemble.summary())
     return ensemble

@@ -27,17 +27,13 @@ import yaml  # noqa: E402
 from scipy import stats  # noqa: E402
 
 import config  # noqa: E402
+import metrics  # noqa: E402
 import runfolder  # noqa: E402
 import utils  # noqa: E402
 from config import ConfigError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 UNSAFE = re.compile(r'[^A-Za-z0-9._=,+-]')  # anything else becomes '_' in a run name
-# The metrics of a run shown in summary.md and summary.png and compared to --baseline; the
-# other numbers of results.json (per-class figures, counts, echoes of the config, the model
-# selection, the wall time) are kept in runs.csv and summary.csv only.
-HEADLINE = re.compile(r'^(accuracy_micro|lwlrap|map_at_3|(precision|recall|f1)_macro|'
-                      r'noise_detection\.(precision|recall))$')
 # Columns of runs.csv that are not metrics (besides the grid keys).
 NOT_METRICS = ('run', 'point', 'seed', 'overrides', 'status', 'error')
 
@@ -331,13 +327,13 @@ def summarise(frame, grid, baseline):
     """summary: one row per grid point: n, <metric>_mean/_std/_ci95_low/_ci95_high, and
     with a baseline <metric>_diff_mean/_diff_ci95_low/_diff_ci95_high (paired by seed)."""
     done = frame[frame.status == 'finished']
-    metrics = metric_columns(frame, grid)
+    columns = metric_columns(frame, grid)
     rows = []
     for point, group in frame.groupby('point', sort=False):
         row = {'point': point, **group.iloc[0][list(grid)].to_dict(),
                'n': int((group.status == 'finished').sum())}
         ok = done[done.point == point]
-        for m in metrics:
+        for m in columns:
             _, *figures = mean_ci(ok[m])
             row.update(zip([f'{m}_{s}' for s in ('mean', 'std', 'ci95_low', 'ci95_high')],
                            figures))
@@ -346,7 +342,7 @@ def summarise(frame, grid, baseline):
             ref_point = done[(done[list(grid)] == pd.Series(ref)[list(grid)]).all(axis=1)]
             pairs = ok.merge(ref_point, on='seed', suffixes=('', '_ref'))
             row['n_pairs'] = len(pairs)
-            for m in headline(metrics):
+            for m in headline(columns):
                 _, mean, _, low, high = mean_ci(pairs[m] - pairs[f'{m}_ref'])
                 row.update({f'{m}_diff_mean': mean, f'{m}_diff_ci95_low': low,
                             f'{m}_diff_ci95_high': high})
@@ -354,22 +350,27 @@ def summarise(frame, grid, baseline):
     return pd.DataFrame(rows)
 
 
-def headline(metrics):
-    return [m for m in metrics if HEADLINE.match(m)]
+def headline(columns):
+    """The metrics of a run shown in summary.md and summary.png and compared to --baseline:
+    the headline keys of metrics.METRICS. The other numbers of results.json (per-class
+    figures, counts, echoes of the config, the model selection, the wall time) are kept in
+    runs.csv and summary.csv only."""
+    keys = metrics.headline_keys()
+    return [c for c in columns if c in keys]
 
 
-def markdown(summary, metrics, grid, baseline):
+def markdown(summary, columns, grid, baseline):
     """summary.md: per grid point n and, per headline metric, mean, std and 95 % CI."""
     def num(x):
         return '' if pd.isna(x) else f'{x:.4g}'
     head = [*grid, 'n']
-    for m in metrics:
+    for m in columns:
         head += [f'{m} mean', f'{m} std', f'{m} 95 % CI']
         head += [f'{m} - baseline', f'{m} - baseline 95 % CI'] if baseline else []
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for _, r in summary.iterrows():
         cells = [str(r[k]) for k in grid] + [str(r['n'])]
-        for m in metrics:
+        for m in columns:
             cells += [num(r[f'{m}_mean']), num(r[f'{m}_std']),
                       f'[{num(r[f"{m}_ci95_low"])}, {num(r[f"{m}_ci95_high"])}]']
             if baseline:
@@ -386,16 +387,16 @@ def markdown(summary, metrics, grid, baseline):
 
 def write_outputs(out, name, frame, grid, baseline):
     import plots
-    metrics = metric_columns(frame, grid)
+    columns = metric_columns(frame, grid)
     summary = summarise(frame, grid, baseline)
     with utils.atomic_path(out / 'runs.csv') as tmp:
         frame.to_csv(tmp, index=False, float_format='%.6g')
     with utils.atomic_path(out / 'summary.csv') as tmp:
         summary.to_csv(tmp, index=False, float_format='%.6g')
-    table = markdown(summary, headline(metrics), grid, baseline)
+    table = markdown(summary, headline(columns), grid, baseline)
     utils.atomic_write_text(out / 'summary.md', f'# sweep {name}\n\n{table}')
-    if headline(metrics):
-        plots.summary(summary, headline(metrics), out / 'summary.png',
+    if headline(columns):
+        plots.summary(summary, headline(columns), out / 'summary.png',
                       f'sweep {name}: mean and 95 % CI')
     return summary, table
 

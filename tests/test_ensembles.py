@@ -11,6 +11,7 @@ import callbacks
 import config
 import splits
 import learn
+from results import Results
 
 
 class _Recorder(keras.callbacks.Callback):
@@ -214,7 +215,8 @@ class _RunExp:
     evaluates epoch 7, saved models are named as the Experiment names them."""
 
     def __init__(self, cfg, splits, fold=1):
-        self.cfg, self.splits, self.fold, self.results, self.epoch = cfg, splits, fold, {}, 8
+        self.cfg, self.splits, self.fold, self.epoch = cfg, splits, fold, 8
+        self.results = Results()
         self.train_idx = np.arange(3)
         self.state = SimpleNamespace(evaluated_epoch=7)
         self.selection = SimpleNamespace(finish=lambda trainer: None, restart=lambda: None,
@@ -258,7 +260,7 @@ def test_results_name_the_ensemble_not_one_models_epoch(make_cfg, monkeypatch, t
     monkeypatch.setattr(ensemble, 'write_oof', lambda *args: None)
     exp = _RunExp(cfg, splits)
     predictor = learn.run(exp)
-    results = exp.results
+    results = exp.results.to_json()
 
     members = ([f'snapshot_{f}_{c}.keras' for f in range(1, folds + 1) for c in (1, 2)]
                if cyclic else [f'model_{f}.keras' for f in range(1, folds + 1)])
@@ -286,7 +288,7 @@ def test_results_name_the_ensemble_not_one_models_epoch(make_cfg, monkeypatch, t
                   'recognizer': {'metrics': None}}
     scores = np.eye(3) * 0.8 + 0.05
     saved = evaluation.report(report_cfg, table, classes, np.arange(3), scores, tmp_path, 1.0,
-                              results)
+                              exp.results)
     evaluation.write_results(tmp_path, saved)
     lines = capsys.readouterr().out.splitlines()
     assert expected_line in lines
@@ -294,3 +296,30 @@ def test_results_name_the_ensemble_not_one_models_epoch(make_cfg, monkeypatch, t
     on_disk = json.loads((tmp_path / 'results.json').read_text())
     assert on_disk['model_selection'] == results['model_selection']
     assert ('evaluated_epoch' in on_disk) == (folds == 1 and not cyclic)
+
+
+def test_k_fold_results_keep_the_injected_label_noise(make_cfg, monkeypatch):
+    """Issue 15: results.json of a k-fold run keeps the top-level label_noise (run_folds
+    dropped it), and each fold's entry keeps its own figures; fold 1's selection is not
+    left at the top."""
+    import ensemble
+    import eval as evaluation
+    noise = {'rate': 0.2, 'kind': 'symmetric', 'subset': 'train', 'share_changed': 0.2}
+    monkeypatch.setattr(evaluation, 'predict', lambda e, s, p, r, c: (r, np.zeros((r.size, 3))))
+    monkeypatch.setattr(ensemble, 'write_oof', lambda *args: None)
+    monkeypatch.setattr(_RunExp, 'for_fold', lambda self, fold: _noisy(
+        _RunExp(self.cfg, self.splits, fold), noise))
+    rows = np.arange(9)
+    splits = [(rows[rows % 3 != f], rows[rows % 3 == f]) for f in range(3)]
+    exp = _noisy(_RunExp(make_cfg('learn.mode=1', 'learn.folds=3'), splits), noise)
+    learn.run(exp)
+    saved = exp.results.to_json()
+    assert saved['label_noise'] == noise
+    assert saved['model_selection'] == 'ensemble' and 'evaluated_epoch' not in saved
+    assert saved['folds'] == [{'label_noise': noise, 'model_selection': 'last',
+                               'evaluated_epoch': 7, 'fold': f} for f in (1, 2, 3)]
+
+
+def _noisy(exp, noise):
+    exp.results = Results(label_noise=noise)
+    return exp

@@ -11,6 +11,7 @@ from sklearn.metrics import accuracy_score, precision_score, recall_score
 
 import eval as evaluation
 from config import ConfigError
+from results import Results
 
 ACCURACY_LINE = (r'^ACCURACY - MICRO: \d+\.\d{2} % \(\d+/\d+ test files, '
                  r'train_data=\w+\)$')
@@ -87,7 +88,7 @@ def test_report_files_and_line(tmp_path, capsys):
     for k, c in enumerate(classes):
         assert saved['per_class'][c]['accuracy'] == pytest.approx(recall[k])
         assert saved['per_class'][c]['n_files'] == int(np.sum(true == k))
-    assert results['n_files_listed'] == 5
+    assert results.evaluation.n_listed == 5
 
     pred_csv = pd.read_csv(tmp_path / 'predictions.csv')
     assert list(pred_csv.columns) == ['fname', 'predicted'] + classes
@@ -157,8 +158,11 @@ def test_report_multi_label_lines_and_results(tmp_path, capsys):
 
 def test_single_label_metric_on_a_multi_label_dataset_is_refused():
     cfg = {'ctrl': {'dataset': 'fsdkaggle2019'}, 'recognizer': {'metrics': ['accuracy']}}
-    with pytest.raises(ConfigError, match="recognizer.metrics 'accuracy'"):
+    with pytest.raises(ConfigError) as err:
         evaluation.check_metrics(cfg)
+    assert str(err.value) == ("recognizer.metrics 'accuracy' needs single-label data, but "
+                              "fsdkaggle2019 has clips with several labels; use lwlrap, map3 "
+                              "or prf1")
     cfg['recognizer']['metrics'] = ['auc']
     with pytest.raises(ConfigError, match='lwlrap'):
         evaluation.check_metrics(cfg)
@@ -193,7 +197,7 @@ def test_results_json_is_strict_json_with_a_never_predicted_class(tmp_path):
     scores = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.2, 0.1, 0.7], [0.1, 0.2, 0.7]])
     cfg = {'ctrl': {'run_name': 'r3', 'train_data': 'all', 'dataset': 'fsdnoisy18k'},
            'recognizer': {'metrics': ['accuracy', 'prf1']}}
-    extra = {'noise_detection': {'precision': float('nan'), 'recall': 0.5, 'n_flagged': 0}}
+    extra = Results(noise_detection={'precision': float('nan'), 'recall': 0.5, 'n_flagged': 0})
     results = evaluation.report(cfg, table, classes, rows, scores, tmp_path, 1.0, extra)
     evaluation.write_results(tmp_path, results)
     saved = _strict_json((tmp_path / 'results.json').read_text())

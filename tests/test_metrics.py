@@ -184,7 +184,7 @@ def test_accuracy_micro_percent_and_per_class():
 def test_single_label_metrics_refuse_multi_label_truth(name):
     y, s = _multi(np.random.default_rng(8))
     with pytest.raises(ConfigError, match=f"'{name}' needs single-label"):
-        metrics.METRICS[name](y, s)
+        metrics.METRICS[name].compute(y, s)
 
 
 # ----------------------------------------------------------------------------- P/R/F1
@@ -193,7 +193,7 @@ def test_prf1_top1_single_label_matches_counts():
     y, s = _single(np.random.default_rng(9))
     pred = np.eye(K, dtype=bool)[s.argmax(1)]
     p, r, f = _prf_ref(y, pred)
-    out = metrics.METRICS['prf1'](y, s)  # single-label truth -> top-1
+    out = metrics.METRICS['prf1'].compute(y, s)  # single-label truth -> top-1
     np.testing.assert_allclose(out['per_class']['precision'], p, atol=1e-12)
     np.testing.assert_allclose(out['per_class']['recall'], r, atol=1e-12)
     np.testing.assert_allclose(out['per_class']['f1'], f, atol=1e-12)
@@ -206,7 +206,7 @@ def test_prf1_threshold_multi_label_with_nan_for_undefined_figures():
     y, s = _multi(rng)
     y[:, 1] = 0                 # no positives: recall undefined
     s[:, 2] = 0.1               # never predicted: precision undefined
-    out = metrics.METRICS['prf1'](y, s)  # multi-label truth -> threshold 0.5
+    out = metrics.METRICS['prf1'].compute(y, s)  # multi-label truth -> threshold 0.5
     p, r, f = _prf_ref(y, s >= metrics.PRF1_THRESHOLD)
     for name, ref in [('precision', p), ('recall', r), ('f1', f)]:
         np.testing.assert_allclose(out['per_class'][name], ref, atol=1e-12)
@@ -222,7 +222,7 @@ def test_confusion_matrix_and_csv(tmp_path):
     y, s = _single(np.random.default_rng(11))
     expected = np.zeros((K, K), int)
     np.add.at(expected, (y.argmax(1), s.argmax(1)), 1)
-    matrix = metrics.METRICS['confusion'](y, s)['confusion']
+    matrix = metrics.METRICS['confusion'].compute(y, s)['confusion']
     np.testing.assert_array_equal(matrix, expected)
     classes = [f'class {c}' for c in range(K)]
     metrics.write_confusion_csv(tmp_path / 'confusion.csv', matrix, classes)
@@ -234,12 +234,12 @@ def test_confusion_matrix_and_csv(tmp_path):
 
 # ----------------------------------------------------------------------------- registry
 
-def test_registry_names_and_per_class_dict_is_json_ready():
+def test_smoke_registry_entries_give_json_ready_per_class_figures():
+    """Smoke test (the registry against its own functions): every test-score metric
+    computes, and per_class_dict turns the merged per-class arrays into plain numbers."""
     y, s = _single(np.random.default_rng(12))
-    assert list(metrics.METRICS) == ['accuracy', 'lwlrap', 'map3', 'prf1', 'confusion']
-    results = {name: metrics.METRICS[name](y, s) for name in metrics.METRICS}
-    assert results['map3'] == {'map_at_3': metrics.map_at_k(y, s, 3)}
-    assert results['lwlrap']['lwlrap'] == metrics.lwlrap(y, s)
+    assert list(metrics.choices()) == ['accuracy', 'lwlrap', 'map3', 'prf1', 'confusion']
+    results = {name: m.compute(y, s) for name, m in metrics.choices().items()}
     merged = {**results['lwlrap']['per_class'], **results['prf1']['per_class']}
     classes = [f'c{k}' for k in range(K)]
     table = metrics.per_class_dict(merged, classes)
@@ -247,3 +247,50 @@ def test_registry_names_and_per_class_dict_is_json_ready():
     assert set(table['c0']) == {'lwlrap', 'lwlrap_weight', 'precision', 'recall', 'f1', 'support'}
     assert table['c3']['recall'] == pytest.approx(merged['recall'][3])
     json.dumps(table)  # plain Python numbers only
+
+
+def test_every_registry_entry_against_sklearn_and_numpy():
+    """Each entry's figures, its report line and its headline keys on a small case, against
+    sklearn / numpy computed here."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+    rng = np.random.default_rng(13)
+    y, s = _single(rng, n=20, k=4)
+    true, pred = y.argmax(1), s.argmax(1)
+    p, r, f, _ = precision_recall_fscore_support(true, pred, labels=range(4), average=None,
+                                                 zero_division=np.nan)
+    top3 = np.argsort(-s, axis=1)[:, :3]
+    rank = np.array([list(row).index(t) + 1 if t in row else np.inf for row, t in
+                     zip(top3, true)])
+    expected = {
+        'accuracy': {'accuracy_micro': 100 * accuracy_score(true, pred)},
+        'lwlrap': {'lwlrap': label_ranking_average_precision_score(y, s)},  # 1 label per clip
+        'map3': {'map_at_3': np.mean(1 / rank)},
+        'prf1': {'precision_macro': np.nanmean(p), 'recall_macro': np.nanmean(r),
+                 'f1_macro': np.nanmean(f)},
+    }
+    lines = {'accuracy': f'ACCURACY - MICRO: {100 * accuracy_score(true, pred):.2f} % (here)',
+             'lwlrap': f'LWLRAP: {label_ranking_average_precision_score(y, s):.4f} (here)',
+             'map3': f'MAP@3: {np.mean(1 / rank):.4f} (here)',
+             'prf1': (f'PRF1 - MACRO: precision {np.nanmean(p):.4f}, recall '
+                      f'{np.nanmean(r):.4f}, F1 {np.nanmean(f):.4f} (here)'),
+             'confusion': 'CONFUSION: confusion.csv (here)'}
+    for name, metric in metrics.choices().items():
+        out = metric.compute(y, s)
+        out.pop('per_class', None)
+        if name == 'confusion':
+            np.testing.assert_array_equal(out['confusion'],
+                                          confusion_matrix(true, pred, labels=range(4)))
+        else:
+            assert out == pytest.approx(expected[name]), name
+            assert set(metric.headline) == set(expected[name]), name
+        assert metric.line(out, 'here') == lines[name]
+        assert metric.single_label == (name in ('accuracy', 'confusion'))
+    accuracy = metrics.METRICS['accuracy'].compute(y, s)['per_class']
+    np.testing.assert_allclose(accuracy['accuracy'], 100 * r)  # per-class accuracy = recall
+    np.testing.assert_array_equal(accuracy['n_files'], np.bincount(true, minlength=4))
+    # Noise detection is measured during training: headline keys and curves, no compute.
+    detection = metrics.METRICS['noise_detection']
+    assert detection.compute is None and 'noise_detection' not in metrics.choices()
+    assert set(detection.headline) == {'noise_detection.precision', 'noise_detection.recall'}
+    assert metrics.headline_keys() == {'accuracy_micro', 'lwlrap', 'map_at_3', 'precision_macro',
+                                       'recall_macro', 'f1_macro', *detection.headline}

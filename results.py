@@ -1,0 +1,132 @@
+"""The results of a run: one object that the learning modes write and eval.py reports.
+
+`Results` holds what results.json says about a run: the injected label noise, the noise
+detection of the modes that drop or mask examples, which model was evaluated (one model's
+selection rule and epoch, or an ensemble of folds and snapshots), the self-verification
+rounds, each fold's own results and, once eval.report has measured the test clips, the
+`Evaluation`. Modes reach it as `exp.results`; the resume backup keeps its state_dict().
+"""
+import copy
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+import metrics
+
+
+@dataclass
+class Evaluation:
+    """What eval.report measured on the test clips."""
+    run_name: str
+    metrics: list      # names of the reported metrics (recognizer.metrics), report order
+    figures: dict      # overall figures of the computed metrics, {key: float}, in order
+    per_class: dict    # {figure: array [K]} merged over the computed metrics
+    classes: list
+    n_evaluated: int   # test clips that were read and scored
+    n_listed: int      # test clips in the dataset's list
+    train_data: str    # ctrl.train_data
+    wall_time: float   # seconds since the run started
+    confusion: np.ndarray = None  # [K, K] when recognizer.metrics has confusion
+
+    @property
+    def where(self):
+        """What a metric line was measured on, as every evaluation line ends."""
+        return (f'{self.n_evaluated}/{self.n_listed} test files, '
+                f'train_data={self.train_data}')
+
+    def to_json(self):
+        """The head of results.json: name, status, the overall figures (accuracy_micro
+        first, rounded to 4 places, the others to 6), counts, per-class figures, time."""
+        head = {k: round(float(v), 6) for k, v in self.figures.items()}
+        if 'accuracy_micro' in head:
+            head = {'accuracy_micro': round(head.pop('accuracy_micro'), 4), **head}
+        return {'run_name': self.run_name, 'status': 'finished', **head,
+                'n_files_evaluated': self.n_evaluated, 'n_files_listed': self.n_listed,
+                'train_data': self.train_data,
+                'per_class': metrics.per_class_dict(self.per_class, self.classes),
+                'wall_time_s': round(self.wall_time, 2)}
+
+
+@dataclass
+class Results:
+    """A run's results; None is "not measured" and is left out of results.json. Fields
+    appear in results.json in this order, after the Evaluation's head."""
+    label_noise: dict = None        # ctrl.inject_noise: rate, kind, subset, share_changed
+    # noise detection of the dropped / masked examples: precision, recall, n_flagged,
+    # n_wrong (one decision), or those as lists over the epochs, with 'epoch'
+    noise_detection: dict = None
+    self_verification: list = None  # one record per self-verification round
+    self_verification_round: int = None  # the round whose fold models are evaluated
+    folds: list = None              # each fold's own results (to_json()) with its 'fold'
+    # what is evaluated: learn.model_selection and its epoch (one model), 'snapshots'
+    # and their cycles (one fold's members), or 'ensemble' (see `ensemble`)
+    model_selection: str = None
+    evaluated_epoch: int = None
+    snapshot_cycles: list = None
+    ensemble: dict = None           # eval.Ensemble.summary(): members and how averaged
+    evaluation: Evaluation = field(default=None, repr=False)
+
+    # -- what the modes record
+    def noise_detected(self, figures):
+        """One drop decision's precision / recall (e.g. the pruned clips of mode 3)."""
+        self.noise_detection = dict(figures)
+
+    def noise_detected_per_epoch(self, epochs, figures):
+        """Per-epoch precision / recall: {figure: [per epoch]} and the epochs."""
+        self.noise_detection = {key: [f[key] for f in figures]
+                                for key in ('precision', 'recall', 'n_flagged', 'n_wrong')}
+        self.noise_detection['epoch'] = list(epochs)
+
+    def self_verified(self, rounds, chosen):
+        self.self_verification, self.self_verification_round = rounds, chosen
+
+    # -- what is evaluated: one model, one fold's snapshots, or an ensemble
+    def selected(self, rule, epoch):
+        """One model: the learn.model_selection rule and the epoch it chose."""
+        self.model_selection, self.evaluated_epoch = rule, epoch
+
+    def snapshots(self, cycles):
+        """The members are the snapshots of these cycles, not the selected weights."""
+        self.model_selection, self.snapshot_cycles = 'snapshots', list(cycles)
+
+    def fold_results(self, per_fold):
+        """k folds: each fold's results (fold 1's included) live under `folds`; what stays
+        at the top is what the folds share (the injected label noise)."""
+        self.folds = list(per_fold)
+        self.noise_detection = self.model_selection = None
+        self.evaluated_epoch = self.snapshot_cycles = None
+
+    def ensembled(self, summary):
+        """What is evaluated is an ensemble (its summary names the members), not one
+        model's selected epoch."""
+        self.model_selection, self.evaluated_epoch, self.ensemble = 'ensemble', None, summary
+
+    # -- the test clips
+    def evaluated(self, evaluation):
+        self.evaluation = evaluation
+
+    # -- files
+    def to_json(self):
+        """results.json's content: the Evaluation's head (once evaluated), then every
+        measured field of the run."""
+        out = self.evaluation.to_json() if self.evaluation is not None else {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != 'evaluation' and value is not None:
+                out[f.name] = value
+        return out
+
+    def state_dict(self):
+        """The run-level fields (a backup is taken during training, before any
+        evaluation), as plain copies."""
+        return copy.deepcopy({k: v for k, v in self.to_json().items()
+                              if k in self._run_fields()})
+
+    def load_state_dict(self, state):
+        """Put back a state_dict(); fields it does not name are unmeasured."""
+        for name in self._run_fields():
+            setattr(self, name, copy.deepcopy(state.get(name)))
+
+    @classmethod
+    def _run_fields(cls):
+        return [f.name for f in fields(cls) if f.name != 'evaluation']
