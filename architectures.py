@@ -5,21 +5,17 @@ noisy labels when training sound event classifiers", IEEE WASPAA 2019. Inputs ar
 patches of shape (patch_len, n_mels, 1): time x mel bands x 1 channel (channels_last).
 The tagging models cnn_gru and vgg_gap (below) take any number of frames: (None, n_mels, 1).
 
-Every model ends in float32 outputs (a softmax, or the layers of learn.head), so that
-losses and metrics stay in float32 under a mixed_float16 policy, and names its penultimate representation 'embedding', so that a
-caller can read it with
-    keras.Model(model.input, [model.output, model.get_layer('embedding').output])
-(model.input, not the list model.inputs, so that calling it on one array raises no
-input-structure warning).
-
-Heads by name (config key `learn.head`, registry HEADS): every model ends in
-head_outputs(), which puts the head's output layer(s) on the features of its classifier.
+Every model is a trunk (inputs -> its penultimate representation, the layer named
+'embedding') and the head of learn.head (heads.head_outputs) on it, and returns a dict of
+named outputs: the head's (always 'scores', the prediction [B, K], and its branches, all
+float32 so that losses and metrics stay float32 under a mixed_float16 policy) and the
+trunk's 'embedding' (in the compute dtype), which losses such as adaptive_lq read.
 """
 import keras
 from keras import layers
 
-import losses
 from config import ConfigError, lookup
+from heads import HEADS, head_outputs
 
 
 def _too_small(input_shape, pools):
@@ -28,6 +24,11 @@ def _too_small(input_shape, pools):
     for pool_time, pool_mel in pools:
         time, mel = time // pool_time, mel // pool_mel
     return time < 1 or mel < 1
+
+
+def _model(inputs, embedding, outputs, name):
+    """The keras.Model of a trunk and its head: the head's named outputs and 'embedding'."""
+    return keras.Model(inputs, {**outputs, 'embedding': embedding}, name=name)
 
 
 def _bn_relu(x):
@@ -55,12 +56,13 @@ def baseline(input_shape, n_classes, cfg_learn):
         if pool:
             x = layers.MaxPooling2D(pool)(x)
     x = layers.Dropout(0.5)(layers.Flatten()(x))
-    x = layers.Dense(64, activation='relu', kernel_initializer='he_normal',
-                     kernel_regularizer=keras.regularizers.L2(1e-3), name='embedding')(x)
-    outputs = head_outputs(layers.Dropout(0.5)(x), n_classes, cfg_learn,
+    embedding = layers.Dense(64, activation='relu', kernel_initializer='he_normal',
+                             kernel_regularizer=keras.regularizers.L2(1e-3),
+                             name='embedding')(x)
+    outputs = head_outputs(layers.Dropout(0.5)(embedding), n_classes, cfg_learn,
                            kernel_initializer='he_normal',
                            kernel_regularizer=keras.regularizers.L2(1e-3))
-    return keras.Model(inputs, outputs, name='baseline')
+    return _model(inputs, embedding, outputs, 'baseline')
 
 
 # ----------------------------------------------------------------------------- DenSE
@@ -87,18 +89,18 @@ def dense_se(input_shape, n_classes, cfg_learn):
     """DenSE of the original code (get_model_DenSE): BN on the input; a linear 15-filter
     3x3 stem concatenated with the normalised input (16 channels); `learn.densenet_modules`
     DenseNet+SE modules with min(512, 16 * 2**i) filters; BN-ReLU, a flattened embedding,
-    dropout 0.5 and a softmax with he_normal kernel and L2 1e-3. `same` pooling never
-    shrinks a side below 1, so any number of modules fits any patch."""
+    dropout 0.5 and the head (the original's softmax) with he_normal kernel and L2 1e-3.
+    `same` pooling never shrinks a side below 1, so any number of modules fits any patch."""
     inputs = keras.Input(shape=input_shape)
     x = layers.BatchNormalization()(inputs)
     x = layers.Concatenate()([x, layers.Conv2D(15, (3, 3), padding='same')(x)])
     for i in range(cfg_learn['densenet_modules']):
         x = _dense_se_module(x, min(512, 16 * 2 ** i))
-    x = layers.Flatten(name='embedding')(_bn_relu(x))
-    outputs = head_outputs(layers.Dropout(0.5)(x), n_classes, cfg_learn,
+    embedding = layers.Flatten(name='embedding')(_bn_relu(x))
+    outputs = head_outputs(layers.Dropout(0.5)(embedding), n_classes, cfg_learn,
                            kernel_initializer='he_normal',
                            kernel_regularizer=keras.regularizers.L2(1e-3))
-    return keras.Model(inputs, outputs, name='DenSE')
+    return _model(inputs, embedding, outputs, 'DenSE')
 
 
 # ----------------------------------------------------------------------------- tagging models
@@ -159,11 +161,11 @@ def cnn_gru_trunk(inputs, cfg_learn, filters=CNN_GRU_FILTERS, units=CNN_GRU_UNIT
 
 
 def cnn_gru(input_shape, n_classes, cfg_learn):
-    """CNN-GRU with a softmax output (see cnn_gru_trunk)."""
+    """CNN-GRU (see cnn_gru_trunk) and the head of learn.head on its embedding."""
     _check_mels(input_shape, 2 ** len(CNN_GRU_FILTERS), 'cnn_gru')
     inputs = keras.Input(shape=(None,) + tuple(input_shape[1:]))
-    outputs = head_outputs(cnn_gru_trunk(inputs, cfg_learn), n_classes, cfg_learn)
-    return keras.Model(inputs, outputs, name='cnn_gru')
+    embedding = cnn_gru_trunk(inputs, cfg_learn)
+    return _model(inputs, embedding, head_outputs(embedding, n_classes, cfg_learn), 'cnn_gru')
 
 
 # ----------------------------------------------------------------------------- VGG-GAP
@@ -229,140 +231,20 @@ def class_map_logits(x, n_classes):
 
 
 def vgg_gap(input_shape, n_classes, cfg_learn):
-    """Dorfer & Widmer's VGG with global average pooling and a softmax output; it needs at
+    """Dorfer & Widmer's VGG with global average pooling (class_map_logits, one per branch
+    of learn.head; theirs is the softmax head) after dropout 0.5; it needs at
     least VGG_GAP_MIN_FRAMES frames (they train on 384) and VGG_GAP_MIN_MELS mel bands."""
     _check_mels(input_shape, VGG_GAP_MIN_MELS, 'vgg_gap')
     inputs = keras.Input(shape=(None,) + tuple(input_shape[1:]))
-    x = layers.Dropout(0.5)(vgg_gap_trunk(inputs, cfg_learn))
-    outputs = head_outputs(x, n_classes, cfg_learn, logits=class_map_logits)
-    return keras.Model(inputs, outputs, name='vgg_gap')
+    embedding = vgg_gap_trunk(inputs, cfg_learn)
+    outputs = head_outputs(layers.Dropout(0.5)(embedding), n_classes, cfg_learn,
+                           logits=class_map_logits)
+    return _model(inputs, embedding, outputs, 'vgg_gap')
 
 
 MODELS = {'baseline': baseline, 'DenSE': dense_se, 'cnn_gru': cnn_gru, 'vgg_gap': vgg_gap}
 # The fewest input frames a model that takes any length accepts (others: 1).
 MIN_FRAMES = {'vgg_gap': VGG_GAP_MIN_FRAMES}
-
-
-# ----------------------------------------------------------------------------- heads
-# Every model ends in head_outputs(features, n_classes, cfg_learn, ...), which builds the
-# output layer(s) of learn.head on the features that feed the classifier. The softmax head
-# is the model's own softmax layer, exactly as before heads existed. Every other head
-# returns a dict of named outputs: 'scores' (the clip-level prediction, [B, K] in [0, 1])
-# and one entry per branch, named after what its loss (losses.BRANCH_LOSSES) reads:
-# 'sigmoid' and 'softmax' probabilities, 'sparsemax_logits' (the sparsemax loss needs the
-# logits z themselves: its threshold and support are functions of z, not of sparsemax(z)).
-# Each branch has its own classifier layer(s) (He et al.: "two dense layers"). All output
-# layers are float32, so that losses stay float32 under mixed_float16.
-
-@keras.saving.register_keras_serializable(package='noisy_sed')
-class Sparsemax(layers.Layer):
-    """sparsemax over the last axis (Martins & Astudillo, ICML 2016): losses.sparsemax."""
-
-    def call(self, z):
-        return losses.sparsemax(z)
-
-
-def _branch(z, activation, prefix=''):
-    """Float32 output of one branch from its logits z, named after what its loss reads
-    (prefix: that of a multitask head's layers, see multitask_outputs)."""
-    if activation == 'sparsemax':
-        z = layers.Activation('linear', dtype='float32', name=f'{prefix}sparsemax_logits')(z)
-        return ({'sparsemax_logits': z},
-                Sparsemax(dtype='float32', name=f'{prefix}sparsemax')(z))
-    p = layers.Activation(activation, dtype='float32', name=f'{prefix}{activation}')(z)
-    return {activation: p}, p
-
-
-# learn.head -> the activations of its branches (He et al., Sec. 3.2: the multi-activation
-# heads put a sigmoid layer trained with BCE beside a softmax or sparsemax layer; the
-# branches' outputs are averaged for prediction).
-HEADS = {
-    'softmax': ('softmax',),
-    'sigmoid': ('sigmoid',),
-    'sparsemax': ('sparsemax',),
-    'sigmoid_softmax': ('sigmoid', 'softmax'),
-    'sigmoid_sparsemax': ('sigmoid', 'sparsemax'),
-}
-
-
-def head_outputs(x, n_classes, cfg_learn, logits=None, prefix='', **dense):
-    """The output layer(s) of learn.head on features x.
-
-    logits(x, n_classes) -> [B, K] builds one classifier (default: a dense layer with the
-    `dense` keyword arguments, e.g. the baseline's L2 regulariser); it is called once
-    per branch, so that each branch has its own weights. With learn.multitask: the two
-    heads of multitask_outputs. prefix names the layers of one multitask head.
-    """
-    head = cfg_learn.get('head', 'softmax')
-    if cfg_learn.get('multitask') and not prefix:
-        return multitask_outputs(x, n_classes, cfg_learn, **dense)
-    if head == 'softmax' and logits is None and not prefix:
-        # dtype float32: the probabilities stay float32 under a mixed_float16 policy.
-        return layers.Dense(n_classes, activation='softmax', dtype='float32', **dense)(x)
-    outputs, probs = {}, []
-    for activation in lookup(HEADS, head, 'learn.head'):
-        z = (logits(x, n_classes) if logits is not None else layers.Dense(
-            n_classes, dtype='float32', name=f'{prefix}{activation}_dense', **dense)(x))
-        named, p = _branch(z, activation, prefix)
-        outputs.update(named)
-        probs.append(p)
-    if head in ('softmax', 'sigmoid'):
-        return probs[0]  # one layer whose probabilities are the prediction
-    outputs['scores'] = (probs[0] if len(probs) == 1 else
-                         layers.Average(dtype='float32', name=f'{prefix}scores')(probs))
-    return outputs
-
-
-# learn.multitask (Akiyama & Sato, "Multitask learning and semi-supervised learning with
-# noisy data for audio tagging", DCASE 2019 task 2, Sec. 2.1 and 3.4.3): the trunk's
-# features feed two identical heads, FC 1024 - ReLU - dropout 0.2 - FC 1024 - ReLU -
-# dropout 0.1 - the output layer(s) of learn.head; one head learns the verified (curated)
-# clips, the other the unverified (noisy) ones. The paper puts them after global max
-# pooling: a trunk whose features are still a map (vgg_gap) is max-pooled over time and
-# frequency first, and the heads end in dense layers (not the trunk's own classifier).
-# The paper's FC 1024 layers are plain (PyTorch's defaults, no weight decay): here Keras's
-# defaults (Glorot uniform, no regulariser), whatever the trunk; each head's output layer is
-# built as the model's single output layer is (baseline and DenSE: he_normal, L2 1e-3).
-MULTITASK_HEADS = ('verified', 'unverified')
-MULTITASK_FC = ((1024, 0.2), (1024, 0.1))
-
-
-def multitask_outputs(x, n_classes, cfg_learn, **dense):
-    """Named outputs of the two multitask heads: 'scores' is the verified head's prediction
-    (what every caller predicts with); head_branches(outputs, name) gives each head's
-    branches for its loss. Layers are named '<head>_...'. `dense` (the trunk's output
-    layer settings) goes to the output layers only, not to the FC 1024 layers."""
-    if len(x.shape) == 4:
-        x = layers.GlobalMaxPooling2D()(x)
-    head, outputs, predictions = cfg_learn['head'], {}, {}
-    for name in MULTITASK_HEADS:
-        h = x
-        for i, (units, rate) in enumerate(MULTITASK_FC):
-            h = layers.Dense(units, activation='relu', name=f'{name}_fc{i + 1}')(h)
-            h = layers.Dropout(rate)(h)
-        named = head_outputs(h, n_classes, cfg_learn, prefix=f'{name}_', **dense)
-        predictions[name] = scores(named)
-        named = named if isinstance(named, dict) else {head: named}
-        outputs.update({f'{name}_{key}': value for key, value in named.items()
-                        if key != 'scores'})
-    # A layer of its own: one tensor may not be two outputs of a model.
-    outputs['scores'] = layers.Identity(dtype='float32', name='scores')(predictions['verified'])
-    return outputs
-
-
-def head_branches(outputs, name, head):
-    """One multitask head's outputs as its loss reads them: the probabilities of a one-
-    layer head (softmax, sigmoid), else its branches by their unprefixed names."""
-    prefix = f'{name}_'
-    if head in ('softmax', 'sigmoid'):
-        return outputs[prefix + head]
-    return {key[len(prefix):]: value for key, value in outputs.items()
-            if key.startswith(prefix)}
-
-
-def scores(outputs):
-    """The prediction [B, K] of a model's output: the tensor itself, or its 'scores'."""
-    return outputs['scores'] if isinstance(outputs, dict) else outputs
 
 
 def check(cfg):
@@ -417,6 +299,6 @@ def lengths(cfg):
 
 
 def build(name, input_shape, n_classes, cfg_learn):
-    """learn.model name -> uncompiled keras.Model mapping input_shape to n_classes
-    probabilities (softmax head) or to the named outputs of learn.head."""
+    """learn.model name -> uncompiled keras.Model mapping input_shape to its named outputs
+    ('scores' [B, n_classes], the branches of learn.head, 'embedding')."""
     return lookup(MODELS, name, 'learn.model')(tuple(input_shape), n_classes, cfg_learn)

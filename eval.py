@@ -18,13 +18,12 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf  # tf.function compiles the gather + model call for prediction
 
-import architectures
 import datasets
+import heads  # noqa: F401  (registers the Sparsemax layer that saved members may hold)
 import metrics
 from config import ConfigError, lookup
 from results import Evaluation, Results
-from utils import Diverged
-from utils import atomic_path, atomic_write_json
+from utils import Diverged, atomic_path, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +106,8 @@ def clip_scorer(classifier, source, patches, cfg):
     the same clip alone.
     """
     compiled = tf.function(
-        lambda i: architectures.scores(classifier(source.inputs(i, length=source.eval_len),
-                                                  training=False)),
+        lambda i: classifier(source.inputs(i, length=source.eval_len),
+                             training=False)['scores'],
         reduce_retracing=True)
     whole = cfg['extract']['crop'] == 'random_crop'
 
@@ -166,14 +165,20 @@ def combine(scores, method):
 
 
 def predict(predictor, source, patches, rows, cfg):
-    """Clip scores of one classifier, or of an Ensemble whose members are loaded one at a
-    time (so that a large ensemble never sits in memory at once)."""
+    """Clip scores of one classifier, or of an Ensemble whose members' weights are loaded
+    one at a time into one model (so that a large ensemble never sits in memory at once)."""
     if not isinstance(predictor, Ensemble):
         return predict_clips(predictor, source, patches, rows, cfg)
-    scores = []
+    # One model, built once, holds each member's weights in turn, and one scorer compiled
+    # on it scores them all: its tf.function reads the model's variables when it runs, so
+    # it is traced once per input signature, not once per member as a scorer per loaded
+    # model would be. The members of an ensemble are one run's architecture, so each
+    # scores exactly as it would alone: the same graph on the same weights.
+    model = keras.saving.load_model(predictor.paths[0], compile=False)
+    score, scores = clip_scorer(model, source, patches, cfg), []
     for path in predictor.paths:
-        member = keras.saving.load_model(path, compile=False)
-        clips, member_scores = predict_clips(member, source, patches, rows, cfg)
+        model.load_weights(path)
+        clips, member_scores = score(rows)
         scores.append(member_scores)
     return clips, combine(scores, predictor.method)
 

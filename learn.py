@@ -14,13 +14,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
-import architectures
 import datasets
 import ensemble
 import eval as evaluation
 import losses
 import sampling
 import self_verify
+import splits
 from config import ConfigError, lookup
 from callbacks import check_schedule
 
@@ -73,7 +73,7 @@ def score_clips(exp, rows):
 
     def patch_loss(i):
         x, y = source.eval_batch(i)
-        return per_example(y, architectures.scores(classifier(x, training=False)))
+        return per_example(y, classifier(x, training=False)['scores'])
     idx = exp.patches.of_clips(rows)
     values = evaluation.map_patches(patch_loss, idx, evaluation.eval_batch_size(exp.cfg))
     return evaluation.aggregate(values, exp.patches.clip[idx],
@@ -163,7 +163,7 @@ MODES = {
     3: Mode(mode_prune, multitask=True, scores_clips=True),
     'staged': Mode(mode_staged, masker=True, detects=True, steps=True),
     'self_verify': Mode(self_verify.mode_self_verify, folds=self_verify.FOLDS,
-                        split=self_verify.fold_splits, schedules=('plateau', 'constant'),
+                        split=splits.self_verify_folds, schedules=('plateau', 'constant'),
                         single_label='verifies one given label per clip (Dorfer & Widmer, '
                                      'single-label)'),
 }

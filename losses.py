@@ -1,8 +1,8 @@
 """Losses by name (config section `loss`, key `type`).
 
-A loss here is a StepLoss. The training step hands it the batch targets, the predictions
-and (for the losses that need them) the inputs or embeddings, and gets per-example losses;
-keep() turns the detached losses into the loss's own per-example keep weights and the
+A loss here is a StepLoss. The training step hands it the batch targets, the model's named
+outputs and (for the losses that need them) the inputs or embeddings, and gets per-example
+losses; keep() turns the detached losses into the loss's own per-example keep weights and the
 figures it logs per epoch; the step multiplies those weights by the mode's (loss masking)
 and reduce() gives the one scalar for the optimiser. All maths is in keras.ops.
 
@@ -14,6 +14,7 @@ import keras
 from keras import ops
 
 from config import ConfigError, lookup
+from heads import _sparsemax_threshold, head_branches
 
 P_MIN = 1e-7  # probabilities are clipped here before a log or a power
 
@@ -58,28 +59,7 @@ def normalise_targets(y_true):
 # Martins & Astudillo, "From softmax to sparsemax: a sparse model of attention and
 # multi-label classification", ICML 2016; as used by He, Shen, Zhang & Liu, "Staged
 # training strategy and multi-activation for audio tagging with noisy and sparse
-# multi-label data" (Eq. 5-9).
-
-def _sparsemax_threshold(z):
-    """tau(z) [..., 1] over the last axis (He et al. Eq. 6-8): sort descending, find the
-    support size k(z) = max{k : 1 + k z_(k) > sum_{j<=k} z_(j)}, tau = (sum_{j<=k(z)} z_(j)
-    - 1) / k(z). The gradient flows through the sorted sum to the support's logits."""
-    z_sorted = ops.flip(ops.sort(z, axis=-1), axis=-1)
-    k = ops.arange(1, z.shape[-1] + 1, dtype=z.dtype)
-    cumsum = ops.cumsum(z_sorted, axis=-1)
-    k_z = ops.max(ops.where(1.0 + k * z_sorted > cumsum, k, 0.0), axis=-1, keepdims=True)
-    top_sum = ops.take_along_axis(cumsum, ops.cast(k_z, 'int32') - 1, axis=-1)
-    return (top_sum - 1.0) / k_z
-
-
-def sparsemax(logits):
-    """Euclidean projection of the logits onto the probability simplex, over the last axis:
-    max(z - tau(z), 0). Like softmax it keeps the order of the logits, but it gives exactly 0
-    to the classes below tau, so a peaked input yields a sparse (even one-hot) output.
-    Computed in float32 (a float16 sort and cumulative sum would lose the threshold)."""
-    z = ops.cast(logits, 'float32')
-    return ops.maximum(z - _sparsemax_threshold(z), 0.0)
-
+# multi-label data" (Eq. 9). sparsemax itself and its threshold are in heads.py.
 
 def sparsemax_loss(y_true, logits):
     """Sparsemax loss per example (He et al. Eq. 9; Martins & Astudillo Prop. 3):
@@ -105,10 +85,11 @@ def weighted_mean(losses, weights):
 class StepLoss:
     """Base: per-example loss, keeps every example, mean over the weighted ones.
 
-    Subclasses define per_example(y_true, y_pred, x, emb) -> [B] losses.
+    Subclasses define per_example(y_true, y_pred, x, emb) -> [B] losses; y_pred is the
+    model's named outputs (heads.py), of which a loss reads the branch it trains.
     """
 
-    needs_embedding = False  # the step passes the penultimate-layer output
+    needs_embedding = False  # measured on embeddings (emb, clean), not on inputs
     needs_clean = False      # the step passes the batch before mixup (clean=...)
     needs_batch = False      # the step passes the whole data.Batch (batch=...)
     heads = ('softmax',)     # the learn.head values whose outputs this loss can train
@@ -161,7 +142,7 @@ class CCE(StepLoss):
         pass
 
     def per_example(self, y_true, y_pred, x=None, emb=None):
-        return cce(y_true, y_pred)
+        return cce(y_true, y_pred['softmax'])
 
 
 class Lq(StepLoss):
@@ -169,7 +150,7 @@ class Lq(StepLoss):
         self.q, self.target = cfg['loss']['q_loss'], cfg['loss']['lq_target']
 
     def per_example(self, y_true, y_pred, x=None, emb=None):
-        return lq_loss(y_true, y_pred, self.q, self.target)
+        return lq_loss(y_true, y_pred['softmax'], self.q, self.target)
 
 
 class EpochCounter(keras.callbacks.Callback):
@@ -207,7 +188,7 @@ class TimeDependentLq(StepLoss):
 
     def per_example(self, y_true, y_pred, x=None, emb=None):
         q = ops.where(self.late(), self.q_late, self.q_early)
-        return lq_loss(y_true, y_pred, q, self.target)
+        return lq_loss(y_true, y_pred['softmax'], q, self.target)
 
     def keep(self, losses):
         # 0 for the dropped examples: reduce() then averages over the number kept (the
@@ -308,7 +289,7 @@ class AdaptiveLq(StepLoss):
         # q is a setting chosen from the batch, not a quantity to optimise: no gradient.
         q = ops.clip(ops.stop_gradient(q), self.q_min, 1.0)
         self.q_a.assign(q)
-        return lq_loss(y_true, y_pred, q, self.target)
+        return lq_loss(y_true, y_pred['softmax'], q, self.target)
 
     def keep(self, losses):
         return ops.ones_like(losses), {'q_a': ops.convert_to_tensor(self.q_a)}
@@ -320,7 +301,7 @@ def softmax_cce(y_true, y_pred):
     return cce(normalise_targets(y_true), y_pred)
 
 
-# Each branch of a head (architectures.HEADS) is trained by its own loss, found by the
+# Each branch of a head (heads.HEADS) is trained by its own loss, found by the
 # name of the branch's output: sigmoid probabilities -> BCE, softmax probabilities ->
 # softmax-CE, sparsemax logits -> the sparsemax loss (which normalises its targets).
 BRANCH_LOSSES = {'sigmoid': bce, 'softmax': softmax_cce, 'sparsemax_logits': sparsemax_loss}
@@ -362,10 +343,8 @@ class HeadLosses(StepLoss):
     def per_example(self, y_true, y_pred, x=None, emb=None):
         """y_true: targets [B, K], or (targets, distributions) from __call__."""
         y, y_dist = y_true if isinstance(y_true, tuple) else (y_true, y_true)
-        # A one-layer sigmoid head outputs a tensor; the others name their branches.
-        branches = y_pred if isinstance(y_pred, dict) else {self.head: y_pred}
         return sum(BRANCH_LOSSES[name](y_dist if name in DISTRIBUTION_BRANCHES else y, out)
-                   for name, out in branches.items() if name in BRANCH_LOSSES)
+                   for name, out in y_pred.items() if name in BRANCH_LOSSES)
 
 
 def mse(y_true, y_pred):
@@ -401,7 +380,7 @@ class Multitask(StepLoss):
         return frozenset({'members'} | pseudo)
 
     def __init__(self, base, cfg):
-        self.base, self.head = base, cfg['learn']['head']
+        self.base = base
         self.weights = dict(zip(('verified', 'unverified'), cfg['loss']['multitask_weights']))
         self.pseudo = cfg['learn']['pseudo_labels'] is not None
         self.pseudo_weight = cfg['loss']['pseudo_weight']
@@ -411,14 +390,11 @@ class Multitask(StepLoss):
 
     def per_example(self, y_true, y_pred, x=None, emb=None):
         """The verified head's loss (validation, scoring): what the model predicts with."""
-        # Imported here: architectures imports losses (its Sparsemax layer).
-        from architectures import head_branches
-        return self.base.per_example(y_true, head_branches(y_pred, 'verified', self.head))
+        return self.base.per_example(y_true, head_branches(y_pred, 'verified'))
 
     def terms(self, y_pred, batch):
         """Per-example [B] weighted terms of each head: {verified, unverified[, pseudo]}."""
-        from architectures import head_branches
-        heads = {name: head_branches(y_pred, name, self.head) for name in self.weights}
+        heads = {name: head_branches(y_pred, name) for name in self.weights}
         lam = batch.lam
         terms = {}
         for share, ver, y, pseudo in ((lam, batch.verified, batch.y_a, batch.pseudo_a),

@@ -176,8 +176,10 @@ def write_confusion_csv(path, matrix, classes):
 class Metric:
     """One entry of METRICS: how a metric is computed, reported and summarised, so that
     adding a metric is one entry here (eval.py, sweep.py and plots.py read these)."""
-    # (y_true [N, K], scores [N, K]) -> {figure: float, 'per_class': {figure: [K]}}; None
-    # for figures that a learning mode measures during training (not a recognizer.metrics)
+    # (y_true [N, K], scores [N, K]) -> {figure: float, 'per_class': {figure: [K]}} (the
+    # confusion entry: {'confusion': matrix [K, K]}, which eval writes to confusion.csv);
+    # None for figures that a learning mode measures during training (not a
+    # recognizer.metrics choice)
     compute: Callable = None
     line: Callable = None             # (figures, where) -> its line of the evaluation block
     per_class_lines: Callable = None  # (per_class, classes) -> its per-class block

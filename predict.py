@@ -47,7 +47,7 @@ def load_run(run_dir):
     cfg = config.load_config(run_dir / 'config.yaml')
     utils.import_tensorflow_quietly()
     import keras
-    import architectures  # noqa: F401  (registers the heads' custom layers for loading)
+    import heads  # noqa: F401  (registers the Sparsemax layer for loading)
     classifier = keras.saving.load_model(run_dir / 'model.keras', compile=False)
     with np.load(run_dir / 'scaler.npz') as scaler:
         return cfg, classifier, scaler['mean'], scaler['std']

@@ -16,16 +16,14 @@ import logging
 import keras
 import numpy as np
 
-import architectures
 import eval as evaluation
 import splits
-from config import ConfigError
 from callbacks import EpochLR, linear_decay_lr
 from utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
-FOLDS = 4
+FOLDS = splits.SELF_VERIFY_FOLDS
 # The released code (CPJKU/dcase_task2: models/vgg_gap_spec2.py, fine_tune=True, with
 # lasagne_wrapper/learn_rate_shedules.get_linear) trains epochs 1-5 at the initial rate
 # and lowers it by rate / (epochs - 5) after each later epoch, so that its last epoch is
@@ -73,7 +71,7 @@ def excerpt_posteriors(exp, rows, n_excerpts, rng):
 
     def score(i):
         windows = source.windows(*(keras.ops.take(t, i) for t in tensors))
-        return architectures.scores(classifier(windows, training=False))
+        return classifier(windows, training=False)['scores']
     scores = evaluation.map_patches(score, np.arange(start.size),
                                     exp.cfg['learn']['predict_batch_size'])
     return scores.reshape(len(rows), n_excerpts, -1).mean(axis=1)
@@ -106,23 +104,8 @@ class Fold:
         exp.selection.finish(exp.trainer)
 
 
-def fold_splits(table, rows, seed):
-    """The 4 folds' (training rows, validation rows): verified and unverified clips are
-    each split into 4 folds stratified by the given label; fold f validates on its verified
-    part and trains on the other folds' verified and unverified parts."""
-    verified = table.verified.to_numpy()[rows] == 1
-    if verified.all() or not verified.any():
-        raise ConfigError('learn.mode self_verify needs verified and unverified training '
-                          'clips (FSDnoisy18k: ctrl.train_data all)')
-    labels = table.label_idx.to_numpy()
-    split = [splits.kfold_split(part, labels[part], FOLDS, seed, 'learn.mode self_verify')
-             for part in (rows[verified], rows[~verified])]
-    return [(np.union1d(ver_train, unv_train), ver_val)
-            for (ver_train, ver_val), (unv_train, _) in zip(*split)]
-
-
 def make_folds(exp):
-    """The 4 Folds; exp (prepare() made it on fold_splits) is the first one's."""
+    """The 4 Folds; exp (prepare() made it on splits.self_verify_folds) is the first one's."""
     verified = exp.table.verified.to_numpy() == 1
     rows = np.unique(np.concatenate([np.union1d(*split) for split in exp.splits]))
     unverified = rows[~verified[rows]]

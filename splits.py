@@ -71,3 +71,23 @@ def strata(y):
     """
     counts = y.sum(axis=0)
     return np.argmin(np.where(y > 0, counts, np.inf), axis=1)
+
+
+# learn.mode self_verify (Dorfer & Widmer, DCASE 2018 task 2): 4 folds.
+SELF_VERIFY_FOLDS = 4
+
+
+def self_verify_folds(table, rows, seed):
+    """The 4 folds' (training rows, validation rows) of learn.mode self_verify: verified
+    and unverified clips are each split into 4 folds stratified by the given label; fold f
+    validates on its verified part and trains on the other folds' verified and unverified
+    parts, so that it never trains on the unverified clips it judges."""
+    verified = table.verified.to_numpy()[rows] == 1
+    if verified.all() or not verified.any():
+        raise ConfigError('learn.mode self_verify needs verified and unverified training '
+                          'clips (FSDnoisy18k: ctrl.train_data all)')
+    labels = table.label_idx.to_numpy()
+    split = [kfold_split(part, labels[part], SELF_VERIFY_FOLDS, seed, 'learn.mode self_verify')
+             for part in (rows[verified], rows[~verified])]
+    return [(np.union1d(ver_train, unv_train), ver_val)
+            for (ver_train, ver_val), (unv_train, _) in zip(*split)]

@@ -9,8 +9,8 @@ import keras
 import tensorflow as tf  # the step uses GradientTape: TensorFlow backend only
 from keras import ops
 
-from architectures import scores
 from data import Batch
+
 
 # ----------------------------------------------------------------------------- trainer
 
@@ -33,10 +33,6 @@ class Trainer(keras.Model):
         # Both are fixed for the Trainer's life, so the step is traced once: a mode turns
         # masking on and off through the masker's own variable (Masker.activate).
         self.masker, self.detect = masker, detect
-        outputs = classifier.output
-        if step_loss.needs_embedding:
-            outputs = [classifier.output, classifier.get_layer('embedding').output]
-        self.net = keras.Model(classifier.input, outputs)
         self.loss_tracker = keras.metrics.Mean(name='loss')
         # 'accuracy' on single-label data (as always); on multi-label data the top-1
         # precision under the same name, so that model selection, the LR schedule and
@@ -91,10 +87,6 @@ class Trainer(keras.Model):
     def call(self, x, training=False):
         return self.classifier(x, training=training)
 
-    def _forward(self, x, training):
-        out = self.net(x, training=training)
-        return out if self.step_loss.needs_embedding else (out, None)
-
     def train_step(self, element):
         # The device path gets the step's plan row (indices, partners, weights, ...), the
         # host path the batch tf.data built from it, as a dict (data.Batch).
@@ -104,9 +96,9 @@ class Trainer(keras.Model):
         x, y, verified = batch.x, batch.y, batch.verified
         mask = None if self.masker is None else (lambda losses: self.masker(losses, verified))
         with tf.GradientTape() as tape:
-            y_pred, emb = self._forward(x, training=True)
+            outputs = self.classifier(x, training=True)
             more = {'batch': batch} if self.step_loss.needs_batch else {}
-            loss, weights, figures = self.step_loss(y, y_pred, x, emb, mask,
+            loss, weights, figures = self.step_loss(y, outputs, x, outputs['embedding'], mask,
                                                     self._clean(batch) if needs_clean else None,
                                                     **more)
             total = loss + ops.sum(self.classifier.losses) if self.classifier.losses else loss
@@ -120,7 +112,7 @@ class Trainer(keras.Model):
                            nd_hit=ops.sum(flagged * batch.wrong),
                            nd_wrong=ops.sum(batch.wrong))
         self.loss_tracker.update_state(loss)
-        self.acc_tracker.update_state(y, scores(y_pred))
+        self.acc_tracker.update_state(y, outputs['scores'])
         for name, value in figures.items():
             self.extra[name].update_state(value)
         return {m.name: m.result() for m in self.metrics}
@@ -131,15 +123,15 @@ class Trainer(keras.Model):
         gradient): the training pass only sees the mixed inputs."""
         space = batch.x_clean
         if self.step_loss.needs_embedding:
-            space = ops.stop_gradient(self._forward(space, training=False)[1])
+            space = ops.stop_gradient(self.classifier(space, training=False)['embedding'])
         return space, batch.labels
 
     def test_step(self, batch):
         x, y = self.source.eval_batch(batch) if self.source.on_device else batch
-        y_pred, emb = self._forward(x, training=False)
-        per_example = self.step_loss.per_example(y, y_pred, x, emb)
+        outputs = self.classifier(x, training=False)
+        per_example = self.step_loss.per_example(y, outputs, x, outputs['embedding'])
         self.loss_tracker.update_state(ops.mean(per_example))
-        self.acc_tracker.update_state(y, scores(y_pred))
+        self.acc_tracker.update_state(y, outputs['scores'])
         return {m.name: m.result() for m in (self.loss_tracker, self.acc_tracker)}
 
 

@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- errors
 
 class Diverged(RuntimeError):
-    """Training (or prediction) produced non-finite numbers; epoch and step when known."""
+    """Training (or prediction) produced non-finite numbers; epoch and step when known.
+    Raised by the training callbacks and by the report; main.py reports it as a failed run."""
 
     def __init__(self, message, epoch=None, step=None):
         super().__init__(message)
@@ -128,11 +129,27 @@ def configure_logging(level=logging.INFO):
     root.setLevel(level)
 
 
-def import_tensorflow_quietly():
-    """Import TensorFlow and Keras with file descriptor 2 captured.
+class _NoRetracingWarnings(logging.Filter):
+    """Drops TensorFlow's "N out of the last M calls to <function> triggered tf.function
+    retracing" warnings. The framework compiles a new function for each model it scores
+    with (each fold model of a self-verification round, the loss of each pruning pass),
+    each traced once per input signature; TensorFlow counts the traces of all functions
+    made from the same code together and warns as if one function were retraced."""
 
-    TensorFlow's C++ runtime writes start-up lines (absl, oneDNN, CUDA stubs) straight to
-    fd 2 before its log level applies; they would turn a one-line user error into a
+    def filter(self, record):
+        return 'triggered tf.function retracing' not in record.getMessage()
+
+
+_NO_RETRACING_WARNINGS = _NoRetracingWarnings()  # one instance: addFilter adds it once
+
+
+def import_tensorflow_quietly():
+    """Import TensorFlow and Keras, and find its devices, with file descriptor 2 captured;
+    keep TensorFlow's retracing warnings out of the log (_NoRetracingWarnings).
+
+    TensorFlow's C++ runtime writes start-up lines (absl, oneDNN, "Could not find cuda
+    drivers", and at its first look for a GPU "failed call to cuInit") straight to fd 2
+    before its log level applies; they would turn a one-line user error into a
     screenful. The captured text is replayed if the import fails.
     """
     sys.stderr.flush()
@@ -141,7 +158,9 @@ def import_tensorflow_quietly():
         os.dup2(capture.fileno(), 2)
         try:
             import keras  # noqa: F401
-            import tensorflow  # noqa: F401
+            import tensorflow
+            tensorflow.config.list_physical_devices('GPU')
+            tensorflow.get_logger().addFilter(_NO_RETRACING_WARNINGS)
         except BaseException:
             os.dup2(saved, 2)
             capture.seek(0)

@@ -94,7 +94,10 @@ def write_dataset(work, scale, seed):
             half.write(block.astype(np.float16).tobytes())  # extract.store_dtype float16
     np.save(work / 'start.npy', start)
     np.save(work / 'length.npy', length)
-    labels = rng.integers(0, N_CLASSES, len(length))
+    # Each subset's labels cycle through the classes in a random order, so that every
+    # class has training clips at any --scale (the framework refuses a class without).
+    labels = np.concatenate([rng.permutation(np.arange(n[s]) % N_CLASSES)
+                             for s in ('train', 'test')])
     table = pd.DataFrame({
         'fname': [f'{i}.wav' for i in range(len(length))],
         'label_idx': labels, 'verified': 0, 'noisy_small': 0,
@@ -231,16 +234,16 @@ def child_train_bound(ctx):
     exp = ctx.prepare('train_bound')
     cfg, learn_cfg = exp.cfg, exp.cfg['learn']
     p = exp.plans.epoch(exp.train_idx)(np.random.default_rng(ctx.args.seed))
-    # (x, y, verified, ...) exactly as the step receives it on the host path
-    batch = tuple(np.asarray(t) for t in exp.source.train_batch(p.idx[0], p.partner[0],
-                                                                 p.lam[0]))
+    # The batch dict (x, y, verified, ...) exactly as the step receives it on the host path
+    batch = {key: np.asarray(t) for key, t in
+             exp.source.train_batch(p.idx[0], p.partner[0], p.lam[0]).as_dict().items()}
     total, rates = ctx.warmup + ctx.steps, {}
 
     class Fed:  # a source whose batches arrive ready-made (the host path of Trainer)
         on_device = False
 
     def build():
-        return architectures.build('baseline', batch[0].shape[1:], N_CLASSES, learn_cfg)
+        return architectures.build('baseline', batch['x'].shape[1:], N_CLASSES, learn_cfg)
     # (a) the framework's Trainer (same train_step, loss and metrics as ours)
     trainer = trainer_mod.Trainer(build(), Fed(), losses.get(cfg))
     trainer.compile(optimizer=keras.optimizers.Adam(learn_cfg['lr']),
@@ -249,13 +252,14 @@ def child_train_bound(ctx):
     trainer.fit(tf.data.Dataset.from_tensors(batch).repeat(), epochs=1,
                 steps_per_epoch=total, callbacks=[timer], verbose=0, shuffle=False)
     rates['trainer'] = timer.rate()
-    # (b) plain Keras: model.compile with CCE + accuracy, model.fit
-    model = build()
+    # (b) plain Keras: model.compile with CCE + accuracy, model.fit, on the scores alone
+    built = build()
+    model = keras.Model(built.input, built.output['scores'])
     model.compile(optimizer=keras.optimizers.Adam(learn_cfg['lr']),
                   loss='categorical_crossentropy', metrics=['accuracy'],
                   jit_compile=pipeline.use_xla(cfg))
     timer = step_timer(ctx.warmup, ctx.steps)
-    model.fit(tf.data.Dataset.from_tensors(batch[:2]).repeat(), epochs=1,
+    model.fit(tf.data.Dataset.from_tensors((batch['x'], batch['y'])).repeat(), epochs=1,
               steps_per_epoch=total, callbacks=[timer], verbose=0, shuffle=False)
     rates['plain_keras'] = timer.rate()
     return {'train_bound': max(rates.values()), 'bound_variants': rates}
@@ -363,7 +367,8 @@ def child_train_reference(ctx):
     cfg, ds = build_reference(ctx, total)
     learn_cfg = cfg['learn']
     utils.set_seed(ctx.args.seed)
-    model = architectures.build('baseline', (100, N_MELS, 1), N_CLASSES, learn_cfg)
+    built = architectures.build('baseline', (100, N_MELS, 1), N_CLASSES, learn_cfg)
+    model = keras.Model(built.input, built.output['scores'])  # plain Keras: one output
     model.compile(optimizer=keras.optimizers.Adam(learn_cfg['lr']),
                   loss='categorical_crossentropy', metrics=['accuracy'],
                   jit_compile=pipeline.use_xla(cfg))
@@ -436,7 +441,7 @@ def child_predict(ctx):
     for x in inputs[:2]:
         clf.predict(x, verbose=0)  # warm-up
     t0 = time.perf_counter()
-    per_clip = np.stack([np.exp(np.log(np.maximum(clf.predict(x, verbose=0), 1e-12))
+    per_clip = np.stack([np.exp(np.log(np.maximum(clf.predict(x, verbose=0)['scores'], 1e-12))
                                 .mean(axis=0)) for x in inputs])
     per_clip_s = time.perf_counter() - t0
     return {'predict_batched': len(rows) / batched, 'predict_per_clip': len(rows) / per_clip_s,
@@ -473,7 +478,9 @@ def child_predict_whole(ctx):
     x = keras.layers.Conv2D(16, 3, padding='same')(inputs)
     x = keras.layers.Activation('relu')(keras.layers.BatchNormalization()(x))
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.MaxPooling2D(4)(x))
-    clf = keras.Model(inputs, keras.layers.Dense(N_CLASSES, activation='softmax')(x))
+    # Named outputs, as every model of architectures.MODELS returns them.
+    probs = keras.layers.Dense(N_CLASSES, activation='softmax')(x)
+    clf = keras.Model(inputs, {'scores': probs})
     test = table.index[(table.subset == 'test').to_numpy()].to_numpy()
     evaluation.predict_clips(clf, source, clips, test[:2], cfg)  # warm-up (TF start-up)
     t0 = time.perf_counter()
@@ -488,7 +495,7 @@ def child_predict_whole(ctx):
     for x in per_clip[:2]:
         clf.predict(x, verbose=0)  # warm-up
     t0 = time.perf_counter()
-    alone = np.concatenate([clf.predict(x, verbose=0) for x in per_clip])
+    alone = np.concatenate([clf.predict(x, verbose=0)['scores'] for x in per_clip])
     per_clip_s = time.perf_counter() - t0
     return {'predict_whole_batched': len(rows) / batched,
             'predict_whole_per_clip': len(rows) / per_clip_s,
@@ -655,16 +662,17 @@ def spawn_once(args, work, mode, **extra):
     return json.loads(lines[-1][len('RESULT '):])
 
 
-def make_audio(work, scale, seed):
+def make_audio(work, scale, seed, clips=None):
     """Synthetic wavs at 44.1 kHz, 1-5 s, written with synthetic.make_dataset.
 
-    max(400, 4000 x scale) clips: one clip takes a few ms, and fewer clips would time the
-    start of the worker pool rather than the extraction.
+    max(400, 4000 x scale) clips unless `clips` (--audio-clips) says how many: one clip
+    takes a few ms, and fewer clips would time the start of the worker pool rather than
+    the extraction (which a test that only runs the benchmark does not mind).
     """
     import contextlib
     import io
     import synthetic
-    n = max(400, round(4000 * scale))
+    n = clips or max(400, round(4000 * scale))
     with contextlib.redirect_stdout(io.StringIO()):
         synthetic.make_dataset(work / 'audio', n_classes=2, train_per_class=-(-n // 2),
                                test_per_class=0, min_dur=1.0, max_dur=5.0, sr=44100,
@@ -768,6 +776,8 @@ def parse_args(argv):
     parser.add_argument('--repeat', type=int, default=1,
                         help='run each measurement this many times and keep the best')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--audio-clips', type=int, default=None,
+                        help='synthetic clips to extract (default max(400, 4000 x scale))')
     parser.add_argument('--workdir', help='where the temporary data go (default: $TMPDIR)')
     parser.add_argument('--verbose', action='store_true', help="show the children's output")
     parser.add_argument('--child', choices=sorted(CHILDREN), help=argparse.SUPPRESS)
@@ -807,7 +817,7 @@ def main(argv=None):
                 'whole': ['predict_whole']}
         for figure in args.figures:
             if figure == 'extract':
-                make_audio(work, args.scale, args.seed)
+                make_audio(work, args.scale, args.seed, args.audio_clips)
                 r.update(spawn(args, work, 'extract', workers=1))
                 r.update(spawn(args, work, 'extract', workers=0))
             else:

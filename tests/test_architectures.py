@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 import architectures
+import config
 from config import ConfigError
 
 SHAPE = (100, 96, 1)  # patch_len x n_mels x 1, the paper's patches
-LEARN = {'densenet_modules': 3}
+LEARN = config.load_config(None, [])['learn']  # the defaults: softmax head, 3 DenSE modules
 
 
 def _of_type(model, cls):
@@ -23,14 +24,19 @@ def _bn(channels):
     return 4 * channels  # gamma, beta, moving mean, moving variance
 
 
-def test_baseline_shape_and_softmax():
+def test_baseline_scores_are_the_softmax_of_its_last_dense_layer():
+    """In inference the dropout after the embedding is the identity: the scores are numpy's
+    softmax of the output layer's kernel and bias applied to the embedding."""
     model = architectures.build('baseline', SHAPE, 20, LEARN)
     assert model.name == 'baseline'
-    assert model.output.shape == (None, 20)
+    assert model.output['scores'].shape == (None, 20)
     x = np.random.default_rng(0).normal(size=(3,) + SHAPE).astype('float32')
-    probs = np.asarray(model(x, training=False))
-    assert np.all(probs >= 0)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    out = model(x, training=False)
+    w, b = (np.asarray(v, np.float64) for v in _of_type(model, keras.layers.Dense)[-1].weights)
+    z = np.asarray(out['embedding'], np.float64) @ w + b
+    expected = np.exp(z - z.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(out['scores'], expected, rtol=1e-4, atol=1e-6)
 
 
 # Reference networks written out here from the lists of issue 7 (the original code's
@@ -110,7 +116,7 @@ def test_baseline_parameter_count_by_hand():
 
 @pytest.mark.parametrize('n_modules, shape', [(3, SHAPE), (2, (30, 20, 1)), (7, (9, 5, 1))])
 def test_dense_se_is_the_original_network(n_modules, shape):
-    model = architectures.build('DenSE', shape, 20, {'densenet_modules': n_modules})
+    model = architectures.build('DenSE', shape, 20, {**LEARN, 'densenet_modules': n_modules})
     reference = _reference_dense_se(shape, 20, n_modules)
     assert _describe(model) == _describe(reference)
     assert model.count_params() == reference.count_params()
@@ -119,7 +125,7 @@ def test_dense_se_is_the_original_network(n_modules, shape):
 def test_dense_se_shapes():
     model = architectures.build('DenSE', SHAPE, 20, LEARN)
     assert model.name == 'DenSE'
-    assert model.output.shape == (None, 20)
+    assert model.output['scores'].shape == (None, 20)
     channels = 16 + 16 + 32 + 64  # input + stem, then each module's growth
     # 'same' pooling rounds up: 100 -> 50 -> 25 -> 13, 96 -> 48 -> 24 -> 12.
     assert model.get_layer('embedding').output.shape == (None, 13 * 12 * channels)
@@ -130,17 +136,17 @@ def test_dense_se_shapes():
 
 
 def test_dense_se_filters_capped_at_512():
-    model = architectures.build('DenSE', (256, 256, 1), 4, {'densenet_modules': 7})
+    model = architectures.build('DenSE', (256, 256, 1), 4, {**LEARN, 'densenet_modules': 7})
     widths = [c.filters for c in _of_type(model, keras.layers.Conv2D)][1::2]
     assert widths == [16, 32, 64, 128, 256, 512, 512]
 
 
 @pytest.mark.parametrize('name, width', [('baseline', 64), ('DenSE', 13 * 12 * 128)])
-def test_embedding_layer(name, width):
+def test_embedding_output_is_the_embedding_layer(name, width):
     model = architectures.build(name, SHAPE, 20, LEARN)
-    both = keras.Model(model.input, [model.output, model.get_layer('embedding').output])
-    probs, emb = both(np.zeros((2,) + SHAPE, 'float32'), training=False)
-    assert probs.shape == (2, 20) and emb.shape == (2, width)
+    assert model.output['embedding'] is model.get_layer('embedding').output
+    out = model(np.zeros((2,) + SHAPE, 'float32'), training=False)
+    assert out['scores'].shape == (2, 20) and out['embedding'].shape == (2, width)
 
 
 # The tagging models (cnn_gru, vgg_gap) need other inputs: test_architectures_tagging.py.
@@ -149,8 +155,8 @@ def test_output_float32_under_mixed_precision(name, mixed_float16):
     model = architectures.build(name, SHAPE, 20, LEARN)
     conv = _of_type(model, keras.layers.Conv2D)[0]
     assert conv.compute_dtype == 'float16'  # the policy took effect
-    assert model.output.dtype == 'float32'
-    probs = model(np.zeros((2,) + SHAPE, 'float32'), training=False)
+    assert model.output['scores'].dtype == 'float32'
+    probs = model(np.zeros((2,) + SHAPE, 'float32'), training=False)['scores']
     assert keras.backend.standardize_dtype(probs.dtype) == 'float32'
 
 
@@ -173,7 +179,8 @@ def test_baseline_learns_two_blobs():
     labels = rng.integers(0, 2, size=256)
     x = (centres[labels] + 0.5 * rng.normal(size=(256,) + shape)).astype('float32')
     y = keras.utils.to_categorical(labels, 2)
-    model = architectures.build('baseline', shape, 2, LEARN)
+    built = architectures.build('baseline', shape, 2, LEARN)
+    model = keras.Model(built.input, built.output['scores'])  # plain Keras: one output
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss='categorical_crossentropy',
                   metrics=['accuracy'])
     history = model.fit(x, y, batch_size=32, epochs=5, verbose=0)

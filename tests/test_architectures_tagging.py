@@ -9,19 +9,45 @@ import pytest
 from keras import layers
 
 import architectures
+import config
 from config import ConfigError
 
-LEARN = {'time_pooling': 'max'}
+LEARN = config.load_config(None, [])['learn']  # the defaults: softmax head, max pooling
 
 
 def _x(frames, mels, batch=2, seed=0):
     return np.random.default_rng(seed).normal(size=(batch, frames, mels, 1)).astype('float32')
 
 
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _numpy_scores(model, embedding):
+    """numpy's softmax of the model's classifier on its embedding (in inference the
+    dropout before it is the identity). cnn_gru: its last dense layer; vgg_gap: the 1x1
+    class conv, BN with its moving statistics, the mean of each class map."""
+    e = np.asarray(embedding, np.float64)
+    if model.name == 'cnn_gru':
+        dense = _of_type(model, layers.Dense)[-1]
+        return _softmax(e @ np.asarray(dense.kernel) + np.asarray(dense.bias))
+    conv = _of_type(model, layers.Conv2D)[-1]
+    bn = _of_type(model, layers.BatchNormalization)[-1]
+    maps = e @ np.asarray(conv.kernel, np.float64)[0, 0]  # [B, T, M, K]
+    maps = ((maps - np.asarray(bn.moving_mean)) / np.sqrt(np.asarray(bn.moving_variance)
+                                                          + bn.epsilon)
+            * np.asarray(bn.gamma) + np.asarray(bn.beta))
+    return _softmax(maps.mean(axis=(1, 2)))
+
+
 def _probs(model, x):
-    p = np.asarray(model(x, training=False))
-    assert p.dtype == np.float32 and np.all(p >= 0)
-    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+    """The model's scores on x, checked against _numpy_scores."""
+    out = model(x, training=False)
+    p = np.asarray(out['scores'])
+    assert p.dtype == np.float32
+    np.testing.assert_allclose(p, _numpy_scores(model, out['embedding']), rtol=1e-4,
+                               atol=1e-6)
     return p
 
 
@@ -31,7 +57,7 @@ def _of_type(model, cls):
 
 # ----------------------------------------------------------------------------- cnn_gru
 
-def test_cnn_gru_variable_length_and_softmax():
+def test_cnn_gru_variable_length_and_softmax_of_its_classifier():
     model = architectures.build('cnn_gru', (64, 16, 1), 5, LEARN)
     assert model.name == 'cnn_gru' and model.input.shape == (None, None, 16, 1)
     for frames in (7, 20):
@@ -60,7 +86,7 @@ def test_cnn_gru_structure_and_parameter_count():
 
 @pytest.mark.parametrize('pooling, reduce', [('max', np.max), ('mean', np.mean)])
 def test_cnn_gru_keeps_time_until_the_gru_then_pools_it(pooling, reduce):
-    model = architectures.build('cnn_gru', (None, 32, 1), 4, {'time_pooling': pooling})
+    model = architectures.build('cnn_gru', (None, 32, 1), 4, {**LEARN, 'time_pooling': pooling})
     (bi,) = _of_type(model, layers.Bidirectional)
     embedding = model.get_layer('embedding')
     probe = keras.Model(model.input, [bi.input, bi.output, embedding.input])
@@ -71,7 +97,7 @@ def test_cnn_gru_keeps_time_until_the_gru_then_pools_it(pooling, reduce):
 
 def test_cnn_gru_refuses_bad_settings():
     with pytest.raises(ConfigError, match="learn.time_pooling 'median' is unknown; valid: max, mean"):
-        architectures.build('cnn_gru', (None, 32, 1), 4, {'time_pooling': 'median'})
+        architectures.build('cnn_gru', (None, 32, 1), 4, {**LEARN, 'time_pooling': 'median'})
     with pytest.raises(ConfigError, match='at least 16 mel bands'):
         architectures.build('cnn_gru', (None, 15, 1), 4, LEARN)
 
@@ -117,7 +143,7 @@ def _signature(model):
 
 
 def test_vgg_gap_matches_the_released_network_and_its_parameter_count():
-    model = architectures.build('vgg_gap', (384, 128, 1), 41, {})
+    model = architectures.build('vgg_gap', (384, 128, 1), 41, LEARN)
     reference = _reference_vgg_gap(128, 41)
     assert _signature(model) == _signature(reference)
     assert len(_of_type(model, layers.Conv2D)) == 15
@@ -128,7 +154,7 @@ def test_vgg_gap_matches_the_released_network_and_its_parameter_count():
 
 def test_vgg_gap_variable_length_softmax_and_embedding_map():
     inputs = keras.Input((None, 48, 1))
-    emb = architectures.vgg_gap_trunk(inputs, {}, nf=2)
+    emb = architectures.vgg_gap_trunk(inputs, LEARN, nf=2)
     logits = architectures.class_map_logits(emb, 3)
     model = keras.Model(inputs, [layers.Activation('softmax')(logits), emb])
     for frames in (191, 384):
@@ -140,16 +166,17 @@ def test_vgg_gap_variable_length_softmax_and_embedding_map():
 
 
 def test_vgg_gap_full_model_predicts_two_lengths_and_refuses_few_mels():
-    model = architectures.build('vgg_gap', (None, 47, 1), 4, {})
-    assert model.get_layer('embedding').output.shape == (None, None, 1, 512)
+    model = architectures.build('vgg_gap', (None, 47, 1), 4, LEARN)
+    assert model.output['embedding'].shape == (None, None, 1, 512)
     for frames in (191, 200):
         assert _probs(model, _x(frames, 47, batch=1)).shape == (1, 4)
     with pytest.raises(ConfigError, match='vgg_gap needs at least 47 mel bands'):
-        architectures.build('vgg_gap', (None, 46, 1), 4, {})
+        architectures.build('vgg_gap', (None, 46, 1), 4, LEARN)
 
 
 def test_tagging_models_output_float32_under_mixed_precision(mixed_float16):
     for name, shape, frames in [('cnn_gru', (None, 16, 1), 9), ('vgg_gap', (None, 47, 1), 191)]:
         model = architectures.build(name, shape, 3, LEARN)
         assert model.get_layer('embedding').compute_dtype == 'float16'
-        _probs(model, _x(frames, shape[1], batch=1))
+        out = model(_x(frames, shape[1], batch=1), training=False)
+        assert keras.backend.standardize_dtype(out['scores'].dtype) == 'float32'

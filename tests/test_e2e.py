@@ -260,9 +260,9 @@ COVERED = {('softmax', 'CCE'), ('softmax', 'lq_loss'), ('softmax', 'lq_lqperc_ti
 
 
 def _allowed_pairs():
-    import architectures
+    import heads
     import losses
-    pairs = [(h, name) for h in architectures.HEADS for name, cls in losses.LOSSES.items()
+    pairs = [(h, name) for h in heads.HEADS for name, cls in losses.LOSSES.items()
              if h in cls.heads]
     assert COVERED <= set(pairs)
     return [pair for pair in pairs if pair not in COVERED]
@@ -463,7 +463,8 @@ def _numpy_clip_scores(model, store, rows, scaler, patch_len, patch_hop):
         n = max(1, -(-(int(store.length[r]) - patch_len) // patch_hop))
         t = (np.arange(n)[:, None] * patch_hop + np.arange(patch_len)) % store.length[r]
         x = (np.asarray(store.frames)[store.start[r] + t] - scaler['mean']) / scaler['std']
-        p = np.asarray(model(x[..., None].astype(np.float32), training=False), np.float64)
+        p = np.asarray(model(x[..., None].astype(np.float32), training=False)['scores'],
+                       np.float64)
         out.append(np.exp(np.log(np.maximum(p, 1e-12)).mean(axis=0)))
     return np.array(out)
 

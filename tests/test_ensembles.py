@@ -150,50 +150,6 @@ def test_sv_threshold_may_be_null(make_cfg):
         make_cfg('learn.sv_threshold=1.5')
 
 
-def test_self_verification_folds_keep_each_folds_unverified_clips_out():
-    """Counted here from the folds' training and validation rows: every unverified clip
-    is missing from exactly one fold's training rows (that fold judges it, the other
-    three train on it), every verified clip validates exactly one fold and trains the
-    other three; the Folds of make_folds hold out exactly the clips assigned to them and
-    fine-tune on no clip assigned to them."""
-    import pandas as pd
-
-    import self_verify
-    rng = np.random.default_rng(0)
-    n = 160
-    table = pd.DataFrame({'label_idx': rng.integers(0, 4, n),
-                          'verified': (rng.random(n) < 0.3).astype(int)})
-    rows = np.arange(n)
-    splits = self_verify.fold_splits(table, rows, seed=1)
-    assert len(splits) == 4
-    verified = table.verified.to_numpy() == 1
-    labels = table.label_idx.to_numpy()
-    in_train = np.array([[r in set(train.tolist()) for r in rows] for train, _ in splits])
-    in_val = np.array([[r in set(val.tolist()) for r in rows] for _, val in splits])
-    assert (in_train.sum(axis=0) == 3).all()  # each clip trains three of the four models
-    assert (in_val.sum(axis=0)[verified] == 1).all() and not in_val[:, ~verified].any()
-    assert not (in_train & in_val).any()
-    fold_of = np.argmin(in_train, axis=0)  # the one fold that does not train on the clip
-    for f in range(4):
-        # stratified: each class's unverified clips assigned to fold f are within one
-        # clip of a quarter of that class's unverified clips
-        for c in range(4):
-            total = np.sum(~verified & (labels == c))
-            assert abs(np.sum(~verified & (labels == c) & (fold_of == f)) - total / 4) <= 1
-    exp = SimpleNamespace(table=table, splits=splits,
-                          for_fold=lambda f: SimpleNamespace(fold=f))
-    folds = self_verify.make_folds(exp)
-    accepted = rows[~verified]  # even if every unverified clip were accepted
-    for f, fold in enumerate(folds):
-        assert fold.held_out.tolist() == rows[~verified & (fold_of == f)].tolist()
-        assert fold.verified_train.tolist() == rows[verified & (fold_of != f)].tolist()
-        tuned = fold.tuning_rows(accepted)
-        assert not np.isin(tuned, rows[~verified & (fold_of == f)]).any()
-        assert tuned.tolist() == rows[fold_of != f].tolist()
-    with pytest.raises(config.ConfigError, match='needs verified and unverified'):
-        self_verify.fold_splits(table.assign(verified=0), rows, seed=1)
-
-
 def test_multilabel_kfold_keeps_each_labels_share():
     """Multi-hot targets go through iterative stratification: every label's clips are
     spread over the folds within one clip of an even share (counted here in numpy)."""

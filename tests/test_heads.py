@@ -1,4 +1,5 @@
-"""Heads (architectures.HEADS), their losses (losses.HeadLosses) and the head x loss check.
+"""Heads (heads.HEADS), the named outputs of every model, their losses (losses.HeadLosses)
+and the head x loss check.
 
 Outputs and losses are compared with numpy computations written here.
 """
@@ -8,13 +9,20 @@ import pytest
 from keras import ops
 
 import architectures
+import config
 import data
+import heads
 import learn
 import losses
 import trainer
 from config import ConfigError
 
 SHAPE = (16, 8, 1)  # the smallest patch the baseline takes (pools 16 x 4)
+
+
+def _learn(*overrides):
+    """A full learn section: the defaults with these learn.* overrides."""
+    return config.load_config(None, [f'learn.{o}' for o in overrides])['learn']
 
 
 def _np_sparsemax(z):
@@ -57,12 +65,12 @@ def _softmax(z):
                                   'sigmoid_sparsemax'])
 def test_head_outputs_match_numpy(head):
     keras.utils.set_random_seed(0)
-    model = architectures.build('baseline', SHAPE, 5, {'head': head})
+    model = architectures.build('baseline', SHAPE, 5, _learn(f'head={head}'))
     x = np.random.default_rng(1).normal(size=(4,) + SHAPE).astype('float32')
     out = model(x, training=False)
     # Inference: the dropout after the embedding is the identity.
-    features = np.asarray(keras.Model(model.input, model.get_layer('embedding').output)(x))
-    branches = architectures.HEADS[head]
+    features = np.asarray(out['embedding'])
+    branches = heads.HEADS[head]
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)
              and layer.name != 'embedding']
     assert len(dense) == len(branches)  # one classifier per branch
@@ -77,23 +85,69 @@ def test_head_outputs_match_numpy(head):
         probs.append(p)
         if activation == 'sparsemax':
             np.testing.assert_allclose(out['sparsemax_logits'], z, rtol=1e-4, atol=1e-5)
-        elif len(branches) > 1:
+        else:
             np.testing.assert_allclose(out[activation], p, rtol=1e-4, atol=1e-6)
-    scores = np.asarray(architectures.scores(out))
-    np.testing.assert_allclose(scores, np.mean(probs, axis=0), rtol=1e-4, atol=1e-6)
-    assert ((scores >= 0) & (scores <= 1)).all()
+    np.testing.assert_allclose(out['scores'], np.mean(probs, axis=0), rtol=1e-4, atol=1e-6)
 
 
-def test_softmax_head_is_the_model_as_before():
-    model = architectures.build('baseline', SHAPE, 5, {'head': 'softmax'})
+def test_smoke_softmax_head_ends_in_the_models_own_softmax_layer():
+    model = architectures.build('baseline', SHAPE, 5, _learn('head=softmax'))
     assert model.layers[-1].get_config()['activation'] == 'softmax'
-    assert not isinstance(model.output, dict)
+
+
+def test_softmax_head_scores_are_numpys_softmax_of_the_dense_layer_on_the_embedding():
+    keras.utils.set_random_seed(3)
+    model = architectures.build('baseline', SHAPE, 5, _learn('head=softmax'))
+    out = model(np.random.default_rng(2).normal(size=(6,) + SHAPE).astype('float32'),
+                training=False)
+    w, b = (np.asarray(v, np.float64) for v in model.layers[-1].weights)
+    expected = _softmax(np.asarray(out['embedding'], np.float64) @ w + b)
+    np.testing.assert_allclose(out['scores'], expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(out['softmax'], out['scores'])  # its one branch
+
+
+# The named outputs every model returns: 'scores' [B, K], 'embedding' (the layer of that
+# name: a vector, or vgg_gap's map) and each branch of the head, by the name its loss reads
+# (sparsemax: its logits); under learn.multitask each head's branches prefixed by the head.
+MODEL_INPUTS = {'baseline': (16, 8, 1), 'DenSE': (16, 8, 1), 'cnn_gru': (None, 16, 1),
+                'vgg_gap': (None, 47, 1)}
+BRANCH_NAMES = {'sigmoid': 'sigmoid', 'softmax': 'softmax', 'sparsemax': 'sparsemax_logits'}
+
+
+@pytest.mark.parametrize('model_name', list(MODEL_INPUTS))
+@pytest.mark.parametrize('head', list(heads.HEADS))
+@pytest.mark.parametrize('multitask', [False, True])
+def test_every_model_and_head_returns_scores_embedding_and_branches(model_name, head,
+                                                                    multitask):
+    model = architectures.build(model_name, MODEL_INPUTS[model_name], 5,
+                                _learn(f'head={head}', f'multitask={multitask}'))
+    branches = [BRANCH_NAMES[b] for b in heads.HEADS[head]]
+    if multitask:
+        branches = [f'{h}_{b}' for h in heads.MULTITASK_HEADS for b in branches]
+    assert set(model.output) == {'scores', 'embedding', *branches}
+    assert model.output['scores'].shape == (None, 5)
+    assert model.output['embedding'] is model.get_layer('embedding').output
+    embedding = {'baseline': (None, 64), 'DenSE': (None, 2 * 1 * 128),
+                 'cnn_gru': (None, 256), 'vgg_gap': (None, None, 1, 512)}[model_name]
+    assert model.output['embedding'].shape == embedding
+    for name in branches:
+        assert model.output[name].shape == (None, 5)
+
+
+def test_multitask_head_branches_are_each_heads_outputs_by_their_own_names():
+    model = architectures.build('baseline', SHAPE, 5, _learn('head=sigmoid_sparsemax',
+                                                             'multitask=true'))
+    for name in heads.MULTITASK_HEADS:
+        got = heads.head_branches(model.output, name)
+        assert got == {'sigmoid': model.get_layer(f'{name}_sigmoid').output,
+                       'sparsemax_logits': model.get_layer(f'{name}_sparsemax_logits').output}
 
 
 def test_head_outputs_are_float32_under_mixed_precision(mixed_float16):
-    model = architectures.build('baseline', SHAPE, 5, {'head': 'sigmoid_sparsemax'})
+    model = architectures.build('baseline', SHAPE, 5, _learn('head=sigmoid_sparsemax'))
     assert {k: v.dtype for k, v in model.output.items()} == {
-        'scores': 'float32', 'sigmoid': 'float32', 'sparsemax_logits': 'float32'}
+        'scores': 'float32', 'sigmoid': 'float32', 'sparsemax_logits': 'float32',
+        'embedding': 'float16'}  # the trunk's, in the compute dtype
 
 
 @pytest.mark.parametrize('head', ['sigmoid', 'sigmoid_softmax', 'sigmoid_sparsemax',
@@ -108,10 +162,9 @@ def test_head_losses_sum_each_branch_loss(head):
     outputs = {'sigmoid': sig, 'softmax': _softmax(z2), 'sparsemax_logits': z2}
     expected = {'sigmoid': _np_bce(y, sig), 'softmax': -(q * np.log(_softmax(z2))).sum(1),
                 'sparsemax': _np_sparsemax_loss(q, z2)}
-    branches = architectures.HEADS[head]
-    names = ['sparsemax_logits' if b == 'sparsemax' else b for b in branches]
-    y_pred = ({n: ops.convert_to_tensor(outputs[n]) for n in names} if head != 'sigmoid'
-              else ops.convert_to_tensor(sig))
+    branches = heads.HEADS[head]
+    y_pred = {BRANCH_NAMES[b]: ops.convert_to_tensor(outputs[BRANCH_NAMES[b]])
+              for b in branches}
     loss = losses.HeadLosses({'learn': {'head': head}})
     got = np.asarray(loss.per_example(ops.convert_to_tensor(y), y_pred))
     np.testing.assert_allclose(got, sum(expected[b] for b in branches), rtol=1e-4, atol=1e-5)
@@ -135,9 +188,9 @@ def test_mixed_pairs_learn_the_mix_of_the_members_distributions(head):
     expected = {'sigmoid': _np_bce(y, sig), 'softmax': -(dist * np.log(_softmax(z2))).sum(1),
                 'sparsemax': _np_sparsemax_loss(dist, z2)}
     outputs = {'sigmoid': sig, 'softmax': _softmax(z2), 'sparsemax_logits': z2}
-    branches = architectures.HEADS[head]
-    names = ['sparsemax_logits' if b == 'sparsemax' else b for b in branches]
-    y_pred = {n: ops.convert_to_tensor(outputs[n]) for n in names}
+    branches = heads.HEADS[head]
+    y_pred = {BRANCH_NAMES[b]: ops.convert_to_tensor(outputs[BRANCH_NAMES[b]])
+              for b in branches}
     loss = losses.HeadLosses({'learn': {'head': head}})
     assert loss.needs_batch
     batch = data.Batch(y_a=ops.convert_to_tensor(y_a), y_b=ops.convert_to_tensor(y_b),
@@ -152,7 +205,7 @@ def _cfg(head, loss_type, mode=1, prune_loss_type='lq_loss'):
             'loss': {'type': loss_type}}
 
 
-@pytest.mark.parametrize('head', list(architectures.HEADS))
+@pytest.mark.parametrize('head', list(heads.HEADS))
 @pytest.mark.parametrize('loss_type', list(losses.LOSSES))
 def test_every_head_and_loss_pair_is_allowed_or_refused(head, loss_type):
     allowed = (loss_type == 'bce') != (head == 'softmax')
@@ -166,7 +219,7 @@ def test_every_head_and_loss_pair_is_allowed_or_refused(head, loss_type):
     assert '\n' not in message
 
 
-@pytest.mark.parametrize('head', [h for h in architectures.HEADS if h != 'softmax'])
+@pytest.mark.parametrize('head', [h for h in heads.HEADS if h != 'softmax'])
 @pytest.mark.parametrize('prune', ['lq_loss', 'CCE'])
 def test_pruning_scores_clips_only_with_softmax_probabilities(head, prune):
     """Mode 3 ranks clips by CCE or Lq of the head's scores: defined for softmax

@@ -73,7 +73,7 @@ def test_every_lq_loss_follows_loss_lq_target(loss_type, target):
     x = rng.normal(size=(6, 3)).astype('float32')
     cfg = _config(f'loss.type={loss_type}', f'loss.lq_target={target}', 'loss.q_loss=0.4',
                   'loss.q_min=0.4')
-    got = _np(losses.get(cfg).per_example(y, p, x))
+    got = _np(losses.get(cfg).per_example(y, {'softmax': p}, x))
     np.testing.assert_allclose(got, _lq_ref(y, p, 0.4, target), rtol=1e-5)
     scorer = losses.per_example_by_name('lq_loss', 0.4, target)
     np.testing.assert_allclose(_np(scorer(y, p)), _lq_ref(y, p, 0.4, target), rtol=1e-5)
@@ -120,17 +120,17 @@ def test_time_dependent_before_and_after_switch(kind, batch):
     mask = (rng.random(batch) > 0.3).astype('float32')  # a mode's masker weights
 
     cb.on_epoch_begin(SWITCH - 1)  # the last epoch of stage 1: Lq(q_loss), nothing dropped
-    l = _np(loss.per_example(y, p))
+    l = _np(loss.per_example(y, {'softmax': p}))
     np.testing.assert_allclose(l, _lq_ref(y, p, lc['q_loss']), rtol=1e-5)
     keep, figures = loss.keep(l)
     np.testing.assert_array_equal(_np(keep), np.ones(batch))
     assert _np(figures['discarded']) == 0
     np.testing.assert_allclose(_np(loss.reduce(l, keep)), l.mean(), rtol=1e-5)
-    value, _, _ = loss(y, p, mask=lambda losses: (mask, {}))
+    value, _, _ = loss(y, {'softmax': p}, mask=lambda losses: (mask, {}))
     np.testing.assert_allclose(_np(value), (mask * l).sum() / mask.sum(), rtol=1e-5)
 
     cb.on_epoch_begin(SWITCH)  # stage 2: Lq(q_loss2) and the batch's high losses dropped
-    l = _np(loss.per_example(y, p))
+    l = _np(loss.per_example(y, {'softmax': p}))
     np.testing.assert_allclose(l, _lq_ref(y, p, lc['q_loss2']), rtol=1e-5)
     kept = l <= _threshold_ref(kind, l, lc)
     assert 0 < kept.sum() < batch
@@ -141,7 +141,7 @@ def test_time_dependent_before_and_after_switch(kind, batch):
     np.testing.assert_allclose(value, l[kept].sum() / kept.sum(), rtol=1e-5)
     assert not np.isclose(value, l[kept].sum() / 64)
     # the masker's weights multiply the keep mask
-    value, weights, figures = loss(y, p, mask=lambda losses: (mask, {}))
+    value, weights, figures = loss(y, {'softmax': p}, mask=lambda losses: (mask, {}))
     np.testing.assert_array_equal(_np(weights), mask * kept)
     both = mask * kept
     np.testing.assert_allclose(_np(value), (both * l).sum() / both.sum(), rtol=1e-5)
@@ -169,7 +169,7 @@ def test_time_dependent_switch_inside_xla_without_retracing(kind):
     @tf.function(jit_compile=True)
     def step(y, p):
         traces.append(1)
-        value, _, figures = loss(y, p)
+        value, _, figures = loss(y, {'softmax': p})
         return value, figures
 
     cb.on_epoch_begin(0)
@@ -289,8 +289,9 @@ def test_adaptive_q_is_one_minus_snn_clipped():
     y, p = _onehot(labels, 3), _probs(rng, 9, 3)
     x = rng.normal(size=(9, 2, 2)).astype('float32')
     q = np.clip(1 - _snn_naive(x, labels, 8.0), lc['q_min'], 1)
-    np.testing.assert_allclose(_np(loss.per_example(y, p, x)), _lq_ref(y, p, q), rtol=1e-4)
-    value, _, figures = loss(y, p, x)
+    np.testing.assert_allclose(_np(loss.per_example(y, {'softmax': p}, x)), _lq_ref(y, p, q),
+                               rtol=1e-4)
+    value, _, figures = loss(y, {'softmax': p}, x)
     np.testing.assert_allclose(_np(figures['q_a']), q, rtol=1e-5)
     np.testing.assert_allclose(_np(value), _lq_ref(y, p, q).mean(), rtol=1e-4)
 
@@ -299,7 +300,7 @@ def test_adaptive_all_same_class_gives_q_min():
     rng = np.random.default_rng(7)
     loss, lc = _adaptive('loss.q_min=0.05')
     y, p = _onehot(np.ones(6, int), 3), _probs(rng, 6, 3)
-    l = loss.per_example(y, p, rng.normal(size=(6, 5)).astype('float32'))
+    l = loss.per_example(y, {'softmax': p}, rng.normal(size=(6, 5)).astype('float32'))
     _, figures = loss.keep(l)
     np.testing.assert_allclose(_np(figures['q_a']), 0.05, rtol=1e-6)  # 1 - SNN = 0 -> q_min
     np.testing.assert_allclose(_np(l), _lq_ref(y, p, 0.05), rtol=1e-4)
@@ -309,7 +310,7 @@ def test_adaptive_single_example_and_float16_inputs():
     rng = np.random.default_rng(8)
     loss, _ = _adaptive()
     y, p = _onehot([1], 3), _probs(rng, 1, 3)
-    l = loss.per_example(y, p, rng.normal(size=(1, 4)).astype('float16'))
+    l = loss.per_example(y, {'softmax': p}, rng.normal(size=(1, 4)).astype('float16'))
     assert l.dtype == 'float32'
     np.testing.assert_allclose(_np(l), _lq_ref(y, p, 1.0), rtol=1e-5)  # SNN 0 -> q 1
 
@@ -321,7 +322,7 @@ def test_adaptive_embedding_space_uses_emb():
     labels = rng.integers(0, 2, 6)
     y, p, emb = _onehot(labels, 2), _probs(rng, 6, 2), rng.normal(size=(6, 4))
     q = np.clip(1 - _snn_naive(emb, labels, 3.0), lc['q_min'], 1)
-    l = loss.per_example(y, p, None, emb.astype('float32'))
+    l = loss.per_example(y, {'softmax': p}, None, emb.astype('float32'))
     np.testing.assert_allclose(_np(l), _lq_ref(y, p, q), rtol=1e-4)
 
 
@@ -333,7 +334,7 @@ def test_adaptive_q_carries_no_gradient_to_x():
     x = tf.Variable(rng.normal(size=(8, 4)).astype('float32'))
     with tf.GradientTape(persistent=True) as tape:
         snn = losses.snn_ratio(x, labels, 5.0)
-        total = tf.reduce_sum(loss.per_example(y, p, x))
+        total = tf.reduce_sum(loss.per_example(y, {'softmax': p}, x))
     assert tape.gradient(snn, x) is not None  # SNN itself does depend on x ...
     assert tape.gradient(total, x) is None    # ... but the loss only through a constant q
 
@@ -344,7 +345,7 @@ def test_adaptive_inside_xla_reports_the_batch_q():
 
     @tf.function(jit_compile=True)
     def step(y, p, x):
-        value, _, figures = loss(y, p, x)
+        value, _, figures = loss(y, {'softmax': p}, x)
         return value, figures
 
     for b in (8, 5):
@@ -390,7 +391,8 @@ def test_each_registered_name_computes_its_formula():
         head = 'sigmoid' if name == 'bce' else 'softmax'
         cfg = _config(f'loss.type={name}', f'learn.head={head}', 'loss.q_loss=0.3',
                       'loss.q_min=0.3')
-        got = _np(losses.get(cfg).per_example(y, sig if name == 'bce' else p, x))
+        outputs = {'sigmoid': sig} if name == 'bce' else {'softmax': p}
+        got = _np(losses.get(cfg).per_example(y, outputs, x))
         np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=name)
 
 

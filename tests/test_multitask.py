@@ -17,7 +17,8 @@ K, B = 5, 6
 def test_multitask_heads_are_two_identical_fc_stacks(make_cfg):
     cfg = make_cfg('learn.multitask=true', 'learn.head=sigmoid')
     model = architectures.build('baseline', (32, 32, 1), K, cfg['learn'])
-    assert set(model.output) == {'scores', 'verified_sigmoid', 'unverified_sigmoid'}
+    assert set(model.output) == {'scores', 'embedding', 'verified_sigmoid',
+                                 'unverified_sigmoid'}
     for head in ('verified', 'unverified'):
         fc1, fc2 = model.get_layer(f'{head}_fc1'), model.get_layer(f'{head}_fc2')
         assert fc1.units == fc2.units == 1024 and fc1.activation.__name__ == 'relu'

@@ -1,5 +1,6 @@
-"""Self-verification (self_verify.py) units against numpy written here: which clips a fold
-model fine-tunes on, its fine-tuning rates, and the excerpt posteriors it judges by."""
+"""Self-verification (self_verify.py, and its 4 folds in splits.py) units against numpy
+written here: the folds, which clips a fold model fine-tunes on, its fine-tuning rates, and
+the excerpt posteriors it judges by."""
 from types import SimpleNamespace
 
 import keras
@@ -9,6 +10,8 @@ import pytest
 
 import data
 import self_verify
+import splits
+from config import ConfigError
 
 LEARN = {'sv_epochs': 30, 'sv_lr': 2e-4}
 
@@ -102,8 +105,8 @@ def test_excerpt_posteriors_average_the_model_over_random_excerpts(clips):
     w = rng.normal(size=(L * n_mels, n_classes)).astype(np.float32) * 0.3
     b = rng.normal(size=n_classes).astype(np.float32)
     inputs = keras.Input((L, n_mels, 1))
-    model = keras.Model(inputs, keras.layers.Dense(n_classes, activation='softmax')(
-        keras.layers.Flatten()(inputs)))
+    model = keras.Model(inputs, {'scores': keras.layers.Dense(n_classes, activation='softmax')(
+        keras.layers.Flatten()(inputs))})
     model.layers[-1].set_weights([w, b])
     exp = SimpleNamespace(source=source, trainer=SimpleNamespace(classifier=model),
                           store=SimpleNamespace(start=clips['starts'],
@@ -126,3 +129,44 @@ def test_excerpt_posteriors_average_the_model_over_random_excerpts(clips):
             expected[i] += np.exp(z - z.max()) / np.exp(z - z.max()).sum() / K
     assert got.shape == (rows.size, n_classes)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_self_verification_folds_keep_each_folds_unverified_clips_out():
+    """Counted here from the folds' training and validation rows: every unverified clip
+    is missing from exactly one fold's training rows (that fold judges it, the other
+    three train on it), every verified clip validates exactly one fold and trains the
+    other three; the Folds of make_folds hold out exactly the clips assigned to them and
+    fine-tune on no clip assigned to them."""
+    rng = np.random.default_rng(0)
+    n = 160
+    table = pd.DataFrame({'label_idx': rng.integers(0, 4, n),
+                          'verified': (rng.random(n) < 0.3).astype(int)})
+    rows = np.arange(n)
+    folds = splits.self_verify_folds(table, rows, seed=1)
+    assert len(folds) == 4
+    verified = table.verified.to_numpy() == 1
+    labels = table.label_idx.to_numpy()
+    in_train = np.array([[r in set(train.tolist()) for r in rows] for train, _ in folds])
+    in_val = np.array([[r in set(val.tolist()) for r in rows] for _, val in folds])
+    assert (in_train.sum(axis=0) == 3).all()  # each clip trains three of the four models
+    assert (in_val.sum(axis=0)[verified] == 1).all() and not in_val[:, ~verified].any()
+    assert not (in_train & in_val).any()
+    fold_of = np.argmin(in_train, axis=0)  # the one fold that does not train on the clip
+    for f in range(4):
+        # stratified: each class's unverified clips assigned to fold f are within one
+        # clip of a quarter of that class's unverified clips
+        for c in range(4):
+            total = np.sum(~verified & (labels == c))
+            assert abs(np.sum(~verified & (labels == c) & (fold_of == f)) - total / 4) <= 1
+    exp = SimpleNamespace(table=table, splits=folds,
+                          for_fold=lambda f: SimpleNamespace(fold=f))
+    fold_models = self_verify.make_folds(exp)
+    accepted = rows[~verified]  # even if every unverified clip were accepted
+    for f, fold in enumerate(fold_models):
+        assert fold.held_out.tolist() == rows[~verified & (fold_of == f)].tolist()
+        assert fold.verified_train.tolist() == rows[verified & (fold_of != f)].tolist()
+        tuned = fold.tuning_rows(accepted)
+        assert not np.isin(tuned, rows[~verified & (fold_of == f)]).any()
+        assert tuned.tolist() == rows[fold_of != f].tolist()
+    with pytest.raises(ConfigError, match='needs verified and unverified'):
+        splits.self_verify_folds(table.assign(verified=0), rows, seed=1)

@@ -1,4 +1,4 @@
-"""losses.sparsemax / sparsemax_loss / bce against numpy references written here: the
+"""heads.sparsemax, losses.sparsemax_loss / bce against numpy references written here: the
 sort-based algorithm, an independent root search for the threshold, closed forms."""
 import keras
 import numpy as np
@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf  # GradientTape and tf.function(jit_compile=True): what the step uses
 from scipy.optimize import brentq
 
+import heads
 import losses
 
 
@@ -51,7 +52,7 @@ def _multi_hot(seed, b, k):
 @pytest.mark.parametrize('scale', [0.1, 1.0, 5.0])
 def test_sparsemax_matches_sort_algorithm_and_root_search(scale):
     z = _logits(0, (16, 9), scale).astype(np.float64)
-    p = _np(losses.sparsemax(z.astype('float32')))
+    p = _np(heads.sparsemax(z.astype('float32')))
     for zi, pi in zip(z, p):
         ref, tau = _sparsemax_sort(zi)
         assert tau == pytest.approx(_tau_root(zi), abs=1e-9)
@@ -61,7 +62,7 @@ def test_sparsemax_matches_sort_algorithm_and_root_search(scale):
 
 def test_sparsemax_is_a_sparse_order_keeping_distribution():
     z = _logits(1, (32, 10), 3.0)
-    p = _np(losses.sparsemax(z))
+    p = _np(heads.sparsemax(z))
     assert np.all(p >= 0)
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
     assert np.mean(p == 0) > 0.3  # logits spread by 3: most classes fall below tau
@@ -71,27 +72,27 @@ def test_sparsemax_is_a_sparse_order_keeping_distribution():
         soft = np.exp(zi - zi.max())
         support = pi > 0
         np.testing.assert_array_equal(np.argsort(-soft[support]), np.argsort(-pi[support]))
-    np.testing.assert_allclose(_np(losses.sparsemax(z + 7.5)), p, atol=1e-5)  # shift-invariant
+    np.testing.assert_allclose(_np(heads.sparsemax(z + 7.5)), p, atol=1e-5)  # shift-invariant
 
 
 def test_sparsemax_closed_forms():
     # Two classes: sparsemax([t, 0]) = [clip((1 + t) / 2, 0, 1), 1 - that].
     t = np.linspace(-3, 3, 13, dtype='float32')
-    p = _np(losses.sparsemax(np.stack([t, np.zeros_like(t)], axis=1)))
+    p = _np(heads.sparsemax(np.stack([t, np.zeros_like(t)], axis=1)))
     first = np.clip((1 + t) / 2, 0, 1)
     np.testing.assert_allclose(p, np.stack([first, 1 - first], axis=1), atol=1e-6)
     # Equal logits: uniform; one logit ahead by more than 1: one-hot.
-    np.testing.assert_allclose(_np(losses.sparsemax(np.zeros((1, 4), 'float32'))), 0.25)
-    np.testing.assert_array_equal(_np(losses.sparsemax(np.array([[0.0, 3.0, 1.5]], 'float32'))),
+    np.testing.assert_allclose(_np(heads.sparsemax(np.zeros((1, 4), 'float32'))), 0.25)
+    np.testing.assert_array_equal(_np(heads.sparsemax(np.array([[0.0, 3.0, 1.5]], 'float32'))),
                                   [[0, 1, 0]])
 
 
 def test_sparsemax_works_on_the_last_axis_of_any_rank_and_in_float16():
     z = _logits(2, (3, 4, 6))
-    p = _np(losses.sparsemax(z))
-    flat = _np(losses.sparsemax(z.reshape(12, 6))).reshape(3, 4, 6)
+    p = _np(heads.sparsemax(z))
+    flat = _np(heads.sparsemax(z.reshape(12, 6))).reshape(3, 4, 6)
     np.testing.assert_allclose(p, flat, atol=1e-7)
-    half = losses.sparsemax(z.astype('float16'))
+    half = heads.sparsemax(z.astype('float16'))
     assert keras.backend.standardize_dtype(half.dtype) == 'float32'
     np.testing.assert_allclose(_np(half), p, atol=2e-3)
 
@@ -103,9 +104,9 @@ def test_sparsemax_vector_jacobian_product():
     v = _logits(4, (8, 7))
     with tf.GradientTape() as tape:
         tape.watch(z)
-        out = tf.reduce_sum(v * losses.sparsemax(z))
+        out = tf.reduce_sum(v * heads.sparsemax(z))
     grad = _np(tape.gradient(out, z))
-    s = (_np(losses.sparsemax(z)) > 0).astype(np.float64)
+    s = (_np(heads.sparsemax(z)) > 0).astype(np.float64)
     expected = s * (v - (s * v).sum(axis=1, keepdims=True) / s.sum(axis=1, keepdims=True))
     np.testing.assert_allclose(grad, expected, atol=1e-5)
 

@@ -88,7 +88,8 @@ def test_adaptive_lq_step_measures_snn_on_the_batch_before_mixup():
              'labels': labels.astype('int32')}
     inp = keras.Input((4,))
     hidden = keras.layers.Dense(5, name='embedding')(inp)
-    net = keras.Model(inp, keras.layers.Dense(k, activation='softmax')(hidden))
+    probs = keras.layers.Dense(k, activation='softmax')(hidden)
+    net = keras.Model(inp, {'scores': probs, 'softmax': probs, 'embedding': hidden})
     cfg = config.load_config(None, ['loss.type=adaptive_lq', 'loss.snn_temperature=10.0'])
     step_loss = losses.get(cfg)
     model = trainer.Trainer(net, SimpleNamespace(on_device=False), step_loss)
@@ -117,7 +118,8 @@ def test_noise_detection_counts_both_examples_of_a_mixed_pair():
              'y': np.eye(k, dtype='float32')[rng.integers(0, k, b)],
              'verified': np.zeros(b, 'float32'), 'wrong': wrong, 'members': members}
     inp = keras.Input((4,))
-    net = keras.Model(inp, keras.layers.Dense(k, activation='softmax')(inp))
+    probs = keras.layers.Dense(k, activation='softmax')(inp)
+    net = keras.Model(inp, {'scores': probs, 'softmax': probs, 'embedding': inp})
     model = trainer.Trainer(net, SimpleNamespace(on_device=False), _DropFirstThree({}),
                             detect=True)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
@@ -146,7 +148,7 @@ def test_val_clip_accuracy_is_the_clip_accuracy_of_gmean_patch_scores(clips, mak
                            plen, False)
     inp = keras.Input((plen, n_mels, 1))
     x = keras.layers.Flatten()(inp)
-    model = keras.Model(inp, keras.layers.Dense(3, activation='softmax')(x))
+    model = keras.Model(inp, {'scores': keras.layers.Dense(3, activation='softmax')(x)})
     cfg = make_cfg(f'extract.patch_len={plen}', f'extract.patch_hop={hop}',
                    f'extract.n_mels={n_mels}', 'recognizer.aggregate=gmean')
     targets = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]]
@@ -161,7 +163,7 @@ def test_val_clip_accuracy_is_the_clip_accuracy_of_gmean_patch_scores(clips, mak
         probs = []
         for s in range(0, n - plen + 1, hop):
             x = (clips['frames'][start + s:start + s + plen] - mean) / std
-            probs.append(np.asarray(model(x[None, :, :, None]))[0])
+            probs.append(np.asarray(model(x[None, :, :, None])['scores'])[0])
         clip = np.exp(np.log(np.array(probs)).mean(axis=0))
         hits.append(clip.argmax() == targets[c].argmax())
     assert logs['val_clip_accuracy'] == pytest.approx(np.mean(hits))
