@@ -135,7 +135,7 @@ class Experiment:
 
     def set_masking(self, on):
         """Turn the mode's loss masking (learn.mode staged) on or off for the next stage."""
-        self.trainer.masker.activate(on)
+        self.trainer.step_loss.masker.activate(on)
 
     # -- noise detection: only where the table knows the true labels
     def watch_noise(self):
@@ -301,8 +301,8 @@ def build_trainer(cfg, mode, table, classes, source):
     masker = (Masker(learn['mask_method'], learn['mask_top_k'], learn['mask_alpha'],
                      active=False) if mode.masker else None)
     detect = mode.detects and 'true_idx' in table.columns
-    trainer = Trainer(classifier, source, losses.get(cfg), datasets.is_multi_label(table),
-                      masker=masker, detect=detect)
+    trainer = Trainer(classifier, source, losses.get(cfg, masker),
+                      datasets.is_multi_label(table), detect=detect)
     trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']),
                     jit_compile=pipeline.use_xla(cfg))
     return trainer

@@ -15,24 +15,24 @@ from data import Batch
 # ----------------------------------------------------------------------------- trainer
 
 class Trainer(keras.Model):
-    """Wraps the classifier; the step assembles its batch, weighs and reduces the loss.
+    """Wraps the classifier; the step assembles its batch (data.Batch), calls the step
+    loss on it and the model's outputs, and applies the gradients.
 
-    On the device path a step receives (idx, partner, lam) [B] and gathers its batch from
-    the resident frames; on the host path tf.data has already built (x, y, verified,
-    wrong). Per-example weights are the product of the loss's own keep mask (time-
-    dependent loss) and, when the mode has one, the masker's (staged loss masking, active
-    only in the stage that masks); a weight of 0 flags the example as dropped. With
-    `detect` on, flagged and wrong-label counts are summed per epoch for the
-    noise-detection figures.
+    On the device path a step receives its plan row (idx, partner, lam, ...) [B] and
+    gathers its batch from the resident frames; on the host path tf.data has already
+    built it. The step loss returns its per-example weights: the product of its own keep
+    mask (time-dependent loss) and, when the mode has one, its masker's (staged loss
+    masking, active only in the stage that masks); a weight of 0 flags the example as
+    dropped. With `detect` on, flagged and wrong-label counts are summed per epoch for
+    the noise-detection figures.
     """
 
-    def __init__(self, classifier, source, step_loss, multi_label=False, masker=None,
-                 detect=False):
+    def __init__(self, classifier, source, step_loss, multi_label=False, detect=False):
         super().__init__(name='trainer')
         self.classifier, self.source, self.step_loss = classifier, source, step_loss
-        # Both are fixed for the Trainer's life, so the step is traced once: a mode turns
-        # masking on and off through the masker's own variable (Masker.activate).
-        self.masker, self.detect = masker, detect
+        # Fixed for the Trainer's life, so the step is traced once: a mode turns masking
+        # on and off through the masker's own variable (Masker.activate).
+        self.detect = detect
         self.loss_tracker = keras.metrics.Mean(name='loss')
         # 'accuracy' on single-label data (as always); on multi-label data the top-1
         # precision under the same name, so that model selection, the LR schedule and
@@ -40,9 +40,7 @@ class Trainer(keras.Model):
         self.acc_tracker = (keras.metrics.MeanMetricWrapper(top1_precision, name='accuracy')
                             if multi_label else keras.metrics.CategoricalAccuracy(name='accuracy'))
         self.extra = {}
-        self.track(step_loss.log_names)
-        if masker is not None:
-            self.track(masker.log_names)
+        self.track(step_loss.figure_names)
         if detect:  # flagged / wrong-label example counts per epoch (needs true labels)
             self.track(NOISE_COUNTS, keras.metrics.Sum)
 
@@ -62,11 +60,11 @@ class Trainer(keras.Model):
 
     def _variables(self):
         """Every variable training changes: weights, seed generators (dropout), optimizer
-        (step, learning rate, moments) and the masker's threshold."""
+        (step, learning rate, moments) and the step loss's (the masker's threshold)."""
         if not self.optimizer.built:
             self.optimizer.build(self.classifier.trainable_variables)
-        masker = [] if self.masker is None else self.masker.variables
-        return [*self.classifier.variables, *self.optimizer.variables, *masker]
+        return [*self.classifier.variables, *self.optimizer.variables,
+                *self.step_loss.variables]
 
     def state_dict(self):
         """Its variables as numpy arrays (a part of the run's callbacks.Checkpoint)."""
@@ -92,15 +90,14 @@ class Trainer(keras.Model):
         # host path the batch tf.data built from it, as a dict (data.Batch).
         batch = (self.source.train_batch(**element) if self.source.on_device
                  else Batch(**element))
-        needs_clean = self.step_loss.needs_clean
-        x, y, verified = batch.x, batch.y, batch.verified
-        mask = None if self.masker is None else (lambda losses: self.masker(losses, verified))
         with tf.GradientTape() as tape:
-            outputs = self.classifier(x, training=True)
-            more = {'batch': batch} if self.step_loss.needs_batch else {}
-            loss, weights, figures = self.step_loss(y, outputs, x, outputs['embedding'], mask,
-                                                    self._clean(batch) if needs_clean else None,
-                                                    **more)
+            outputs = self.classifier(batch.x, training=True)
+            if self.step_loss.needs_embedding:
+                # The embeddings of the unmixed inputs, in inference mode (an extra forward
+                # pass without gradient): the training pass only sees the mixed inputs.
+                clean = self.classifier(batch.x_clean, training=False)['embedding']
+                outputs = {**outputs, 'clean_embedding': ops.stop_gradient(clean)}
+            loss, weights, figures = self.step_loss(batch, outputs)
             total = loss + ops.sum(self.classifier.losses) if self.classifier.losses else loss
             scaled = self.optimizer.scale_loss(total)
         variables = self.classifier.trainable_variables
@@ -112,19 +109,10 @@ class Trainer(keras.Model):
                            nd_hit=ops.sum(flagged * batch.wrong),
                            nd_wrong=ops.sum(batch.wrong))
         self.loss_tracker.update_state(loss)
-        self.acc_tracker.update_state(y, outputs['scores'])
+        self.acc_tracker.update_state(batch.y, outputs['scores'])
         for name, value in figures.items():
             self.extra[name].update_state(value)
         return {m.name: m.result() for m in self.metrics}
-
-    def _clean(self, batch):
-        """(inputs or embeddings, given labels) of the batch before mixup. Embeddings are
-        those of the unmixed inputs in inference mode (an extra forward pass without
-        gradient): the training pass only sees the mixed inputs."""
-        space = batch.x_clean
-        if self.step_loss.needs_embedding:
-            space = ops.stop_gradient(self.classifier(space, training=False)['embedding'])
-        return space, batch.labels
 
     def test_step(self, batch):
         x, y = self.source.eval_batch(batch) if self.source.on_device else batch

@@ -191,11 +191,12 @@ def test_mixed_pairs_learn_the_mix_of_the_members_distributions(head):
     branches = heads.HEADS[head]
     y_pred = {BRANCH_NAMES[b]: ops.convert_to_tensor(outputs[BRANCH_NAMES[b]])
               for b in branches}
-    loss = losses.HeadLosses({'learn': {'head': head}})
-    assert loss.needs_batch
-    batch = data.Batch(y_a=ops.convert_to_tensor(y_a), y_b=ops.convert_to_tensor(y_b),
-                       lam=ops.convert_to_tensor(lam))
-    value, weights, _ = loss(ops.convert_to_tensor(y), y_pred, batch=batch)
+    cfg = {'learn': {'head': head}}
+    loss = losses.HeadLosses(cfg)
+    assert losses.HeadLosses.needs(cfg) == {'members'}
+    batch = data.Batch(y=ops.convert_to_tensor(y), y_a=ops.convert_to_tensor(y_a),
+                       y_b=ops.convert_to_tensor(y_b), lam=ops.convert_to_tensor(lam))
+    value, weights, _ = loss(batch, y_pred)
     per_example = sum(expected[b] for b in branches)
     np.testing.assert_allclose(float(value), per_example.mean(), rtol=1e-4)
 

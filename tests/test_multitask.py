@@ -97,7 +97,7 @@ def test_each_member_trains_its_own_head_and_the_pseudo_mse_weight(make_cfg, pse
     pv, pu = (rng.dirichlet(np.ones(K), B).astype('float32') for _ in range(2))
     y_pred = {'verified_softmax': pv, 'unverified_softmax': pu, 'scores': pv}
     batch = _batch(rng, pseudo)
-    total, _, figures = loss(None, y_pred, batch=data.Batch(**batch))
+    total, _, figures = loss(data.Batch(**batch), y_pred)
 
     def cce(y, p):
         return -(y * np.log(p)).sum(axis=1)
