@@ -337,8 +337,8 @@ class PatchSource:
         short clips); length defaults to patch_len. Also the random excerpts of
         self-verification. gain [B] multiplies each clip's mel energies before
         standardisation. Standardised per band with the training set's scaler, or
-        (extract.normalize per_clip) each example with its own mean and std over all its frames and bands (Akiyama & Sato,
-        Sec. 3.2.2)."""
+        (extract.normalize per_clip) each example with its own mean and std over all its
+        frames and bands (Akiyama & Sato, Sec. 3.2.2)."""
         ops = self.ops
         length = length or self.patch_len
         t = ops.arange(length, dtype='int32')

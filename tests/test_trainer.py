@@ -1,5 +1,6 @@
-"""trainer.py and callbacks.py: model selection (last / best_val with restarts) and the training step's
-batch before mixup for adaptive Lq, against references written here."""
+"""trainer.py and callbacks.py: model selection (last / best_val with restarts), the
+training step's batch before mixup for adaptive Lq, noise-detection counts and the
+resume checkpoint, against references written here."""
 from types import SimpleNamespace
 
 import keras
