@@ -18,6 +18,13 @@ same batches as before they existed.
 """
 import numpy as np
 
+
+def specaugment(learn):
+    """(freq masks, max freq width, time masks, max time width) of learn.specaugment."""
+    masks = learn['specaugment']
+    return tuple(masks[k] for k in ('freq_masks', 'freq_width', 'time_masks', 'time_width'))
+
+
 def freq_masks(rng, shape, setting, n_mels):
     """[*shape, 1, 2] (first band, width) of one mask per example; width 0 where the
     mask is not drawn (probability 1 - p)."""

@@ -1,16 +1,15 @@
-"""Patches and crops, scaler, epoch plans, batches, label smoothing, mixup, pseudo labels.
+"""Patches and crops, scaler, batches, label smoothing, mixup, pseudo labels.
 
 Shapes: frames [total_frames, n_mels] (every clip's log-mel stacked once, see
 feat_extract.FeatureStore); a patch is a (clip, start frame) pair, never a copy. Patch
 tables are flat numpy arrays over all patches of all clips; training, validation, test and
 pruning select patches by index. With extract.crop random_crop the table holds one entry
 per clip (its whole fixed-length clip) and a training example is that entry shifted by a
-random crop offset drawn with the epoch plan (augment.augment_plan draws the crops and
-masks; splits.py splits the clips).
+random crop offset drawn with the epoch plan (sampling.py draws the plans,
+augment.augment_plan the crops and masks; splits.py splits the clips).
 """
-import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -149,104 +148,6 @@ def smooth_targets(y, e):
     return y * (1.0 - e) + e / y.shape[-1]
 
 
-# ----------------------------------------------------------------------------- sampling
-
-@dataclass
-class EpochPlan:
-    """One epoch of training steps: patch indices, mixup partners and mixup weights, crop
-    offsets, SpecAugment masks and gains (augment.py).
-
-    Arrays have shape [steps, batch, ...]. idx are patch indices; partner[i] is the patch
-    mixed into idx[i] with weight 1 - lam[i] (lam = 1: no mixup). shift / partner_shift
-    are added to the patch's start frame (random crops; 0 for patches). fmask / tmask
-    [steps, batch, n_masks, 2] are (first band or frame, width) of each mask (n_masks 0:
-    none). gain / partner_gain multiply each member's mel energies (1: none). Every field
-    is drawn on the host from the run's rng, so a run is repeatable whatever the order in
-    which tf.data evaluates batches.
-    """
-    idx: np.ndarray
-    partner: np.ndarray
-    lam: np.ndarray
-    shift: np.ndarray = None
-    partner_shift: np.ndarray = None
-    fmask: np.ndarray = None
-    tmask: np.ndarray = None
-    gain: np.ndarray = None
-    partner_gain: np.ndarray = None
-
-    def __post_init__(self):
-        for name in ('shift', 'partner_shift'):
-            if getattr(self, name) is None:
-                setattr(self, name, np.zeros(self.idx.shape, np.int64))
-        for name in ('gain', 'partner_gain'):
-            if getattr(self, name) is None:
-                setattr(self, name, np.ones(self.idx.shape, np.float32))
-        for name in ('fmask', 'tmask'):
-            if getattr(self, name) is None:
-                setattr(self, name, np.zeros(self.idx.shape + (0, 2), np.int64))
-
-    def arrays(self):
-        """The fields in order: the elements of one training step."""
-        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
-
-
-def plan_epoch(rng, pool, batch_size, mixup=False, alpha=0.1, mode='intra'):
-    """Shuffle `pool` (patch indices) into fixed-size batches and draw mixup partners.
-
-    The last batch is filled with randomly drawn extra patches so that every step has the
-    same shape (one compiled step, no retracing) and every patch is seen each epoch.
-    intra: each batch is mixed with a shuffled copy of itself; inter: each example with
-    the example at the same position of the next batch (Fonseca et al., WASPAA 2019).
-    lam ~ Beta(alpha, alpha) per example.
-    """
-    pool = np.asarray(pool, np.int64)
-    steps = -(-pool.size // batch_size)
-    order = rng.permutation(pool)
-    pad = steps * batch_size - pool.size
-    if pad:
-        order = np.concatenate([order, rng.choice(pool, size=pad)])
-    idx = order.reshape(steps, batch_size)
-    if not mixup:
-        return EpochPlan(idx, idx.copy(), np.ones(idx.shape, np.float32))
-    if mode == 'intra':
-        perm = np.argsort(rng.random(idx.shape), axis=1)
-        partner = np.take_along_axis(idx, perm, axis=1)
-    else:
-        partner = np.roll(idx, -1, axis=0)
-    lam = rng.beta(alpha, alpha, size=idx.shape).astype(np.float32)
-    return EpochPlan(idx, partner, lam)
-
-
-def plan_halves(rng, first, second, batch_size, mixup=False, alpha=0.1, mode='intra'):
-    """Batches whose first half comes from pool `first` and second half from `second`.
-
-    The epoch runs over `second` once; `first` is reshuffled as often as needed. mixup
-    partners stay inside their half, so a mixed example keeps its pool's status.
-    """
-    half = max(1, batch_size // 2)
-    b = plan_epoch(rng, second, batch_size - half, mixup, alpha, mode)
-    steps, parts = b.idx.shape[0], []
-    while sum(p.idx.shape[0] for p in parts) < steps:
-        parts.append(plan_epoch(rng, first, half, mixup, alpha, mode))
-
-    def join(name):
-        a = np.concatenate([getattr(p, name) for p in parts])[:steps]
-        return np.concatenate([a, getattr(b, name)], axis=1)
-    return EpochPlan(*(join(f.name) for f in dataclasses.fields(EpochPlan)))
-
-
-def cross_pairs(rng, plan, alpha):
-    """Mixup between the two halves of plan_halves batches (Akiyama & Sato, Sec. 2.2: curated
-    clips mixed with soft-pseudo-labelled ones): each example's partner is the example at
-    the same place of the other half, lam ~ Beta(alpha, alpha) per example."""
-    half = plan.idx.shape[1] // 2
-    plan.partner = np.concatenate([plan.idx[:, half:2 * half], plan.idx[:, :half],
-                                   plan.idx[:, 2 * half:]], axis=1)
-    plan.lam = rng.beta(alpha, alpha, size=plan.idx.shape).astype(np.float32)
-    plan.lam[:, 2 * half:] = 1.0  # an odd batch's last example has no partner
-    return plan
-
-
 def sharpen(p, temperature):
     """Soft pseudo labels as Akiyama & Sato sharpen them (Sec. 2.2; released code,
     train_model2.py: `tmp ** TEMPERATURE` normalised): p_k^T / sum_j p_j^T per row, so
@@ -327,6 +228,48 @@ def host_tensor(array):
     return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One training step's batch: PatchSource.train_batch builds it, the Trainer's step
+    unpacks it at its top, the step loss reads its fields.
+
+    x [B, T, F, 1] inputs and y [B, K] targets, smoothed first and then mixed, so that
+    label smoothing and mixup combine (SpecAugment then masks the mixed input); verified
+    [B]: that of the first member (partners stay in its pool); members [B]: examples in
+    each mixed pair (2, or 1 without mixup); wrong [B]: how many of them have a wrong
+    given label (noise detection counts both examples of a pair by their true labels).
+    train_batch always sets these five; the others are None unless the loss declares
+    that it reads them
+    (losses.StepLoss.needs): 'members': y_a, y_b (each member's smoothed targets), lam
+    [B] and verified_b (the partner's); 'pseudo': pseudo_a, pseudo_b (the members' soft
+    pseudo labels); 'clean': x_clean and labels (the first member's inputs and given
+    label before mixup and masks, for a loss that measures the batch itself).
+
+    A dataclass names each field once, where a dict of string keys would spell them in
+    every reader. tf.data has no dataclass structure and cannot carry None, so on the
+    host path the batch crosses the tf.data boundary as as_dict() and the step rebuilds
+    it with Batch(**element).
+    """
+    x: object = None
+    y: object = None
+    verified: object = None
+    members: object = None
+    wrong: object = None
+    y_a: object = None
+    y_b: object = None
+    lam: object = None
+    verified_b: object = None
+    pseudo_a: object = None
+    pseudo_b: object = None
+    x_clean: object = None
+    labels: object = None
+
+    def as_dict(self):
+        """The fields that are set, by name (the element tf.data carries)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None}
+
+
 class PatchSource:
     """Frames and patch table as backend tensors; builds batches with backend ops.
 
@@ -335,15 +278,20 @@ class PatchSource:
     A batch is gathered by index: frame rows [B, patch_len] -> [B, patch_len, n_mels, 1],
     standardised per band, the clips' multi-hot target rows (datasets.targets) smoothed
     per example, then mixed (mixup).
+
+    needs: what the batches carry beyond x, y, verified, members and wrong (the fields
+    of Batch the loss reads: 'members', 'pseudo', 'clean'); pseudo [clips, K]: the soft
+    pseudo labels of 'pseudo'.
     """
 
     def __init__(self, frames, patches, table, mean, std, eps, patch_len, on_device,
-                 eval_len=None, log=True, per_clip=False):
+                 eval_len=None, log=True, per_clip=False, needs=frozenset(), pseudo=None):
         import tensorflow as tf  # placement is TensorFlow's; Keras has no device API
         from keras import ops
         self.ops, self.patch_len, self.on_device = ops, patch_len, on_device
-        self.per_member, self.pseudo = False, None  # use_members() sets them
-        # gains on the frames (augment.gain_frames); extract.normalize per_clip
+        self.needs = frozenset(needs)
+        # log: the frames are log-mel (how augment.gain_frames applies a gain); per_clip:
+        # extract.normalize per_clip, each example standardised by its own mean and std
         self.log, self.per_clip = log, per_clip
         # Frames per evaluated example: a patch, or a whole fixed-length clip (random_crop).
         self.eval_len = eval_len or patch_len
@@ -370,6 +318,7 @@ class PatchSource:
             self.wrong = tf.constant(wrong_labels(table)[clip].astype(np.float32))
             self.mean = tf.constant(mean.reshape(1, 1, -1, 1))
             self.std = tf.constant(std.reshape(1, 1, -1, 1))
+            self.pseudo = None if pseudo is None else tf.constant(pseudo.astype(np.float32))
 
     def inputs(self, idx, shift=None, length=None, gain=None):
         """Standardised inputs [B, length, n_mels, 1] float32 for patch indices idx, each
@@ -388,8 +337,8 @@ class PatchSource:
         short clips); length defaults to patch_len. Also the random excerpts of
         self-verification. gain [B] multiplies each clip's mel energies before
         standardisation. Standardised per band with the training set's scaler, or
-        (extract.normalize per_clip) each example with its own mean and std over all its frames and bands (Akiyama & Sato,
-        Sec. 3.2.2)."""
+        (extract.normalize per_clip) each example with its own mean and std over all its
+        frames and bands (Akiyama & Sato, Sec. 3.2.2)."""
         ops = self.ops
         length = length or self.patch_len
         t = ops.arange(length, dtype='int32')
@@ -429,18 +378,9 @@ class PatchSource:
         return smooth_targets(y, self.ops.take(self.clip_eps, clip)) if smooth else y
 
     def train_batch(self, idx, partner, lam, shift=None, partner_shift=None, fmask=None,
-                    tmask=None, gain=None, partner_gain=None, clean=False):
-        """One planned step (EpochPlan.arrays()) as a dict; partner == idx and lam == 1 mean
-        no mixup.
-
-        x, y: inputs and targets, smoothed first and then mixed, so that label smoothing
-        and mixup combine; SpecAugment then masks the mixed input. verified: that of idx
-        (partners stay in idx's pool). members: examples in each mixed pair (2, or 1
-        without mixup); wrong: how many of them have a wrong given label: noise-detection
-        figures count both examples of a pair by their true labels. With `clean`, also
-        x_clean and labels: the inputs (crops) and given labels of idx before mixup and
-        masks, for a loss that measures the batch itself (adaptive Lq).
-        """
+                    tmask=None, gain=None, partner_gain=None):
+        """One planned step (the fields of a sampling.EpochPlan step, by name) -> Batch;
+        partner == idx and lam == 1 mean no mixup."""
         ops, take = self.ops, self.ops.take
         x_clean = self.inputs(idx, shift, gain=gain)
         paired = ops.cast(ops.not_equal(idx, partner), 'float32')
@@ -448,26 +388,17 @@ class PatchSource:
         if fmask is not None and (fmask.shape[1] or tmask.shape[1]):  # static: 0 = off
             x = self.masked(x, fmask, tmask)
         y_a, y_b = self.targets(idx), self.targets(partner)
-        batch = {'x': x, 'y': mix(ops, lam, y_a, y_b),
-                 'verified': take(self.verified, idx), 'members': 1.0 + paired,
-                 'wrong': take(self.wrong, idx) + paired * take(self.wrong, partner)}
-        if self.per_member:  # the members of each mixed pair, for losses.Multitask
-            batch.update(y_a=y_a, y_b=y_b, lam=ops.cast(lam, 'float32'),
-                         verified_a=batch['verified'], verified_b=take(self.verified, partner))
-            if self.pseudo is not None:
-                batch.update(pseudo_a=self.pseudo_of(idx), pseudo_b=self.pseudo_of(partner))
-        if clean:
-            batch.update(x_clean=x_clean, labels=take(self.label, idx))
-        return batch
-
-    def use_members(self, pseudo=None):
-        """Batches carry each pair's members (losses.Multitask, losses.HeadLosses), and with
-        pseudo [clips, K] the members' soft pseudo labels."""
-        import tensorflow as tf
-        self.per_member = True
-        if pseudo is not None:
-            with tf.device('/GPU:0' if self.on_device else '/CPU:0'):
-                self.pseudo = tf.constant(pseudo.astype(np.float32))
+        more = {}
+        if 'members' in self.needs:  # the members of each mixed pair
+            more.update(y_a=y_a, y_b=y_b, lam=ops.cast(lam, 'float32'),
+                        verified_b=take(self.verified, partner))
+        if 'pseudo' in self.needs:
+            more.update(pseudo_a=self.pseudo_of(idx), pseudo_b=self.pseudo_of(partner))
+        if 'clean' in self.needs:
+            more.update(x_clean=x_clean, labels=take(self.label, idx))
+        return Batch(x=x, y=mix(ops, lam, y_a, y_b), verified=take(self.verified, idx),
+                     members=1.0 + paired,
+                     wrong=take(self.wrong, idx) + paired * take(self.wrong, partner), **more)
 
     def pseudo_of(self, idx):
         return self.ops.take(self.pseudo, self.ops.take(self.clip, idx), axis=0)

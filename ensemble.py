@@ -52,7 +52,7 @@ def run_folds(exp, mode, finish):
     method = cfg['recognizer']['ensemble']
     paths, oof_rows, oof_scores, per_fold = [], [], [], []
     for fold, (train_rows, val_rows) in enumerate(splits, 1):
-        fold_exp = exp if fold == 1 else exp.for_fold(train_rows, val_rows, fold)
+        fold_exp = exp if fold == 1 else exp.for_fold(fold)
         if len(splits) > 1:
             logger.info('fold %d of %d: %d training clips, %d validation clips', fold,
                         len(splits), train_rows.size, val_rows.size)

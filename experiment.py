@@ -1,18 +1,18 @@
 """The Experiment of section `learn`: everything a learning mode works on.
 
-prepare() turns the clip table and the feature store into an Experiment: the patch table
-(or whole clips for random crops), the stratified train/val split (or the folds), the
-scaler, the batch source, the model and its Trainer (trainer.py). The Experiment owns the
-callbacks and the run state (RunState: epoch, stage, model selection, noise-detection
-start) that a mode changes, and fit() trains one stage; learn.py holds the modes.
+prepare() turns the clip table and the feature store into an Experiment in four calls:
+split (the stratified train/val split, or the folds), batch_source (the patch table or
+whole clips for random crops, the scaler and its file, the PatchSource), build_trainer
+(the model in its Trainer, trainer.py) and the Experiment itself. The Experiment owns the
+callbacks, the epoch plans (sampling.Plans) and the run state (RunState: epoch, stage,
+model selection, noise-detection start) that a mode changes, and the checkpoint that
+collects the state of its parts; fit() trains one stage. learn.py holds the modes.
 """
 import functools
 import logging
 
 import keras
 import numpy as np
-import tensorflow as tf  # tf.data input pipeline and device placement
-from keras import ops
 
 import architectures
 import augment
@@ -20,14 +20,17 @@ import data
 import datasets
 import eval as evaluation
 import losses
+import pipeline
+import sampling
 import splits
 from config import ConfigError
 from masking import Masker
+from callbacks import (Backup, Checkpoint, Counters, EpochLR, History, ModelSelection,
+                       RunState, Snapshots, StopAfterSteps, StopOnNonFinite,
+                       TensorBoardScalars, ValClipAccuracy, cosine_lr, detection_figures,
+                       precision_recall)
 from results import Results
-from trainer import (Backup, EpochLR, History, ModelSelection, RunState, Snapshots,
-                     StopAfterSteps, StopOnNonFinite, TensorBoardScalars, Trainer,
-                     ValClipAccuracy, cosine_lr, detection_figures, load_backup,
-                     precision_recall)
+from trainer import Trainer
 from utils import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -36,20 +39,23 @@ logger = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- experiment
 
 class Experiment:
-    """Everything a learning mode needs; modes call fit() once per stage."""
+    """Everything a learning mode needs; modes call fit() once per stage.
 
-    def __init__(self, cfg, table, classes, store, patches, train_rows, val_rows, source,
-                 trainer, run_dir, rng, fold=None):
-        self.cfg, self.table, self.classes, self.store = cfg, table, classes, store
-        self.patches, self.source, self.trainer = patches, source, trainer
-        self.train_rows, self.val_rows = train_rows, val_rows
-        self.run_dir, self.rng = run_dir, rng
-        # fold: 1-based fold of k-fold training (ensemble.py, self_verify.py); None = the
-        # single split, whose files keep their plain names.
-        self.fold = fold
+    mode: the learn.Mode declaration of the configured mode. splits: the (training rows,
+    validation rows) of every fold (one for a single split); fold: the 1-based fold this
+    Experiment trains (k-fold training, self-verification), None for the single split,
+    whose files keep their plain names.
+    """
+
+    def __init__(self, cfg, mode, table, classes, store, patches, source, trainer, run_dir,
+                 rng, splits, fold=None):
+        self.cfg, self.mode, self.table, self.classes = cfg, mode, table, classes
+        self.store, self.patches, self.source, self.trainer = store, patches, source, trainer
+        self.run_dir, self.rng, self.splits, self.fold = run_dir, rng, splits, fold
+        self.train_rows, self.val_rows = splits[(fold or 1) - 1]
         self.tag = tag = '' if fold is None else f'_{fold}'
-        self.train_idx = patches.of_clips(train_rows)
-        self.val_idx = patches.of_clips(val_rows)
+        self.train_idx = patches.of_clips(self.train_rows)
+        self.val_idx = patches.of_clips(self.val_rows)
         # figures for results.json: the injected label noise, what a mode adds (noise_detection)
         self.results = Results(**datasets.label_noise(cfg, table))
         self.monitor = 'val_accuracy' if self.val_idx.size else 'accuracy'
@@ -66,38 +72,45 @@ class Experiment:
             monitor=self.monitor, mode='max', patience=learn['patience'], min_delta=0.001,
             verbose=1)
         score = evaluation.clip_scorer(trainer.classifier, source, patches, cfg)
-        self.val_clip = ([ValClipAccuracy(score, val_rows,
+        self.val_clip = ([ValClipAccuracy(score, self.val_rows,
                                           datasets.targets(table, len(classes)))]
                          if self.val_idx.size else [])
         self.has_truth = 'true_idx' in table.columns
-        ext = cfg['extract']
-        # Random crop offsets (extract.crop random_crop) and SpecAugment masks, drawn into
-        # every epoch plan from the stage's rng.
-        self.augment = functools.partial(
-            augment.augment_plan, max_shift=source.eval_len - source.patch_len,
-            specaugment=specaugment(learn), n_mels=ext['n_mels'], length=source.patch_len,
-            paper={key: learn[key] for key in ('freq_mask', 'gain', 'extra_crop')})
-        # Resume: fit() calls are the mode's stages; the backup holds the state at the end
-        # of the last completed epoch, restored when the mode reaches that epoch's stage.
-        self.stage_epochs = []
-        # k folds and self-verification rounds are not resumed (a fold's stages interleave
-        # with the others' decisions): their fold Experiments keep no backup.
-        self.backup_path = None if fold else run_dir / 'backup' / 'state.pkl'
-        self.resume = load_backup(self.backup_path) if self.backup_path else None
-        # Results of once(): loaded now, since the mode asks for them between stages,
-        # before the stage that restores the rest.
-        self.memo = dict(self.resume['memo']) if self.resume else {}
+        self.plans = epoch_plans(cfg, table, patches, source)
+        self.stage_epochs = []  # epochs each fit() call (stage) trained
+        self.memo = Memo()
+        self.counters = Counters([self.reduce_lr, self.early_stopping])
+        # Resume: fit() calls are the mode's stages; the checkpoint holds the state at the
+        # end of the last completed epoch, restored when the mode reaches that epoch's
+        # stage. k folds and self-verification rounds are not resumed (a fold's stages
+        # interleave with the others' decisions): their fold Experiments keep none.
+        self.checkpoint = None if fold else Checkpoint(
+            run_dir / 'backup' / 'state.pkl',
+            {'run': self.state, 'experiment': self, 'trainer': trainer,
+             'history': self.history, 'selection': self.selection, 'memo': self.memo,
+             'counters': self.counters})
+        self.resume = self.checkpoint.load() if self.checkpoint else None
+        if self.resume:
+            # once()'s results now: the mode asks for them between stages, before the
+            # stage that restores the rest.
+            self.memo.load_state_dict(self.resume['memo'])
         self.lr_callbacks = self.schedule()
-        self.splits = [(train_rows, val_rows)]  # prepare() sets the k folds
 
-    def for_fold(self, train_rows, val_rows, fold):
-        """A fresh model and trainer on other rows, sharing this experiment's data, scaler
-        and batch source (k-fold training)."""
-        return Experiment(self.cfg, self.table, self.classes, self.store, self.patches,
-                          train_rows, val_rows, self.source,
-                          build_trainer(self.cfg, self.table, self.classes, self.source),
-                          self.run_dir,
-                          self.rng.spawn(1)[0], fold)
+    def for_fold(self, fold):
+        """Fold `fold` (1-based) of self.splits: a fresh model and trainer sharing this
+        experiment's data, scaler and batch source (k-fold training)."""
+        trainer = build_trainer(self.cfg, self.mode, self.table, self.classes, self.source)
+        return Experiment(self.cfg, self.mode, self.table, self.classes, self.store,
+                          self.patches, self.source, trainer, self.run_dir,
+                          self.rng.spawn(1)[0], self.splits, fold)
+
+    def state_dict(self):
+        """Its own part of the checkpoint: the epochs of each stage and the results."""
+        return {'stage_epochs': list(self.stage_epochs), 'results': self.results.state_dict()}
+
+    def load_state_dict(self, state):
+        self.stage_epochs = list(state['stage_epochs'])
+        self.results.load_state_dict(state['results'])
 
     def schedule(self):
         """The callbacks of learn.lr_schedule: plateau halves the rate on validation
@@ -120,17 +133,14 @@ class Experiment:
             self.trainer.classifier.save(tmp)
         logger.info('snapshot of cycle %d saved: %s', cycle, self.snapshot_path(cycle).name)
 
-    def plan_halves(self, first, second):
-        """Epoch plans whose batches are half patches of `first`, half of `second`."""
-        learn = self.cfg['learn']
-        return lambda rng: self.augment(rng, data.plan_halves(
-            rng, first, second, learn['batch_size'], learn['mixup'], learn['mixup_alpha'],
-            learn['mixup_mode']))
+    def set_masking(self, on):
+        """Turn the mode's loss masking (learn.mode staged) on or off for the next stage."""
+        self.trainer.step_loss.masker.activate(on)
 
     # -- noise detection: only where the table knows the true labels
     def watch_noise(self):
         """The noise-detection figures count from the next epoch on (the Trainer counts
-        flagged examples from the start when the mode drops or masks: DETECTS)."""
+        flagged examples from the start when the mode drops or masks: Mode.detects)."""
         self.state.noise_from = len(self.history.rows)
 
     def record_epoch_detection(self):
@@ -163,38 +173,6 @@ class Experiment:
         with atomic_path(self.run_dir / f'pruned{self.tag}.csv') as tmp:
             frame.to_csv(tmp, index=False, float_format='%.6g')
 
-    def plan(self, pool, mixup=None):
-        """A function of an rng that draws one epoch of batches over the patch indices in
-        pool (learn.multitask: multitask_plan)."""
-        learn = self.cfg['learn']
-        mixup = learn['mixup'] if mixup is None else mixup
-        if learn['multitask']:
-            return self.multitask_plan(pool, mixup)
-        return lambda rng: self.augment(rng, data.plan_epoch(
-            rng, pool, learn['batch_size'], mixup, learn['mixup_alpha'], learn['mixup_mode']))
-
-    def multitask_plan(self, pool, mixup):
-        """Batches half verified, half unverified patches of pool (plan_halves; an epoch is
-        one pass over the unverified ones), so that both heads learn in every step. With
-        pseudo labels and mixup, each verified example is mixed with an unverified (pseudo-
-        labelled) one (Akiyama & Sato, Sec. 2.2); otherwise mixup stays inside each half."""
-        learn = self.cfg['learn']
-        verified = self.table.verified.to_numpy()[self.patches.clip[pool]] == 1
-        ver, unv = pool[verified], pool[~verified]
-        if ver.size == 0 or unv.size == 0:
-            raise ConfigError('learn.multitask needs verified and unverified training clips; '
-                              f'this split has {ver.size} verified and {unv.size} unverified '
-                              f'patches')
-        cross = mixup and learn['pseudo_labels'] is not None
-
-        def plan(rng):
-            halves = data.plan_halves(rng, ver, unv, learn['batch_size'], mixup and not cross,
-                                      learn['mixup_alpha'], learn['mixup_mode'])
-            if cross:
-                halves = data.cross_pairs(rng, halves, learn['mixup_alpha'])
-            return self.augment(rng, halves)
-        return plan
-
     @property
     def epoch(self):
         """Epochs done so far, counted across stages."""
@@ -217,20 +195,23 @@ class Experiment:
         # amount, which must not shift the draws of the next stage. Drawn for skipped stages
         # too, so that a resumed run's stages get the same ones.
         rng = self.rng.spawn(1)[0] if trains else None
-        if self.resume is not None and stage < self.resume['state']['stage']:
-            self.state.epoch += self.resume['stage_epochs'][stage - 1]  # done before the kill
+        resume, stopped = self.resume, False
+        if resume is not None and stage < resume['run']['stage']:
+            # done before the kill
+            self.state.epoch += resume['experiment']['stage_epochs'][stage - 1]
             return
-        counters, stopped = None, False
-        if self.resume is not None:
-            counters, stopped = self._restore(self.resume), self.resume['stopped']
-            self.resume = None
+        if resume is not None:
+            self.checkpoint.restore(resume)
+            stopped, self.resume = resume['stopped'], None
+            logger.info('resumed at epoch %d (stage %d; epochs 1-%d restored from %s)',
+                        self.epoch + 1, self.state.stage, self.epoch, self.checkpoint.path)
         if trains and not stopped:
-            self._train(rng, start, epochs, steps, plan, early_stopping, counters,
-                        lr_callbacks)
+            self._train(rng, start, epochs, steps, plan, early_stopping, lr_callbacks)
+        else:
+            self.counters.drop()
         self.stage_epochs.append(self.epoch - start)
 
-    def _train(self, rng, start, epochs, steps, plan, early_stopping, counters,
-               lr_callbacks):
+    def _train(self, rng, start, epochs, steps, plan, early_stopping, lr_callbacks):
         per_plan = plan(np.random.default_rng(0)).idx.shape[0]  # steps of every plan
         per_epoch = per_plan
         lr_callbacks = self.lr_callbacks if lr_callbacks is None else lr_callbacks
@@ -246,17 +227,17 @@ class Experiment:
                 cbs.append(StopAfterSteps(steps, per_epoch, start))
         # StopOnNonFinite first: a diverged epoch must reach no other callback; Backup
         # last: it saves what the others updated at the epoch's end.
-        if self.backup_path is not None:
-            cbs.append(Backup(self.backup_path, self._state,
-                              [self.reduce_lr, self.early_stopping], counters))
+        if self.checkpoint is not None:
+            cbs.append(Backup(self.checkpoint, self.counters))
         # A resumed stage continues the stream of planned steps where its last completed
         # epoch ended: the plans drawn before are drawn again (the k-th plan of a stage
         # depends only on its rng), and the steps of the cut plan already trained skipped.
         done = (self.epoch - start) * per_epoch
         for _ in range(done // per_plan):
             plan(rng)
-        train = self.train_dataset(lambda: plan(rng), plan(rng)).skip(done % per_plan)
-        val = self._eval_dataset(self.val_idx) if self.val_idx.size else None
+        train = pipeline.train_dataset(self.source, lambda: plan(rng), plan(rng))
+        train = train.skip(done % per_plan)
+        val = self._val_dataset() if self.val_idx.size else None
         self.trainer.fit(train, validation_data=val, epochs=start + epochs,
                          initial_epoch=self.epoch, steps_per_epoch=per_epoch, callbacks=cbs,
                          verbose=self.cfg['ctrl']['verbose'],
@@ -264,211 +245,158 @@ class Experiment:
 
     def once(self, key, compute):
         """A result computed between stages from the weights of that moment (mode 3's clip
-        losses): kept in the backup, so a resumed run reuses it rather than recomputing
+        losses): kept in the checkpoint, so a resumed run reuses it rather than recomputing
         it from later weights."""
-        if key not in self.memo:
-            self.memo[key] = compute()
-        return self.memo[key]
-
-    # -- resume
-    def _variables(self):
-        """Every variable training changes: weights, seed generators (dropout), optimizer
-        (step, learning rate, moments) and the masker's threshold."""
-        t = self.trainer
-        if not t.optimizer.built:
-            t.optimizer.build(t.classifier.trainable_variables)
-        masker = [] if t.masker is None else t.masker.variables
-        return [*t.classifier.variables, *t.optimizer.variables, *masker]
-
-    def _state(self):
-        return {'state': self.state.as_dict(), 'stage_epochs': list(self.stage_epochs),
-                'variables': [ops.convert_to_numpy(v) for v in self._variables()],
-                'history': list(self.history.rows), 'selected': self.selection.weights,
-                'results': self.results.state_dict(), 'memo': self.memo}
-
-    def _restore(self, state):
-        """Put back the state of the last completed epoch; return the callbacks' counters."""
-        variables = self._variables()
-        if len(variables) != len(state['variables']):
-            raise ConfigError(f'{self.backup_path} does not fit this model; set '
-                              f'ctrl.overwrite true to start the run afresh')
-        for variable, value in zip(variables, state['variables']):
-            variable.assign(value)
-        vars(self.state).update(state['state'])  # in place: ModelSelection shares it
-        self.stage_epochs, self.history.rows = state['stage_epochs'], list(state['history'])
-        self.selection.weights = state['selected']
-        self.results.load_state_dict(state['results'])
-        logger.info('resumed at epoch %d (stage %d; epochs 1-%d restored from %s)',
-                    self.epoch + 1, self.state.stage, self.epoch, self.backup_path)
-        return state['callbacks']
-
-    def train_dataset(self, plan, first):
-        """Epoch plans -> one element per step (EpochPlan.arrays(): idx, partner, lam, crop
-        shifts, masks), prefetched."""
-        def epochs():
-            yield first.arrays()
-            while True:
-                yield plan().arrays()
-        spec = tuple(tf.TensorSpec([None, *a.shape[1:]], tf.as_dtype(a.dtype))
-                     for a in first.arrays())
-        ds = tf.data.Dataset.from_generator(epochs, output_signature=spec)
-        ds = ds.flat_map(lambda *a: tf.data.Dataset.from_tensor_slices(a))
-        if not self.source.on_device:
-            clean = self.trainer.step_loss.needs_clean
-            ds = ds.map(lambda *a: self.source.train_batch(*a, clean=clean),
-                        num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return self.memo.once(key, compute)
 
     def validate(self):
         """{'loss': ..., 'accuracy': ...} of the current model on the validation clips."""
-        return self.trainer.evaluate(self._eval_dataset(self.val_idx), verbose=0,
-                                     return_dict=True)
+        return self.trainer.evaluate(self._val_dataset(), verbose=0, return_dict=True)
 
-    def _eval_dataset(self, idx):
-        ds = tf.data.Dataset.from_tensor_slices(idx.astype(np.int64))
-        ds = ds.batch(evaluation.eval_batch_size(self.cfg))
-        if not self.source.on_device:
-            ds = ds.map(self.source.eval_batch, num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.prefetch(tf.data.AUTOTUNE)
+    def _val_dataset(self):
+        return pipeline.eval_dataset(self.source, self.val_idx,
+                                     evaluation.eval_batch_size(self.cfg))
 
 
-DETECTS = (2, 'staged')  # modes that drop or mask examples in the step (noise detection)
+class Memo:
+    """Results of Experiment.once by key; a part of the checkpoint."""
+
+    def __init__(self):
+        self.values = {}
+
+    def once(self, key, compute):
+        if key not in self.values:
+            self.values[key] = compute()
+        return self.values[key]
+
+    def state_dict(self):
+        return dict(self.values)
+
+    def load_state_dict(self, state):
+        self.values = dict(state)
 
 
-def specaugment(learn):
-    """(freq masks, max freq width, time masks, max time width) of learn.specaugment."""
-    masks = learn['specaugment']
-    return tuple(masks[k] for k in ('freq_masks', 'freq_width', 'time_masks', 'time_width'))
+def epoch_plans(cfg, table, patches, source):
+    """The run's sampling.Plans: learn.batch_size, mixup and multitask, with random crop
+    offsets (extract.crop random_crop), SpecAugment and Akiyama & Sato's augmentations
+    drawn into every epoch plan from the stage's rng."""
+    learn = cfg['learn']
+    draw = functools.partial(
+        augment.augment_plan, max_shift=source.eval_len - source.patch_len,
+        specaugment=augment.specaugment(learn), n_mels=cfg['extract']['n_mels'],
+        length=source.patch_len,
+        paper={key: learn[key] for key in ('freq_mask', 'gain', 'extra_crop')})
+    return sampling.Plans(learn['batch_size'], learn['mixup'], learn['mixup_alpha'],
+                          learn['mixup_mode'], draw,
+                          table.verified.to_numpy()[patches.clip] == 1, learn['multitask'],
+                          learn['pseudo_labels'] is not None)
 
 
-def on_device(cfg):
-    """Where the frames should live: learn.frames_on_device, 'auto' = GPU when there is one."""
-    choice = cfg['learn']['frames_on_device']
-    if choice != 'auto':
-        return choice == 'always'
-    return bool(tf.config.list_logical_devices('GPU'))
-
-
-def use_xla(cfg):
-    """learn.jit_compile: 'auto' compiles the step with XLA on a GPU only; on CPU the XLA
-    step of the baseline CNN measured slower than TensorFlow's own kernels."""
-    choice = cfg['learn']['jit_compile']
-    return bool(tf.config.list_logical_devices('GPU')) if choice == 'auto' else choice
-
-
-def patch_table(cfg, store):
-    """The patch table: every patch of every clip, or one whole clip each (random_crop)."""
-    ext = cfg['extract']
-    if ext['crop'] == 'random_crop':
-        return data.make_clips(store.start, store.length)
-    return data.make_patches(store.start, store.length, ext['patch_len'], ext['patch_hop'])
-
-
-def batch_source(cfg, store, patches, table, mean, std, eps):
-    """The PatchSource, with frames in GPU memory when wanted and they fit, else on host."""
-    train_len, eval_len = architectures.lengths(cfg)
-    args = (store.frames, patches, table, mean, std, eps, train_len)
-    ext = cfg['extract']
-    # how a gain acts on the stored frames (augment.gain_frames); the standardisation
-    more = dict(eval_len=eval_len, log=ext['log'], per_clip=ext['normalize'] == 'per_clip')
-    if on_device(cfg):
-        try:
-            return data.PatchSource(*args, on_device=True, **more)
-        except (tf.errors.ResourceExhaustedError, tf.errors.InternalError) as err:
-            if cfg['learn']['frames_on_device'] == 'always':
-                raise ConfigError(f'the frames ({store.frames.nbytes / 2**30:.1f} GiB) do not '
-                                  f'fit in GPU memory; set learn.frames_on_device to auto or '
-                                  f'never, or extract.store_dtype float16') from err
-            logger.warning('the frames (%.1f GiB) do not fit in GPU memory: batches are '
-                           'gathered on the host instead (slower); extract.store_dtype '
-                           'float16 halves them', store.frames.nbytes / 2**30)
-    return data.PatchSource(*args, on_device=False, **more)
-
-
-def build_trainer(cfg, table, classes, source):
-    """A new model (learn.model) in a compiled Trainer with its own loss and optimiser."""
+def build_trainer(cfg, mode, table, classes, source):
+    """A new model (learn.model) in a compiled Trainer with its own loss and optimiser,
+    and the loss masker when the mode declares one (off until it turns it on)."""
     learn = cfg['learn']
     classifier = architectures.build(learn['model'], architectures.input_shape(cfg),
                                      len(classes), learn)
-    staged = learn['mode'] == 'staged'
     masker = (Masker(learn['mask_method'], learn['mask_top_k'], learn['mask_alpha'],
-                     active=False) if staged else None)
-    detect = learn['mode'] in DETECTS and 'true_idx' in table.columns
-    trainer = Trainer(classifier, source, losses.get(cfg), datasets.is_multi_label(table),
-                      masker=masker, detect=detect)
-    trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']), jit_compile=use_xla(cfg))
+                     active=False) if mode.masker else None)
+    detect = mode.detects and 'true_idx' in table.columns
+    trainer = Trainer(classifier, source, losses.get(cfg, masker),
+                      datasets.is_multi_label(table), detect=detect)
+    trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']),
+                    jit_compile=pipeline.use_xla(cfg))
     return trainer
 
 
-def prepare(cfg, table, classes, store, rng, run_dir):
-    """Patches, split, scaler, batch source, model and trainer -> Experiment.
+def prepare(cfg, mode, table, classes, store, rng, run_dir):
+    """Split, batch source (with its scaler), trainer -> the Experiment of the first fold
+    (or of the single split). mode: the configured mode's learn.Mode declaration."""
+    rows, folds = split(cfg, mode, table, classes, store)
+    patches, source = batch_source(cfg, table, classes, store, rows, folds, run_dir)
+    set_precision_policy(cfg['learn'])
+    trainer = build_trainer(cfg, mode, table, classes, source)
+    return Experiment(cfg, mode, table, classes, store, patches, source, trainer, run_dir,
+                      rng, folds, fold=1 if len(folds) > 1 else None)
 
-    With learn.folds K > 1 the training subset is split into K stratified folds (learn.mode
-    self_verify: its own 4) and the Experiment is the first fold's; the scaler is then
-    fitted on the whole training subset, so that every fold model shares one batch source
-    (band means and stds carry no label information).
-    """
+
+def split(cfg, mode, table, classes, store):
+    """(the readable training rows, the folds' (training rows, validation rows)): one
+    stratified train/val split, or with learn.folds K > 1 K stratified folds, or the folds
+    the mode makes itself (Mode.split: self_verify's 4)."""
     learn = cfg['learn']
     rows = datasets.readable_train_rows(table, classes, store.length,
                                         cfg['ctrl']['train_data'])
     y = datasets.targets(table, len(classes))[rows]
     labels = splits.strata(y)  # one class per clip (multi-label: its rarest label)
     seed = cfg['ctrl']['seed']
-    shared = learn['folds'] > 1 or learn['mode'] == 'self_verify'
-    if learn['mode'] == 'self_verify':
-        folds = splits.self_verify_folds(table, rows, seed)
-    elif learn['folds'] > 1:
-        folds = splits.kfold_split(rows, y if datasets.is_multi_label(table) else labels,
-                                   learn['folds'], seed)
-    else:
-        folds = [splits.split_train_val(rows, labels, learn['val_split'], seed)]
-    train_rows, val_rows = folds[0]
-    if len(folds) == 1 and learn['val_split'] > 0 and val_rows.size == 0:
+    if mode.split is not None:
+        return rows, mode.split(table, rows, seed)
+    if learn['folds'] > 1:
+        return rows, splits.kfold_split(rows, y if datasets.is_multi_label(table) else labels,
+                                        learn['folds'], seed)
+    train_rows, val_rows = splits.split_train_val(rows, labels, learn['val_split'], seed)
+    if learn['val_split'] > 0 and val_rows.size == 0:
         raise ConfigError(f'learn.val_split {learn["val_split"]} leaves no validation clip '
                           f'({rows.size} readable training clips, at least one per class '
                           f'stays in training); raise it, or set it to 0 to select the '
                           f'model on training accuracy')
-    patches = patch_table(cfg, store)
+    return rows, [(train_rows, val_rows)]
+
+
+def batch_source(cfg, table, classes, store, rows, folds, run_dir):
+    """(patch table, PatchSource) of the run, its scaler written to scaler.npz. With k folds
+    the scaler is fitted on the whole training subset (rows), so that every fold model
+    shares one batch source (band means and stds carry no label information); else on
+    the training rows of the split."""
+    learn = cfg['learn']
+    patches = pipeline.patch_table(cfg, store)
+    train_rows, val_rows = folds[0]
     train_idx = patches.of_clips(train_rows)
-    # Over the inputs the model is evaluated on: patches, or whole fixed-length clips
-    # (whose random crops it is trained on).
-    if cfg['extract']['normalize'] == 'per_clip':  # each example standardises itself
-        mean, std = (np.zeros(cfg['extract']['n_mels'], np.float32),
-                     np.ones(cfg['extract']['n_mels'], np.float32))
-    else:
-        mean, std = data.fit_scaler(store.frames, patches,
-                                    patches.of_clips(rows) if shared else train_idx,
-                                    architectures.lengths(cfg)[1])
-    source = batch_source(cfg, store, patches, table, mean, std, data.lsr_eps(learn, classes))
+    mean, std = scaler(cfg, store, patches,
+                       patches.of_clips(rows) if len(folds) > 1 else train_idx)
+    write_scaler(run_dir / 'scaler.npz', mean, std)
+    # What the loss reads from the batch, declared by its class: the source is built to
+    # carry it (pseudo labels of every unverified clip of the subset: any fold may train it).
+    needs = losses.needs(cfg)
+    pseudo = pseudo_labels(cfg, table, classes, rows) if 'pseudo' in needs else None
+    source = pipeline.batch_source(cfg, store, patches, table, mean, std,
+                                   data.lsr_eps(learn, classes), needs, pseudo)
     logger.info('train: %d clips, %d patches; val: %d clips; frames on %s', train_rows.size,
                 train_idx.size, val_rows.size, 'the device' if source.on_device else 'host')
     if cfg['extract']['crop'] == 'random_crop':
         logger.info('random crops of %d frames from clips fixed to %d frames; whole clips '
                     'validated and predicted, %d per call', *architectures.lengths(cfg),
                     evaluation.eval_batch_size(cfg))
-    # Set (or reset) the policy every run, so one mixed-precision run in a process does
-    # not leak into the next.
+    return patches, source
+
+
+def scaler(cfg, store, patches, idx):
+    """(mean, std) per mel band over the inputs the model is evaluated on (patches, or
+    whole fixed-length clips whose random crops it is trained on) of patch indices idx;
+    0 and 1 when each example standardises itself (extract.normalize per_clip)."""
+    if cfg['extract']['normalize'] == 'per_clip':
+        n_mels = cfg['extract']['n_mels']
+        return np.zeros(n_mels, np.float32), np.ones(n_mels, np.float32)
+    return data.fit_scaler(store.frames, patches, idx, architectures.lengths(cfg)[1])
+
+
+def write_scaler(path, mean, std):
+    """scaler.npz (mean, std), which predict.py reads back."""
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        np.savez(f, mean=mean, std=std)
+
+
+def set_precision_policy(learn):
+    """learn.mixed_precision: Keras's global policy, set (or reset) every run, so that one
+    mixed-precision run in a process does not leak into the next."""
     keras.mixed_precision.set_global_policy(
         'mixed_float16' if learn['mixed_precision'] else 'float32')
-    if learn['multitask']:  # every unverified clip of the subset: any fold may train it
-        source.use_members(pseudo_labels(cfg, table, classes, rows))
-    trainer = build_trainer(cfg, table, classes, source)
-    if trainer.step_loss.needs_batch and not source.per_member:
-        source.use_members()  # mixed pairs' members for the head's distribution branch
-    with atomic_path(run_dir / 'scaler.npz') as tmp, open(tmp, 'wb') as f:
-        np.savez(f, mean=mean, std=std)
-    exp = Experiment(cfg, table, classes, store, patches, train_rows, val_rows, source,
-                     trainer, run_dir, rng, fold=1 if len(folds) > 1 else None)
-    exp.splits = folds
-    return exp
 
 
 def pseudo_labels(cfg, table, classes, train_rows):
     """learn.pseudo_labels -> sharpened soft pseudo labels [clips, K] of the unverified
-    training clips (None without the key)."""
+    training clips."""
     path = cfg['learn']['pseudo_labels']
-    if path is None:
-        return None
     rows = train_rows[table.verified.to_numpy()[train_rows] == 0]
     scores = data.read_pseudo_labels(path, table, rows, classes)
     logger.info('soft pseudo labels of %d unverified training clips from %s, sharpened with '

@@ -2,11 +2,15 @@
 
 A mode is a short function of the Experiment (experiment.py) that calls exp.fit(...) once
 per stage and says where the method changes training (model selection restarts, noise
-detection); run() runs the configured one and returns the predictor.
+detection). Its entry in MODES declares what it needs (a Mode: masker, noise detection,
+folds, the losses and schedules it accepts, multitask); the checks and prepare() read the
+declaration. run() runs the configured one and returns the predictor.
 """
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -14,9 +18,11 @@ import datasets
 import ensemble
 import eval as evaluation
 import losses
+import sampling
 import self_verify
+import splits
 from config import ConfigError, lookup
-from trainer import check_schedule
+from callbacks import check_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +39,14 @@ def mode_warmup_mixup(exp):
     warm = min(learn['mixup_warmup_epochs'], learn['n_epochs'])
     logger.info('mode 0: %d warm-up epochs without mixup, then mixup=%s', warm,
                 learn['mixup'])
-    exp.fit(warm, exp.plan(exp.train_idx, mixup=False), early_stopping=False)
+    exp.fit(warm, exp.plans.epoch(exp.train_idx, mixup=False), early_stopping=False)
     exp.selection.restart()
-    exp.fit(learn['n_epochs'] - exp.epoch, exp.plan(exp.train_idx))
+    exp.fit(learn['n_epochs'] - exp.epoch, exp.plans.epoch(exp.train_idx))
 
 
 def mode_standard(exp):
     """Mode 1: standard training with LSR / mixup / loss as configured."""
-    exp.fit(exp.cfg['learn']['n_epochs'], exp.plan(exp.train_idx))
-
-
-TIME_DEPENDENT = ('lq_lqmax_time_sudden', 'lq_lqperc_time_sudden')
+    exp.fit(exp.cfg['learn']['n_epochs'], exp.plans.epoch(exp.train_idx))
 
 
 def mode_time_dependent(exp):
@@ -55,7 +58,7 @@ def mode_time_dependent(exp):
                 switch)
     exp.selection.restart(from_epoch=switch)
     exp.watch_noise()
-    exp.fit(exp.cfg['learn']['n_epochs'], exp.plan(exp.train_idx))
+    exp.fit(exp.cfg['learn']['n_epochs'], exp.plans.epoch(exp.train_idx))
     exp.record_epoch_detection()
 
 
@@ -87,7 +90,7 @@ def mode_prune(exp):
     continue the same model and optimiser on the kept clips (Fonseca et al., Sec. 2.4).
     The scaler stays the one fitted before pruning."""
     learn = exp.cfg['learn']
-    exp.fit(min(learn['prune_stage1'], learn['n_epochs']), exp.plan(exp.train_idx),
+    exp.fit(min(learn['prune_stage1'], learn['n_epochs']), exp.plans.epoch(exp.train_idx),
             early_stopping=False)
     rows, clip_loss = exp.once('prune_clip_loss', lambda: score_clips(exp, exp.train_rows))
     threshold = prune_threshold(clip_loss, learn['prune_discard_percentile'])
@@ -98,7 +101,8 @@ def mode_prune(exp):
     exp.write_pruned(rows[pruned], clip_loss[pruned])
     exp.record_detection('pruning', rows, pruned)
     exp.selection.restart()  # the evaluated model is one trained on the pruned set
-    exp.fit(learn['n_epochs'] - exp.epoch, exp.plan(exp.patches.of_clips(rows[~pruned])))
+    kept = exp.patches.of_clips(rows[~pruned])
+    exp.fit(learn['n_epochs'] - exp.epoch, exp.plans.epoch(kept))
 
 
 def mode_staged(exp):
@@ -108,53 +112,104 @@ def mode_staged(exp):
     (fine-tune). Validation, the LR schedule and history rows every learn.steps_per_epoch
     steps; no early stopping; model selection restarts at each stage."""
     learn = exp.cfg['learn']
-    verified = exp.table.verified.to_numpy()[exp.patches.clip[exp.train_idx]] == 1
-    ver, unv = exp.train_idx[verified], exp.train_idx[~verified]
-    if ver.size == 0 or unv.size == 0:
-        raise ConfigError('learn.mode staged needs verified and unverified training clips '
-                          '(FSDnoisy18k: ctrl.train_data all)')
+    ver, unv = sampling.verified_pools(exp.train_idx, exp.plans.verified, 'learn.mode staged')
     n1, n2, n3 = learn['staged_steps']
     logger.info('staged: %d steps verified (%d patches), %d steps masked half/half with %d '
                 'unverified patches (%s), %d steps verified', n1, ver.size, n2, unv.size,
                 learn['mask_method'], n3)
-    exp.fit(None, exp.plan(ver), early_stopping=False, steps=n1)
-    exp.trainer.masker.activate(True)
+    exp.fit(None, exp.plans.epoch(ver), early_stopping=False, steps=n1)
+    exp.set_masking(True)
     exp.selection.restart()
     exp.watch_noise()
-    exp.fit(None, exp.plan_halves(ver, unv), early_stopping=False, steps=n2)
+    exp.fit(None, exp.plans.halves(ver, unv), early_stopping=False, steps=n2)
     exp.record_epoch_detection()
-    exp.trainer.masker.activate(False)
+    exp.set_masking(False)
     exp.selection.restart()  # the evaluated model is the fine-tuned one
-    exp.fit(None, exp.plan(ver), early_stopping=False, steps=n3)
+    exp.fit(None, exp.plans.epoch(ver), early_stopping=False, steps=n3)
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A learning mode and what it needs, read by the checks below and by prepare().
+
+    run: the mode, run(exp) -> a predictor, or None for the selected model. loss: the
+    attribute (losses.StepLoss) its loss.type must have, e.g. 'time_dependent'. masker:
+    it trains with the staged loss masker (masking.Masker). detects: it drops or masks
+    examples in the step, so the step counts them (noise detection). folds, split: the
+    number of folds it makes and the function making them, (table, rows, seed) ->
+    [(training rows, validation rows)] (then learn.folds must stay 1). schedules: the
+    learn.lr_schedule values it accepts. multitask: learn.multitask may be on. steps: it
+    trains in optimizer steps (learn.staged_steps, learn.steps_per_epoch), not epochs.
+    scores_clips: it ranks clips by learn.prune_loss_type, which must fit learn.head.
+    single_label: why it refuses multi-label datasets (None: it does not).
+    """
+    run: Callable
+    loss: Optional[str] = None
+    masker: bool = False
+    detects: bool = False
+    folds: int = 0
+    split: Optional[Callable] = None
+    schedules: tuple = ('plateau', 'constant', 'cyclic_cosine')
+    multitask: bool = False
+    steps: bool = False
+    scores_clips: bool = False
+    single_label: Optional[str] = None
 
 
 MODES = {
-    0: mode_warmup_mixup,
-    1: mode_standard,
-    2: mode_time_dependent,
-    3: mode_prune,
-    'staged': mode_staged,
-    'self_verify': self_verify.mode_self_verify,
+    0: Mode(mode_warmup_mixup, multitask=True),
+    1: Mode(mode_standard, multitask=True),
+    2: Mode(mode_time_dependent, loss='time_dependent', detects=True),
+    3: Mode(mode_prune, multitask=True, scores_clips=True),
+    'staged': Mode(mode_staged, masker=True, detects=True, steps=True),
+    'self_verify': Mode(self_verify.mode_self_verify, folds=self_verify.FOLDS,
+                        split=splits.self_verify_folds, schedules=('plateau', 'constant'),
+                        single_label='verifies one given label per clip (Dorfer & Widmer, '
+                                     'single-label)'),
 }
 
 
+def either(names):
+    """'a, b or c': the names a message offers."""
+    names = [str(n) for n in names]
+    return names[0] if len(names) == 1 else f'{", ".join(names[:-1])} or {names[-1]}'
+
+
 def check(cfg):
-    """Refuse an unknown mode, or mode 2 without its loss, before any heavy work."""
-    mode, loss_type = cfg['learn']['mode'], cfg['loss']['type']
-    lookup(MODES, mode, 'learn.mode')
-    if mode == 2 and loss_type not in TIME_DEPENDENT:
-        raise ConfigError(f'learn.mode 2 needs a time-dependent loss.type '
-                          f'({", ".join(TIME_DEPENDENT)}), got {loss_type!r}')
-    check_schedule(cfg)
-    if mode == 'self_verify' and (cfg['learn']['folds'] > 1 or
-                                  cfg['learn']['lr_schedule'] == 'cyclic_cosine'):
-        raise ConfigError('learn.mode self_verify makes its own 4 folds and fine-tunes with '
-                          'its own schedule: keep learn.folds 1 and learn.lr_schedule plateau '
-                          'or constant')
-    if mode == 'self_verify' and cfg['ctrl']['dataset'] in datasets.MULTI_LABEL:
-        raise ConfigError(f'learn.mode self_verify verifies one given label per clip (Dorfer '
-                          f'& Widmer, single-label); {cfg["ctrl"]["dataset"]} is multi-label')
+    """Refuse an unknown mode, or a setting the mode's declaration refuses, before any
+    heavy work."""
+    learn = cfg['learn']
+    name = learn['mode']
+    mode = lookup(MODES, name, 'learn.mode')
+    check_loss(cfg)
+    check_schedule(cfg, mode.steps)
+    if (mode.folds and learn['folds'] > 1) or learn['lr_schedule'] not in mode.schedules:
+        own = (f'makes its own {mode.folds} folds and fine-tunes with its own schedule: keep '
+               f'learn.folds 1 and ' if mode.folds else 'trains with its own schedule: keep ')
+        raise ConfigError(f'learn.mode {name} {own}learn.lr_schedule '
+                          f'{either(mode.schedules)}')
+    if mode.single_label and cfg['ctrl']['dataset'] in datasets.MULTI_LABEL:
+        raise ConfigError(f'learn.mode {name} {mode.single_label}; {cfg["ctrl"]["dataset"]} '
+                          f'is multi-label')
     check_multitask(cfg)
+
+
+def check_loss(cfg):
+    """The losses the mode declares it needs: a loss.type with its `loss` attribute (mode
+    2: time-dependent), and, where it ranks clips, a learn.prune_loss_type that can score
+    learn.head's outputs."""
+    learn, loss_type = cfg['learn'], cfg['loss']['type']
+    name = learn['mode']
+    mode = lookup(MODES, name, 'learn.mode')
+    if mode.loss and not getattr(lookup(losses.LOSSES, loss_type, 'loss.type'), mode.loss):
+        fitting = [n for n, loss in losses.LOSSES.items() if getattr(loss, mode.loss)]
+        raise ConfigError(f'learn.mode {name} needs a {mode.loss.replace("_", "-")} '
+                          f'loss.type ({", ".join(fitting)}), got {loss_type!r}')
+    prune, head = learn['prune_loss_type'], learn['head']
+    if mode.scores_clips and head not in losses.LOSSES[prune].heads:
+        raise ConfigError(f'learn.prune_loss_type {prune!r} (learn.mode {name} scores the '
+                          f'clips with it) does not work with learn.head {head!r}; heads it '
+                          f'supports: {", ".join(losses.LOSSES[prune].heads)}')
 
 
 # Training subsets that hold verified and unverified clips, as both multitask heads need.
@@ -163,10 +218,11 @@ MIXED_SUBSETS = ('all', 'noisy_small_clean')
 
 def check_multitask(cfg):
     """learn.multitask trains each head on its own clips in every step, so it needs a subset
-    with both kinds, a loss that is a plain per-example loss (the time-dependent and
-    adaptive losses decide per batch what to keep or which q to use, over examples that
-    here belong to two heads), and a mode that does not mask or switch the unverified clips
-    itself (mode 2, staged, self_verify). Pseudo labels are learned beside the multitask loss only."""
+    with both kinds, a loss that is a plain per-example loss (not per_batch: the
+    time-dependent and adaptive losses decide per batch what to keep or which q to use,
+    over examples that here belong to two heads), and a mode that declares it can
+    (not one with its own treatment of the unverified clips: mode 2, staged,
+    self_verify). Pseudo labels are learned beside the multitask loss only."""
     learn, loss_type = cfg['learn'], cfg['loss']['type']
     if learn['pseudo_labels'] is not None and not learn['multitask']:
         raise ConfigError('learn.pseudo_labels is learned by the verified head of '
@@ -175,12 +231,14 @@ def check_multitask(cfg):
         raise ConfigError(f'learn.pseudo_labels: no file {learn["pseudo_labels"]}')
     if not learn['multitask']:
         return
-    if learn['mode'] not in (0, 1, 3):
-        raise ConfigError(f'learn.multitask works with learn.mode 0, 1 or 3, not '
+    if not MODES[learn['mode']].multitask:
+        raise ConfigError(f'learn.multitask works with learn.mode '
+                          f'{either(n for n, m in MODES.items() if m.multitask)}, not '
                           f'{learn["mode"]!r} (its own treatment of the unverified clips)')
-    if loss_type in TIME_DEPENDENT + ('adaptive_lq',):
-        raise ConfigError(f'learn.multitask works with loss.type CCE, lq_loss or bce, not '
-                          f'{loss_type!r}')
+    if losses.LOSSES[loss_type].per_batch:
+        raise ConfigError(f'learn.multitask works with loss.type '
+                          f'{either(n for n, c in losses.LOSSES.items() if not c.per_batch)}, '
+                          f'not {loss_type!r}')
     if cfg['ctrl']['train_data'] not in MIXED_SUBSETS:
         raise ConfigError(f'learn.multitask needs verified and unverified training clips: '
                           f'ctrl.train_data {" or ".join(MIXED_SUBSETS)}, not '
@@ -204,7 +262,7 @@ def run(exp):
     or an evaluation.Ensemble (k folds, snapshots, or a mode that returns one)."""
     t0 = time.time()
     learn = exp.cfg['learn']
-    mode = MODES[learn['mode']]
+    mode = MODES[learn['mode']].run
     if learn['folds'] > 1 or learn['lr_schedule'] == 'cyclic_cosine':
         predictor = ensemble.run_folds(exp, mode, finish)
     else:

@@ -1,10 +1,12 @@
 """Losses by name (config section `loss`, key `type`).
 
-A loss here is a StepLoss. The training step hands it the batch targets, the model's named
-outputs and (for the losses that need them) the inputs or embeddings, and gets per-example
-losses; keep() turns the detached losses into the loss's own per-example keep weights and the
-figures it logs per epoch; the step multiplies those weights by the mode's (loss masking)
-and reduce() gives the one scalar for the optimiser. All maths is in keras.ops.
+A loss here is a StepLoss, which the training step calls one way for every loss:
+loss(batch, outputs) with the data.Batch and the model's named outputs. It computes the
+per-example losses; keep() turns the detached losses into the loss's own per-example keep
+weights and the figures it logs per epoch; the mode's loss masking (a masker given to get())
+multiplies its weights into them; reduce() gives the one scalar for the optimiser. What a
+loss reads from the batch beyond x and y is declared by its class (needs). All maths is in
+keras.ops.
 
 Adaptive Lq (Deng et al.): the paper's SNN equation is garbled in print; snn_ratio uses the
 soft-nearest-neighbour ratio, the reading under which q_a = 1 - SNN (snn_q) lies in [0, 1]
@@ -85,33 +87,58 @@ def weighted_mean(losses, weights):
 class StepLoss:
     """Base: per-example loss, keeps every example, mean over the weighted ones.
 
-    Subclasses define per_example(y_true, y_pred, x, emb) -> [B] losses; y_pred is the
-    model's named outputs (heads.py), of which a loss reads the branch it trains.
+    Subclasses define per_example(y_true, y_pred, x, emb) -> [B] losses (validation calls
+    it too); y_pred is the model's named outputs (heads.py), of which a loss reads the
+    branch it trains.
     """
 
-    needs_embedding = False  # measured on embeddings (emb, clean), not on inputs
-    needs_clean = False      # the step passes the batch before mixup (clean=...)
-    needs_batch = False      # the step passes the whole batch dict (batch=...)
+    needs_embedding = False  # measured on embeddings of the batch before mixup, not inputs
+    masker = None            # the mode's loss masking (masking.Masker), given to get()
     heads = ('softmax',)     # the learn.head values whose outputs this loss can train
+    time_dependent = False   # switches at learn.stage1_epoch (what learn.mode 2 needs)
+    per_batch = False        # decides per batch what to keep or which q to use (no multitask)
     log_names = ()           # names of the extra per-epoch figures this loss reports
+    reads = frozenset()      # what it reads from the batch beyond x, y, verified (needs)
 
-    def __call__(self, y_true, y_pred, x=None, emb=None, mask=None, clean=None):
+    @classmethod
+    def needs(cls, cfg):
+        """What the loss configured by cfg reads from the batch beyond x, y and verified:
+        'clean' (the inputs and given labels before mixup), 'members' (each mixed pair's
+        members), 'pseudo' (their soft pseudo labels). Declared by the class, so that
+        the batch source is built to carry them before any loss is."""
+        return cls.reads
+
+    def __call__(self, batch, outputs):
         """One training step's loss -> (scalar loss, per-example weights, figures to log).
 
-        Per-example losses; the loss's own keep weights (and figures) from the detached
-        losses; times the weights of `mask` (a mode's loss masking: detached losses ->
-        (weights, figures)) when given; then the weighted mean. A weight of 0 marks an
-        example as dropped. clean: (inputs or embeddings, label indices) of the batch before
-        mixup, for a loss with needs_clean.
+        batch: the data.Batch; outputs: the model's named outputs ('scores', the head's
+        branches, 'embedding'; the step adds 'clean_embedding' for a loss with
+        needs_embedding). Per-example losses (batch_losses); the loss's own keep weights
+        (and figures) from the detached losses; times the masker's weights (loss masking
+        of the batch's unverified examples) when the mode gave one; then the weighted
+        mean. A weight of 0 marks an example as dropped.
         """
-        extra = {} if clean is None else {'clean': clean}
-        losses = self.per_example(y_true, y_pred, x, emb, **extra)
+        losses = self.batch_losses(batch, outputs)
         detached = ops.stop_gradient(losses)
         weights, figures = self.keep(detached)
-        if mask is not None:
-            masked, more = mask(detached)
+        if self.masker is not None:
+            masked, more = self.masker(detached, batch.verified)
             weights, figures = weights * masked, {**figures, **more}
         return self.reduce(losses, weights), weights, figures
+
+    def batch_losses(self, batch, outputs):
+        """Per-example losses [B] of a training batch: per_example on its targets."""
+        return self.per_example(batch.y, outputs)
+
+    @property
+    def figure_names(self):
+        """Every figure the step logs for this loss: its own and the masker's."""
+        return self.log_names + (() if self.masker is None else self.masker.log_names)
+
+    @property
+    def variables(self):
+        """The variables a run's checkpoint keeps for it: the masker's threshold state."""
+        return [] if self.masker is None else self.masker.variables
 
     def keep(self, losses):
         """Detached per-example losses [B] -> (keep weights [B], figures to log)."""
@@ -162,6 +189,7 @@ class TimeDependentLq(StepLoss):
     """
 
     log_names = ('discarded',)  # fraction of the batch over the threshold; 0 before
+    time_dependent = per_batch = True
 
     def __init__(self, cfg):
         self.q_early, self.q_late = cfg['loss']['q_loss'], cfg['loss']['q_loss2']
@@ -250,12 +278,14 @@ class AdaptiveLq(StepLoss):
     A noisier batch has fewer same-label neighbours, a lower SNN and a higher q, the more
     robust end of Lq. SNN is measured on the standardised input patches (loss.snn_space
     input, the paper's setting) or on the penultimate-layer output (embedding), with the
-    given labels, on the batch before mixup: the training step passes it as `clean`, since
-    a mixed batch labelled by its argmax would measure the mixing, not the label noise.
+    given labels, on the batch before mixup (the batch's x_clean and labels, or the
+    embeddings of x_clean the step adds to the outputs), since a mixed batch labelled by
+    its argmax would measure the mixing, not the label noise.
     """
 
     log_names = ('q_a',)
-    needs_clean = True
+    per_batch = True
+    reads = frozenset({'clean'})
 
     def __init__(self, cfg):
         loss = cfg['loss']
@@ -276,6 +306,10 @@ class AdaptiveLq(StepLoss):
         q = ops.clip(ops.stop_gradient(q), self.q_min, 1.0)
         self.q_a.assign(q)
         return lq_loss(y_true, y_pred['softmax'], q, self.target)
+
+    def batch_losses(self, batch, outputs):
+        space = outputs['clean_embedding'] if self.needs_embedding else batch.x_clean
+        return self.per_example(batch.y, outputs, clean=(space, batch.labels))
 
     def keep(self, losses):
         return ops.ones_like(losses), {'q_a': ops.convert_to_tensor(self.q_a)}
@@ -302,27 +336,31 @@ class HeadLosses(StepLoss):
 
     heads = ('sigmoid', 'sparsemax', 'sigmoid_softmax', 'sigmoid_sparsemax')
 
-    def __init__(self, cfg):
-        self.head = cfg['learn']['head']
-        # A head with a distribution branch reads the members of each mixed pair
-        # (PatchSource.use_members): y_a, y_b, lam.
-        self.needs_batch = self.head != 'sigmoid'
+    @classmethod
+    def needs(cls, cfg):
+        """A head with a distribution branch reads the members of each mixed pair."""
+        return frozenset() if cfg['learn']['head'] == 'sigmoid' else frozenset({'members'})
 
-    def __call__(self, y_true, y_pred, x=None, emb=None, mask=None, clean=None, batch=None):
-        """With the batch's members, the distribution branches learn the mix of the two
-        members' distributions, lam * y_a / |y_a| + (1 - lam) * y_b / |y_b|: a mixup of
-        He et al.'s uniform label distributions. Normalising the mixed multi-hot target
-        instead would weigh a 2-label clip mixed with a 1-label clip at lam 0.5 as 1/3 each
-        rather than 1/4, 1/4, 1/2. The sigmoid branch's BCE is linear in the target and
-        learns the mixed multi-hot target itself."""
-        if batch is not None:
-            lam = ops.reshape(batch['lam'], (-1, 1))
-            y_true = (y_true, lam * normalise_targets(batch['y_a'])
-                      + (1.0 - lam) * normalise_targets(batch['y_b']))
-        return super().__call__(y_true, y_pred, x, emb, mask, clean)
+    def __init__(self, cfg):
+        pass
+
+    def batch_losses(self, batch, outputs):
+        """With the batch's members (which a head with a distribution branch declares it
+        reads), the distribution branches learn the mix of the two members'
+        distributions, lam * y_a / |y_a| + (1 - lam) * y_b / |y_b|: a mixup of He et al.'s
+        uniform label distributions. Normalising the mixed multi-hot target instead would
+        weigh a 2-label clip mixed with a 1-label clip at lam 0.5 as 1/3 each rather than
+        1/4, 1/4, 1/2. The sigmoid branch's BCE is linear in the target and learns the
+        mixed multi-hot target itself."""
+        y_true = batch.y
+        if batch.lam is not None:
+            lam = ops.reshape(batch.lam, (-1, 1))
+            y_true = (y_true, lam * normalise_targets(batch.y_a)
+                      + (1.0 - lam) * normalise_targets(batch.y_b))
+        return self.per_example(y_true, outputs)
 
     def per_example(self, y_true, y_pred, x=None, emb=None):
-        """y_true: targets [B, K], or (targets, distributions) from __call__."""
+        """y_true: targets [B, K], or (targets, distributions) from batch_losses."""
         y, y_dist = y_true if isinstance(y_true, tuple) else (y_true, y_true)
         return sum(BRANCH_LOSSES[name](y_dist if name in DISTRIBUTION_BRANCHES else y, out)
                    for name, out in y_pred.items() if name in BRANCH_LOSSES)
@@ -347,12 +385,18 @@ class Multitask(StepLoss):
     verified flag. For CCE and BCE, linear in the targets, this is exactly the loss of the
     mixed targets on the head both members train; it also lets a verified clip mixed with a
     pseudo-labelled one train the verified head with both its label and the pseudo label.
-    The step reads the members from the batch (PatchSource with per_member on): y_a, y_b
-    (label-smoothed targets), lam, verified_a, verified_b, pseudo_a, pseudo_b.
+    The step reads the members from the batch (data.Batch, fields of needs() 'members'
+    and 'pseudo'): y_a, y_b (label-smoothed targets), lam, verified (the first member's),
+    verified_b, pseudo_a, pseudo_b.
 
     Figures: loss_verified, loss_unverified (and loss_pseudo), the batch means of each
     head's weighted terms, which add up to the loss.
     """
+
+    @classmethod
+    def needs(cls, cfg):
+        pseudo = {'pseudo'} if cfg['learn']['pseudo_labels'] is not None else set()
+        return frozenset({'members'} | pseudo)
 
     def __init__(self, base, cfg):
         self.base = base
@@ -361,7 +405,6 @@ class Multitask(StepLoss):
         self.pseudo_weight = cfg['loss']['pseudo_weight']
         self.log_names = ('loss_verified', 'loss_unverified') + (
             ('loss_pseudo',) if self.pseudo else ())
-        self.needs_batch = True
 
     def per_example(self, y_true, y_pred, x=None, emb=None):
         """The verified head's loss (validation, scoring): what the model predicts with."""
@@ -370,22 +413,21 @@ class Multitask(StepLoss):
     def terms(self, y_pred, batch):
         """Per-example [B] weighted terms of each head: {verified, unverified[, pseudo]}."""
         heads = {name: head_branches(y_pred, name) for name in self.weights}
-        lam = batch['lam']
+        lam = batch.lam
         terms = {}
-        for member, share in (('a', lam), ('b', 1.0 - lam)):
-            ver = batch[f'verified_{member}']
-            y = batch[f'y_{member}']
+        for share, ver, y, pseudo in ((lam, batch.verified, batch.y_a, batch.pseudo_a),
+                                      (1.0 - lam, batch.verified_b, batch.y_b, batch.pseudo_b)):
             for name, flag in (('verified', ver), ('unverified', 1.0 - ver)):
                 term = share * flag * self.weights[name] * self.base.per_example(y, heads[name])
                 terms[name] = terms.get(name, 0.0) + term
             if self.pseudo:
                 term = (share * (1.0 - ver) * self.pseudo_weight
-                        * mse(batch[f'pseudo_{member}'], y_pred['scores']))
+                        * mse(pseudo, y_pred['scores']))
                 terms['pseudo'] = terms.get('pseudo', 0.0) + term
         return terms
 
-    def __call__(self, y_true, y_pred, x=None, emb=None, mask=None, clean=None, batch=None):
-        terms = self.terms(y_pred, batch)
+    def __call__(self, batch, outputs):
+        terms = self.terms(outputs, batch)
         total = sum(terms.values())
         figures = {f'loss_{name}': ops.mean(term) for name, term in terms.items()}
         return ops.mean(total), ops.ones_like(total), figures
@@ -415,18 +457,20 @@ def check(cfg):
                           f'it supports: {", ".join(heads)}'
                           + ('; a softmax head is trained with loss.type CCE or an Lq loss'
                              if head == 'softmax' else ''))
-    if cfg['learn']['mode'] == 3:  # pruning scores the clips with a second loss
-        prune = cfg['learn']['prune_loss_type']
-        if head not in LOSSES[prune].heads:
-            raise ConfigError(f'learn.prune_loss_type {prune!r} (learn.mode 3 scores the clips '
-                              f'with it) does not work with learn.head {head!r}; heads it '
-                              f'supports: {", ".join(LOSSES[prune].heads)}')
 
 
-def get(cfg):
-    """The StepLoss named by loss.type; with learn.multitask, that loss on both heads."""
+def get(cfg, masker=None):
+    """The StepLoss named by loss.type, with the mode's loss masking when it has one (the
+    staged mode's masking.Masker); with learn.multitask, that loss on both heads."""
     loss = lookup(LOSSES, cfg['loss']['type'], 'loss.type')(cfg)
+    loss.masker = masker
     return Multitask(loss, cfg) if cfg['learn']['multitask'] else loss
+
+
+def needs(cfg):
+    """What the configured step loss (get(cfg)) reads from the batch (StepLoss.needs)."""
+    loss = lookup(LOSSES, cfg['loss']['type'], 'loss.type')
+    return loss.needs(cfg) | (Multitask.needs(cfg) if cfg['learn']['multitask'] else set())
 
 
 def per_example_by_name(name, q, target='max'):

@@ -53,13 +53,13 @@ def pipeline(cfg, folder, t0):
         return
     test_rows = datasets.readable_test_rows(table, store.length)
     rng = utils.set_seed(cfg['ctrl']['seed'])
-    experiment = experiment.prepare(cfg, table, classes, store, rng, folder.dir)
+    mode = learn.MODES[cfg['learn']['mode']]
+    exp = experiment.prepare(cfg, mode, table, classes, store, rng, folder.dir)
     folder.training = True  # from here on, an error keeps what the run wrote
-    predictor = learn.run(experiment)
-    rows, scores = evaluation.predict(predictor, experiment.source, experiment.patches,
-                                      test_rows, cfg)
+    predictor = learn.run(exp)
+    rows, scores = evaluation.predict(predictor, exp.source, exp.patches, test_rows, cfg)
     results = evaluation.report(cfg, table, classes, rows, scores, folder.dir,
-                                time.time() - t0, experiment.results)
+                                time.time() - t0, exp.results)
     evaluation.write_plots(folder.dir, table, classes, rows, scores, results)
     evaluation.write_results(folder.dir, results)  # last: results.json marks it finished
     folder.drop_backup()

@@ -61,13 +61,13 @@ def predict(run_dir, clips, out):
     import datasets
     import eval as evaluation
     import feat_extract
-    import experiment
+    import pipeline
     cfg, classifier, mean, std = load_run(run_dir)
     table, classes = datasets.load(cfg)
     store = feat_extract.features(cfg, table)
-    patches = experiment.patch_table(cfg, store)
-    source = experiment.batch_source(cfg, store, patches, table, mean, std,
-                                data.lsr_eps(cfg['learn'], classes))
+    patches = pipeline.patch_table(cfg, store)
+    source = pipeline.batch_source(cfg, store, patches, table, mean, std,
+                                   data.lsr_eps(cfg['learn'], classes))
     rows = np.flatnonzero(CLIPS[clips](table).to_numpy() & (store.length > 0))
     rows, scores = evaluation.predict_clips(classifier, source, patches, rows, cfg)
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import numpy as np
 
 import eval as evaluation
 import splits
-from trainer import EpochLR, linear_decay_lr
+from callbacks import EpochLR, linear_decay_lr
 from utils import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Fold:
         first, epochs, lr = exp.epoch, learn['sv_epochs'], learn['sv_lr']
         schedule = EpochLR(lambda e: fine_tune_lr(e - first, lr, epochs))
         exp.selection.restart()
-        exp.fit(epochs, exp.plan(exp.patches.of_clips(rows), mixup=False),
+        exp.fit(epochs, exp.plans.epoch(exp.patches.of_clips(rows), mixup=False),
                 early_stopping=False, lr_callbacks=[schedule])
         exp.selection.finish(exp.trainer)
 
@@ -111,7 +111,7 @@ def make_folds(exp):
     unverified = rows[~verified[rows]]
     folds = []
     for f, (train, val) in enumerate(exp.splits, 1):
-        fold_exp = exp if f == 1 else exp.for_fold(train, val, f)
+        fold_exp = exp if f == 1 else exp.for_fold(f)
         folds.append(Fold(fold_exp, train[verified[train]], np.setdiff1d(unverified, train)))
     return folds
 
@@ -169,7 +169,7 @@ def mode_self_verify(exp):
     logger.info('self-verification: %d folds, round 0 = %d epochs on all training clips',
                 FOLDS, learn['n_epochs'])
     for fold in folds:
-        fold.exp.fit(learn['n_epochs'], fold.exp.plan(fold.exp.train_idx))
+        fold.exp.fit(learn['n_epochs'], fold.exp.plans.epoch(fold.exp.train_idx))
         fold.exp.selection.finish(fold.exp.trainer)
     rounds.record(0, np.zeros(0, np.int64))
     accepted = np.zeros(0, np.int64)  # table rows self-verified so far

@@ -14,6 +14,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
+# ----------------------------------------------------------------------------- errors
+
 class Diverged(RuntimeError):
     """Training (or prediction) produced non-finite numbers; epoch and step when known.
     Raised by the training callbacks and by the report; main.py reports it as a failed run."""
@@ -21,6 +23,7 @@ class Diverged(RuntimeError):
     def __init__(self, message, epoch=None, step=None):
         super().__init__(message)
         self.epoch, self.step = epoch, step
+
 
 
 # ----------------------------------------------------------------------------- disk

@@ -144,13 +144,14 @@ class Context:
     def prepare(self, mode):
         """learn.prepare on the benchmark data -> Experiment (its run folder is per mode)."""
         import experiment
+        import learn
         import utils
         utils.configure_logging()
         cfg, table, classes, store = load_data(self.work)
         run_dir = self.work / f'run_{mode}'
         run_dir.mkdir(exist_ok=True)
-        return experiment.prepare(cfg, table, classes, store, utils.set_seed(self.args.seed),
-                             run_dir)
+        return experiment.prepare(cfg, learn.MODES[cfg['learn']['mode']], table, classes,
+                                  store, utils.set_seed(self.args.seed), run_dir)
 
 
 def step_timer(warmup, steps):
@@ -182,20 +183,21 @@ def step_timer(warmup, steps):
 def train_dataset(exp, steps, seed):
     """The tf.data pipeline that Experiment.fit trains on, over `steps` planned steps.
 
-    Plans are the framework's (Experiment.plan: shuffled patches, mixup partners and
-    weights), concatenated over epochs and cut to `steps`. Experiment.train_dataset is
-    private: fit() offers no way to time steps (no callbacks argument).
+    Plans are the framework's (Experiment.plans: shuffled patches, mixup partners and
+    weights), concatenated over epochs and cut to `steps`; pipeline.train_dataset as fit()
+    builds it (fit() offers no way to time steps: no callbacks argument).
     """
-    import data
-    draw, rng = exp.plan(exp.train_idx), np.random.default_rng(seed)
+    import pipeline
+    import sampling
+    draw, rng = exp.plans.epoch(exp.train_idx), np.random.default_rng(seed)
 
     def plan():
         parts = [draw(rng)]
         while sum(p.idx.shape[0] for p in parts) < steps:
             parts.append(draw(rng))
-        return data.EpochPlan(*(np.concatenate([getattr(p, f) for p in parts])[:steps]
-                                for f in ('idx', 'partner', 'lam')))
-    return exp.train_dataset(plan, plan())
+        return sampling.EpochPlan(*(np.concatenate([getattr(p, f) for p in parts])[:steps]
+                                    for f in ('idx', 'partner', 'lam')))
+    return pipeline.train_dataset(exp.source, plan, plan())
 
 
 def device_info():
@@ -227,16 +229,16 @@ def child_train_bound(ctx):
     """The same model and step fed one constant batch; the faster of two ways."""
     import architectures
     import keras
-    import experiment
+    import pipeline
     import losses
     import tensorflow as tf  # tf.data: Keras has no dataset API of its own
     import trainer as trainer_mod
     exp = ctx.prepare('train_bound')
     cfg, learn_cfg = exp.cfg, exp.cfg['learn']
-    p = exp.plan(exp.train_idx)(np.random.default_rng(ctx.args.seed))
+    p = exp.plans.epoch(exp.train_idx)(np.random.default_rng(ctx.args.seed))
     # The batch dict (x, y, verified, ...) exactly as the step receives it on the host path
     batch = {key: np.asarray(t) for key, t in
-             exp.source.train_batch(p.idx[0], p.partner[0], p.lam[0]).items()}
+             exp.source.train_batch(p.idx[0], p.partner[0], p.lam[0]).as_dict().items()}
     total, rates = ctx.warmup + ctx.steps, {}
 
     class Fed:  # a source whose batches arrive ready-made (the host path of Trainer)
@@ -247,7 +249,7 @@ def child_train_bound(ctx):
     # (a) the framework's Trainer (same train_step, loss and metrics as ours)
     trainer = trainer_mod.Trainer(build(), Fed(), losses.get(cfg))
     trainer.compile(optimizer=keras.optimizers.Adam(learn_cfg['lr']),
-                    jit_compile=experiment.use_xla(cfg))
+                    jit_compile=pipeline.use_xla(cfg))
     timer = step_timer(ctx.warmup, ctx.steps)
     trainer.fit(tf.data.Dataset.from_tensors(batch).repeat(), epochs=1,
                 steps_per_epoch=total, callbacks=[timer], verbose=0, shuffle=False)
@@ -257,7 +259,7 @@ def child_train_bound(ctx):
     model = keras.Model(built.input, built.output['scores'])
     model.compile(optimizer=keras.optimizers.Adam(learn_cfg['lr']),
                   loss='categorical_crossentropy', metrics=['accuracy'],
-                  jit_compile=experiment.use_xla(cfg))
+                  jit_compile=pipeline.use_xla(cfg))
     timer = step_timer(ctx.warmup, ctx.steps)
     model.fit(tf.data.Dataset.from_tensors((batch['x'], batch['y'])).repeat(), epochs=1,
               steps_per_epoch=total, callbacks=[timer], verbose=0, shuffle=False)
@@ -361,7 +363,7 @@ def build_reference(ctx, n_batches):
 def child_train_reference(ctx):
     import architectures
     import keras
-    import experiment
+    import pipeline
     import utils
     total = ctx.warmup + ctx.steps
     cfg, ds = build_reference(ctx, total)
@@ -371,7 +373,7 @@ def child_train_reference(ctx):
     model = keras.Model(built.input, built.output['scores'])  # plain Keras: one output
     model.compile(optimizer=keras.optimizers.Adam(learn_cfg['lr']),
                   loss='categorical_crossentropy', metrics=['accuracy'],
-                  jit_compile=experiment.use_xla(cfg))
+                  jit_compile=pipeline.use_xla(cfg))
     timer = step_timer(ctx.warmup, ctx.steps)
     model.fit(ds, epochs=1, steps_per_epoch=total, callbacks=[timer], verbose=0, shuffle=False)
     return {'train_reference': timer.rate()}
@@ -386,17 +388,19 @@ def child_input_ours(ctx):
     Device path: the same index pipeline, each element gathered by source.train_batch
     compiled as the step compiles it (XLA when learn.jit_compile).
     """
-    import experiment
+    import pipeline
     import tensorflow as tf  # tf.function: the gather is compiled as in the step
     exp = ctx.prepare('input_ours')
     total = ctx.warmup + ctx.steps
     ds = train_dataset(exp, total, ctx.args.seed)
-    produce = (tf.function(exp.source.train_batch, jit_compile=experiment.use_xla(exp.cfg))
+    # a tf.function returns nested tensors, not a data.Batch: its dict, as tf.data's
+    produce = (tf.function(lambda **step: exp.source.train_batch(**step).as_dict(),
+                           jit_compile=pipeline.use_xla(exp.cfg))
                if exp.source.on_device else None)
     it, t0 = iter(ds), None
     for k in range(total):
         element = next(it)
-        batch = produce(*element) if produce else element
+        batch = produce(**element) if produce else element
         if k == ctx.warmup - 1:
             float(batch['x'][0, 0, 0, 0])  # wait for the device (a no-op on the host path)
             t0 = time.perf_counter()
@@ -460,18 +464,18 @@ def child_predict_whole(ctx):
     import keras
     import data
     import eval as evaluation
-    import experiment
+    import pipeline
     import utils
     utils.configure_logging()
     utils.set_seed(ctx.args.seed)
     cfg, table, classes, store = load_data(ctx.work, overrides=[
         'extract.crop=random_crop', 'extract.crop_frames=512', 'extract.clip_frames=2000'])
-    clips = experiment.patch_table(cfg, store)
+    clips = pipeline.patch_table(cfg, store)
     clip_frames = cfg['extract']['clip_frames']
     train = clips.of_clips(np.flatnonzero((table.subset == 'train').to_numpy()))
     mean, std = data.fit_scaler(store.frames, clips, train, clip_frames)
-    source = experiment.batch_source(cfg, store, clips, table, mean, std,
-                                np.zeros(N_CLASSES, np.float32))
+    source = pipeline.batch_source(cfg, store, clips, table, mean, std,
+                                   np.zeros(N_CLASSES, np.float32))
     inputs = keras.Input((None, N_MELS, 1))
     x = keras.layers.Conv2D(16, 3, padding='same')(inputs)
     x = keras.layers.Activation('relu')(keras.layers.BatchNormalization()(x))
@@ -543,7 +547,7 @@ def child_memory_ours(ctx, store_dtype='float32', name='memory_ours'):
     import data
     import datasets
     import splits
-    import experiment
+    import pipeline
     base = _memory_baseline()
     cfg, table, classes, store = load_data(ctx.work, store_dtype)
     ext, learn_cfg = cfg['extract'], cfg['learn']
@@ -553,8 +557,8 @@ def child_memory_ours(ctx, store_dtype='float32', name='memory_ours'):
     patches = data.make_patches(store.start, store.length, ext['patch_len'], ext['patch_hop'])
     train_idx = patches.of_clips(train_rows)
     mean, std = data.fit_scaler(store.frames, patches, train_idx, ext['patch_len'])
-    source = experiment.batch_source(cfg, store, patches, table, mean, std,
-                                data.lsr_eps(learn_cfg, classes))
+    source = pipeline.batch_source(cfg, store, patches, table, mean, std,
+                                   data.lsr_eps(learn_cfg, classes))
     result = _memory_result(name, base)
     result[name + '_on_device'] = bool(source.on_device)
     if source.on_device:

@@ -5,6 +5,7 @@ from keras import ops
 
 import augment
 import data
+import sampling
 from config import ConfigError
 
 FREQ = {'p': 0.5, 'min_width': 8, 'max_width': 32}
@@ -50,9 +51,9 @@ def test_nothing_is_drawn_when_off():
     off = {'freq_mask': dict(FREQ, p=0.0), 'gain': {'p': 0.0, 'low': 0.8, 'high': 1.2},
            'extra_crop': dict(CROP, p=0.0)}
     rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
-    plan = data.plan_epoch(rng_a, np.arange(20), 4)
+    plan = sampling.plan_epoch(rng_a, np.arange(20), 4)
     plan = augment.augment_plan(rng_a, plan, n_mels=64, length=40, paper=off)
-    augment.augment_plan(rng_b, data.plan_epoch(rng_b, np.arange(20), 4))
+    augment.augment_plan(rng_b, sampling.plan_epoch(rng_b, np.arange(20), 4))
     assert rng_a.random() == rng_b.random()
     assert plan.fmask.shape[-2] == plan.tmask.shape[-2] == 0 and (plan.gain == 1).all()
 

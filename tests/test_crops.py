@@ -12,7 +12,7 @@ import architectures
 import augment
 import data
 import eval as evaluation
-import experiment
+import sampling
 from config import ConfigError
 
 
@@ -74,7 +74,7 @@ def test_crops_and_whole_clips_are_windows_of_the_fixed_clip(clips, crop_setup, 
 def _plan(rng, n_steps=40, batch=8, pool=5):
     """n_steps x batch random patch indices, no mixup (partner = idx, lam = 1)."""
     idx = rng.integers(0, pool, (n_steps, batch))
-    return data.EpochPlan(idx, idx, np.ones(idx.shape, np.float32))
+    return sampling.EpochPlan(idx, idx, np.ones(idx.shape, np.float32))
 
 
 def test_augment_plan_draws_crop_offsets_uniformly_and_repeatably():
@@ -118,9 +118,9 @@ def test_specaugment_masks_training_batches_only(clips, crop_setup):
     plan = augment.augment_plan(rng, _plan(rng, n_steps=3, batch=6), max_shift=3,
                              specaugment=(2, 2, 2, 3), n_mels=clips['n_mels'], length=9)
     for step in range(3):
-        a = [ops.convert_to_tensor(x[step]) for x in plan.arrays()]
-        x = np.asarray(src.train_batch(*a)['x'])[..., 0]
-        plain = np.asarray(src.inputs(a[0], a[3]))[..., 0]  # lam = 1: no mixup
+        a = {k: ops.convert_to_tensor(v[step]) for k, v in plan.as_dict().items()}
+        x = np.asarray(src.train_batch(**a).x)[..., 0]
+        plain = np.asarray(src.inputs(a['idx'], a['shift']))[..., 0]  # lam = 1: no mixup
         for k in range(6):
             band = np.zeros(clips['n_mels'], bool)
             for s, w in plan.fmask[step, k]:
@@ -152,7 +152,7 @@ def test_mask_wider_than_the_input_is_refused(make_cfg, key, value, size_key):
                                           f'{size_key}'):
         make_cfg(f'learn.specaugment.{key}={value}')
     cfg = make_cfg('learn.specaugment={freq_masks: 2, freq_width: 8}')
-    assert experiment.specaugment(cfg['learn']) == (2, 8, 0, 0)
+    assert augment.specaugment(cfg['learn']) == (2, 8, 0, 0)
 
 
 @pytest.mark.parametrize('model', ['baseline', 'DenSE'])

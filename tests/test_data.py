@@ -11,6 +11,7 @@ from keras import ops
 
 import data
 import datasets
+import sampling
 import splits
 from config import ConfigError
 
@@ -330,7 +331,7 @@ def test_strata_single_label_is_the_label_and_multi_label_the_rarest():
 @pytest.mark.parametrize('mixup, mode', [(False, 'intra'), (True, 'intra'), (True, 'inter')])
 def test_plan_epoch_covers_pool_with_padded_steps(mixup, mode):
     pool = np.arange(1000, 1000 + 237) * 2
-    plan = data.plan_epoch(np.random.default_rng(0), pool, 16, mixup=mixup, mode=mode)
+    plan = sampling.plan_epoch(np.random.default_rng(0), pool, 16, mixup=mixup, mode=mode)
     steps = math.ceil(pool.size / 16)
     for a in (plan.idx, plan.partner, plan.lam):
         assert a.shape == (steps, 16)
@@ -341,13 +342,13 @@ def test_plan_epoch_covers_pool_with_padded_steps(mixup, mode):
 
 
 def test_plan_epoch_without_mixup():
-    plan = data.plan_epoch(np.random.default_rng(0), np.arange(100), 32)
+    plan = sampling.plan_epoch(np.random.default_rng(0), np.arange(100), 32)
     np.testing.assert_array_equal(plan.partner, plan.idx)
     assert np.all(plan.lam == 1.0)
 
 
 def test_plan_epoch_intra_partners_are_row_permutations():
-    plan = data.plan_epoch(np.random.default_rng(0), np.arange(640), 64, mixup=True,
+    plan = sampling.plan_epoch(np.random.default_rng(0), np.arange(640), 64, mixup=True,
                            mode='intra')
     for row, partner in zip(plan.idx, plan.partner):
         np.testing.assert_array_equal(np.sort(row), np.sort(partner))
@@ -355,7 +356,7 @@ def test_plan_epoch_intra_partners_are_row_permutations():
 
 
 def test_plan_epoch_inter_partner_is_next_batch():
-    plan = data.plan_epoch(np.random.default_rng(0), np.arange(500), 50, mixup=True,
+    plan = sampling.plan_epoch(np.random.default_rng(0), np.arange(500), 50, mixup=True,
                            mode='inter')
     steps = plan.idx.shape[0]
     for s in range(steps):
@@ -364,7 +365,7 @@ def test_plan_epoch_inter_partner_is_next_batch():
 
 @pytest.mark.parametrize('alpha', [0.1, 2.0])
 def test_plan_epoch_lam_is_beta(alpha):
-    plan = data.plan_epoch(np.random.default_rng(5), np.arange(40000), 100, mixup=True,
+    plan = sampling.plan_epoch(np.random.default_rng(5), np.arange(40000), 100, mixup=True,
                            alpha=alpha)
     lam = plan.lam.astype(np.float64).ravel()
     assert lam.min() >= 0 and lam.max() <= 1
@@ -377,9 +378,9 @@ def test_plan_epoch_lam_is_beta(alpha):
 
 
 def test_plan_epoch_same_seed_same_plan():
-    a = data.plan_epoch(np.random.default_rng(9), np.arange(300), 64, mixup=True)
-    b = data.plan_epoch(np.random.default_rng(9), np.arange(300), 64, mixup=True)
-    c = data.plan_epoch(np.random.default_rng(10), np.arange(300), 64, mixup=True)
+    a = sampling.plan_epoch(np.random.default_rng(9), np.arange(300), 64, mixup=True)
+    b = sampling.plan_epoch(np.random.default_rng(9), np.arange(300), 64, mixup=True)
+    c = sampling.plan_epoch(np.random.default_rng(10), np.arange(300), 64, mixup=True)
     for x, y in [(a.idx, b.idx), (a.partner, b.partner), (a.lam, b.lam)]:
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(a.idx, c.idx)
@@ -388,7 +389,7 @@ def test_plan_epoch_same_seed_same_plan():
 @pytest.mark.parametrize('mixup, mode', [(False, 'intra'), (True, 'intra'), (True, 'inter')])
 def test_plan_halves_keeps_pools_apart(mixup, mode):
     first, second = np.arange(0, 30), np.arange(100, 183)
-    plan = data.plan_halves(np.random.default_rng(0), first, second, 16, mixup=mixup,
+    plan = sampling.plan_halves(np.random.default_rng(0), first, second, 16, mixup=mixup,
                             mode=mode)
     steps = math.ceil(second.size / 8)
     assert plan.idx.shape == plan.partner.shape == plan.lam.shape == (steps, 16)
@@ -454,15 +455,16 @@ def test_patch_source_inputs(clips, source_setup, on_device):
 def test_patch_source_train_batch_smooths_then_mixes(clips, source_setup, on_device):
     p, table, mean, std, eps, classes = source_setup
     L, K = clips['patch_len'], len(classes)
-    src = data.PatchSource(clips['frames'], p, table, mean, std, eps, L, on_device)
+    src = data.PatchSource(clips['frames'], p, table, mean, std, eps, L, on_device,
+                           needs={'clean'})
     rng = np.random.default_rng(3)
     idx = rng.integers(0, p.clip.size, 7)
     partner = rng.permutation(idx)
     lam = rng.random(7).astype(np.float32)
     partner[0] = idx[0]  # one example mixed with itself: a pair of one
     batch = src.train_batch(*(ops.convert_to_tensor(a) for a in (
-        idx.astype(np.int32), partner.astype(np.int32), lam)), clean=True)
-    x, y, verified, wrong = (batch[k] for k in ('x', 'y', 'verified', 'wrong'))
+        idx.astype(np.int32), partner.astype(np.int32), lam)))
+    x, y, verified, wrong = batch.x, batch.y, batch.verified, batch.wrong
 
     xa = (_materialise(clips, p, idx) - mean) / std
     xb = (_materialise(clips, p, partner) - mean) / std
@@ -485,11 +487,11 @@ def test_patch_source_train_batch_smooths_then_mixes(clips, source_setup, on_dev
     # Noise detection counts both examples of a pair by their true labels.
     bad = (given != true)[p.clip]
     pair = idx != partner
-    np.testing.assert_array_equal(np.asarray(batch['members']), 1 + pair)
+    np.testing.assert_array_equal(np.asarray(batch.members), 1 + pair)
     np.testing.assert_array_equal(np.asarray(wrong), bad[idx] + pair * bad[partner])
     # The batch before mixup, for a loss that measures it (adaptive Lq).
-    np.testing.assert_allclose(np.asarray(batch['x_clean'])[..., 0], xa, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(batch['labels']), given[p.clip[idx]])
+    np.testing.assert_allclose(np.asarray(batch.x_clean)[..., 0], xa, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(batch.labels), given[p.clip[idx]])
 
 
 def test_patch_source_eval_batch_is_unsmoothed(clips, source_setup):

@@ -1,5 +1,5 @@
 """LR schedules and snapshots, k-fold ensembles and self-verification: units against
-numpy written here, independently of trainer.py / eval.py / self_verify.py."""
+numpy written here, independently of callbacks.py / eval.py / self_verify.py."""
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -7,11 +7,11 @@ import keras
 import numpy as np
 import pytest
 
+import callbacks
 import config
 import splits
 import learn
 from results import Results
-import trainer
 
 
 class _Recorder(keras.callbacks.Callback):
@@ -28,10 +28,10 @@ def test_cyclic_cosine_lr_per_epoch_and_a_snapshot_at_each_cycle_end():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer=keras.optimizers.Adam(0.5), loss='mse')
     saved, recorder = [], _Recorder()
-    callbacks = [trainer.EpochLR(lambda e: trainer.cosine_lr(e, lr_max, lr_min, length)),
-                 trainer.Snapshots(length, cycles, saved.append), recorder]
+    schedule = [callbacks.EpochLR(lambda e: callbacks.cosine_lr(e, lr_max, lr_min, length)),
+                callbacks.Snapshots(length, cycles, saved.append), recorder]
     x = np.zeros((4, 3), np.float32)
-    model.fit(x, x[:, :2], epochs=length * cycles + 2, verbose=0, callbacks=callbacks)
+    model.fit(x, x[:, :2], epochs=length * cycles + 2, verbose=0, callbacks=schedule)
     # Akiyama & Sato: each cycle restarts at lr and anneals to lr_min by half a cosine.
     epochs = np.arange(length * cycles + 2)
     expected = lr_min + (lr_max - lr_min) * (1 + np.cos(np.pi * (epochs % length) / length)) / 2
@@ -42,7 +42,7 @@ def test_cyclic_cosine_lr_per_epoch_and_a_snapshot_at_each_cycle_end():
 
 
 def test_linear_decay_after_the_constant_epochs():
-    got = [trainer.linear_decay_lr(e, 2e-4, 5, 30) for e in range(30)]
+    got = [callbacks.linear_decay_lr(e, 2e-4, 5, 30) for e in range(30)]
     expected = np.where(np.arange(30) < 5, 2e-4, 2e-4 * (1 - (np.arange(30) - 5) / 25))
     np.testing.assert_allclose(got, expected)
 
@@ -179,15 +179,13 @@ class _RunExp:
                                          path=Path(f'model_{fold}.keras'))
         self.trainer = SimpleNamespace(classifier='the classifier')
         self.source = self.patches = None
+        self.plans = SimpleNamespace(epoch=lambda idx, **kwargs: idx)
 
-    def for_fold(self, train, val, fold):
+    def for_fold(self, fold):
         return _RunExp(self.cfg, self.splits, fold)
 
     def fit(self, *args, **kwargs):
         pass
-
-    def plan(self, idx, **kwargs):
-        return idx
 
     def snapshot_path(self, cycle):
         return Path(f'snapshot_{self.fold}_{cycle}.keras')
@@ -265,7 +263,7 @@ def test_k_fold_results_keep_the_injected_label_noise(make_cfg, monkeypatch):
     noise = {'rate': 0.2, 'kind': 'symmetric', 'subset': 'train', 'share_changed': 0.2}
     monkeypatch.setattr(evaluation, 'predict', lambda e, s, p, r, c: (r, np.zeros((r.size, 3))))
     monkeypatch.setattr(ensemble, 'write_oof', lambda *args: None)
-    monkeypatch.setattr(_RunExp, 'for_fold', lambda self, train, val, fold: _noisy(
+    monkeypatch.setattr(_RunExp, 'for_fold', lambda self, fold: _noisy(
         _RunExp(self.cfg, self.splits, fold), noise))
     rows = np.arange(9)
     splits = [(rows[rows % 3 != f], rows[rows % 3 == f]) for f in range(3)]

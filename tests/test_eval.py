@@ -171,12 +171,12 @@ def test_single_label_metric_on_a_multi_label_dataset_is_refused():
 
 def test_report_refuses_non_finite_scores(tmp_path):
     """Issue 11, case 2: NaN scores would give argmax 0 and a chance-level accuracy."""
-    from utils import Diverged
+    import utils
     table = pd.DataFrame({'fname': ['t1.wav', 't2.wav'], 'subset': ['test', 'test'],
                           'label_idx': [0, 1], 'labels_idx': [(0,), (1,)]})
     scores = np.array([[0.7, 0.3], [np.nan, np.nan]])
     cfg = {'ctrl': {'run_name': 'r1', 'train_data': 'noisy'}}
-    with pytest.raises(Diverged, match='non-finite scores for 1 of 2 test clips'):
+    with pytest.raises(utils.Diverged, match='non-finite scores for 1 of 2 test clips'):
         evaluation.report(cfg, table, ['a', 'b'], np.array([0, 1]), scores, tmp_path, 1.0)
     assert not (tmp_path / 'results.json').exists()
 

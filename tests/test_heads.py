@@ -10,7 +10,9 @@ from keras import ops
 
 import architectures
 import config
+import data
 import heads
+import learn
 import losses
 import trainer
 from config import ConfigError
@@ -189,11 +191,12 @@ def test_mixed_pairs_learn_the_mix_of_the_members_distributions(head):
     branches = heads.HEADS[head]
     y_pred = {BRANCH_NAMES[b]: ops.convert_to_tensor(outputs[BRANCH_NAMES[b]])
               for b in branches}
-    loss = losses.HeadLosses({'learn': {'head': head}})
-    assert loss.needs_batch
-    batch = {'y_a': ops.convert_to_tensor(y_a), 'y_b': ops.convert_to_tensor(y_b),
-             'lam': ops.convert_to_tensor(lam)}
-    value, weights, _ = loss(ops.convert_to_tensor(y), y_pred, batch=batch)
+    cfg = {'learn': {'head': head}}
+    loss = losses.HeadLosses(cfg)
+    assert losses.HeadLosses.needs(cfg) == {'members'}
+    batch = data.Batch(y=ops.convert_to_tensor(y), y_a=ops.convert_to_tensor(y_a),
+                       y_b=ops.convert_to_tensor(y_b), lam=ops.convert_to_tensor(lam))
+    value, weights, _ = loss(batch, y_pred)
     per_example = sum(expected[b] for b in branches)
     np.testing.assert_allclose(float(value), per_example.mean(), rtol=1e-4)
 
@@ -224,8 +227,8 @@ def test_pruning_scores_clips_only_with_softmax_probabilities(head, prune):
     probabilities only, so a sigmoid / sparsemax / multi-activation head is refused."""
     with pytest.raises(ConfigError, match=f"learn.prune_loss_type '{prune}' .*learn.head "
                                           f"'{head}'"):
-        losses.check(_cfg(head, 'bce', mode=3, prune_loss_type=prune))
-    losses.check(_cfg('softmax', 'CCE', mode=3, prune_loss_type=prune))
+        learn.check_loss(_cfg(head, 'bce', mode=3, prune_loss_type=prune))
+    learn.check_loss(_cfg('softmax', 'CCE', mode=3, prune_loss_type=prune))
 
 
 def test_top1_precision_on_multi_hot_targets():

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import callbacks
 import config
 import learn
-import trainer
+import losses
 from masking import Masker
 
 
@@ -111,16 +112,16 @@ def test_prune_threshold_drops_the_clips_above_the_percentile(percentile):
 def test_detection_figures_count_precision_and_recall():
     flagged = np.array([1, 1, 1, 0, 0, 0, 1, 0], bool)
     wrong = np.array([1, 0, 1, 1, 0, 0, 1, 0], bool)
-    figures = trainer.detection_figures(flagged, wrong)
+    figures = callbacks.detection_figures(flagged, wrong)
     assert figures == {'precision': 3 / 4, 'recall': 3 / 4, 'n_flagged': 4, 'n_wrong': 4}
-    none = trainer.detection_figures(np.zeros(4, bool), np.zeros(4, bool))
+    none = callbacks.detection_figures(np.zeros(4, bool), np.zeros(4, bool))
     assert np.isnan(none['precision']) and np.isnan(none['recall'])
 
 
 def test_noise_detection_from_summed_step_counts():
     row = {'nd_flagged': 10.0, 'nd_hit': 7.0, 'nd_wrong': 14.0}
-    assert trainer.noise_detection(row) == {'nd_precision': 0.7, 'nd_recall': 0.5}
-    assert trainer.noise_detection({'loss': 1.0}) == {}
+    assert callbacks.noise_detection(row) == {'nd_precision': 0.7, 'nd_recall': 0.5}
+    assert callbacks.noise_detection({'loss': 1.0}) == {}
 
 
 def test_unknown_mode_is_refused():
@@ -134,3 +135,54 @@ def test_mode2_needs_a_time_dependent_loss():
     with pytest.raises(config.ConfigError, match='lq_lqmax_time_sudden'):
         learn.check(cfg)
     learn.check(config.load_config(None, ['learn.mode=2', 'loss.type=lq_lqmax_time_sudden']))
+
+
+class _ToyLoss(losses.CCE):
+    """A loss registered by the test, with the attributes it declares."""
+    time_dependent = True
+
+
+def test_checks_read_a_new_modes_and_losses_declarations(monkeypatch):
+    """A toy mode and a toy loss, registered in the registries only, are accepted or
+    refused by what they declare, with the messages users see for the built-in ones."""
+    monkeypatch.setitem(learn.MODES, 'toy', learn.Mode(lambda exp: None, loss='time_dependent',
+                                                       schedules=('constant',)))
+    monkeypatch.setitem(losses.LOSSES, 'toy_loss', _ToyLoss)
+    cfg = config.load_config(None, ['loss.type=toy_loss', 'learn.lr_schedule=constant',
+                                    'ctrl.train_data=all'])
+    cfg['learn']['mode'] = 'toy'  # config.py knows only the shipped modes
+    learn.check(cfg)  # its loss has the attribute the mode declares it needs
+    cfg['loss']['type'] = 'CCE'
+    with pytest.raises(config.ConfigError, match=r"learn.mode toy needs a time-dependent "
+                       r"loss.type \(lq_lqmax_time_sudden, lq_lqperc_time_sudden, toy_loss\), "
+                       r"got 'CCE'"):
+        learn.check(cfg)
+    cfg['loss']['type'], cfg['learn']['lr_schedule'] = 'toy_loss', 'plateau'
+    with pytest.raises(config.ConfigError, match='learn.mode toy trains with its own schedule: '
+                                                 'keep learn.lr_schedule constant'):
+        learn.check(cfg)
+    # learn.multitask: only modes that declare it, only losses that are not per-batch
+    cfg['learn'].update(lr_schedule='constant', multitask=True)
+    with pytest.raises(config.ConfigError, match=r'learn.multitask works with learn.mode 0, 1 '
+                                                 r"or 3, not 'toy'"):
+        learn.check(cfg)
+    monkeypatch.setitem(learn.MODES, 'toy', learn.Mode(lambda exp: None, multitask=True))
+    with pytest.raises(config.ConfigError, match=r'learn.mode 0, 1, 3 or toy, not 2'):
+        learn.check_multitask(dict(cfg, learn=dict(cfg['learn'], mode=2)))
+    learn.check(cfg)
+    monkeypatch.setattr(_ToyLoss, 'per_batch', True)
+    with pytest.raises(config.ConfigError, match=r"loss.type CCE, lq_loss or bce, not 'toy_loss'"):
+        learn.check(cfg)
+
+
+def test_registry_entries_declare_what_the_modes_need():
+    """The declarations of the shipped modes, as the papers' methods need them."""
+    modes = learn.MODES
+    assert [n for n, m in modes.items() if m.detects] == [2, 'staged']
+    assert [n for n, m in modes.items() if m.masker] == ['staged']
+    assert [n for n, m in modes.items() if m.multitask] == [0, 1, 3]
+    assert modes['self_verify'].folds == 4 and modes['staged'].steps
+    assert [n for n, c in losses.LOSSES.items() if c.time_dependent] == [
+        'lq_lqmax_time_sudden', 'lq_lqperc_time_sudden']
+    assert [n for n, c in losses.LOSSES.items() if c.per_batch] == [
+        'lq_lqmax_time_sudden', 'lq_lqperc_time_sudden', 'adaptive_lq']

@@ -5,8 +5,9 @@ import pytest
 import tensorflow as tf  # tf.function(jit_compile=True) and GradientTape: what the step uses
 from scipy.special import logsumexp
 
-import losses
 import config
+import data
+import losses
 from config import ConfigError
 
 
@@ -95,6 +96,17 @@ def test_lq_limits():
 SWITCH = 3
 
 
+class _Masker:
+    """A mode's loss masking that gives fixed weights (the masker's call signature)."""
+    log_names = ()
+
+    def __init__(self, weights):
+        self.weights = weights
+
+    def __call__(self, losses, verified):
+        return self.weights, {}
+
+
 def _time_loss(kind, **loss_keys):
     keys = {'q_loss': 0.7, 'q_loss2': 0.4, 'perc_loss2': 70, 'm_loss2': 0.9, **loss_keys}
     cfg = _config(f'loss.type=lq_{kind}_time_sudden', f'learn.stage1_epoch={SWITCH}',
@@ -119,6 +131,10 @@ def test_time_dependent_before_and_after_switch(kind, batch):
     y = _onehot(rng.integers(0, 4, batch), 4)
     mask = (rng.random(batch) > 0.3).astype('float32')  # a mode's masker weights
 
+    def masked(loss):  # the loss with a masker that gives these weights
+        loss.masker = _Masker(mask)
+        return loss
+
     cb.on_epoch_begin(SWITCH - 1)  # the last epoch of stage 1: Lq(q_loss), nothing dropped
     l = _np(loss.per_example(y, {'softmax': p}))
     np.testing.assert_allclose(l, _lq_ref(y, p, lc['q_loss']), rtol=1e-5)
@@ -126,7 +142,8 @@ def test_time_dependent_before_and_after_switch(kind, batch):
     np.testing.assert_array_equal(_np(keep), np.ones(batch))
     assert _np(figures['discarded']) == 0
     np.testing.assert_allclose(_np(loss.reduce(l, keep)), l.mean(), rtol=1e-5)
-    value, _, _ = loss(y, {'softmax': p}, mask=lambda losses: (mask, {}))
+    value, _, _ = masked(loss)(data.Batch(y=y, verified=np.zeros(batch, 'float32')),
+                               {'softmax': p})
     np.testing.assert_allclose(_np(value), (mask * l).sum() / mask.sum(), rtol=1e-5)
 
     cb.on_epoch_begin(SWITCH)  # stage 2: Lq(q_loss2) and the batch's high losses dropped
@@ -141,7 +158,8 @@ def test_time_dependent_before_and_after_switch(kind, batch):
     np.testing.assert_allclose(value, l[kept].sum() / kept.sum(), rtol=1e-5)
     assert not np.isclose(value, l[kept].sum() / 64)
     # the masker's weights multiply the keep mask
-    value, weights, figures = loss(y, {'softmax': p}, mask=lambda losses: (mask, {}))
+    value, weights, figures = masked(loss)(
+        data.Batch(y=y, verified=np.zeros(batch, 'float32')), {'softmax': p})
     np.testing.assert_array_equal(_np(weights), mask * kept)
     both = mask * kept
     np.testing.assert_allclose(_np(value), (both * l).sum() / both.sum(), rtol=1e-5)
@@ -169,7 +187,7 @@ def test_time_dependent_switch_inside_xla_without_retracing(kind):
     @tf.function(jit_compile=True)
     def step(y, p):
         traces.append(1)
-        value, _, figures = loss(y, {'softmax': p})
+        value, _, figures = loss(data.Batch(y=y), {'softmax': p})
         return value, figures
 
     cb.on_epoch_begin(0)
@@ -291,7 +309,7 @@ def test_adaptive_q_is_one_minus_snn_clipped():
     q = np.clip(1 - _snn_naive(x, labels, 8.0), lc['q_min'], 1)
     np.testing.assert_allclose(_np(loss.per_example(y, {'softmax': p}, x)), _lq_ref(y, p, q),
                                rtol=1e-4)
-    value, _, figures = loss(y, {'softmax': p}, x)
+    value, _, figures = loss(data.Batch(y=y, x_clean=x, labels=labels), {'softmax': p})
     np.testing.assert_allclose(_np(figures['q_a']), q, rtol=1e-5)
     np.testing.assert_allclose(_np(value), _lq_ref(y, p, q).mean(), rtol=1e-4)
 
@@ -344,8 +362,8 @@ def test_adaptive_inside_xla_reports_the_batch_q():
     loss, lc = _adaptive('loss.snn_temperature=6.0')
 
     @tf.function(jit_compile=True)
-    def step(y, p, x):
-        value, _, figures = loss(y, {'softmax': p}, x)
+    def step(y, p, x, labels):
+        value, _, figures = loss(data.Batch(y=y, x_clean=x, labels=labels), {'softmax': p})
         return value, figures
 
     for b in (8, 5):
@@ -353,7 +371,7 @@ def test_adaptive_inside_xla_reports_the_batch_q():
         y, p = _onehot(labels, 2), _probs(rng, b, 2)
         x = rng.normal(size=(b, 3)).astype('float32')
         q = np.clip(1 - _snn_naive(x, labels, 6.0), lc['q_min'], 1)
-        value, figures = step(y, p, x)
+        value, figures = step(y, p, x, labels)
         np.testing.assert_allclose(_np(figures['q_a']), q, rtol=1e-5)
         np.testing.assert_allclose(_np(value), _lq_ref(y, p, q).mean(), rtol=1e-4)
 
@@ -365,10 +383,35 @@ def test_adaptive_inside_xla_reports_the_batch_q():
     ('lq_lqperc_time_sudden', losses.LqPercTimeSudden),
     ('adaptive_lq', losses.AdaptiveLq),
 ])
-def test_registry_builds_each_new_loss(name, cls):
+def test_smoke_registry_builds_each_new_loss(name, cls):
+    """Smoke test only (the registry against itself); the check is the test below."""
     loss = losses.get(_config(f'loss.type={name}'))
     assert isinstance(loss, cls)
     assert loss.log_names
+
+
+def test_each_registered_name_computes_its_formula():
+    """Every loss.type, built by name, against its formula written here in numpy: CCE
+    -sum y log p; Lq (1 - max(y p)^q) / q; the time-dependent losses before their switch
+    Lq with q_loss; adaptive Lq on a batch of one class (SNN 1) Lq with q_min; bce on a
+    sigmoid head the mean over classes of the binary cross-entropy."""
+    rng = np.random.default_rng(8)
+    p = _probs(rng, 6, 4)
+    y = _onehot(np.zeros(6, int), 4)
+    x = rng.normal(size=(6, 3)).astype('float32')
+    sig = rng.uniform(0.05, 0.95, (6, 4)).astype('float32')
+    lq = _lq_ref(y, p, 0.3)
+    expected = {'CCE': -np.log(p[:, 0]), 'lq_loss': lq, 'lq_lqmax_time_sudden': lq,
+                'lq_lqperc_time_sudden': lq, 'adaptive_lq': lq,
+                'bce': -(y * np.log(sig) + (1 - y) * np.log(1 - sig)).mean(axis=1)}
+    assert set(expected) == set(losses.LOSSES)
+    for name, want in expected.items():
+        head = 'sigmoid' if name == 'bce' else 'softmax'
+        cfg = _config(f'loss.type={name}', f'learn.head={head}', 'loss.q_loss=0.3',
+                      'loss.q_min=0.3')
+        outputs = {'sigmoid': sig} if name == 'bce' else {'softmax': p}
+        got = _np(losses.get(cfg).per_example(y, outputs, x))
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=name)
 
 
 def test_unknown_loss_lists_valid_names():

@@ -8,6 +8,7 @@ import architectures
 import data
 import learn
 import losses
+import sampling
 from config import ConfigError
 
 K, B = 5, 6
@@ -77,7 +78,7 @@ def test_multitask_fc_layers_are_plain_and_output_layers_as_the_single_heads(mak
 def _batch(rng, pseudo):
     onehot = np.eye(K, dtype='float32')
     batch = {'lam': rng.uniform(size=B).astype('float32'),
-             'verified_a': np.array([1, 1, 1, 0, 0, 0], 'float32'),
+             'verified': np.array([1, 1, 1, 0, 0, 0], 'float32'),
              'verified_b': np.array([0, 1, 0, 1, 0, 0], 'float32'),
              'y_a': onehot[rng.integers(0, K, B)], 'y_b': onehot[rng.integers(0, K, B)]}
     if pseudo:
@@ -96,13 +97,13 @@ def test_each_member_trains_its_own_head_and_the_pseudo_mse_weight(make_cfg, pse
     pv, pu = (rng.dirichlet(np.ones(K), B).astype('float32') for _ in range(2))
     y_pred = {'verified_softmax': pv, 'unverified_softmax': pu, 'scores': pv}
     batch = _batch(rng, pseudo)
-    total, _, figures = loss(None, y_pred, batch=batch)
+    total, _, figures = loss(data.Batch(**batch), y_pred)
 
     def cce(y, p):
         return -(y * np.log(p)).sum(axis=1)
     expected = {'verified': 0.0, 'unverified': 0.0, 'pseudo': 0.0}
     for m, share in (('a', batch['lam']), ('b', 1 - batch['lam'])):
-        v, y = batch[f'verified_{m}'], batch[f'y_{m}']
+        v, y = batch['verified' if m == 'a' else 'verified_b'], batch[f'y_{m}']
         expected['verified'] += share * v * 1.0 * cce(y, pv)
         expected['unverified'] += share * (1 - v) * 0.5 * cce(y, pu)
         if pseudo:
@@ -161,7 +162,7 @@ def test_sharpening_against_numpy():
 def test_cross_pairs_mix_each_half_with_the_other():
     rng = np.random.default_rng(0)
     ver, unv = np.arange(0, 10), np.arange(100, 130)
-    plan = data.cross_pairs(rng, data.plan_halves(rng, ver, unv, 8), alpha=1.0)
+    plan = sampling.cross_pairs(rng, sampling.plan_halves(rng, ver, unv, 8), alpha=1.0)
     assert np.isin(plan.idx[:, :4], ver).all() and np.isin(plan.partner[:, :4], unv).all()
     assert np.isin(plan.idx[:, 4:], unv).all() and np.isin(plan.partner[:, 4:], ver).all()
     assert ((plan.lam > 0) & (plan.lam < 1)).all()

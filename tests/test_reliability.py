@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import callbacks
 import learn
 import main
 import runfolder
-import trainer
 from conftest import tiny_dataset, write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,13 +265,13 @@ def test_per_fold_files_are_found_with_their_fold(tmp_path):
 
 def _interrupt_after(monkeypatch, epochs):
     """Stop the run (KeyboardInterrupt) right after the backup of epoch `epochs`."""
-    real = trainer.Backup.on_epoch_end
+    real = callbacks.Backup.on_epoch_end
 
     def stop(self, epoch, logs=None):
         real(self, epoch, logs)
         if epoch + 1 == epochs:
             raise KeyboardInterrupt
-    monkeypatch.setattr(trainer.Backup, 'on_epoch_end', stop)
+    monkeypatch.setattr(callbacks.Backup, 'on_epoch_end', stop)
 
 
 # Mode 0: two stages in epochs; staged: three stages in steps, 2 steps an epoch (the cut

@@ -25,12 +25,13 @@ class _TuneExp:
         self.trainer = SimpleNamespace(reset_optimizer=lambda: None)
         self.selection = SimpleNamespace(restart=lambda: None, finish=lambda trainer: None)
         self.patches = SimpleNamespace(of_clips=self._of_clips)
+        self.plans = SimpleNamespace(epoch=self._epoch)
 
     def _of_clips(self, rows):
         self.rows = np.asarray(rows)
         return self.rows
 
-    def plan(self, idx, mixup=True):
+    def _epoch(self, idx, mixup=True):
         assert mixup is False  # fine-tuning without mixup, as the released code
         return idx
 
@@ -159,7 +160,7 @@ def test_self_verification_folds_keep_each_folds_unverified_clips_out():
             total = np.sum(~verified & (labels == c))
             assert abs(np.sum(~verified & (labels == c) & (fold_of == f)) - total / 4) <= 1
     exp = SimpleNamespace(table=table, splits=folds,
-                          for_fold=lambda train, val, f: SimpleNamespace(fold=f))
+                          for_fold=lambda f: SimpleNamespace(fold=f))
     fold_models = self_verify.make_folds(exp)
     accepted = rows[~verified]  # even if every unverified clip were accepted
     for f, fold in enumerate(fold_models):

@@ -1,11 +1,13 @@
-"""trainer.py: model selection (last / best_val with restarts) and the training step's
-batch before mixup for adaptive Lq, against references written here."""
+"""trainer.py and callbacks.py: model selection (last / best_val with restarts), the
+training step's batch before mixup for adaptive Lq, noise-detection counts and the
+resume checkpoint, against references written here."""
 from types import SimpleNamespace
 
 import keras
 import numpy as np
 import pytest
 
+import callbacks
 import config
 import losses
 import trainer
@@ -27,8 +29,8 @@ def _epochs(selection, net, values, start=0):
 def test_model_selection_restarts_where_the_method_acts(tmp_path, rule):
     net = _classifier()
     host = SimpleNamespace(classifier=net)
-    state = trainer.RunState()
-    selection = trainer.ModelSelection(rule, 'val_accuracy', tmp_path / 'model.keras', state)
+    state = callbacks.RunState()
+    selection = callbacks.ModelSelection(rule, 'val_accuracy', tmp_path / 'model.keras', state)
     selection.set_model(host)
     _epochs(selection, net, [0.2, 0.9, 0.3])  # the best epoch (2) is before the method acts
     selection.restart()                       # e.g. pruning: from epoch 4 on
@@ -43,7 +45,7 @@ def test_model_selection_restarts_where_the_method_acts(tmp_path, rule):
     saved = keras.saving.load_model(tmp_path / 'model.keras')
     for w in saved.get_weights():
         np.testing.assert_array_equal(w, expected)
-    assert set(state.as_dict()) == {'epoch', 'stage', 'noise_from', 'selection_from',
+    assert set(state.state_dict()) == {'epoch', 'stage', 'noise_from', 'selection_from',
                                     'best_value', 'best_epoch', 'evaluated_epoch'}
 
 
@@ -51,8 +53,8 @@ def test_best_val_restart_at_a_later_epoch_ignores_the_epochs_before(tmp_path):
     """Mode 2: the loss switches inside one fit; only epochs from the switch count."""
     net = _classifier()
     host = SimpleNamespace(classifier=net)
-    state = trainer.RunState()
-    selection = trainer.ModelSelection('best_val', 'val_accuracy', tmp_path / 'm.keras', state)
+    state = callbacks.RunState()
+    selection = callbacks.ModelSelection('best_val', 'val_accuracy', tmp_path / 'm.keras', state)
     selection.set_model(host)
     selection.restart(from_epoch=3)
     _epochs(selection, net, [0.9, 0.8, 0.1, 0.2])
@@ -126,7 +128,7 @@ def test_noise_detection_counts_both_examples_of_a_mixed_pair():
     # Examples 0-2 are flagged: 2 + 1 + 2 patches, of which 2 + 0 + 1 have wrong labels.
     assert float(logs['nd_flagged']) == 5 and float(logs['nd_hit']) == 3
     assert float(logs['nd_wrong']) == wrong.sum()
-    figures = trainer.precision_recall(5, 3, int(wrong.sum()))
+    figures = callbacks.precision_recall(5, 3, int(wrong.sum()))
     assert figures['precision'] == pytest.approx(3 / 5)
     assert figures['recall'] == pytest.approx(3 / 7)
 
@@ -153,7 +155,7 @@ def test_val_clip_accuracy_is_the_clip_accuracy_of_gmean_patch_scores(clips, mak
                    f'extract.n_mels={n_mels}', 'recognizer.aggregate=gmean')
     targets = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]]
     rows = np.array([1, 2, 4])  # clips with patches (lengths 8, 20, 14)
-    callback = trainer.ValClipAccuracy(evaluation.clip_scorer(model, src, p, cfg), rows,
+    callback = callbacks.ValClipAccuracy(evaluation.clip_scorer(model, src, p, cfg), rows,
                                        targets)
     logs = {}
     callback.on_epoch_end(0, logs)
@@ -167,3 +169,40 @@ def test_val_clip_accuracy_is_the_clip_accuracy_of_gmean_patch_scores(clips, mak
         clip = np.exp(np.log(np.array(probs)).mean(axis=0))
         hits.append(clip.argmax() == targets[c].argmax())
     assert logs['val_clip_accuracy'] == pytest.approx(np.mean(hits))
+
+
+def test_checkpoint_parts_save_and_restore_themselves(tmp_path):
+    """callbacks.Checkpoint: each part's state_dict goes into state.pkl and comes back
+    through its load_state_dict; the counters wait for put_back (after Keras resets
+    them); a model with other variables is refused with one line naming the file."""
+    net = _classifier()
+    model = trainer.Trainer(net, SimpleNamespace(on_device=False), losses.CCE({}))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    state, history = callbacks.RunState(epoch=3, stage=2), callbacks.History(tmp_path / 'h.csv')
+    history.rows = [{'epoch': 1, 'loss': 0.5}]
+    stopping = keras.callbacks.EarlyStopping(patience=4)
+    stopping.wait, stopping.best = 2, 0.75
+    counters = callbacks.Counters([stopping])
+    path = tmp_path / 'backup' / 'state.pkl'
+    parts = {'run': state, 'history': history, 'trainer': model, 'counters': counters}
+    checkpoint = callbacks.Checkpoint(path, parts)
+    weights = [w.copy() for w in net.get_weights()]
+    checkpoint.save(stopped=True)
+    net.set_weights([w + 1.0 for w in weights])
+    state.epoch, history.rows = 9, []
+    stopping.on_train_begin()  # Keras resets the counters when a fit begins
+    saved = callbacks.Checkpoint(path, parts).load()
+    assert saved['stopped'] is True and callbacks.Checkpoint(tmp_path / 'none', {}).load() is None
+    checkpoint.restore(saved)
+    assert state.epoch == 3 and state.stage == 2 and history.rows == [{'epoch': 1, 'loss': 0.5}]
+    for got, want in zip(net.get_weights(), weights):
+        np.testing.assert_array_equal(got, want)
+    assert stopping.wait == 0  # not yet: put back when the resumed fit begins
+    counters.put_back()
+    assert (stopping.wait, stopping.best) == (2, 0.75)
+    inp = keras.Input((3,))
+    deeper = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Dense(4)(inp)))
+    other = trainer.Trainer(deeper, SimpleNamespace(on_device=False), losses.CCE({}))
+    other.compile(optimizer=keras.optimizers.Adam(1e-3))
+    with pytest.raises(config.ConfigError, match='state.pkl does not fit this model'):
+        callbacks.Checkpoint(path, {'trainer': other}).restore(saved)

@@ -1,0 +1,422 @@
+"""The Keras callbacks of section `learn` that every mode uses: history.csv, model
+selection, the stop at a non-finite loss, the stop after a number of steps, the clip
+accuracy of the validation set, TensorBoard scalars, the checkpoint for resume, and the LR
+schedules (plateau, cyclic cosine with snapshots, the linear decay of self-verification).
+Also the noise-detection figures computed from the counts the training step logs.
+"""
+import logging
+import pickle
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf  # tf.summary: Keras has no summary writer of its own
+from tensorflow.core.framework import summary_pb2  # the TensorBoard scalar data class
+from keras import ops
+
+from config import ConfigError
+from utils import Diverged, atomic_path, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss, naming the epoch and step.
+
+    Keras's TerminateOnNaN only ends the current fit quietly: the mode would go on to its
+    next stage and save and evaluate a NaN model. Raising ends the run instead, before
+    the epoch's other callbacks (history, model selection) see the bad epoch. The check
+    runs on Keras's callback thread (async_safe), so it adds no sync point to the step;
+    Keras re-raises its error on the training thread within a step or at the epoch end.
+    """
+
+    async_safe = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get('loss')
+        if loss is not None and not np.isfinite(float(loss)):
+            raise Diverged(f'training diverged: the loss is {float(loss)} at epoch '
+                           f'{self.epoch + 1}, step {batch + 1} (try a lower learn.lr); '
+                           f'history.csv and the best model so far are kept',
+                           self.epoch + 1, batch + 1)
+
+
+def detection_figures(flagged, wrong):
+    """Noise detection of a drop/mask decision: precision = share of flagged examples whose
+    given label is wrong, recall = share of wrong-label examples that were flagged."""
+    flagged, wrong = np.asarray(flagged, bool), np.asarray(wrong, bool)
+    return precision_recall(int(flagged.sum()), int((flagged & wrong).sum()),
+                             int(wrong.sum()))
+
+
+def precision_recall(n_flagged, n_hit, n_wrong):
+    return {'precision': n_hit / n_flagged if n_flagged else float('nan'),
+            'recall': n_hit / n_wrong if n_wrong else float('nan'),
+            'n_flagged': n_flagged, 'n_wrong': n_wrong}
+
+
+def noise_detection(row):
+    """Per-epoch precision/recall from the summed counts the step logged, if any."""
+    if 'nd_flagged' not in row:
+        return {}
+    f = precision_recall(row['nd_flagged'], row['nd_hit'], row['nd_wrong'])
+    return {'nd_precision': f['precision'], 'nd_recall': f['recall']}
+
+
+class History(keras.callbacks.Callback):
+    """Appends one row per epoch to history.csv (rewritten atomically each epoch)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path, self.rows, self.lr = path, [], None
+
+    def state_dict(self):
+        return {'rows': list(self.rows)}
+
+    def load_state_dict(self, state):
+        self.rows = list(state['rows'])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.lr = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.t0 = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {'epoch': epoch + 1, **{k: float(v) for k, v in (logs or {}).items()
+                                      if k != 'learning_rate'}}
+        row.update(noise_detection(row))
+        row['lr'] = self.lr
+        row['steps'] = int(ops.convert_to_numpy(self.model.optimizer.iterations))
+        row['seconds'] = round(time.time() - self.t0, 2)
+        self.rows.append(row)
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        lines = [','.join(columns)]
+        lines += [','.join('' if r.get(c) is None else f'{r[c]:.6g}' for c in columns)
+                  for r in self.rows]
+        atomic_write_text(self.path, '\n'.join(lines) + '\n')
+
+
+class Checkpoint:
+    """The resume state of a run in one file (logs/<run>/backup/state.pkl), written
+    atomically. Each part (an object with state_dict() -> picklable and
+    load_state_dict(d)) saves and restores itself; the checkpoint only collects the parts
+    by name, with a few extra entries of the moment it is saved (save(**extra))."""
+
+    def __init__(self, path, parts):
+        self.path, self.parts = path, parts
+
+    def save(self, **extra):
+        state = {name: part.state_dict() for name, part in self.parts.items()}
+        state.update(extra)
+        with atomic_path(self.path) as tmp:
+            tmp.write_bytes(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def load(self):
+        """The state save() wrote, or None when there is none (a fresh run)."""
+        try:
+            return pickle.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def restore(self, state):
+        """Every part loads its own entry of `state` (what load() returned). A part whose
+        saved state does not fit it (another model) raises ValueError: one-line error."""
+        try:
+            for name, part in self.parts.items():
+                part.load_state_dict(state[name])
+        except ValueError as err:
+            raise ConfigError(f'{self.path} does not fit this model; set ctrl.overwrite '
+                              f'true to start the run afresh') from err
+
+
+class Counters:
+    """The counters of Keras callbacks that reset themselves when a fit begins
+    (ReduceLROnPlateau's wait and cooldown, EarlyStopping's wait and best): a checkpoint
+    part whose loaded values wait for put_back(), which Backup calls after the reset."""
+
+    NAMES = ('wait', 'best', 'cooldown_counter', 'stopped_epoch', 'best_epoch')
+
+    def __init__(self, callbacks):
+        self.callbacks, self.pending = callbacks, None
+
+    def state_dict(self):
+        return [{k: getattr(c, k) for k in self.NAMES if hasattr(c, k)}
+                for c in self.callbacks]
+
+    def load_state_dict(self, state):
+        self.pending = state
+
+    def drop(self):
+        """Forget the loaded counters: the stage they belong to trains no further."""
+        self.pending = None
+
+    def put_back(self):
+        for callback, saved in zip(self.callbacks, self.pending or ()):
+            vars(callback).update(saved)
+        self.pending = None
+
+
+class Backup(keras.callbacks.Callback):
+    """Saves the checkpoint at the end of every epoch, so that a killed run continues from
+    its last completed epoch; `stopped` records whether early stopping ended the stage.
+
+    In on_train_begin it puts back the counters a resumed run loaded (Counters), after
+    those callbacks have reset themselves; so this callback must come after them in the
+    list. keras.callbacks.BackupAndRestore covers one fit() call; a mode's stages are
+    several, with state between them, hence this one.
+    """
+
+    def __init__(self, checkpoint, counters):
+        super().__init__()
+        self.checkpoint, self.counters = checkpoint, counters
+
+    def on_train_begin(self, logs=None):
+        self.counters.put_back()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.checkpoint.save(stopped=bool(self.model.stop_training))
+
+
+@dataclass
+class RunState:
+    """What a run has done so far, in one object with one schema (a backup saves it whole).
+
+    epoch: epochs done, counted across stages. stage: fit calls begun (the current stage,
+    1-based). noise_from: first history row of the noise-detection figures (watch_noise).
+    selection_from: the first epoch (1-based)
+    that model selection may return: the epoch from which the method as configured trains
+    (learn.py restarts it when a mode changes the training). best_value, best_epoch: the
+    best monitored value since then and its epoch (best_val). evaluated_epoch: the epoch
+    whose weights are evaluated, once training is done.
+    """
+    epoch: int = 0
+    stage: int = 0
+    noise_from: int = 0
+    selection_from: int = 1
+    best_value: float = -np.inf
+    best_epoch: Optional[int] = None
+    evaluated_epoch: Optional[int] = None
+
+    def state_dict(self):
+        return asdict(self)
+
+    def load_state_dict(self, state):
+        vars(self).update(state)  # in place: ModelSelection shares this object
+
+
+class ModelSelection(keras.callbacks.Callback):
+    """learn.model_selection: which weights are evaluated and saved as model.keras.
+
+    last: the weights of the last epoch trained (the original code: early stopping without
+    restoring). best_val: the weights of the epoch with the best monitored value among the
+    epochs from state.selection_from on, so that the evaluated model is always one trained
+    by the method as configured. model.keras is rewritten whenever the selected weights
+    change, so an interrupted run keeps them.
+    """
+
+    def __init__(self, rule, monitor, path, state):
+        super().__init__()
+        self.rule, self.monitor, self.path, self.state = rule, monitor, path, state
+        self.weights = None
+
+    def state_dict(self):
+        """The selected weights (RunState, shared, is a part of its own)."""
+        return {'weights': self.weights}
+
+    def load_state_dict(self, state):
+        self.weights = state['weights']
+
+    def restart(self, from_epoch=None):
+        """Only epochs from `from_epoch` (1-based; default: the next one) may be selected."""
+        s = self.state
+        s.selection_from = s.epoch + 1 if from_epoch is None else from_epoch
+        s.best_value, s.best_epoch, self.weights = -np.inf, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        s = self.state
+        s.epoch = epoch + 1
+        if self.rule == 'best_val':
+            value = (logs or {}).get(self.monitor)
+            if s.epoch < s.selection_from or value is None or value <= s.best_value:
+                return
+            s.best_value, s.best_epoch = float(value), s.epoch
+            self.weights = self.model.classifier.get_weights()
+        self._save()
+
+    def _save(self):
+        with atomic_path(self.path) as tmp:
+            self.model.classifier.save(tmp)
+
+    def finish(self, trainer):
+        """Put the selected weights into the classifier; record and log the epoch."""
+        s = self.state
+        if self.rule == 'best_val' and self.weights is not None:
+            trainer.classifier.set_weights(self.weights)
+            s.evaluated_epoch = s.best_epoch
+            logger.info('model selection best_val: the weights of epoch %d (%s = %.4f, best '
+                        'since epoch %d)', s.best_epoch, self.monitor, s.best_value,
+                        s.selection_from)
+        else:
+            s.evaluated_epoch = s.epoch
+            if s.epoch < s.selection_from:
+                logger.warning('training ended at epoch %d, before the method acted (epoch '
+                               '%d): the last epoch is evaluated', s.epoch, s.selection_from)
+            logger.info('model selection %s: the weights of the last epoch trained, %d',
+                        self.rule, s.epoch)
+        self.set_model(trainer)
+        self._save()
+
+
+class StopAfterSteps(keras.callbacks.Callback):
+    """Stops fit after `steps` optimizer steps, inside an epoch if need be (Keras 3 checks
+    stop_training after every batch, then still validates and ends that epoch)."""
+
+    def __init__(self, steps, steps_per_epoch, initial_epoch):
+        super().__init__()
+        self.steps, self.per_epoch, self.initial_epoch = steps, steps_per_epoch, initial_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch - self.initial_epoch) * self.per_epoch + batch + 1 >= self.steps:
+            self.model.stop_training = True
+
+
+class ValClipAccuracy(keras.callbacks.Callback):
+    """Adds val_clip_accuracy to the epoch logs: the share of validation clips whose
+    aggregated clip score (recognizer.aggregate, as for the test report) picks the given
+    label (multi-label: one of the given labels; targets are [N, K] multi-hot). The
+    per-patch val_accuracy (the paper's figure) stays what the schedule and the model
+    selection watch."""
+
+    def __init__(self, score_clips, rows, targets):
+        super().__init__()
+        self.score_clips, self.rows, self.targets = score_clips, rows, targets
+
+    def on_epoch_end(self, epoch, logs=None):
+        rows, scores = self.score_clips(self.rows)
+        hits = self.targets[rows, scores.argmax(axis=1)] > 0
+        logs['val_clip_accuracy'] = float(np.mean(hits))
+
+
+class TensorBoardScalars(keras.callbacks.Callback):
+    """Writes each epoch's history.csv row (losses, accuracies, lr and the method figures,
+    noise-detection precision/recall included) as TensorBoard scalars under log_dir.
+
+    It runs after History and reads its last row, so TensorBoard shows exactly the figures
+    of history.csv. tf.summary: Keras has no summary writer of its own (its TensorBoard
+    callback would miss the figures computed by History). tf.summary.scalar lives in the
+    tensorboard package, which is not pinned; the core op tf.summary.write with the scalar
+    plugin's metadata writes the same event.
+    """
+
+    SCALAR = tf.compat.v1.SummaryMetadata(
+        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name='scalars'),
+        data_class=summary_pb2.DATA_CLASS_SCALAR)
+
+    def __init__(self, history, log_dir):
+        super().__init__()
+        self.history = history
+        self.writer = tf.summary.create_file_writer(str(log_dir))
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = self.history.rows[-1]
+        with self.writer.as_default():
+            for name, value in row.items():
+                if name not in ('epoch', 'seconds') and value is not None:
+                    tf.summary.write(name, tf.constant(value, tf.float32), step=row['epoch'],
+                                     metadata=self.SCALAR)
+        self.writer.flush()
+
+
+# ----------------------------------------------------------------------------- LR schedules
+
+def staged_epochs(learn):
+    """Epochs of staged training when learn.steps_per_epoch fixes them (else None)."""
+    per_epoch = learn['steps_per_epoch']
+    return None if per_epoch is None else sum(-(-n // per_epoch) for n in learn['staged_steps'])
+
+
+def check_schedule(cfg, steps=False):
+    """cyclic_cosine: the mode's epochs must be whole cycles (each cycle ends in a
+    snapshot), the snapshot cycles must exist, and lr_min must be below lr. steps: the
+    mode trains in optimizer steps (its Mode declares it), its epochs counted from
+    learn.staged_steps and learn.steps_per_epoch."""
+    learn = cfg['learn']
+    if learn['lr_schedule'] != 'cyclic_cosine':
+        return
+    chosen = cfg['recognizer']['snapshot_cycles']
+    if chosen != 'all' and (not chosen or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= learn['cycles']
+            for c in chosen)):
+        raise ConfigError(f'recognizer.snapshot_cycles must be all or a list of cycles '
+                          f'from 1 to learn.cycles ({learn["cycles"]}), got {chosen!r}')
+    if learn['lr_min'] >= learn['lr']:
+        raise ConfigError(f'learn.lr_min ({learn["lr_min"]}) must be below learn.lr '
+                          f'({learn["lr"]}) for lr_schedule cyclic_cosine')
+    cycled = learn['cycles'] * learn['cycle_epochs']
+    if steps:
+        key, epochs = 'learn.staged_steps / learn.steps_per_epoch', staged_epochs(learn)
+        if epochs is None:
+            raise ConfigError(f'learn.lr_schedule cyclic_cosine with learn.mode '
+                              f'{learn["mode"]} needs learn.steps_per_epoch, so that the '
+                              f'stages last whole cycles')
+    else:
+        key, epochs = 'learn.n_epochs', learn['n_epochs']
+    if epochs != cycled:
+        raise ConfigError(f'learn.lr_schedule cyclic_cosine trains learn.cycles x '
+                          f'learn.cycle_epochs = {cycled} epochs; set {key} to {cycled} '
+                          f'epochs (now {epochs})')
+
+
+def cosine_lr(epoch, lr_max, lr_min, cycle_epochs):
+    """Cyclic cosine annealing (Akiyama & Sato, DCASE 2019 Sec. 2.3, 3.5; the warm-restart
+    schedule of Loshchilov & Hutter, "SGDR", ICLR 2017, with cycles of equal length): each
+    cycle starts at lr_max and anneals towards lr_min along half a cosine; epoch is the
+    0-based epoch counted across stages."""
+    t = (epoch % cycle_epochs) / cycle_epochs
+    return lr_min + 0.5 * (lr_max - lr_min) * (1.0 + np.cos(np.pi * t))
+
+
+def linear_decay_lr(epoch, lr, decay_from, epochs):
+    """lr up to epoch decay_from, then lr * (1 - (epoch - decay_from) / (epochs -
+    decay_from)), 0 at epoch `epochs` and after, counting epochs as the caller does
+    (self_verify passes the released code's 1-based numbers, so its last epoch gets 0)."""
+    if epoch < decay_from:
+        return lr
+    return lr * max(0.0, 1.0 - (epoch - decay_from) / max(1, epochs - decay_from))
+
+
+class EpochLR(keras.callbacks.Callback):
+    """Sets the optimizer's learning rate to schedule(epoch) at the start of each epoch.
+
+    It must come before History in the callback list, so that history.csv logs the rate
+    the epoch was trained with.
+    """
+
+    def __init__(self, schedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.optimizer.learning_rate = float(self.schedule(epoch))
+
+
+class Snapshots(keras.callbacks.Callback):
+    """Calls save(cycle) at the end of each of the first `cycles` cycles (1-based cycle
+    numbers), the weights of Snapshot Ensembles (Huang et al., "Snapshot Ensembles: Train
+    1, get M for free", ICLR 2017)."""
+
+    def __init__(self, cycle_epochs, cycles, save):
+        super().__init__()
+        self.cycle_epochs, self.cycles, self.save = cycle_epochs, cycles, save
+
+    def on_epoch_end(self, epoch, logs=None):
+        cycle, within = divmod(epoch + 1, self.cycle_epochs)
+        if within == 0 and 1 <= cycle <= self.cycles:
+            self.save(cycle)

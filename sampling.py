@@ -1,0 +1,170 @@
+"""Epoch plans: which patches each training step takes, their mixup partners and weights
+(config section `learn`: batch_size, mixup, mixup_alpha, mixup_mode, multitask), drawn on
+the host from the run's rng so that a run is repeatable whatever the order in which
+tf.data evaluates batches. The augmentations drawn into a plan are augment.py's.
+"""
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from config import ConfigError
+
+
+@dataclass
+class EpochPlan:
+    """One epoch of training steps: patch indices, mixup partners and mixup weights, crop
+    offsets, SpecAugment masks and gains (augment.py).
+
+    Arrays have shape [steps, batch, ...]. idx are patch indices; partner[i] is the patch
+    mixed into idx[i] with weight 1 - lam[i] (lam = 1: no mixup). shift / partner_shift
+    are added to the patch's start frame (random crops; 0 for patches). fmask / tmask
+    [steps, batch, n_masks, 2] are (first band or frame, width) of each mask (n_masks 0:
+    none). gain / partner_gain multiply each member's mel energies (1: none). Every field
+    is drawn on the host from the run's rng, so a run is repeatable whatever the order in
+    which tf.data evaluates batches.
+    """
+    idx: np.ndarray
+    partner: np.ndarray
+    lam: np.ndarray
+    shift: np.ndarray = None
+    partner_shift: np.ndarray = None
+    fmask: np.ndarray = None
+    tmask: np.ndarray = None
+    gain: np.ndarray = None
+    partner_gain: np.ndarray = None
+
+    def __post_init__(self):
+        for name in ('shift', 'partner_shift'):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(self.idx.shape, np.int64))
+        for name in ('gain', 'partner_gain'):
+            if getattr(self, name) is None:
+                setattr(self, name, np.ones(self.idx.shape, np.float32))
+        for name in ('fmask', 'tmask'):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(self.idx.shape + (0, 2), np.int64))
+
+    def as_dict(self):
+        """The arrays by field name: tf.data's element of one epoch (a step is one row of
+        each, PatchSource.train_batch's keyword arguments)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def plan_epoch(rng, pool, batch_size, mixup=False, alpha=0.1, mode='intra'):
+    """Shuffle `pool` (patch indices) into fixed-size batches and draw mixup partners.
+
+    The last batch is filled with randomly drawn extra patches so that every step has the
+    same shape (one compiled step, no retracing) and every patch is seen each epoch.
+    intra: each batch is mixed with a shuffled copy of itself; inter: each example with
+    the example at the same position of the next batch (Fonseca et al., WASPAA 2019).
+    lam ~ Beta(alpha, alpha) per example.
+    """
+    pool = np.asarray(pool, np.int64)
+    steps = -(-pool.size // batch_size)
+    order = rng.permutation(pool)
+    pad = steps * batch_size - pool.size
+    if pad:
+        order = np.concatenate([order, rng.choice(pool, size=pad)])
+    idx = order.reshape(steps, batch_size)
+    if not mixup:
+        return EpochPlan(idx, idx.copy(), np.ones(idx.shape, np.float32))
+    if mode == 'intra':
+        perm = np.argsort(rng.random(idx.shape), axis=1)
+        partner = np.take_along_axis(idx, perm, axis=1)
+    else:
+        partner = np.roll(idx, -1, axis=0)
+    lam = rng.beta(alpha, alpha, size=idx.shape).astype(np.float32)
+    return EpochPlan(idx, partner, lam)
+
+
+def plan_halves(rng, first, second, batch_size, mixup=False, alpha=0.1, mode='intra'):
+    """Batches whose first half comes from pool `first` and second half from `second`.
+
+    The epoch runs over `second` once; `first` is reshuffled as often as needed. mixup
+    partners stay inside their half, so a mixed example keeps its pool's status.
+    """
+    half = max(1, batch_size // 2)
+    b = plan_epoch(rng, second, batch_size - half, mixup, alpha, mode)
+    steps, parts = b.idx.shape[0], []
+    while sum(p.idx.shape[0] for p in parts) < steps:
+        parts.append(plan_epoch(rng, first, half, mixup, alpha, mode))
+
+    def join(name):
+        a = np.concatenate([getattr(p, name) for p in parts])[:steps]
+        return np.concatenate([a, getattr(b, name)], axis=1)
+    return EpochPlan(**{f.name: join(f.name) for f in dataclasses.fields(EpochPlan)})
+
+
+def cross_pairs(rng, plan, alpha):
+    """Mixup between the two halves of plan_halves batches (Akiyama & Sato, Sec. 2.2: curated
+    clips mixed with soft-pseudo-labelled ones): each example's partner is the example at
+    the same place of the other half, lam ~ Beta(alpha, alpha) per example."""
+    half = plan.idx.shape[1] // 2
+    plan.partner = np.concatenate([plan.idx[:, half:2 * half], plan.idx[:, :half],
+                                   plan.idx[:, 2 * half:]], axis=1)
+    plan.lam = rng.beta(alpha, alpha, size=plan.idx.shape).astype(np.float32)
+    plan.lam[:, 2 * half:] = 1.0  # an odd batch's last example has no partner
+    return plan
+
+
+def verified_pools(pool, verified, what):
+    """(verified, unverified) patch indices of pool; verified [patches] is 1 for a verified
+    clip's patch. A method that trains the two apart (`what`: learn.multitask, learn.mode
+    staged) cannot run without both: ConfigError naming it."""
+    ver, unv = pool[verified[pool]], pool[~verified[pool]]
+    if ver.size == 0 or unv.size == 0:
+        raise ConfigError(f'{what} needs verified and unverified training clips (FSDnoisy18k: '
+                          f'ctrl.train_data all); this split has {ver.size} verified and '
+                          f'{unv.size} unverified patches')
+    return ver, unv
+
+
+@dataclass(frozen=True)
+class Plans:
+    """The epoch plans of a run: each method returns a function of an rng that draws one
+    epoch's EpochPlan (mixup partners, then `augment`'s crops and masks).
+
+    augment: (rng, plan) -> plan (augment.augment_plan with the run's settings). verified
+    [patches] bool: a verified clip's patch. multitask: every batch half verified, half
+    unverified (both heads learn in every step); pseudo_labels: the unverified clips have
+    soft pseudo labels, and under mixup each verified example is mixed with an unverified
+    one (Akiyama & Sato, Sec. 2.2).
+    """
+    batch_size: int
+    mixup: bool
+    alpha: float
+    mixup_mode: str
+    augment: Callable
+    verified: np.ndarray
+    multitask: bool = False
+    pseudo_labels: bool = False
+
+    def epoch(self, pool, mixup=None):
+        """Batches over the patch indices in pool; mixup as learn.mixup unless given."""
+        mixup = self.mixup if mixup is None else mixup
+        if self.multitask:
+            return self._multitask(pool, mixup)
+        return lambda rng: self.augment(rng, plan_epoch(
+            rng, pool, self.batch_size, mixup, self.alpha, self.mixup_mode))
+
+    def halves(self, first, second):
+        """Batches whose first half are patches of `first`, the second half of `second`."""
+        return lambda rng: self.augment(rng, plan_halves(
+            rng, first, second, self.batch_size, self.mixup, self.alpha, self.mixup_mode))
+
+    def _multitask(self, pool, mixup):
+        """Batches half verified, half unverified patches of pool (plan_halves; an epoch is
+        one pass over the unverified ones). With pseudo labels and mixup the halves are
+        mixed with each other (cross_pairs); otherwise mixup stays inside each half."""
+        ver, unv = verified_pools(pool, self.verified, 'learn.multitask')
+        cross = mixup and self.pseudo_labels
+
+        def plan(rng):
+            halves = plan_halves(rng, ver, unv, self.batch_size, mixup and not cross,
+                                 self.alpha, self.mixup_mode)
+            if cross:
+                halves = cross_pairs(rng, halves, self.alpha)
+            return self.augment(rng, halves)
+        return plan
