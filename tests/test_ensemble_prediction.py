@@ -43,6 +43,7 @@ def test_three_members_share_one_trace_and_average_their_numpy_scores(clips, mak
     mean, std = np.full(n_mels, 1.5, np.float32), np.full(n_mels, 2.0, np.float32)
     table = pd.DataFrame({'label_idx': np.arange(len(clips['lengths'])) % n_classes,
                           'verified': 1})
+    table['labels_idx'] = [(k,) for k in table.label_idx]
     source = _CountingSource(data.PatchSource(clips['frames'], p, table, mean, std,
                                               np.zeros(n_classes, np.float32), plen, False))
     inputs = keras.Input((plen, n_mels, 1))
