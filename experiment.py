@@ -21,6 +21,7 @@ import datasets
 import eval as evaluation
 import losses
 import pipeline
+import runfolder
 import sampling
 import splits
 from config import ConfigError
@@ -31,7 +32,7 @@ from callbacks import (Backup, Checkpoint, Counters, EpochLR, History, ModelSele
                        precision_recall)
 from results import Results
 from trainer import Trainer
-from utils import atomic_path
+from utils import atomic_path, atomic_write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -53,19 +54,19 @@ class Experiment:
         self.store, self.patches, self.source, self.trainer = store, patches, source, trainer
         self.run_dir, self.rng, self.splits, self.fold = run_dir, rng, splits, fold
         self.train_rows, self.val_rows = splits[(fold or 1) - 1]
-        self.tag = tag = '' if fold is None else f'_{fold}'
         self.train_idx = patches.of_clips(self.train_rows)
         self.val_idx = patches.of_clips(self.val_rows)
         # figures for results.json: the injected label noise, what a mode adds (noise_detection)
         self.results = Results(**datasets.label_noise(cfg, table))
         self.monitor = 'val_accuracy' if self.val_idx.size else 'accuracy'
         learn = cfg['learn']
-        self.history = History(run_dir / f'history{tag}.csv')
-        self.tensorboard = ([TensorBoardScalars(self.history, run_dir / f'tb{tag}')]
+        self.history = History(runfolder.path(run_dir, 'history', fold))
+        self.tensorboard = ([TensorBoardScalars(self.history,
+                                                runfolder.path(run_dir, 'tensorboard', fold))]
                             if cfg['ctrl']['tensorboard'] else [])
         self.state = RunState()  # epochs done and model selection, one schema
         self.selection = ModelSelection(learn['model_selection'], self.monitor,
-                                        run_dir / f'model{tag}.keras', self.state)
+                                        runfolder.path(run_dir, 'model', fold), self.state)
         self.reduce_lr = keras.callbacks.ReduceLROnPlateau(
             monitor=self.monitor, mode='max', factor=0.5, patience=5, verbose=1)
         self.early_stopping = keras.callbacks.EarlyStopping(
@@ -85,7 +86,7 @@ class Experiment:
         # stage. k folds and self-verification rounds are not resumed (a fold's stages
         # interleave with the others' decisions): their fold Experiments keep none.
         self.checkpoint = None if fold else Checkpoint(
-            run_dir / 'backup' / 'state.pkl',
+            runfolder.path(run_dir, 'backup'),
             {'run': self.state, 'experiment': self, 'trainer': trainer,
              'history': self.history, 'selection': self.selection, 'memo': self.memo,
              'counters': self.counters})
@@ -126,7 +127,7 @@ class Experiment:
                 Snapshots(length, learn['cycles'], self.save_snapshot)]
 
     def snapshot_path(self, cycle):
-        return self.run_dir / f'snapshot_{self.fold or 1}_{cycle}.keras'
+        return runfolder.path(self.run_dir, 'snapshot', self.fold or 1, cycle=cycle)
 
     def save_snapshot(self, cycle):
         with atomic_path(self.snapshot_path(cycle)) as tmp:
@@ -170,8 +171,8 @@ class Experiment:
         columns = ['fname', 'label'] + (['true_label'] if self.has_truth else [])
         frame = self.table.loc[rows, columns].copy()
         frame.insert(2, 'clip_loss', clip_loss)
-        with atomic_path(self.run_dir / f'pruned{self.tag}.csv') as tmp:
-            frame.to_csv(tmp, index=False, float_format='%.6g')
+        atomic_write_csv(runfolder.path(self.run_dir, 'pruned', self.fold), frame,
+                         index=False, float_format='%.6g')
 
     @property
     def epoch(self):
@@ -354,7 +355,7 @@ def batch_source(cfg, table, classes, store, rows, folds, run_dir):
     train_idx = patches.of_clips(train_rows)
     mean, std = scaler(cfg, store, patches,
                        patches.of_clips(rows) if len(folds) > 1 else train_idx)
-    write_scaler(run_dir / 'scaler.npz', mean, std)
+    write_scaler(runfolder.path(run_dir, 'scaler'), mean, std)
     # What the loss reads from the batch, declared by its class: the source is built to
     # carry it (pseudo labels of every unverified clip of the subset: any fold may train it).
     needs = losses.needs(cfg)

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 import eval as evaluation
+import runfolder
 import splits
 from callbacks import EpochLR, linear_decay_lr
 from utils import atomic_path
@@ -124,7 +125,8 @@ class Rounds:
         self.best_loss, self.chosen = np.inf, None
 
     def paths(self, r):
-        return [self.exp.run_dir / f'sv_{fold.exp.fold}_{r}.keras' for fold in self.folds]
+        return [runfolder.path(self.exp.run_dir, 'self_verify', fold.exp.fold, round=r)
+                for fold in self.folds]
 
     def record(self, r, accepted):
         """Save the round's fold models; log and keep its figures."""

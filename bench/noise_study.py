@@ -21,6 +21,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import main  # noqa: E402
+import runfolder  # noqa: E402
 import synthetic  # noqa: E402
 
 
@@ -120,7 +121,7 @@ def main_study(argv=None):
         for r in range(args.repeats):
             name = f'study_{method}_r{r}'
             run_one(config, name, [*overrides, f'ctrl.seed={args.seed + r}'])
-            results = json.loads((work / 'logs' / name / 'results.json').read_text())
+            results = json.loads(runfolder.path(work / 'logs' / name, 'results').read_text())
             accs.append(results['accuracy_micro'])
             dets.append(detection(results))
         mean, half = mean_ci(accs)
