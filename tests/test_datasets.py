@@ -230,3 +230,13 @@ def test_fsdkaggle2019_without_training_clips_names_both_csvs(make_cfg, tmp_path
     assert str(err.value) == (f'{meta / "train_curated_post_competition.csv"} and '
                               f'{meta / "train_noisy_post_competition.csv"} have no training '
                               f'clips (only a header line)')
+
+
+def test_missing_audio_file_is_logged_as_not_found(tiny19, capsys):
+    """Issue 19, case 10: not "System error."."""
+    data = _copy(tiny19, 'missing_audio')
+    gone = sorted((data / 'FSDnoisy18k.audio_train').glob('*.wav'))[0]
+    gone.unlink()
+    assert _main(tiny19, data, 'missing_audio') == 0
+    log = capsys.readouterr().out
+    assert f'file not found: {gone}' in log and 'System error' not in log
