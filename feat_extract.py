@@ -56,6 +56,9 @@ class BadAudio(Exception):
 def load_audio(path, params_extract):
     """Read a file -> mono float32 at fs, optionally peak-normalised and tiled (varup)."""
     p = params_extract
+    # libsndfile reports a missing file as "System error."; say what is wrong instead.
+    if not os.path.isfile(path):
+        raise BadAudio(f'file not found: {path}')
     try:
         y, sr = sf.read(path, dtype='float32', always_2d=True)
     except (RuntimeError, OSError) as err:  # soundfile's errors are RuntimeErrors
