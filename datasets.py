@@ -62,6 +62,7 @@ def _read_csv(path, columns):
         raise ConfigError(f'{path} lacks the column(s) {", ".join(missing)}; required: '
                           f'{", ".join(columns)}')
     _check_cells(path, df, columns)
+    _check_unique(path, df)
     return df
 
 
@@ -86,6 +87,16 @@ def _check_cells(path, df, columns):
                                   f'{value!r}')
 
 
+def _check_unique(path, df):
+    """One clip per fname in a CSV: a repeated row would count (and train) the clip twice."""
+    repeated = df.fname.duplicated()
+    if repeated.any():
+        second = int(repeated.to_numpy().argmax())
+        first = int((df.fname == df.fname.iloc[second]).to_numpy().argmax())
+        raise ConfigError(f'{path} lines {first + 2} and {second + 2}: fname '
+                          f'{df.fname.iloc[second]} appears twice (one row per clip)')
+
+
 def _line(mask):
     """File line of the first True row (line 1 is the header)."""
     return int(mask.to_numpy().argmax()) + 2
@@ -105,16 +116,20 @@ def _root(cfg):
     return root
 
 
-def _split_labels(df, column, path):
+def _split_labels(df, column, path, single=False):
     """Column of label strings -> list of sorted label tuples; a comma separates the
-    labels of a multi-label clip. An empty label is an error naming file and row."""
+    labels of a multi-label clip. An empty label, or several in a `single`-label dataset,
+    is an error naming file and row."""
     out = []
     for row, value in enumerate(df[column].tolist()):
         names = [] if pd.isna(value) else [n.strip() for n in str(value).split(',')]
+        # row + 2: the header is line 1 of the file
+        where = f'{path} line {row + 2} (fname {df.fname.iloc[row]})'
         if not names or not all(names):
-            # row + 2: the header is line 1 of the file
-            raise ConfigError(f'{path} line {row + 2} (fname {df.fname.iloc[row]}): empty '
-                              f'label in column {column!r}')
+            raise ConfigError(f'{where}: empty label in column {column!r}')
+        if single and len(names) > 1:
+            raise ConfigError(f'{where}: {column} {value!r} holds several labels, but this '
+                              f'dataset has one label per clip')
         out.append(tuple(sorted(set(names))))
     return out
 
@@ -195,8 +210,8 @@ def load_fsdnoisy18k(cfg):
     train['verified'] = train.manually_verified.astype(float).astype(int)
     train['noisy_small'] = train.noisy_small.astype(float).astype(int)
     test['verified'], test['noisy_small'] = 1, 0
-    train['labels'] = _split_labels(train, 'label', meta / 'train.csv')
-    test['labels'] = _split_labels(test, 'label', meta / 'test.csv')
+    train['labels'] = _split_labels(train, 'label', meta / 'train.csv', single=True)
+    test['labels'] = _split_labels(test, 'label', meta / 'test.csv', single=True)
     _true_labels(train, test, 'true_label', meta / 'train.csv')
     return _finish(cfg, (train, test), (((meta / 'train.csv', len(train)),),
                                         meta / 'test.csv'))
@@ -217,8 +232,8 @@ def load_fsdkaggle2018(cfg):
     train['path'] = [str(train_audio / f) for f in train.fname]
     test['path'] = [str(test_audio / f) for f in test.fname]
     train['verified'], test['verified'] = train.manually_verified.astype(float).astype(int), 1
-    train['labels'] = _split_labels(train, 'label', train_csv)
-    test['labels'] = _split_labels(test, 'label', test_csv)
+    train['labels'] = _split_labels(train, 'label', train_csv, single=True)
+    test['labels'] = _split_labels(test, 'label', test_csv, single=True)
     _true_labels(train, test, 'true_label', train_csv)
     return _finish(cfg, (train, test), (((train_csv, len(train)),), test_csv))
 

@@ -1,4 +1,5 @@
 """datasets.py: the FSDKaggle2018 and FSDKaggle2019 adapters and the multi-hot targets."""
+import json
 import shutil
 from pathlib import Path
 
@@ -171,6 +172,16 @@ def tiny19(tmp_path_factory):
                               seed=3)
 
 
+def _layout(tiny19, layout, name, **more):
+    """A tiny synthetic dataset of another layout, next to tiny19's."""
+    import synthetic
+    root, _ = tiny19
+    return synthetic.make_dataset(root / name, n_classes=3, train_per_class=4,
+                                  test_per_class=2, clean_fraction=0.3, noise_rate=0.0,
+                                  min_dur=0.5, max_dur=0.6, sr=16000, seed=4, layout=layout,
+                                  **more)
+
+
 def _copy(tiny19, name):
     root, data = tiny19
     return shutil.copytree(data, root / name)
@@ -240,3 +251,46 @@ def test_missing_audio_file_is_logged_as_not_found(tiny19, capsys):
     assert _main(tiny19, data, 'missing_audio') == 0
     log = capsys.readouterr().out
     assert f'file not found: {gone}' in log and 'System error' not in log
+
+
+def test_multi_label_cell_in_single_label_data_is_refused(tiny19, capsys):
+    """Issue 19, case 4: FSDKaggle2018 has one label per clip."""
+    data = _layout(tiny19, 'fsdkaggle2018', 'multi18')
+    csv, fname = 'train_post_competition.csv', []
+
+    def two_labels(df):
+        fname.append(df.fname.iloc[2])
+        return df.assign(label=df.label.where(df.index != 2, 'Acoustic_guitar,Clapping'))
+    path = _edit(data, csv, two_labels, 'FSDKaggle2018.meta')
+    assert _main(tiny19, data, 'multi18', 'ctrl.dataset=fsdkaggle2018') == 2
+    assert _error_line(capsys) == (f"error: {path} line 4 (fname {fname[0]}): label "
+                                   f"'Acoustic_guitar,Clapping' holds several labels, but this "
+                                   f"dataset has one label per clip")
+
+
+def test_duplicate_fname_rows_are_refused(tiny19, capsys):
+    """Issue 19, case 4: a repeated row would count its clip twice."""
+    data = _copy(tiny19, 'duplicate')
+    path = _edit(data, 'train.csv', lambda df: pd.concat([df, df.iloc[[1]]], ignore_index=True))
+    fname = pd.read_csv(path).fname.iloc[1]
+    n = len(pd.read_csv(path))
+    assert _main(tiny19, data, 'duplicate') == 2
+    assert _error_line(capsys) == (f'error: {path} lines 3 and {n + 1}: fname {fname} appears '
+                                   f'twice (one row per clip)')
+
+
+def test_silent_and_one_sample_clips_are_warned_and_counted(tiny19, capsys):
+    """Issue 19, case 4: digital silence and a one-sample clip give constant frames."""
+    import soundfile as sf
+    data = _copy(tiny19, 'silent')
+    wavs = sorted((data / 'FSDnoisy18k.audio_train').glob('*.wav'))[:2]
+    sf.write(wavs[0], np.zeros(8000), 16000)
+    sf.write(wavs[1], np.array([0.5]), 16000)
+    assert _main(tiny19, data, 'silent') == 0
+    log = capsys.readouterr().out
+    names = sorted(w.name for w in wavs)
+    assert (f'2 clip(s) are digital silence or too short to vary: every frame is the same'
+            in log) and all(n in log for n in names)
+    manifest = next((tiny19[0] / 'features' / 'silent').glob('*/manifest.json'))
+    manifest = json.loads(manifest.read_text())
+    assert manifest['n_constant'] == 2 and sorted(manifest['constant']) == names
