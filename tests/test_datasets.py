@@ -1,4 +1,5 @@
 """datasets.py: the FSDKaggle2018 and FSDKaggle2019 adapters and the multi-hot targets."""
+import json
 import shutil
 from pathlib import Path
 
@@ -171,6 +172,16 @@ def tiny19(tmp_path_factory):
                               seed=3)
 
 
+def _layout(tiny19, layout, name, **more):
+    """A tiny synthetic dataset of another layout, next to tiny19's."""
+    import synthetic
+    root, _ = tiny19
+    return synthetic.make_dataset(root / name, n_classes=3, train_per_class=4,
+                                  test_per_class=2, clean_fraction=0.3, noise_rate=0.0,
+                                  min_dur=0.5, max_dur=0.6, sr=16000, seed=4, layout=layout,
+                                  **more)
+
+
 def _copy(tiny19, name):
     root, data = tiny19
     return shutil.copytree(data, root / name)
@@ -240,3 +251,123 @@ def test_missing_audio_file_is_logged_as_not_found(tiny19, capsys):
     assert _main(tiny19, data, 'missing_audio') == 0
     log = capsys.readouterr().out
     assert f'file not found: {gone}' in log and 'System error' not in log
+
+
+def test_multi_label_cell_in_single_label_data_is_refused(tiny19, capsys):
+    """Issue 19, case 4: FSDKaggle2018 has one label per clip."""
+    data = _layout(tiny19, 'fsdkaggle2018', 'multi18')
+    csv, fname = 'train_post_competition.csv', []
+
+    def two_labels(df):
+        fname.append(df.fname.iloc[2])
+        return df.assign(label=df.label.where(df.index != 2, 'Acoustic_guitar,Clapping'))
+    path = _edit(data, csv, two_labels, 'FSDKaggle2018.meta')
+    assert _main(tiny19, data, 'multi18', 'ctrl.dataset=fsdkaggle2018') == 2
+    assert _error_line(capsys) == (f"error: {path} line 4 (fname {fname[0]}): label "
+                                   f"'Acoustic_guitar,Clapping' holds several labels, but this "
+                                   f"dataset has one label per clip")
+
+
+def test_duplicate_fname_rows_are_refused(tiny19, capsys):
+    """Issue 19, case 4: a repeated row would count its clip twice."""
+    data = _copy(tiny19, 'duplicate')
+    path = _edit(data, 'train.csv', lambda df: pd.concat([df, df.iloc[[1]]], ignore_index=True))
+    fname = pd.read_csv(path).fname.iloc[1]
+    n = len(pd.read_csv(path))
+    assert _main(tiny19, data, 'duplicate') == 2
+    assert _error_line(capsys) == (f'error: {path} lines 3 and {n + 1}: fname {fname} appears '
+                                   f'twice (one row per clip)')
+
+
+def test_silent_and_one_sample_clips_are_warned_and_counted(tiny19, capsys):
+    """Issue 19, case 4: digital silence and a one-sample clip give constant frames."""
+    import soundfile as sf
+    data = _copy(tiny19, 'silent')
+    wavs = sorted((data / 'FSDnoisy18k.audio_train').glob('*.wav'))[:2]
+    sf.write(wavs[0], np.zeros(8000), 16000)
+    sf.write(wavs[1], np.array([0.5]), 16000)
+    assert _main(tiny19, data, 'silent') == 0
+    log = capsys.readouterr().out
+    names = sorted(w.name for w in wavs)
+    assert (f'2 clip(s) are digital silence or too short to vary: every frame is the same'
+            in log) and all(n in log for n in names)
+    manifest = next((tiny19[0] / 'features' / 'silent').glob('*/manifest.json'))
+    manifest = json.loads(manifest.read_text())
+    assert manifest['n_constant'] == 2 and sorted(manifest['constant']) == names
+
+
+# ----------------------------------------------------------------------------- misspelt labels
+
+@pytest.fixture(scope='module')
+def tiny2019(tiny19):
+    return _layout(tiny19, 'fsdkaggle2019', 'tiny2019')
+
+
+def _relabel(data, csv, row, value, meta):
+    """Set the label cell of one row of a metadata CSV -> (path, fname)."""
+    column = 'labels' if meta.startswith('FSDKaggle2019') else 'label'
+    fname = []
+
+    def edit(df):
+        fname.append(df.fname.iloc[row])
+        df[column] = df[column].astype(object)
+        df.loc[row, column] = value
+        return df
+    return _edit(data, csv, edit, meta), fname[0]
+
+
+MISSPELT = [('"Clapping",Bass_guitar', '\'"Clapping"\'', 'Clapping'),
+            ('Clapping;Bass_guitar', "'Clapping;Bass_guitar'", 'Clapping and Bass_guitar'),
+            ('clapping', "'clapping'", 'Clapping')]
+
+
+@pytest.mark.parametrize('cell, label, like', MISSPELT)
+def test_misspelt_label_is_refused_in_fsdkaggle2019(tiny19, tiny2019, capsys, cell, label,
+                                                    like):
+    """Issue 19, case 1: with learn.n_classes null, a misspelling became a class of its own."""
+    name = f'misspelt19_{MISSPELT.index((cell, label, like))}'
+    data = shutil.copytree(tiny2019, tiny19[0] / name)
+    path, fname = _relabel(data, 'train_noisy_post_competition.csv', 1, cell,
+                           'FSDKaggle2019.meta')
+    assert _main(tiny19, data, name, 'ctrl.dataset=fsdkaggle2019') == 2
+    assert _error_line(capsys) == (
+        f'error: {path} line 3 (fname {fname}): label {label} (in 1 training clip(s)) looks '
+        f'like a misspelling of {like}; correct it, or list every class in ctrl.classes if '
+        f'it is a class of its own')
+
+
+def test_quoted_label_is_refused_in_fsdnoisy18k(tiny19, capsys):
+    data = _copy(tiny19, 'quoted18k')
+    path, fname = _relabel(data, 'train.csv', 2, '"Clapping"', 'FSDnoisy18k.meta')
+    assert _main(tiny19, data, 'quoted18k') == 2
+    assert _error_line(capsys) == (
+        f'error: {path} line 4 (fname {fname}): label \'"Clapping"\' (in 1 training clip(s)) '
+        f'looks like a misspelling of Clapping; correct it, or list every class in '
+        f'ctrl.classes if it is a class of its own')
+
+
+def test_rare_class_of_a_distinct_name_is_accepted(tiny19, capsys):
+    data = _copy(tiny19, 'rare')
+    _relabel(data, 'train.csv', 2, 'Squeak', 'FSDnoisy18k.meta')
+    assert _main(tiny19, data, 'rare') == 0
+    assert 'error' not in capsys.readouterr().err
+
+
+def test_labels_outside_ctrl_classes_are_refused(tiny19, capsys):
+    """A vocabulary (ctrl.classes) admits its names only, and the rare classes it lists."""
+    data = _copy(tiny19, 'vocabulary')
+    path, fname = _relabel(data, 'test.csv', 1, 'Clapping', 'FSDnoisy18k.meta')
+    _relabel(data, 'train.csv', 2, 'clapping', 'FSDnoisy18k.meta')
+    vocabulary = 'ctrl.classes=[Acoustic_guitar, Bass_guitar, Clapping, clapping]'
+    assert _main(tiny19, data, 'vocabulary', vocabulary) == 0
+    capsys.readouterr()
+    _relabel(data, 'test.csv', 1, 'bass guitar', 'FSDnoisy18k.meta')
+    assert _main(tiny19, data, 'vocabulary', vocabulary) == 2
+    assert _error_line(capsys) == (f"error: {path} line 3 (fname {fname}): label 'bass guitar' "
+                                   f"is not in ctrl.classes (did you mean Bass_guitar?)")
+
+
+def test_ctrl_classes_must_name_classes(tiny19, capsys):
+    assert _main(tiny19, tiny19[1], 'bad_vocabulary', 'ctrl.classes=[1, 2]') == 2
+    assert _error_line(capsys) == ('error: ctrl.classes must be a list of class names (null: '
+                                   'none), got [1, 2]')
