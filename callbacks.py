@@ -17,7 +17,7 @@ from tensorflow.core.framework import summary_pb2  # the TensorBoard scalar data
 from keras import ops
 
 from config import ConfigError
-from utils import Diverged, atomic_path, atomic_write_text
+from utils import Diverged, atomic_path, atomic_write_text, interrupt_point
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,17 @@ class StopOnNonFinite(keras.callbacks.Callback):
             raise Diverged(f'training diverged: the loss is {float(loss)} at epoch '
                            f'{self.epoch + 1}, step {batch + 1} (try a lower learn.lr)',
                            self.epoch + 1, batch + 1)
+
+
+class InterruptPoint(keras.callbacks.Callback):
+    """A Ctrl-C during training ends it after the current step (or validation step), not
+    inside TensorFlow's code (utils.interrupts_at_safe_points)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        interrupt_point()
+
+    def on_test_batch_end(self, batch, logs=None):
+        interrupt_point()
 
 
 def detection_figures(flagged, wrong):

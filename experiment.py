@@ -26,8 +26,8 @@ import sampling
 import splits
 from config import ConfigError
 from masking import Masker
-from callbacks import (Backup, Checkpoint, Counters, EpochLR, History, ModelSelection,
-                       RunState, Snapshots, StopAfterSteps, StopOnNonFinite,
+from callbacks import (Backup, Checkpoint, Counters, EpochLR, History, InterruptPoint,
+                       ModelSelection, RunState, Snapshots, StopAfterSteps, StopOnNonFinite,
                        TensorBoardScalars, ValClipAccuracy, cosine_lr, detection_figures,
                        precision_recall)
 from results import Results
@@ -217,8 +217,9 @@ class Experiment:
         per_epoch = per_plan
         lr_callbacks = self.lr_callbacks if lr_callbacks is None else lr_callbacks
         # The LR callbacks come before History, which logs the epoch's rate.
-        cbs = [StopOnNonFinite(), *self.trainer.step_loss.callbacks(), *lr_callbacks,
-               *self.val_clip, self.history, *self.tensorboard, self.selection]
+        cbs = [StopOnNonFinite(), InterruptPoint(), *self.trainer.step_loss.callbacks(),
+               *lr_callbacks, *self.val_clip, self.history, *self.tensorboard,
+               self.selection]
         cyclic = self.cfg['learn']['lr_schedule'] == 'cyclic_cosine'
         cbs += [self.early_stopping] if early_stopping and not cyclic else []
         if steps is not None:

@@ -56,8 +56,9 @@ def pipeline(cfg, folder, t0):
     mode = learn.MODES[cfg['learn']['mode']]
     exp = experiment.prepare(cfg, mode, table, classes, store, rng, folder.dir)
     folder.training = True  # from here on, an error keeps what the run wrote
-    predictor = learn.run(exp)
-    rows, scores = evaluation.predict(predictor, exp.source, exp.patches, test_rows, cfg)
+    with utils.interrupts_at_safe_points():  # Ctrl-C: raised after a step (utils)
+        predictor = learn.run(exp)
+        rows, scores = evaluation.predict(predictor, exp.source, exp.patches, test_rows, cfg)
     results = evaluation.report(cfg, table, classes, rows, scores, folder.dir,
                                 time.time() - t0, exp.results)
     evaluation.write_plots(folder.dir, table, classes, rows, scores, results)

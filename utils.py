@@ -5,8 +5,10 @@ import json
 import logging
 import os
 import random
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +76,50 @@ def _json_ready(value):
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+_pending_interrupt = False  # a Ctrl-C that waits for the next interrupt_point()
+
+
+@contextlib.contextmanager
+def interrupts_at_safe_points():
+    """While active, a first Ctrl-C (SIGINT) only sets a flag, which interrupt_point()
+    (after a training or prediction step, at the block's end) turns into
+    KeyboardInterrupt; a second Ctrl-C interrupts at once. A KeyboardInterrupt raised at
+    an arbitrary bytecode can land inside TensorFlow tracing the next stage's fit
+    function, which once crashed the process (exit 139) instead of ending it with 130.
+    Signal handlers belong to the main thread: elsewhere (a Ray worker's thread) the
+    block changes nothing."""
+    global _pending_interrupt
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def defer(signum, frame):
+        global _pending_interrupt
+        if _pending_interrupt:
+            raise KeyboardInterrupt
+        _pending_interrupt = True
+        # os.write, not print: a handler may run in the middle of another write to stderr
+        os.write(2, b'\nCtrl-C: stopping after this step (press it again to stop now)\n')
+
+    _pending_interrupt = False
+    previous = signal.signal(signal.SIGINT, defer)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    interrupt_point()
+
+
+def interrupt_point():
+    """Raise KeyboardInterrupt here if a Ctrl-C is waiting (interrupts_at_safe_points)."""
+    global _pending_interrupt
+    if _pending_interrupt:
+        _pending_interrupt = False
+        raise KeyboardInterrupt
 
 
 # ----------------------------------------------------------------------------- logging

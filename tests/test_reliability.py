@@ -483,3 +483,53 @@ def test_the_log_holds_one_evaluation_block_once_the_run_is_finished(tiny, monke
     assert log.count('ACCURACY - MICRO') == log.count('EVALUATION') == 1
     accuracy = json.loads((run_dir / 'results.json').read_text())['accuracy_micro']
     assert f'ACCURACY - MICRO: {accuracy:.2f} %' in log
+
+
+def test_ctrl_c_waits_for_a_safe_point(monkeypatch):
+    """Issue 19, case 6: inside the block a first SIGINT only marks the interrupt, raised
+    at the next interrupt_point (or the block's end); a second one interrupts at once."""
+    import os
+    import utils
+    with pytest.raises(KeyboardInterrupt):
+        with utils.interrupts_at_safe_points():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler has run: nothing was raised
+            reached = True
+            utils.interrupt_point()
+    assert reached
+    with pytest.raises(KeyboardInterrupt):
+        with utils.interrupts_at_safe_points():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    with pytest.raises(KeyboardInterrupt):
+        with utils.interrupts_at_safe_points():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            pytest.fail('the second Ctrl-C did not interrupt at once')
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_at_the_stage_switch_exits_130(tiny):
+    """Issue 19, case 6: SIGINT to a real `python main.py` right after the mixup warm-up
+    stage (its first epoch) ends it with exit 130 and the message, the backup intact."""
+    root, _ = tiny
+    args = [sys.executable, 'main.py', '-p', str(config_file(tiny, name='ctrl_c')),
+            '-o', 'ctrl.run_name=ctrl_c', '-o', 'learn.mode=0', '-o', 'learn.mixup=true',
+            '-o', 'learn.mixup_warmup_epochs=1', '-o', 'learn.n_epochs=6']
+    run_dir = root / 'logs' / 'ctrl_c'
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        while proc.poll() is None and not (run_dir / 'history.csv').exists():
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert 'interrupted: run the same command again to continue from the last epoch' in err
+    assert 'Traceback' not in err
+    assert (run_dir / 'backup' / 'state.pkl').is_file()
+    assert not (run_dir / 'results.json').exists()
