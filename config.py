@@ -138,26 +138,101 @@ def parse_override(text):
         raise ConfigError(f'override {text!r} must look like section.key=value')
     name, raw = text.split('=', 1)
     section, key = name.strip().split('.', 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f'override {text!r}: value is not valid YAML ({err})') from None
+    value = (parse_yaml(raw, f'override {text!r}', where=f'{section}.{key}', lines=False)
+             if raw.strip() else None)
     return section, key, value
+
+
+# ----------------------------------------------------------------------------- YAML text
+
+def parse_yaml(text, source, where='', lines=True):
+    """YAML text -> value, as yaml.safe_load, but a key given twice in one mapping (at any
+    depth) is refused instead of silently keeping the last; any error is one ConfigError
+    line naming source, the line (if lines) and column, and the offending text. where: the
+    key path of the text's top level ('' for a whole file)."""
+    try:
+        loader = yaml.SafeLoader(text)  # its reader refuses a NUL at once
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _refuse_duplicate_keys(node, where, source, lines, set())
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as err:
+        raise ConfigError(f'{source} is not valid YAML: {_yaml_problem(err, text, lines)}') \
+            from None
+
+
+def _refuse_duplicate_keys(node, where, source, lines, seen_nodes):
+    """Walk the composed node tree; a second occurrence of a mapping's key is an error
+    (PyYAML would let it replace the first: a second `learn:` block overriding the first).
+    Merge keys (<<) are YAML's own way to override and are not counted. seen_nodes: nodes
+    already walked (an alias may point back to its own anchor)."""
+    if id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f'{where}[{i}]', source, lines, seen_nodes)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first = {}
+    for key_node, value_node in node.value:
+        name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+        path = f'{where}.{name}' if where else str(name)
+        if name is not None and key_node.tag != 'tag:yaml.org,2002:merge':
+            if name in first:
+                raise ConfigError(f'{source}: key {path} is given twice, '
+                                  f'{_at(first[name], lines, key_node.start_mark)} and '
+                                  f'{_at(key_node.start_mark, lines, first[name])} (PyYAML would '
+                                  f'silently keep the second): keep one')
+            first[name] = key_node.start_mark
+        _refuse_duplicate_keys(value_node, path, source, lines, seen_nodes)
+
+
+def _at(mark, lines, other=None):
+    """Where a key is: its line, with the column when the other key is on the same line."""
+    if lines and (other is None or other.line != mark.line):
+        return f'at line {mark.line + 1}'
+    return f'at {"line %d, " % (mark.line + 1) if lines else ""}column {mark.column + 1}'
+
+
+def _yaml_problem(err, text, lines):
+    """What PyYAML found and where, in one line: its own message takes five lines, naming
+    a '<unicode string>' and repeating the text under a caret."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        problem = f'{_where(mark.line, mark.column, text, lines)}: {err.problem}'
+        if err.context:
+            mark = err.context_mark
+            problem += (f' ({err.context} at {_where(mark.line, mark.column, text, lines)})'
+                        if mark is not None else f' ({err.context})')
+        return problem
+    if isinstance(err, yaml.reader.ReaderError):  # a character YAML refuses, e.g. NUL
+        line = text.count('\n', 0, err.position)
+        column = err.position - (text.rfind('\n', 0, err.position) + 1)
+        return (f'{_where(line, column, text, lines)}: character #x{err.character:04x} is '
+                f'not allowed in YAML (not a text file?)')
+    return str(err).splitlines()[0]
+
+
+def _where(line, column, text, lines):
+    """'line L, column C ("<the text of that line>")' (1-based), or for a one-line text
+    (an override's value) 'column C of "<text>"'."""
+    if not lines:
+        return f'column {column + 1} of {text!r}'
+    rows = text.splitlines()
+    shown = repr(rows[line].strip()) if line < len(rows) else 'the end of the file'
+    return f'line {line + 1}, column {column + 1} ({shown})'
 
 
 def load_config(path=None, overrides=()):
     """YAML file + 'section.key=value' overrides -> validated config dict with defaults."""
     cfg = defaults()  # a fresh copy: list defaults must not be shared between configs
     if path is not None:
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f)
-        except FileNotFoundError:
-            raise ConfigError(f'config file not found: {path}') from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f'config file {path} is not valid YAML: '
-                              f'{str(err).splitlines()[0]}') from None
-        data = data or {}
+        data = parse_yaml(read_config_text(path), f'config file {path}') or {}
         if not isinstance(data, dict):
             raise ConfigError(f'config file {path} must hold sections (a mapping)')
         for section, values in data.items():
@@ -176,6 +251,23 @@ def load_config(path=None, overrides=()):
     if cfg['ctrl']['run_name'] is None:
         cfg['ctrl']['run_name'] = default_run_name(path)
     return cfg
+
+
+def read_config_text(path):
+    """The text of a config file, or one line saying why it cannot be read."""
+    try:
+        return Path(path).read_text(encoding='utf-8')
+    except FileNotFoundError:
+        raise ConfigError(f'config file not found: {path}') from None
+    except IsADirectoryError:
+        raise ConfigError(f'config file {path} is a directory; give the experiment\'s '
+                          f'YAML file') from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f'config file {path} is not a text file (byte '
+                          f'{err.object[err.start]:#04x} at offset {err.start} is not UTF-8); '
+                          f'give the experiment\'s YAML file') from None
+    except OSError as err:
+        raise ConfigError(f'config file {path} cannot be read: {err.strerror}') from None
 
 
 _ISSUED_RUN_NAMES = set()  # default names made by this process, never given twice

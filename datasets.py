@@ -62,6 +62,7 @@ def _read_csv(path, columns):
         raise ConfigError(f'{path} lacks the column(s) {", ".join(missing)}; required: '
                           f'{", ".join(columns)}')
     _check_cells(path, df, columns)
+    _check_unique(path, df)
     return df
 
 
@@ -80,8 +81,20 @@ def _check_cells(path, df, columns):
             bad = ~cells.astype(str).str.strip().isin(['0', '1', '0.0', '1.0'])
             if bad.any():
                 value = cells[bad].iloc[0]
+                # a numpy scalar would print as np.int64(2)
+                value = value.item() if isinstance(value, np.generic) else value
                 raise ConfigError(f'{path} line {_line(bad)}: {column} must be 0 or 1, got '
                                   f'{value!r}')
+
+
+def _check_unique(path, df):
+    """One clip per fname in a CSV: a repeated row would count (and train) the clip twice."""
+    repeated = df.fname.duplicated()
+    if repeated.any():
+        second = int(repeated.to_numpy().argmax())
+        first = int((df.fname == df.fname.iloc[second]).to_numpy().argmax())
+        raise ConfigError(f'{path} lines {first + 2} and {second + 2}: fname '
+                          f'{df.fname.iloc[second]} appears twice (one row per clip)')
 
 
 def _line(mask):
@@ -103,37 +116,49 @@ def _root(cfg):
     return root
 
 
-def _split_labels(df, column, path):
+def _split_labels(df, column, path, single=False):
     """Column of label strings -> list of sorted label tuples; a comma separates the
-    labels of a multi-label clip. An empty label is an error naming file and row."""
+    labels of a multi-label clip. An empty label, or several in a `single`-label dataset,
+    is an error naming file and row."""
     out = []
     for row, value in enumerate(df[column].tolist()):
         names = [] if pd.isna(value) else [n.strip() for n in str(value).split(',')]
+        # row + 2: the header is line 1 of the file
+        where = f'{path} line {row + 2} (fname {df.fname.iloc[row]})'
         if not names or not all(names):
-            # row + 2: the header is line 1 of the file
-            raise ConfigError(f'{path} line {row + 2} (fname {df.fname.iloc[row]}): empty '
-                              f'label in column {column!r}')
+            raise ConfigError(f'{where}: empty label in column {column!r}')
+        if single and len(names) > 1:
+            raise ConfigError(f'{where}: {column} {value!r} holds several labels, but this '
+                              f'dataset has one label per clip')
         out.append(tuple(sorted(set(names))))
     return out
 
 
-def _finish(cfg, parts, paths):
+def _finish(cfg, parts, sources):
     """Train and test frames with a 'labels' column -> (table, classes).
 
     parts: (train, test) DataFrames with fname, path, verified, subset, labels and any
-    true_labels; paths: (train CSV(s), test CSV) for error messages.
+    true_labels; sources: (train CSVs, test CSV) for error messages, the train CSVs as
+    ((path, number of rows), ...) in the order of train's rows.
     """
     train, test = parts
+    train_csvs, test_csv = sources
+    if train.empty:
+        raise ConfigError(f'{" and ".join(str(p) for p, _ in train_csvs)} '
+                          f'{"has" if len(train_csvs) == 1 else "have"} no training clips '
+                          f'(only a header line)')
+    if test.empty:
+        raise ConfigError(f'{test_csv} has no test clips (only a header line)')
     classes = sorted({name for labels in train['labels'] for name in labels})
     n_classes = cfg['learn']['n_classes']
     if n_classes is not None and len(classes) != n_classes:
-        raise ConfigError(f'learn.n_classes is {n_classes} but {paths[0]} has '
+        raise ConfigError(f'learn.n_classes is {n_classes} but {train_csvs[0][0]} has '
                           f'{len(classes)} classes (null: take them from the data)')
     index = {c: i for i, c in enumerate(classes)}
     for row, labels in enumerate(test['labels']):
         unknown = [n for n in labels if n not in index]
         if unknown:
-            raise ConfigError(f'{paths[1]} line {row + 2} (fname {test.fname.iloc[row]}) has '
+            raise ConfigError(f'{test_csv} line {row + 2} (fname {test.fname.iloc[row]}) has '
                               f'labels absent from the training data: {", ".join(unknown[:5])}')
     table = pd.concat([train, test], ignore_index=True)
     _label_columns(table, 'labels', index, 'label', 'label_idx')
@@ -185,10 +210,11 @@ def load_fsdnoisy18k(cfg):
     train['verified'] = train.manually_verified.astype(float).astype(int)
     train['noisy_small'] = train.noisy_small.astype(float).astype(int)
     test['verified'], test['noisy_small'] = 1, 0
-    train['labels'] = _split_labels(train, 'label', meta / 'train.csv')
-    test['labels'] = _split_labels(test, 'label', meta / 'test.csv')
+    train['labels'] = _split_labels(train, 'label', meta / 'train.csv', single=True)
+    test['labels'] = _split_labels(test, 'label', meta / 'test.csv', single=True)
     _true_labels(train, test, 'true_label', meta / 'train.csv')
-    return _finish(cfg, (train, test), (meta / 'train.csv', meta / 'test.csv'))
+    return _finish(cfg, (train, test), (((meta / 'train.csv', len(train)),),
+                                        meta / 'test.csv'))
 
 
 def load_fsdkaggle2018(cfg):
@@ -206,10 +232,10 @@ def load_fsdkaggle2018(cfg):
     train['path'] = [str(train_audio / f) for f in train.fname]
     test['path'] = [str(test_audio / f) for f in test.fname]
     train['verified'], test['verified'] = train.manually_verified.astype(float).astype(int), 1
-    train['labels'] = _split_labels(train, 'label', train_csv)
-    test['labels'] = _split_labels(test, 'label', test_csv)
+    train['labels'] = _split_labels(train, 'label', train_csv, single=True)
+    test['labels'] = _split_labels(test, 'label', test_csv, single=True)
     _true_labels(train, test, 'true_label', train_csv)
-    return _finish(cfg, (train, test), (train_csv, test_csv))
+    return _finish(cfg, (train, test), (((train_csv, len(train)),), test_csv))
 
 
 def load_fsdkaggle2019(cfg):
@@ -233,7 +259,8 @@ def load_fsdkaggle2019(cfg):
         frames[part] = df
     train = pd.concat([frames['curated'], frames['noisy']], ignore_index=True)
     _true_labels(train, frames['test'], 'true_labels', csvs['noisy'])
-    return _finish(cfg, (train, frames['test']), (csvs['curated'], csvs['test']))
+    return _finish(cfg, (train, frames['test']),
+                   (tuple((csvs[p], len(frames[p])) for p in ('curated', 'noisy')), csvs['test']))
 
 
 def _true_labels(train, test, column, path):

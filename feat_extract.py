@@ -7,8 +7,8 @@ extraction parameters, clip list):
         frames<suffix.in>.f32|f16   every clip's frames, one after the other, [frames, n_mels]
         start.npy, length.npy       first row and number of rows of each clip (int64)
         audio.npy                   size and modification time (ns) of each audio file
-        manifest.json               counts, dtype, failed clips and why, hash, parameters,
-                                    complete
+        manifest.json               counts, dtype, failed clips and why, constant clips,
+                                    hash, parameters, complete
 
 The folder is filled under a temporary name and renamed when complete, so a crash
 never leaves a folder that looks complete. Frames are memory-mapped read-only: patches
@@ -56,6 +56,9 @@ class BadAudio(Exception):
 def load_audio(path, params_extract):
     """Read a file -> mono float32 at fs, optionally peak-normalised and tiled (varup)."""
     p = params_extract
+    # libsndfile reports a missing file as "System error."; say what is wrong instead.
+    if not os.path.isfile(path):
+        raise BadAudio(f'file not found: {path}')
     try:
         y, sr = sf.read(path, dtype='float32', always_2d=True)
     except (RuntimeError, OSError) as err:  # soundfile's errors are RuntimeErrors
@@ -136,6 +139,7 @@ class FeatureStore:
     path: Path          # the cache folder
     errors: list = ()   # why each of `failed` could not be read
     audio: np.ndarray = None  # int64 [n_clips, 2]: size, mtime_ns of each audio file
+    constant: list = ()  # fnames whose frames are all equal (digital silence, one sample)
 
     def clip(self, i):
         return self.frames[self.start[i]:self.start[i] + self.length[i]]
@@ -192,7 +196,7 @@ def _open(folder, frames_name):
     audio = np.load(folder / 'audio.npy') if (folder / 'audio.npy').is_file() else None
     return FeatureStore(frames, np.load(folder / 'start.npy'), np.load(folder / 'length.npy'),
                         manifest['failed'], folder, manifest.get('errors', manifest['failed']),
-                        audio)
+                        audio, manifest.get('constant', []))
 
 
 def _pid_alive(pid):
@@ -236,11 +240,12 @@ def _computed(paths, params, workers):
 
 def _extract(cfg, table, tmp, workers, progress, todo, old=None):
     """Write frames, start and length into tmp: clips flagged in `todo` are computed, the
-    others copied from the `old` store. Returns (failed fnames, their errors, total frames).
+    others copied from the `old` store. Returns (failed fnames, their errors, constant
+    fnames, total frames).
     """
     dtype = cfg['extract']['store_dtype']
     start, length = np.zeros(len(table), np.int64), np.zeros(len(table), np.int64)
-    failed, errors, total = [], [], 0
+    failed, errors, constant, total = [], [], [], 0
     old_errors = {} if old is None else dict(zip(old.failed, old.errors))
     results = _computed(list(table['path'][todo]), cfg['extract'], workers)
     bar = tqdm(total=int(todo.sum()), desc='log-mel', unit='clip', disable=not progress)
@@ -259,22 +264,29 @@ def _extract(cfg, table, tmp, workers, progress, todo, old=None):
                 failed.append(str(fname))
                 errors.append(error)
                 continue
+            if (frames == frames[0]).all():
+                constant.append(str(fname))
             out.write(np.ascontiguousarray(frames, dtype=dtype).tobytes())
             length[i] = len(frames)
             total += len(frames)
     results.close()  # ends the worker pool
     np.save(tmp / 'start.npy', start)
     np.save(tmp / 'length.npy', length)
-    return failed, errors, total
+    return failed, errors, constant, total
 
 
-def report_failed(store):
-    """Every run says which clips could not be read, also when it reuses the cache."""
-    if not store.failed:
-        return
-    shown = '; '.join(store.errors[:10]) + ('; ...' if len(store.failed) > 10 else '')
-    logger.warning('%d audio file(s) could not be read and are skipped (listed in %s): %s',
-                   len(store.failed), store.path / 'manifest.json', shown)
+def report_clips(store):
+    """Every run says which clips could not be read or are constant (every frame the
+    same: they train as a class's sound that has none), also when it reuses the cache."""
+    if store.failed:
+        shown = '; '.join(store.errors[:10]) + ('; ...' if len(store.failed) > 10 else '')
+        logger.warning('%d audio file(s) could not be read and are skipped (listed in %s): %s',
+                       len(store.failed), store.path / 'manifest.json', shown)
+    if store.constant:
+        shown = ', '.join(store.constant[:5]) + (', ...' if len(store.constant) > 5 else '')
+        logger.warning('%d clip(s) are digital silence or too short to vary: every frame is '
+                       'the same (kept; listed in %s): %s', len(store.constant),
+                       store.path / 'manifest.json', shown)
 
 
 def _make_folder(folder):
@@ -297,7 +309,7 @@ def features(cfg, table, workers=None, progress=True):
     if store is not None and np.array_equal(store.audio, audio):
         logger.info('using cached features %s (%d clips, %d frames)', final, len(store.start),
                     len(store.frames))
-        report_failed(store)
+        report_clips(store)
         return store
     if not cfg['ctrl']['feat_ext']:
         why = ('no complete feature cache' if store is None else
@@ -317,11 +329,13 @@ def features(cfg, table, workers=None, progress=True):
     tmp = final.parent / f'.{final.name}.tmp-{os.getpid()}'
     _make_folder(tmp)
     try:
-        failed, errors, total = _extract(cfg, table, tmp, workers, progress, todo, store)
+        failed, errors, constant, total = _extract(cfg, table, tmp, workers, progress, todo,
+                                                   store)
         np.save(tmp / 'audio.npy', audio)
         manifest = {'n_clips': len(table), 'total_frames': total, 'n_mels': params['n_mels'],
                     'dtype': params['store_dtype'], 'frames_file': _frames_name(cfg),
-                    'failed': failed, 'errors': errors, 'hash': final.name, 'params': params,
+                    'failed': failed, 'errors': errors, 'n_constant': len(constant),
+                    'constant': constant, 'hash': final.name, 'params': params,
                     'complete': True}
         atomic_write_text(tmp / 'manifest.json', json.dumps(manifest, indent=1))
         if final.exists():  # an incomplete or unreadable folder under the final name
@@ -333,5 +347,5 @@ def features(cfg, table, workers=None, progress=True):
                 '%.1f s with %d worker(s) -> %s', todo.sum(), len(table) - todo.sum(),
                 len(failed), time.time() - started, workers, final)
     store = _open(final, _frames_name(cfg))
-    report_failed(store)
+    report_clips(store)
     return store

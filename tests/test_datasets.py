@@ -1,4 +1,6 @@
 """datasets.py: the FSDKaggle2018 and FSDKaggle2019 adapters and the multi-hot targets."""
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +157,140 @@ def test_fsdkaggle2019_missing_audio_folder_is_named(make_cfg, tmp_path, folder)
     with pytest.raises(ConfigError, match=f'audio folder .*FSDKaggle2019.{folder} does not '
                                           f'exist'):
         datasets.load(_cfg(make_cfg, tmp_path))
+
+
+# ----------------------------------------------------------------------------- through main.py
+# Issue 19: data mistakes end main.py with one line (exit 2); these runs stop before
+# training (ctrl.learn false), most of them before extraction.
+
+@pytest.fixture(scope='module')
+def tiny19(tmp_path_factory):
+    """A tiny synthetic FSDnoisy18k dataset (3 classes) under a module-wide folder."""
+    from conftest import tiny_dataset
+    root = tmp_path_factory.mktemp('datasets')
+    return root, tiny_dataset(root / 'tiny', n_classes=3, train_per_class=4, test_per_class=2,
+                              seed=3)
+
+
+def _layout(tiny19, layout, name, **more):
+    """A tiny synthetic dataset of another layout, next to tiny19's."""
+    import synthetic
+    root, _ = tiny19
+    return synthetic.make_dataset(root / name, n_classes=3, train_per_class=4,
+                                  test_per_class=2, clean_fraction=0.3, noise_rate=0.0,
+                                  min_dur=0.5, max_dur=0.6, sr=16000, seed=4, layout=layout,
+                                  **more)
+
+
+def _copy(tiny19, name):
+    root, data = tiny19
+    return shutil.copytree(data, root / name)
+
+
+def _main(tiny19, data, name, *overrides):
+    """main.main on data with learn.n_classes null and ctrl.learn false -> exit code."""
+    import main
+    from conftest import write_tiny_config
+    root, _ = tiny19
+    path = write_tiny_config(root / f'{name}.yaml', data, root,
+                             {'ctrl': {'workers': 1, 'learn': False, 'run_name': name},
+                              'learn': {'n_classes': None}})
+    args = ['-p', str(path)]
+    for o in overrides:
+        args += ['-o', o]
+    return main.main(args)
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith('error: ')]
+    assert len(lines) == 1 and 'Traceback' not in err, err
+    return lines[0]
+
+
+def _edit(data, csv, edit, layout_meta='FSDnoisy18k.meta'):
+    """Rewrite one metadata CSV of data through edit(DataFrame) -> DataFrame."""
+    path = data / layout_meta / csv
+    edit(pd.read_csv(path)).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize('csv, what', [('train.csv', 'training'), ('test.csv', 'test')])
+def test_header_only_csv_says_it_has_no_clips(tiny19, capsys, csv, what):
+    """Issue 19, case 11: not "all 0 test clips failed to load from " (no folder) nor a
+    test label absent from training."""
+    data = _copy(tiny19, f'header_only_{what}')
+    path = _edit(data, csv, lambda df: df.iloc[:0])
+    assert _main(tiny19, data, f'header_only_{what}') == 2
+    assert _error_line(capsys) == f'error: {path} has no {what} clips (only a header line)'
+
+
+def test_bad_flag_value_is_printed_as_the_file_has_it(tiny19, capsys):
+    """Issue 19, case 11: `got 2`, not `got np.int64(2)`."""
+    data = _copy(tiny19, 'bad_flag')
+    path = _edit(data, 'train.csv', lambda df: df.assign(
+        manually_verified=[2] + df.manually_verified.tolist()[1:]))
+    assert _main(tiny19, data, 'bad_flag') == 2
+    assert _error_line(capsys) == f'error: {path} line 2: manually_verified must be 0 or 1, got 2'
+
+
+def test_fsdkaggle2019_without_training_clips_names_both_csvs(make_cfg, tmp_path):
+    meta = _write19(tmp_path, curated=[], noisy=[])
+    with pytest.raises(ConfigError) as err:
+        datasets.load(_cfg(make_cfg, tmp_path))
+    assert str(err.value) == (f'{meta / "train_curated_post_competition.csv"} and '
+                              f'{meta / "train_noisy_post_competition.csv"} have no training '
+                              f'clips (only a header line)')
+
+
+def test_missing_audio_file_is_logged_as_not_found(tiny19, capsys):
+    """Issue 19, case 10: not "System error."."""
+    data = _copy(tiny19, 'missing_audio')
+    gone = sorted((data / 'FSDnoisy18k.audio_train').glob('*.wav'))[0]
+    gone.unlink()
+    assert _main(tiny19, data, 'missing_audio') == 0
+    log = capsys.readouterr().out
+    assert f'file not found: {gone}' in log and 'System error' not in log
+
+
+def test_multi_label_cell_in_single_label_data_is_refused(tiny19, capsys):
+    """Issue 19, case 4: FSDKaggle2018 has one label per clip."""
+    data = _layout(tiny19, 'fsdkaggle2018', 'multi18')
+    csv, fname = 'train_post_competition.csv', []
+
+    def two_labels(df):
+        fname.append(df.fname.iloc[2])
+        return df.assign(label=df.label.where(df.index != 2, 'Acoustic_guitar,Clapping'))
+    path = _edit(data, csv, two_labels, 'FSDKaggle2018.meta')
+    assert _main(tiny19, data, 'multi18', 'ctrl.dataset=fsdkaggle2018') == 2
+    assert _error_line(capsys) == (f"error: {path} line 4 (fname {fname[0]}): label "
+                                   f"'Acoustic_guitar,Clapping' holds several labels, but this "
+                                   f"dataset has one label per clip")
+
+
+def test_duplicate_fname_rows_are_refused(tiny19, capsys):
+    """Issue 19, case 4: a repeated row would count its clip twice."""
+    data = _copy(tiny19, 'duplicate')
+    path = _edit(data, 'train.csv', lambda df: pd.concat([df, df.iloc[[1]]], ignore_index=True))
+    fname = pd.read_csv(path).fname.iloc[1]
+    n = len(pd.read_csv(path))
+    assert _main(tiny19, data, 'duplicate') == 2
+    assert _error_line(capsys) == (f'error: {path} lines 3 and {n + 1}: fname {fname} appears '
+                                   f'twice (one row per clip)')
+
+
+def test_silent_and_one_sample_clips_are_warned_and_counted(tiny19, capsys):
+    """Issue 19, case 4: digital silence and a one-sample clip give constant frames."""
+    import soundfile as sf
+    data = _copy(tiny19, 'silent')
+    wavs = sorted((data / 'FSDnoisy18k.audio_train').glob('*.wav'))[:2]
+    sf.write(wavs[0], np.zeros(8000), 16000)
+    sf.write(wavs[1], np.array([0.5]), 16000)
+    assert _main(tiny19, data, 'silent') == 0
+    log = capsys.readouterr().out
+    names = sorted(w.name for w in wavs)
+    assert (f'2 clip(s) are digital silence or too short to vary: every frame is the same'
+            in log) and all(n in log for n in names)
+    manifest = next((tiny19[0] / 'features' / 'silent').glob('*/manifest.json'))
+    manifest = json.loads(manifest.read_text())
+    assert manifest['n_constant'] == 2 and sorted(manifest['constant']) == names
