@@ -28,7 +28,7 @@ import splits
 from config import ConfigError
 from masking import Masker
 from callbacks import (Backup, Checkpoint, Counters, EpochLR, History, ModelSelection,
-                       RunState, Snapshots, StopAfterSteps, StopOnNonFinite,
+                       RunState, Snapshots, StopAfterSteps, StopOnCollapse, StopOnNonFinite,
                        TensorBoardScalars, ValClipAccuracy, cosine_lr, detection_figures,
                        precision_recall)
 from results import Results
@@ -77,6 +77,8 @@ class Experiment:
         self.val_clip = ([ValClipAccuracy(score, self.val_rows,
                                           datasets.targets(table, len(classes)))]
                          if self.val_idx.size else [])
+        self.collapse = StopOnCollapse(self.history, score, self.val_rows if self.val_idx.size
+                                       else self.train_rows, classes)
         self.has_truth = 'true_idx' in table.columns
         self.plans = epoch_plans(cfg, table, patches, source)
         self.stage_epochs = []  # epochs each fit() call (stage) trained
@@ -219,7 +221,8 @@ class Experiment:
         lr_callbacks = self.lr_callbacks if lr_callbacks is None else lr_callbacks
         # The LR callbacks come before History, which logs the epoch's rate.
         cbs = [StopOnNonFinite(), *self.trainer.step_loss.callbacks(), *lr_callbacks,
-               *self.val_clip, self.history, *self.tensorboard, self.selection]
+               *self.val_clip, self.history, self.collapse, *self.tensorboard,
+               self.selection]
         cyclic = self.cfg['learn']['lr_schedule'] == 'cyclic_cosine'
         cbs += [self.early_stopping] if early_stopping and not cyclic else []
         if steps is not None:
@@ -227,8 +230,10 @@ class Experiment:
             epochs = -(-steps // per_epoch)
             if steps % per_epoch:
                 cbs.append(StopAfterSteps(steps, per_epoch, start))
-        # StopOnNonFinite first: a diverged epoch must reach no other callback; Backup
-        # last: it saves what the others updated at the epoch's end.
+        # StopOnNonFinite first: a diverged epoch must reach no other callback;
+        # StopOnCollapse right after History, whose row of the epoch it reads, and before
+        # the model selection; Backup last: it saves what the others updated at the
+        # epoch's end.
         if self.checkpoint is not None:
             cbs.append(Backup(self.checkpoint, self.counters))
         # A resumed stage continues the stream of planned steps where its last completed

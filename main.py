@@ -101,10 +101,11 @@ def run(params_path, overrides=()):
 
 
 def failed(folder, err):
-    """Divergence: its message and results.json status "diverged"; anything else: the
-    traceback. Both end with the line saying the run failed (exit status 1)."""
+    """Divergence or collapse: its message and results.json status "diverged" or
+    "collapsed" (utils.Diverged.status); anything else: the traceback. Both end with the
+    line saying the run failed (exit status 1)."""
     if isinstance(err, utils.Diverged):
-        folder.write_status('diverged', message=str(err), epoch=err.epoch, step=err.step)
+        folder.write_status(err.status, message=str(err), epoch=err.epoch, step=err.step)
     else:
         traceback.print_exc()
         err = f'{type(err).__name__}: {err}'
