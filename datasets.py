@@ -13,8 +13,11 @@ How targets are carried (one convention for single- and multi-label data):
   true_labels / true_labels_idx / true_label / true_idx  the same for the true labels,
               where the CSV has a true_label(s) column (synthetic data)
 targets(table, n_classes) gives the [N, K] multi-hot matrix (one-hot for single-label).
+A CSV without rows, a repeated fname, several labels in single-label data, a rare label that
+misspells another (RARE_CLIPS) or one outside ctrl.classes is refused with file and line.
 """
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +152,12 @@ def _finish(cfg, parts, sources):
                           f'(only a header line)')
     if test.empty:
         raise ConfigError(f'{test_csv} has no test clips (only a header line)')
+    vocabulary = cfg['ctrl']['classes']
+    if vocabulary is None:
+        _check_misspelt(train, train_csvs)
+    else:
+        _check_vocabulary(vocabulary, train, lambda row: _locate(train_csvs, row))
+        _check_vocabulary(vocabulary, test, lambda row: (test_csv, row + 2))
     classes = sorted({name for labels in train['labels'] for name in labels})
     n_classes = cfg['learn']['n_classes']
     if n_classes is not None and len(classes) != n_classes:
@@ -165,6 +174,77 @@ def _finish(cfg, parts, sources):
     if 'true_labels' in table.columns:
         _label_columns(table, 'true_labels', index, 'true_label', 'true_idx')
     return table, classes
+
+
+def _locate(csvs, row):
+    """Row of the concatenated training CSVs ((path, n_rows), ...) -> (path, file line)."""
+    for path, n_rows in csvs:
+        if row < n_rows:
+            return path, row + 2  # line 1 is the header
+        row -= n_rows
+    raise IndexError(row)
+
+
+# A training label in at most RARE_CLIPS clips, or in under RARE_SHARE of them, that is
+# another label but for case, quotes and spaces (or underscores, which the datasets write
+# for spaces), or other labels joined by a separator, is
+# a misspelling: taken as it is, it would be a class of its own and the clip's real label
+# lost. A frequent label is a class, however it is spelt.
+RARE_CLIPS, RARE_SHARE = 2, 0.01
+SEPARATORS = re.compile(r'[;|,]')
+
+
+def _plain(name):
+    """What two spellings of one class share: the name without case, quotes, spaces or
+    underscores."""
+    return re.sub(r'[\s_"\']', '', name).casefold()
+
+
+def _resembles(name, labels):
+    """The labels (most frequent first) that `name` misspells, alone or joined; [] if none."""
+    plain = {}
+    for label in labels:
+        if label != name:
+            plain.setdefault(_plain(label), label)
+    if _plain(name) in plain:
+        return [plain[_plain(name)]]
+    parts = [part for part in SEPARATORS.split(name) if _plain(part)]
+    if parts != [name] and parts and all(_plain(part) in plain for part in parts):
+        return [plain[_plain(part)] for part in parts]
+    return []
+
+
+def _check_misspelt(train, csvs):
+    """Refuse the first rare training label that misspells another (see RARE_CLIPS)."""
+    counts = pd.Series([n for labels in train['labels'] for n in labels]).value_counts()
+    checked = set()
+    for row, labels in enumerate(train['labels']):
+        for name in labels:
+            count = int(counts[name])
+            if name in checked or (count > RARE_CLIPS and count >= RARE_SHARE * len(train)):
+                continue
+            checked.add(name)
+            like = _resembles(name, counts.index)
+            if like:
+                path, line = _locate(csvs, row)
+                raise ConfigError(
+                    f'{path} line {line} (fname {train.fname.iloc[row]}): label {name!r} '
+                    f'(in {count} training clip(s)) looks like a misspelling of '
+                    f'{" and ".join(like)}; correct it, or list every class in ctrl.classes '
+                    f'if it is a class of its own')
+
+
+def _check_vocabulary(vocabulary, frame, where):
+    """Every label of frame must be one of ctrl.classes; where(row) -> (path, line)."""
+    known = set(vocabulary)
+    for row, labels in enumerate(frame['labels']):
+        unknown = [n for n in labels if n not in known]
+        if unknown:
+            path, line = where(row)
+            like = _resembles(unknown[0], vocabulary)
+            hint = f' (did you mean {" and ".join(like)}?)' if like else ''
+            raise ConfigError(f'{path} line {line} (fname {frame.fname.iloc[row]}): label '
+                              f'{unknown[0]!r} is not in ctrl.classes{hint}')
 
 
 def _label_columns(table, column, index, name_column, idx_column):
@@ -327,6 +407,11 @@ def check(cfg):
     """Refuse an unknown dataset, or a training subset the dataset lacks."""
     name, subset = cfg['ctrl']['dataset'], cfg['ctrl']['train_data']
     lookup(DATASETS, name, 'ctrl.dataset')
+    vocabulary = cfg['ctrl']['classes']
+    if vocabulary is not None and not (vocabulary and all(isinstance(c, str) and c
+                                                          for c in vocabulary)):
+        raise ConfigError(f'ctrl.classes must be a list of class names (null: none), got '
+                          f'{vocabulary!r}')
     if subset not in SUBSETS_OF[name]:
         raise ConfigError(f'ctrl.train_data {subset!r} does not apply to ctrl.dataset {name}; '
                           f'valid: {", ".join(SUBSETS_OF[name])}')

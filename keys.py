@@ -69,6 +69,9 @@ KEYS = {
             choices=('noisy', 'clean', 'noisy_small', 'noisy_small_clean', 'all', 'curated')),
         'dataset_path': Key(
             'data/FSDnoisy18k', 'folder holding FSDnoisy18k.audio_train/, .audio_test/, .meta/'),
+        'classes': Key(
+            None, 'class vocabulary: every label of the CSVs must be one of these names (null: '
+            'none; rare near-duplicate labels are refused)', nullable=True, type=list),
         'seed': Key(
             42, 'seed of the split, batch order, mixup draws and weight init (0 .. 2**32-1)',
             at_least=0, at_most=2**32 - 1),  # numpy's SeedSequence takes no negatives

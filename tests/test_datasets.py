@@ -294,3 +294,80 @@ def test_silent_and_one_sample_clips_are_warned_and_counted(tiny19, capsys):
     manifest = next((tiny19[0] / 'features' / 'silent').glob('*/manifest.json'))
     manifest = json.loads(manifest.read_text())
     assert manifest['n_constant'] == 2 and sorted(manifest['constant']) == names
+
+
+# ----------------------------------------------------------------------------- misspelt labels
+
+@pytest.fixture(scope='module')
+def tiny2019(tiny19):
+    return _layout(tiny19, 'fsdkaggle2019', 'tiny2019')
+
+
+def _relabel(data, csv, row, value, meta):
+    """Set the label cell of one row of a metadata CSV -> (path, fname)."""
+    column = 'labels' if meta.startswith('FSDKaggle2019') else 'label'
+    fname = []
+
+    def edit(df):
+        fname.append(df.fname.iloc[row])
+        df[column] = df[column].astype(object)
+        df.loc[row, column] = value
+        return df
+    return _edit(data, csv, edit, meta), fname[0]
+
+
+MISSPELT = [('"Clapping",Bass_guitar', '\'"Clapping"\'', 'Clapping'),
+            ('Clapping;Bass_guitar', "'Clapping;Bass_guitar'", 'Clapping and Bass_guitar'),
+            ('clapping', "'clapping'", 'Clapping')]
+
+
+@pytest.mark.parametrize('cell, label, like', MISSPELT)
+def test_misspelt_label_is_refused_in_fsdkaggle2019(tiny19, tiny2019, capsys, cell, label,
+                                                    like):
+    """Issue 19, case 1: with learn.n_classes null, a misspelling became a class of its own."""
+    name = f'misspelt19_{MISSPELT.index((cell, label, like))}'
+    data = shutil.copytree(tiny2019, tiny19[0] / name)
+    path, fname = _relabel(data, 'train_noisy_post_competition.csv', 1, cell,
+                           'FSDKaggle2019.meta')
+    assert _main(tiny19, data, name, 'ctrl.dataset=fsdkaggle2019') == 2
+    assert _error_line(capsys) == (
+        f'error: {path} line 3 (fname {fname}): label {label} (in 1 training clip(s)) looks '
+        f'like a misspelling of {like}; correct it, or list every class in ctrl.classes if '
+        f'it is a class of its own')
+
+
+def test_quoted_label_is_refused_in_fsdnoisy18k(tiny19, capsys):
+    data = _copy(tiny19, 'quoted18k')
+    path, fname = _relabel(data, 'train.csv', 2, '"Clapping"', 'FSDnoisy18k.meta')
+    assert _main(tiny19, data, 'quoted18k') == 2
+    assert _error_line(capsys) == (
+        f'error: {path} line 4 (fname {fname}): label \'"Clapping"\' (in 1 training clip(s)) '
+        f'looks like a misspelling of Clapping; correct it, or list every class in '
+        f'ctrl.classes if it is a class of its own')
+
+
+def test_rare_class_of_a_distinct_name_is_accepted(tiny19, capsys):
+    data = _copy(tiny19, 'rare')
+    _relabel(data, 'train.csv', 2, 'Squeak', 'FSDnoisy18k.meta')
+    assert _main(tiny19, data, 'rare') == 0
+    assert 'error' not in capsys.readouterr().err
+
+
+def test_labels_outside_ctrl_classes_are_refused(tiny19, capsys):
+    """A vocabulary (ctrl.classes) admits its names only, and the rare classes it lists."""
+    data = _copy(tiny19, 'vocabulary')
+    path, fname = _relabel(data, 'test.csv', 1, 'Clapping', 'FSDnoisy18k.meta')
+    _relabel(data, 'train.csv', 2, 'clapping', 'FSDnoisy18k.meta')
+    vocabulary = 'ctrl.classes=[Acoustic_guitar, Bass_guitar, Clapping, clapping]'
+    assert _main(tiny19, data, 'vocabulary', vocabulary) == 0
+    capsys.readouterr()
+    _relabel(data, 'test.csv', 1, 'bass guitar', 'FSDnoisy18k.meta')
+    assert _main(tiny19, data, 'vocabulary', vocabulary) == 2
+    assert _error_line(capsys) == (f"error: {path} line 3 (fname {fname}): label 'bass guitar' "
+                                   f"is not in ctrl.classes (did you mean Bass_guitar?)")
+
+
+def test_ctrl_classes_must_name_classes(tiny19, capsys):
+    assert _main(tiny19, tiny19[1], 'bad_vocabulary', 'ctrl.classes=[1, 2]') == 2
+    assert _error_line(capsys) == ('error: ctrl.classes must be a list of class names (null: '
+                                   'none), got [1, 2]')
