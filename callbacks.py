@@ -42,8 +42,7 @@ class StopOnNonFinite(keras.callbacks.Callback):
         loss = (logs or {}).get('loss')
         if loss is not None and not np.isfinite(float(loss)):
             raise Diverged(f'training diverged: the loss is {float(loss)} at epoch '
-                           f'{self.epoch + 1}, step {batch + 1} (try a lower learn.lr); '
-                           f'history.csv and the best model so far are kept',
+                           f'{self.epoch + 1}, step {batch + 1} (try a lower learn.lr)',
                            self.epoch + 1, batch + 1)
 
 
@@ -169,21 +168,40 @@ class Checkpoint:
             tmp.write_bytes(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
 
     def load(self):
-        """The state save() wrote, or None when there is none (a fresh run)."""
+        """The state save() wrote, or None when there is none (a fresh run). A file that
+        does not unpickle (truncated by a full disk, damaged) or lacks a part (written by
+        another version's layout) is one ConfigError line: the run cannot continue."""
         try:
-            return pickle.loads(self.path.read_bytes())
+            state = pickle.loads(self.path.read_bytes())
         except FileNotFoundError:
             return None
+        # Unpickling damaged bytes may raise almost anything (UnpicklingError, EOFError,
+        # and per the pickle docs AttributeError, ImportError, IndexError, ...).
+        except Exception as err:  # noqa: BLE001
+            raise self._unusable('is unreadable', err) from None
+        missing = [name for name in self.parts if not isinstance(state, dict)
+                   or name not in state]
+        if missing:
+            raise self._unusable(f'lacks {", ".join(missing)}')
+        return state
 
     def restore(self, state):
         """Every part loads its own entry of `state` (what load() returned). A part whose
-        saved state does not fit it (another model) raises ValueError: one-line error."""
+        saved state does not fit it (another model, another version's layout) raises
+        ValueError, KeyError or TypeError: one-line error."""
         try:
             for name, part in self.parts.items():
                 part.load_state_dict(state[name])
-        except ValueError as err:
-            raise ConfigError(f'{self.path} does not fit this model; set ctrl.overwrite '
-                              f'true to start the run afresh') from err
+        except (ValueError, KeyError, TypeError) as err:
+            raise self._unusable('does not fit this model', err) from err
+
+    def _unusable(self, what, err=None):
+        why = ''
+        if err is not None:  # the first line of the error: a shape mismatch runs long
+            text = str(err).strip()
+            why = f' ({type(err).__name__}{": " + text.splitlines()[0][:200] if text else ""})'
+        return ConfigError(f'the backup {self.path} {what}{why}, so the run cannot '
+                           f'continue; set ctrl.overwrite true to start it again')
 
 
 class Counters:

@@ -187,9 +187,9 @@ def _locate(csvs, row):
 
 # A training label in at most RARE_CLIPS clips, or in under RARE_SHARE of them, that is
 # another label but for case, quotes and spaces (or underscores, which the datasets write
-# for spaces), or other labels joined by a separator, is
-# a misspelling: taken as it is, it would be a class of its own and the clip's real label
-# lost. A frequent label is a class, however it is spelt.
+# for spaces), or other labels joined by a separator, is a misspelling: taken as it is, it
+# would be a class of its own and the clip's real label lost. A frequent label is a class,
+# however it is spelt.
 RARE_CLIPS, RARE_SHARE = 2, 0.01
 SEPARATORS = re.compile(r'[;|,]')
 
@@ -201,7 +201,8 @@ def _plain(name):
 
 
 def _resembles(name, labels):
-    """The labels (most frequent first) that `name` misspells, alone or joined; [] if none."""
+    """The labels that `name` misspells, alone or joined ([] if none); where several
+    spellings match, the first in `labels` (most frequent first) is named."""
     plain = {}
     for label in labels:
         if label != name:
@@ -404,7 +405,8 @@ DATASETS = {'fsdnoisy18k': load_fsdnoisy18k, 'fsdkaggle2018': load_fsdkaggle2018
 
 
 def check(cfg):
-    """Refuse an unknown dataset, or a training subset the dataset lacks."""
+    """Refuse an unknown dataset, a training subset the dataset lacks, or a ctrl.classes
+    that is not a list of names."""
     name, subset = cfg['ctrl']['dataset'], cfg['ctrl']['train_data']
     lookup(DATASETS, name, 'ctrl.dataset')
     vocabulary = cfg['ctrl']['classes']

@@ -254,12 +254,11 @@ def evaluation_lines(results):
 
 def report(cfg, table, classes, rows_evaluated, scores, run_dir, wall_time, results=None):
     """Evaluate the test clips' scores into `results` (a Results; a fresh one if None),
-    print the evaluation block, write predictions.csv (and confusion.csv when configured).
-    Returns the results, which write_results writes to results.json: the marker of a
-    finished run, so the last file a run writes."""
+    write predictions.csv (and confusion.csv when configured). Returns the results, which
+    write_results writes to results.json: the marker of a finished run, so the last file
+    a run writes; main.py prints their evaluation block after it."""
     results = Results() if results is None else results
     results.evaluated(evaluate(cfg, table, classes, rows_evaluated, scores, wall_time))
-    print('\n'.join(evaluation_lines(results)), flush=True)
     write_predictions(runfolder.path(run_dir, 'predictions'), table, classes, rows_evaluated,
                       scores)
     if results.evaluation.confusion is not None:

@@ -276,8 +276,9 @@ def _extract(cfg, table, tmp, workers, progress, todo, old=None):
 
 
 def report_clips(store):
-    """Every run says which clips could not be read or are constant (every frame the
-    same: they train as a class's sound that has none), also when it reuses the cache."""
+    """Every run says which clips could not be read, and which are constant (every frame
+    the same: nothing to learn from, yet trained as their class), also when it reuses the
+    cache."""
     if store.failed:
         shown = '; '.join(store.errors[:10]) + ('; ...' if len(store.failed) > 10 else '')
         logger.warning('%d audio file(s) could not be read and are skipped (listed in %s): %s',

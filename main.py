@@ -62,6 +62,11 @@ def pipeline(cfg, folder, t0):
                                 time.time() - t0, exp.results)
     evaluation.write_plots(folder.dir, table, classes, rows, scores, results)
     evaluation.write_results(folder.dir, results)  # last: results.json marks it finished
+    # The block only once the run is finished: a run stopped before results.json and
+    # continued would otherwise hold two in its .out (counted twice by a grep), and an
+    # unfinished one an accuracy. A kill between these two lines, the one gap left, leaves
+    # a finished run whose .out lacks the block (its figures are in results.json).
+    print('\n'.join(evaluation.evaluation_lines(results)), flush=True)
     folder.drop_backup()
 
 
@@ -101,11 +106,14 @@ def run(params_path, overrides=()):
 
 
 def failed(folder, err):
-    """Divergence or collapse: its message and results.json status "diverged" or
-    "collapsed" (utils.Diverged.status); anything else: the traceback. Both end with the
-    line saying the run failed (exit status 1)."""
+    """Divergence or collapse: its message, with what the run kept, and results.json status
+    "diverged" or "collapsed" (utils.Diverged.status); anything else: the traceback. Both
+    end with the line saying the run failed (exit status 1)."""
     if isinstance(err, utils.Diverged):
-        folder.write_status(err.status, message=str(err), epoch=err.epoch, step=err.step)
+        kept = folder.training_files()
+        message = f'{err}; {"kept: " + ", ".join(kept) if kept else "nothing was saved yet"}'
+        folder.write_status(err.status, message=message, epoch=err.epoch, step=err.step)
+        err = message
     else:
         traceback.print_exc()
         err = f'{type(err).__name__}: {err}'

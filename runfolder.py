@@ -99,7 +99,17 @@ class RunFolder:
         self.training = False   # set once training starts: later errors keep the folder
 
     def open(self):
-        """Lock the folder, refuse a finished or running run, start the log."""
+        """Lock the folder, refuse a finished or running run, start the log. A folder that
+        cannot be written (a read-only ctrl.logs_dir) is a user mistake: one line, as for
+        ctrl.features_dir."""
+        try:
+            self._open()
+        except OSError as err:
+            raise ConfigError(f'cannot write the run folder {self.dir}: '
+                              f'{err.strerror or err} ({err.filename or self.dir}; '
+                              f'ctrl.logs_dir)') from None
+
+    def _open(self):
         overwrite = self.cfg['ctrl']['overwrite']
         # A run name may hold a folder level (sweeps: NAME/point_seed0): every missing
         # folder on the way is noted, to be removed again by discard().
@@ -167,6 +177,12 @@ class RunFolder:
         """results.json of a run that ended without a report (e.g. diverged)."""
         results = {'run_name': self.name, 'status': status_name, **fields}
         atomic_write_json(path(self.dir, 'results'), results)
+
+    def training_files(self):
+        """The names of the history and model files (per fold) that training has written
+        so far: what a run that ended early keeps."""
+        return [item.name for name in ('history', 'model')
+                for _, item in per_fold(self.dir, name)]
 
     def drop_backup(self):
         """A finished run is never resumed: its backup/ is no longer needed."""

@@ -193,7 +193,7 @@ class _RunExp:
 
 @pytest.mark.parametrize('folds, cyclic', [(1, False), (1, True), (2, False), (2, True)])
 def test_results_name_the_ensemble_not_one_models_epoch(make_cfg, monkeypatch, tmp_path,
-                                                        capsys, folds, cyclic):
+                                                        folds, cyclic):
     """One model: results.json and the log name learn.model_selection and the epoch. An
     ensemble (snapshots and/or folds): model_selection 'ensemble', no evaluated_epoch, the
     members named, the one ensemble line and no 'model evaluated' line; per fold, the
@@ -246,7 +246,7 @@ def test_results_name_the_ensemble_not_one_models_epoch(make_cfg, monkeypatch, t
     saved = evaluation.report(report_cfg, table, classes, np.arange(3), scores, tmp_path, 1.0,
                               exp.results)
     evaluation.write_results(tmp_path, saved)
-    lines = capsys.readouterr().out.splitlines()
+    lines = evaluation.evaluation_lines(saved)
     assert expected_line in lines
     assert len([ln for ln in lines if ln.startswith(('model evaluated:', 'ensemble:'))]) == 1
     on_disk = json.loads((tmp_path / 'results.json').read_text())

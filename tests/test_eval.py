@@ -55,7 +55,7 @@ def test_aggregate_unknown_method():
         assert name in str(err.value)
 
 
-def test_report_files_and_line(tmp_path, capsys):
+def test_report_files_and_line(tmp_path):
     classes = ['Acoustic_guitar', 'Rain', 'Wind']
     table = pd.DataFrame({
         'fname': ['tr1.wav', 'tr2.wav', 't1.wav', 't2.wav', 't3.wav', 't4.wav', 't5.wav'],
@@ -75,7 +75,7 @@ def test_report_files_and_line(tmp_path, capsys):
     pred = scores.argmax(axis=1)
     acc = 100 * accuracy_score(true, pred)  # 3 of 4 right
 
-    lines = capsys.readouterr().out.splitlines()
+    lines = evaluation.evaluation_lines(results)  # printed by main.py after results.json
     hits = [ln for ln in lines if ln.startswith('ACCURACY - MICRO')]
     assert len(hits) == 1 and re.match(ACCURACY_LINE, hits[0]), hits
     assert hits[0] == f'ACCURACY - MICRO: {acc:.2f} % (4/5 test files, train_data=noisy)'
@@ -121,7 +121,7 @@ def _lwlrap_by_hand(truth, scores):
     return float(np.mean(precisions))
 
 
-def test_report_multi_label_lines_and_results(tmp_path, capsys):
+def test_report_multi_label_lines_and_results(tmp_path):
     classes = ['a', 'b', 'c', 'd']
     table = pd.DataFrame({'fname': [f'{i}.wav' for i in range(5)], 'subset': ['test'] * 5,
                           'labels_idx': [(0,), (1, 2), (3,), (0, 3), (2,)],
@@ -130,13 +130,13 @@ def test_report_multi_label_lines_and_results(tmp_path, capsys):
     scores = np.random.default_rng(4).random((5, 4))
     cfg = {'ctrl': {'run_name': 'r2', 'train_data': 'all', 'dataset': 'fsdkaggle2019'},
            'recognizer': {'metrics': ['lwlrap', 'map3', 'prf1']}}
-    evaluation.write_results(tmp_path,
-                             evaluation.report(cfg, table, classes, rows, scores, tmp_path, 1.0))
+    results = evaluation.report(cfg, table, classes, rows, scores, tmp_path, 1.0)
+    evaluation.write_results(tmp_path, results)
     truth = np.zeros((5, 4))
     for i, ids in enumerate(table.labels_idx):
         truth[i, list(ids)] = 1
     expected = _lwlrap_by_hand(truth, scores)
-    lines = capsys.readouterr().out.splitlines()
+    lines = evaluation.evaluation_lines(results)
     assert f'LWLRAP: {expected:.4f} (5/5 test files, train_data=all)' in lines
     assert not any(ln.startswith('ACCURACY') for ln in lines)
     # MAP@3 by hand: 1/rank of each true label within the top 3, over min(n labels, 3).

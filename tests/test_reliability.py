@@ -387,3 +387,99 @@ def test_run_name_with_a_folder_level_leaves_nothing_after_an_error(tmp_path, ma
     assert (tmp_path / 'logs' / 'sweep_x' / 'point_seed0.out').is_file()
     folder.close(discard=True)
     assert not (tmp_path / 'logs').exists()
+
+
+# ----------------------------------------------------------------------------- issue 19
+
+def test_a_read_only_logs_folder_is_one_line(tiny, capsys, monkeypatch):
+    """Issue 19, case 8: exit 2 and one line naming the folder, as for ctrl.features_dir.
+    (Tests run as root, which chmod does not stop: the refusal is simulated.)"""
+    import os
+    root, _ = tiny
+    logs, real_mkdir = str(root / 'logs'), os.mkdir
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(logs):
+            raise PermissionError(13, 'Permission denied', str(path))
+        return real_mkdir(path, *args, **kwargs)
+    monkeypatch.setattr(os, 'mkdir', read_only)
+    code, run_dir, out = run(tiny, 'read_only_logs')
+    assert code == 2
+    assert one_error_line(capsys) == (f'error: cannot write the run folder {run_dir}: '
+                                      f'Permission denied ({run_dir}; ctrl.logs_dir)')
+    assert nothing_left(run_dir, out)
+
+
+def test_an_unreadable_backup_is_one_line(tiny, capsys, monkeypatch):
+    """Issue 19, case 8: a truncated backup (UnpicklingError / EOFError) or one of another
+    layout (a part missing: KeyError) stops the rerun with one line saying so and how to
+    start again (exit 2); the backup and the .out of the interrupted run stay as they
+    were; ctrl.overwrite true then starts the run again."""
+    import pickle
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 1)
+        code, run_dir, out = run(tiny, 'bad_backup')
+    assert code == 130
+    backup = run_dir / 'backup' / 'state.pkl'
+    saved, log = backup.read_bytes(), out.read_text()
+    damaged = {'is unreadable (UnpicklingError: pickle data was truncated)':
+               saved[:len(saved) // 2],
+               'lacks experiment, trainer': pickle.dumps({'run': {}, 'history': {}})}
+    for message, data in damaged.items():
+        backup.write_bytes(data)
+        code, _, _ = run(tiny, 'bad_backup')
+        line = one_error_line(capsys)
+        assert code == 2 and line.startswith(f'error: the backup {backup} {message}'), line
+        assert line.endswith('so the run cannot continue; set ctrl.overwrite true to start '
+                             'it again')
+        assert backup.read_bytes() == data and out.read_text() == log
+    code, _, _ = run(tiny, 'bad_backup', 'ctrl.overwrite=true', 'learn.n_epochs=1')
+    assert code == 0 and json.loads((run_dir / 'results.json').read_text())['status'] == \
+        'finished'
+
+
+def _diverge_at(monkeypatch, epoch, step):
+    """The loss of (epoch, step) (1-based) reads NaN to StopOnNonFinite."""
+    real = callbacks.StopOnNonFinite.on_train_batch_end
+
+    def nan_there(self, batch, logs=None):
+        if (self.epoch + 1, batch + 1) == (epoch, step):
+            logs = {**(logs or {}), 'loss': float('nan')}
+        real(self, batch, logs)
+    monkeypatch.setattr(callbacks.StopOnNonFinite, 'on_train_batch_end', nan_there)
+
+
+@pytest.mark.parametrize('epoch, kept', [(1, 'nothing was saved yet'),
+                                         (2, 'kept: history.csv, model.keras')])
+def test_a_diverged_run_says_what_it_kept(tiny, capsys, monkeypatch, epoch, kept):
+    """Issue 19, case 12: diverging at epoch 1, step 2 nothing is on disk yet; at epoch 2
+    the history and the model of epoch 1 are."""
+    _diverge_at(monkeypatch, epoch, 2)
+    code, run_dir, out = run(tiny, f'diverged_at_{epoch}', 'learn.n_epochs=3')
+    assert code == 1
+    message = (f'training diverged: the loss is nan at epoch {epoch}, step 2 (try a lower '
+               f'learn.lr); {kept}')
+    assert f'run diverged_at_{epoch} failed: {message}' in capsys.readouterr().err
+    assert json.loads((run_dir / 'results.json').read_text())['message'] == message
+    assert (run_dir / 'history.csv').exists() == (run_dir / 'model.keras').exists() == \
+        (epoch > 1)
+
+
+def test_the_log_holds_one_evaluation_block_once_the_run_is_finished(tiny, monkeypatch):
+    """Issue 19, case 14: a run stopped after its prediction (here in the plots, as a kill
+    would) has no accuracy in its .out yet; continued, it holds exactly one block."""
+    import plots
+
+    def boom(*args, **kwargs):
+        raise RuntimeError('plotting failed')
+    with monkeypatch.context() as patch:
+        patch.setattr(plots, 'curves', boom)
+        code, run_dir, out = run(tiny, 'one_block')
+    assert code == 1 and not (run_dir / 'results.json').exists()
+    assert 'EVALUATION' not in out.read_text() and 'ACCURACY - MICRO' not in out.read_text()
+    code, _, _ = run(tiny, 'one_block')
+    assert code == 0
+    log = out.read_text()
+    assert log.count('ACCURACY - MICRO') == log.count('EVALUATION') == 1
+    accuracy = json.loads((run_dir / 'results.json').read_text())['accuracy_micro']
+    assert f'ACCURACY - MICRO: {accuracy:.2f} %' in log

@@ -157,7 +157,7 @@ def _my_metric(y_true, scores):
 
 
 def test_a_metric_added_to_metrics_alone_reaches_report_results_and_sweep(
-        tmp_path, monkeypatch, capsys):
+        tmp_path, monkeypatch):
     monkeypatch.setitem(metrics.METRICS, 'mts', metrics.Metric(
         _my_metric, lambda f, where: f'MEAN TRUE SCORE: {f["mean_true_score"]:.3f} ({where})',
         headline=('mean_true_score',)))
@@ -169,7 +169,7 @@ def test_a_metric_added_to_metrics_alone_reaches_report_results_and_sweep(
     cfg = {'ctrl': {'run_name': 'r', 'train_data': 'all', 'dataset': 'fsdnoisy18k',
                     'logs_dir': str(tmp_path)}, 'recognizer': {'metrics': ['accuracy', 'mts']}}
     evaluation.check_metrics(cfg)  # a valid recognizer.metrics name
-    runs, cfgs = [], []
+    runs, cfgs, out = [], [], []
     for seed, shift in enumerate((0.0, 0.1)):
         run_cfg = {**cfg, 'ctrl': {**cfg['ctrl'], 'run_name': f'sw/p_seed{seed}'}}
         run_dir = tmp_path / run_cfg['ctrl']['run_name']
@@ -178,9 +178,9 @@ def test_a_metric_added_to_metrics_alone_reaches_report_results_and_sweep(
         results = evaluation.report(run_cfg, table, classes, np.arange(4), shifted, run_dir,
                                     1.0)
         evaluation.write_results(run_dir, results)
+        out += evaluation.evaluation_lines(results)
         runs.append(sweep.Run(run_cfg['ctrl']['run_name'], 'p', {'learn.lr': 0.1}, seed, []))
         cfgs.append(run_cfg)
-    out = capsys.readouterr().out.splitlines()
     assert f'MEAN TRUE SCORE: {expected:.3f} (4/4 test files, train_data=all)' in out
     saved = json.loads((tmp_path / 'sw' / 'p_seed0' / 'results.json').read_text())
     assert saved['mean_true_score'] == pytest.approx(expected)
