@@ -1,8 +1,9 @@
 """The Keras callbacks of section `learn` that every mode uses: history.csv, model
-selection, the stop at a non-finite loss, the stop after a number of steps, the clip
-accuracy of the validation set, TensorBoard scalars, the checkpoint for resume, and the LR
-schedules (plateau, cyclic cosine with snapshots, the linear decay of self-verification).
-Also the noise-detection figures computed from the counts the training step logs.
+selection, the stop at a non-finite loss or at a collapse, the stop after a number of
+steps, the clip accuracy of the validation set, TensorBoard scalars, the checkpoint for
+resume, and the LR schedules (plateau, cyclic cosine with snapshots, the linear decay of
+self-verification). Also the noise-detection figures computed from the counts the
+training step logs.
 """
 import logging
 import pickle
@@ -46,14 +47,65 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
 
 class InterruptPoint(keras.callbacks.Callback):
-    """A Ctrl-C during training ends it after the current step (or validation step), not
-    inside TensorFlow's code (utils.interrupts_at_safe_points)."""
+    """Raises a waiting Ctrl-C after each step (utils.interrupts_at_safe_points)."""
 
     def on_train_batch_end(self, batch, logs=None):
         interrupt_point()
 
     def on_test_batch_end(self, batch, logs=None):
         interrupt_point()
+
+
+class Collapsed(Diverged):
+    """Training collapsed: the model gives every clip the same scores (StopOnCollapse)."""
+
+    status = 'collapsed'
+
+
+def constant_scores(scores, tol=1e-3):
+    """Whether clip scores [N, K] are the same for every clip: no class's score varies by
+    more than tol between clips (a collapsed model: dead units or saturated outputs give
+    exactly one score vector, e.g. one-hot on one class)."""
+    scores = np.asarray(scores, np.float64)
+    return len(scores) > 1 and float(np.ptp(scores, axis=0).max()) <= tol
+
+
+class StopOnCollapse(keras.callbacks.Callback):
+    """Ends a run whose training collapsed, which the loss alone does not show: a huge
+    learn.lr can leave the loss finite but stuck (issue 19: 12.38 at lr 1e4) with one class
+    scored 1 for every clip, and such a run would be reported as a result.
+
+    The rule, checked at the end of every epoch from epoch EPOCHS on (counted across
+    stages; a healthy run has learnt something by then): the epoch's training loss is not
+    below that of the first epoch (history.csv's first row) AND the model's clip scores are
+    the same for every clip (constant_scores) of up to CLIPS validation clips (training
+    clips without validation), spread evenly over them. Both must hold: a loss that rises
+    (mixup starting, a stage with another loss) with varied predictions is no collapse, and
+    a model whose loss still falls is learning. The scores are computed only when the loss
+    condition holds, so a learning run pays nothing.
+    """
+
+    EPOCHS = 3
+    CLIPS = 256
+
+    def __init__(self, history, score_clips, rows, classes):
+        super().__init__()
+        self.history, self.score_clips, self.classes = history, score_clips, classes
+        self.rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), self.CLIPS)).astype(int)]
+
+    def on_epoch_end(self, epoch, logs=None):
+        rows = self.history.rows
+        if len(rows) < self.EPOCHS or rows[-1]['loss'] < rows[0]['loss']:
+            return
+        _, scores = self.score_clips(self.rows)
+        if constant_scores(scores):
+            top = int(np.argmax(scores[0]))
+            raise Collapsed(f'training collapsed: at epoch {epoch + 1} the training loss '
+                            f'({rows[-1]["loss"]:.4g}) is not below that of epoch 1 '
+                            f'({rows[0]["loss"]:.4g}) and the model gives all '
+                            f'{len(scores)} clips checked the same scores ({self.classes[top]} '
+                            f'{scores[0, top]:.3g} for every clip); try a lower learn.lr',
+                            epoch + 1)
 
 
 def detection_figures(flagged, wrong):
@@ -127,18 +179,16 @@ class Checkpoint:
 
     def load(self):
         """The state save() wrote, or None when there is none (a fresh run). A file that
-        does not unpickle (truncated by a full disk, damaged) or lacks a part (written by
-        another version's layout) is one ConfigError line: the run cannot continue."""
+        does not unpickle (truncated, damaged) or lacks a part (another version's layout)
+        is one ConfigError line: the run cannot continue."""
         try:
             state = pickle.loads(self.path.read_bytes())
         except FileNotFoundError:
             return None
-        # Unpickling damaged bytes may raise almost anything (UnpicklingError, EOFError,
-        # and per the pickle docs AttributeError, ImportError, IndexError, ...).
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001  (damaged bytes may raise almost anything)
             raise self._unusable('is unreadable', err) from None
-        missing = [name for name in self.parts if not isinstance(state, dict)
-                   or name not in state]
+        missing = [name for name in self.parts
+                   if not isinstance(state, dict) or name not in state]
         if missing:
             raise self._unusable(f'lacks {", ".join(missing)}')
         return state
@@ -154,10 +204,8 @@ class Checkpoint:
             raise self._unusable('does not fit this model', err) from err
 
     def _unusable(self, what, err=None):
-        why = ''
-        if err is not None:  # the first line of the error: a shape mismatch runs long
-            text = str(err).strip()
-            why = f' ({type(err).__name__}{": " + text.splitlines()[0][:200] if text else ""})'
+        text = str(err).strip().splitlines()[:1]  # its first line: a shape mismatch runs long
+        why = f' ({type(err).__name__}{": " + text[0][:200] if text else ""})' if err else ''
         return ConfigError(f'the backup {self.path} {what}{why}, so the run cannot '
                            f'continue; set ctrl.overwrite true to start it again')
 

@@ -1,9 +1,10 @@
 """The Experiment of section `learn`: everything a learning mode works on.
 
-prepare() turns the clip table and the feature store into an Experiment in four calls:
-split (the stratified train/val split, or the folds), batch_source (the patch table or
-whole clips for random crops, the scaler and its file, the PatchSource), build_trainer
-(the model in its Trainer, trainer.py) and the Experiment itself. The Experiment owns the
+prepare() turns the clip table and the feature store into an Experiment: split (the
+stratified train/val split, or the folds), the patch table (or whole clips for random
+crops) and check_batch_size (a batch no larger than its training pools), batch_source
+(the scaler and its file, the PatchSource), build_trainer (the model in its Trainer,
+trainer.py) and the Experiment itself. The Experiment owns the
 callbacks, the epoch plans (sampling.Plans) and the run state (RunState: epoch, stage,
 model selection, noise-detection start) that a mode changes, and the checkpoint that
 collects the state of its parts; fit() trains one stage. learn.py holds the modes.
@@ -27,9 +28,9 @@ import splits
 from config import ConfigError
 from masking import Masker
 from callbacks import (Backup, Checkpoint, Counters, EpochLR, History, InterruptPoint,
-                       ModelSelection, RunState, Snapshots, StopAfterSteps, StopOnNonFinite,
-                       TensorBoardScalars, ValClipAccuracy, cosine_lr, detection_figures,
-                       precision_recall)
+                       ModelSelection, RunState, Snapshots, StopAfterSteps, StopOnCollapse,
+                       StopOnNonFinite, TensorBoardScalars, ValClipAccuracy, cosine_lr,
+                       detection_figures, precision_recall)
 from results import Results
 from trainer import Trainer
 from utils import atomic_path, atomic_write_csv
@@ -76,6 +77,8 @@ class Experiment:
         self.val_clip = ([ValClipAccuracy(score, self.val_rows,
                                           datasets.targets(table, len(classes)))]
                          if self.val_idx.size else [])
+        self.collapse = StopOnCollapse(self.history, score, self.val_rows if self.val_idx.size
+                                       else self.train_rows, classes)
         self.has_truth = 'true_idx' in table.columns
         self.plans = epoch_plans(cfg, table, patches, source)
         self.stage_epochs = []  # epochs each fit() call (stage) trained
@@ -218,7 +221,7 @@ class Experiment:
         lr_callbacks = self.lr_callbacks if lr_callbacks is None else lr_callbacks
         # The LR callbacks come before History, which logs the epoch's rate.
         cbs = [StopOnNonFinite(), InterruptPoint(), *self.trainer.step_loss.callbacks(),
-               *lr_callbacks, *self.val_clip, self.history, *self.tensorboard,
+               *lr_callbacks, *self.val_clip, self.history, self.collapse, *self.tensorboard,
                self.selection]
         cyclic = self.cfg['learn']['lr_schedule'] == 'cyclic_cosine'
         cbs += [self.early_stopping] if early_stopping and not cyclic else []
@@ -227,8 +230,10 @@ class Experiment:
             epochs = -(-steps // per_epoch)
             if steps % per_epoch:
                 cbs.append(StopAfterSteps(steps, per_epoch, start))
-        # StopOnNonFinite first: a diverged epoch must reach no other callback; Backup
-        # last: it saves what the others updated at the epoch's end.
+        # StopOnNonFinite first: a diverged epoch must reach no other callback;
+        # StopOnCollapse right after History, whose row of the epoch it reads, and before
+        # the model selection; Backup last: it saves what the others updated at the
+        # epoch's end.
         if self.checkpoint is not None:
             cbs.append(Backup(self.checkpoint, self.counters))
         # A resumed stage continues the stream of planned steps where its last completed
@@ -311,10 +316,13 @@ def build_trainer(cfg, mode, table, classes, source):
 
 
 def prepare(cfg, mode, table, classes, store, rng, run_dir):
-    """Split, batch source (with its scaler), trainer -> the Experiment of the first fold
-    (or of the single split). mode: the configured mode's learn.Mode declaration."""
+    """Split, patch table (refusing a batch larger than its training pools), batch source
+    (with its scaler), trainer -> the Experiment of the first fold (or of the single
+    split). mode: the configured mode's learn.Mode declaration."""
     rows, folds = split(cfg, mode, table, classes, store)
-    patches, source = batch_source(cfg, table, classes, store, rows, folds, run_dir)
+    patches = pipeline.patch_table(cfg, store)
+    check_batch_size(cfg['learn'], mode, table, patches, folds)
+    source = batch_source(cfg, table, classes, store, patches, rows, folds, run_dir)
     set_precision_policy(cfg['learn'])
     trainer = build_trainer(cfg, mode, table, classes, source)
     return Experiment(cfg, mode, table, classes, store, patches, source, trainer, run_dir,
@@ -345,13 +353,21 @@ def split(cfg, mode, table, classes, store):
     return rows, [(train_rows, val_rows)]
 
 
-def batch_source(cfg, table, classes, store, rows, folds, run_dir):
-    """(patch table, PatchSource) of the run, its scaler written to scaler.npz. With k folds
-    the scaler is fitted on the whole training subset (rows), so that every fold model
-    shares one batch source (band means and stds carry no label information); else on
-    the training rows of the split."""
+def check_batch_size(learn, mode, table, patches, folds):
+    """learn.batch_size against the training pools of every fold, as the mode and
+    learn.multitask draw batches from them (sampling.check_batch_size)."""
+    verified = table.verified.to_numpy()[patches.clip] == 1
+    for train_rows, _ in folds:
+        sampling.check_batch_size(learn['batch_size'], patches.of_clips(train_rows), verified,
+                                  mode.verified_stages, learn['multitask'])
+
+
+def batch_source(cfg, table, classes, store, patches, rows, folds, run_dir):
+    """The run's PatchSource over its patch table, its scaler written to scaler.npz. With
+    k folds the scaler is fitted on the whole training subset (rows), so that every fold
+    model shares one batch source (band means and stds carry no label information); else
+    on the training rows of the split."""
     learn = cfg['learn']
-    patches = pipeline.patch_table(cfg, store)
     train_rows, val_rows = folds[0]
     train_idx = patches.of_clips(train_rows)
     mean, std = scaler(cfg, store, patches,
@@ -369,7 +385,7 @@ def batch_source(cfg, table, classes, store, rows, folds, run_dir):
         logger.info('random crops of %d frames from clips fixed to %d frames; whole clips '
                     'validated and predicted, %d per call', *architectures.lengths(cfg),
                     evaluation.eval_batch_size(cfg))
-    return patches, source
+    return source
 
 
 def scaler(cfg, store, patches, idx):

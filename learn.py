@@ -141,6 +141,8 @@ class Mode:
     learn.lr_schedule values it accepts. multitask: learn.multitask may be on. steps: it
     trains in optimizer steps (learn.staged_steps, learn.steps_per_epoch), not epochs.
     scores_clips: it ranks clips by learn.prune_loss_type, which must fit learn.head.
+    verified_stages: it trains whole batches of the verified training patches and batches
+    half verified, half unverified (the pools learn.batch_size must fit).
     single_label: why it refuses multi-label datasets (None: it does not).
     """
     run: Callable
@@ -153,6 +155,7 @@ class Mode:
     multitask: bool = False
     steps: bool = False
     scores_clips: bool = False
+    verified_stages: bool = False
     single_label: Optional[str] = None
 
 
@@ -161,7 +164,7 @@ MODES = {
     1: Mode(mode_standard, multitask=True),
     2: Mode(mode_time_dependent, loss='time_dependent', detects=True),
     3: Mode(mode_prune, multitask=True, scores_clips=True),
-    'staged': Mode(mode_staged, masker=True, detects=True, steps=True),
+    'staged': Mode(mode_staged, masker=True, detects=True, steps=True, verified_stages=True),
     'self_verify': Mode(self_verify.mode_self_verify, folds=self_verify.FOLDS,
                         split=splits.self_verify_folds, schedules=('plateau', 'constant'),
                         single_label='verifies one given label per clip (Dorfer & Widmer, '

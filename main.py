@@ -107,13 +107,13 @@ def run(params_path, overrides=()):
 
 
 def failed(folder, err):
-    """Divergence: its message, with what the run kept, and results.json status
-    "diverged"; anything else: the traceback. Both end with the line saying the run
-    failed (exit status 1)."""
+    """Divergence or collapse: its message, with what the run kept, and results.json status
+    "diverged" or "collapsed" (utils.Diverged.status); anything else: the traceback. Both
+    end with the line saying the run failed (exit status 1)."""
     if isinstance(err, utils.Diverged):
         kept = folder.training_files()
         message = f'{err}; {"kept: " + ", ".join(kept) if kept else "nothing was saved yet"}'
-        folder.write_status('diverged', message=message, epoch=err.epoch, step=err.step)
+        folder.write_status(err.status, message=message, epoch=err.epoch, step=err.step)
         err = message
     else:
         traceback.print_exc()

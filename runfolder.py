@@ -3,7 +3,7 @@
 A run holds an exclusive lock (fcntl.flock on logs/<run>/.lock) while it lives; the
 operating system releases it when the process ends in any way, kill -9 included, so a
 killed run never leaves a stale lock behind. A finished run (results.json written, with
-"status" "finished" or "diverged") is never modified: running its name again is refused
+"status" "finished", "diverged" or "collapsed") is never modified: running its name again is refused
 unless ctrl.overwrite is true, which clears it and starts afresh. An unfinished run of the
 same name and config is continued (resumed) instead. The folder and the .out are created
 only when the run starts; an error found before training removes what this run created.
@@ -68,7 +68,7 @@ RESUME_FREE = {('ctrl', k) for k in ('verbose', 'workers', 'overwrite', 'feat_ex
 
 
 def status(run_dir):
-    """'finished' / 'diverged' for a run that ended, None otherwise."""
+    """'finished' / 'diverged' / 'collapsed' for a run that ended, None otherwise."""
     try:
         return json.loads(path(run_dir, 'results').read_text()).get('status', 'finished')
     except FileNotFoundError:

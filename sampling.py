@@ -121,6 +121,35 @@ def verified_pools(pool, verified, what):
     return ver, unv
 
 
+def check_batch_size(batch_size, pool, verified, verified_stages=False, halves=False):
+    """Refuse a learn.batch_size that a pool of patch indices cannot fill, before any heavy
+    work: plan_epoch pads the last batch with repeated patches, so a batch larger than its
+    pool would be allocated (and trained) at its full size over the same few patches (issue
+    19, case 5: batch_size 100000 on 456 patches reached 17 GB). verified [patches] is 1
+    for a verified clip's patch. verified_stages: the mode also trains whole batches of the
+    verified patches and batches half verified, half unverified (learn.mode staged);
+    halves: every batch is half verified, half unverified (learn.multitask). A pool with
+    no patch at all is left to verified_pools, which names what is missing."""
+    half = max(1, batch_size // 2)
+    ver, unv = int(verified[pool].sum()), int((~verified[pool]).sum())
+    # (patches there are, patches a batch takes, the largest batch_size they allow, what)
+    needs = [(pool.size, batch_size, pool.size, 'training patches')]
+    if verified_stages:
+        needs += [(ver, batch_size, ver, 'verified training patches (learn.mode staged '
+                                         'trains whole batches of them)')]
+    if verified_stages or halves:
+        needs += [(ver, half, 2 * ver + 1, 'verified training patches (half of each batch)'),
+                  (unv, batch_size - half, 2 * unv, 'unverified training patches (half of '
+                                                    'each batch)')]
+    needs = [n for n in needs if n[0]]
+    for have, need, _, what in needs:
+        if have < need:
+            at_most = min(limit for _, _, limit, _ in needs)
+            raise ConfigError(f'learn.batch_size {batch_size} needs {need} of the {have} '
+                              f'{what}: a batch may not be larger than the data it is drawn '
+                              f'from; set learn.batch_size to at most {at_most}')
+
+
 @dataclass(frozen=True)
 class Plans:
     """The epoch plans of a run: each method returns a function of an rng that draws one

@@ -3,10 +3,11 @@
 Every (grid point x seed) is one run of main.run() (the code path of main.py), named
 NAME/<key=value,...>_seed<k>, scheduled by Ray: embedded on this machine by default, or on
 a cluster with --address. Features are extracted once, in this process, before any run
-starts. Runs that ended (results.json with status finished or diverged) are skipped. The
-finished runs are summarised per grid point (mean, std, 95 % t confidence interval; paired
-differences to --baseline) in logs/sweeps/NAME/: runs.csv, summary.csv, summary.md,
-summary.png.
+starts. Runs that ended (results.json with status finished, diverged or collapsed, or an
+unreadable one) are skipped. The finished runs are summarised per grid point (mean, std,
+95 % t confidence interval; paired differences to --baseline) in logs/sweeps/NAME/:
+runs.csv, summary.csv, summary.md, summary.png. The exit status is 0 when every run of the
+sweep has finished, 1 otherwise (on every rerun alike), 2 for a mistake.
 """
 import argparse
 import itertools
@@ -36,6 +37,8 @@ ROOT = Path(__file__).resolve().parent
 UNSAFE = re.compile(r'[^A-Za-z0-9._=,+-]')  # anything else becomes '_' in a run name
 # Columns of runs.csv that are not metrics (besides the grid keys).
 NOT_METRICS = ('run', 'point', 'seed', 'overrides', 'status', 'error')
+# results.json statuses of runs that ended without a result; their message is their error.
+STOPPED = ('diverged', 'collapsed')
 
 
 @dataclass
@@ -175,6 +178,29 @@ def run_dir(cfg):
     return Path(cfg['ctrl']['logs_dir']) / cfg['ctrl']['run_name']
 
 
+def read_results(cfg):
+    """A run's results.json -> (its entries, None); (None, None) when there is none (the run
+    has not ended); (None, error naming the file) when it cannot be read: the run ended
+    (main.py never modifies it) but its result is lost, so it counts as failed."""
+    path = runfolder.path(run_dir(cfg), 'results')
+    try:
+        results = json.loads(path.read_text())
+        if not isinstance(results, dict):
+            raise ValueError('not a JSON object')
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as err:
+        return None, (f'{path} is unreadable ({type(err).__name__}: {_last_line(str(err))}); '
+                      f'delete the run\'s folder and .out to run it again')
+    return results, None
+
+
+def status_of(found):
+    """A run's status from read_results' (results, error); None: it has not ended."""
+    results, error = found
+    return 'failed' if error else None if results is None else results.get('status', 'finished')
+
+
 # ----------------------------------------------------------------------------- Ray
 
 class StderrTail:
@@ -287,15 +313,17 @@ def flatten(results, prefix=''):
 
 def collect(runs, cfgs, errors, common):
     """runs.csv: one row per run: grid values, seed, the -o overrides common to all runs
-    (`common`), status (finished, diverged or failed), error (the message of a diverged
-    run, the error of a failed one: `errors`) and every numeric result of a finished run."""
+    (`common`), status (finished, diverged, collapsed or failed), error (the message of a
+    diverged or collapsed run, the error of a failed one: `errors`, or its unreadable
+    results.json) and every numeric result of a finished run."""
     rows = []
     for run, cfg in zip(runs, cfgs):
-        path = runfolder.path(run_dir(cfg), 'results')
-        results = json.loads(path.read_text()) if path.is_file() else {}
-        status = results.get('status', 'finished') if results else 'failed'
+        results, unreadable = read_results(cfg)
+        status = status_of((results, unreadable)) or 'failed'
+        results = results or {}
         # A diverged run's epoch and step say where it stopped: not metrics.
-        error = results.get('message', '') if status == 'diverged' else errors.get(run.name, '')
+        error = (results.get('message', '') if status in STOPPED
+                 else unreadable or errors.get(run.name, ''))
         rows.append({'run': run.name, 'point': run.point,
                      **{k: fmt(v) for k, v in run.values.items()}, 'seed': run.seed,
                      'overrides': ' '.join(f'-o {shlex.quote(o)}' for o in common),
@@ -412,13 +440,16 @@ def sweep(args):
     name, runs = plan(args, grid, seeds)
     cfgs = check_runs(params, runs)
     utils.configure_logging()
-    # A run that ended is never run again: a finished one has its result, and a diverged
-    # one would diverge again with the same config and seed (main.py refuses it anyway).
-    ended = [runfolder.status(run_dir(cfg)) for cfg in cfgs]
+    # A run that ended is never run again: a finished one has its result, a diverged or
+    # collapsed one would end so again with the same config and seed, and main.py refuses
+    # to touch any of them (an unreadable results.json included).
+    ended = [status_of(read_results(cfg)) for cfg in cfgs]
     todo = [(run, cfg) for run, cfg, end in zip(runs, cfgs, ended) if end is None]
+    skipped = ', '.join(f'{ended.count(s)} {s}' for s in ('failed', *STOPPED) if s in ended)
     print(f'sweep {name}: {len(runs)} runs ({len(runs) // len(seeds)} grid points x '
-          f'{len(seeds)} seeds); skipped {ended.count("finished")} finished runs and '
-          f'{ended.count("diverged")} diverged runs', flush=True)
+          f'{len(seeds)} seeds); skipped {ended.count("finished")} finished runs'
+          f'{f" and runs that ended without a result: {skipped}" if skipped else ""}',
+          flush=True)
     failed = {}
     if todo:
         extract_features([cfg for _, cfg in todo])
@@ -433,15 +464,26 @@ def sweep(args):
     frame = collect(runs, cfgs, failed, args.override)
     summary, table = write_outputs(out, name, frame, grid, baseline)
     print(table)
-    ran = frame[frame.run.isin([run.name for run, _ in todo])]
-    counts = ran.status.value_counts()
-    print(f'{counts.get("finished", 0)} runs finished, {counts.get("failed", 0)} failed, '
-          f'{counts.get("diverged", 0)} diverged '
-          f'(logs in {cfgs[0]["ctrl"]["logs_dir"]}/{name}/)')
-    for _, row in ran[ran.status != 'finished'].iterrows():
-        print(f'  {row.status}: {row.run}: {row.error}')
-    print(f'summary of {int(summary.n.sum())} finished runs: {out}/summary.md', flush=True)
-    return 1 if failed else 0
+    return verdict(frame, {run.name for run, _ in todo}, cfgs[0]['ctrl']['logs_dir'], name,
+                   f'summary of {int(summary.n.sum())} finished runs: {out}/summary.md')
+
+
+def verdict(frame, ran, logs, name, summary_line):
+    """Print what the runs of this call did and every run of the sweep without a result
+    (with its error) -> the exit status: 0 when every run of the sweep has finished, else
+    1, the same on a rerun that only skips the runs that ended."""
+    counts = frame[frame.run.isin(ran)].status.value_counts()
+    print(f'{counts.get("finished", 0)} runs finished, ' + ', '.join(
+        f'{counts.get(s, 0)} {s}' for s in ('failed', *STOPPED)) + f' (logs in {logs}/{name}/)')
+    missing = frame[frame.status != 'finished']
+    for _, row in missing.iterrows():
+        print(f'  {row.status}: {row.run}: {row.error}{"" if row.run in ran else " (skipped)"}')
+    print(summary_line, flush=True)
+    if len(missing):
+        print(f'{len(missing)} of {len(frame)} runs of the sweep have no result: it is '
+              f'incomplete (exit status 1)', flush=True)
+        return 1
+    return 0
 
 
 def main(argv=None):

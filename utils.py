@@ -20,7 +20,10 @@ logger = logging.getLogger(__name__)
 
 class Diverged(RuntimeError):
     """Training (or prediction) produced non-finite numbers; epoch and step when known.
-    Raised by the training callbacks and by the report; main.py reports it as a failed run."""
+    Raised by the training callbacks and by the report; main.py reports it as a failed run,
+    its results.json status the class's `status`."""
+
+    status = 'diverged'
 
     def __init__(self, message, epoch=None, step=None):
         super().__init__(message)

@@ -2,6 +2,8 @@
 
 References are written here with numpy, independently of learn.py.
 """
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -186,3 +188,63 @@ def test_registry_entries_declare_what_the_modes_need():
         'lq_lqmax_time_sudden', 'lq_lqperc_time_sudden']
     assert [n for n, c in losses.LOSSES.items() if c.per_batch] == [
         'lq_lqmax_time_sudden', 'lq_lqperc_time_sudden', 'adaptive_lq']
+
+
+# ----------------------------------------------------------------------------- batch size
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    from conftest import tiny_dataset
+    root = tmp_path_factory.mktemp('learn')
+    return root, tiny_dataset(root / 'tiny', n_classes=3, train_per_class=8,
+                              test_per_class=2, seed=3)
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_before_heavy_work(
+        tiny, capsys, monkeypatch):
+    """Issue 19, case 5: one line with both numbers, exit 2, before the scaler, the batch
+    source or the model exist, nothing left in logs/."""
+    import experiment
+    import main
+    from conftest import write_tiny_config
+    root, data = tiny
+    params = write_tiny_config(root / 'big.yaml', data, root, {
+        'ctrl': {'workers': 1}, 'extract': {'n_mels': 16}, 'learn': {'n_classes': 3}})
+    monkeypatch.setattr(experiment, 'batch_source',
+                        lambda *a: pytest.fail('the batch source was built'))
+    code = main.main(['-p', str(params), '-o', 'learn.batch_size=100000',
+                      '-o', 'ctrl.run_name=big'])
+    err = capsys.readouterr().err
+    assert code == 2 and 'Traceback' not in err, err
+    line = err.strip().splitlines()[-1]
+    n = int(re.search(r'of the (\d+) training patches', line).group(1))
+    assert line == (f'error: learn.batch_size 100000 needs 100000 of the {n} training '
+                    f'patches: a batch may not be larger than the data it is drawn from; '
+                    f'set learn.batch_size to at most {n}')
+    assert 0 < n < 1000
+    assert not (root / 'logs' / 'big').exists() and not (root / 'logs' / 'big.out').exists()
+
+
+def test_batch_size_is_checked_against_every_pool_a_batch_is_drawn_from():
+    """Staged training draws whole batches of the verified patches and half/half batches;
+    multitask half/half batches; an empty pool is verified_pools' to report."""
+    import sampling
+    verified = np.array([True] * 10 + [False] * 30)
+    pool = np.arange(40)
+    for batch in (1, 40):
+        sampling.check_batch_size(batch, pool, verified)
+    with pytest.raises(config.ConfigError, match='needs 41 of the 40 training patches.*'
+                                                 'at most 40$'):
+        sampling.check_batch_size(41, pool, verified)
+    sampling.check_batch_size(10, pool, verified, verified_stages=True)
+    with pytest.raises(config.ConfigError, match=r'needs 11 of the 10 verified training '
+                                                 r'patches \(learn.mode staged.*at most 10$'):
+        sampling.check_batch_size(11, pool, verified, verified_stages=True)
+    sampling.check_batch_size(21, pool, verified, halves=True)  # 10 verified + 11 unverified
+    with pytest.raises(config.ConfigError, match=r'needs 11 of the 10 verified training '
+                                                 r'patches \(half of each batch\).*at most 21$'):
+        sampling.check_batch_size(22, pool, verified, halves=True)
+    more = np.array([True] * 35 + [False] * 30)
+    with pytest.raises(config.ConfigError, match='needs 31 of the 30 unverified.*at most 60$'):
+        sampling.check_batch_size(61, np.arange(65), more, halves=True)
+    sampling.check_batch_size(20, pool[10:], verified, halves=True)  # no verified: not here

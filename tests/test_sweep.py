@@ -231,10 +231,10 @@ def test_ended_runs_are_skipped_and_only_finished_ones_summarised(tiny, capsys):
     argv = ['-p', str(params), '--grid', 'learn.lr=0.001,0.1', '--seeds', '0,1,2',
             '--name', 'ended', '--baseline', 'learn.lr=0.001', '-o', 'learn.n_epochs=1',
             '-o', 'ctrl.dataset_path=' + str(root / 'data')]
-    assert sweep.main(argv) == 0
+    assert sweep.main(argv) == 1  # two runs of the sweep have no result
     out = capsys.readouterr().out
-    assert 'skipped 4 finished runs and 2 diverged runs' in out
-    assert '0 runs finished, 0 failed, 0 diverged' in out
+    assert 'skipped 4 finished runs and runs that ended without a result: 2 diverged' in out
+    assert '0 runs finished, 0 failed, 0 diverged, 0 collapsed' in out
 
     sweep_dir = root / 'logs' / 'sweeps' / 'ended'
     runs = pd.read_csv(sweep_dir / 'runs.csv')
@@ -259,3 +259,36 @@ def test_ended_runs_are_skipped_and_only_finished_ones_summarised(tiny, capsys):
     head = md.splitlines()[2]
     shown = {c[:-len(' mean')] for c in head.strip('| ').split(' | ') if c.endswith(' mean')}
     assert shown == diffs
+
+
+def test_a_rerun_says_the_results_are_incomplete_as_the_first_run_did(tiny, capsys):
+    """Issue 19, cases 13, 8 and 3: every run has ended, one finished, one diverged, one
+    collapsed and one with a corrupt results.json. Each call (nothing runs) reports the
+    corrupt one as failed with its path and goes on, writes runs.csv and the summary, lists
+    every run without a result, and exits 1 because the sweep's results are incomplete."""
+    root, params = tiny
+    _results(root, 'rerun/learn.lr=0.001_seed0', status='finished', accuracy_micro=60.0)
+    corrupt = root / 'logs' / 'rerun' / 'learn.lr=0.001_seed1' / 'results.json'
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_text('{"status": "fini')
+    _results(root, 'rerun/learn.lr=0.1_seed0', status='diverged', epoch=1, step=2,
+             message='training diverged: the loss is nan at epoch 1, step 2')
+    _results(root, 'rerun/learn.lr=0.1_seed1', status='collapsed', epoch=3,
+             message='training collapsed: at epoch 3 the training loss ...')
+    argv = ['-p', str(params), '--grid', 'learn.lr=0.001,0.1', '--seeds', '0,1',
+            '--name', 'rerun', '-o', 'ctrl.dataset_path=' + str(root / 'data')]
+    for _ in range(2):
+        assert sweep.main(argv) == 1
+        out = capsys.readouterr().out
+        assert ('skipped 1 finished runs and runs that ended without a result: 1 failed, '
+                '1 diverged, 1 collapsed') in out
+        assert (f'  failed: rerun/learn.lr=0.001_seed1: {corrupt} is unreadable '
+                f'(JSONDecodeError: ') in out
+        assert '  diverged: rerun/learn.lr=0.1_seed0: training diverged' in out
+        assert '  collapsed: rerun/learn.lr=0.1_seed1: training collapsed' in out
+        assert '3 of 4 runs of the sweep have no result: it is incomplete' in out
+        runs = pd.read_csv(root / 'logs' / 'sweeps' / 'rerun' / 'runs.csv')
+        assert list(runs.status) == ['finished', 'failed', 'diverged', 'collapsed']
+        assert runs.error[1].startswith(f'{corrupt} is unreadable')
+        summary = pd.read_csv(root / 'logs' / 'sweeps' / 'rerun' / 'summary.csv')
+        assert list(summary.n) == [1, 0]
