@@ -48,6 +48,7 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
 class InterruptPoint(keras.callbacks.Callback):
     """Raises a waiting Ctrl-C after each step (utils.interrupts_at_safe_points)."""
+    async_safe = True  # else Keras runs every batch hook synchronously: a sync per step
 
     def on_train_batch_end(self, batch, logs=None):
         interrupt_point()
