@@ -12,8 +12,10 @@ float32 so that losses and metrics stay float32 under a mixed_float16 policy) an
 trunk's 'embedding' (in the compute dtype), which losses such as adaptive_lq read.
 """
 import keras
+import numpy as np
 from keras import layers
 
+import trunks
 from config import ConfigError, lookup
 from heads import HEADS, head_outputs
 
@@ -242,7 +244,9 @@ def vgg_gap(input_shape, n_classes, cfg_learn):
     return _model(inputs, embedding, outputs, 'vgg_gap')
 
 
-MODELS = {'baseline': baseline, 'DenSE': dense_se, 'cnn_gru': cnn_gru, 'vgg_gap': vgg_gap}
+# resnet34 and envnet_v2 (Akiyama & Sato's trunks) live in trunks.py.
+MODELS = {'baseline': baseline, 'DenSE': dense_se, 'cnn_gru': cnn_gru, 'vgg_gap': vgg_gap,
+          **trunks.TRUNKS}
 # The fewest input frames a model that takes any length accepts (others: 1).
 MIN_FRAMES = {'vgg_gap': VGG_GAP_MIN_FRAMES}
 
@@ -253,6 +257,7 @@ def check(cfg):
     learn = cfg['learn']
     lookup(MODELS, learn['model'], 'learn.model')
     lookup(HEADS, learn['head'], 'learn.head')
+    check_input_kind(cfg)
     check_crop(cfg)
     minimum = MIN_FRAMES.get(learn['model'], 1)
     keys = (('crop_frames', 'clip_frames') if cfg['extract']['crop'] == 'random_crop'
@@ -262,6 +267,17 @@ def check(cfg):
             raise ConfigError(f'extract.{key} = {cfg["extract"][key]} frames is shorter than '
                               f'learn.model {learn["model"]} accepts (at least {minimum} '
                               f'frames: its last valid 3x3 conv needs 3 positions)')
+
+
+def check_input_kind(cfg):
+    """A waveform model (trunks.WAVEFORM_MODELS) needs waveform inputs, a log-mel model
+    log-mel frames (extract.features, default logmel)."""
+    name = cfg['learn']['model']
+    features = cfg['extract'].get('features', 'logmel')
+    if (name in trunks.WAVEFORM_MODELS) != (features == 'waveform'):
+        wants = 'waveform' if name in trunks.WAVEFORM_MODELS else 'log-mel'
+        raise ConfigError(f'learn.model {name} takes {wants} inputs, but extract.features is '
+                          f'{features!r}')
 
 
 def check_crop(cfg):
@@ -296,6 +312,11 @@ def lengths(cfg):
     if ext['crop'] == 'random_crop':
         return ext['crop_frames'], ext['clip_frames']
     return ext['patch_len'], ext['patch_len']
+
+
+def n_trainable_params(model):
+    """The number of trainable weights of a model (BN moving statistics are not trainable)."""
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
 
 def build(name, input_shape, n_classes, cfg_learn):

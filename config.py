@@ -300,6 +300,7 @@ def _check_consistency(cfg):
         raise ConfigError(f'extract.crop_frames = {ext["crop_frames"]} must not exceed '
                           f'extract.clip_frames = {ext["clip_frames"]} (crops are cut from '
                           f'the fixed-length clip)')
+    _check_zeropad(ext)
     _check_specaugment(cfg)
     _check_paper_augment(cfg)
     staged = cfg['learn']['staged_steps']
@@ -320,6 +321,23 @@ def _check_consistency(cfg):
     if name is not None and any(not part or part.startswith('.') for part in name.split('/')):
         raise ConfigError(f'ctrl.run_name {name!r} must be a file name or a relative path '
                           f'of file names (NAME/sub), without leading dots')
+
+
+def _check_zeropad(ext):
+    """extract.load_mode zeropad must pad the audio to at least the frames a clip is read
+    over (patch_len, or random_crop's clip_frames): shorter, the clip would still be
+    repeated up to them when read (data.Patches wraps around a clip's end)."""
+    if ext['load_mode'] != 'zeropad':
+        return
+    key = 'clip_frames' if ext['crop'] == 'random_crop' else 'patch_len'
+    hop, fs = ext['hop_length_samples'], ext['fs']
+    frames = 1 + int(round(ext['audio_len_s'] * fs)) // hop  # centred STFT frames
+    if frames < ext[key]:
+        raise ConfigError(f'extract.load_mode zeropad pads clips to extract.audio_len_s = '
+                          f'{ext["audio_len_s"]} s ({frames} frames), fewer than extract.{key} '
+                          f'= {ext[key]}: set audio_len_s to at least '
+                          f'{math.ceil((ext[key] - 1) * hop / fs * 1000) / 1000:g} s, or short clips '
+                          f'are repeated')
 
 
 def _check_specaugment(cfg):

@@ -21,10 +21,12 @@ import data
 import datasets
 import eval as evaluation
 import losses
+import optimizers
 import pipeline
 import runfolder
 import sampling
 import splits
+import warmstart
 from config import ConfigError
 from masking import Masker
 from callbacks import (Backup, Checkpoint, Counters, EpochLR, History, InterruptPoint,
@@ -59,6 +61,8 @@ class Experiment:
         self.val_idx = patches.of_clips(self.val_rows)
         # figures for results.json: the injected label noise, what a mode adds (noise_detection)
         self.results = Results(**datasets.label_noise(cfg, table))
+        self.results.built(cfg['learn']['model'],
+                           architectures.n_trainable_params(trainer.classifier))
         self.monitor = 'val_accuracy' if self.val_idx.size else 'accuracy'
         learn = cfg['learn']
         self.history = History(runfolder.path(run_dir, 'history', fold))
@@ -103,7 +107,8 @@ class Experiment:
     def for_fold(self, fold):
         """Fold `fold` (1-based) of self.splits: a fresh model and trainer sharing this
         experiment's data, scaler and batch source (k-fold training)."""
-        trainer = build_trainer(self.cfg, self.mode, self.table, self.classes, self.source)
+        trainer = build_trainer(self.cfg, self.mode, self.table, self.classes, self.source,
+                                fold)
         return Experiment(self.cfg, self.mode, self.table, self.classes, self.store,
                           self.patches, self.source, trainer, self.run_dir,
                           self.rng.spawn(1)[0], self.splits, fold)
@@ -299,18 +304,22 @@ def epoch_plans(cfg, table, patches, source):
                           learn['pseudo_labels'] is not None)
 
 
-def build_trainer(cfg, mode, table, classes, source):
-    """A new model (learn.model) in a compiled Trainer with its own loss and optimiser,
-    and the loss masker when the mode declares one (off until it turns it on)."""
+def build_trainer(cfg, mode, table, classes, source, fold=None):
+    """A new model (learn.model; its weights from learn.init_from when set, for fold
+    `fold`, None for a single split) in a compiled Trainer with its own loss and optimiser
+    (learn.optim), and the loss masker when the mode declares one (off until it turns it
+    on)."""
     learn = cfg['learn']
     classifier = architectures.build(learn['model'], architectures.input_shape(cfg),
                                      len(classes), learn)
+    if learn['init_from'] is not None:
+        warmstart.init_weights(classifier, warmstart.source_path(learn['init_from'], fold))
     masker = (Masker(learn['mask_method'], learn['mask_top_k'], learn['mask_alpha'],
                      active=False) if mode.masker else None)
     detect = mode.detects and 'true_idx' in table.columns
     trainer = Trainer(classifier, source, losses.get(cfg, masker),
                       datasets.is_multi_label(table), detect=detect)
-    trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']),
+    trainer.compile(optimizer=optimizers.optimizer(learn),
                     jit_compile=pipeline.use_xla(cfg))
     return trainer
 
@@ -324,9 +333,12 @@ def prepare(cfg, mode, table, classes, store, rng, run_dir):
     check_batch_size(cfg['learn'], mode, table, patches, folds)
     source = batch_source(cfg, table, classes, store, patches, rows, folds, run_dir)
     set_precision_policy(cfg['learn'])
-    trainer = build_trainer(cfg, mode, table, classes, source)
+    fold = 1 if len(folds) > 1 else None
+    trainer = build_trainer(cfg, mode, table, classes, source, fold)
+    logger.info('model: %s, %d trainable parameters', cfg['learn']['model'],
+                architectures.n_trainable_params(trainer.classifier))
     return Experiment(cfg, mode, table, classes, store, patches, source, trainer, run_dir,
-                      rng, folds, fold=1 if len(folds) > 1 else None)
+                      rng, folds, fold=fold)
 
 
 def split(cfg, mode, table, classes, store):

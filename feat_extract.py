@@ -54,7 +54,8 @@ class BadAudio(Exception):
 # ----------------------------------------------------------------------------- one clip
 
 def load_audio(path, params_extract):
-    """Read a file -> mono float32 at fs, optionally peak-normalised and tiled (varup)."""
+    """Read a file -> mono float32 at fs, optionally peak-normalised, then tiled (varup) or
+    zero-padded at its end (zeropad) up to audio_len_s."""
     p = params_extract
     # libsndfile reports a missing file as "System error."; say what is wrong instead.
     if not os.path.isfile(path):
@@ -79,6 +80,9 @@ def load_audio(path, params_extract):
     if p['load_mode'] == 'varup' and len(y) < target:
         # Short clips are repeated rather than zero-padded, so every patch holds sound.
         y = np.tile(y, -(-target // len(y)))[:target]
+    elif p['load_mode'] == 'zeropad' and len(y) < target:
+        # Akiyama & Sato (Sec. 3.3.1): short clips are extended by zeros (digital silence).
+        y = np.concatenate([y, np.zeros(target - len(y), y.dtype)])
     return y.astype(np.float32)
 
 

@@ -102,7 +102,8 @@ KEYS = {
     },
     'extract': {
         'audio_len_s': Key(
-            2, 'varup: clips shorter than this are replicated up to it (seconds)', at_least=0),
+            2, 'varup / zeropad: clips shorter than this are replicated / zero-padded up to it '
+            '(seconds)', at_least=0),
         'eps': Key(
             2.220446049250313e-16, 'added to the signal before the STFT and inside log10',
             above=0),
@@ -111,8 +112,8 @@ KEYS = {
         'fs': Key(44100, 'sampling rate; other rates are resampled to it', at_least=1),
         'hop_length_samples': Key(882, 'STFT hop (20 ms at 44.1 kHz)', at_least=1),
         'load_mode': Key(
-            'varup', 'varup: replicate short clips to audio_len_s; full: keep length',
-            choices=('varup', 'full')),
+            'varup', 'varup: replicate short clips to audio_len_s; zeropad: pad them with zeros '
+            'to it (Akiyama & Sato); full: keep length', choices=('varup', 'zeropad', 'full')),
         'log': Key(True, 'log10 of the mel energies'),
         'mono': Key(True, 'mix multichannel audio to mono'),
         'n_fft': Key(2048, 'FFT size', at_least=1),
@@ -147,12 +148,20 @@ KEYS = {
     'learn': {
         'batch_size': Key(64, 'patches per training step', at_least=1),
         'lr': Key(
-            0.001, 'Adam learning rate (halved on val-accuracy plateaus of 5 epochs)', above=0),
+            0.001, 'learning rate of learn.optim (plateau: halved on val-accuracy plateaus of 5 '
+            'epochs)', above=0),
         'n_classes': Key(
             None, 'must equal the number of classes in the training data (null: taken from the '
             'data)', at_least=2, nullable=True, type=int),
         'n_epochs': Key(100, 'total epochs, counted across stages', at_least=1),
-        'optim': Key('Adam', 'optimiser', choices=('Adam',)),
+        'optim': Key('Adam', 'optimiser: Adam, or SGD (learn.momentum, learn.nesterov)'),
+        'momentum': Key(
+            0.9, 'SGD: momentum (0.9, the released EnvNet training)', at_least=0, below=1),
+        'nesterov': Key(True, 'SGD: Nesterov momentum (true, the released EnvNet training)'),
+        'init_from': Key(
+            None, 'weights to start from: a .keras file or an earlier run folder logs/<run> '
+            '(fold k from its model_k.keras); the trunk must match, heads where shapes match',
+            nullable=True, type=str),
         'patience': Key(
             15, 'early stopping patience on validation accuracy (epochs; min_delta 0.001)',
             at_least=1),
@@ -176,7 +185,9 @@ KEYS = {
             10, 'mode 0: epochs without mixup before mixup starts', at_least=0),
         'mode': Key(
             0, '0 mixup warm-up, 1 standard, 2 time-dependent loss, 3 pruning, staged', also=str),
-        'model': Key('baseline', 'baseline (3-conv CNN) or DenSE'),
+        'model': Key(
+            'baseline', 'baseline (3-conv CNN), DenSE, cnn_gru, vgg_gap, resnet34 (log-mel) or '
+            'envnet_v2 (waveforms)'),
         'stage1_epoch': Key(
             20, "mode 2: epoch at which the loss switches to stage 2 (20, the original code's "
             'config)', at_least=0),

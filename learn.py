@@ -18,9 +18,11 @@ import datasets
 import ensemble
 import eval as evaluation
 import losses
+import optimizers
 import sampling
 import self_verify
 import splits
+import warmstart
 from config import ConfigError, lookup
 from callbacks import check_schedule
 
@@ -185,6 +187,8 @@ def check(cfg):
     name = learn['mode']
     mode = lookup(MODES, name, 'learn.mode')
     check_loss(cfg)
+    lookup(optimizers.OPTIMIZERS, learn['optim'], 'learn.optim')
+    warmstart.check(cfg)
     check_schedule(cfg, mode.steps)
     if (mode.folds and learn['folds'] > 1) or learn['lr_schedule'] not in mode.schedules:
         own = (f'makes its own {mode.folds} folds and fine-tunes with its own schedule: keep '
