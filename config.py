@@ -336,8 +336,7 @@ def _check_zeropad(ext):
         raise ConfigError(f'extract.load_mode zeropad pads clips to extract.audio_len_s = '
                           f'{ext["audio_len_s"]} s ({frames} frames), fewer than extract.{key} '
                           f'= {ext[key]}: set audio_len_s to at least '
-                          f'{math.ceil((ext[key] - 1) * hop / fs * 1000) / 1000:g} s, or short clips '
-                          f'are repeated')
+                          f'{math.ceil((ext[key] - 1) * hop / fs)} s, or short clips are repeated')
 
 
 def _check_specaugment(cfg):

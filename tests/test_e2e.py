@@ -104,6 +104,12 @@ def test_mode0_writes_every_artefact(mode0):
     results = json.loads((run_dir / 'results.json').read_text())
     assert {'accuracy_micro', 'n_files_evaluated', 'n_files_listed', 'per_class',
             'wall_time_s'} <= set(results)
+    # The model and its trainable parameters, counted in the saved model's arrays.
+    import keras
+    saved_model = keras.saving.load_model(run_dir / 'model.keras', compile=False)
+    n_params = sum(np.asarray(w).size for w in saved_model.trainable_weights)
+    assert results['model'] == 'baseline' and results['n_trainable_params'] == n_params
+    assert f'model: baseline, {n_params} trainable parameters' in log
     # best_val only picks among the mixup epochs (3 and 4), the best of them.
     assert results['model_selection'] == 'best_val'
     mixup_epochs = hist[hist.epoch >= 3]
