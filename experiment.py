@@ -27,11 +27,12 @@ import sampling
 import splits
 from config import ConfigError
 from masking import Masker
-from callbacks import (Backup, Checkpoint, Counters, EpochLR, History, InterruptPoint,
-                       ModelSelection, RunState, Snapshots, StopAfterSteps, StopOnCollapse,
-                       StopOnNonFinite, TensorBoardScalars, ValClipAccuracy, cosine_lr,
+from callbacks import (Backup, Checkpoint, Counters, History, InterruptPoint,
+                       ModelSelection, RunState, StopAfterSteps, StopOnCollapse,
+                       StopOnNonFinite, TensorBoardScalars, ValClipAccuracy,
                        detection_figures, precision_recall)
 from results import Results
+from schedules import EpochLR, Snapshots, cosine_lr
 from trainer import Trainer
 from utils import atomic_path, atomic_write_csv
 

@@ -22,7 +22,7 @@ import sampling
 import self_verify
 import splits
 from config import ConfigError, lookup
-from callbacks import check_schedule
+from schedules import check_schedule
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 import eval as evaluation
 import runfolder
 import splits
-from callbacks import EpochLR, linear_decay_lr
+from schedules import EpochLR, linear_decay_lr
 from utils import atomic_path
 
 logger = logging.getLogger(__name__)
