@@ -25,6 +25,7 @@ import pipeline
 import runfolder
 import sampling
 import splits
+import subsets
 from config import ConfigError
 from masking import Masker
 from callbacks import (Backup, Checkpoint, Counters, History, InterruptPoint,
@@ -320,38 +321,47 @@ def prepare(cfg, mode, table, classes, store, rng, run_dir):
     """Split, patch table (refusing a batch larger than its training pools), batch source
     (with its scaler), trainer -> the Experiment of the first fold (or of the single
     split). mode: the configured mode's learn.Mode declaration."""
-    rows, folds = split(cfg, mode, table, classes, store)
+    rows, folds, drawn = split(cfg, mode, table, classes, store)
     patches = pipeline.patch_table(cfg, store)
     check_batch_size(cfg['learn'], mode, table, patches, folds)
     source = batch_source(cfg, table, classes, store, patches, rows, folds, run_dir)
     set_precision_policy(cfg['learn'])
     trainer = build_trainer(cfg, mode, table, classes, source)
-    return Experiment(cfg, mode, table, classes, store, patches, source, trainer, run_dir,
-                      rng, folds, fold=1 if len(folds) > 1 else None)
+    exp = Experiment(cfg, mode, table, classes, store, patches, source, trainer, run_dir,
+                     rng, folds, fold=1 if len(folds) > 1 else None)
+    exp.results.subset_drawn(drawn)
+    return exp
 
 
 def split(cfg, mode, table, classes, store):
-    """(the readable training rows, the folds' (training rows, validation rows)): one
-    stratified train/val split, or with learn.folds K > 1 K stratified folds, or the folds
-    the mode makes itself (Mode.split: self_verify's 4)."""
-    learn = cfg['learn']
-    rows = datasets.readable_train_rows(table, classes, store.length,
-                                        cfg['ctrl']['train_data'])
-    y = datasets.targets(table, len(classes))[rows]
+    """(the readable training rows, the folds' (training rows, validation rows), the
+    counts drawn by ctrl.n_noisy / n_clean): one stratified train/val split, or with
+    learn.folds K > 1 K stratified folds, or the folds the mode makes itself (Mode.split:
+    self_verify's 4), of the training rows, drawn first when ctrl.n_noisy or n_clean is
+    set (subsets.py)."""
+    learn, ctrl = cfg['learn'], cfg['ctrl']
+    rows = datasets.readable_train_rows(table, classes, store.length, ctrl['train_data'])
+    targets = datasets.targets(table, len(classes))
+    seed = ctrl['seed']
+    n_before = rows.size
+    rows, drawn = subsets.draw(rows, table.verified.to_numpy()[rows],
+                               splits.strata(targets[rows]), ctrl['n_noisy'], ctrl['n_clean'],
+                               seed)
+    subsets.log_drawn(drawn, n_before)
+    y = targets[rows]
     labels = splits.strata(y)  # one class per clip (multi-label: its rarest label)
-    seed = cfg['ctrl']['seed']
     if mode.split is not None:
-        return rows, mode.split(table, rows, seed)
+        return rows, mode.split(table, rows, seed), drawn
     if learn['folds'] > 1:
         return rows, splits.kfold_split(rows, y if datasets.is_multi_label(table) else labels,
-                                        learn['folds'], seed)
+                                        learn['folds'], seed), drawn
     train_rows, val_rows = splits.split_train_val(rows, labels, learn['val_split'], seed)
     if learn['val_split'] > 0 and val_rows.size == 0:
         raise ConfigError(f'learn.val_split {learn["val_split"]} leaves no validation clip '
                           f'({rows.size} readable training clips, at least one per class '
                           f'stays in training); raise it, or set it to 0 to select the '
                           f'model on training accuracy')
-    return rows, [(train_rows, val_rows)]
+    return rows, [(train_rows, val_rows)], drawn
 
 
 def check_batch_size(learn, mode, table, patches, folds):

@@ -67,6 +67,12 @@ KEYS = {
             'noisy', 'training subset: noisy | clean | noisy_small | noisy_small_clean | all '
             '(fsdkaggle2018: noisy | clean | all; fsdkaggle2019: curated | noisy | all)',
             choices=('noisy', 'clean', 'noisy_small', 'noisy_small_clean', 'all', 'curated')),
+        'n_noisy': Key(
+            None, 'clips drawn from the unverified part of train_data, stratified by class, '
+            'before the val split (null: all; Deng et al.)', at_least=0, nullable=True, type=int),
+        'n_clean': Key(
+            None, 'clips drawn from the verified part of train_data, stratified by class, '
+            'before the val split (null: all; Deng et al.)', at_least=0, nullable=True, type=int),
         'dataset_path': Key(
             'data/FSDnoisy18k', 'folder holding FSDnoisy18k.audio_train/, .audio_test/, .meta/'),
         'classes': Key(

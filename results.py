@@ -52,6 +52,8 @@ class Results:
     """A run's results; None is "not measured" and is left out of results.json. Fields
     appear in results.json in this order, after the Evaluation's head."""
     label_noise: dict = None        # ctrl.inject_noise: rate, kind, subset, share_changed
+    n_noisy: int = None             # ctrl.n_noisy / n_clean: the unverified and verified
+    n_clean: int = None             # training clips drawn (subsets.py), when either is set
     # noise detection of the dropped / masked examples: precision, recall, n_flagged,
     # n_wrong (one decision), or those as lists over the epochs, with 'epoch'
     noise_detection: dict = None
@@ -65,6 +67,10 @@ class Results:
     snapshot_cycles: list = None
     ensemble: dict = None           # eval.Ensemble.summary(): members and how averaged
     evaluation: Evaluation = field(default=None, repr=False)
+
+    def subset_drawn(self, drawn):
+        """The counts of ctrl.n_noisy / n_clean's draw ({} when neither is set)."""
+        self.n_noisy, self.n_clean = drawn.get('n_noisy'), drawn.get('n_clean')
 
     # -- what the modes record
     def noise_detected(self, figures):
