@@ -289,15 +289,24 @@ class ModelSelection(keras.callbacks.Callback):
     """learn.model_selection: which weights are evaluated and saved as model.keras.
 
     last: the weights of the last epoch trained (the original code: early stopping without
-    restoring). best_val: the weights of the epoch with the best monitored value among the
-    epochs from state.selection_from on, so that the evaluated model is always one trained
-    by the method as configured. model.keras is rewritten whenever the selected weights
-    change, so an interrupted run keeps them.
+    restoring). best_val: the weights of the epoch with the best monitored value (monitor:
+    val_accuracy, or accuracy without validation clips) among the epochs from
+    state.selection_from on, so that the evaluated model is always one trained by the
+    method as configured. best_val_loss: the same with the lowest loss of the monitored
+    set (val_loss, or loss), as Dorfer & Widmer's released code keeps the epoch of lowest
+    validation loss. state.best_value holds the best value as compared, the loss negated.
+    model.keras is rewritten whenever the selected weights change, so an interrupted run
+    keeps them.
     """
+
+    BEST = ('best_val', 'best_val_loss')
 
     def __init__(self, rule, monitor, path, state):
         super().__init__()
+        if rule == 'best_val_loss':
+            monitor = monitor.replace('accuracy', 'loss')
         self.rule, self.monitor, self.path, self.state = rule, monitor, path, state
+        self.sign = -1.0 if rule == 'best_val_loss' else 1.0
         self.weights = None
 
     def state_dict(self):
@@ -316,11 +325,12 @@ class ModelSelection(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         s = self.state
         s.epoch = epoch + 1
-        if self.rule == 'best_val':
+        if self.rule in self.BEST:
             value = (logs or {}).get(self.monitor)
-            if s.epoch < s.selection_from or value is None or value <= s.best_value:
+            if s.epoch < s.selection_from or value is None or \
+                    self.sign * value <= s.best_value:
                 return
-            s.best_value, s.best_epoch = float(value), s.epoch
+            s.best_value, s.best_epoch = self.sign * float(value), s.epoch
             self.weights = self.model.classifier.get_weights()
         self._save()
 
@@ -331,12 +341,12 @@ class ModelSelection(keras.callbacks.Callback):
     def finish(self, trainer):
         """Put the selected weights into the classifier; record and log the epoch."""
         s = self.state
-        if self.rule == 'best_val' and self.weights is not None:
+        if self.rule in self.BEST and self.weights is not None:
             trainer.classifier.set_weights(self.weights)
             s.evaluated_epoch = s.best_epoch
-            logger.info('model selection best_val: the weights of epoch %d (%s = %.4f, best '
-                        'since epoch %d)', s.best_epoch, self.monitor, s.best_value,
-                        s.selection_from)
+            logger.info('model selection %s: the weights of epoch %d (%s = %.4f, best '
+                        'since epoch %d)', self.rule, s.best_epoch, self.monitor,
+                        self.sign * s.best_value, s.selection_from)
         else:
             s.evaluated_epoch = s.epoch
             if s.epoch < s.selection_from:

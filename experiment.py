@@ -33,6 +33,7 @@ from callbacks import (Backup, Checkpoint, Counters, History, InterruptPoint,
                        StopOnNonFinite, TensorBoardScalars, ValClipAccuracy,
                        detection_figures, precision_recall)
 from results import Results
+import schedules
 from schedules import EpochLR, Snapshots, cosine_lr
 from trainer import Trainer
 from utils import atomic_path, atomic_write_csv
@@ -72,9 +73,10 @@ class Experiment:
                                         runfolder.path(run_dir, 'model', fold), self.state)
         self.reduce_lr = keras.callbacks.ReduceLROnPlateau(
             monitor=self.monitor, mode='max', factor=0.5, patience=5, verbose=1)
+        # learn.patience null: no early stopping (Dorfer & Widmer train all 500 epochs)
         self.early_stopping = keras.callbacks.EarlyStopping(
             monitor=self.monitor, mode='max', patience=learn['patience'], min_delta=0.001,
-            verbose=1)
+            verbose=1) if learn['patience'] is not None else None
         score = evaluation.clip_scorer(trainer.classifier, source, patches, cfg)
         self.val_clip = ([ValClipAccuracy(score, self.val_rows,
                                           datasets.targets(table, len(classes)))]
@@ -85,7 +87,8 @@ class Experiment:
         self.plans = epoch_plans(cfg, table, patches, source)
         self.stage_epochs = []  # epochs each fit() call (stage) trained
         self.memo = Memo()
-        self.counters = Counters([self.reduce_lr, self.early_stopping])
+        self.counters = Counters([c for c in (self.reduce_lr, self.early_stopping)
+                                  if c is not None])
         # Resume: fit() calls are the mode's stages; the checkpoint holds the state at the
         # end of the last completed epoch, restored when the mode reaches that epoch's
         # stage. k folds and self-verification rounds are not resumed (a fold's stages
@@ -120,13 +123,18 @@ class Experiment:
 
     def schedule(self):
         """The callbacks of learn.lr_schedule: plateau halves the rate on validation
-        plateaus of 5 epochs; constant keeps learn.lr; cyclic_cosine anneals each cycle and
+        plateaus of 5 epochs; constant keeps learn.lr; linear decays it from
+        learn.lr_decay_start to 0 at the last epoch; cyclic_cosine anneals each cycle and
         saves a snapshot at each cycle's end."""
         learn = self.cfg['learn']
         if learn['lr_schedule'] == 'plateau':
             return [self.reduce_lr]
         if learn['lr_schedule'] == 'constant':
             return []
+        if learn['lr_schedule'] == 'linear':
+            lr, start = learn['lr'], learn['lr_decay_start']
+            epochs = schedules.mode_epochs(learn, self.mode.steps)[1]
+            return [EpochLR(lambda epoch: schedules.linear_lr(epoch, lr, start, epochs))]
         lr, lr_min, length = learn['lr'], learn['lr_min'], learn['cycle_epochs']
         return [EpochLR(lambda epoch: cosine_lr(epoch, lr, lr_min, length)),
                 Snapshots(length, learn['cycles'], self.save_snapshot)]
@@ -226,7 +234,8 @@ class Experiment:
                *lr_callbacks, *self.val_clip, self.history, self.collapse, *self.tensorboard,
                self.selection]
         cyclic = self.cfg['learn']['lr_schedule'] == 'cyclic_cosine'
-        cbs += [self.early_stopping] if early_stopping and not cyclic else []
+        stops = early_stopping and not cyclic and self.early_stopping is not None
+        cbs += [self.early_stopping] if stops else []
         if steps is not None:
             per_epoch = min(self.cfg['learn']['steps_per_epoch'] or per_epoch, steps)
             epochs = -(-steps // per_epoch)

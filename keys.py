@@ -160,8 +160,8 @@ KEYS = {
         'n_epochs': Key(100, 'total epochs, counted across stages', at_least=1),
         'optim': Key('Adam', 'optimiser', choices=('Adam',)),
         'patience': Key(
-            15, 'early stopping patience on validation accuracy (epochs; min_delta 0.001)',
-            at_least=1),
+            15, 'early stopping patience on validation accuracy (epochs; min_delta 0.001; null: '
+            'no early stopping)', at_least=1, nullable=True),
         'val_split': Key(
             0.15, 'share of the training subset held out for validation, per class',
             at_least=0, below=1),
@@ -223,8 +223,9 @@ KEYS = {
             'auto', 'auto: frames in GPU memory when they fit; always; never (host)',
             choices=('auto', 'always', 'never')),
         'model_selection': Key(
-            'last', 'weights evaluated: last (last epoch trained, the original) or best_val (best '
-            'val accuracy since the method acted)', choices=('last', 'best_val')),
+            'last', 'weights evaluated: last (last epoch trained, the original), best_val (best '
+            'val accuracy since the method acted) or best_val_loss (lowest val loss, likewise)',
+            choices=('last', 'best_val', 'best_val_loss')),
         'steps_per_epoch': Key(
             None, 'staged: steps between validations/LR schedule/history rows (null: one pass '
             "over the stage's pool)", at_least=1, nullable=True, type=int),
@@ -244,11 +245,15 @@ KEYS = {
             'sigmoid_sparsemax (non-softmax heads: loss.type bce)'),
         'lr_schedule': Key(
             'plateau', 'plateau (halve on val plateaus), constant, cyclic_cosine (snapshot per '
-            'cycle)', choices=('plateau', 'constant', 'cyclic_cosine')),
+            'cycle), linear (to 0 at the last epoch from lr_decay_start)',
+            choices=('plateau', 'constant', 'cyclic_cosine', 'linear')),
         'cycles': Key(
             8, 'cyclic_cosine: cycles (n_epochs must equal cycles x cycle_epochs)', at_least=1),
         'cycle_epochs': Key(64, 'cyclic_cosine: epochs per cycle', at_least=1),
         'lr_min': Key(1e-06, "cyclic_cosine: rate at each cycle's end (starts at lr)", at_least=0),
+        'lr_decay_start': Key(
+            100, 'linear: last epoch at lr (1-based); then lr/(n_epochs - it) less per epoch, 0 '
+            'at the last (Dorfer & Widmer: 100 of 500)', at_least=0),
         'folds': Key(
             1, '1: one train/val split; K > 1: K stratified folds, K models averaged', at_least=1),
         'sv_excerpts': Key(

@@ -15,12 +15,23 @@ def staged_epochs(learn):
     return None if per_epoch is None else sum(-(-n // per_epoch) for n in learn['staged_steps'])
 
 
+def mode_epochs(learn, steps):
+    """(the key that sets the mode's epochs, its epochs): learn.n_epochs, or for a mode
+    that trains in steps the epochs of learn.staged_steps / steps_per_epoch (None when
+    steps_per_epoch is null: an epoch is then one pass over a stage's pool)."""
+    if steps:
+        return 'learn.staged_steps / learn.steps_per_epoch', staged_epochs(learn)
+    return 'learn.n_epochs', learn['n_epochs']
+
+
 def check_schedule(cfg, steps=False):
     """cyclic_cosine: the mode's epochs must be whole cycles (each cycle ends in a
-    snapshot), the snapshot cycles must exist, and lr_min must be below lr. steps: the
-    mode trains in optimizer steps (its Mode declares it), its epochs counted from
-    learn.staged_steps and learn.steps_per_epoch."""
+    snapshot), the snapshot cycles must exist, and lr_min must be below lr. linear: the
+    decay starts before the last epoch. steps: the mode trains in optimizer steps (its Mode
+    declares it), its epochs counted from learn.staged_steps and learn.steps_per_epoch."""
     learn = cfg['learn']
+    if learn['lr_schedule'] == 'linear':
+        check_linear(learn, steps)
     if learn['lr_schedule'] != 'cyclic_cosine':
         return
     chosen = cfg['recognizer']['snapshot_cycles']
@@ -33,14 +44,11 @@ def check_schedule(cfg, steps=False):
         raise ConfigError(f'learn.lr_min ({learn["lr_min"]}) must be below learn.lr '
                           f'({learn["lr"]}) for lr_schedule cyclic_cosine')
     cycled = learn['cycles'] * learn['cycle_epochs']
-    if steps:
-        key, epochs = 'learn.staged_steps / learn.steps_per_epoch', staged_epochs(learn)
-        if epochs is None:
-            raise ConfigError(f'learn.lr_schedule cyclic_cosine with learn.mode '
-                              f'{learn["mode"]} needs learn.steps_per_epoch, so that the '
-                              f'stages last whole cycles')
-    else:
-        key, epochs = 'learn.n_epochs', learn['n_epochs']
+    key, epochs = mode_epochs(learn, steps)
+    if epochs is None:
+        raise ConfigError(f'learn.lr_schedule cyclic_cosine with learn.mode '
+                          f'{learn["mode"]} needs learn.steps_per_epoch, so that the '
+                          f'stages last whole cycles')
     if epochs != cycled:
         raise ConfigError(f'learn.lr_schedule cyclic_cosine trains learn.cycles x '
                           f'learn.cycle_epochs = {cycled} epochs; set {key} to {cycled} '
@@ -54,6 +62,29 @@ def cosine_lr(epoch, lr_max, lr_min, cycle_epochs):
     0-based epoch counted across stages."""
     t = (epoch % cycle_epochs) / cycle_epochs
     return lr_min + 0.5 * (lr_max - lr_min) * (1.0 + np.cos(np.pi * t))
+
+
+def check_linear(learn, steps):
+    """linear: the rate decays from learn.lr_decay_start to 0 at the mode's last epoch,
+    so the decay must start before it."""
+    key, epochs = mode_epochs(learn, steps)
+    if epochs is None:
+        raise ConfigError(f'learn.lr_schedule linear with learn.mode {learn["mode"]} needs '
+                          f'learn.steps_per_epoch, so that the last epoch is known')
+    if learn['lr_decay_start'] >= epochs:
+        raise ConfigError(f'learn.lr_decay_start = {learn["lr_decay_start"]} must be below '
+                          f'the {epochs} epochs of {key} for learn.lr_schedule linear (the '
+                          f'rate decays to 0 at the last epoch)')
+
+
+def linear_lr(epoch, lr, decay_start, epochs):
+    """learn.lr_schedule linear at the 0-based epoch (counted across stages): the rule of
+    Dorfer & Widmer's released code (CPJKU/dcase_task2, lasagne_wrapper/
+    learn_rate_shedules.get_linear, applied after each epoch numbered from 1): epochs 1 ..
+    decay_start at lr, then lr / (epochs - decay_start) less after each epoch, so that
+    1-based epoch e > decay_start trains at lr (1 - (e - decay_start) / (epochs -
+    decay_start)) and the last epoch at 0 (round 0: 500 epochs from 1e-3, decay from 100)."""
+    return linear_decay_lr(epoch + 1, lr, decay_start, epochs)
 
 
 def linear_decay_lr(epoch, lr, decay_from, epochs):
