@@ -237,6 +237,11 @@ KEYS = {
             'time_width': Key(0, 'widest time mask (frames; each width ~ U{0..widest})',
                               at_least=0),
         }),
+        'bn_momentum': Key(
+            0.99, "momentum of every batch normalisation's moving statistics (Keras: 0.99; "
+            'Lasagne alpha 0.1 = 0.9)', at_least=0, below=1),
+        'bn_epsilon': Key(
+            0.001, 'epsilon of every batch normalisation (Keras: 1e-3; Lasagne: 1e-4)', above=0),
         'time_pooling': Key(
             'max', 'cnn_gru: pooling over time after the GRU: max or mean',
             choices=('max', 'mean')),
