@@ -128,7 +128,12 @@ KEYS = {
         'patch_len': Key(100, 'frames per patch (2 s)', at_least=1),
         'spectrogram_type': Key(
             'power', 'power (|X|^2) or magnitude (|X|)', choices=('power', 'magnitude')),
-        'win_length_samples': Key(1764, 'STFT window (40 ms periodic Hamming)', at_least=1),
+        'win_length_samples': Key(
+            1764, 'STFT window length in samples (40 ms at 44.1 kHz)', at_least=1),
+        'window': Key(
+            'hamming', 'STFT window, periodic: hamming (waspaa19), hann (the DCASE systems), '
+            'blackman, bartlett, boxcar', choices=('hamming', 'hann', 'blackman', 'bartlett',
+                                                   'boxcar')),
         'store_dtype': Key(
             'float32', 'dtype of the cached frames: float32 or float16 (half the memory)',
             choices=('float32', 'float16')),
