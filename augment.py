@@ -1,5 +1,6 @@
 """Augmentations drawn into the epoch plan (augment_plan), so that a run stays
-repeatable: random crop offsets (extract.crop random_crop), SpecAugment masks
+repeatable: random crop offsets (extract.crop random_crop), random cyclic shifts of clips
+shorter than the training input (cyclic_shifts), SpecAugment masks
 (learn.specaugment), and the augmentations of Akiyama & Sato, "Multitask learning and
 semi-supervised learning with noisy data for audio tagging" (DCASE 2019 task 2,
 Sec. 3.3.1):
@@ -77,19 +78,40 @@ def mask_spans(rng, shape, count, max_width, size):
     return np.stack([start, width], axis=-1)
 
 
+def cyclic_shifts(rng, clen, length):
+    """Shifts of the examples whose clips (clen [*shape] frames) are shorter than the
+    training input of `length` frames: s ~ U{0..clen - 1}, so that the input, read as
+    frame (s + t) mod clen, is a random cyclic shift of the wrapped clip (Dorfer & Widmer's
+    released code tiles a short clip and slices it at random); 0 for the other examples.
+    The input of a clip of 5 frames read 8 long from shift 3: frames 3 4 0 1 2 3 4 0."""
+    clen = np.asarray(clen, np.int64)
+    return rng.integers(0, np.where(clen < length, np.maximum(clen, 1), 1))
+
+
 def augment_plan(rng, plan, max_shift=0, specaugment=(0, 0, 0, 0), n_mels=1, length=1,
-                 paper=None):
-    """Random crop offsets and SpecAugment masks drawn into an epoch plan.
+                 paper=None, clen=None):
+    """Random crop offsets, cyclic shifts of short clips and SpecAugment masks drawn into
+    an epoch plan.
 
     max_shift: a crop starts at a frame drawn uniformly from 0..max_shift of its fixed-
-    length clip (0: patches, nothing drawn), independently for each example and partner.
-    specaugment: (freq masks, max freq width, time masks, max time width) over inputs of
-    n_mels bands x length frames; counts of 0 draw nothing, so that a run without these
-    draws the same batches as before they existed.
+    length clip, independently for each example and partner (the clip read cyclically, so
+    a clip shorter than the crop is shifted cyclically too). max_shift 0 (patches): clen
+    [patches], the clip length of each patch's clip: a patch of a clip shorter than the
+    training input (`length` frames), which has one patch at offset 0, gets a random
+    cyclic shift per example and partner (cyclic_shifts) instead of the same excerpt every
+    epoch; drawn only when the plan holds such a patch, so that runs on clips at least as
+    long as the input draw the same batches as before. specaugment: (freq masks, max freq
+    width, time masks, max time width) over inputs of n_mels bands x length frames; counts
+    of 0 draw nothing, so that a run without these draws the same batches as before they
+    existed.
     """
     if max_shift > 0:
         plan.shift = rng.integers(0, max_shift + 1, size=plan.idx.shape)
         plan.partner_shift = rng.integers(0, max_shift + 1, size=plan.idx.shape)
+    elif clen is not None and (np.any(clen[plan.idx] < length) or
+                               np.any(clen[plan.partner] < length)):
+        plan.shift = cyclic_shifts(rng, clen[plan.idx], length)
+        plan.partner_shift = cyclic_shifts(rng, clen[plan.partner], length)
     n_freq, freq_width, n_time, time_width = specaugment
     if n_freq:
         plan.fmask = mask_spans(rng, plan.idx.shape, n_freq, freq_width, n_mels)

@@ -302,7 +302,7 @@ def epoch_plans(cfg, table, patches, source):
     draw = functools.partial(
         augment.augment_plan, max_shift=source.eval_len - source.patch_len,
         specaugment=augment.specaugment(learn), n_mels=cfg['extract']['n_mels'],
-        length=source.patch_len,
+        length=source.patch_len, clen=patches.clen,
         paper={key: learn[key] for key in ('freq_mask', 'gain', 'extra_crop')})
     return sampling.Plans(learn['batch_size'], learn['mixup'], learn['mixup_alpha'],
                           learn['mixup_mode'], draw,

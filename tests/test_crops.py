@@ -212,3 +212,60 @@ def test_whole_clip_prediction_equals_one_call_per_clip(clips, crop_setup, make_
         x = (_fixed_clip(clips, row, clip_frames) - mean) / std
         alone = np.asarray(model(x[None, :, :, None], training=False)['scores'])[0]
         np.testing.assert_allclose(score, alone, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- short clips
+
+def _patch_source(clips):
+    """Patches of 8 frames, hop 3, of clips of 5, 8, 20, 0, 14 and 1 frames: the clips of
+    5 and 1 frames are shorter than a patch (one patch each, at offset 0)."""
+    p = data.make_patches(clips['starts'], clips['lengths'], clips['patch_len'],
+                          clips['patch_hop'])
+    table = pd.DataFrame({'label_idx': [0, 1, 2, 0, 1, 2], 'verified': 1,
+                          'labels_idx': [(0,), (1,), (2,), (0,), (1,), (2,)]})
+    mean, std = np.zeros(clips['n_mels'], np.float32), np.ones(clips['n_mels'], np.float32)
+    return p, data.PatchSource(clips['frames'], p, table, mean, std, np.zeros(3, np.float32),
+                               clips['patch_len'], False)
+
+
+def test_short_clips_get_random_cyclic_shifts_of_the_wrapped_clip(clips):
+    """A training patch of a clip shorter than the patch is a random cyclic shift of the
+    wrapped clip each time it is drawn (np.roll of the clip, repeated to the patch
+    length); patches of longer clips keep shift 0."""
+    p, src = _patch_source(clips)
+    L = clips['patch_len']
+    rng = np.random.default_rng(4)
+    plan = augment.augment_plan(rng, sampling.plan_epoch(rng, np.arange(p.clip.size), 4,
+                                                         mixup=True, alpha=0.3),
+                                length=L, clen=p.clen)
+    for idx, shift in ((plan.idx, plan.shift), (plan.partner, plan.partner_shift)):
+        short = p.clen[idx] < L
+        assert np.all(shift[~short] == 0) and np.all(shift[short] < p.clen[idx][short])
+    seen = set()
+    for _ in range(30):  # the 5-frame clip's shifts over epochs: every one of 0..4
+        again = augment.augment_plan(rng, sampling.plan_epoch(rng, np.arange(p.clip.size), 4),
+                                     length=L, clen=p.clen)
+        seen |= set(again.shift[p.clip[again.idx] == 0].tolist())
+    assert seen == {0, 1, 2, 3, 4}
+    idx, shift = plan.idx.ravel(), plan.shift.ravel()
+    got = np.asarray(src.inputs(ops.convert_to_tensor(idx.astype(np.int32)),
+                                ops.convert_to_tensor(shift)))[..., 0]
+    for k, (i, s) in enumerate(zip(idx, shift)):
+        c = p.clip[i]
+        own = clips['frames'][clips['starts'][c]:clips['starts'][c] + clips['lengths'][c]]
+        expected = (np.resize(np.roll(own, -s, axis=0), (L, clips['n_mels'])) if own.shape[0] < L
+                    else own[p.offset[i]:p.offset[i] + L])
+        np.testing.assert_allclose(got[k], expected, rtol=1e-6)
+
+
+def test_clips_at_least_as_long_as_the_patch_draw_no_shift(clips):
+    """Without short clips in the plan nothing is drawn: those runs keep their batches."""
+    p, _ = _patch_source(clips)
+    long_patches = np.flatnonzero(p.clen >= clips['patch_len'])
+    rng, plain = np.random.default_rng(8), np.random.default_rng(8)
+    plan = augment.augment_plan(rng, sampling.plan_epoch(rng, long_patches, 4),
+                                length=clips['patch_len'], clen=p.clen)
+    reference = augment.augment_plan(plain, sampling.plan_epoch(plain, long_patches, 4))
+    np.testing.assert_array_equal(plan.shift, 0)
+    np.testing.assert_array_equal(plan.idx, reference.idx)
+    assert rng.random() == plain.random()
