@@ -241,6 +241,8 @@ KEYS = {
             'time_masks': Key(0, 'time masks per example (0: off)', at_least=0),
             'time_width': Key(0, 'widest time mask (frames; each width ~ U{0..widest})',
                               at_least=0),
+            'time_warp': Key(0, 'time warp W: a frame p in (W, T - 1 - W) moved by w ~ '
+                             'U{-W..W} frames, linear in between (0: off)', at_least=0),
         }),
         'bn_momentum': Key(
             0.99, "momentum of every batch normalisation's moving statistics (Keras: 0.99; "
