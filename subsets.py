@@ -6,9 +6,11 @@ training set: 500 / 1,003 / 5,000 / 10,000 of the noisy clips with all 1,772 cle
 and 10,000 noisy clips with 443 / 886 / 1,329 clean ones. ctrl.n_noisy and ctrl.n_clean
 draw that many clips from the unverified and the verified part of the training subset
 (ctrl.train_data), stratified by class, with ctrl.seed. The draw comes before the
-train/validation split and the folds: the paper names no validation set of its own and
-follows the learning strategy of Fonseca et al. (ICASSP 2019), which holds validation
-clips out of the training data, so the validation clips are part of the drawn counts.
+train/validation split and the folds: the paper names no validation set of its own (it
+takes "the learning strategy configuration" of Fonseca et al., ICASSP 2019, whose
+validation clips, as in the waspaa19 code, are held out of the training data), and its
+Table 1 counts the clips a subset has, so the validation clips are part of the drawn
+counts, as they are part of a whole subset's.
 
 Per part (the n clips of one part, C classes present in it, n_c clips of class c), the
 rounding rule: when n >= C every class keeps one clip and the other n - C clips are
