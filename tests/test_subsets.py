@@ -109,3 +109,37 @@ def test_results_json_gets_the_drawn_counts_only_when_set():
     assert 'n_noisy' not in results.to_json()
     results.subset_drawn({'n_noisy': 3, 'n_clean': 16})
     assert results.to_json() == {'n_noisy': 3, 'n_clean': 16}
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    from conftest import tiny_dataset
+    root = tmp_path_factory.mktemp('subsets')
+    return root, tiny_dataset(root / 'tiny', n_classes=3, train_per_class=8,
+                              test_per_class=2, seed=6)
+
+
+def test_a_run_logs_and_reports_the_drawn_counts_and_refuses_too_many(tiny, capsys):
+    import json
+    import main
+    from conftest import write_tiny_config
+    root, data = tiny
+    csv = pd.read_csv(data / 'FSDnoisy18k.meta' / 'train.csv')
+    n_verified = int((csv.manually_verified == 1).sum())
+    params = write_tiny_config(root / 'deng.yaml', data, root, {
+        'ctrl': {'workers': 1, 'n_noisy': 6}, 'extract': {'n_mels': 16},
+        'learn': {'n_classes': 3, 'n_epochs': 1}})
+    assert main.main(['-p', str(params), '-o', 'ctrl.run_name=drawn']) == 0
+    results = json.loads((root / 'logs' / 'drawn' / 'results.json').read_text())
+    assert (results['n_noisy'], results['n_clean']) == (6, n_verified)
+    log = (root / 'logs' / 'drawn.out').read_text()
+    assert f'6 unverified + {n_verified} verified clips of {len(csv)}' in log
+    capsys.readouterr()
+    code = main.main(['-p', str(params), '-o', 'ctrl.run_name=many',
+                      '-o', f'ctrl.n_clean={n_verified + 1}'])
+    err = capsys.readouterr().err
+    assert code == 2 and 'Traceback' not in err
+    assert err.strip().splitlines()[-1] == (
+        f'error: ctrl.n_clean = {n_verified + 1} exceeds the {n_verified} readable verified '
+        f'clips of the training subset (ctrl.train_data)')
+    assert not (root / 'logs' / 'many').exists()
