@@ -321,5 +321,21 @@ def n_trainable_params(model):
 
 def build(name, input_shape, n_classes, cfg_learn):
     """learn.model name -> uncompiled keras.Model mapping input_shape to its named outputs
-    ('scores' [B, n_classes], the branches of learn.head, 'embedding')."""
-    return lookup(MODELS, name, 'learn.model')(tuple(input_shape), n_classes, cfg_learn)
+    ('scores' [B, n_classes], the branches of learn.head, 'embedding'), every batch
+    normalisation with learn.bn_momentum and learn.bn_epsilon."""
+    model = lookup(MODELS, name, 'learn.model')(tuple(input_shape), n_classes, cfg_learn)
+    set_batch_norm(model, cfg_learn['bn_momentum'], cfg_learn['bn_epsilon'])
+    return model
+
+
+def set_batch_norm(model, momentum, epsilon):
+    """Give every BatchNormalization layer of model (nested models included) these
+    constants. Set once the model is built, so that every trunk and head gets them
+    without each builder passing them on; Keras reads both at call time, and the saved
+    model's config carries them. Keras's defaults are 0.99 and 1e-3; Dorfer & Widmer's
+    Lasagne network uses alpha 0.1 (momentum 0.9) and epsilon 1e-4."""
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum, layer.epsilon = float(momentum), float(epsilon)
+        elif isinstance(layer, keras.Model):
+            set_batch_norm(layer, momentum, epsilon)

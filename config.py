@@ -340,7 +340,8 @@ def _check_zeropad(ext):
 
 
 def _check_specaugment(cfg):
-    """A mask wider than the input it masks is a mistake, not a wider mask."""
+    """A mask wider than the input it masks is a mistake, not a wider mask; a time warp
+    needs room for its point and distance."""
     ext, masks = cfg['extract'], cfg['learn']['specaugment']
     frames = ext['crop_frames'] if ext['crop'] == 'random_crop' else ext['patch_len']
     size_key = 'extract.crop_frames' if ext['crop'] == 'random_crop' else 'extract.patch_len'
@@ -350,6 +351,11 @@ def _check_specaugment(cfg):
         if width > size:
             raise ConfigError(f'learn.specaugment.{axis}_width = {width} exceeds {key} = '
                               f'{size}')
+    warp = masks['time_warp']
+    if warp and 2 * warp + 3 > frames:
+        raise ConfigError(f'learn.specaugment.time_warp = {warp} needs {size_key} of at least '
+                          f'2 x {warp} + 3 = {2 * warp + 3} frames (the point lies in (W, T - 1 '
+                          f'- W)), got {frames}')
 
 
 def _check_paper_augment(cfg):

@@ -111,7 +111,8 @@ def _mel_basis(fs, n_fft, n_mels, fmin, fmax):
 def log_mel(audio, params_extract):
     """Mono audio -> float32 [frames, n_mels] (log10 when extract.log), frames = 1 + len // hop."""
     p = params_extract
-    window = scipy.signal.get_window('hamming', p['win_length_samples'], fftbins=True)
+    # extract.window: periodic (fftbins), as librosa's own window argument makes it.
+    window = scipy.signal.get_window(p['window'], p['win_length_samples'], fftbins=True)
     # pad_mode is explicit: librosa's default changed from 'reflect' to 'constant'.
     stft = librosa.stft(audio + p['eps'], n_fft=p['n_fft'], hop_length=p['hop_length_samples'],
                         win_length=p['win_length_samples'], window=window, center=True,
@@ -153,6 +154,7 @@ def _frames_name(cfg):
     return f'frames{cfg["suffix"]["in"]}.{FRAMES_EXT[cfg["extract"]["store_dtype"]]}'
 
 
+DEFAULT_WINDOW = 'hamming'
 PATCH_KEYS = ('patch_len', 'patch_hop', 'crop', 'crop_frames', 'clip_frames', 'normalize')
 
 
@@ -164,6 +166,10 @@ def cache_dir(cfg, table):
     # Patching, cropping and standardisation happen after extraction, so a sweep over them
     # reuses the cache.
     params = {k: v for k, v in cfg['extract'].items() if k not in PATCH_KEYS}
+    if params['window'] == DEFAULT_WINDOW:
+        # The window the cache had before extract.window existed: left out of the key, so
+        # that the caches of earlier runs stay valid.
+        del params['window']
     key = json.dumps({'extract': params, 'clips': clips}, sort_keys=True,
                      separators=(',', ':'))
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]

@@ -67,6 +67,12 @@ KEYS = {
             'noisy', 'training subset: noisy | clean | noisy_small | noisy_small_clean | all '
             '(fsdkaggle2018: noisy | clean | all; fsdkaggle2019: curated | noisy | all)',
             choices=('noisy', 'clean', 'noisy_small', 'noisy_small_clean', 'all', 'curated')),
+        'n_noisy': Key(
+            None, 'clips drawn from the unverified part of train_data, stratified by class, '
+            'before the val split (null: all; Deng et al.)', at_least=0, nullable=True, type=int),
+        'n_clean': Key(
+            None, 'clips drawn from the verified part of train_data, stratified by class, '
+            'before the val split (null: all; Deng et al.)', at_least=0, nullable=True, type=int),
         'dataset_path': Key(
             'data/FSDnoisy18k', 'folder holding FSDnoisy18k.audio_train/, .audio_test/, .meta/'),
         'classes': Key(
@@ -123,7 +129,12 @@ KEYS = {
         'patch_len': Key(100, 'frames per patch (2 s)', at_least=1),
         'spectrogram_type': Key(
             'power', 'power (|X|^2) or magnitude (|X|)', choices=('power', 'magnitude')),
-        'win_length_samples': Key(1764, 'STFT window (40 ms periodic Hamming)', at_least=1),
+        'win_length_samples': Key(
+            1764, 'STFT window length in samples (40 ms at 44.1 kHz)', at_least=1),
+        'window': Key(
+            'hamming', 'STFT window, periodic: hamming (waspaa19), hann (the DCASE systems), '
+            'blackman, bartlett, boxcar', choices=('hamming', 'hann', 'blackman', 'bartlett',
+                                                   'boxcar')),
         'store_dtype': Key(
             'float32', 'dtype of the cached frames: float32 or float16 (half the memory)',
             choices=('float32', 'float16')),
@@ -163,8 +174,8 @@ KEYS = {
             '(fold k from its model_k.keras); the trunk must match, heads where shapes match',
             nullable=True, type=str),
         'patience': Key(
-            15, 'early stopping patience on validation accuracy (epochs; min_delta 0.001)',
-            at_least=1),
+            15, 'early stopping patience on validation accuracy (epochs; min_delta 0.001; null: '
+            'no early stopping)', at_least=1, nullable=True),
         'val_split': Key(
             0.15, 'share of the training subset held out for validation, per class',
             at_least=0, below=1),
@@ -228,8 +239,9 @@ KEYS = {
             'auto', 'auto: frames in GPU memory when they fit; always; never (host)',
             choices=('auto', 'always', 'never')),
         'model_selection': Key(
-            'last', 'weights evaluated: last (last epoch trained, the original) or best_val (best '
-            'val accuracy since the method acted)', choices=('last', 'best_val')),
+            'last', 'weights evaluated: last (last epoch trained, the original), best_val (best '
+            'val accuracy since the method acted) or best_val_loss (lowest val loss, likewise)',
+            choices=('last', 'best_val', 'best_val_loss')),
         'steps_per_epoch': Key(
             None, 'staged: steps between validations/LR schedule/history rows (null: one pass '
             "over the stage's pool)", at_least=1, nullable=True, type=int),
@@ -240,7 +252,14 @@ KEYS = {
             'time_masks': Key(0, 'time masks per example (0: off)', at_least=0),
             'time_width': Key(0, 'widest time mask (frames; each width ~ U{0..widest})',
                               at_least=0),
+            'time_warp': Key(0, 'time warp W: a frame p in (W, T - 1 - W) moved by w ~ '
+                             'U{-W..W} frames, linear in between (0: off)', at_least=0),
         }),
+        'bn_momentum': Key(
+            0.99, "momentum of every batch normalisation's moving statistics (Keras: 0.99; "
+            'Lasagne alpha 0.1 = 0.9)', at_least=0, below=1),
+        'bn_epsilon': Key(
+            0.001, 'epsilon of every batch normalisation (Keras: 1e-3; Lasagne: 1e-4)', above=0),
         'time_pooling': Key(
             'max', 'cnn_gru: pooling over time after the GRU: max or mean',
             choices=('max', 'mean')),
@@ -249,11 +268,15 @@ KEYS = {
             'sigmoid_sparsemax (non-softmax heads: loss.type bce)'),
         'lr_schedule': Key(
             'plateau', 'plateau (halve on val plateaus), constant, cyclic_cosine (snapshot per '
-            'cycle)', choices=('plateau', 'constant', 'cyclic_cosine')),
+            'cycle), linear (to 0 at the last epoch from lr_decay_start)',
+            choices=('plateau', 'constant', 'cyclic_cosine', 'linear')),
         'cycles': Key(
             8, 'cyclic_cosine: cycles (n_epochs must equal cycles x cycle_epochs)', at_least=1),
         'cycle_epochs': Key(64, 'cyclic_cosine: epochs per cycle', at_least=1),
         'lr_min': Key(1e-06, "cyclic_cosine: rate at each cycle's end (starts at lr)", at_least=0),
+        'lr_decay_start': Key(
+            100, 'linear: last epoch at lr (1-based); then lr/(n_epochs - it) less per epoch, 0 '
+            'at the last (Dorfer & Widmer: 100 of 500)', at_least=0),
         'folds': Key(
             1, '1: one train/val split; K > 1: K stratified folds, K models averaged', at_least=1),
         'sv_excerpts': Key(

@@ -24,7 +24,7 @@ import self_verify
 import splits
 import warmstart
 from config import ConfigError, lookup
-from callbacks import check_schedule
+from schedules import check_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class Mode:
     detects: bool = False
     folds: int = 0
     split: Optional[Callable] = None
-    schedules: tuple = ('plateau', 'constant', 'cyclic_cosine')
+    schedules: tuple = ('plateau', 'constant', 'cyclic_cosine', 'linear')
     multitask: bool = False
     steps: bool = False
     scores_clips: bool = False
@@ -168,7 +168,8 @@ MODES = {
     3: Mode(mode_prune, multitask=True, scores_clips=True),
     'staged': Mode(mode_staged, masker=True, detects=True, steps=True, verified_stages=True),
     'self_verify': Mode(self_verify.mode_self_verify, folds=self_verify.FOLDS,
-                        split=splits.self_verify_folds, schedules=('plateau', 'constant'),
+                        split=splits.self_verify_folds,
+                        schedules=('plateau', 'constant', 'linear'),
                         single_label='verifies one given label per clip (Dorfer & Widmer, '
                                      'single-label)'),
 }

@@ -54,6 +54,8 @@ class Results:
     model: str = None               # learn.model
     n_trainable_params: int = None  # of that model as built (with its heads)
     label_noise: dict = None        # ctrl.inject_noise: rate, kind, subset, share_changed
+    n_noisy: int = None             # ctrl.n_noisy / n_clean: the unverified and verified
+    n_clean: int = None             # training clips drawn (subsets.py), when either is set
     # noise detection of the dropped / masked examples: precision, recall, n_flagged,
     # n_wrong (one decision), or those as lists over the epochs, with 'epoch'
     noise_detection: dict = None
@@ -72,6 +74,10 @@ class Results:
     def built(self, model, n_trainable_params):
         """learn.model and its number of trainable parameters."""
         self.model, self.n_trainable_params = model, int(n_trainable_params)
+
+    def subset_drawn(self, drawn):
+        """The counts of ctrl.n_noisy / n_clean's draw ({} when neither is set)."""
+        self.n_noisy, self.n_clean = drawn.get('n_noisy'), drawn.get('n_clean')
 
     # -- what the modes record
     def noise_detected(self, figures):

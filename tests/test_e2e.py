@@ -464,17 +464,18 @@ def test_random_crops_train_and_whole_clips_predict(workspace, monkeypatch, mode
 
 
 def test_random_crops_on_the_device_path(workspace, monkeypatch):
-    """Crop offsets and SpecAugment masks gathered inside the compiled step; whole clips
-    validated from the resident frames. (XLA and float16, which change how the same step
-    is compiled, are left to test_gpu_code_paths_run_on_cpu: with the GRU they take half a
-    minute on 2 CPU cores.)"""
+    """Crop offsets, SpecAugment's time warp and masks applied inside the compiled step;
+    whole clips validated from the resident frames. (XLA and float16, which change how the
+    same step is compiled, are left to test_gpu_code_paths_run_on_cpu: with the GRU they
+    take half a minute on 2 CPU cores.)"""
     _, clean, _ = workspace
     _narrow(monkeypatch)
     code, log, run_dir = run(workspace, 'crop_device', clean,
                              ['learn.model=cnn_gru', 'extract.crop=random_crop',
                               *CROPS['cnn_gru'], 'learn.frames_on_device=always',
                               'learn.mixup=true', 'learn.specaugment.time_masks=2',
-                              'learn.specaugment.time_width=6', 'learn.n_epochs=1'])
+                              'learn.specaugment.time_width=6', 'learn.specaugment.time_warp=4',
+                              'learn.n_epochs=1'])
     assert code == 0, log[-2000:]
     assert 'frames on the device' in log and ACCURACY.search(log)
     hist = history(run_dir)
