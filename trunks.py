@@ -31,8 +31,8 @@ def _init(spec):
 
 
 def batch_norm(name):
-    """Every BatchNormalization of these trunks (Keras's default momentum and epsilon; one
-    place to give them the learn.bn_* settings once those keys exist)."""
+    """Every BatchNormalization of these trunks; architectures.build then sets
+    learn.bn_momentum / learn.bn_epsilon on it, as on every model's."""
     return layers.BatchNormalization(name=name)
 
 
