@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+import synth_audio
 import synthetic
 from config import ConfigError
 
@@ -72,8 +73,8 @@ def test_audio_is_mono_pcm16_within_durations(syn_dataset):
 def test_class_names_and_disjoint_ranges():
     names = synthetic.class_names(22)
     assert names[:20] == synthetic.FSDNOISY18K_CLASSES and names[20:] == ['class_20', 'class_21']
-    recipes = synthetic.class_recipes(22)
-    for family in synthetic.FAMILIES:
+    recipes = synth_audio.class_recipes(22)
+    for family in synth_audio.FAMILIES:
         bands = sorted(band for fam, band, _ in recipes if fam == family)
         assert all(low < high for low, high in bands)
         assert all(a[1] < b[0] for a, b in zip(bands, bands[1:]))
@@ -82,10 +83,10 @@ def test_class_names_and_disjoint_ranges():
 def test_tonal_clip_peaks_inside_its_class_band():
     rng = np.random.default_rng(0)
     sr, n = 16000, 16000
-    for recipe in synthetic.class_recipes(20):
+    for recipe in synth_audio.class_recipes(20):
         if recipe[0] != 'tonal':
             continue
-        spectrum = np.abs(np.fft.rfft(synthetic.synth_clip(rng, recipe, n, sr)))
+        spectrum = np.abs(np.fft.rfft(synth_audio.synth_clip(rng, recipe, n, sr)))
         peak = np.fft.rfftfreq(n, 1 / sr)[np.argmax(spectrum)]
         assert recipe[1][0] - 1 <= peak <= recipe[1][1] + 1
 
@@ -210,11 +211,11 @@ def test_fsdkaggle2019_noise_changes_one_label_of_the_asked_share(kaggle2019):
 def test_mixed_clip_holds_each_source():
     # Two tonal classes (family members 0 and 2 of 20 classes): the spectrum of their mix
     # peaks inside both class bands.
-    recipes = synthetic.class_recipes(20)
+    recipes = synth_audio.class_recipes(20)
     tonal = [r for r in recipes if r[0] == 'tonal']
     low, high = tonal[0], tonal[2]
     sr, n = 16000, 16000
-    clip = synthetic.synth_mix(np.random.default_rng(1), [low, high], n, sr)
+    clip = synth_audio.synth_mix(np.random.default_rng(1), [low, high], n, sr)
     spectrum, freqs = np.abs(np.fft.rfft(clip)), np.fft.rfftfreq(n, 1 / sr)
     for _, (a, b), _ in (low, high):
         band = (freqs >= a - 1) & (freqs <= b + 1)
@@ -245,5 +246,5 @@ def test_noise_has_the_asked_length_for_odd_fast_fft_sizes(n):
     from scipy.fft import next_fast_len
     assert (next_fast_len(15, real=True), next_fast_len(375, real=True)) == (15, 375)
     rng = np.random.default_rng(0)
-    assert synthetic._pink_noise(rng, n, 16000).shape == (n,)
+    assert synth_audio._pink_noise(rng, n, 16000).shape == (n,)
 
