@@ -5,6 +5,7 @@ where there is one, the column and fname: a missing file or column, an empty or 
 cell, a repeated fname, several labels in single-label data, a rare label that misspells
 another (RARE_CLIPS) or one outside the dataset's vocabulary.
 """
+import difflib
 import re
 from pathlib import Path
 
@@ -27,6 +28,7 @@ def read_csv(path, columns):
                           f'{", ".join(columns)}')
     _check_cells(path, df, columns)
     _check_unique(path, df)
+    df['csv_path'], df['csv_line'] = str(path), np.arange(len(df)) + 2  # line 1: the header
     return df
 
 
@@ -98,52 +100,61 @@ def split_labels(df, column, path, single=False):
     return out
 
 
-def finish(cfg, parts, sources):
-    """Train and test frames with a 'labels' column -> (table, classes).
+def finish(cfg, train, others, train_csvs, vocabulary=None):
+    """The frames of a dataset with a 'labels' column -> (table, classes).
 
-    parts: (train, test) DataFrames with fname, path, verified, subset, labels and any
-    true_labels; sources: (train CSVs, test CSV) for error messages, the train CSVs as
-    ((path, number of rows), ...) in the order of train's rows.
+    train: the training clips; others: ((frame, subset, csv path), ...) of the other clips
+    (the dataset's own validation clips, 'val', then the test clips, 'test'), each frame
+    with fname, path, verified, labels and any true_labels; train_csvs: the training CSVs,
+    named when they have no rows. Every frame carries csv_path / csv_line (read_csv), which
+    name the file line of a mistake and are dropped here. vocabulary: (names, what they
+    are) of the dataset's official class list, or None; ctrl.classes, when set, replaces it.
+    Every label of every clip must then be in it; without one, a rare training label that
+    misspells another is refused.
     """
-    train, test = parts
-    train_csvs, test_csv = sources
     if train.empty:
-        raise ConfigError(f'{" and ".join(str(p) for p, _ in train_csvs)} '
+        raise ConfigError(f'{" and ".join(str(p) for p in train_csvs)} '
                           f'{"has" if len(train_csvs) == 1 else "have"} no training clips '
                           f'(only a header line)')
-    if test.empty:
-        raise ConfigError(f'{test_csv} has no test clips (only a header line)')
-    vocabulary = cfg['ctrl']['classes']
+    for frame, subset, path in others:
+        if frame.empty:
+            raise ConfigError(f'{path} has no {SUBSET_NAMES[subset]} clips (only a header '
+                              f'line)')
+        frame['subset'] = subset
+    if cfg['ctrl']['classes'] is not None:
+        vocabulary = (cfg['ctrl']['classes'], 'ctrl.classes')
     if vocabulary is None:
-        _check_misspelt(train, train_csvs)
+        _check_misspelt(train)
     else:
-        _check_vocabulary(vocabulary, train, lambda row: _locate(train_csvs, row))
-        _check_vocabulary(vocabulary, test, lambda row: (test_csv, row + 2))
+        for frame in (train, *(frame for frame, _, _ in others)):
+            _check_vocabulary(*vocabulary, frame)
     classes = sorted({name for labels in train['labels'] for name in labels})
     n_classes = cfg['learn']['n_classes']
     if n_classes is not None and len(classes) != n_classes:
-        raise ConfigError(f'learn.n_classes is {n_classes} but {train_csvs[0][0]} has '
+        raise ConfigError(f'learn.n_classes is {n_classes} but {train_csvs[0]} has '
                           f'{len(classes)} classes (null: take them from the data)')
     index = {c: i for i, c in enumerate(classes)}
-    for row, labels in enumerate(test['labels']):
-        unknown = [n for n in labels if n not in index]
-        if unknown:
-            raise ConfigError(f'{test_csv} line {row + 2} (fname {test.fname.iloc[row]}) has '
-                              f'labels absent from the training data: {", ".join(unknown[:5])}')
-    table = pd.concat([train, test], ignore_index=True)
+    for frame, subset, _ in others:
+        for row, labels in enumerate(frame['labels']):
+            unknown = [n for n in labels if n not in index]
+            if unknown:
+                raise ConfigError(f'{_where(frame, row)} has labels absent from the training '
+                                  f'data: {", ".join(unknown[:5])}')
+    table = pd.concat([train, *(frame for frame, _, _ in others)], ignore_index=True)
+    table = table.drop(columns=['csv_path', 'csv_line'])
     _label_columns(table, 'labels', index, 'label', 'label_idx')
     if 'true_labels' in table.columns:
         _label_columns(table, 'true_labels', index, 'true_label', 'true_idx')
     return table, classes
 
 
-def _locate(csvs, row):
-    """Row of the concatenated training CSVs ((path, n_rows), ...) -> (path, file line)."""
-    for path, n_rows in csvs:
-        if row < n_rows:
-            return path, row + 2  # line 1 is the header
-        row -= n_rows
-    raise IndexError(row)
+SUBSET_NAMES = {'val': 'validation', 'test': 'test'}
+
+
+def _where(frame, row):
+    """'PATH line N (fname F)' of a row of a frame read by read_csv."""
+    return (f'{frame.csv_path.iloc[row]} line {frame.csv_line.iloc[row]} '
+            f'(fname {frame.fname.iloc[row]})')
 
 
 # A training label in at most RARE_CLIPS clips, or in under RARE_SHARE of them, that is
@@ -176,7 +187,7 @@ def _resembles(name, labels):
     return []
 
 
-def _check_misspelt(train, csvs):
+def _check_misspelt(train):
     """Refuse the first rare training label that misspells another (see RARE_CLIPS)."""
     counts = pd.Series([n for labels in train['labels'] for n in labels]).value_counts()
     checked = set()
@@ -188,25 +199,25 @@ def _check_misspelt(train, csvs):
             checked.add(name)
             like = _resembles(name, counts.index)
             if like:
-                path, line = _locate(csvs, row)
                 raise ConfigError(
-                    f'{path} line {line} (fname {train.fname.iloc[row]}): label {name!r} '
+                    f'{_where(train, row)}: label {name!r} '
                     f'(in {count} training clip(s)) looks like a misspelling of '
                     f'{" and ".join(like)}; correct it, or list every class in ctrl.classes '
                     f'if it is a class of its own')
 
 
-def _check_vocabulary(vocabulary, frame, where):
-    """Every label of frame must be one of ctrl.classes; where(row) -> (path, line)."""
-    known = set(vocabulary)
+def _check_vocabulary(names, what, frame):
+    """Every label of frame must be one of names (what: where they come from, for the
+    message, which names the closest class)."""
+    known = set(names)
     for row, labels in enumerate(frame['labels']):
         unknown = [n for n in labels if n not in known]
         if unknown:
-            path, line = where(row)
-            like = _resembles(unknown[0], vocabulary)
+            like = _resembles(unknown[0], names) or difflib.get_close_matches(
+                unknown[0], names, n=1, cutoff=0)
             hint = f' (did you mean {" and ".join(like)}?)' if like else ''
-            raise ConfigError(f'{path} line {line} (fname {frame.fname.iloc[row]}): label '
-                              f'{unknown[0]!r} is not in ctrl.classes{hint}')
+            raise ConfigError(f'{_where(frame, row)}: label {unknown[0]!r} is not in '
+                              f'{what}{hint}')
 
 
 def _label_columns(table, column, index, name_column, idx_column):
@@ -216,7 +227,6 @@ def _label_columns(table, column, index, name_column, idx_column):
                               for labels in table[column]]
     table[name_column] = [','.join(labels) for labels in table[column]]
     table[idx_column] = [ids[0] for ids in table[f'{column}_idx']]
-
 
 
 def true_labels(train, test, column, path):

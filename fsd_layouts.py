@@ -3,6 +3,7 @@ FSDKaggle2019, each a folder -> (table, classes) (see datasets.py for the table)
 import pandas as pd
 
 import dataset_tables as tables
+import vocabularies
 
 TRAIN_COLUMNS = ['fname', 'label', 'aso_id', 'manually_verified', 'noisy_small']
 TEST_COLUMNS = ['fname', 'label', 'aso_id']
@@ -31,8 +32,8 @@ def load_fsdnoisy18k(cfg):
     train['labels'] = tables.split_labels(train, 'label', meta / 'train.csv', single=True)
     test['labels'] = tables.split_labels(test, 'label', meta / 'test.csv', single=True)
     tables.true_labels(train, test, 'true_label', meta / 'train.csv')
-    return tables.finish(cfg, (train, test), (((meta / 'train.csv', len(train)),),
-                                        meta / 'test.csv'))
+    return tables.finish(cfg, train, [(test, 'test', meta / 'test.csv')],
+                         [meta / 'train.csv'])
 
 
 def load_fsdkaggle2018(cfg):
@@ -53,7 +54,8 @@ def load_fsdkaggle2018(cfg):
     train['labels'] = tables.split_labels(train, 'label', train_csv, single=True)
     test['labels'] = tables.split_labels(test, 'label', test_csv, single=True)
     tables.true_labels(train, test, 'true_label', train_csv)
-    return tables.finish(cfg, (train, test), (((train_csv, len(train)),), test_csv))
+    return tables.finish(cfg, train, [(test, 'test', test_csv)], [train_csv],
+                         (vocabularies.FSDKAGGLE2018, 'the FSDKaggle2018 vocabulary'))
 
 
 def load_fsdkaggle2019(cfg):
@@ -77,7 +79,8 @@ def load_fsdkaggle2019(cfg):
         frames[part] = df
     train = pd.concat([frames['curated'], frames['noisy']], ignore_index=True)
     tables.true_labels(train, frames['test'], 'true_labels', csvs['noisy'])
-    return tables.finish(cfg, (train, frames['test']),
-                   (tuple((csvs[p], len(frames[p])) for p in ('curated', 'noisy')), csvs['test']))
+    return tables.finish(cfg, train, [(frames['test'], 'test', csvs['test'])],
+                         [csvs['curated'], csvs['noisy']],
+                         (vocabularies.FSDKAGGLE2019, 'the FSDKaggle2019 vocabulary'))
 
 

@@ -57,6 +57,7 @@ import soundfile as sf
 
 from config import ConfigError
 from synth_audio import class_recipes, synth_mix
+import vocabularies
 from utils import atomic_path, atomic_write_text
 
 FSDNOISY18K_CLASSES = [
@@ -69,10 +70,16 @@ TRAIN_DIR, TEST_DIR, META_DIR = ('FSDnoisy18k.audio_train', 'FSDnoisy18k.audio_t
 MIN_SR = 16000  # the highest class range (noise bands up to 6 kHz + bandwidth) needs it
 
 
-def class_names(n_classes):
-    """The first FSDnoisy18k class names, then class_20, class_21, ..."""
-    return [FSDNOISY18K_CLASSES[k] if k < len(FSDNOISY18K_CLASSES) else f'class_{k}'
-            for k in range(n_classes)]
+def class_names(n_classes, layout='fsdnoisy18k'):
+    """The first FSDnoisy18k class names, then class_20, class_21, ...; for a layout with
+    an official vocabulary, its names: those FSDnoisy18k shares with it first, then the
+    others in name order."""
+    vocabulary = LAYOUTS[layout].vocabulary
+    if vocabulary is None:
+        return [FSDNOISY18K_CLASSES[k] if k < len(FSDNOISY18K_CLASSES) else f'class_{k}'
+                for k in range(n_classes)]
+    shared = [name for name in FSDNOISY18K_CLASSES if name in vocabulary]
+    return (shared + [name for name in vocabulary if name not in shared])[:n_classes]
 
 
 # ----------------------------------------------------------------------------- clips
@@ -99,6 +106,10 @@ def _check_args(n_classes, train_per_class, test_per_class, clean_fraction, nois
         (1 <= max_labels < n_classes, f'max_labels must be in [1, n_classes - 1] (a wrong '
                                       f'label must exist), got {max_labels}'),
     ]
+    vocabulary = LAYOUTS[layout].vocabulary if layout in LAYOUTS else None
+    if vocabulary is not None:
+        checks.append((n_classes <= len(vocabulary), f'layout {layout} has {len(vocabulary)} '
+                                                     f'classes, got n_classes {n_classes}'))
     low, high = _length_range(min_dur, max_dur, sr)
     checks.append((0 < low <= high, f'no clip length of a whole number of samples lies '
                                     f'between min_dur {min_dur} and max_dur {max_dur}'))
@@ -222,6 +233,7 @@ class Layout(NamedTuple):
     test_dir: str
     csvs: tuple           # metadata files, in the order that tables returns them
     tables: Callable
+    vocabulary: tuple = None  # the official class names the dataset's labels must be in
 
 
 LAYOUTS = {
@@ -230,14 +242,14 @@ LAYOUTS = {
     'fsdkaggle2018': Layout(
         'FSDKaggle2018.meta', ('FSDKaggle2018.audio_train',) * 2, 'FSDKaggle2018.audio_test',
         ('train_post_competition.csv', 'test_post_competition_scoring_clips.csv'),
-        _fsdkaggle2018_tables),
+        _fsdkaggle2018_tables, vocabularies.FSDKAGGLE2018),
     'fsdkaggle2019': Layout(
         'FSDKaggle2019.meta',
         ('FSDKaggle2019.audio_train_curated', 'FSDKaggle2019.audio_train_noisy'),
         'FSDKaggle2019.audio_test',
         ('train_curated_post_competition.csv', 'train_noisy_post_competition.csv',
          'test_post_competition.csv'),
-        _fsdkaggle2019_tables),
+        _fsdkaggle2019_tables, vocabularies.FSDKAGGLE2019),
 }
 
 
@@ -256,7 +268,7 @@ def make_dataset(out, n_classes=20, train_per_class=40, test_per_class=10,
                           f'or delete this one')
     started = time.time()
     rng = np.random.default_rng(seed)
-    names, recipes = class_names(n_classes), class_recipes(n_classes)
+    names, recipes = class_names(n_classes, layout), class_recipes(n_classes)
     true, label, verified, noisy_small = _train_labels(rng, n_classes, train_per_class,
                                                        clean_fraction, noise_rate, max_labels)
     test_true = _label_sets(rng, np.repeat(np.arange(n_classes), test_per_class), n_classes,

@@ -7,6 +7,7 @@ import soundfile as sf
 
 import synth_audio
 import synthetic
+import vocabularies
 from config import ConfigError
 
 SMALL = dict(n_classes=3, train_per_class=10, test_per_class=2, clean_fraction=0.2,
@@ -165,7 +166,10 @@ def test_fsdkaggle2018_files_columns_and_noise(kaggle2018):
     assert (verified.groupby('true_label').size() == 3).all()
     assert (verified.label == verified.true_label).all()
     assert (noisy.label != noisy.true_label).sum() == round(0.3 * len(noisy))
-    assert set(train.label) <= set(synthetic.class_names(6))
+    # Issue 19: official names, FSDnoisy18k's shared ones first.
+    assert set(train.label) | set(test.label) == {'Acoustic_guitar', 'Fart', 'Fireworks',
+                                                  'Hi-hat', 'Squeak', 'Tearing'}
+    assert set(train.label) <= set(vocabularies.FSDKAGGLE2018)
 
 
 def test_fsdkaggle2019_files_columns_and_label_counts(kaggle2019):
@@ -181,7 +185,9 @@ def test_fsdkaggle2019_files_columns_and_label_counts(kaggle2019):
                           ('audio_test', test)]:
         wavs = sorted(p.name for p in (kaggle2019 / f'FSDKaggle2019.{folder}').iterdir())
         assert wavs == sorted(table.fname)
-    names = set(synthetic.class_names(6))
+    names = {'Acoustic_guitar', 'Bass_guitar', 'Clapping', 'Dishes_and_pots_and_pans', 'Fart',
+             'Hi-hat'}
+    assert names <= set(vocabularies.FSDKAGGLE2019)
     for name, table in zip(files, (curated, noisy, test)):
         assert {len(s) for s in _split(table.labels)} == {1, 2, 3}  # 1..M, each drawn
         assert all(s <= names for s in _split(table.labels))
