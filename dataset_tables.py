@@ -15,7 +15,11 @@ import pandas as pd
 from config import ConfigError
 
 
-def read_csv(path, columns):
+def read_csv(path, columns, flags=None, fname='fname'):
+    """The CSV at path, refused with one line when it lacks a column of columns or has an
+    empty cell in one, a flag column (flags: those of columns that hold 0/1; default FLAGS)
+    outside 0/1 (an optional flag column too, when present), or a repeated fname (the
+    column `fname`); with csv_path and csv_line (its file line)."""
     if not path.is_file():
         raise ConfigError(f'missing dataset file {path} (check ctrl.dataset_path)')
     try:
@@ -26,8 +30,10 @@ def read_csv(path, columns):
     if missing:
         raise ConfigError(f'{path} lacks the column(s) {", ".join(missing)}; required: '
                           f'{", ".join(columns)}')
-    _check_cells(path, df, columns)
-    _check_unique(path, df)
+    flags = FLAGS if flags is None else flags
+    _check_cells(path, df, [*columns, *(f for f in flags if f in df and f not in columns)],
+                 flags)
+    _check_unique(path, df, fname)
     df['csv_path'], df['csv_line'] = str(path), np.arange(len(df)) + 2  # line 1: the header
     return df
 
@@ -36,14 +42,14 @@ FLAGS = ('manually_verified', 'noisy_small')  # 0/1 columns of the training CSVs
 LABEL_COLUMNS = ('label', 'labels')  # checked by split_labels, which names the fname
 
 
-def _check_cells(path, df, columns):
+def _check_cells(path, df, columns, flags):
     """One line naming the file, line and column of the first empty or malformed cell."""
     for column in columns:
         cells = df[column]
         empty = cells.isna() | (cells.astype(str).str.strip() == '')
         if empty.any() and column not in LABEL_COLUMNS:
             raise ConfigError(f'{path} line {_line(empty)}: empty {column} cell')
-        if column in FLAGS:
+        if column in flags:
             bad = ~cells.astype(str).str.strip().isin(['0', '1', '0.0', '1.0'])
             if bad.any():
                 value = cells[bad].iloc[0]
@@ -53,14 +59,15 @@ def _check_cells(path, df, columns):
                                   f'{value!r}')
 
 
-def _check_unique(path, df):
+def _check_unique(path, df, column):
     """One clip per fname in a CSV: a repeated row would count (and train) the clip twice."""
-    repeated = df.fname.duplicated()
+    fnames = df[column]
+    repeated = fnames.duplicated()
     if repeated.any():
         second = int(repeated.to_numpy().argmax())
-        first = int((df.fname == df.fname.iloc[second]).to_numpy().argmax())
-        raise ConfigError(f'{path} lines {first + 2} and {second + 2}: fname '
-                          f'{df.fname.iloc[second]} appears twice (one row per clip)')
+        first = int((fnames == fnames.iloc[second]).to_numpy().argmax())
+        raise ConfigError(f'{path} lines {first + 2} and {second + 2}: {column} '
+                          f'{fnames.iloc[second]} appears twice (one row per clip)')
 
 
 def _line(mask):
@@ -82,13 +89,13 @@ def root(cfg):
     return root
 
 
-def split_labels(df, column, path, single=False):
-    """Column of label strings -> list of sorted label tuples; a comma separates the
-    labels of a multi-label clip. An empty label, or several in a `single`-label dataset,
-    is an error naming file and row."""
+def split_labels(df, column, path, single=False, separator=','):
+    """Column of label strings -> list of sorted label tuples; separator (a comma) separates
+    the labels of a multi-label clip. An empty label, or several in a `single`-label
+    dataset, is an error naming file and row."""
     out = []
     for row, value in enumerate(df[column].tolist()):
-        names = [] if pd.isna(value) else [n.strip() for n in str(value).split(',')]
+        names = [] if pd.isna(value) else [n.strip() for n in str(value).split(separator)]
         # row + 2: the header is line 1 of the file
         where = f'{path} line {row + 2} (fname {df.fname.iloc[row]})'
         if not names or not all(names):
@@ -229,13 +236,29 @@ def _label_columns(table, column, index, name_column, idx_column):
     table[idx_column] = [ids[0] for ids in table[f'{column}_idx']]
 
 
-def true_labels(train, test, column, path):
+def true_labels(train, others, column, path, separator=','):
     """true_labels from the optional truth column of the training CSV(s) (synthetic data);
-    a clip without one keeps its given labels, the test clips theirs."""
+    a clip without one keeps its given labels, the other (test, validation) clips theirs."""
     if column not in train.columns:
         return
     given = train['labels']
-    truth = train[column].where(train[column].notna(), given.map(','.join))
-    train['true_labels'] = split_labels(train.assign(**{column: truth}), column, path)
-    test['true_labels'] = test['labels']
+    truth = train[column].where(train[column].notna(), given.map(separator.join))
+    train['true_labels'] = split_labels(train.assign(**{column: truth}), column, path,
+                                        separator=separator)
+    for frame in others:
+        frame['true_labels'] = frame['labels']
+
+
+def check_distinct(frames):
+    """One clip per audio file across the frames (two CSVs, or a train and a test part,
+    that list one file would train and test on it, or count it twice)."""
+    every = pd.concat([frame[['path', 'csv_path', 'csv_line']] for frame in frames],
+                      ignore_index=True)
+    repeated = every.path.duplicated()
+    if repeated.any():
+        second = every[repeated].iloc[0]
+        first = every[every.path == second.path].iloc[0]
+        raise ConfigError(f'{first.csv_path} line {first.csv_line} and {second.csv_path} line '
+                          f'{second.csv_line} list the same audio file {second.path} (one row '
+                          f'per clip)')
 

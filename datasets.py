@@ -1,8 +1,11 @@
 """Datasets by name (config key `ctrl.dataset`): a dataset folder -> one clip table.
 
 Every adapter returns (table, classes): one row per clip, train rows first, with fname,
-path, label, labels, labels_idx, label_idx, verified, subset ('train'/'test') and, where
-the CSVs have them, the true labels; classes are the sorted training labels.
+path, label, labels, labels_idx, label_idx, verified, subset ('train', 'val' for the
+dataset's own validation clips (FSD50K, ARCA23K, a csv split column), 'test') and, where
+the CSVs have them, the true labels; classes are the sorted training labels. The layouts
+are in fsd_layouts.py (the Freesound datasets) and csv_layout.py (any table), the CSV
+checks in dataset_tables.py.
 
 How targets are carried (one convention for single- and multi-label data):
   labels      tuple of the clip's class names, sorted (single-label: one name)
@@ -14,7 +17,8 @@ How targets are carried (one convention for single- and multi-label data):
               where the CSV has a true_label(s) column (synthetic data)
 targets(table, n_classes) gives the [N, K] multi-hot matrix (one-hot for single-label).
 A CSV without rows, a repeated fname, several labels in single-label data, a rare label that
-misspells another (RARE_CLIPS) or one outside ctrl.classes is refused with file and line.
+misspells another (RARE_CLIPS) or one outside the vocabulary (ctrl.classes, or the dataset's
+official one) is refused with file and line.
 """
 import logging
 from pathlib import Path
@@ -22,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from config import ConfigError, lookup
-from fsd_layouts import load_fsdkaggle2018, load_fsdkaggle2019, load_fsdnoisy18k
+import csv_layout
+from fsd_layouts import (load_arca23k, load_fsd50k, load_fsdkaggle2018, load_fsdkaggle2019,
+                         load_fsdnoisy18k)
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +41,13 @@ TRAIN_SUBSETS = {
     'noisy_small_clean': lambda t: (t.noisy_small == 1) | (t.verified == 1),
     'all': lambda t: t.verified >= 0,
     'curated': lambda t: t.verified == 1,
+    'verified': lambda t: t.verified == 1,
+    'unverified': lambda t: t.verified == 0,
 }
 
-MULTI_LABEL = ('fsdkaggle2019',)  # datasets whose clips may carry several labels
+# Datasets whose clips may carry several labels (csv: when ctrl.csv.multi_label is true or
+# a clip has several).
+MULTI_LABEL = ('fsdkaggle2019', 'fsd50k')
 
 # The subsets each dataset has. FSDKaggle2018 is split like FSDnoisy18k: noisy = the
 # clips not manually verified, clean = the verified ones. FSDKaggle2019: curated (the
@@ -46,6 +56,9 @@ SUBSETS_OF = {
     'fsdnoisy18k': ('noisy', 'clean', 'noisy_small', 'noisy_small_clean', 'all'),
     'fsdkaggle2018': ('noisy', 'clean', 'all'),
     'fsdkaggle2019': ('curated', 'noisy', 'all'),
+    'fsd50k': ('all',),
+    'arca23k': ('noisy', 'clean', 'all'),  # ARCA23K, ARCA23K-FSD, both
+    'csv': ('all', 'verified', 'unverified'),
 }
 
 
@@ -59,8 +72,20 @@ def targets(table, n_classes):
 
 
 def is_multi_label(table):
-    """True when some clip has more than one label."""
+    """True when some clip has more than one label, or ctrl.csv.multi_label forces it."""
+    forced = table.attrs.get('multi_label')
+    if forced is not None:
+        return forced
     return 'labels' in table.columns and bool((table['labels'].map(len) > 1).any())
+
+
+def multi_label(cfg, table=None):
+    """Whether the configured dataset is multi-label: from the table once loaded, before
+    that from its name (csv: ctrl.csv.multi_label true)."""
+    if table is not None:
+        return is_multi_label(table)
+    return (cfg['ctrl']['dataset'] in MULTI_LABEL or
+            (cfg['ctrl']['dataset'] == 'csv' and cfg['ctrl']['csv']['multi_label'] is True))
 
 
 def train_rows(table, train_data):
@@ -108,8 +133,22 @@ def readable_test_rows(table, length):
     return readable
 
 
+def readable_val_rows(table, length):
+    """The readable clips of the dataset's own validation split (subset 'val'), or None
+    where the dataset gives none (learn.val_split draws one)."""
+    rows = table.index[(table.subset == 'val').to_numpy()].to_numpy()
+    if rows.size == 0:
+        return None
+    readable = rows[length[rows] > 0]
+    if readable.size == 0:
+        raise ConfigError(f'no readable validation clip: all {rows.size} validation clips of '
+                          f'the dataset failed to load from {_folders(table, rows)}')
+    return readable
+
+
 DATASETS = {'fsdnoisy18k': load_fsdnoisy18k, 'fsdkaggle2018': load_fsdkaggle2018,
-            'fsdkaggle2019': load_fsdkaggle2019}
+            'fsdkaggle2019': load_fsdkaggle2019, 'fsd50k': load_fsd50k,
+            'arca23k': load_arca23k, 'csv': csv_layout.load_csv}
 
 
 def check(cfg):
@@ -125,15 +164,27 @@ def check(cfg):
     if subset not in SUBSETS_OF[name]:
         raise ConfigError(f'ctrl.train_data {subset!r} does not apply to ctrl.dataset {name}; '
                           f'valid: {", ".join(SUBSETS_OF[name])}')
-    if name in MULTI_LABEL and cfg['ctrl']['inject_noise']['rate'] > 0:
+    if name == 'csv':
+        csv_layout.check(cfg)
+    elif cfg['ctrl']['test_fold'] is not None:
+        raise ConfigError(f'ctrl.test_fold applies to ctrl.dataset csv (a table with a fold '
+                          f'column), not to {name}: set it to null')
+    if multi_label(cfg):
+        _single_label_noise(cfg)
+
+
+def _single_label_noise(cfg):
+    if cfg['ctrl']['inject_noise']['rate'] > 0:
         raise ConfigError(f'ctrl.inject_noise replaces one label per clip and applies to '
-                          f'single-label datasets, not to {name} (synthetic.py --noise-rate '
-                          f'writes multi-label noise)')
+                          f'single-label datasets, not to {cfg["ctrl"]["dataset"]} '
+                          f'(synthetic.py --noise-rate writes multi-label noise)')
 
 
 def load(cfg):
     """ctrl.dataset -> (table, classes), with ctrl.inject_noise applied to the labels."""
     table, classes = lookup(DATASETS, cfg['ctrl']['dataset'], 'ctrl.dataset')(cfg)
+    if is_multi_label(table):  # a csv table is found multi-label only here
+        _single_label_noise(cfg)
     return inject_noise(table, classes, cfg['ctrl']['inject_noise']), classes
 
 

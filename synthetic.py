@@ -101,8 +101,9 @@ def _check_args(n_classes, train_per_class, test_per_class, clean_fraction, nois
                                  f'{min_dur} and {max_dur}'),
         (sr >= MIN_SR, f'sr must be at least {MIN_SR} Hz, got {sr}'),
         (layout in LAYOUTS, f'layout {layout!r} is unknown; valid: {", ".join(LAYOUTS)}'),
-        (max_labels == 1 or layout == 'fsdkaggle2019',
-         f'max_labels {max_labels} needs the multi-label layout fsdkaggle2019'),
+        (max_labels == 1 or layout not in LAYOUTS or LAYOUTS[layout].multi_label,
+         f'max_labels {max_labels} needs a multi-label layout: '
+         f'{", ".join(name for name, spec in LAYOUTS.items() if spec.multi_label)}'),
         (1 <= max_labels < n_classes, f'max_labels must be in [1, n_classes - 1] (a wrong '
                                       f'label must exist), got {max_labels}'),
     ]
@@ -227,6 +228,52 @@ def _fsdkaggle2019_tables(train, test, names):
                           'usage': _usage(test.fname), **_provenance(test.fname)})]
 
 
+def _ids(fnames):
+    """FSD50K / ARCA23K name a clip by its Freesound id, without the .wav."""
+    return [int(f.split('.')[0]) for f in fnames]
+
+
+def _fsd50k_tables(train, test, names):
+    mids = [f'/m/syn{k:02d}' for k in range(len(names))]
+    dev = pd.DataFrame({'fname': _ids(train.fname), 'labels': _joined(names, train.labels),
+                        'mids': _joined(mids, train.labels),
+                        'split': np.where(train.val, 'val', 'train'),
+                        'true_labels': _joined(names, train.true)})
+    vocabulary = pd.DataFrame({'index': range(len(names)), 'name': names, 'mid': mids})
+    return [dev, pd.DataFrame({'fname': _ids(test.fname), 'labels': _joined(names, test.true),
+                               'mids': _joined(mids, test.true)}),
+            vocabulary.to_csv(index=False, header=False)]
+
+
+def _arca23k_tables(train, test, names):
+    mids = [f'/m/syn{k:02d}' for k in range(len(names))]
+
+    def table(clips, labels, truth=None):
+        frame = pd.DataFrame({'fname': _ids(clips.fname), 'label': _name(names, labels),
+                              'mid': _name(mids, labels)})
+        return frame if truth is None else frame.assign(true_label=_name(names, truth))
+    noisy, clean = train[train.verified == 0], train[train.verified == 1]
+    val, test = test[test.val], test[~test.val]
+    shared = [table(val, val.true), table(test, test.true)]
+    return [table(noisy, noisy.labels, noisy.true), *shared, table(clean, clean.true), *shared]
+
+
+FOLDS = 5  # the csv layout's official folds
+
+
+def _csv_tables(train, test, names):
+    clips = pd.concat([train.assign(split='train'),
+                       test.assign(labels=test.true, verified=1, split='test')],
+                      ignore_index=True)
+    # Folds dealt round-robin within each class (by the clip's first true class), train
+    # clips first: every fold holds every class, as in ESC-50.
+    primary = clips.true.map(lambda classes: classes[0])
+    fold = clips.groupby(primary).cumcount() % FOLDS + 1
+    return [pd.DataFrame({'fname': 'audio/' + clips.fname, 'labels': _joined(names, clips.labels),
+                          'verified': clips.verified, 'split': clips.split, 'fold': fold,
+                          'true_labels': _joined(names, clips.true)})]
+
+
 class Layout(NamedTuple):
     meta: str             # metadata folder
     train_dirs: tuple     # audio folders of the (verified, unverified) train clips
@@ -234,8 +281,12 @@ class Layout(NamedTuple):
     csvs: tuple           # metadata files, in the order that tables returns them
     tables: Callable
     vocabulary: tuple = None  # the official class names the dataset's labels must be in
+    multi_label: bool = False  # clips may mix several classes (--max-labels)
+    val_dir: str = None   # the validation clips (half of each class's test clips) go here
+    val_from_train: bool = False  # the validation clips are a share of the train clips
 
 
+ARCA = ('ARCA23K.ground_truth', 'ARCA23K-FSD.ground_truth')
 LAYOUTS = {
     'fsdnoisy18k': Layout(META_DIR, (TRAIN_DIR, TRAIN_DIR), TEST_DIR, ('train.csv', 'test.csv'),
                           _fsdnoisy18k_tables),
@@ -249,8 +300,39 @@ LAYOUTS = {
         'FSDKaggle2019.audio_test',
         ('train_curated_post_competition.csv', 'train_noisy_post_competition.csv',
          'test_post_competition.csv'),
-        _fsdkaggle2019_tables, vocabularies.FSDKAGGLE2019),
+        _fsdkaggle2019_tables, vocabularies.FSDKAGGLE2019, multi_label=True),
+    'fsd50k': Layout('FSD50K.ground_truth', ('FSD50K.dev_audio',) * 2, 'FSD50K.eval_audio',
+                     ('dev.csv', 'eval.csv', 'vocabulary.csv'), _fsd50k_tables,
+                     multi_label=True, val_from_train=True),
+    'arca23k': Layout('.', ('FSD50K.dev_audio', 'ARCA23K.audio'), 'FSD50K.eval_audio',
+                      tuple(f'{meta}/{name}.csv' for meta in ARCA
+                            for name in ('train', 'val', 'test')),
+                      _arca23k_tables, val_dir='FSD50K.dev_audio'),
+    'csv': Layout('.', ('audio', 'audio'), 'audio', ('clips.csv',), _csv_tables,
+                  multi_label=True),
 }
+
+VAL_SHARE = 0.15  # fsd50k: of each class's train clips, round(share x n), at least 1 of 2+
+
+
+def _val_of_train(primary):
+    """fsd50k's validation clips: the last round(VAL_SHARE x n) train clips of each class
+    (at least one where a class has two, never its only one); no draw, so that the other
+    layouts stay as they were."""
+    val = np.zeros(len(primary), bool)
+    for c in np.unique(primary):
+        members = np.flatnonzero(primary == c)
+        n_val = min(max(1, round(VAL_SHARE * members.size)), members.size - 1)
+        val[members[members.size - n_val:]] = True
+    return val
+
+
+def _val_of_test(primary):
+    """arca23k's validation clips: the first half (rounded down) of each class's test
+    clips."""
+    rank = pd.Series(primary).groupby(primary).cumcount().to_numpy()
+    counts = np.bincount(primary)[primary]
+    return rank < counts // 2
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -278,14 +360,21 @@ def make_dataset(out, n_classes=20, train_per_class=40, test_per_class=10,
     train = pd.DataFrame({'fname': fnames[:len(true)], 'labels': label, 'true': true,
                           'verified': verified, 'noisy_small': noisy_small})
     test = pd.DataFrame({'fname': fnames[len(true):], 'true': test_true})
-    for folder in {*spec.train_dirs, spec.test_dir}:
+    train['val'] = (_val_of_train(np.array([c[0] for c in true])) if spec.val_from_train
+                    else False)
+    test['val'] = (_val_of_test(np.array([c[0] for c in test_true], int)) if spec.val_dir
+                   else False)
+    for folder in {*spec.train_dirs, spec.test_dir, *([spec.val_dir] if spec.val_dir else [])}:
         (out / folder).mkdir(parents=True, exist_ok=True)
     clips = ([(spec.train_dirs[1 - v], f, c) for f, c, v in zip(train.fname, true, verified)]
-             + [(spec.test_dir, f, c) for f, c in zip(test.fname, test_true)])
+             + [(spec.val_dir if v else spec.test_dir, f, c)
+                for f, c, v in zip(test.fname, test_true, test.val)])
     _write_audio(rng, out, clips, recipes, min_dur, max_dur, sr)
-    # Rows sorted by id, so that no consumer can rely on a class-grouped order.
+    # Rows sorted by id, so that no consumer can rely on a class-grouped order; a table
+    # given as text (FSD50K's vocabulary.csv, without a header) is written as it is.
     for name, table in zip(spec.csvs, spec.tables(train, test, names)):
-        atomic_write_text(meta / name, table.sort_values('fname').to_csv(index=False))
+        atomic_write_text(meta / name, table if isinstance(table, str) else
+                          table.sort_values('fname').to_csv(index=False))
     n_noisy = int((verified == 0).sum())
     n_wrong = sum(a != b for a, b in zip(label, true))
     per_clip = f', 1-{max_labels} labels per clip' if max_labels > 1 else ''
@@ -302,8 +391,9 @@ HELP = {
     'noise_rate': 'fraction of the noisy (unverified) train clips with a wrong label',
     'min_dur': 'shortest clip, seconds', 'max_dur': 'longest clip, seconds',
     'sr': 'sample rate, Hz',
-    'layout': 'folders and CSVs of: fsdnoisy18k, fsdkaggle2018 or fsdkaggle2019',
-    'max_labels': 'most labels (mixed sources) per clip; fsdkaggle2019 only',
+    'layout': 'folders and CSVs of: ' + ', '.join(LAYOUTS),
+    'max_labels': 'most labels (mixed sources) per clip; multi-label layouts only (' +
+                  ', '.join(name for name, spec in LAYOUTS.items() if spec.multi_label) + ')',
 }
 
 

@@ -229,10 +229,13 @@ def test_mixed_clip_holds_each_source():
 
 
 def test_layout_arguments_are_checked(tmp_path, capsys):
-    with pytest.raises(ConfigError, match="layout 'fsd50k' is unknown; valid: fsdnoisy18k, "
-                                          "fsdkaggle2018, fsdkaggle2019"):
-        synthetic.make_dataset(tmp_path / 'x', layout='fsd50k', **SMALL)
-    with pytest.raises(ConfigError, match='needs the multi-label layout fsdkaggle2019'):
+    with pytest.raises(ConfigError, match="layout 'audioset' is unknown; valid: fsdnoisy18k, "
+                                          "fsdkaggle2018, fsdkaggle2019, fsd50k, arca23k, csv"):
+        synthetic.make_dataset(tmp_path / 'x', layout='audioset', **SMALL)
+    with pytest.raises(ConfigError, match='layout fsdkaggle2018 has 41 classes, got n_classes 42'):
+        synthetic.make_dataset(tmp_path / 'x', layout='fsdkaggle2018', **{**SMALL,
+                                                                         'n_classes': 42})
+    with pytest.raises(ConfigError, match='needs a multi-label layout: fsdkaggle2019, fsd50k, csv'):
         synthetic.make_dataset(tmp_path / 'x', layout='fsdkaggle2018', max_labels=2, **SMALL)
     with pytest.raises(ConfigError, match='max_labels must be in'):
         synthetic.make_dataset(tmp_path / 'x', layout='fsdkaggle2019', max_labels=3, **SMALL)
