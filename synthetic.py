@@ -1,5 +1,5 @@
-"""Write a synthetic dataset in the FSDnoisy18k, FSDKaggle2018 or FSDKaggle2019 layout,
-for demos and tests.
+"""Write a synthetic dataset in the FSDnoisy18k, FSDKaggle2018, FSDKaggle2019, FSD50K,
+ARCA23K or csv layout, for demos and tests.
 
     python synthetic.py --out data/synthetic [--layout fsdkaggle2019] [--max-labels 2] ...
 
@@ -21,7 +21,25 @@ Layouts (--layout; the default fsdnoisy18k writes the same bytes as before layou
                        true_labels
                    DIR/FSDKaggle2019.meta/test_post_competition.csv  fname,labels,usage,
                        freesound_id,license
-In fsdkaggle2019, labels and true_labels are comma-joined class names in name order, quoted
+    fsd50k         DIR/FSD50K.dev_audio/  DIR/FSD50K.eval_audio/   (file <id>.wav, fname <id>)
+                   DIR/FSD50K.ground_truth/dev.csv   fname,labels,mids,split,true_labels
+                   DIR/FSD50K.ground_truth/eval.csv  fname,labels,mids
+                   DIR/FSD50K.ground_truth/vocabulary.csv  index,name,mid (no header)
+    arca23k        DIR/ARCA23K.audio/ (the unverified train clips: ARCA23K's train set)
+                   DIR/FSD50K.dev_audio/ (verified train clips: ARCA23K-FSD's; val clips)
+                   DIR/FSD50K.eval_audio/ (test clips)
+                   DIR/ARCA23K.ground_truth/{train,val,test}.csv  fname,label,mid
+                       (train.csv also true_label); DIR/ARCA23K-FSD.ground_truth/ the same
+    csv            DIR/audio/<id>.wav   DIR/clips.csv  fname (audio/<id>.wav),labels,
+                       verified,split (train/test),fold (1-5),true_labels
+Labels are class names: the layouts with an official vocabulary (fsdkaggle2018/2019) use
+its names, FSDnoisy18k's shared ones first; the others FSDnoisy18k's, then class_20, ...
+In fsd50k, the validation split is the last round(0.15 n) train clips of each class (at
+least one of two or more); in arca23k, the first half of each class's test clips validate
+(val.csv) and the verified train clips are ARCA23K-FSD's train set; in csv, folds 1-5 are
+dealt round-robin within each class, train clips first, so that each fold holds every class.
+In fsdkaggle2019, fsd50k and csv (the multi-label layouts), labels and true_labels are
+comma-joined class names in name order, quoted
 by the CSV writer; class names hold no commas. freesound_id is the clip's numeric id, the
 license one constant, and usage is Public for ids divisible by 5 (about a fifth, as in the
 real test sets), else Private.
@@ -30,7 +48,7 @@ Each class is one recipe of synth_audio.py: a sound family and a class-specific 
 its key parameter, so that classes are learnable from log-mel patches but not trivially.
 
 Labels: every class has train_per_class train clips (and test_per_class test clips) whose
-primary source is of that class; with --max-labels M (fsdkaggle2019 only) a clip also mixes
+primary source is of that class; with --max-labels M (multi-label layouts) a clip also mixes
 sources of other distinct classes (its number of labels uniform in 1..M) and is labelled
 with all of them. Per class, round(clean_fraction x train_per_class) train clips are the
 clean subset (manually_verified=1, or curated; correct labels). Of all other (noisy) train
