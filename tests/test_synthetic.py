@@ -235,7 +235,8 @@ def test_layout_arguments_are_checked(tmp_path, capsys):
     with pytest.raises(ConfigError, match='layout fsdkaggle2018 has 41 classes, got n_classes 42'):
         synthetic.make_dataset(tmp_path / 'x', layout='fsdkaggle2018', **{**SMALL,
                                                                          'n_classes': 42})
-    with pytest.raises(ConfigError, match='needs a multi-label layout: fsdkaggle2019, fsd50k, csv'):
+    with pytest.raises(ConfigError,
+                       match='needs a multi-label layout: fsdkaggle2019, fsd50k, csv'):
         synthetic.make_dataset(tmp_path / 'x', layout='fsdkaggle2018', max_labels=2, **SMALL)
     with pytest.raises(ConfigError, match='max_labels must be in'):
         synthetic.make_dataset(tmp_path / 'x', layout='fsdkaggle2019', max_labels=3, **SMALL)
