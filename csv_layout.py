@@ -52,6 +52,26 @@ def load_csv(cfg):
     return table, classes
 
 
+def multi_label(cfg):
+    """Whether the csv dataset is multi-label, known before it is loaded (the checks of the
+    methods and metrics run first): ctrl.csv.multi_label when set, else whether a labels
+    cell of the table (or of the training CSV) holds several labels. A CSV that cannot be
+    read counts as single-label here: loading it reports the mistake with its line."""
+    spec = cfg['ctrl']['csv']
+    if spec['multi_label'] is not None:
+        return spec['multi_label']
+    name = spec['table'] or spec['train']
+    if name is None:
+        return False
+    try:
+        cells = pd.read_csv(Path(cfg['ctrl']['dataset_path']) / name,
+                            usecols=[spec['labels']])[spec['labels']]
+    except (OSError, ValueError):  # pandas' parser and empty-file errors are ValueErrors
+        return False
+    return bool(cells.dropna().astype(str).map(
+        lambda cell: sum(bool(n.strip()) for n in cell.split(spec['separator'])) > 1).any())
+
+
 def check(cfg):
     """ctrl.csv names one table, or a train and a test CSV; ctrl.test_fold needs the table."""
     spec, fold = cfg['ctrl']['csv'], cfg['ctrl']['test_fold']

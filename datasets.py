@@ -46,7 +46,7 @@ TRAIN_SUBSETS = {
 }
 
 # Datasets whose clips may carry several labels (csv: when ctrl.csv.multi_label is true or
-# a clip has several).
+# a labels cell holds several: csv_layout.multi_label).
 MULTI_LABEL = ('fsdkaggle2019', 'fsd50k')
 
 # The subsets each dataset has. FSDKaggle2018 is split like FSDnoisy18k: noisy = the
@@ -81,11 +81,11 @@ def is_multi_label(table):
 
 def multi_label(cfg, table=None):
     """Whether the configured dataset is multi-label: from the table once loaded, before
-    that from its name (csv: ctrl.csv.multi_label true)."""
+    that from its name (csv: ctrl.csv.multi_label, or a labels cell of several)."""
     if table is not None:
         return is_multi_label(table)
     return (cfg['ctrl']['dataset'] in MULTI_LABEL or
-            (cfg['ctrl']['dataset'] == 'csv' and cfg['ctrl']['csv']['multi_label'] is True))
+            (cfg['ctrl']['dataset'] == 'csv' and csv_layout.multi_label(cfg)))
 
 
 def train_rows(table, train_data):

@@ -336,3 +336,18 @@ def test_own_validation_split_run(layouts, name, overrides, n_test, n_val, line)
     assert re.search(rf'^{line}: .*\({n_test}/{n_test} test files', log, re.M), log[-2000:]
     assert (f"validation: the dataset's own split, {n_val} clips (learn.val_split 0.15 is not "
             f"used)") in log
+
+
+def test_csv_multi_label_is_known_before_loading(make_cfg, layouts):
+    """The checks of metrics and modes run before the table is loaded: a csv table with a
+    cell of several labels is multi-label for them too (default metric lwlrap, accuracy
+    refused), and ctrl.csv.multi_label false overrides it."""
+    import eval as evaluation
+    root = layouts['csv_multi']
+    cfg = _csv_cfg(make_cfg, root)
+    assert datasets.multi_label(cfg) and evaluation.metric_names(cfg) == ['lwlrap']
+    assert not datasets.multi_label(_csv_cfg(make_cfg, root, 'ctrl.csv.multi_label=false'))
+    single = _csv_cfg(make_cfg, layouts['csv'])
+    assert not datasets.multi_label(single) and evaluation.metric_names(single) == ['accuracy']
+    with pytest.raises(ConfigError, match="recognizer.metrics 'accuracy' needs single-label"):
+        evaluation.check_metrics(_csv_cfg(make_cfg, root, 'recognizer.metrics=[accuracy]'))
