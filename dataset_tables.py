@@ -148,7 +148,12 @@ def finish(cfg, train, others, train_csvs, vocabulary=None):
                 raise ConfigError(f'{_where(frame, row)} has labels absent from the training '
                                   f'data: {", ".join(unknown[:5])}')
     table = pd.concat([train, *(frame for frame, _, _ in others)], ignore_index=True)
-    table = table.drop(columns=['csv_path', 'csv_line'])
+    # Rows in the order of their files (the training CSVs first) and of their lines: the
+    # same clips give the same rows, and so share one feature cache, whichever of them a
+    # test fold or a split column makes the test clips.
+    files = {path: i for i, path in enumerate(dict.fromkeys(table.csv_path))}
+    order = np.lexsort((table.csv_line.to_numpy(), table.csv_path.map(files).to_numpy()))
+    table = table.iloc[order].reset_index(drop=True).drop(columns=['csv_path', 'csv_line'])
     _label_columns(table, 'labels', index, 'label', 'label_idx')
     if 'true_labels' in table.columns:
         _label_columns(table, 'true_labels', index, 'true_label', 'true_idx')

@@ -1,11 +1,11 @@
 """Datasets by name (config key `ctrl.dataset`): a dataset folder -> one clip table.
 
-Every adapter returns (table, classes): one row per clip, train rows first, with fname,
-path, label, labels, labels_idx, label_idx, verified, subset ('train', 'val' for the
-dataset's own validation clips (FSD50K, ARCA23K, a csv split column), 'test') and, where
-the CSVs have them, the true labels; classes are the sorted training labels. The layouts
-are in fsd_layouts.py (the Freesound datasets) and csv_layout.py (any table), the CSV
-checks in dataset_tables.py.
+Every adapter returns (table, classes): one row per clip, in the order of the CSV files
+(the training ones first) and of their lines, with fname, path, label, labels, labels_idx,
+label_idx, verified, subset ('train'; 'val' for the dataset's own validation clips:
+FSD50K, ARCA23K, a csv split column; 'test') and, where the CSVs have them, the true
+labels; classes are the sorted training labels. The layouts are in fsd_layouts.py (the
+Freesound datasets) and csv_layout.py (any table), the CSV checks in dataset_tables.py.
 
 How targets are carried (one convention for single- and multi-label data):
   labels      tuple of the clip's class names, sorted (single-label: one name)

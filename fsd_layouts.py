@@ -16,7 +16,7 @@ TEST_COLUMNS = ['fname', 'label', 'aso_id']
 def load_fsdnoisy18k(cfg):
     """FSDnoisy18k layout -> (table, classes).
 
-    table has one row per clip, train rows first: fname, path, label, label_idx, labels,
+    table has one row per clip, train.csv's rows first: fname, path, label, label_idx, labels,
     labels_idx, verified, noisy_small, subset ('train'/'test'), [true_label, true_idx,
     true_labels, true_labels_idx when train.csv has true_label], plus any extra columns
     of the CSVs. classes are the sorted training labels.

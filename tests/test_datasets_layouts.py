@@ -351,3 +351,17 @@ def test_csv_multi_label_is_known_before_loading(make_cfg, layouts):
     assert not datasets.multi_label(single) and evaluation.metric_names(single) == ['accuracy']
     with pytest.raises(ConfigError, match="recognizer.metrics 'accuracy' needs single-label"):
         evaluation.check_metrics(_csv_cfg(make_cfg, root, 'recognizer.metrics=[accuracy]'))
+
+
+def test_csv_test_folds_share_one_feature_cache(make_cfg, layouts):
+    """The rows keep the table's order whichever fold is tested: one cache for every fold."""
+    import feat_extract
+    root = layouts['csv']
+    clips = pd.read_csv(root / 'clips.csv')
+    dirs = set()
+    for fold in (1, 2):
+        cfg = _csv_cfg(make_cfg, root, f'ctrl.test_fold={fold}')
+        table, _ = _load(cfg)
+        assert table.fname.tolist() == clips.fname.tolist()
+        dirs.add(feat_extract.cache_dir(cfg, table))
+    assert len(dirs) == 1
