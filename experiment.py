@@ -356,10 +356,11 @@ def prepare(cfg, mode, table, classes, store, rng, run_dir):
 
 def split(cfg, mode, table, classes, store):
     """(the readable training rows, the folds' (training rows, validation rows), the
-    counts drawn by ctrl.n_noisy / n_clean): one stratified train/val split, or with
-    learn.folds K > 1 K stratified folds, or the folds the mode makes itself (Mode.split:
-    self_verify's 4), of the training rows, drawn first when ctrl.n_noisy or n_clean is
-    set (subsets.py)."""
+    counts drawn by ctrl.n_noisy / n_clean): one stratified train/val split (the dataset's
+    own validation clips where it has them: FSD50K, ARCA23K, a csv split column with val),
+    or with learn.folds K > 1 K stratified folds, or the folds the mode makes itself
+    (Mode.split: self_verify's 4), of the training rows, drawn first when ctrl.n_noisy or
+    n_clean is set (subsets.py)."""
     learn, ctrl = cfg['learn'], cfg['ctrl']
     rows = datasets.readable_train_rows(table, classes, store.length, ctrl['train_data'])
     targets = datasets.targets(table, len(classes))
@@ -371,11 +372,19 @@ def split(cfg, mode, table, classes, store):
     subsets.log_drawn(drawn, n_before)
     y = targets[rows]
     labels = splits.strata(y)  # one class per clip (multi-label: its rarest label)
+    own_val = datasets.readable_val_rows(table, store.length)
+    if own_val is not None and (mode.split is not None or learn['folds'] > 1):
+        logger.info('the dataset\'s own %d validation clips are not used: the folds validate',
+                    own_val.size)
     if mode.split is not None:
         return rows, mode.split(table, rows, seed), drawn
     if learn['folds'] > 1:
         return rows, splits.kfold_split(rows, y if datasets.is_multi_label(table) else labels,
                                         learn['folds'], seed), drawn
+    if own_val is not None:
+        logger.info('validation: the dataset\'s own split, %d clips (learn.val_split %g is not '
+                    'used)', own_val.size, learn['val_split'])
+        return rows, [(rows, own_val)], drawn
     train_rows, val_rows = splits.split_train_val(rows, labels, learn['val_split'], seed)
     if learn['val_split'] > 0 and val_rows.size == 0:
         raise ConfigError(f'learn.val_split {learn["val_split"]} leaves no validation clip '

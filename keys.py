@@ -62,11 +62,14 @@ KEYS = {
         'learn': Key(True, 'train and evaluate (false: stop after feature extraction)'),
         'dataset': Key(
             'fsdnoisy18k', 'dataset layout of ctrl.dataset_path: fsdnoisy18k, fsdkaggle2018, '
-            'fsdkaggle2019'),
+            'fsdkaggle2019, fsd50k, arca23k, csv (any audio folder with a table: ctrl.csv)'),
         'train_data': Key(
             'noisy', 'training subset: noisy | clean | noisy_small | noisy_small_clean | all '
-            '(fsdkaggle2018: noisy | clean | all; fsdkaggle2019: curated | noisy | all)',
-            choices=('noisy', 'clean', 'noisy_small', 'noisy_small_clean', 'all', 'curated')),
+            '(fsdkaggle2018: noisy | clean | all; fsdkaggle2019: curated | noisy | all; fsd50k: '
+            'all; arca23k: noisy (ARCA23K) | clean (ARCA23K-FSD) | all; csv: verified | '
+            'unverified | all)',
+            choices=('noisy', 'clean', 'noisy_small', 'noisy_small_clean', 'all', 'curated',
+                     'verified', 'unverified')),
         'n_noisy': Key(
             None, 'clips drawn from the unverified part of train_data, stratified by class, '
             'before the val split (null: all; Deng et al.)', at_least=0, nullable=True, type=int),
@@ -78,6 +81,35 @@ KEYS = {
         'classes': Key(
             None, 'class vocabulary: every label of the CSVs must be one of these names (null: '
             'none; rare near-duplicate labels are refused)', nullable=True, type=list),
+        'test_fold': Key(
+            None, 'csv: test on official fold K of the fold column and train on the others '
+            '(null: the split column, or ctrl.csv.test)', nullable=True, type=int, at_least=1),
+        'csv': Group('ctrl.dataset csv: the table(s) and their column names', {
+            'table': Key(None, 'one CSV of every clip, with a split (train / val / test) or fold '
+                         'column; relative to ctrl.dataset_path', nullable=True, type=str),
+            'train': Key(None, 'or: the CSV of the training clips (with test)', nullable=True,
+                         type=str),
+            'test': Key(None, 'or: the CSV of the test clips (with train)', nullable=True,
+                        type=str),
+            'audio_dir': Key(None, 'folder the fname paths are relative to, under '
+                             'ctrl.dataset_path (null: the CSV\'s own folder)', nullable=True,
+                             type=str),
+            'fname': Key('fname', 'column of the audio file paths'),
+            'labels': Key('labels', 'column of the labels (several joined by separator)'),
+            'separator': Key(',', 'what joins the labels of a multi-label clip'),
+            'multi_label': Key(None, 'null: multi-label if a clip has several labels; true / '
+                               'false: forced (false refuses a cell of several)', nullable=True,
+                               type=bool),
+            'verified': Key('verified', 'optional 0/1 column (missing: every clip verified)'),
+            'fold': Key('fold', 'optional column of the official folds (ctrl.test_fold)'),
+            'split': Key('split', 'column of train / val / test in ctrl.csv.table (val: the '
+                         "dataset's own validation clips)"),
+            'true_labels': Key('true_labels', 'optional column of the true labels (turns on the '
+                               'noise-detection figures)'),
+        }),
+        'fsd50k_path': Key(
+            None, 'arca23k: folder holding FSD50K.dev_audio/ and FSD50K.eval_audio/ (null: '
+            'ctrl.dataset_path)', nullable=True, type=str),
         'seed': Key(
             42, 'seed of the split, batch order, mixup draws and weight init (0 .. 2**32-1)',
             at_least=0, at_most=2**32 - 1),  # numpy's SeedSequence takes no negatives

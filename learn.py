@@ -196,7 +196,7 @@ def check(cfg):
                f'learn.folds 1 and ' if mode.folds else 'trains with its own schedule: keep ')
         raise ConfigError(f'learn.mode {name} {own}learn.lr_schedule '
                           f'{either(mode.schedules)}')
-    if mode.single_label and cfg['ctrl']['dataset'] in datasets.MULTI_LABEL:
+    if mode.single_label and datasets.multi_label(cfg):
         raise ConfigError(f'learn.mode {name} {mode.single_label}; {cfg["ctrl"]["dataset"]} '
                           f'is multi-label')
     check_multitask(cfg)
