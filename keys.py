@@ -70,6 +70,12 @@ KEYS = {
             'noisy', 'training subset: noisy | clean | noisy_small | noisy_small_clean | all '
             '(fsdkaggle2018: noisy | clean | all; fsdkaggle2019: curated | noisy | all)',
             choices=('noisy', 'clean', 'noisy_small', 'noisy_small_clean', 'all', 'curated')),
+        'n_noisy': Key(
+            None, 'clips drawn from the unverified part of train_data, stratified by class, '
+            'before the val split (null: all; Deng et al.)', at_least=0, nullable=True, type=int),
+        'n_clean': Key(
+            None, 'clips drawn from the verified part of train_data, stratified by class, '
+            'before the val split (null: all; Deng et al.)', at_least=0, nullable=True, type=int),
         'dataset_path': Key(
             'data/FSDnoisy18k', 'folder holding FSDnoisy18k.audio_train/, .audio_test/, .meta/'),
         'classes': Key(
@@ -105,7 +111,8 @@ KEYS = {
     },
     'extract': {
         'audio_len_s': Key(
-            2, 'varup: clips shorter than this are replicated up to it (seconds)', at_least=0),
+            2, 'varup / zeropad: clips shorter than this are replicated / zero-padded up to it '
+            '(seconds)', at_least=0),
         'eps': Key(
             2.220446049250313e-16, 'added to the signal before the STFT and inside log10',
             above=0),
@@ -114,8 +121,8 @@ KEYS = {
         'fs': Key(44100, 'sampling rate; other rates are resampled to it', at_least=1),
         'hop_length_samples': Key(882, 'STFT hop (20 ms at 44.1 kHz)', at_least=1),
         'load_mode': Key(
-            'varup', 'varup: replicate short clips to audio_len_s; full: keep length',
-            choices=('varup', 'full')),
+            'varup', 'varup: replicate short clips to audio_len_s; zeropad: pad them with zeros '
+            'to it (Akiyama & Sato); full: keep length', choices=('varup', 'zeropad', 'full')),
         'log': Key(True, 'log10 of the mel energies'),
         'mono': Key(True, 'mix multichannel audio to mono'),
         'n_fft': Key(2048, 'FFT size', at_least=1),
@@ -125,7 +132,12 @@ KEYS = {
         'patch_len': Key(100, 'frames per patch (2 s)', at_least=1),
         'spectrogram_type': Key(
             'power', 'power (|X|^2) or magnitude (|X|)', choices=('power', 'magnitude')),
-        'win_length_samples': Key(1764, 'STFT window (40 ms periodic Hamming)', at_least=1),
+        'win_length_samples': Key(
+            1764, 'STFT window length in samples (40 ms at 44.1 kHz)', at_least=1),
+        'window': Key(
+            'hamming', 'STFT window, periodic: hamming (waspaa19), hann (the DCASE systems), '
+            'blackman, bartlett, boxcar', choices=('hamming', 'hann', 'blackman', 'bartlett',
+                                                   'boxcar')),
         'store_dtype': Key(
             'float32', 'dtype of the cached frames: float32 or float16 (half the memory)',
             choices=('float32', 'float16')),
@@ -150,15 +162,23 @@ KEYS = {
     'learn': {
         'batch_size': Key(64, 'patches per training step', at_least=1),
         'lr': Key(
-            0.001, 'Adam learning rate (halved on val-accuracy plateaus of 5 epochs)', above=0),
+            0.001, 'learning rate of learn.optim (plateau: halved on val-accuracy plateaus of 5 '
+            'epochs)', above=0),
         'n_classes': Key(
             None, 'must equal the number of classes in the training data (null: taken from the '
             'data)', at_least=2, nullable=True, type=int),
         'n_epochs': Key(100, 'total epochs, counted across stages', at_least=1),
-        'optim': Key('Adam', 'optimiser', choices=('Adam',)),
+        'optim': Key('Adam', 'optimiser: Adam, or SGD (learn.momentum, learn.nesterov)'),
+        'momentum': Key(
+            0.9, 'SGD: momentum (0.9, the released EnvNet training)', at_least=0, below=1),
+        'nesterov': Key(True, 'SGD: Nesterov momentum (true, the released EnvNet training)'),
+        'init_from': Key(
+            None, 'weights to start from: a .keras file or an earlier run folder logs/<run> '
+            '(fold k from its model_k.keras); the trunk must match, heads where shapes match',
+            nullable=True, type=str),
         'patience': Key(
-            15, 'early stopping patience on validation accuracy (epochs; min_delta 0.001)',
-            at_least=1),
+            15, 'early stopping patience on validation accuracy (epochs; min_delta 0.001; null: '
+            'no early stopping)', at_least=1, nullable=True),
         'val_split': Key(
             0.15, 'share of the training subset held out for validation, per class',
             at_least=0, below=1),
@@ -179,7 +199,9 @@ KEYS = {
             10, 'mode 0: epochs without mixup before mixup starts', at_least=0),
         'mode': Key(
             0, '0 mixup warm-up, 1 standard, 2 time-dependent loss, 3 pruning, staged', also=str),
-        'model': Key('baseline', 'baseline (3-conv CNN) or DenSE'),
+        'model': Key(
+            'baseline', 'baseline (3-conv CNN), DenSE, cnn_gru, vgg_gap, resnet34 (log-mel) or '
+            'envnet_v2 (waveforms)'),
         'stage1_epoch': Key(
             20, "mode 2: epoch at which the loss switches to stage 2 (20, the original code's "
             'config)', at_least=0),
@@ -220,8 +242,9 @@ KEYS = {
             'auto', 'auto: frames in GPU memory when they fit; always; never (host)',
             choices=('auto', 'always', 'never')),
         'model_selection': Key(
-            'last', 'weights evaluated: last (last epoch trained, the original) or best_val (best '
-            'val accuracy since the method acted)', choices=('last', 'best_val')),
+            'last', 'weights evaluated: last (last epoch trained, the original), best_val (best '
+            'val accuracy since the method acted) or best_val_loss (lowest val loss, likewise)',
+            choices=('last', 'best_val', 'best_val_loss')),
         'steps_per_epoch': Key(
             None, 'staged: steps between validations/LR schedule/history rows (null: one pass '
             "over the stage's pool)", at_least=1, nullable=True, type=int),
@@ -232,7 +255,14 @@ KEYS = {
             'time_masks': Key(0, 'time masks per example (0: off)', at_least=0),
             'time_width': Key(0, 'widest time mask (frames; each width ~ U{0..widest})',
                               at_least=0),
+            'time_warp': Key(0, 'time warp W: a frame p in (W, T - 1 - W) moved by w ~ '
+                             'U{-W..W} frames, linear in between (0: off)', at_least=0),
         }),
+        'bn_momentum': Key(
+            0.99, "momentum of every batch normalisation's moving statistics (Keras: 0.99; "
+            'Lasagne alpha 0.1 = 0.9)', at_least=0, below=1),
+        'bn_epsilon': Key(
+            0.001, 'epsilon of every batch normalisation (Keras: 1e-3; Lasagne: 1e-4)', above=0),
         'time_pooling': Key(
             'max', 'cnn_gru: pooling over time after the GRU: max or mean',
             choices=('max', 'mean')),
@@ -241,11 +271,15 @@ KEYS = {
             'sigmoid_sparsemax (non-softmax heads: loss.type bce)'),
         'lr_schedule': Key(
             'plateau', 'plateau (halve on val plateaus), constant, cyclic_cosine (snapshot per '
-            'cycle)', choices=('plateau', 'constant', 'cyclic_cosine')),
+            'cycle), linear (to 0 at the last epoch from lr_decay_start)',
+            choices=('plateau', 'constant', 'cyclic_cosine', 'linear')),
         'cycles': Key(
             8, 'cyclic_cosine: cycles (n_epochs must equal cycles x cycle_epochs)', at_least=1),
         'cycle_epochs': Key(64, 'cyclic_cosine: epochs per cycle', at_least=1),
         'lr_min': Key(1e-06, "cyclic_cosine: rate at each cycle's end (starts at lr)", at_least=0),
+        'lr_decay_start': Key(
+            100, 'linear: last epoch at lr (1-based); then lr/(n_epochs - it) less per epoch, 0 '
+            'at the last (Dorfer & Widmer: 100 of 500)', at_least=0),
         'folds': Key(
             1, '1: one train/val split; K > 1: K stratified folds, K models averaged', at_least=1),
         'sv_excerpts': Key(

@@ -18,11 +18,13 @@ import datasets
 import ensemble
 import eval as evaluation
 import losses
+import optimizers
 import sampling
 import self_verify
 import splits
+import warmstart
 from config import ConfigError, lookup
-from callbacks import check_schedule
+from schedules import check_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +153,7 @@ class Mode:
     detects: bool = False
     folds: int = 0
     split: Optional[Callable] = None
-    schedules: tuple = ('plateau', 'constant', 'cyclic_cosine')
+    schedules: tuple = ('plateau', 'constant', 'cyclic_cosine', 'linear')
     multitask: bool = False
     steps: bool = False
     scores_clips: bool = False
@@ -166,7 +168,8 @@ MODES = {
     3: Mode(mode_prune, multitask=True, scores_clips=True),
     'staged': Mode(mode_staged, masker=True, detects=True, steps=True, verified_stages=True),
     'self_verify': Mode(self_verify.mode_self_verify, folds=self_verify.FOLDS,
-                        split=splits.self_verify_folds, schedules=('plateau', 'constant'),
+                        split=splits.self_verify_folds,
+                        schedules=('plateau', 'constant', 'linear'),
                         single_label='verifies one given label per clip (Dorfer & Widmer, '
                                      'single-label)'),
 }
@@ -185,6 +188,8 @@ def check(cfg):
     name = learn['mode']
     mode = lookup(MODES, name, 'learn.mode')
     check_loss(cfg)
+    lookup(optimizers.OPTIMIZERS, learn['optim'], 'learn.optim')
+    warmstart.check(cfg)
     check_schedule(cfg, mode.steps)
     if (mode.folds and learn['folds'] > 1) or learn['lr_schedule'] not in mode.schedules:
         own = (f'makes its own {mode.folds} folds and fine-tunes with its own schedule: keep '

@@ -51,7 +51,11 @@ class Evaluation:
 class Results:
     """A run's results; None is "not measured" and is left out of results.json. Fields
     appear in results.json in this order, after the Evaluation's head."""
+    model: str = None               # learn.model
+    n_trainable_params: int = None  # of that model as built (with its heads)
     label_noise: dict = None        # ctrl.inject_noise: rate, kind, subset, share_changed
+    n_noisy: int = None             # ctrl.n_noisy / n_clean: the unverified and verified
+    n_clean: int = None             # training clips drawn (subsets.py), when either is set
     # noise detection of the dropped / masked examples: precision, recall, n_flagged,
     # n_wrong (one decision), or those as lists over the epochs, with 'epoch'
     noise_detection: dict = None
@@ -65,6 +69,15 @@ class Results:
     snapshot_cycles: list = None
     ensemble: dict = None           # eval.Ensemble.summary(): members and how averaged
     evaluation: Evaluation = field(default=None, repr=False)
+
+    # -- the model
+    def built(self, model, n_trainable_params):
+        """learn.model and its number of trainable parameters."""
+        self.model, self.n_trainable_params = model, int(n_trainable_params)
+
+    def subset_drawn(self, drawn):
+        """The counts of ctrl.n_noisy / n_clean's draw ({} when neither is set)."""
+        self.n_noisy, self.n_clean = drawn.get('n_noisy'), drawn.get('n_clean')
 
     # -- what the modes record
     def noise_detected(self, figures):
