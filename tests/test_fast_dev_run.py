@@ -248,11 +248,11 @@ def test_folds_and_snapshots_are_all_kept(tiny):
     root, data = tiny
     path = write_tiny_config(root / 'cyclic.yaml', data, root, {
         'ctrl': {'run_name': 'cyclic', 'fast_dev_run': True},
-        'learn': {'folds': 2, 'lr_schedule': 'cyclic_cosine', 'cycles': 3, 'cycle_epochs': 20,
-                  'n_epochs': 60, 'mode': 1}})
+        'learn': {'folds': 2, 'lr_schedule': 'cyclic_cosine', 'cycles': 2, 'cycle_epochs': 20,
+                  'n_epochs': 40, 'mode': 1}})
     assert main.run(path) == 0
     results = check_structure(root / 'logs' / 'cyclic', config.load_config(path))
-    assert results['ensemble']['folds'] == 2 and results['ensemble']['snapshots'] == 3
+    assert results['ensemble']['folds'] == 2 and results['ensemble']['snapshots'] == 2
     assert all('fast_dev_run' not in fold for fold in results['folds'])
     history = pd.read_csv(root / 'logs' / 'cyclic' / 'history_1.csv')
     # the cosine restarts every 2 epochs: lr at each cycle's first epoch is learn.lr
@@ -263,7 +263,7 @@ def test_self_verification_keeps_every_round(tiny):
     root, data = tiny
     path = write_tiny_config(root / 'sv.yaml', data, root, {
         'ctrl': {'run_name': 'sv', 'fast_dev_run': True},
-        'learn': {'mode': 'self_verify', 'sv_rounds': 2, 'sv_epochs': 30, 'n_epochs': 50,
+        'learn': {'mode': 'self_verify', 'sv_rounds': 1, 'sv_epochs': 30, 'n_epochs': 50,
                   'batch_size': 16}})
     assert main.run(path) == 0
     check_structure(root / 'logs' / 'sv', config.load_config(path))
