@@ -102,7 +102,7 @@ def fast_dev_clips(cfg, table):
     columns = [c for c in ('subset', 'verified', 'noisy_small') if c in table.columns]
     keep = np.zeros(len(table), bool)
     labels = table.labels_idx.to_numpy()
-    for rows in table.groupby(columns, sort=False).indices.values():
+    for rows in table.groupby(columns, sort=False, dropna=False).indices.values():
         count = collections.Counter()
         for row in np.sort(rows):
             if any(count[c] < FAST_CLIPS for c in labels[row]):

@@ -38,11 +38,13 @@ SWEEP_FILES = [p for p in YAMLS if not is_experiment(p)]
 # verified-only stages of staged training, 4 self-verification folds): 20 classes (the
 # FSDnoisy18k names; config/demo.yaml says n_classes 20), half of the training clips
 # verified, clips of 2-4 s at 44.1 kHz (the rate of config/params.yaml, so nothing is
-# resampled but the demo's 22.05 kHz).
+# resampled but the demo's 22.05 kHz). The DCASE layouts' recipes train on whole-clip
+# crops, one example per clip: 8 verified and 8 unverified clips per class (what a dry run
+# keeps) give 3/4 x 160 = 120 verified training clips per fold, for batches of up to 100.
 LAYOUTS = {
     'fsdnoisy18k': dict(n_classes=20, train_per_class=6, test_per_class=1),
-    'fsdkaggle2018': dict(n_classes=20, train_per_class=8, test_per_class=1),
-    'fsdkaggle2019': dict(n_classes=20, train_per_class=8, test_per_class=1, max_labels=2),
+    'fsdkaggle2018': dict(n_classes=20, train_per_class=16, test_per_class=1),
+    'fsdkaggle2019': dict(n_classes=20, train_per_class=16, test_per_class=1, max_labels=2),
 }
 
 
