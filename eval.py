@@ -246,7 +246,11 @@ def evaluation_lines(results):
     (in the order of metrics.METRICS), the wall time."""
     ev = results.evaluation
     chosen = [(name, metrics.METRICS[name]) for name in ev.metrics]
-    lines = ['', '=' * 72, 'EVALUATION'] + [m.line(ev.figures, ev.where) for _, m in chosen]
+    lines = ['', '=' * 72, 'EVALUATION']
+    if results.fast_dev_run:
+        lines.append('FAST DEV RUN: numbers are not results (ctrl.fast_dev_run: 2 steps per '
+                     'epoch, at most 2 epochs per stage, a few clips per class)')
+    lines += [m.line(ev.figures, ev.where) for _, m in chosen]
     if results.evaluated_epoch is not None:
         lines.append(f'model evaluated: learn.model_selection {results.model_selection}, '
                      f'epoch {results.evaluated_epoch}')

@@ -20,6 +20,7 @@ import augment
 import data
 import datasets
 import eval as evaluation
+import fastdev
 import losses
 import optimizers
 import pipeline
@@ -63,7 +64,8 @@ class Experiment:
         self.train_idx = patches.of_clips(self.train_rows)
         self.val_idx = patches.of_clips(self.val_rows)
         # figures for results.json: the injected label noise, what a mode adds (noise_detection)
-        self.results = Results(**datasets.label_noise(cfg, table))
+        self.results = Results(**datasets.label_noise(cfg, table),
+                               fast_dev_run=fastdev.on(cfg) or None)
         self.results.built(cfg['learn']['model'],
                            architectures.n_trainable_params(trainer.classifier))
         self.monitor = 'val_accuracy' if self.val_idx.size else 'accuracy'
@@ -88,7 +90,7 @@ class Experiment:
         self.collapse = StopOnCollapse(self.history, score, self.val_rows if self.val_idx.size
                                        else self.train_rows, classes)
         self.has_truth = 'true_idx' in table.columns
-        self.plans = epoch_plans(cfg, table, patches, source)
+        self.plans = fastdev.cut_plans(cfg, epoch_plans(cfg, table, patches, source))
         self.stage_epochs = []  # epochs each fit() call (stage) trained
         self.memo = Memo()
         self.counters = Counters([c for c in (self.reduce_lr, self.early_stopping)
@@ -338,7 +340,9 @@ def build_trainer(cfg, mode, table, classes, source, fold=None):
 def prepare(cfg, mode, table, classes, store, rng, run_dir):
     """Split, patch table (refusing a batch larger than its training pools), batch source
     (with its scaler), trainer -> the Experiment of the first fold (or of the single
-    split). mode: the configured mode's learn.Mode declaration."""
+    split). mode: the configured mode's learn.Mode declaration. Under ctrl.fast_dev_run
+    the Experiment gets the dry run's config (fastdev.fast_dev_config)."""
+    cfg = fastdev.fast_dev_config(cfg, mode)
     rows, folds, drawn = split(cfg, mode, table, classes, store)
     patches = pipeline.patch_table(cfg, store)
     check_batch_size(cfg['learn'], mode, table, patches, folds)

@@ -140,6 +140,9 @@ KEYS = {
             True, 'TensorBoard scalars of every history.csv figure in logs/<run>/tb/'),
         'overwrite': Key(False, 'true: a run_name that has finished is cleared and run afresh '
                          '(false: refused)'),
+        'fast_dev_run': Key(
+            False, 'dry run of the whole procedure: 2 steps per epoch, at most 2 epochs per '
+            'stage, 8 clips per class; numbers are not results'),
     },
     'extract': {
         'audio_len_s': Key(

@@ -146,6 +146,9 @@ class Mode:
     verified_stages: it trains whole batches of the verified training patches and batches
     half verified, half unverified (the pools learn.batch_size must fit).
     single_label: why it refuses multi-label datasets (None: it does not).
+    first_stage: the learn key giving the epochs of its first stage, counted within
+    learn.n_epochs; stage_epochs: learn keys that each give the epochs of another stage
+    (both read by experiment.fast_dev_config, which cuts every stage to 2 epochs).
     """
     run: Callable
     loss: Optional[str] = None
@@ -159,19 +162,22 @@ class Mode:
     scores_clips: bool = False
     verified_stages: bool = False
     single_label: Optional[str] = None
+    first_stage: Optional[str] = None
+    stage_epochs: tuple = ()
 
 
 MODES = {
-    0: Mode(mode_warmup_mixup, multitask=True),
+    0: Mode(mode_warmup_mixup, multitask=True, first_stage='mixup_warmup_epochs'),
     1: Mode(mode_standard, multitask=True),
-    2: Mode(mode_time_dependent, loss='time_dependent', detects=True),
-    3: Mode(mode_prune, multitask=True, scores_clips=True),
+    2: Mode(mode_time_dependent, loss='time_dependent', detects=True,
+            first_stage='stage1_epoch'),
+    3: Mode(mode_prune, multitask=True, scores_clips=True, first_stage='prune_stage1'),
     'staged': Mode(mode_staged, masker=True, detects=True, steps=True, verified_stages=True),
     'self_verify': Mode(self_verify.mode_self_verify, folds=self_verify.FOLDS,
                         split=splits.self_verify_folds,
                         schedules=('plateau', 'constant', 'linear'),
                         single_label='verifies one given label per clip (Dorfer & Widmer, '
-                                     'single-label)'),
+                                     'single-label)', stage_epochs=('sv_epochs',)),
 }
 
 

@@ -51,6 +51,7 @@ class Evaluation:
 class Results:
     """A run's results; None is "not measured" and is left out of results.json. Fields
     appear in results.json in this order, after the Evaluation's head."""
+    fast_dev_run: bool = None       # ctrl.fast_dev_run: a dry run, its numbers no results
     model: str = None               # learn.model
     n_trainable_params: int = None  # of that model as built (with its heads)
     label_noise: dict = None        # ctrl.inject_noise: rate, kind, subset, share_changed
@@ -105,7 +106,7 @@ class Results:
     def fold_results(self, per_fold):
         """k folds: each fold's results (fold 1's included) live under `folds`; what stays
         at the top is what the folds share (the injected label noise)."""
-        self.folds = list(per_fold)
+        self.folds = [{k: v for k, v in f.items() if k != 'fast_dev_run'} for f in per_fold]
         self.noise_detection = self.model_selection = None
         self.evaluated_epoch = self.snapshot_cycles = None
 
