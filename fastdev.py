@@ -81,7 +81,7 @@ def _staged(learn, cyclic):
     if not cyclic:
         return {'staged_steps': [min(n, FAST_EPOCHS * FAST_STEPS) for n in steps],
                 'steps_per_epoch': FAST_STEPS}
-    per_epoch = learn['steps_per_epoch']  # set: callbacks.check_schedule requires it
+    per_epoch = learn['steps_per_epoch']  # set: schedules.check_schedule requires it
     epochs = np.array([-(-n // per_epoch) for n in steps], float)
     total = learn['cycles'] * FAST_EPOCHS
     share = epochs * total / epochs.sum()

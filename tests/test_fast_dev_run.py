@@ -18,7 +18,7 @@ import learn
 import main
 import runfolder
 import sweepspec
-from callbacks import check_schedule
+from schedules import check_schedule
 from conftest import tiny_dataset, write_tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
