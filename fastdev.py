@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 FAST_STEPS = 2   # optimizer steps per epoch
 FAST_EPOCHS = 2  # epochs per stage (per cycle of cyclic_cosine)
 FAST_CLIPS = 8   # clips per class in each part of the dataset
+FAST_SCORINGS = 2  # scorings of one clip where a mode scores it several times (excerpts)
 
 
 def on(cfg):
@@ -67,6 +68,8 @@ def fast_dev_config(cfg, mode):
         learn.update(_linear(old, learn, mode))
     for key in mode.stage_epochs:
         learn[key] = min(old[key], FAST_EPOCHS)
+    for key in mode.scorings:  # e.g. self-verification's excerpts per judged clip
+        learn[key] = min(old[key], FAST_SCORINGS)
     changed = {k: (old[k], v) for k, v in learn.items() if old[k] != v}
     logger.info('fast dev run: %s; %d steps per epoch, at most %d clips per class of each '
                 'part of the data', ', '.join(f'learn.{k} {a} -> {b}'

@@ -37,12 +37,13 @@ SWEEP_FILES = [p for p in YAMLS if not is_experiment(p)]
 # Tiny data per layout, big enough for the YAMLs as written (batch 64 of 2 s patches, the
 # verified-only stages of staged training, 4 self-verification folds): 20 classes (the
 # FSDnoisy18k names; config/demo.yaml says n_classes 20), half of the training clips
-# verified, clips of 2-4 s at 44.1 kHz (the rate of config/params.yaml, so nothing is
+# verified (4 verified clips per class: one for validation under ctrl.train_data clean),
+# clips of 2-4 s at 44.1 kHz (the rate of config/params.yaml, so nothing is
 # resampled but the demo's 22.05 kHz). The DCASE layouts' recipes train on whole-clip
 # crops, one example per clip: 8 verified and 8 unverified clips per class (what a dry run
 # keeps) give 3/4 x 160 = 120 verified training clips per fold, for batches of up to 100.
 LAYOUTS = {
-    'fsdnoisy18k': dict(n_classes=20, train_per_class=6, test_per_class=1),
+    'fsdnoisy18k': dict(n_classes=20, train_per_class=8, test_per_class=1),
     'fsdkaggle2018': dict(n_classes=20, train_per_class=16, test_per_class=1),
     'fsdkaggle2019': dict(n_classes=20, train_per_class=16, test_per_class=1, max_labels=2),
 }
@@ -189,7 +190,8 @@ def cut(*overrides):
      {'staged_steps': [6, 4, 2], 'steps_per_epoch': 2, 'cycle_epochs': 2}),
     # the linear schedule: epochs at lr, then the decay, 2 each (Dorfer & Widmer's round 0)
     (['learn.mode=self_verify', 'learn.lr_schedule=linear', 'learn.n_epochs=500',
-      'learn.lr_decay_start=100'], {'n_epochs': 4, 'lr_decay_start': 2, 'sv_epochs': 2}),
+      'learn.lr_decay_start=100'],
+     {'n_epochs': 4, 'lr_decay_start': 2, 'sv_epochs': 2, 'sv_excerpts': 2}),
     (['learn.mode=1', 'learn.lr_schedule=linear', 'learn.n_epochs=10',
       'learn.lr_decay_start=9'], {'n_epochs': 3, 'lr_decay_start': 2}),
     (['learn.mode=0', 'learn.lr_schedule=linear', 'learn.n_epochs=10',
@@ -200,7 +202,7 @@ def cut(*overrides):
      {'staged_steps': [4, 0, 0], 'lr_decay_start': 0}),
     # self-verification: every round kept, each round's fine-tuning 2 epochs
     (['learn.mode=self_verify', 'learn.sv_rounds=10'],
-     {'n_epochs': 2, 'sv_epochs': 2, 'sv_rounds': 10, 'sv_excerpts': 25}),
+     {'n_epochs': 2, 'sv_epochs': 2, 'sv_rounds': 10, 'sv_excerpts': 2}),
 ])
 def test_every_stage_is_cut_to_two_epochs_and_the_structure_kept(overrides, expect):
     cfg, fast = cut(*overrides)
