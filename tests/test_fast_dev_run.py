@@ -37,13 +37,14 @@ SWEEP_FILES = [p for p in YAMLS if not is_experiment(p)]
 # Tiny data per layout, big enough for the YAMLs as written (batch 64 of 2 s patches, the
 # verified-only stages of staged training, 4 self-verification folds): 20 classes (the
 # FSDnoisy18k names; config/demo.yaml says n_classes 20), half of the training clips
-# verified (4 verified clips per class: one for validation under ctrl.train_data clean),
-# clips of 2-4 s at 44.1 kHz (the rate of config/params.yaml, so nothing is
+# verified (6 verified clips per class: one for validation under ctrl.train_data clean,
+# and 3/4 x 120 = 90 verified clips per fold for config/dcase19_he/fsdnoisy18k.yaml's
+# whole-clip batches of 64), clips of 2-4 s at 44.1 kHz (the rate of config/params.yaml, so nothing is
 # resampled but the demo's 22.05 kHz). The DCASE layouts' recipes train on whole-clip
 # crops, one example per clip: 8 verified and 8 unverified clips per class (what a dry run
 # keeps) give 3/4 x 160 = 120 verified training clips per fold, for batches of up to 100.
 LAYOUTS = {
-    'fsdnoisy18k': dict(n_classes=20, train_per_class=8, test_per_class=1),
+    'fsdnoisy18k': dict(n_classes=20, train_per_class=12, test_per_class=1),
     'fsdkaggle2018': dict(n_classes=20, train_per_class=16, test_per_class=1),
     'fsdkaggle2019': dict(n_classes=20, train_per_class=16, test_per_class=1, max_labels=2),
 }
