@@ -13,7 +13,8 @@ before a day on a GPU. Three cuts, each made here and nowhere else:
   batches;
 - the stages (fast_dev_config): at most FAST_EPOCHS epochs per stage, read from the mode's
   declaration (learn.Mode: first_stage, stage_epochs, steps); cyclic_cosine keeps its
-  cycles with FAST_EPOCHS epochs each, so every snapshot is still taken;
+  cycles with FAST_EPOCHS epochs each, so every snapshot is still taken; the linear
+  schedule's constant and decaying parts are two stages;
 - the epochs (cut_plans): every epoch plan cut to its first FAST_STEPS optimizer steps
   (drawn in full first, so the rng stream is the one of the real run).
 
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 FAST_STEPS = 2   # optimizer steps per epoch
 FAST_EPOCHS = 2  # epochs per stage (per cycle of cyclic_cosine)
 FAST_CLIPS = 8   # clips per class in each part of the dataset
+FAST_SCORINGS = 2  # scorings of one clip where a mode scores it several times (excerpts)
 
 
 def on(cfg):
@@ -62,14 +64,32 @@ def fast_dev_config(cfg, mode):
             learn[mode.first_stage] = min(first, FAST_EPOCHS)
             if not cyclic:
                 learn['n_epochs'] = learn[mode.first_stage] + min(n - first, FAST_EPOCHS)
+    if learn['lr_schedule'] == 'linear':
+        learn.update(_linear(old, learn, mode))
     for key in mode.stage_epochs:
         learn[key] = min(old[key], FAST_EPOCHS)
+    for key in mode.scorings:  # e.g. self-verification's excerpts per judged clip
+        learn[key] = min(old[key], FAST_SCORINGS)
     changed = {k: (old[k], v) for k, v in learn.items() if old[k] != v}
     logger.info('fast dev run: %s; %d steps per epoch, at most %d clips per class of each '
                 'part of the data', ', '.join(f'learn.{k} {a} -> {b}'
                                               for k, (a, b) in changed.items()) or
                 'no stage longer than 2 epochs', FAST_STEPS, FAST_CLIPS)
     return {**cfg, 'learn': learn}
+
+
+def _linear(old, learn, mode):
+    """learn.lr_schedule linear: the epochs at learn.lr before learn.lr_decay_start and the
+    decay after it are two stages, each cut to FAST_EPOCHS; where the mode's own stages
+    fix the epochs already, the decay starts by the last epoch (schedules.check_linear)."""
+    start = min(old['lr_decay_start'], FAST_EPOCHS)
+    if mode.steps:
+        epochs = sum(-(-n // FAST_STEPS) for n in learn['staged_steps'])
+        return {'lr_decay_start': max(0, min(start, epochs - 1))}
+    if mode.first_stage is not None:
+        return {'lr_decay_start': max(0, min(start, learn['n_epochs'] - 1))}
+    return {'lr_decay_start': start,
+            'n_epochs': start + min(old['n_epochs'] - old['lr_decay_start'], FAST_EPOCHS)}
 
 
 def _staged(learn, cyclic):

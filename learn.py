@@ -148,7 +148,8 @@ class Mode:
     single_label: why it refuses multi-label datasets (None: it does not).
     first_stage: the learn key giving the epochs of its first stage, counted within
     learn.n_epochs; stage_epochs: learn keys that each give the epochs of another stage
-    (both read by experiment.fast_dev_config, which cuts every stage to 2 epochs).
+    (both read by fastdev.fast_dev_config, which cuts every stage to 2 epochs);
+    scorings: learn keys counting how often it scores each clip (cut to 2 too).
     """
     run: Callable
     loss: Optional[str] = None
@@ -164,6 +165,7 @@ class Mode:
     single_label: Optional[str] = None
     first_stage: Optional[str] = None
     stage_epochs: tuple = ()
+    scorings: tuple = ()
 
 
 MODES = {
@@ -177,7 +179,8 @@ MODES = {
                         split=splits.self_verify_folds,
                         schedules=('plateau', 'constant', 'linear'),
                         single_label='verifies one given label per clip (Dorfer & Widmer, '
-                                     'single-label)', stage_epochs=('sv_epochs',)),
+                                     'single-label)', stage_epochs=('sv_epochs',),
+                        scorings=('sv_excerpts',)),
 }
 
 

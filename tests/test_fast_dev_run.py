@@ -37,12 +37,14 @@ SWEEP_FILES = [p for p in YAMLS if not is_experiment(p)]
 # Tiny data per layout, big enough for the YAMLs as written (batch 64 of 2 s patches, the
 # verified-only stages of staged training, 4 self-verification folds): 20 classes (the
 # FSDnoisy18k names; config/demo.yaml says n_classes 20), half of the training clips
-# verified, clips of 2-4 s at 44.1 kHz (the rate of config/params.yaml, so nothing is
+# verified (6 verified clips per class: one for validation under ctrl.train_data clean,
+# and 3/4 x 120 = 90 verified clips per fold for config/dcase19_he/fsdnoisy18k.yaml's
+# whole-clip batches of 64), clips of 2-4 s at 44.1 kHz (the rate of config/params.yaml, so nothing is
 # resampled but the demo's 22.05 kHz). The DCASE layouts' recipes train on whole-clip
 # crops, one example per clip: 8 verified and 8 unverified clips per class (what a dry run
 # keeps) give 3/4 x 160 = 120 verified training clips per fold, for batches of up to 100.
 LAYOUTS = {
-    'fsdnoisy18k': dict(n_classes=20, train_per_class=6, test_per_class=1),
+    'fsdnoisy18k': dict(n_classes=20, train_per_class=12, test_per_class=1),
     'fsdkaggle2018': dict(n_classes=20, train_per_class=16, test_per_class=1),
     'fsdkaggle2019': dict(n_classes=20, train_per_class=16, test_per_class=1, max_labels=2),
 }
@@ -70,18 +72,23 @@ def layouts(tmp_path_factory):
 def expected_epochs(cfg):
     """Epochs of one fold's history under fast_dev_run, from the paper-side config: each
     stage min(its epochs, 2), cyclic_cosine cycles x 2, staged stages of min(steps, 4)
-    steps in epochs of 2, self-verification round 0 plus 2 per round."""
+    steps in epochs of 2, self-verification round 0 plus 2 per round; the linear schedule's
+    epochs at lr and its decay two stages."""
     lrn = cfg['learn']
     n, mode = lrn['n_epochs'], lrn['mode']
     if mode == 'staged':
         return sum(math.ceil(min(s, 4) / 2) for s in lrn['staged_steps'])
     if lrn['lr_schedule'] == 'cyclic_cosine':
         return 2 * lrn['cycles']
+    single = min(n, 2)  # one stage (mode 1, self-verification's round 0)
+    if lrn['lr_schedule'] == 'linear':
+        start = lrn['lr_decay_start']  # at lr until there, then the decay: two stages
+        single = min(start, 2) + min(n - start, 2)
     if mode == 'self_verify':
-        return min(n, 2) + lrn['sv_rounds'] * min(lrn['sv_epochs'], 2)
+        return single + lrn['sv_rounds'] * min(lrn['sv_epochs'], 2)
     first = {0: 'mixup_warmup_epochs', 2: 'stage1_epoch', 3: 'prune_stage1'}.get(mode)
     if first is None:
-        return min(n, 2)
+        return single
     stage1 = min(lrn[first], n)
     return min(stage1, 2) + min(n - stage1, 2)
 
@@ -182,9 +189,21 @@ def cut(*overrides):
     (['learn.mode=staged', 'learn.lr_schedule=cyclic_cosine', 'learn.steps_per_epoch=100',
       'learn.staged_steps=[1000,1000,400]', 'learn.cycles=3', 'learn.cycle_epochs=8'],
      {'staged_steps': [6, 4, 2], 'steps_per_epoch': 2, 'cycle_epochs': 2}),
+    # the linear schedule: epochs at lr, then the decay, 2 each (Dorfer & Widmer's round 0)
+    (['learn.mode=self_verify', 'learn.lr_schedule=linear', 'learn.n_epochs=500',
+      'learn.lr_decay_start=100'],
+     {'n_epochs': 4, 'lr_decay_start': 2, 'sv_epochs': 2, 'sv_excerpts': 2}),
+    (['learn.mode=1', 'learn.lr_schedule=linear', 'learn.n_epochs=10',
+      'learn.lr_decay_start=9'], {'n_epochs': 3, 'lr_decay_start': 2}),
+    (['learn.mode=0', 'learn.lr_schedule=linear', 'learn.n_epochs=10',
+      'learn.lr_decay_start=1', 'learn.mixup_warmup_epochs=5'],
+     {'n_epochs': 4, 'lr_decay_start': 1, 'mixup_warmup_epochs': 2}),
+    (['learn.mode=staged', 'learn.lr_schedule=linear', 'learn.steps_per_epoch=10',
+      'learn.staged_steps=[10,0,0]', 'learn.lr_decay_start=0'],
+     {'staged_steps': [4, 0, 0], 'lr_decay_start': 0}),
     # self-verification: every round kept, each round's fine-tuning 2 epochs
     (['learn.mode=self_verify', 'learn.sv_rounds=10'],
-     {'n_epochs': 2, 'sv_epochs': 2, 'sv_rounds': 10, 'sv_excerpts': 25}),
+     {'n_epochs': 2, 'sv_epochs': 2, 'sv_rounds': 10, 'sv_excerpts': 2}),
 ])
 def test_every_stage_is_cut_to_two_epochs_and_the_structure_kept(overrides, expect):
     cfg, fast = cut(*overrides)
