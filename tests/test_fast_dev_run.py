@@ -2,6 +2,7 @@
 synthetic data of its layout, with the structure of its procedure kept (stages, folds,
 rounds, snapshots) and every stage cut to 2 epochs of 2 steps; the run is marked."""
 import json
+import os
 import math
 import time
 from pathlib import Path
@@ -31,7 +32,16 @@ def is_experiment(path):
     return set(data) <= set(keys.KEYS)
 
 
-EXPERIMENTS = [p for p in YAMLS if is_experiment(p)]
+# The DCASE recipes (config/dcase19_he/, config/dcase18_dorfer/) score whole clips of 2000 /
+# 3000 frames with CNN-GRU / VGG-GAP trunks: their dry runs did not finish within 8 minutes
+# each on 2 idle CPU cores, past CI's budget for the whole suite. They run here only with
+# NOISY_SED_DCASE_DRY_RUNS=1 (on a GPU machine); issue 16's closing note says so.
+DCASE_DRY_RUNS = os.environ.get('NOISY_SED_DCASE_DRY_RUNS') == '1'
+EXPERIMENTS = [pytest.param(p, marks=pytest.mark.skipif(
+                   'dcase' in p.parent.name and not DCASE_DRY_RUNS,
+                   reason='DCASE recipe dry runs take > 8 min on CPU: '
+                          'NOISY_SED_DCASE_DRY_RUNS=1 runs them'))
+               for p in YAMLS if is_experiment(p)]
 SWEEP_FILES = [p for p in YAMLS if not is_experiment(p)]
 
 # Tiny data per layout, big enough for the YAMLs as written (batch 64 of 2 s patches, the
