@@ -188,7 +188,9 @@ def predict(predictor, source, patches, rows, cfg):
 
 # recognizer.metrics null or empty -> the metrics of the dataset's own challenge.
 DEFAULT_METRICS = {'fsdnoisy18k': ['accuracy'], 'fsdkaggle2018': ['accuracy', 'map3'],
-                   'fsdkaggle2019': ['lwlrap']}
+                   'fsdkaggle2019': ['lwlrap'],
+                   # FSD50K (Fonseca et al., TASLP 2022) reports mAP, AudioSet-style d'
+                   'fsd50k': ['lwlrap', 'map', 'dprime']}
 
 
 def metric_names(cfg):

@@ -323,8 +323,8 @@ KEYS = {
     'recognizer': {
         'aggregate': Key('gmean', 'patch scores -> clip score: gmean, amean (or max)'),
         'metrics': Key(
-            None, "report metrics: accuracy, lwlrap, map3, prf1, confusion (null: the dataset's "
-            'default)', nullable=True, type=list),
+            None, 'report metrics: accuracy, lwlrap, map3, map, auc, dprime, prf1, confusion '
+            "(null: the dataset's default)", nullable=True, type=list),
         'ensemble': Key('amean', "k folds / snapshots: members' clip scores -> amean or gmean"),
         'snapshot_cycles': Key(
             'all', 'cyclic_cosine: cycles whose snapshots are averaged (all or a list)',
