@@ -356,7 +356,7 @@ def choices():
 
 def multi_label_choices():
     """The recognizer.metrics choices that work on multi-label data, as a user reads them
-    ('lwlrap, map3 or prf1')."""
+    ('lwlrap, map3, map, auc, dprime or prf1')."""
     names = [name for name, metric in choices().items() if not metric.single_label]
     return ' or '.join([', '.join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
