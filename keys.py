@@ -175,7 +175,8 @@ KEYS = {
         'mixup_warmup_epochs': Key(
             10, 'mode 0: epochs without mixup before mixup starts', at_least=0),
         'mode': Key(
-            0, '0 mixup warm-up, 1 standard, 2 time-dependent loss, 3 pruning, staged', also=str),
+            0, '0 mixup warm-up, 1 standard, 2 time-dependent loss, 3 pruning, staged, '
+            'self_verify, confident_learning', also=str),
         'model': Key('baseline', 'baseline (3-conv CNN) or DenSE'),
         'stage1_epoch': Key(
             20, "mode 2: epoch at which the loss switches to stage 2 (20, the original code's "
@@ -260,6 +261,16 @@ KEYS = {
             above=0),
         'sv_rounds': Key(
             10, 'self_verify: verification + fine-tuning rounds after round 0', at_least=1),
+        'cl_folds': Key(
+            4, 'confident_learning: folds of the training clips, each scored by a model trained '
+            'on the others', at_least=2),
+        'cl_filter_by': Key(
+            'prune_by_noise_rate', "confident_learning: cleanlab's find_label_issues filter_by",
+            choices=('prune_by_noise_rate', 'prune_by_class', 'both', 'confident_learning',
+                     'predicted_neq_given', 'low_normalized_margin', 'low_self_confidence')),
+        'cl_action': Key(
+            'drop', 'confident_learning: flagged unverified clips are dropped, or relabelled '
+            'with their out-of-fold argmax', choices=('drop', 'relabel')),
         'multitask': Key(
             False, "Akiyama & Sato: two FC heads (verified / unverified clips), each example's "
             'loss from its own head; predicts with the verified head (ctrl.train_data all)'),

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 
 import datasets
+import confident_learning
 import ensemble
 import eval as evaluation
 import losses
@@ -143,7 +144,8 @@ class Mode:
     scores_clips: it ranks clips by learn.prune_loss_type, which must fit learn.head.
     verified_stages: it trains whole batches of the verified training patches and batches
     half verified, half unverified (the pools learn.batch_size must fit).
-    single_label: why it refuses multi-label datasets (None: it does not).
+    single_label: why it refuses multi-label datasets (None: it does not). check: its own
+    check of the config, (cfg) -> None or a ConfigError, for what these fields cannot say.
     """
     run: Callable
     loss: Optional[str] = None
@@ -157,6 +159,7 @@ class Mode:
     scores_clips: bool = False
     verified_stages: bool = False
     single_label: Optional[str] = None
+    check: Optional[Callable] = None
 
 
 MODES = {
@@ -169,6 +172,8 @@ MODES = {
                         split=splits.self_verify_folds, schedules=('plateau', 'constant'),
                         single_label='verifies one given label per clip (Dorfer & Widmer, '
                                      'single-label)'),
+    'confident_learning': Mode(confident_learning.mode_confident_learning,
+                               check=confident_learning.check),
 }
 
 
@@ -195,6 +200,8 @@ def check(cfg):
         raise ConfigError(f'learn.mode {name} {mode.single_label}; {cfg["ctrl"]["dataset"]} '
                           f'is multi-label')
     check_multitask(cfg)
+    if mode.check is not None:
+        mode.check(cfg)
 
 
 def check_loss(cfg):
