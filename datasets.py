@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import open_set
 from config import ConfigError, lookup
 
 logger = logging.getLogger(__name__)
@@ -426,7 +427,10 @@ def check(cfg):
 def load(cfg):
     """ctrl.dataset -> (table, classes), with ctrl.inject_noise applied to the labels."""
     table, classes = lookup(DATASETS, cfg['ctrl']['dataset'], 'ctrl.dataset')(cfg)
-    return inject_noise(table, classes, cfg['ctrl']['inject_noise']), classes
+    spec = cfg['ctrl']['inject_noise']
+    if spec['kind'] == 'open_set' and spec['rate'] > 0:  # held-out classes as noise
+        return open_set.inject(table, classes, spec, noise_subset_rows(table, spec['subset']))
+    return inject_noise(table, classes, spec), classes
 
 
 # ----------------------------------------------------------------------------- label noise
@@ -494,5 +498,7 @@ def label_noise(cfg, table):
         return {}
     rows = noise_subset_rows(table, spec['subset'])
     changed = table.noise_injected.to_numpy()[rows]
+    held = open_set.label_noise(table) if spec['kind'] == 'open_set' else {}
     return {'label_noise': {'rate': spec['rate'], 'kind': spec['kind'], 'subset': spec['subset'],
-                            'share_changed': float(changed.mean()) if rows.size else 0.0}}
+                            'share_changed': float(changed.mean()) if rows.size else 0.0,
+                            **held}}

@@ -87,9 +87,15 @@ KEYS = {
             at_least=0, at_most=2),
         'inject_noise': Group('controlled label noise: round(rate x n) of the n clips of '
                               'subset get a wrong label', {
-            'rate': Key(0.0, 'share of the subset relabelled (0: none)', at_least=0, at_most=1),
-            'kind': Key('symmetric', 'symmetric (any other class) or pairflip (the next class '
-                        'of one seeded permutation)', choices=('symmetric', 'pairflip')),
+            'rate': Key(0.0, "share of the subset relabelled (open_set: of its held-out classes' "
+                        'clips; 0: none)', at_least=0, at_most=1),
+            'kind': Key('symmetric', 'symmetric (any other class), pairflip (the next class '
+                        'of one seeded permutation) or open_set (clips of held-out classes)',
+                        choices=('symmetric', 'pairflip', 'open_set')),
+            'held_out': Key(None, 'open_set: classes held out of the vocabulary (null: drawn, '
+                            'held_out_share of them)', nullable=True, type=list),
+            'held_out_share': Key(0.2, 'open_set: share of the classes drawn as held out when '
+                                  'held_out is null', above=0, below=1),
             'seed': Key(0, 'seed of the draw, apart from ctrl.seed (the same noisy labels for '
                         'every ctrl.seed)', at_least=0),
             'subset': Key('unverified', 'clips that may be relabelled: unverified, verified or '
