@@ -76,6 +76,9 @@ def test_checks_refuse_k_folds_and_relabel_with_snapshots(make_cfg):
     with pytest.raises(ConfigError, match="learn.cl_action.*'keep'"):
         make_cfg('learn.cl_action=keep')
     cl.check(make_cfg('learn.mode=confident_learning'))
+    import learn  # the mode's declaration hands learn.check its own check
+    with pytest.raises(ConfigError, match='makes its own learn.cl_folds = 4 folds'):
+        learn.check(make_cfg('learn.mode=confident_learning', 'learn.folds=2'))
 
 
 # ----------------------------------------------------------------------------- main.py
