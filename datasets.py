@@ -498,7 +498,6 @@ def label_noise(cfg, table):
         return {}
     rows = noise_subset_rows(table, spec['subset'])
     changed = table.noise_injected.to_numpy()[rows]
-    held = open_set.label_noise(table) if spec['kind'] == 'open_set' else {}
     return {'label_noise': {'rate': spec['rate'], 'kind': spec['kind'], 'subset': spec['subset'],
                             'share_changed': float(changed.mean()) if rows.size else 0.0,
-                            **held}}
+                            **(open_set.label_noise(table) if spec['kind'] == 'open_set' else {})}}
