@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 
 import datasets
+import confident_learning
 import ensemble
 import eval as evaluation
 import losses
@@ -149,6 +150,8 @@ class Mode:
     first_stage: the learn key giving the epochs of its first stage, counted within
     learn.n_epochs; stage_epochs: learn keys that each give the epochs of another stage
     (both read by experiment.fast_dev_config, which cuts every stage to 2 epochs).
+    check: its own check of the config, (cfg) -> None or a ConfigError, for what these
+    fields cannot say.
     """
     run: Callable
     loss: Optional[str] = None
@@ -164,6 +167,7 @@ class Mode:
     single_label: Optional[str] = None
     first_stage: Optional[str] = None
     stage_epochs: tuple = ()
+    check: Optional[Callable] = None
 
 
 MODES = {
@@ -178,6 +182,8 @@ MODES = {
                         schedules=('plateau', 'constant', 'linear'),
                         single_label='verifies one given label per clip (Dorfer & Widmer, '
                                      'single-label)', stage_epochs=('sv_epochs',)),
+    'confident_learning': Mode(confident_learning.mode_confident_learning,
+                               check=confident_learning.check),
 }
 
 
@@ -206,6 +212,8 @@ def check(cfg):
         raise ConfigError(f'learn.mode {name} {mode.single_label}; {cfg["ctrl"]["dataset"]} '
                           f'is multi-label')
     check_multitask(cfg)
+    if mode.check is not None:
+        mode.check(cfg)
 
 
 def check_loss(cfg):
