@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+import open_set
 from config import ConfigError, lookup
 import csv_layout
 from fsd_layouts import (load_arca23k, load_fsd50k, load_fsdkaggle2018, load_fsdkaggle2019,
@@ -185,7 +186,10 @@ def load(cfg):
     table, classes = lookup(DATASETS, cfg['ctrl']['dataset'], 'ctrl.dataset')(cfg)
     if is_multi_label(table):  # a csv table is found multi-label only here
         _single_label_noise(cfg)
-    return inject_noise(table, classes, cfg['ctrl']['inject_noise']), classes
+    spec = cfg['ctrl']['inject_noise']
+    if spec['kind'] == 'open_set' and spec['rate'] > 0:  # held-out classes as noise
+        return open_set.inject(table, classes, spec, noise_subset_rows(table, spec['subset']))
+    return inject_noise(table, classes, spec), classes
 
 
 # ----------------------------------------------------------------------------- label noise
@@ -254,4 +258,5 @@ def label_noise(cfg, table):
     rows = noise_subset_rows(table, spec['subset'])
     changed = table.noise_injected.to_numpy()[rows]
     return {'label_noise': {'rate': spec['rate'], 'kind': spec['kind'], 'subset': spec['subset'],
-                            'share_changed': float(changed.mean()) if rows.size else 0.0}}
+                            'share_changed': float(changed.mean()) if rows.size else 0.0,
+                            **(open_set.label_noise(table) if spec['kind'] == 'open_set' else {})}}

@@ -189,7 +189,9 @@ def predict(predictor, source, patches, rows, cfg):
 # recognizer.metrics null or empty -> the metrics of the dataset's own challenge.
 # A csv table: 'csv' for single-label data, 'csv multi-label' for multi-label data.
 DEFAULT_METRICS = {'fsdnoisy18k': ['accuracy'], 'fsdkaggle2018': ['accuracy', 'map3'],
-                   'fsdkaggle2019': ['lwlrap'], 'fsd50k': ['lwlrap'], 'arca23k': ['accuracy'],
+                   'fsdkaggle2019': ['lwlrap'],
+                   # FSD50K (Fonseca et al., TASLP 2022) reports mAP, AudioSet-style d'
+                   'fsd50k': ['lwlrap', 'map', 'dprime'], 'arca23k': ['accuracy'],
                    'csv': ['accuracy'], 'csv multi-label': ['lwlrap']}
 
 

@@ -128,9 +128,15 @@ KEYS = {
             at_least=0, at_most=2),
         'inject_noise': Group('controlled label noise: round(rate x n) of the n clips of '
                               'subset get a wrong label', {
-            'rate': Key(0.0, 'share of the subset relabelled (0: none)', at_least=0, at_most=1),
-            'kind': Key('symmetric', 'symmetric (any other class) or pairflip (the next class '
-                        'of one seeded permutation)', choices=('symmetric', 'pairflip')),
+            'rate': Key(0.0, "share of the subset relabelled (open_set: of its held-out classes' "
+                        'clips; 0: none)', at_least=0, at_most=1),
+            'kind': Key('symmetric', 'symmetric (any other class), pairflip (the next class '
+                        'of one seeded permutation) or open_set (clips of held-out classes)',
+                        choices=('symmetric', 'pairflip', 'open_set')),
+            'held_out': Key(None, 'open_set: classes held out of the vocabulary (null: drawn, '
+                            'held_out_share of them)', nullable=True, type=list),
+            'held_out_share': Key(0.2, 'open_set: share of the classes drawn as held out when '
+                                  'held_out is null', above=0, below=1),
             'seed': Key(0, 'seed of the draw, apart from ctrl.seed (the same noisy labels for '
                         'every ctrl.seed)', at_least=0),
             'subset': Key('unverified', 'clips that may be relabelled: unverified, verified or '
@@ -233,7 +239,8 @@ KEYS = {
         'mixup_warmup_epochs': Key(
             10, 'mode 0: epochs without mixup before mixup starts', at_least=0),
         'mode': Key(
-            0, '0 mixup warm-up, 1 standard, 2 time-dependent loss, 3 pruning, staged', also=str),
+            0, '0 mixup warm-up, 1 standard, 2 time-dependent loss, 3 pruning, staged, '
+            'self_verify, confident_learning', also=str),
         'model': Key(
             'baseline', 'baseline (3-conv CNN), DenSE, cnn_gru, vgg_gap, resnet34 (log-mel) or '
             'envnet_v2 (waveforms)'),
@@ -332,6 +339,16 @@ KEYS = {
             above=0),
         'sv_rounds': Key(
             10, 'self_verify: verification + fine-tuning rounds after round 0', at_least=1),
+        'cl_folds': Key(
+            4, 'confident_learning: folds of the training clips, each scored by a model trained '
+            'on the others', at_least=2),
+        'cl_filter_by': Key(
+            'prune_by_noise_rate', "confident_learning: cleanlab's find_label_issues filter_by",
+            choices=('prune_by_noise_rate', 'prune_by_class', 'both', 'confident_learning',
+                     'predicted_neq_given', 'low_normalized_margin', 'low_self_confidence')),
+        'cl_action': Key(
+            'drop', 'confident_learning: flagged unverified clips are dropped, or relabelled '
+            'with their out-of-fold argmax', choices=('drop', 'relabel')),
         'multitask': Key(
             False, "Akiyama & Sato: two FC heads (verified / unverified clips), each example's "
             'loss from its own head; predicts with the verified head (ctrl.train_data all)'),
@@ -395,8 +412,8 @@ KEYS = {
     'recognizer': {
         'aggregate': Key('gmean', 'patch scores -> clip score: gmean, amean (or max)'),
         'metrics': Key(
-            None, "report metrics: accuracy, lwlrap, map3, prf1, confusion (null: the dataset's "
-            'default)', nullable=True, type=list),
+            None, 'report metrics: accuracy, lwlrap, map3, map, auc, dprime, prf1, confusion '
+            "(null: the dataset's default)", nullable=True, type=list),
         'ensemble': Key('amean', "k folds / snapshots: members' clip scores -> amean or gmean"),
         'snapshot_cycles': Key(
             'all', 'cyclic_cosine: cycles whose snapshots are averaged (all or a list)',

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 
 import datasets
+import confident_learning
 import ensemble
 import eval as evaluation
 import losses
@@ -150,6 +151,8 @@ class Mode:
     learn.n_epochs; stage_epochs: learn keys that each give the epochs of another stage
     (both read by fastdev.fast_dev_config, which cuts every stage to 2 epochs);
     scorings: learn keys counting how often it scores each clip (cut to 2 too).
+    check: its own check of the config, (cfg) -> None or a ConfigError, for what these
+    fields cannot say.
     """
     run: Callable
     loss: Optional[str] = None
@@ -166,6 +169,7 @@ class Mode:
     first_stage: Optional[str] = None
     stage_epochs: tuple = ()
     scorings: tuple = ()
+    check: Optional[Callable] = None
 
 
 MODES = {
@@ -181,6 +185,8 @@ MODES = {
                         single_label='verifies one given label per clip (Dorfer & Widmer, '
                                      'single-label)', stage_epochs=('sv_epochs',),
                         scorings=('sv_excerpts',)),
+    'confident_learning': Mode(confident_learning.mode_confident_learning,
+                               check=confident_learning.check),
 }
 
 
@@ -209,6 +215,8 @@ def check(cfg):
         raise ConfigError(f'learn.mode {name} {mode.single_label}; {cfg["ctrl"]["dataset"]} '
                           f'is multi-label')
     check_multitask(cfg)
+    if mode.check is not None:
+        mode.check(cfg)
 
 
 def check_loss(cfg):

@@ -15,9 +15,10 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
-from sklearn.metrics import (confusion_matrix, label_ranking_average_precision_score,
-                             precision_recall_fscore_support)
+from scipy.stats import norm, rankdata
+from sklearn.metrics import (average_precision_score, confusion_matrix,
+                             label_ranking_average_precision_score,
+                             precision_recall_fscore_support, roc_auc_score)
 
 from config import ConfigError
 from utils import atomic_write_csv
@@ -126,6 +127,57 @@ def map_at_k(y_true, scores, k=3):
     return float(ap.mean())
 
 
+# ----------------------------------------------------------------------------- mAP, AUC, d'
+
+def ranked_classes(y_true, both=False):
+    """The classes a per-class ranking figure is defined for: those with a positive among
+    the test clips (both: and a negative, which ROC AUC needs as well) -> bool [K]."""
+    truth = _positives(y_true)
+    ok = truth.any(axis=0)
+    return ok & ~truth.all(axis=0) if both else ok
+
+
+def _per_class(figure, truth, scores, ok):
+    """figure(truth[:, k], scores[:, k]) for every class with ok[k], nan for the others."""
+    return np.array([figure(truth[:, k], scores[:, k]) if ok[k] else np.nan
+                     for k in range(truth.shape[1])])
+
+
+def average_precision(y_true, scores):
+    """Average precision per class (sklearn's average_precision_score: the clips ranked by
+    the class's score, precision averaged at each positive), its macro mean (mAP, as
+    FSD50K and AudioSet report it) and its micro form (every (clip, class) pair ranked
+    together), over the classes with a positive among the test clips: AP is undefined
+    for a class without one."""
+    truth, scores = _positives(y_true), np.asarray(scores, float)
+    ok = ranked_classes(truth)
+    per_class = _per_class(average_precision_score, truth, scores, ok)
+    micro = (float(average_precision_score(truth[:, ok], scores[:, ok], average='micro'))
+             if ok.any() else float('nan'))
+    return {'map': _nanmean(per_class), 'map_micro': micro,
+            'map_classes_left_out': float((~ok).sum()), 'per_class': {'ap': per_class}}
+
+
+def dprime_of(auc):
+    """d' = sqrt(2) * Phi^-1(AUC): the separation, in standard deviations, of two unit
+    normal score distributions whose ROC has that area (AudioSet: Hershey et al., "CNN
+    architectures for large-scale audio classification", ICASSP 2017). AUC 1 -> inf."""
+    return np.sqrt(2.0) * norm.ppf(auc)
+
+
+def roc_auc(y_true, scores):
+    """ROC AUC per class (sklearn's roc_auc_score) and its macro mean over the classes with
+    a positive and a negative among the test clips (undefined otherwise); d' of the macro
+    AUC, as AudioSet papers report it, and per class the d' of each class's AUC."""
+    truth, scores = _positives(y_true), np.asarray(scores, float)
+    ok = ranked_classes(truth, both=True)
+    per_class = _per_class(roc_auc_score, truth, scores, ok)
+    auc = _nanmean(per_class)
+    return {'auc': auc, 'dprime': float(dprime_of(auc)),
+            'auc_classes_left_out': float((~ok).sum()),
+            'per_class': {'auc': per_class, 'dprime': dprime_of(per_class)}}
+
+
 # ----------------------------------------------------------------------------- P/R/F1
 
 def prf1(y_true, scores, threshold=None):
@@ -204,6 +256,47 @@ def _prf1_entry(y_true, scores):
     return prf1(y_true, scores, threshold=None if single else PRF1_THRESHOLD)
 
 
+def _auc_entry(y_true, scores):
+    out = roc_auc(y_true, scores)
+    return {'auc': out['auc'], 'auc_classes_left_out': out['auc_classes_left_out'],
+            'per_class': {'auc': out['per_class']['auc']}}
+
+
+def _dprime_entry(y_true, scores):
+    out = roc_auc(y_true, scores)
+    return {'dprime': out['dprime'], 'auc_classes_left_out': out['auc_classes_left_out'],
+            'per_class': {'dprime': out['per_class']['dprime']}}
+
+
+def _left_out(n, what):
+    n = int(n)
+    return f'{n} class{"" if n == 1 else "es"} without {what} in the test set left out'
+
+
+def _map_line(f, where):
+    return (f'MAP: {f["map"]:.4f} (macro over classes; micro {f["map_micro"]:.4f}; '
+            f'{_left_out(f["map_classes_left_out"], "a positive")}) ({where})')
+
+
+def _auc_line(f, where):
+    return (f'AUC: {f["auc"]:.4f} (macro ROC AUC; '
+            f'{_left_out(f["auc_classes_left_out"], "a positive and a negative")}) ({where})')
+
+
+def _dprime_line(f, where):
+    return (f"D-PRIME: {f['dprime']:.4f} (d' of the macro AUC; "
+            f'{_left_out(f["auc_classes_left_out"], "a positive and a negative")}) ({where})')
+
+
+def _figure_per_class(figure, title):
+    """The per-class block of one figure (nan: the class was left out)."""
+    def lines(per_class, classes):
+        fmt = '  {:<%d}  %s = {:.4f}' % (max(len(c) for c in classes), figure)
+        return ['', f'per-class {title}, class order:',
+                *(fmt.format(c, v) for c, v in zip(classes, per_class[figure]))]
+    return lines
+
+
 def _confusion_entry(y_true, scores):
     return {'confusion': confusion(y_true, scores)}
 
@@ -236,6 +329,12 @@ METRICS = {
                      _lwlrap_per_class, headline=('lwlrap',)),
     'map3': Metric(_map3_entry, lambda f, where: f'MAP@3: {f["map_at_3"]:.4f} ({where})',
                    headline=('map_at_3',)),
+    'map': Metric(average_precision, _map_line, _figure_per_class('ap', 'average precision'),
+                  headline=('map', 'map_micro')),
+    'auc': Metric(_auc_entry, _auc_line, _figure_per_class('auc', 'ROC AUC'),
+                  headline=('auc',)),
+    'dprime': Metric(_dprime_entry, _dprime_line, _figure_per_class('dprime', "d'"),
+                     headline=('dprime',)),
     'prf1': Metric(_prf1_entry, _prf1_line,
                    headline=('precision_macro', 'recall_macro', 'f1_macro'), always=True),
     'confusion': Metric(_confusion_entry, lambda f, where: f'CONFUSION: confusion.csv ({where})',
@@ -257,7 +356,7 @@ def choices():
 
 def multi_label_choices():
     """The recognizer.metrics choices that work on multi-label data, as a user reads them
-    ('lwlrap, map3 or prf1')."""
+    ('lwlrap, map3, map, auc, dprime or prf1')."""
     names = [name for name, metric in choices().items() if not metric.single_label]
     return ' or '.join([', '.join(names[:-1]), names[-1]] if len(names) > 1 else names)
 

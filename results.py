@@ -62,6 +62,9 @@ class Results:
     noise_detection: dict = None
     self_verification: list = None  # one record per self-verification round
     self_verification_round: int = None  # the round whose fold models are evaluated
+    # learn.mode confident_learning: folds, filter_by, action, n_scored, n_flagged,
+    # n_flagged_verified_kept, n_dropped or n_relabelled
+    confident_learning: dict = None
     folds: list = None              # each fold's own results (to_json()) with its 'fold'
     # what is evaluated: learn.model_selection and its epoch (one model), 'snapshots'
     # and their cycles (one fold's members), or 'ensemble' (see `ensemble`)
@@ -93,6 +96,10 @@ class Results:
 
     def self_verified(self, rounds, chosen):
         self.self_verification, self.self_verification_round = rounds, chosen
+
+    def label_issues(self, summary):
+        """What Confident Learning flagged and did with the flagged clips."""
+        self.confident_learning = dict(summary)
 
     # -- what is evaluated: one model, one fold's snapshots, or an ensemble
     def selected(self, rule, epoch):

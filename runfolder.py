@@ -34,6 +34,8 @@ FILES = {
     'pruned': 'pruned{tag}.csv',        # mode 3's pruned clips
     'scaler': 'scaler.npz',             # per-band mean and std of the training patches
     'oof': 'oof.csv',                   # out-of-fold scores of the training clips
+    'cl_scores': 'cl_oof_{fold}.npz',   # confident_learning: one fold's out-of-fold scores
+    'cl_flagged': 'cl_flagged.csv',     # confident_learning: the flagged clips
     'predictions': 'predictions.csv',
     'confusion': 'confusion.csv',
     'curves': 'curves{tag}.png',

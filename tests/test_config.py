@@ -509,7 +509,8 @@ def test_other_consistency_errors():
 def test_mapping_keys_are_validated_per_sub_key(tmp_path):
     cfg = config.load_config(None, ['ctrl.inject_noise.rate=0.4',
                                     'ctrl.inject_noise={kind: pairflip}'])
-    assert cfg['ctrl']['inject_noise'] == {'rate': 0.4, 'kind': 'pairflip', 'seed': 0,
+    assert cfg['ctrl']['inject_noise'] == {'rate': 0.4, 'kind': 'pairflip', 'held_out': None,
+                                           'held_out_share': 0.2, 'seed': 0,
                                            'subset': 'unverified'}
     assert config.DEFAULTS['ctrl']['inject_noise']['rate'] == 0.0  # defaults untouched
     path = tmp_path / 'noise.yaml'

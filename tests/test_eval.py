@@ -162,9 +162,9 @@ def test_single_label_metric_on_a_multi_label_dataset_is_refused():
     with pytest.raises(ConfigError) as err:
         evaluation.check_metrics(cfg)
     assert str(err.value) == ("recognizer.metrics 'accuracy' needs single-label data, but "
-                              "fsdkaggle2019 has clips with several labels; use lwlrap, map3 "
-                              "or prf1")
-    cfg['recognizer']['metrics'] = ['auc']
+                              "fsdkaggle2019 has clips with several labels; use lwlrap, map3, "
+                              "map, auc, dprime or prf1")
+    cfg['recognizer']['metrics'] = ['roc']  # unknown: the error lists the valid names
     with pytest.raises(ConfigError, match='lwlrap'):
         evaluation.check_metrics(cfg)
 
