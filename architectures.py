@@ -12,8 +12,10 @@ float32 so that losses and metrics stay float32 under a mixed_float16 policy) an
 trunk's 'embedding' (in the compute dtype), which losses such as adaptive_lq read.
 """
 import keras
+import numpy as np
 from keras import layers
 
+import trunks
 from config import ConfigError, lookup
 from heads import HEADS, head_outputs
 
@@ -242,7 +244,9 @@ def vgg_gap(input_shape, n_classes, cfg_learn):
     return _model(inputs, embedding, outputs, 'vgg_gap')
 
 
-MODELS = {'baseline': baseline, 'DenSE': dense_se, 'cnn_gru': cnn_gru, 'vgg_gap': vgg_gap}
+# resnet34 and envnet_v2 (Akiyama & Sato's trunks) live in trunks.py.
+MODELS = {'baseline': baseline, 'DenSE': dense_se, 'cnn_gru': cnn_gru, 'vgg_gap': vgg_gap,
+          **trunks.TRUNKS}
 # The fewest input frames a model that takes any length accepts (others: 1).
 MIN_FRAMES = {'vgg_gap': VGG_GAP_MIN_FRAMES}
 
@@ -253,6 +257,7 @@ def check(cfg):
     learn = cfg['learn']
     lookup(MODELS, learn['model'], 'learn.model')
     lookup(HEADS, learn['head'], 'learn.head')
+    check_input_kind(cfg)
     check_crop(cfg)
     minimum = MIN_FRAMES.get(learn['model'], 1)
     keys = (('crop_frames', 'clip_frames') if cfg['extract']['crop'] == 'random_crop'
@@ -262,6 +267,17 @@ def check(cfg):
             raise ConfigError(f'extract.{key} = {cfg["extract"][key]} frames is shorter than '
                               f'learn.model {learn["model"]} accepts (at least {minimum} '
                               f'frames: its last valid 3x3 conv needs 3 positions)')
+
+
+def check_input_kind(cfg):
+    """A waveform model (trunks.WAVEFORM_MODELS) needs waveform inputs, a log-mel model
+    log-mel frames (extract.features, default logmel)."""
+    name = cfg['learn']['model']
+    features = cfg['extract'].get('features', 'logmel')
+    if (name in trunks.WAVEFORM_MODELS) != (features == 'waveform'):
+        wants = 'waveform' if name in trunks.WAVEFORM_MODELS else 'log-mel'
+        raise ConfigError(f'learn.model {name} takes {wants} inputs, but extract.features is '
+                          f'{features!r}')
 
 
 def check_crop(cfg):
@@ -298,7 +314,28 @@ def lengths(cfg):
     return ext['patch_len'], ext['patch_len']
 
 
+def n_trainable_params(model):
+    """The number of trainable weights of a model (BN moving statistics are not trainable)."""
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
 def build(name, input_shape, n_classes, cfg_learn):
     """learn.model name -> uncompiled keras.Model mapping input_shape to its named outputs
-    ('scores' [B, n_classes], the branches of learn.head, 'embedding')."""
-    return lookup(MODELS, name, 'learn.model')(tuple(input_shape), n_classes, cfg_learn)
+    ('scores' [B, n_classes], the branches of learn.head, 'embedding'), every batch
+    normalisation with learn.bn_momentum and learn.bn_epsilon."""
+    model = lookup(MODELS, name, 'learn.model')(tuple(input_shape), n_classes, cfg_learn)
+    set_batch_norm(model, cfg_learn['bn_momentum'], cfg_learn['bn_epsilon'])
+    return model
+
+
+def set_batch_norm(model, momentum, epsilon):
+    """Give every BatchNormalization layer of model (nested models included) these
+    constants. Set once the model is built, so that every trunk and head gets them
+    without each builder passing them on; Keras reads both at call time, and the saved
+    model's config carries them. Keras's defaults are 0.99 and 1e-3; Dorfer & Widmer's
+    Lasagne network uses alpha 0.1 (momentum 0.9) and epsilon 1e-4."""
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum, layer.epsilon = float(momentum), float(epsilon)
+        elif isinstance(layer, keras.Model):
+            set_batch_norm(layer, momentum, epsilon)

@@ -1,9 +1,8 @@
 """The Keras callbacks of section `learn` that every mode uses: history.csv, model
 selection, the stop at a non-finite loss or at a collapse, the stop after a number of
-steps, the clip accuracy of the validation set, TensorBoard scalars, the checkpoint for
-resume, and the LR schedules (plateau, cyclic cosine with snapshots, the linear decay of
-self-verification). Also the noise-detection figures computed from the counts the
-training step logs.
+steps, the clip accuracy of the validation set, TensorBoard scalars and the checkpoint for
+resume (the LR schedules and snapshots are in schedules.py). Also the noise-detection
+figures computed from the counts the training step logs.
 """
 import logging
 import pickle
@@ -290,15 +289,24 @@ class ModelSelection(keras.callbacks.Callback):
     """learn.model_selection: which weights are evaluated and saved as model.keras.
 
     last: the weights of the last epoch trained (the original code: early stopping without
-    restoring). best_val: the weights of the epoch with the best monitored value among the
-    epochs from state.selection_from on, so that the evaluated model is always one trained
-    by the method as configured. model.keras is rewritten whenever the selected weights
-    change, so an interrupted run keeps them.
+    restoring). best_val: the weights of the epoch with the best monitored value (monitor:
+    val_accuracy, or accuracy without validation clips) among the epochs from
+    state.selection_from on, so that the evaluated model is always one trained by the
+    method as configured. best_val_loss: the same with the lowest loss of the monitored
+    set (val_loss, or loss), as Dorfer & Widmer's released code keeps the epoch of lowest
+    validation loss. state.best_value holds the best value as compared, the loss negated.
+    model.keras is rewritten whenever the selected weights change, so an interrupted run
+    keeps them.
     """
+
+    BEST = ('best_val', 'best_val_loss')
 
     def __init__(self, rule, monitor, path, state):
         super().__init__()
+        if rule == 'best_val_loss':
+            monitor = monitor.replace('accuracy', 'loss')
         self.rule, self.monitor, self.path, self.state = rule, monitor, path, state
+        self.sign = -1.0 if rule == 'best_val_loss' else 1.0
         self.weights = None
 
     def state_dict(self):
@@ -317,11 +325,12 @@ class ModelSelection(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         s = self.state
         s.epoch = epoch + 1
-        if self.rule == 'best_val':
+        if self.rule in self.BEST:
             value = (logs or {}).get(self.monitor)
-            if s.epoch < s.selection_from or value is None or value <= s.best_value:
+            if s.epoch < s.selection_from or value is None or \
+                    self.sign * value <= s.best_value:
                 return
-            s.best_value, s.best_epoch = float(value), s.epoch
+            s.best_value, s.best_epoch = self.sign * float(value), s.epoch
             self.weights = self.model.classifier.get_weights()
         self._save()
 
@@ -332,12 +341,12 @@ class ModelSelection(keras.callbacks.Callback):
     def finish(self, trainer):
         """Put the selected weights into the classifier; record and log the epoch."""
         s = self.state
-        if self.rule == 'best_val' and self.weights is not None:
+        if self.rule in self.BEST and self.weights is not None:
             trainer.classifier.set_weights(self.weights)
             s.evaluated_epoch = s.best_epoch
-            logger.info('model selection best_val: the weights of epoch %d (%s = %.4f, best '
-                        'since epoch %d)', s.best_epoch, self.monitor, s.best_value,
-                        s.selection_from)
+            logger.info('model selection %s: the weights of epoch %d (%s = %.4f, best '
+                        'since epoch %d)', self.rule, s.best_epoch, self.monitor,
+                        self.sign * s.best_value, s.selection_from)
         else:
             s.evaluated_epoch = s.epoch
             if s.epoch < s.selection_from:
@@ -410,91 +419,3 @@ class TensorBoardScalars(keras.callbacks.Callback):
                     tf.summary.write(name, tf.constant(value, tf.float32), step=row['epoch'],
                                      metadata=self.SCALAR)
         self.writer.flush()
-
-
-# ----------------------------------------------------------------------------- LR schedules
-
-def staged_epochs(learn):
-    """Epochs of staged training when learn.steps_per_epoch fixes them (else None)."""
-    per_epoch = learn['steps_per_epoch']
-    return None if per_epoch is None else sum(-(-n // per_epoch) for n in learn['staged_steps'])
-
-
-def check_schedule(cfg, steps=False):
-    """cyclic_cosine: the mode's epochs must be whole cycles (each cycle ends in a
-    snapshot), the snapshot cycles must exist, and lr_min must be below lr. steps: the
-    mode trains in optimizer steps (its Mode declares it), its epochs counted from
-    learn.staged_steps and learn.steps_per_epoch."""
-    learn = cfg['learn']
-    if learn['lr_schedule'] != 'cyclic_cosine':
-        return
-    chosen = cfg['recognizer']['snapshot_cycles']
-    if chosen != 'all' and (not chosen or not all(
-            isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= learn['cycles']
-            for c in chosen)):
-        raise ConfigError(f'recognizer.snapshot_cycles must be all or a list of cycles '
-                          f'from 1 to learn.cycles ({learn["cycles"]}), got {chosen!r}')
-    if learn['lr_min'] >= learn['lr']:
-        raise ConfigError(f'learn.lr_min ({learn["lr_min"]}) must be below learn.lr '
-                          f'({learn["lr"]}) for lr_schedule cyclic_cosine')
-    cycled = learn['cycles'] * learn['cycle_epochs']
-    if steps:
-        key, epochs = 'learn.staged_steps / learn.steps_per_epoch', staged_epochs(learn)
-        if epochs is None:
-            raise ConfigError(f'learn.lr_schedule cyclic_cosine with learn.mode '
-                              f'{learn["mode"]} needs learn.steps_per_epoch, so that the '
-                              f'stages last whole cycles')
-    else:
-        key, epochs = 'learn.n_epochs', learn['n_epochs']
-    if epochs != cycled:
-        raise ConfigError(f'learn.lr_schedule cyclic_cosine trains learn.cycles x '
-                          f'learn.cycle_epochs = {cycled} epochs; set {key} to {cycled} '
-                          f'epochs (now {epochs})')
-
-
-def cosine_lr(epoch, lr_max, lr_min, cycle_epochs):
-    """Cyclic cosine annealing (Akiyama & Sato, DCASE 2019 Sec. 2.3, 3.5; the warm-restart
-    schedule of Loshchilov & Hutter, "SGDR", ICLR 2017, with cycles of equal length): each
-    cycle starts at lr_max and anneals towards lr_min along half a cosine; epoch is the
-    0-based epoch counted across stages."""
-    t = (epoch % cycle_epochs) / cycle_epochs
-    return lr_min + 0.5 * (lr_max - lr_min) * (1.0 + np.cos(np.pi * t))
-
-
-def linear_decay_lr(epoch, lr, decay_from, epochs):
-    """lr up to epoch decay_from, then lr * (1 - (epoch - decay_from) / (epochs -
-    decay_from)), 0 at epoch `epochs` and after, counting epochs as the caller does
-    (self_verify passes the released code's 1-based numbers, so its last epoch gets 0)."""
-    if epoch < decay_from:
-        return lr
-    return lr * max(0.0, 1.0 - (epoch - decay_from) / max(1, epochs - decay_from))
-
-
-class EpochLR(keras.callbacks.Callback):
-    """Sets the optimizer's learning rate to schedule(epoch) at the start of each epoch.
-
-    It must come before History in the callback list, so that history.csv logs the rate
-    the epoch was trained with.
-    """
-
-    def __init__(self, schedule):
-        super().__init__()
-        self.schedule = schedule
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.model.optimizer.learning_rate = float(self.schedule(epoch))
-
-
-class Snapshots(keras.callbacks.Callback):
-    """Calls save(cycle) at the end of each of the first `cycles` cycles (1-based cycle
-    numbers), the weights of Snapshot Ensembles (Huang et al., "Snapshot Ensembles: Train
-    1, get M for free", ICLR 2017)."""
-
-    def __init__(self, cycle_epochs, cycles, save):
-        super().__init__()
-        self.cycle_epochs, self.cycles, self.save = cycle_epochs, cycles, save
-
-    def on_epoch_end(self, epoch, logs=None):
-        cycle, within = divmod(epoch + 1, self.cycle_epochs)
-        if within == 0 and 1 <= cycle <= self.cycles:
-            self.save(cycle)

@@ -300,6 +300,7 @@ def _check_consistency(cfg):
         raise ConfigError(f'extract.crop_frames = {ext["crop_frames"]} must not exceed '
                           f'extract.clip_frames = {ext["clip_frames"]} (crops are cut from '
                           f'the fixed-length clip)')
+    _check_zeropad(ext)
     _check_specaugment(cfg)
     _check_paper_augment(cfg)
     staged = cfg['learn']['staged_steps']
@@ -322,8 +323,25 @@ def _check_consistency(cfg):
                           f'of file names (NAME/sub), without leading dots')
 
 
+def _check_zeropad(ext):
+    """extract.load_mode zeropad must pad the audio to at least the frames a clip is read
+    over (patch_len, or random_crop's clip_frames): shorter, the clip would still be
+    repeated up to them when read (data.Patches wraps around a clip's end)."""
+    if ext['load_mode'] != 'zeropad':
+        return
+    key = 'clip_frames' if ext['crop'] == 'random_crop' else 'patch_len'
+    hop, fs = ext['hop_length_samples'], ext['fs']
+    frames = 1 + int(round(ext['audio_len_s'] * fs)) // hop  # centred STFT frames
+    if frames < ext[key]:
+        raise ConfigError(f'extract.load_mode zeropad pads clips to extract.audio_len_s = '
+                          f'{ext["audio_len_s"]} s ({frames} frames), fewer than extract.{key} '
+                          f'= {ext[key]}: set audio_len_s to at least '
+                          f'{math.ceil((ext[key] - 1) * hop / fs)} s, or short clips are repeated')
+
+
 def _check_specaugment(cfg):
-    """A mask wider than the input it masks is a mistake, not a wider mask."""
+    """A mask wider than the input it masks is a mistake, not a wider mask; a time warp
+    needs room for its point and distance."""
     ext, masks = cfg['extract'], cfg['learn']['specaugment']
     frames = ext['crop_frames'] if ext['crop'] == 'random_crop' else ext['patch_len']
     size_key = 'extract.crop_frames' if ext['crop'] == 'random_crop' else 'extract.patch_len'
@@ -333,6 +351,11 @@ def _check_specaugment(cfg):
         if width > size:
             raise ConfigError(f'learn.specaugment.{axis}_width = {width} exceeds {key} = '
                               f'{size}')
+    warp = masks['time_warp']
+    if warp and 2 * warp + 3 > frames:
+        raise ConfigError(f'learn.specaugment.time_warp = {warp} needs {size_key} of at least '
+                          f'2 x {warp} + 3 = {2 * warp + 3} frames (the point lies in (W, T - 1 '
+                          f'- W)), got {frames}')
 
 
 def _check_paper_augment(cfg):

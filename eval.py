@@ -187,22 +187,28 @@ def predict(predictor, source, patches, rows, cfg):
 # ----------------------------------------------------------------------------- report
 
 # recognizer.metrics null or empty -> the metrics of the dataset's own challenge.
+# A csv table: 'csv' for single-label data, 'csv multi-label' for multi-label data.
 DEFAULT_METRICS = {'fsdnoisy18k': ['accuracy'], 'fsdkaggle2018': ['accuracy', 'map3'],
                    'fsdkaggle2019': ['lwlrap'],
                    # FSD50K (Fonseca et al., TASLP 2022) reports mAP, AudioSet-style d'
-                   'fsd50k': ['lwlrap', 'map', 'dprime']}
+                   'fsd50k': ['lwlrap', 'map', 'dprime'], 'arca23k': ['accuracy'],
+                   'csv': ['accuracy'], 'csv multi-label': ['lwlrap']}
 
 
-def metric_names(cfg):
-    """The configured metrics, or the dataset's default ones."""
-    return cfg['recognizer']['metrics'] or DEFAULT_METRICS[cfg['ctrl']['dataset']]
+def metric_names(cfg, table=None):
+    """The configured metrics, or the dataset's default ones (table: the loaded clips,
+    which tell whether a csv table is multi-label)."""
+    name = cfg['ctrl']['dataset']
+    if name == 'csv' and datasets.multi_label(cfg, table):
+        name = 'csv multi-label'
+    return cfg['recognizer']['metrics'] or DEFAULT_METRICS[name]
 
 
 def check_metrics(cfg):
     """Refuse an unknown metric, or a single-label one on a multi-label dataset."""
     for name in metric_names(cfg):
         metric = lookup(metrics.choices(), name, 'recognizer.metrics')
-        if cfg['ctrl']['dataset'] in datasets.MULTI_LABEL and metric.single_label:
+        if datasets.multi_label(cfg) and metric.single_label:
             raise ConfigError(f'recognizer.metrics {name!r} needs single-label data, but '
                               f'{cfg["ctrl"]["dataset"]} has clips with several labels; use '
                               f'{metrics.multi_label_choices()}')
@@ -228,7 +234,7 @@ def evaluate(cfg, table, classes, rows_evaluated, scores, wall_time):
         raise Diverged(f'the model predicts non-finite scores for '
                        f'{int((~np.isfinite(scores).all(axis=1)).sum())} of {len(scores)} test '
                        f'clips')
-    names = metric_names(cfg)
+    names = metric_names(cfg, table)
     figures = compute(names, datasets.targets(table, len(classes))[rows_evaluated], scores)
     per_class, matrix = figures.pop('per_class'), figures.pop('confusion', None)
     return Evaluation(cfg['ctrl']['run_name'], list(names), figures, per_class, list(classes),
@@ -242,7 +248,11 @@ def evaluation_lines(results):
     (in the order of metrics.METRICS), the wall time."""
     ev = results.evaluation
     chosen = [(name, metrics.METRICS[name]) for name in ev.metrics]
-    lines = ['', '=' * 72, 'EVALUATION'] + [m.line(ev.figures, ev.where) for _, m in chosen]
+    lines = ['', '=' * 72, 'EVALUATION']
+    if results.fast_dev_run:
+        lines.append('FAST DEV RUN: numbers are not results (ctrl.fast_dev_run: 2 steps per '
+                     'epoch, at most 2 epochs per stage, a few clips per class)')
+    lines += [m.line(ev.figures, ev.where) for _, m in chosen]
     if results.evaluated_epoch is not None:
         lines.append(f'model evaluated: learn.model_selection {results.model_selection}, '
                      f'epoch {results.evaluated_epoch}')

@@ -20,18 +20,24 @@ import augment
 import data
 import datasets
 import eval as evaluation
+import fastdev
 import losses
+import optimizers
 import pipeline
 import runfolder
 import sampling
 import splits
+import subsets
+import warmstart
 from config import ConfigError
 from masking import Masker
-from callbacks import (Backup, Checkpoint, Counters, EpochLR, History, InterruptPoint,
-                       ModelSelection, RunState, Snapshots, StopAfterSteps, StopOnCollapse,
-                       StopOnNonFinite, TensorBoardScalars, ValClipAccuracy, cosine_lr,
+from callbacks import (Backup, Checkpoint, Counters, History, InterruptPoint,
+                       ModelSelection, RunState, StopAfterSteps, StopOnCollapse,
+                       StopOnNonFinite, TensorBoardScalars, ValClipAccuracy,
                        detection_figures, precision_recall)
 from results import Results
+import schedules
+from schedules import EpochLR, Snapshots, cosine_lr
 from trainer import Trainer
 from utils import atomic_path, atomic_write_csv
 
@@ -58,7 +64,10 @@ class Experiment:
         self.train_idx = patches.of_clips(self.train_rows)
         self.val_idx = patches.of_clips(self.val_rows)
         # figures for results.json: the injected label noise, what a mode adds (noise_detection)
-        self.results = Results(**datasets.label_noise(cfg, table))
+        self.results = Results(**datasets.label_noise(cfg, table),
+                               fast_dev_run=fastdev.on(cfg) or None)
+        self.results.built(cfg['learn']['model'],
+                           architectures.n_trainable_params(trainer.classifier))
         self.monitor = 'val_accuracy' if self.val_idx.size else 'accuracy'
         learn = cfg['learn']
         self.history = History(runfolder.path(run_dir, 'history', fold))
@@ -70,9 +79,10 @@ class Experiment:
                                         runfolder.path(run_dir, 'model', fold), self.state)
         self.reduce_lr = keras.callbacks.ReduceLROnPlateau(
             monitor=self.monitor, mode='max', factor=0.5, patience=5, verbose=1)
+        # learn.patience null: no early stopping (Dorfer & Widmer train all 500 epochs)
         self.early_stopping = keras.callbacks.EarlyStopping(
             monitor=self.monitor, mode='max', patience=learn['patience'], min_delta=0.001,
-            verbose=1)
+            verbose=1) if learn['patience'] is not None else None
         score = evaluation.clip_scorer(trainer.classifier, source, patches, cfg)
         self.val_clip = ([ValClipAccuracy(score, self.val_rows,
                                           datasets.targets(table, len(classes)))]
@@ -80,10 +90,11 @@ class Experiment:
         self.collapse = StopOnCollapse(self.history, score, self.val_rows if self.val_idx.size
                                        else self.train_rows, classes)
         self.has_truth = 'true_idx' in table.columns
-        self.plans = epoch_plans(cfg, table, patches, source)
+        self.plans = fastdev.cut_plans(cfg, epoch_plans(cfg, table, patches, source))
         self.stage_epochs = []  # epochs each fit() call (stage) trained
         self.memo = Memo()
-        self.counters = Counters([self.reduce_lr, self.early_stopping])
+        self.counters = Counters([c for c in (self.reduce_lr, self.early_stopping)
+                                  if c is not None])
         # Resume: fit() calls are the mode's stages; the checkpoint holds the state at the
         # end of the last completed epoch, restored when the mode reaches that epoch's
         # stage. k folds and self-verification rounds are not resumed (a fold's stages
@@ -103,7 +114,8 @@ class Experiment:
     def for_fold(self, fold):
         """Fold `fold` (1-based) of self.splits: a fresh model and trainer sharing this
         experiment's data, scaler and batch source (k-fold training)."""
-        trainer = build_trainer(self.cfg, self.mode, self.table, self.classes, self.source)
+        trainer = build_trainer(self.cfg, self.mode, self.table, self.classes, self.source,
+                                fold)
         return Experiment(self.cfg, self.mode, self.table, self.classes, self.store,
                           self.patches, self.source, trainer, self.run_dir,
                           self.rng.spawn(1)[0], self.splits, fold)
@@ -118,13 +130,18 @@ class Experiment:
 
     def schedule(self):
         """The callbacks of learn.lr_schedule: plateau halves the rate on validation
-        plateaus of 5 epochs; constant keeps learn.lr; cyclic_cosine anneals each cycle and
+        plateaus of 5 epochs; constant keeps learn.lr; linear decays it from
+        learn.lr_decay_start to 0 at the last epoch; cyclic_cosine anneals each cycle and
         saves a snapshot at each cycle's end."""
         learn = self.cfg['learn']
         if learn['lr_schedule'] == 'plateau':
             return [self.reduce_lr]
         if learn['lr_schedule'] == 'constant':
             return []
+        if learn['lr_schedule'] == 'linear':
+            lr, start = learn['lr'], learn['lr_decay_start']
+            epochs = schedules.mode_epochs(learn, self.mode.steps)[1]
+            return [EpochLR(lambda epoch: schedules.linear_lr(epoch, lr, start, epochs))]
         lr, lr_min, length = learn['lr'], learn['lr_min'], learn['cycle_epochs']
         return [EpochLR(lambda epoch: cosine_lr(epoch, lr, lr_min, length)),
                 Snapshots(length, learn['cycles'], self.save_snapshot)]
@@ -224,7 +241,8 @@ class Experiment:
                *lr_callbacks, *self.val_clip, self.history, self.collapse, *self.tensorboard,
                self.selection]
         cyclic = self.cfg['learn']['lr_schedule'] == 'cyclic_cosine'
-        cbs += [self.early_stopping] if early_stopping and not cyclic else []
+        stops = early_stopping and not cyclic and self.early_stopping is not None
+        cbs += [self.early_stopping] if stops else []
         if steps is not None:
             per_epoch = min(self.cfg['learn']['steps_per_epoch'] or per_epoch, steps)
             epochs = -(-steps // per_epoch)
@@ -291,7 +309,7 @@ def epoch_plans(cfg, table, patches, source):
     draw = functools.partial(
         augment.augment_plan, max_shift=source.eval_len - source.patch_len,
         specaugment=augment.specaugment(learn), n_mels=cfg['extract']['n_mels'],
-        length=source.patch_len,
+        length=source.patch_len, clen=patches.clen,
         paper={key: learn[key] for key in ('freq_mask', 'gain', 'extra_crop')})
     return sampling.Plans(learn['batch_size'], learn['mixup'], learn['mixup_alpha'],
                           learn['mixup_mode'], draw,
@@ -299,18 +317,22 @@ def epoch_plans(cfg, table, patches, source):
                           learn['pseudo_labels'] is not None)
 
 
-def build_trainer(cfg, mode, table, classes, source):
-    """A new model (learn.model) in a compiled Trainer with its own loss and optimiser,
-    and the loss masker when the mode declares one (off until it turns it on)."""
+def build_trainer(cfg, mode, table, classes, source, fold=None):
+    """A new model (learn.model; its weights from learn.init_from when set, for fold
+    `fold`, None for a single split) in a compiled Trainer with its own loss and optimiser
+    (learn.optim), and the loss masker when the mode declares one (off until it turns it
+    on)."""
     learn = cfg['learn']
     classifier = architectures.build(learn['model'], architectures.input_shape(cfg),
                                      len(classes), learn)
+    if learn['init_from'] is not None:
+        warmstart.init_weights(classifier, warmstart.source_path(learn['init_from'], fold))
     masker = (Masker(learn['mask_method'], learn['mask_top_k'], learn['mask_alpha'],
                      active=False) if mode.masker else None)
     detect = mode.detects and 'true_idx' in table.columns
     trainer = Trainer(classifier, source, losses.get(cfg, masker),
                       datasets.is_multi_label(table), detect=detect)
-    trainer.compile(optimizer=keras.optimizers.Adam(learn['lr']),
+    trainer.compile(optimizer=optimizers.optimizer(learn),
                     jit_compile=pipeline.use_xla(cfg))
     return trainer
 
@@ -318,39 +340,62 @@ def build_trainer(cfg, mode, table, classes, source):
 def prepare(cfg, mode, table, classes, store, rng, run_dir):
     """Split, patch table (refusing a batch larger than its training pools), batch source
     (with its scaler), trainer -> the Experiment of the first fold (or of the single
-    split). mode: the configured mode's learn.Mode declaration."""
-    rows, folds = split(cfg, mode, table, classes, store)
+    split). mode: the configured mode's learn.Mode declaration. Under ctrl.fast_dev_run
+    the Experiment gets the dry run's config (fastdev.fast_dev_config)."""
+    cfg = fastdev.fast_dev_config(cfg, mode)
+    rows, folds, drawn = split(cfg, mode, table, classes, store)
     patches = pipeline.patch_table(cfg, store)
     check_batch_size(cfg['learn'], mode, table, patches, folds)
     source = batch_source(cfg, table, classes, store, patches, rows, folds, run_dir)
     set_precision_policy(cfg['learn'])
-    trainer = build_trainer(cfg, mode, table, classes, source)
-    return Experiment(cfg, mode, table, classes, store, patches, source, trainer, run_dir,
-                      rng, folds, fold=1 if len(folds) > 1 else None)
+    fold = 1 if len(folds) > 1 else None
+    trainer = build_trainer(cfg, mode, table, classes, source, fold)
+    logger.info('model: %s, %d trainable parameters', cfg['learn']['model'],
+                architectures.n_trainable_params(trainer.classifier))
+    exp = Experiment(cfg, mode, table, classes, store, patches, source, trainer, run_dir,
+                     rng, folds, fold=fold)
+    exp.results.subset_drawn(drawn)
+    return exp
 
 
 def split(cfg, mode, table, classes, store):
-    """(the readable training rows, the folds' (training rows, validation rows)): one
-    stratified train/val split, or with learn.folds K > 1 K stratified folds, or the folds
-    the mode makes itself (Mode.split: self_verify's 4)."""
-    learn = cfg['learn']
-    rows = datasets.readable_train_rows(table, classes, store.length,
-                                        cfg['ctrl']['train_data'])
-    y = datasets.targets(table, len(classes))[rows]
+    """(the readable training rows, the folds' (training rows, validation rows), the
+    counts drawn by ctrl.n_noisy / n_clean): one stratified train/val split (the dataset's
+    own validation clips where it has them: FSD50K, ARCA23K, a csv split column with val),
+    or with learn.folds K > 1 K stratified folds, or the folds the mode makes itself
+    (Mode.split: self_verify's 4), of the training rows, drawn first when ctrl.n_noisy or
+    n_clean is set (subsets.py)."""
+    learn, ctrl = cfg['learn'], cfg['ctrl']
+    rows = datasets.readable_train_rows(table, classes, store.length, ctrl['train_data'])
+    targets = datasets.targets(table, len(classes))
+    seed = ctrl['seed']
+    n_before = rows.size
+    rows, drawn = subsets.draw(rows, table.verified.to_numpy()[rows],
+                               splits.strata(targets[rows]), ctrl['n_noisy'], ctrl['n_clean'],
+                               seed)
+    subsets.log_drawn(drawn, n_before)
+    y = targets[rows]
     labels = splits.strata(y)  # one class per clip (multi-label: its rarest label)
-    seed = cfg['ctrl']['seed']
+    own_val = datasets.readable_val_rows(table, store.length)
+    if own_val is not None and (mode.split is not None or learn['folds'] > 1):
+        logger.info('the dataset\'s own %d validation clips are not used: the folds validate',
+                    own_val.size)
     if mode.split is not None:
-        return rows, mode.split(table, rows, seed)
+        return rows, mode.split(table, rows, seed), drawn
     if learn['folds'] > 1:
         return rows, splits.kfold_split(rows, y if datasets.is_multi_label(table) else labels,
-                                        learn['folds'], seed)
+                                        learn['folds'], seed), drawn
+    if own_val is not None:
+        logger.info('validation: the dataset\'s own split, %d clips (learn.val_split %g is not '
+                    'used)', own_val.size, learn['val_split'])
+        return rows, [(rows, own_val)], drawn
     train_rows, val_rows = splits.split_train_val(rows, labels, learn['val_split'], seed)
     if learn['val_split'] > 0 and val_rows.size == 0:
         raise ConfigError(f'learn.val_split {learn["val_split"]} leaves no validation clip '
                           f'({rows.size} readable training clips, at least one per class '
                           f'stays in training); raise it, or set it to 0 to select the '
                           f'model on training accuracy')
-    return rows, [(train_rows, val_rows)]
+    return rows, [(train_rows, val_rows)], drawn
 
 
 def check_batch_size(learn, mode, table, patches, folds):

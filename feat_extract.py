@@ -54,7 +54,8 @@ class BadAudio(Exception):
 # ----------------------------------------------------------------------------- one clip
 
 def load_audio(path, params_extract):
-    """Read a file -> mono float32 at fs, optionally peak-normalised and tiled (varup)."""
+    """Read a file -> mono float32 at fs, optionally peak-normalised, then tiled (varup) or
+    zero-padded at its end (zeropad) up to audio_len_s."""
     p = params_extract
     # libsndfile reports a missing file as "System error."; say what is wrong instead.
     if not os.path.isfile(path):
@@ -79,6 +80,9 @@ def load_audio(path, params_extract):
     if p['load_mode'] == 'varup' and len(y) < target:
         # Short clips are repeated rather than zero-padded, so every patch holds sound.
         y = np.tile(y, -(-target // len(y)))[:target]
+    elif p['load_mode'] == 'zeropad' and len(y) < target:
+        # Akiyama & Sato (Sec. 3.3.1): short clips are extended by zeros (digital silence).
+        y = np.concatenate([y, np.zeros(target - len(y), y.dtype)])
     return y.astype(np.float32)
 
 
@@ -107,7 +111,8 @@ def _mel_basis(fs, n_fft, n_mels, fmin, fmax):
 def log_mel(audio, params_extract):
     """Mono audio -> float32 [frames, n_mels] (log10 when extract.log), frames = 1 + len // hop."""
     p = params_extract
-    window = scipy.signal.get_window('hamming', p['win_length_samples'], fftbins=True)
+    # extract.window: periodic (fftbins), as librosa's own window argument makes it.
+    window = scipy.signal.get_window(p['window'], p['win_length_samples'], fftbins=True)
     # pad_mode is explicit: librosa's default changed from 'reflect' to 'constant'.
     stft = librosa.stft(audio + p['eps'], n_fft=p['n_fft'], hop_length=p['hop_length_samples'],
                         win_length=p['win_length_samples'], window=window, center=True,
@@ -149,6 +154,7 @@ def _frames_name(cfg):
     return f'frames{cfg["suffix"]["in"]}.{FRAMES_EXT[cfg["extract"]["store_dtype"]]}'
 
 
+DEFAULT_WINDOW = 'hamming'
 PATCH_KEYS = ('patch_len', 'patch_hop', 'crop', 'crop_frames', 'clip_frames', 'normalize')
 
 
@@ -160,6 +166,10 @@ def cache_dir(cfg, table):
     # Patching, cropping and standardisation happen after extraction, so a sweep over them
     # reuses the cache.
     params = {k: v for k, v in cfg['extract'].items() if k not in PATCH_KEYS}
+    if params['window'] == DEFAULT_WINDOW:
+        # The window the cache had before extract.window existed: left out of the key, so
+        # that the caches of earlier runs stay valid.
+        del params['window']
     key = json.dumps({'extract': params, 'clips': clips}, sort_keys=True,
                      separators=(',', ':'))
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]

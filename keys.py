@@ -4,13 +4,16 @@ KEYS mirrors the YAML sections: KEYS[section][key] is a Key, or a Group for a ke
 value is a mapping of sub-keys (ctrl.inject_noise, learn.specaugment, ...), each sub-key a
 Key of its own. config.py validates every value against its Key; tests/test_config.py
 checks that config/params.yaml shows every key with its default and its doc as the
-comment, and that README's key table lists every key with its default. The names of a
+comment, and that README's key table is the one markdown_tables() generates from KEYS
+(`python keys.py --readme` writes it between the markers in README.md). The names of a
 registry (models, losses, modes, heads, aggregations, ensembles, metrics) are not listed
 here: their modules check them against the registry itself (config.lookup), so that such
 a list never goes stale.
 """
 import copy
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -62,16 +65,54 @@ KEYS = {
         'learn': Key(True, 'train and evaluate (false: stop after feature extraction)'),
         'dataset': Key(
             'fsdnoisy18k', 'dataset layout of ctrl.dataset_path: fsdnoisy18k, fsdkaggle2018, '
-            'fsdkaggle2019'),
+            'fsdkaggle2019, fsd50k, arca23k, csv (any audio folder with a table: ctrl.csv)'),
         'train_data': Key(
             'noisy', 'training subset: noisy | clean | noisy_small | noisy_small_clean | all '
-            '(fsdkaggle2018: noisy | clean | all; fsdkaggle2019: curated | noisy | all)',
-            choices=('noisy', 'clean', 'noisy_small', 'noisy_small_clean', 'all', 'curated')),
+            '(fsdkaggle2018: noisy | clean | all; fsdkaggle2019: curated | noisy | all; fsd50k: '
+            'all; arca23k: noisy (ARCA23K) | clean (ARCA23K-FSD) | all; csv: verified | '
+            'unverified | all)',
+            choices=('noisy', 'clean', 'noisy_small', 'noisy_small_clean', 'all', 'curated',
+                     'verified', 'unverified')),
+        'n_noisy': Key(
+            None, 'clips drawn from the unverified part of train_data, stratified by class, '
+            'before the val split (null: all; Deng et al.)', at_least=0, nullable=True, type=int),
+        'n_clean': Key(
+            None, 'clips drawn from the verified part of train_data, stratified by class, '
+            'before the val split (null: all; Deng et al.)', at_least=0, nullable=True, type=int),
         'dataset_path': Key(
             'data/FSDnoisy18k', 'folder holding FSDnoisy18k.audio_train/, .audio_test/, .meta/'),
         'classes': Key(
             None, 'class vocabulary: every label of the CSVs must be one of these names (null: '
             'none; rare near-duplicate labels are refused)', nullable=True, type=list),
+        'test_fold': Key(
+            None, 'csv: test on official fold K of the fold column and train on the others '
+            '(null: the split column, or ctrl.csv.test)', nullable=True, type=int, at_least=1),
+        'csv': Group('ctrl.dataset csv: the table(s) and their column names', {
+            'table': Key(None, 'one CSV of every clip, with a split (train / val / test) or fold '
+                         'column; relative to ctrl.dataset_path', nullable=True, type=str),
+            'train': Key(None, 'or: the CSV of the training clips (with test)', nullable=True,
+                         type=str),
+            'test': Key(None, 'or: the CSV of the test clips (with train)', nullable=True,
+                        type=str),
+            'audio_dir': Key(None, 'folder the fname paths are relative to, under '
+                             'ctrl.dataset_path (null: the CSV\'s own folder)', nullable=True,
+                             type=str),
+            'fname': Key('fname', 'column of the audio file paths'),
+            'labels': Key('labels', 'column of the labels (several joined by separator)'),
+            'separator': Key(',', 'what joins the labels of a multi-label clip'),
+            'multi_label': Key(None, 'null: multi-label if a clip has several labels; true / '
+                               'false: forced (false refuses a cell of several)', nullable=True,
+                               type=bool),
+            'verified': Key('verified', 'optional 0/1 column (missing: every clip verified)'),
+            'fold': Key('fold', 'optional column of the official folds (ctrl.test_fold)'),
+            'split': Key('split', 'column of train / val / test in ctrl.csv.table (val: the '
+                         "dataset's own validation clips)"),
+            'true_labels': Key('true_labels', 'optional column of the true labels (turns on the '
+                               'noise-detection figures)'),
+        }),
+        'fsd50k_path': Key(
+            None, 'arca23k: folder holding FSD50K.dev_audio/ and FSD50K.eval_audio/ (null: '
+            'ctrl.dataset_path)', nullable=True, type=str),
         'seed': Key(
             42, 'seed of the split, batch order, mixup draws and weight init (0 .. 2**32-1)',
             at_least=0, at_most=2**32 - 1),  # numpy's SeedSequence takes no negatives
@@ -105,10 +146,14 @@ KEYS = {
             True, 'TensorBoard scalars of every history.csv figure in logs/<run>/tb/'),
         'overwrite': Key(False, 'true: a run_name that has finished is cleared and run afresh '
                          '(false: refused)'),
+        'fast_dev_run': Key(
+            False, 'dry run of the whole procedure: 2 steps per epoch, at most 2 epochs per '
+            'stage, 8 clips per class; numbers are not results'),
     },
     'extract': {
         'audio_len_s': Key(
-            2, 'varup: clips shorter than this are replicated up to it (seconds)', at_least=0),
+            2, 'varup / zeropad: clips shorter than this are replicated / zero-padded up to it '
+            '(seconds)', at_least=0),
         'eps': Key(
             2.220446049250313e-16, 'added to the signal before the STFT and inside log10',
             above=0),
@@ -117,8 +162,8 @@ KEYS = {
         'fs': Key(44100, 'sampling rate; other rates are resampled to it', at_least=1),
         'hop_length_samples': Key(882, 'STFT hop (20 ms at 44.1 kHz)', at_least=1),
         'load_mode': Key(
-            'varup', 'varup: replicate short clips to audio_len_s; full: keep length',
-            choices=('varup', 'full')),
+            'varup', 'varup: replicate short clips to audio_len_s; zeropad: pad them with zeros '
+            'to it (Akiyama & Sato); full: keep length', choices=('varup', 'zeropad', 'full')),
         'log': Key(True, 'log10 of the mel energies'),
         'mono': Key(True, 'mix multichannel audio to mono'),
         'n_fft': Key(2048, 'FFT size', at_least=1),
@@ -128,7 +173,12 @@ KEYS = {
         'patch_len': Key(100, 'frames per patch (2 s)', at_least=1),
         'spectrogram_type': Key(
             'power', 'power (|X|^2) or magnitude (|X|)', choices=('power', 'magnitude')),
-        'win_length_samples': Key(1764, 'STFT window (40 ms periodic Hamming)', at_least=1),
+        'win_length_samples': Key(
+            1764, 'STFT window length in samples (40 ms at 44.1 kHz)', at_least=1),
+        'window': Key(
+            'hamming', 'STFT window, periodic: hamming (waspaa19), hann (the DCASE systems), '
+            'blackman, bartlett, boxcar', choices=('hamming', 'hann', 'blackman', 'bartlett',
+                                                   'boxcar')),
         'store_dtype': Key(
             'float32', 'dtype of the cached frames: float32 or float16 (half the memory)',
             choices=('float32', 'float16')),
@@ -153,15 +203,23 @@ KEYS = {
     'learn': {
         'batch_size': Key(64, 'patches per training step', at_least=1),
         'lr': Key(
-            0.001, 'Adam learning rate (halved on val-accuracy plateaus of 5 epochs)', above=0),
+            0.001, 'learning rate of learn.optim (plateau: halved on val-accuracy plateaus of 5 '
+            'epochs)', above=0),
         'n_classes': Key(
             None, 'must equal the number of classes in the training data (null: taken from the '
             'data)', at_least=2, nullable=True, type=int),
         'n_epochs': Key(100, 'total epochs, counted across stages', at_least=1),
-        'optim': Key('Adam', 'optimiser', choices=('Adam',)),
+        'optim': Key('Adam', 'optimiser: Adam, or SGD (learn.momentum, learn.nesterov)'),
+        'momentum': Key(
+            0.9, 'SGD: momentum (0.9, the released EnvNet training)', at_least=0, below=1),
+        'nesterov': Key(True, 'SGD: Nesterov momentum (true, the released EnvNet training)'),
+        'init_from': Key(
+            None, 'weights to start from: a .keras file or an earlier run folder logs/<run> '
+            '(fold k from its model_k.keras); the trunk must match, heads where shapes match',
+            nullable=True, type=str),
         'patience': Key(
-            15, 'early stopping patience on validation accuracy (epochs; min_delta 0.001)',
-            at_least=1),
+            15, 'early stopping patience on validation accuracy (epochs; min_delta 0.001; null: '
+            'no early stopping)', at_least=1, nullable=True),
         'val_split': Key(
             0.15, 'share of the training subset held out for validation, per class',
             at_least=0, below=1),
@@ -183,7 +241,9 @@ KEYS = {
         'mode': Key(
             0, '0 mixup warm-up, 1 standard, 2 time-dependent loss, 3 pruning, staged, '
             'self_verify, confident_learning', also=str),
-        'model': Key('baseline', 'baseline (3-conv CNN) or DenSE'),
+        'model': Key(
+            'baseline', 'baseline (3-conv CNN), DenSE, cnn_gru, vgg_gap, resnet34 (log-mel) or '
+            'envnet_v2 (waveforms)'),
         'stage1_epoch': Key(
             20, "mode 2: epoch at which the loss switches to stage 2 (20, the original code's "
             'config)', at_least=0),
@@ -224,8 +284,9 @@ KEYS = {
             'auto', 'auto: frames in GPU memory when they fit; always; never (host)',
             choices=('auto', 'always', 'never')),
         'model_selection': Key(
-            'last', 'weights evaluated: last (last epoch trained, the original) or best_val (best '
-            'val accuracy since the method acted)', choices=('last', 'best_val')),
+            'last', 'weights evaluated: last (last epoch trained, the original), best_val (best '
+            'val accuracy since the method acted) or best_val_loss (lowest val loss, likewise)',
+            choices=('last', 'best_val', 'best_val_loss')),
         'steps_per_epoch': Key(
             None, 'staged: steps between validations/LR schedule/history rows (null: one pass '
             "over the stage's pool)", at_least=1, nullable=True, type=int),
@@ -236,7 +297,14 @@ KEYS = {
             'time_masks': Key(0, 'time masks per example (0: off)', at_least=0),
             'time_width': Key(0, 'widest time mask (frames; each width ~ U{0..widest})',
                               at_least=0),
+            'time_warp': Key(0, 'time warp W: a frame p in (W, T - 1 - W) moved by w ~ '
+                             'U{-W..W} frames, linear in between (0: off)', at_least=0),
         }),
+        'bn_momentum': Key(
+            0.99, "momentum of every batch normalisation's moving statistics (Keras: 0.99; "
+            'Lasagne alpha 0.1 = 0.9)', at_least=0, below=1),
+        'bn_epsilon': Key(
+            0.001, 'epsilon of every batch normalisation (Keras: 1e-3; Lasagne: 1e-4)', above=0),
         'time_pooling': Key(
             'max', 'cnn_gru: pooling over time after the GRU: max or mean',
             choices=('max', 'mean')),
@@ -245,11 +313,15 @@ KEYS = {
             'sigmoid_sparsemax (non-softmax heads: loss.type bce)'),
         'lr_schedule': Key(
             'plateau', 'plateau (halve on val plateaus), constant, cyclic_cosine (snapshot per '
-            'cycle)', choices=('plateau', 'constant', 'cyclic_cosine')),
+            'cycle), linear (to 0 at the last epoch from lr_decay_start)',
+            choices=('plateau', 'constant', 'cyclic_cosine', 'linear')),
         'cycles': Key(
             8, 'cyclic_cosine: cycles (n_epochs must equal cycles x cycle_epochs)', at_least=1),
         'cycle_epochs': Key(64, 'cyclic_cosine: epochs per cycle', at_least=1),
         'lr_min': Key(1e-06, "cyclic_cosine: rate at each cycle's end (starts at lr)", at_least=0),
+        'lr_decay_start': Key(
+            100, 'linear: last epoch at lr (1-based); then lr/(n_epochs - it) less per epoch, 0 '
+            'at the last (Dorfer & Widmer: 100 of 500)', at_least=0),
         'folds': Key(
             1, '1: one train/val split; K > 1: K stratified folds, K models averaged', at_least=1),
         'sv_excerpts': Key(
@@ -358,3 +430,77 @@ def defaults():
     """A fresh nested dict of every default (its lists are not shared with KEYS)."""
     return {section: {name: copy.deepcopy(key.default) for name, key in keys.items()}
             for section, keys in KEYS.items()}
+
+
+# ----------------------------------------------------------------------------- README table
+# README.md's "Config keys" tables are generated from KEYS, so that a default changed here
+# cannot leave a stale one there: `python keys.py --readme` rewrites the text between these
+# two markers, `python keys.py --markdown` prints it, and tests/test_config.py fails when
+# README's text differs from markdown_tables().
+README = Path(__file__).resolve().parent / 'README.md'
+TABLE_BEGIN = '<!-- key table: generated by `python keys.py --readme`; do not edit by hand -->'
+TABLE_END = '<!-- end of the generated key table -->'
+
+
+def yaml_text(value):
+    """A default as one would write it in YAML, on one line (flow style for lists and
+    mappings): true, null, 0.001, [1.0, 1.0], {rate: 0.0, kind: symmetric}."""
+    import yaml
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10 ** 6)
+    return text.removesuffix('\n').removesuffix('\n...').strip()
+
+
+def _cell(text):
+    return text.replace('|', '\\|')
+
+
+def _meaning(key):
+    """A Key's doc; a Group's doc followed by each sub-key's doc."""
+    if not isinstance(key, Group):
+        return key.doc
+    subs = '; '.join(f'`{name}`: {sub.doc}' for name, sub in key.keys.items())
+    return f'{key.doc}; {subs}'
+
+
+def markdown_tables(keys=None):
+    """README's key tables: per section a bold heading and a `key | default | meaning`
+    row per key, in KEYS's order; a Group is one row whose default is the mapping of its
+    sub-keys' defaults."""
+    keys = KEYS if keys is None else keys
+    parts = []
+    for section, names in keys.items():
+        rows = [f'**{section}**', '', '| key | default | meaning |', '|---|---|---|']
+        rows += [f'| `{name}` | `{_cell(yaml_text(key.default))}` | {_cell(_meaning(key))} |'
+                 for name, key in names.items()]
+        parts.append('\n'.join(rows))
+    return '\n\n'.join(parts) + '\n'
+
+
+def readme_table(text):
+    """The text between README's two markers (None when a marker is missing)."""
+    if text.count(TABLE_BEGIN) != 1 or text.count(TABLE_END) != 1:
+        return None
+    return text.split(TABLE_BEGIN, 1)[1].split(TABLE_END, 1)[0].strip('\n') + '\n'
+
+
+def write_readme(path=README):
+    """Replace README's generated key table by markdown_tables() (atomically)."""
+    text = path.read_text(encoding='utf-8')
+    if readme_table(text) is None:
+        raise SystemExit(f'{path} must hold each marker once: {TABLE_BEGIN!r} and {TABLE_END!r}')
+    head, rest = text.split(TABLE_BEGIN, 1)
+    tail = rest.split(TABLE_END, 1)[1]
+    new = f'{head}{TABLE_BEGIN}\n{markdown_tables()}{TABLE_END}{tail}'
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(new, encoding='utf-8')
+    tmp.replace(path)
+
+
+if __name__ == '__main__':
+    if sys.argv[1:] == ['--markdown']:
+        print(markdown_tables(), end='')
+    elif sys.argv[1:] == ['--readme']:
+        write_readme()
+    else:
+        raise SystemExit('usage: python keys.py --markdown (print README\'s key tables) | '
+                         '--readme (write them into README.md)')

@@ -19,11 +19,13 @@ import confident_learning
 import ensemble
 import eval as evaluation
 import losses
+import optimizers
 import sampling
 import self_verify
 import splits
+import warmstart
 from config import ConfigError, lookup
-from callbacks import check_schedule
+from schedules import check_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +146,12 @@ class Mode:
     scores_clips: it ranks clips by learn.prune_loss_type, which must fit learn.head.
     verified_stages: it trains whole batches of the verified training patches and batches
     half verified, half unverified (the pools learn.batch_size must fit).
-    single_label: why it refuses multi-label datasets (None: it does not). check: its own
-    check of the config, (cfg) -> None or a ConfigError, for what these fields cannot say.
+    single_label: why it refuses multi-label datasets (None: it does not).
+    first_stage: the learn key giving the epochs of its first stage, counted within
+    learn.n_epochs; stage_epochs: learn keys that each give the epochs of another stage
+    (both read by experiment.fast_dev_config, which cuts every stage to 2 epochs).
+    check: its own check of the config, (cfg) -> None or a ConfigError, for what these
+    fields cannot say.
     """
     run: Callable
     loss: Optional[str] = None
@@ -153,25 +159,29 @@ class Mode:
     detects: bool = False
     folds: int = 0
     split: Optional[Callable] = None
-    schedules: tuple = ('plateau', 'constant', 'cyclic_cosine')
+    schedules: tuple = ('plateau', 'constant', 'cyclic_cosine', 'linear')
     multitask: bool = False
     steps: bool = False
     scores_clips: bool = False
     verified_stages: bool = False
     single_label: Optional[str] = None
+    first_stage: Optional[str] = None
+    stage_epochs: tuple = ()
     check: Optional[Callable] = None
 
 
 MODES = {
-    0: Mode(mode_warmup_mixup, multitask=True),
+    0: Mode(mode_warmup_mixup, multitask=True, first_stage='mixup_warmup_epochs'),
     1: Mode(mode_standard, multitask=True),
-    2: Mode(mode_time_dependent, loss='time_dependent', detects=True),
-    3: Mode(mode_prune, multitask=True, scores_clips=True),
+    2: Mode(mode_time_dependent, loss='time_dependent', detects=True,
+            first_stage='stage1_epoch'),
+    3: Mode(mode_prune, multitask=True, scores_clips=True, first_stage='prune_stage1'),
     'staged': Mode(mode_staged, masker=True, detects=True, steps=True, verified_stages=True),
     'self_verify': Mode(self_verify.mode_self_verify, folds=self_verify.FOLDS,
-                        split=splits.self_verify_folds, schedules=('plateau', 'constant'),
+                        split=splits.self_verify_folds,
+                        schedules=('plateau', 'constant', 'linear'),
                         single_label='verifies one given label per clip (Dorfer & Widmer, '
-                                     'single-label)'),
+                                     'single-label)', stage_epochs=('sv_epochs',)),
     'confident_learning': Mode(confident_learning.mode_confident_learning,
                                check=confident_learning.check),
 }
@@ -190,13 +200,15 @@ def check(cfg):
     name = learn['mode']
     mode = lookup(MODES, name, 'learn.mode')
     check_loss(cfg)
+    lookup(optimizers.OPTIMIZERS, learn['optim'], 'learn.optim')
+    warmstart.check(cfg)
     check_schedule(cfg, mode.steps)
     if (mode.folds and learn['folds'] > 1) or learn['lr_schedule'] not in mode.schedules:
         own = (f'makes its own {mode.folds} folds and fine-tunes with its own schedule: keep '
                f'learn.folds 1 and ' if mode.folds else 'trains with its own schedule: keep ')
         raise ConfigError(f'learn.mode {name} {own}learn.lr_schedule '
                           f'{either(mode.schedules)}')
-    if mode.single_label and cfg['ctrl']['dataset'] in datasets.MULTI_LABEL:
+    if mode.single_label and datasets.multi_label(cfg):
         raise ConfigError(f'learn.mode {name} {mode.single_label}; {cfg["ctrl"]["dataset"]} '
                           f'is multi-label')
     check_multitask(cfg)

@@ -44,9 +44,11 @@ def pipeline(cfg, folder, t0):
     import datasets
     import eval as evaluation
     import experiment
+    import fastdev
     import feat_extract
     import learn
     table, classes = datasets.load(cfg)
+    table = fastdev.fast_dev_clips(cfg, table)  # ctrl.fast_dev_run: a few clips per class
     store = feat_extract.features(cfg, table)
     if not cfg['ctrl']['learn']:
         print('ctrl.learn is false: features are ready, nothing is trained.')

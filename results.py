@@ -51,7 +51,12 @@ class Evaluation:
 class Results:
     """A run's results; None is "not measured" and is left out of results.json. Fields
     appear in results.json in this order, after the Evaluation's head."""
+    fast_dev_run: bool = None       # ctrl.fast_dev_run: a dry run, its numbers no results
+    model: str = None               # learn.model
+    n_trainable_params: int = None  # of that model as built (with its heads)
     label_noise: dict = None        # ctrl.inject_noise: rate, kind, subset, share_changed
+    n_noisy: int = None             # ctrl.n_noisy / n_clean: the unverified and verified
+    n_clean: int = None             # training clips drawn (subsets.py), when either is set
     # noise detection of the dropped / masked examples: precision, recall, n_flagged,
     # n_wrong (one decision), or those as lists over the epochs, with 'epoch'
     noise_detection: dict = None
@@ -68,6 +73,15 @@ class Results:
     snapshot_cycles: list = None
     ensemble: dict = None           # eval.Ensemble.summary(): members and how averaged
     evaluation: Evaluation = field(default=None, repr=False)
+
+    # -- the model
+    def built(self, model, n_trainable_params):
+        """learn.model and its number of trainable parameters."""
+        self.model, self.n_trainable_params = model, int(n_trainable_params)
+
+    def subset_drawn(self, drawn):
+        """The counts of ctrl.n_noisy / n_clean's draw ({} when neither is set)."""
+        self.n_noisy, self.n_clean = drawn.get('n_noisy'), drawn.get('n_clean')
 
     # -- what the modes record
     def noise_detected(self, figures):
@@ -99,7 +113,7 @@ class Results:
     def fold_results(self, per_fold):
         """k folds: each fold's results (fold 1's included) live under `folds`; what stays
         at the top is what the folds share (the injected label noise)."""
-        self.folds = list(per_fold)
+        self.folds = [{k: v for k, v in f.items() if k != 'fast_dev_run'} for f in per_fold]
         self.noise_detection = self.model_selection = None
         self.evaluated_epoch = self.snapshot_cycles = None
 

@@ -21,7 +21,9 @@ class EpochPlan:
     mixed into idx[i] with weight 1 - lam[i] (lam = 1: no mixup). shift / partner_shift
     are added to the patch's start frame (random crops; 0 for patches). fmask / tmask
     [steps, batch, n_masks, 2] are (first band or frame, width) of each mask (n_masks 0:
-    none). gain / partner_gain multiply each member's mel energies (1: none). Every field
+    none). gain / partner_gain multiply each member's mel energies (1: none). warp
+    [steps, batch, 2]: SpecAugment's time warp (point, distance) of each (mixed) example
+    ([steps, batch, 0]: none). Every field
     is drawn on the host from the run's rng, so a run is repeatable whatever the order in
     which tf.data evaluates batches.
     """
@@ -34,6 +36,7 @@ class EpochPlan:
     tmask: np.ndarray = None
     gain: np.ndarray = None
     partner_gain: np.ndarray = None
+    warp: np.ndarray = None
 
     def __post_init__(self):
         for name in ('shift', 'partner_shift'):
@@ -45,6 +48,8 @@ class EpochPlan:
         for name in ('fmask', 'tmask'):
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros(self.idx.shape + (0, 2), np.int64))
+        if self.warp is None:  # [steps, batch, 0]: no time warp (static, like the masks)
+            self.warp = np.zeros(self.idx.shape + (0,), np.int64)
 
     def as_dict(self):
         """The arrays by field name: tf.data's element of one epoch (a step is one row of

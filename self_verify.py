@@ -19,7 +19,7 @@ import numpy as np
 import eval as evaluation
 import runfolder
 import splits
-from callbacks import EpochLR, linear_decay_lr
+from schedules import EpochLR, linear_decay_lr
 from utils import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -62,11 +62,15 @@ def select(labels, posteriors, threshold, per_class):
 
 def excerpt_posteriors(exp, rows, n_excerpts, rng):
     """Mean posteriors [len(rows), K] of the current model over n_excerpts random
-    windows of the training input length per clip (clips shorter than it wrap around)."""
+    windows of the training input length per clip: a window starts at a frame drawn from
+    0..length - patch_len; a clip shorter than the window is read around (wrapped) from a
+    start drawn from 0..length - 1, a random cyclic shift of the wrapped clip, as the
+    released code slices its tiled short clips at random (not the same excerpt 25 times)."""
     patch_len = exp.source.patch_len  # the training input length (patch or crop)
     start = np.repeat(exp.store.start[rows], n_excerpts).astype(np.int32)
     length = np.repeat(exp.store.length[rows], n_excerpts).astype(np.int32)
-    offset = rng.integers(0, np.maximum(1, length - patch_len + 1)).astype(np.int32)
+    offset = rng.integers(0, np.where(length < patch_len, length,
+                                      length - patch_len + 1)).astype(np.int32)
     tensors = [keras.ops.convert_to_tensor(a) for a in (start, offset, length)]
     source, classifier = exp.source, exp.trainer.classifier
 

@@ -1,5 +1,8 @@
 """Sweeps: python sweep.py -p CONFIG.yaml --grid section.key=v1,v2 [--seeds 0,1,2] ...
 
+(or --configs A.yaml B.yaml: a grid axis over experiment files; or --spec FILE.yaml: a sweep
+file holding these options, see sweepspec.py.)
+
 Every (grid point x seed) is one run of main.run() (the code path of main.py), named
 NAME/<key=value,...>_seed<k>, scheduled by Ray: embedded on this machine by default, or on
 a cluster with --address. Features are extracted once, in this process, before any run
@@ -24,14 +27,17 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 from scipy import stats  # noqa: E402
 
 import config  # noqa: E402
 import metrics  # noqa: E402
 import runfolder  # noqa: E402
+import sweepspec  # noqa: E402
 import utils  # noqa: E402
 from config import ConfigError  # noqa: E402
+# The command line's values are parsed in sweepspec, with the sweep file's (--spec).
+from sweepspec import (fmt, parse_baseline, parse_grid, parse_seeds,  # noqa: E402,F401
+                       parse_values)
 
 ROOT = Path(__file__).resolve().parent
 UNSAFE = re.compile(r'[^A-Za-z0-9._=,+-]')  # anything else becomes '_' in a run name
@@ -48,16 +54,21 @@ class Run:
     values: dict     # grid key -> value
     seed: int
     overrides: list  # -o overrides + grid values + seed + run name
+    params: str = None  # its experiment file, where --configs gives several
 
 
 # ----------------------------------------------------------------------------- command line
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('-p', '--params', required=True, help='experiment YAML file')
+    parser.add_argument('-p', '--params', help='experiment YAML file')
+    parser.add_argument('--configs', nargs='+', metavar='FILE.yaml',
+                        help='experiment files: a grid axis named by their stems (instead of -p)')
+    parser.add_argument('--spec', metavar='FILE.yaml', help='sweep file: params or configs, '
+                        'name, grid, seeds, baseline, overrides (the command line overrides it)')
     parser.add_argument('--grid', action='append', default=[], metavar='SECTION.KEY=V1,V2',
                         help='values of one key (repeatable: the grid is their product)')
-    parser.add_argument('--seeds', default='0', help='ctrl.seed values, e.g. 0,1,2')
+    parser.add_argument('--seeds', help='ctrl.seed values, e.g. 0,1,2 (default 0)')
     parser.add_argument('-o', '--override', action='append', default=[],
                         metavar='SECTION.KEY=VALUE', help='override for every run')
     parser.add_argument('--name', help='sweep name (default: config stem and grid keys)')
@@ -66,74 +77,31 @@ def parse_args(argv):
     parser.add_argument('--cpus-per-run', type=float, default=1.0)
     parser.add_argument('--gpus-per-run', type=float, default=0.0)
     parser.add_argument('--baseline', metavar='SECTION.KEY=VALUE,...',
-                        help='grid point to which paired differences are computed')
+                        help='grid point to which paired differences are computed '
+                             '(with --configs: the baseline file\'s stem, e.g. cce)')
     return parser.parse_args(argv)
-
-
-def parse_values(text, what):
-    """'v1,v2,...' -> values parsed as YAML ('[1,2],[3,4]' gives two lists)."""
-    try:
-        values = yaml.safe_load(f'[{text}]')
-    except yaml.YAMLError:
-        raise ConfigError(f'{what}: {text!r} is not a comma-separated list of values') from None
-    if not values:
-        raise ConfigError(f'{what} has no values')
-    return values
-
-
-def parse_grid(specs):
-    """['section.key=v1,v2', ...] -> {key: [values]} in the order given."""
-    if not specs:
-        raise ConfigError('give at least one --grid section.key=v1,v2,...')
-    grid = {}
-    for spec in specs:
-        key, sep, text = spec.partition('=')
-        if not sep or '.' not in key:
-            raise ConfigError(f'--grid {spec!r} must look like section.key=v1,v2,...')
-        if key in grid:
-            raise ConfigError(f'--grid names {key} twice')
-        grid[key] = parse_values(text, f'--grid {key}')
-    return grid
-
-
-def parse_baseline(text, grid):
-    """'k=v,k2=v2' -> {key: value}; keys must be grid keys, values among their values."""
-    baseline = {}
-    # Split before each 'section.key=' so that values may hold commas ([2,2,1]).
-    for part in re.split(r',(?=[A-Za-z_]\w*\.[\w.]+=)', text):
-        key, sep, raw = part.partition('=')
-        if not sep or key not in grid:
-            raise ConfigError(f'--baseline {part!r} must be key=value with a --grid key '
-                              f'({", ".join(grid)})')
-        value = yaml.safe_load(raw)
-        if value not in grid[key]:
-            raise ConfigError(f'--baseline {key}={raw} is not one of the grid values '
-                              f'{", ".join(map(fmt, grid[key]))}')
-        baseline[key] = value
-    return baseline
-
-
-def fmt(value):
-    """A value as an override / name text (YAML-readable: JSON for non-strings)."""
-    return value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))
 
 
 def point_name(values):
     return UNSAFE.sub('_', ','.join(f'{k}={fmt(v)}' for k, v in values.items()))
 
 
-def plan(args, grid, seeds):
-    """Every (grid point x seed) -> Run, with a unique, file-safe run name."""
-    name = UNSAFE.sub('_', args.name or f'{Path(args.params).stem}-{"-".join(grid)}')
+def plan(args, grid, seeds, configs=None):
+    """Every (grid point x seed) -> Run, with a unique, file-safe run name. configs: stem ->
+    experiment file of the grid's 'config' axis (--configs), whose stem names the runs."""
+    stem = Path(args.params).stem if configs is None else '+'.join(configs)
+    keys = [k for k in grid if k != sweepspec.CONFIG_AXIS]
+    name = UNSAFE.sub('_', args.name or '-'.join([stem, *keys]))
     runs = []
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
         point = point_name(values)
         for seed in seeds:
             run_name = f'{name}/{point}_seed{seed}'
-            overrides = [*args.override, *(f'{k}={fmt(v)}' for k, v in values.items()),
+            overrides = [*args.override, *(f'{k}={fmt(values[k])}' for k in keys),
                          f'ctrl.seed={seed}', f'ctrl.run_name={run_name}']
-            runs.append(Run(run_name, point, values, seed, overrides))
+            runs.append(Run(run_name, point, values, seed, overrides,
+                            configs and configs[values[sweepspec.CONFIG_AXIS]]))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
@@ -142,19 +110,12 @@ def plan(args, grid, seeds):
     return name, runs
 
 
-def parse_seeds(text):
-    seeds = parse_values(text, '--seeds')
-    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ConfigError(f'--seeds {text!r} must be integers, e.g. 0,1,2')
-    return seeds
-
-
 # ----------------------------------------------------------------------------- before Ray
 
 def check_runs(params, runs):
     """Every run's config, validated here: a mistake stops the sweep before any work."""
     import main
-    cfgs = [config.load_config(params, run.overrides) for run in runs]
+    cfgs = [config.load_config(run.params or params, run.overrides) for run in runs]
     utils.import_tensorflow_quietly()
     for cfg in cfgs:
         main.check_names(cfg)
@@ -164,6 +125,7 @@ def check_runs(params, runs):
 def extract_features(cfgs):
     """Extract each distinct feature cache once, here, so that runs only read it."""
     import datasets
+    import fastdev
     import feat_extract
     seen = set()
     for cfg in cfgs:
@@ -171,7 +133,7 @@ def extract_features(cfgs):
                                                    'feat_ext')] + [cfg['extract']])
         if key not in seen:
             seen.add(key)
-            feat_extract.features(cfg, datasets.load(cfg)[0])
+            feat_extract.features(cfg, fastdev.fast_dev_clips(cfg, datasets.load(cfg)[0]))
 
 
 def run_dir(cfg):
@@ -273,7 +235,7 @@ def execute(ray, todo, params, cpus, gpus):
     from tqdm import tqdm
     remote = ray.remote(run_one).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
     cwd = os.getcwd()
-    pending = {remote.remote(cwd, params, run.overrides): run for run in todo}
+    pending = {remote.remote(cwd, run.params or params, run.overrides): run for run in todo}
     failed = {}
     with tqdm(total=len(todo), unit='run', desc='sweep', file=sys.stdout) as bar:
         while pending:
@@ -433,17 +395,19 @@ def sweep(args):
     if args.cpus_per_run <= 0 or args.gpus_per_run < 0:
         raise ConfigError(f'--cpus-per-run must be above 0 and --gpus-per-run not below 0 '
                           f'(got {args.cpus_per_run:g} and {args.gpus_per_run:g})')
-    grid = parse_grid(args.grid)
-    seeds = parse_seeds(args.seeds)
-    baseline = parse_baseline(args.baseline, grid) if args.baseline else {}
-    params = str(Path(args.params).resolve())
-    name, runs = plan(args, grid, seeds)
+    spec = sweepspec.resolve(args)  # the command line over its --spec file
+    grid, seeds, baseline = spec.grid, spec.seeds, spec.baseline
+    params = str(Path(spec.params).resolve()) if spec.params else None
+    configs = spec.configs and {k: str(Path(p).resolve()) for k, p in spec.configs.items()}
+    name, runs = plan(spec, grid, seeds, configs)
     cfgs = check_runs(params, runs)
     utils.configure_logging()
     # A run that ended is never run again: a finished one has its result, a diverged or
     # collapsed one would end so again with the same config and seed, and main.py refuses
     # to touch any of them (an unreadable results.json included).
-    ended = [status_of(read_results(cfg)) for cfg in cfgs]
+    found = [read_results(cfg) for cfg in cfgs]
+    sweepspec.check_one_kind(cfgs, found)  # dry runs and real ones are never summarised
+    ended = [status_of(f) for f in found]
     todo = [(run, cfg) for run, cfg, end in zip(runs, cfgs, ended) if end is None]
     skipped = ', '.join(f'{ended.count(s)} {s}' for s in ('failed', *STOPPED) if s in ended)
     print(f'sweep {name}: {len(runs)} runs ({len(runs) // len(seeds)} grid points x '
@@ -461,7 +425,7 @@ def sweep(args):
         finally:
             ray.shutdown()
     out = Path(cfgs[0]['ctrl']['logs_dir']) / 'sweeps' / name
-    frame = collect(runs, cfgs, failed, args.override)
+    frame = collect(runs, cfgs, failed, spec.override)
     summary, table = write_outputs(out, name, frame, grid, baseline)
     print(table)
     return verdict(frame, {run.name for run, _ in todo}, cfgs[0]['ctrl']['logs_dir'], name,

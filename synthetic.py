@@ -1,5 +1,5 @@
-"""Write a synthetic dataset in the FSDnoisy18k, FSDKaggle2018 or FSDKaggle2019 layout,
-for demos and tests.
+"""Write a synthetic dataset in the FSDnoisy18k, FSDKaggle2018, FSDKaggle2019, FSD50K,
+ARCA23K or csv layout, for demos and tests.
 
     python synthetic.py --out data/synthetic [--layout fsdkaggle2019] [--max-labels 2] ...
 
@@ -21,19 +21,34 @@ Layouts (--layout; the default fsdnoisy18k writes the same bytes as before layou
                        true_labels
                    DIR/FSDKaggle2019.meta/test_post_competition.csv  fname,labels,usage,
                        freesound_id,license
-In fsdkaggle2019, labels and true_labels are comma-joined class names in name order, quoted
+    fsd50k         DIR/FSD50K.dev_audio/  DIR/FSD50K.eval_audio/   (file <id>.wav, fname <id>)
+                   DIR/FSD50K.ground_truth/dev.csv   fname,labels,mids,split,true_labels
+                   DIR/FSD50K.ground_truth/eval.csv  fname,labels,mids
+                   DIR/FSD50K.ground_truth/vocabulary.csv  index,name,mid (no header)
+    arca23k        DIR/ARCA23K.audio/ (the unverified train clips: ARCA23K's train set)
+                   DIR/FSD50K.dev_audio/ (verified train clips: ARCA23K-FSD's; val clips)
+                   DIR/FSD50K.eval_audio/ (test clips)
+                   DIR/ARCA23K.ground_truth/{train,val,test}.csv  fname,label,mid
+                       (train.csv also true_label); DIR/ARCA23K-FSD.ground_truth/ the same
+    csv            DIR/audio/<id>.wav   DIR/clips.csv  fname (audio/<id>.wav),labels,
+                       verified,split (train/test),fold (1-5),true_labels
+Labels are class names: the layouts with an official vocabulary (fsdkaggle2018/2019) use
+its names, FSDnoisy18k's shared ones first; the others FSDnoisy18k's, then class_20, ...
+In fsd50k, the validation split is the last round(0.15 n) train clips of each class (at
+least one of two or more); in arca23k, the first half of each class's test clips validate
+(val.csv) and the verified train clips are ARCA23K-FSD's train set; in csv, folds 1-5 are
+dealt round-robin within each class, train clips first, so that each fold holds every class.
+In fsdkaggle2019, fsd50k and csv (the multi-label layouts), labels and true_labels are
+comma-joined class names in name order, quoted
 by the CSV writer; class names hold no commas. freesound_id is the clip's numeric id, the
 license one constant, and usage is Public for ids divisible by 5 (about a fifth, as in the
 real test sets), else Private.
 
-Each class is one recipe: a sound family (tonal, noise band, harmonic, chirp, impulsive,
-AM, FM) and a class-specific range of that family's key parameter (frequency, formant
-centre or rate). Classes of one family have neighbouring, disjoint ranges, so they are
-learnable from log-mel patches but not trivially; every clip draws its own parameters
-inside its class's range, its own envelope, level and background noise (SNR 5-30 dB).
+Each class is one recipe of synth_audio.py: a sound family and a class-specific range of
+its key parameter, so that classes are learnable from log-mel patches but not trivially.
 
 Labels: every class has train_per_class train clips (and test_per_class test clips) whose
-primary source is of that class; with --max-labels M (fsdkaggle2019 only) a clip also mixes
+primary source is of that class; with --max-labels M (multi-label layouts) a clip also mixes
 sources of other distinct classes (its number of labels uniform in 1..M) and is labelled
 with all of them. Per class, round(clean_fraction x train_per_class) train clips are the
 clean subset (manually_verified=1, or curated; correct labels). Of all other (noisy) train
@@ -57,10 +72,10 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pandas as pd
 import soundfile as sf
-from scipy.fft import next_fast_len
-from scipy.signal import fftconvolve
 
 from config import ConfigError
+from synth_audio import class_recipes, synth_mix
+import vocabularies
 from utils import atomic_path, atomic_write_text
 
 FSDNOISY18K_CLASSES = [
@@ -73,174 +88,16 @@ TRAIN_DIR, TEST_DIR, META_DIR = ('FSDnoisy18k.audio_train', 'FSDnoisy18k.audio_t
 MIN_SR = 16000  # the highest class range (noise bands up to 6 kHz + bandwidth) needs it
 
 
-def class_names(n_classes):
-    """The first FSDnoisy18k class names, then class_20, class_21, ..."""
-    return [FSDNOISY18K_CLASSES[k] if k < len(FSDNOISY18K_CLASSES) else f'class_{k}'
-            for k in range(n_classes)]
-
-
-# ----------------------------------------------------------------------------- recipes
-# Each synth function: (rng, n samples, sr, (low, high) class range, member index within
-# its family) -> float64 signal of n samples, any scale (the clip is rescaled later).
-
-def _log_uniform(rng, low, high):
-    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
-
-
-def _tonal(rng, n, sr, band, member):
-    t = np.arange(n) / sr
-    return np.sin(2 * np.pi * _log_uniform(rng, *band) * t + rng.uniform(0, 2 * np.pi))
-
-
-def _noise_band(rng, n, sr, band, member):
-    # Gaussian band-pass applied to a white spectrum: one inverse FFT, no filter design.
-    centre = _log_uniform(rng, *band)
-    half_width = centre * rng.uniform(0.05, 0.15)
-    spectrum, freqs = _white_spectrum(rng, n, sr)
-    return _to_time(spectrum * np.exp(-0.5 * ((freqs - centre) / half_width) ** 2), n)
-
-
-def _harmonic(rng, n, sr, band, member):
-    # The pitch is shared by all harmonic classes; the class is the formant (spectral
-    # envelope centre), a Gaussian bump half an octave wide on the partials. One period is
-    # tabulated and read at the pitch (the sum of sines per sample would be 30x slower).
-    f0 = _log_uniform(rng, 110, 440)
-    formant = _log_uniform(rng, *band)
-    harmonics = np.arange(1, 31)
-    gains = np.exp(-0.5 * (np.log2(f0 * harmonics / formant) / 0.5) ** 2)
-    gains[f0 * harmonics >= 0.45 * sr] = 0
-    phases = rng.uniform(0, 2 * np.pi, len(harmonics))
-    grid = np.arange(4096) / 4096
-    period = np.sin(2 * np.pi * grid[:, None] * harmonics + phases) @ gains
-    return np.interp(f0 * np.arange(n) / sr, grid, period, period=1)
-
-
-def _chirp(rng, n, sr, band, member):
-    # Repeated log sweeps across the class band; even members sweep up, odd ones down.
-    period = rng.uniform(0.15, 0.5)
-    low, high = band[0] * rng.uniform(1, 1.15), band[1] / rng.uniform(1, 1.15)
-    position = (np.arange(n) / sr / period + rng.uniform()) % 1
-    if member % 2:
-        position = 1 - position
-    return np.sin(2 * np.pi * np.cumsum(low * (high / low) ** position) / sr)
-
-
-def _impulsive(rng, n, sr, band, member):
-    # Decaying noise bursts at a class-specific rate (Hz), with +-15 % jitter.
-    rate = _log_uniform(rng, *band)
-    gaps = rng.uniform(0.85, 1.15, int(n / sr * rate) + 2) / rate
-    onsets = (np.cumsum(gaps) - gaps[0] * rng.uniform()) * sr
-    onsets = onsets[(onsets >= 0) & (onsets < n)].astype(int)
-    train = np.zeros(n)
-    train[onsets] = rng.uniform(0.5, 1, len(onsets))
-    tau = rng.uniform(0.002, 0.008) * sr
-    burst = rng.standard_normal(int(5 * tau) + 1) * np.exp(-np.arange(int(5 * tau) + 1) / tau)
-    return fftconvolve(train, burst)[:n]
-
-
-def _am(rng, n, sr, band, member):
-    # The carrier is shared by all AM classes; the class is the modulation rate (Hz).
-    t = np.arange(n) / sr
-    carrier = np.sin(2 * np.pi * _log_uniform(rng, 300, 3000) * t)
-    depth = rng.uniform(0.7, 1)
-    phase = 2 * np.pi * _log_uniform(rng, *band) * t + rng.uniform(0, 2 * np.pi)
-    return (1 - depth * (0.5 + 0.5 * np.cos(phase))) * carrier
-
-
-def _fm(rng, n, sr, band, member):
-    # Vibrato of 3-8 % at 3-8 Hz around a class-specific carrier.
-    t = np.arange(n) / sr
-    vibrato = rng.uniform(0.03, 0.08) * np.sin(2 * np.pi * rng.uniform(3, 8) * t)
-    frequency = _log_uniform(rng, *band) * (1 + vibrato)
-    return np.sin(2 * np.pi * np.cumsum(frequency) / sr)
-
-
-# family: (synth function, low, high) of the range that the family's classes split.
-FAMILIES = {
-    'tonal': (_tonal, 250.0, 3000.0),
-    'noise_band': (_noise_band, 400.0, 6000.0),
-    'harmonic': (_harmonic, 500.0, 4000.0),
-    'chirp': (_chirp, 300.0, 4000.0),
-    'impulsive': (_impulsive, 2.0, 16.0),
-    'am': (_am, 2.0, 16.0),
-    'fm': (_fm, 400.0, 4000.0),
-}
-
-
-def _bands(low, high, n):
-    """n neighbouring log-spaced bands of [low, high], each shrunk by 5 % (in log) per side
-    so that neighbours are close but never overlap."""
-    edges = np.geomspace(low, high, n + 1)
-    shrink = (high / low) ** (0.05 / n)
-    return [(a * shrink, b / shrink) for a, b in zip(edges[:-1], edges[1:])]
-
-
-def class_recipes(n_classes):
-    """Class k -> (family, (low, high), member): families are dealt round-robin."""
-    names = list(FAMILIES)
-    recipes = [None] * n_classes
-    for f, family in enumerate(names):
-        members = list(range(f, n_classes, len(names)))
-        if not members:  # fewer classes than families
-            break
-        _, low, high = FAMILIES[family]
-        for member, (k, band) in enumerate(zip(members, _bands(low, high, len(members)))):
-            recipes[k] = (family, band, member)
-    return recipes
-
-
-def _white_spectrum(rng, n, sr):
-    """Complex Gaussian rfft spectrum of white noise of a fast FFT length >= n, with its
-    frequencies; _to_time cuts the signal back to n (prime lengths are slow to FFT)."""
-    size = next_fast_len(n, real=True)
-    bins = size // 2 + 1
-    spectrum = rng.standard_normal(bins) + 1j * rng.standard_normal(bins)
-    return spectrum, np.fft.rfftfreq(size, 1 / sr)
-
-
-def _to_time(spectrum, n):
-    # irfft's default length 2 (bins - 1) is one short of an odd FFT length; when that
-    # odd length is n itself, ask for n samples (every other length is unchanged).
-    return np.fft.irfft(spectrum, max(n, 2 * (spectrum.size - 1)))[:n]
-
-
-def _pink_noise(rng, n, sr):
-    spectrum, freqs = _white_spectrum(rng, n, sr)
-    spectrum[0] = 0
-    spectrum[1:] /= np.sqrt(freqs[1:])
-    return _to_time(spectrum, n)
-
-
-def _envelope(rng, n, sr):
-    """Linear attack (5-50 ms), exponential decay (time constant 0.5-3 x the clip),
-    10 ms fade-out so that no clip ends on a click."""
-    t = np.arange(n) / sr
-    attack = rng.uniform(0.005, 0.05)
-    decay = rng.uniform(0.5, 3) * n / sr
-    env = np.minimum(t / attack, 1) * np.exp(-t / decay)
-    return env * np.minimum((n - 1 - np.arange(n)) / (0.01 * sr), 1)
-
-
-def synth_mix(rng, recipes, n, sr):
-    """One clip of the sources of several class recipes: each source is signal x envelope;
-    several are brought to unit RMS (so that none drowns the others) and summed; then a
-    pink background at 5-30 dB SNR and a peak of 0.1-0.9."""
-    sources = [FAMILIES[family][0](rng, n, sr, band, member) * _envelope(rng, n, sr)
-               for family, band, member in recipes]
-    # A lone source is left as it is: the clip is rescaled at the end anyway, and the
-    # single-label datasets stay byte-identical to those written before mixing existed.
-    signal = sources[0] if len(sources) == 1 else sum(
-        source / (np.sqrt(np.mean(source ** 2)) + 1e-12) for source in sources)
-    noise = _pink_noise(rng, n, sr)
-    snr_db = rng.uniform(5, 30)
-    scale = np.sqrt(np.mean(signal ** 2) / (np.mean(noise ** 2) * 10 ** (snr_db / 10) + 1e-20))
-    clip = signal + scale * noise
-    return clip * rng.uniform(0.1, 0.9) / (np.max(np.abs(clip)) + 1e-12)
-
-
-def synth_clip(rng, recipe, n, sr):
-    """One clip of a class recipe: signal x envelope + pink background, peak 0.1-0.9."""
-    return synth_mix(rng, [recipe], n, sr)
+def class_names(n_classes, layout='fsdnoisy18k'):
+    """The first FSDnoisy18k class names, then class_20, class_21, ...; for a layout with
+    an official vocabulary, its names: those FSDnoisy18k shares with it first, then the
+    others in name order."""
+    vocabulary = LAYOUTS[layout].vocabulary
+    if vocabulary is None:
+        return [FSDNOISY18K_CLASSES[k] if k < len(FSDNOISY18K_CLASSES) else f'class_{k}'
+                for k in range(n_classes)]
+    shared = [name for name in FSDNOISY18K_CLASSES if name in vocabulary]
+    return (shared + [name for name in vocabulary if name not in shared])[:n_classes]
 
 
 # ----------------------------------------------------------------------------- clips
@@ -262,11 +119,16 @@ def _check_args(n_classes, train_per_class, test_per_class, clean_fraction, nois
                                  f'{min_dur} and {max_dur}'),
         (sr >= MIN_SR, f'sr must be at least {MIN_SR} Hz, got {sr}'),
         (layout in LAYOUTS, f'layout {layout!r} is unknown; valid: {", ".join(LAYOUTS)}'),
-        (max_labels == 1 or layout == 'fsdkaggle2019',
-         f'max_labels {max_labels} needs the multi-label layout fsdkaggle2019'),
+        (max_labels == 1 or layout not in LAYOUTS or LAYOUTS[layout].multi_label,
+         f'max_labels {max_labels} needs a multi-label layout: '
+         f'{", ".join(name for name, spec in LAYOUTS.items() if spec.multi_label)}'),
         (1 <= max_labels < n_classes, f'max_labels must be in [1, n_classes - 1] (a wrong '
                                       f'label must exist), got {max_labels}'),
     ]
+    vocabulary = LAYOUTS[layout].vocabulary if layout in LAYOUTS else None
+    if vocabulary is not None:
+        checks.append((n_classes <= len(vocabulary), f'layout {layout} has {len(vocabulary)} '
+                                                     f'classes, got n_classes {n_classes}'))
     low, high = _length_range(min_dur, max_dur, sr)
     checks.append((0 < low <= high, f'no clip length of a whole number of samples lies '
                                     f'between min_dur {min_dur} and max_dur {max_dur}'))
@@ -384,29 +246,111 @@ def _fsdkaggle2019_tables(train, test, names):
                           'usage': _usage(test.fname), **_provenance(test.fname)})]
 
 
+def _ids(fnames):
+    """FSD50K / ARCA23K name a clip by its Freesound id, without the .wav."""
+    return [int(f.split('.')[0]) for f in fnames]
+
+
+def _fsd50k_tables(train, test, names):
+    mids = [f'/m/syn{k:02d}' for k in range(len(names))]
+    dev = pd.DataFrame({'fname': _ids(train.fname), 'labels': _joined(names, train.labels),
+                        'mids': _joined(mids, train.labels),
+                        'split': np.where(train.val, 'val', 'train'),
+                        'true_labels': _joined(names, train.true)})
+    vocabulary = pd.DataFrame({'index': range(len(names)), 'name': names, 'mid': mids})
+    return [dev, pd.DataFrame({'fname': _ids(test.fname), 'labels': _joined(names, test.true),
+                               'mids': _joined(mids, test.true)}),
+            vocabulary.to_csv(index=False, header=False)]
+
+
+def _arca23k_tables(train, test, names):
+    mids = [f'/m/syn{k:02d}' for k in range(len(names))]
+
+    def table(clips, labels, truth=None):
+        frame = pd.DataFrame({'fname': _ids(clips.fname), 'label': _name(names, labels),
+                              'mid': _name(mids, labels)})
+        return frame if truth is None else frame.assign(true_label=_name(names, truth))
+    noisy, clean = train[train.verified == 0], train[train.verified == 1]
+    val, test = test[test.val], test[~test.val]
+    shared = [table(val, val.true), table(test, test.true)]
+    return [table(noisy, noisy.labels, noisy.true), *shared, table(clean, clean.true), *shared]
+
+
+FOLDS = 5  # the csv layout's official folds
+
+
+def _csv_tables(train, test, names):
+    clips = pd.concat([train.assign(split='train'),
+                       test.assign(labels=test.true, verified=1, split='test')],
+                      ignore_index=True)
+    # Folds dealt round-robin within each class (by the clip's first true class), train
+    # clips first: every fold holds every class, as in ESC-50.
+    primary = clips.true.map(lambda classes: classes[0])
+    fold = clips.groupby(primary).cumcount() % FOLDS + 1
+    return [pd.DataFrame({'fname': 'audio/' + clips.fname, 'labels': _joined(names, clips.labels),
+                          'verified': clips.verified, 'split': clips.split, 'fold': fold,
+                          'true_labels': _joined(names, clips.true)})]
+
+
 class Layout(NamedTuple):
     meta: str             # metadata folder
     train_dirs: tuple     # audio folders of the (verified, unverified) train clips
     test_dir: str
     csvs: tuple           # metadata files, in the order that tables returns them
     tables: Callable
+    vocabulary: tuple = None  # the official class names the dataset's labels must be in
+    multi_label: bool = False  # clips may mix several classes (--max-labels)
+    val_dir: str = None   # the validation clips (half of each class's test clips) go here
+    val_from_train: bool = False  # the validation clips are a share of the train clips
 
 
+ARCA = ('ARCA23K.ground_truth', 'ARCA23K-FSD.ground_truth')
 LAYOUTS = {
     'fsdnoisy18k': Layout(META_DIR, (TRAIN_DIR, TRAIN_DIR), TEST_DIR, ('train.csv', 'test.csv'),
                           _fsdnoisy18k_tables),
     'fsdkaggle2018': Layout(
         'FSDKaggle2018.meta', ('FSDKaggle2018.audio_train',) * 2, 'FSDKaggle2018.audio_test',
         ('train_post_competition.csv', 'test_post_competition_scoring_clips.csv'),
-        _fsdkaggle2018_tables),
+        _fsdkaggle2018_tables, vocabularies.FSDKAGGLE2018),
     'fsdkaggle2019': Layout(
         'FSDKaggle2019.meta',
         ('FSDKaggle2019.audio_train_curated', 'FSDKaggle2019.audio_train_noisy'),
         'FSDKaggle2019.audio_test',
         ('train_curated_post_competition.csv', 'train_noisy_post_competition.csv',
          'test_post_competition.csv'),
-        _fsdkaggle2019_tables),
+        _fsdkaggle2019_tables, vocabularies.FSDKAGGLE2019, multi_label=True),
+    'fsd50k': Layout('FSD50K.ground_truth', ('FSD50K.dev_audio',) * 2, 'FSD50K.eval_audio',
+                     ('dev.csv', 'eval.csv', 'vocabulary.csv'), _fsd50k_tables,
+                     multi_label=True, val_from_train=True),
+    'arca23k': Layout('.', ('FSD50K.dev_audio', 'ARCA23K.audio'), 'FSD50K.eval_audio',
+                      tuple(f'{meta}/{name}.csv' for meta in ARCA
+                            for name in ('train', 'val', 'test')),
+                      _arca23k_tables, val_dir='FSD50K.dev_audio'),
+    'csv': Layout('.', ('audio', 'audio'), 'audio', ('clips.csv',), _csv_tables,
+                  multi_label=True),
 }
+
+VAL_SHARE = 0.15  # fsd50k: of each class's train clips, round(share x n), at least 1 of 2+
+
+
+def _val_of_train(primary):
+    """fsd50k's validation clips: the last round(VAL_SHARE x n) train clips of each class
+    (at least one where a class has two, never its only one); no draw, so that the other
+    layouts stay as they were."""
+    val = np.zeros(len(primary), bool)
+    for c in np.unique(primary):
+        members = np.flatnonzero(primary == c)
+        n_val = min(max(1, round(VAL_SHARE * members.size)), members.size - 1)
+        val[members[members.size - n_val:]] = True
+    return val
+
+
+def _val_of_test(primary):
+    """arca23k's validation clips: the first half (rounded down) of each class's test
+    clips."""
+    rank = pd.Series(primary).groupby(primary).cumcount().to_numpy()
+    counts = np.bincount(primary)[primary]
+    return rank < counts // 2
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -424,7 +368,7 @@ def make_dataset(out, n_classes=20, train_per_class=40, test_per_class=10,
                           f'or delete this one')
     started = time.time()
     rng = np.random.default_rng(seed)
-    names, recipes = class_names(n_classes), class_recipes(n_classes)
+    names, recipes = class_names(n_classes, layout), class_recipes(n_classes)
     true, label, verified, noisy_small = _train_labels(rng, n_classes, train_per_class,
                                                        clean_fraction, noise_rate, max_labels)
     test_true = _label_sets(rng, np.repeat(np.arange(n_classes), test_per_class), n_classes,
@@ -434,14 +378,21 @@ def make_dataset(out, n_classes=20, train_per_class=40, test_per_class=10,
     train = pd.DataFrame({'fname': fnames[:len(true)], 'labels': label, 'true': true,
                           'verified': verified, 'noisy_small': noisy_small})
     test = pd.DataFrame({'fname': fnames[len(true):], 'true': test_true})
-    for folder in {*spec.train_dirs, spec.test_dir}:
+    train['val'] = (_val_of_train(np.array([c[0] for c in true])) if spec.val_from_train
+                    else False)
+    test['val'] = (_val_of_test(np.array([c[0] for c in test_true], int)) if spec.val_dir
+                   else False)
+    for folder in {*spec.train_dirs, spec.test_dir, *([spec.val_dir] if spec.val_dir else [])}:
         (out / folder).mkdir(parents=True, exist_ok=True)
     clips = ([(spec.train_dirs[1 - v], f, c) for f, c, v in zip(train.fname, true, verified)]
-             + [(spec.test_dir, f, c) for f, c in zip(test.fname, test_true)])
+             + [(spec.val_dir if v else spec.test_dir, f, c)
+                for f, c, v in zip(test.fname, test_true, test.val)])
     _write_audio(rng, out, clips, recipes, min_dur, max_dur, sr)
-    # Rows sorted by id, so that no consumer can rely on a class-grouped order.
+    # Rows sorted by id, so that no consumer can rely on a class-grouped order; a table
+    # given as text (FSD50K's vocabulary.csv, without a header) is written as it is.
     for name, table in zip(spec.csvs, spec.tables(train, test, names)):
-        atomic_write_text(meta / name, table.sort_values('fname').to_csv(index=False))
+        atomic_write_text(meta / name, table if isinstance(table, str) else
+                          table.sort_values('fname').to_csv(index=False))
     n_noisy = int((verified == 0).sum())
     n_wrong = sum(a != b for a, b in zip(label, true))
     per_clip = f', 1-{max_labels} labels per clip' if max_labels > 1 else ''
@@ -458,8 +409,9 @@ HELP = {
     'noise_rate': 'fraction of the noisy (unverified) train clips with a wrong label',
     'min_dur': 'shortest clip, seconds', 'max_dur': 'longest clip, seconds',
     'sr': 'sample rate, Hz',
-    'layout': 'folders and CSVs of: fsdnoisy18k, fsdkaggle2018 or fsdkaggle2019',
-    'max_labels': 'most labels (mixed sources) per clip; fsdkaggle2019 only',
+    'layout': 'folders and CSVs of: ' + ', '.join(LAYOUTS),
+    'max_labels': 'most labels (mixed sources) per clip; multi-label layouts only (' +
+                  ', '.join(name for name, spec in LAYOUTS.items() if spec.multi_label) + ')',
 }
 
 

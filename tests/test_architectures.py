@@ -185,3 +185,49 @@ def test_baseline_learns_two_blobs():
                   metrics=['accuracy'])
     history = model.fit(x, y, batch_size=32, epochs=5, verbose=0)
     assert history.history['accuracy'][-1] > 0.9
+
+
+def _all_batch_norms(model):
+    """Every BatchNormalization layer, nested models included (walked here, not by the
+    code under test)."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found += _all_batch_norms(layer)
+    return found
+
+
+@pytest.mark.parametrize('name, shape, more', [
+    ('baseline', SHAPE, {}), ('DenSE', SHAPE, {}), ('cnn_gru', (None, 64, 1), {}),
+    ('vgg_gap', (None, 64, 1), {}), ('vgg_gap', (None, 64, 1), {'multitask': True}),
+    ('cnn_gru', (None, 64, 1), {'head': 'sigmoid_sparsemax'})])
+def test_every_batch_norm_takes_learn_bn_momentum_and_epsilon(name, shape, more):
+    model = architectures.build(name, shape, 5, {**LEARN, **more, 'bn_momentum': 0.9,
+                                                 'bn_epsilon': 1e-4})
+    norms = _all_batch_norms(model)
+    assert norms and all((bn.momentum, bn.epsilon) == (0.9, 1e-4) for bn in norms)
+    default = _all_batch_norms(architectures.build(name, shape, 5, {**LEARN, **more}))
+    assert len(default) == len(norms)
+    assert all((bn.momentum, bn.epsilon) == (0.99, 1e-3) for bn in default)  # Keras's
+
+
+def test_batch_norm_constants_act_in_training_and_inference():
+    """DenSE's first layer normalises the input itself: after one training call its
+    moving statistics are momentum * initial + (1 - momentum) * the batch's (numpy), and
+    inference divides by sqrt(moving variance + epsilon)."""
+    model = architectures.build('DenSE', SHAPE, 4, {**LEARN, 'bn_momentum': 0.9,
+                                                    'bn_epsilon': 1e-4})
+    bn = _all_batch_norms(model)[0]
+    x = np.random.default_rng(0).normal(2.0, 3.0, (3,) + SHAPE).astype('float32')
+    model(x, training=True)
+    mean, var = x.mean(), x.var()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), [0.1 * mean],
+                               rtol=1e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance),
+                               [0.9 + 0.1 * var], rtol=1e-4)
+    probe = keras.Model(model.input, bn.output)
+    got = keras.ops.convert_to_numpy(probe(x[:1], training=False))
+    mm, mv = 0.1 * mean, 0.9 + 0.1 * var
+    np.testing.assert_allclose(got, (x[:1] - mm) / np.sqrt(mv + 1e-4), rtol=1e-4, atol=1e-5)

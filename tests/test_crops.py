@@ -116,7 +116,7 @@ def test_specaugment_masks_training_batches_only(clips, crop_setup):
     src = _source(clips, crop_setup, crop_frames=9)
     rng = np.random.default_rng(4)
     plan = augment.augment_plan(rng, _plan(rng, n_steps=3, batch=6), max_shift=3,
-                             specaugment=(2, 2, 2, 3), n_mels=clips['n_mels'], length=9)
+                             specaugment=(2, 2, 2, 3, 0), n_mels=clips['n_mels'], length=9)
     for step in range(3):
         a = {k: ops.convert_to_tensor(v[step]) for k, v in plan.as_dict().items()}
         x = np.asarray(src.train_batch(**a).x)[..., 0]
@@ -152,7 +152,7 @@ def test_mask_wider_than_the_input_is_refused(make_cfg, key, value, size_key):
                                           f'{size_key}'):
         make_cfg(f'learn.specaugment.{key}={value}')
     cfg = make_cfg('learn.specaugment={freq_masks: 2, freq_width: 8}')
-    assert augment.specaugment(cfg['learn']) == (2, 8, 0, 0)
+    assert augment.specaugment(cfg['learn']) == (2, 8, 0, 0, 0)
 
 
 @pytest.mark.parametrize('model', ['baseline', 'DenSE'])
@@ -212,3 +212,123 @@ def test_whole_clip_prediction_equals_one_call_per_clip(clips, crop_setup, make_
         x = (_fixed_clip(clips, row, clip_frames) - mean) / std
         alone = np.asarray(model(x[None, :, :, None], training=False)['scores'])[0]
         np.testing.assert_allclose(score, alone, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- short clips
+
+def _patch_source(clips):
+    """Patches of 8 frames, hop 3, of clips of 5, 8, 20, 0, 14 and 1 frames: the clips of
+    5 and 1 frames are shorter than a patch (one patch each, at offset 0)."""
+    p = data.make_patches(clips['starts'], clips['lengths'], clips['patch_len'],
+                          clips['patch_hop'])
+    table = pd.DataFrame({'label_idx': [0, 1, 2, 0, 1, 2], 'verified': 1,
+                          'labels_idx': [(0,), (1,), (2,), (0,), (1,), (2,)]})
+    mean, std = np.zeros(clips['n_mels'], np.float32), np.ones(clips['n_mels'], np.float32)
+    return p, data.PatchSource(clips['frames'], p, table, mean, std, np.zeros(3, np.float32),
+                               clips['patch_len'], False)
+
+
+def test_short_clips_get_random_cyclic_shifts_of_the_wrapped_clip(clips):
+    """A training patch of a clip shorter than the patch is a random cyclic shift of the
+    wrapped clip each time it is drawn (np.roll of the clip, repeated to the patch
+    length); patches of longer clips keep shift 0."""
+    p, src = _patch_source(clips)
+    L = clips['patch_len']
+    rng = np.random.default_rng(4)
+    plan = augment.augment_plan(rng, sampling.plan_epoch(rng, np.arange(p.clip.size), 4,
+                                                         mixup=True, alpha=0.3),
+                                length=L, clen=p.clen)
+    for idx, shift in ((plan.idx, plan.shift), (plan.partner, plan.partner_shift)):
+        short = p.clen[idx] < L
+        assert np.all(shift[~short] == 0) and np.all(shift[short] < p.clen[idx][short])
+    seen = set()
+    for _ in range(30):  # the 5-frame clip's shifts over epochs: every one of 0..4
+        again = augment.augment_plan(rng, sampling.plan_epoch(rng, np.arange(p.clip.size), 4),
+                                     length=L, clen=p.clen)
+        seen |= set(again.shift[p.clip[again.idx] == 0].tolist())
+    assert seen == {0, 1, 2, 3, 4}
+    idx, shift = plan.idx.ravel(), plan.shift.ravel()
+    got = np.asarray(src.inputs(ops.convert_to_tensor(idx.astype(np.int32)),
+                                ops.convert_to_tensor(shift)))[..., 0]
+    for k, (i, s) in enumerate(zip(idx, shift)):
+        c = p.clip[i]
+        own = clips['frames'][clips['starts'][c]:clips['starts'][c] + clips['lengths'][c]]
+        expected = (np.resize(np.roll(own, -s, axis=0), (L, clips['n_mels'])) if own.shape[0] < L
+                    else own[p.offset[i]:p.offset[i] + L])
+        np.testing.assert_allclose(got[k], expected, rtol=1e-6)
+
+
+def test_clips_at_least_as_long_as_the_patch_draw_no_shift(clips):
+    """Without short clips in the plan nothing is drawn: those runs keep their batches."""
+    p, _ = _patch_source(clips)
+    long_patches = np.flatnonzero(p.clen >= clips['patch_len'])
+    rng, plain = np.random.default_rng(8), np.random.default_rng(8)
+    plan = augment.augment_plan(rng, sampling.plan_epoch(rng, long_patches, 4),
+                                length=clips['patch_len'], clen=p.clen)
+    reference = augment.augment_plan(plain, sampling.plan_epoch(plain, long_patches, 4))
+    np.testing.assert_array_equal(plan.shift, 0)
+    np.testing.assert_array_equal(plan.idx, reference.idx)
+    assert rng.random() == plain.random()
+
+
+# ----------------------------------------------------------------------------- time warp
+
+def _reference_warp(x, p, w):
+    """x [T, F] warped in time, written with numpy: the source time of output frame t is
+    the piecewise-linear map through (0, 0), (p + w, p), (T - 1, T - 1); each band is read
+    there by linear interpolation (np.interp)."""
+    steps = x.shape[0]
+    t = np.arange(steps, dtype=np.float64)
+    s = np.interp(t, [0, p + w, steps - 1], [0, p, steps - 1])
+    return np.stack([np.interp(s, t, x[:, f]) for f in range(x.shape[1])], axis=1)
+
+
+@pytest.mark.parametrize('p, w', [(10, 4), (10, -4), (5, 0), (6, -5), (21, 5), (1, 0)])
+def test_time_warp_against_a_reference_warp(p, w):
+    x = np.random.default_rng(p + w).normal(size=(2, 28, 6, 1)).astype(np.float32)
+    warp = np.array([[p, w], [0, 0]], np.int64)  # the second example: no warp
+    got = np.asarray(augment.time_warp(ops, ops.convert_to_tensor(x),
+                                       ops.convert_to_tensor(warp)))
+    np.testing.assert_allclose(got[0, ..., 0], _reference_warp(x[0, ..., 0], p, w),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[1], x[1], rtol=1e-6)
+    if w:
+        assert np.abs(got[0] - x[0]).max() > 0.1  # moved, not left as it was
+    np.testing.assert_allclose(got[0, [0, -1]], x[0, [0, -1]], rtol=1e-6)  # ends stay
+
+
+def test_warp_points_lie_in_the_papers_ranges_and_are_drawn_only_when_on():
+    rng = np.random.default_rng(0)
+    points = augment.warp_points(rng, (50, 16), 5, 28)
+    p, w = points[..., 0], points[..., 1]
+    assert p.min() == 6 and p.max() == 21  # (W, T - 1 - W) open
+    assert w.min() == -5 and w.max() == 5 and np.all(p + w >= 1) and np.all(p + w <= 26)
+    plan = augment.augment_plan(np.random.default_rng(1), _plan(np.random.default_rng(0)),
+                                specaugment=(0, 0, 0, 0, 5), length=28)
+    assert plan.warp.shape == (40, 8, 2)
+    rng = np.random.default_rng(2)
+    off = augment.augment_plan(rng, _plan(np.random.default_rng(0)), length=28)
+    assert off.warp.shape == (40, 8, 0) and rng.random() == np.random.default_rng(2).random()
+
+
+def test_training_batches_are_warped_before_masking(clips):
+    """PatchSource.train_batch applies the planned warp (then the masks) to the training
+    inputs, against the reference warp of the numpy patch."""
+    p, src = _patch_source(clips)
+    L = clips['patch_len']
+    idx = np.array([1, 2, 4, 6])  # patches of clips 1 and 2 (>= 8 frames)
+    warp = np.array([[3, 2], [4, -3], [2, 1], [3, 0]])
+    batch = src.train_batch(ops.convert_to_tensor(idx), ops.convert_to_tensor(idx),
+                            ops.ones((4,)), warp=ops.convert_to_tensor(warp))
+    got = np.asarray(batch.x)[..., 0]
+    rows = p.frame_rows(idx, L)
+    for k in range(len(idx)):
+        np.testing.assert_allclose(got[k], _reference_warp(clips['frames'][rows[k]],
+                                                           *warp[k]), rtol=1e-5, atol=1e-5)
+
+
+def test_time_warp_too_wide_for_the_input_is_refused(make_cfg):
+    make_cfg('learn.specaugment.time_warp=48')  # patch_len 100: 2 x 48 + 3 = 99
+    with pytest.raises(ConfigError, match=r'learn.specaugment.time_warp = 49 needs '
+                                          r'extract.patch_len of at least 2 x 49 \+ 3 = 101'):
+        make_cfg('learn.specaugment.time_warp=49')

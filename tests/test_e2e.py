@@ -104,6 +104,12 @@ def test_mode0_writes_every_artefact(mode0):
     results = json.loads((run_dir / 'results.json').read_text())
     assert {'accuracy_micro', 'n_files_evaluated', 'n_files_listed', 'per_class',
             'wall_time_s'} <= set(results)
+    # The model and its trainable parameters, counted in the saved model's arrays.
+    import keras
+    saved_model = keras.saving.load_model(run_dir / 'model.keras', compile=False)
+    n_params = sum(np.asarray(w).size for w in saved_model.trainable_weights)
+    assert results['model'] == 'baseline' and results['n_trainable_params'] == n_params
+    assert f'model: baseline, {n_params} trainable parameters' in log
     # best_val only picks among the mixup epochs (3 and 4), the best of them.
     assert results['model_selection'] == 'best_val'
     mixup_epochs = hist[hist.epoch >= 3]
@@ -458,17 +464,18 @@ def test_random_crops_train_and_whole_clips_predict(workspace, monkeypatch, mode
 
 
 def test_random_crops_on_the_device_path(workspace, monkeypatch):
-    """Crop offsets and SpecAugment masks gathered inside the compiled step; whole clips
-    validated from the resident frames. (XLA and float16, which change how the same step
-    is compiled, are left to test_gpu_code_paths_run_on_cpu: with the GRU they take half a
-    minute on 2 CPU cores.)"""
+    """Crop offsets, SpecAugment's time warp and masks applied inside the compiled step;
+    whole clips validated from the resident frames. (XLA and float16, which change how the
+    same step is compiled, are left to test_gpu_code_paths_run_on_cpu: with the GRU they
+    take half a minute on 2 CPU cores.)"""
     _, clean, _ = workspace
     _narrow(monkeypatch)
     code, log, run_dir = run(workspace, 'crop_device', clean,
                              ['learn.model=cnn_gru', 'extract.crop=random_crop',
                               *CROPS['cnn_gru'], 'learn.frames_on_device=always',
                               'learn.mixup=true', 'learn.specaugment.time_masks=2',
-                              'learn.specaugment.time_width=6', 'learn.n_epochs=1'])
+                              'learn.specaugment.time_width=6', 'learn.specaugment.time_warp=4',
+                              'learn.n_epochs=1'])
     assert code == 0, log[-2000:]
     assert 'frames on the device' in log and ACCURACY.search(log)
     hist = history(run_dir)

@@ -1,5 +1,5 @@
 """LR schedules and snapshots, k-fold ensembles and self-verification: units against
-numpy written here, independently of callbacks.py / eval.py / self_verify.py."""
+numpy written here, independently of schedules.py / eval.py / self_verify.py."""
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -7,10 +7,10 @@ import keras
 import numpy as np
 import pytest
 
-import callbacks
 import config
 import splits
 import learn
+import schedules
 from results import Results
 
 
@@ -28,8 +28,8 @@ def test_cyclic_cosine_lr_per_epoch_and_a_snapshot_at_each_cycle_end():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer=keras.optimizers.Adam(0.5), loss='mse')
     saved, recorder = [], _Recorder()
-    schedule = [callbacks.EpochLR(lambda e: callbacks.cosine_lr(e, lr_max, lr_min, length)),
-                callbacks.Snapshots(length, cycles, saved.append), recorder]
+    schedule = [schedules.EpochLR(lambda e: schedules.cosine_lr(e, lr_max, lr_min, length)),
+                schedules.Snapshots(length, cycles, saved.append), recorder]
     x = np.zeros((4, 3), np.float32)
     model.fit(x, x[:, :2], epochs=length * cycles + 2, verbose=0, callbacks=schedule)
     # Akiyama & Sato: each cycle restarts at lr and anneals to lr_min by half a cosine.
@@ -42,7 +42,7 @@ def test_cyclic_cosine_lr_per_epoch_and_a_snapshot_at_each_cycle_end():
 
 
 def test_linear_decay_after_the_constant_epochs():
-    got = [callbacks.linear_decay_lr(e, 2e-4, 5, 30) for e in range(30)]
+    got = [schedules.linear_decay_lr(e, 2e-4, 5, 30) for e in range(30)]
     expected = np.where(np.arange(30) < 5, 2e-4, 2e-4 * (1 - (np.arange(30) - 5) / 25))
     np.testing.assert_allclose(got, expected)
 

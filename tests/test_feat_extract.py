@@ -416,3 +416,53 @@ def test_unwritable_features_folder_is_one_line(wav_clips, monkeypatch):
         fe.features(cfg, table, progress=False)
     assert str(err.value).startswith('cannot create the feature cache folder ')
     assert 'Permission denied (ctrl.features_dir)' in str(err.value)
+
+
+# ----------------------------------------------------------------------------- extract.window
+
+# Periodic windows of length n, written out (the DCASE systems' Hann; Blackman).
+WINDOWS = {
+    'hann': lambda n: 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n),
+    'blackman': lambda n: (0.42 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
+                           + 0.08 * np.cos(4 * np.pi * np.arange(n) / n)),
+    'hamming': lambda n: 0.54 - 0.46 * np.cos(2 * np.pi * np.arange(n) / n),
+}
+
+
+@pytest.mark.parametrize('window', list(WINDOWS))
+def test_window_frames_against_librosa_stft_with_that_window(window):
+    sr, n = 16000, 6000
+    y = (_sine(700, n, sr) + 0.01 * np.random.default_rng(3).standard_normal(n))
+    y = y.astype(np.float32)
+    params = _params(window=window)
+    stft = librosa.stft(y + params['eps'], n_fft=512, hop_length=160, win_length=400,
+                        window=WINDOWS[window](400), center=True, pad_mode='reflect')
+    mel = librosa.filters.mel(sr=sr, n_fft=512, n_mels=40, fmin=0, fmax=8000, htk=False,
+                              norm=None) @ (np.abs(stft) ** 2)
+    ref = np.log10(mel + params['eps']).T
+    out = fe.log_mel(y, params)
+    np.testing.assert_allclose(out, ref, rtol=1e-4)
+    if window != 'hamming':  # the window is really applied: other frames than Hamming's
+        assert np.abs(out - fe.log_mel(y, _params())).max() > 0.01
+
+
+def test_window_is_part_of_the_cache_key_and_hamming_keeps_the_old_key(wav_clips):
+    import hashlib
+    cfg, table = wav_clips
+    default = fe.cache_dir(cfg, table)
+    # The key as it was formed before extract.window existed (no 'window' entry).
+    root = os.path.normpath(cfg['ctrl']['dataset_path'])
+    clips = [os.path.relpath(os.path.abspath(p), os.path.abspath(root)) for p in table.path]
+    params = {k: v for k, v in cfg['extract'].items()
+              if k not in fe.PATCH_KEYS and k != 'window'}
+    old = hashlib.sha1(json.dumps({'extract': params, 'clips': clips}, sort_keys=True,
+                                  separators=(',', ':')).encode()).hexdigest()[:12]
+    assert default.name == old
+    cfg['extract']['window'] = 'hann'
+    assert fe.cache_dir(cfg, table) != default
+
+
+def test_unknown_window_is_refused(make_cfg):
+    with pytest.raises(ConfigError, match=r"extract.window is 'kaiser'; valid values: hamming, "
+                                          r'hann'):
+        make_cfg('extract.window=kaiser')

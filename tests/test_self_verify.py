@@ -86,13 +86,14 @@ class _Offsets:
 
     def integers(self, low, high):
         self.low, self.high = low, np.asarray(high)
-        return (np.arange(self.high.size) * 5 + 2) % self.high
+        return (np.arange(self.high.size) * 3 + 2) % self.high
 
 
 def test_excerpt_posteriors_average_the_model_over_random_excerpts(clips):
     """K excerpts of the training input length per clip, each starting at 0..length - L
-    (clips shorter than L start at 0 and wrap around), standardised, scored by a model
-    computing softmax(W x + b), averaged per clip: against numpy."""
+    (clips shorter than L at 0..length - 1 and wrapping around: random cyclic shifts, as
+    np.roll of the clip repeated), standardised, scored by a model computing
+    softmax(W x + b), averaged per clip: against numpy."""
     L, K, n_classes = clips['patch_len'], 4, 3
     n_mels = clips['n_mels']
     mean, std = np.full(n_mels, 1.5, np.float32), np.full(n_mels, 2.0, np.float32)
@@ -113,19 +114,24 @@ def test_excerpt_posteriors_average_the_model_over_random_excerpts(clips):
                           store=SimpleNamespace(start=clips['starts'],
                                                 length=clips['lengths']),
                           cfg={'learn': {'predict_batch_size': 6}})  # 20 windows: padded
-    rows = np.array([2, 0, 5, 4, 1])  # lengths 20, 5, 1, 14, 8: L = 8 fits 13, 1, 1, 7, 1 ways
+    rows = np.array([2, 0, 5, 4, 1])  # lengths 20, 5, 1, 14, 8: L = 8 fits 13, 1, 1, 7, 1
+    # ways; the clips of 5 and 1 frames are shorter than L: 5 and 1 cyclic shifts
     offsets = _Offsets()
     got = self_verify.excerpt_posteriors(exp, rows, K, offsets)
 
     lengths, starts = clips['lengths'][rows], clips['starts'][rows]
-    bounds = np.repeat(np.maximum(1, lengths - L + 1), K)
+    bounds = np.repeat([13, 5, 1, 7, 1], K)
     assert offsets.low == 0 and offsets.high.tolist() == bounds.tolist()
-    begin = (np.arange(rows.size * K) * 5 + 2) % bounds
+    begin = (np.arange(rows.size * K) * 3 + 2) % bounds
+    assert len(set(begin[K:2 * K])) > 1  # the 5-frame clip: not the same excerpt K times
     expected = np.zeros((rows.size, n_classes))
     for i in range(rows.size):
+        own = clips['frames'][starts[i]:starts[i] + lengths[i]]
         for k in range(K):
-            frame_rows = starts[i] + (begin[i * K + k] + np.arange(L)) % lengths[i]
-            x = ((clips['frames'][frame_rows] - mean) / std).reshape(-1)
+            s = begin[i * K + k]
+            window = (np.resize(np.roll(own, -s, axis=0), (L, n_mels)) if lengths[i] < L
+                      else own[s:s + L])
+            x = ((window - mean) / std).reshape(-1)
             z = x @ w + b
             expected[i] += np.exp(z - z.max()) / np.exp(z - z.max()).sum() / K
     assert got.shape == (rows.size, n_classes)

@@ -292,3 +292,141 @@ def test_a_rerun_says_the_results_are_incomplete_as_the_first_run_did(tiny, caps
         assert runs.error[1].startswith(f'{corrupt} is unreadable')
         summary = pd.read_csv(root / 'logs' / 'sweeps' / 'rerun' / 'summary.csv')
         assert list(summary.n) == [1, 0]
+
+
+# ----------------------------------------------------------------------------- sweep files
+
+def resolve(*argv):
+    import sweepspec
+    return sweepspec.resolve(sweep.parse_args(list(argv)))
+
+
+def test_a_sweep_file_holds_every_option_and_the_command_line_overrides_it(tmp_path):
+    import sweepspec
+    (tmp_path / 'recipes').mkdir()
+    exp = tmp_path / 'recipes' / 'exp.yaml'
+    exp.write_text('learn:\n  mode: 1\n')
+    spec = tmp_path / 'recipes' / 'table.yaml'
+    spec.write_text('params: exp.yaml  # relative to this file\n'
+                    'name: table2\n'
+                    'grid:\n  loss.type: [CCE, lq_loss]\n  learn.lr: [0.001, 0.01]\n'
+                    'seeds: [0, 1, 2]\n'
+                    'baseline: {loss.type: CCE}\n'
+                    'overrides: {ctrl.inject_noise.rate: 0.4, learn.n_epochs: 3, '
+                    'ctrl.run_name: "true"}\n')
+    s = resolve('--spec', str(spec))
+    assert s.params == str(exp) and s.configs is None and s.name == 'table2'
+    assert s.grid == {'loss.type': ['CCE', 'lq_loss'], 'learn.lr': [0.001, 0.01]}
+    assert s.seeds == [0, 1, 2] and s.baseline == {'loss.type': 'CCE'}
+    assert s.override == ['ctrl.inject_noise.rate=0.4', 'learn.n_epochs=3',
+                          'ctrl.run_name="true"']
+    # every override reads back as the file's value (the string 'true' stays a string)
+    assert [config.parse_override(o)[2] for o in s.override] == [0.4, 3, 'true']
+    # the command line over the file: per --grid / -o key, whole --seeds / --name / baseline
+    s = resolve('--spec', str(spec), '--grid', 'learn.lr=0.1', '--seeds', '5', '--name', 'x',
+                '-o', 'learn.n_epochs=7', '--baseline', 'loss.type=lq_loss')
+    assert s.grid == {'loss.type': ['CCE', 'lq_loss'], 'learn.lr': [0.1]}
+    assert s.seeds == [5] and s.name == 'x' and s.baseline == {'loss.type': 'lq_loss'}
+    assert s.override == ['ctrl.inject_noise.rate=0.4', 'ctrl.run_name="true"',
+                          'learn.n_epochs=7']
+    assert resolve('--spec', str(spec), '-p', 'config/demo.yaml').params == 'config/demo.yaml'
+    # params relative to the repository when not beside the file
+    other = tmp_path / 'other.yaml'
+    other.write_text('params: config/demo.yaml\ngrid: {loss.type: [CCE]}\n')
+    assert resolve('--spec', str(other)).params == str(sweepspec.ROOT / 'config' / 'demo.yaml')
+    assert resolve('--spec', str(other)).seeds == [0]  # the command line's default
+
+
+@pytest.mark.parametrize('text, message', [
+    ('params: config/demo.yaml\ngird: {loss.type: [CCE]}\n', "unknown key 'gird'; valid keys"),
+    ('params: config/demo.yaml\ngrid: [loss.type]\n', 'grid must be a mapping'),
+    ('params: config/demo.yaml\ngrid: {loss.type: CCE}\n', 'grid entries are section.key'),
+    ('params: config/demo.yaml\ngrid: {loss.type: [CCE]}\nseeds: [a]\n', 'must be integers'),
+    ('params: config/demo.yaml\ngrid: {loss.type: [CCE]}\nbaseline: {loss.type: Lq}\n',
+     'not one of the grid values'),
+    ('params: nowhere.yaml\ngrid: {loss.type: [CCE]}\n', 'params nowhere.yaml: no such file'),
+    ('grid: {loss.type: [CCE]}\n', 'give the experiments'),
+    ('params: config/demo.yaml\nconfigs: [config/demo.yaml]\n', 'params or configs, not both'),
+    ('- params\n', 'must be a mapping of params'),
+])
+def test_mistakes_in_a_sweep_file_are_one_line(tmp_path, capsys, text, message):
+    spec = tmp_path / 'spec.yaml'
+    spec.write_text(text)
+    assert sweep.main(['--spec', str(spec), '-o', f'ctrl.logs_dir={tmp_path}']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and message in err and err.count('\n') == 1
+    assert list(tmp_path.iterdir()) == [spec]
+
+
+@pytest.mark.parametrize('argv, message', [
+    ([], 'give the experiments: -p CONFIG.yaml, --configs'),
+    (['-p', 'config/demo.yaml', '--configs', 'config/waspaa19/cce.yaml'], 'not both'),
+    (['--configs', 'config/waspaa19/cce.yaml', 'cce.yaml'], "the same stem 'cce'"),
+    (['-p', 'config/demo.yaml'], 'give at least one --grid'),
+    (['--configs', 'config/waspaa19/cce.yaml', 'config/waspaa19/lq.yaml', '--baseline', 'lsr'],
+     '--baseline config=lsr is not one of the grid values cce, lq'),
+])
+def test_the_experiments_are_given_once(tmp_path, capsys, argv, message):
+    assert sweep.main([*argv, '-o', f'ctrl.logs_dir={tmp_path}']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and message in err and err.count('\n') == 1
+
+
+def test_configs_are_a_grid_axis_named_by_their_stems():
+    s = resolve('--configs', 'config/waspaa19/cce.yaml', 'config/waspaa19/lq.yaml',
+                '--grid', 'learn.lr=0.001,0.01', '--seeds', '0,1', '--baseline', 'cce',
+                '-o', 'learn.n_epochs=2')
+    assert s.grid == {'config': ['cce', 'lq'], 'learn.lr': [0.001, 0.01]}
+    assert s.baseline == {'config': 'cce'}
+    assert resolve('--configs', 'config/waspaa19/cce.yaml', 'config/waspaa19/lq.yaml',
+                   '--grid', 'learn.lr=0.001,0.01',
+                   '--baseline', 'config=lq,learn.lr=0.01').baseline == {'config': 'lq',
+                                                                          'learn.lr': 0.01}
+    name, runs = sweep.plan(s, s.grid, s.seeds, s.configs)
+    assert name == 'cce+lq-learn.lr' and len(runs) == 8
+    assert len({r.name for r in runs}) == 8
+    assert runs[0].name == f'{name}/config=cce,learn.lr=0.001_seed0'
+    assert runs[-1].name == f'{name}/config=lq,learn.lr=0.01_seed1'
+    assert [r.params for r in runs] == ['config/waspaa19/cce.yaml'] * 4 + \
+        ['config/waspaa19/lq.yaml'] * 4
+    # 'config' is no config key: it picks the file, it is no override
+    assert runs[-1].overrides == ['learn.n_epochs=2', 'learn.lr=0.01', 'ctrl.seed=1',
+                                  f'ctrl.run_name={runs[-1].name}']
+    cfgs = sweep.check_runs(None, runs)
+    assert [c['loss']['type'] for c in cfgs] == ['CCE'] * 4 + ['lq_loss'] * 4
+
+
+def test_a_sweep_mixing_fast_dev_and_real_runs_is_refused(tiny, capsys):
+    root, params = tiny
+    argv = ['-p', str(params), '--grid', 'learn.lr=0.001,0.1', '--name', 'mixed']
+    _results(root, 'mixed/learn.lr=0.001_seed0', status='finished', accuracy_micro=50.0,
+             fast_dev_run=True)
+    # one finished dry run, one real run still to run
+    assert sweep.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: the sweep mixes 1 fast-dev runs') and err.count('\n') == 1
+    _results(root, 'mixed/learn.lr=0.1_seed0', status='finished', accuracy_micro=60.0)
+    assert sweep.main(argv) == 2  # both finished, of two kinds: not summarised
+    assert 'mixes 1 fast-dev runs (ctrl.fast_dev_run' in capsys.readouterr().err
+    assert not (root / 'logs' / 'sweeps' / 'mixed').exists()
+
+
+def test_a_fast_dev_sweep_over_configs_runs_and_summarises(tiny, capsys):
+    """--configs with -o ctrl.fast_dev_run=true: every run a dry run, the config column in
+    runs.csv and summary.csv, paired differences to the baseline file."""
+    root, params = tiny
+    other = root / 'tiny_lq.yaml'
+    other.write_text(params.read_text().replace('type: CCE', 'type: lq_loss'))
+    argv = ['--configs', str(params), str(other), '--baseline', 'tiny', '--name', 'fastcfg',
+            '-o', 'ctrl.fast_dev_run=true']
+    assert sweep.main(argv) == 0
+    runs = pd.read_csv(root / 'logs' / 'sweeps' / 'fastcfg' / 'runs.csv')
+    assert list(runs.config) == ['tiny', 'tiny_lq'] and (runs.status == 'finished').all()
+    for name in runs.run:
+        results = json.loads((root / 'logs' / name / 'results.json').read_text())
+        assert results['fast_dev_run'] is True and results['run_name'] == name
+    summary = pd.read_csv(root / 'logs' / 'sweeps' / 'fastcfg' / 'summary.csv')
+    assert list(summary.config) == ['tiny', 'tiny_lq'] and list(summary.n) == [1, 1]
+    assert summary.accuracy_micro_diff_mean[0] == 0
+    assert summary.accuracy_micro_diff_mean[1] == pytest.approx(
+        runs.accuracy_micro[1] - runs.accuracy_micro[0], abs=1e-3)

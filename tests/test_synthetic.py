@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+import synth_audio
 import synthetic
+import vocabularies
 from config import ConfigError
 
 SMALL = dict(n_classes=3, train_per_class=10, test_per_class=2, clean_fraction=0.2,
@@ -72,8 +74,8 @@ def test_audio_is_mono_pcm16_within_durations(syn_dataset):
 def test_class_names_and_disjoint_ranges():
     names = synthetic.class_names(22)
     assert names[:20] == synthetic.FSDNOISY18K_CLASSES and names[20:] == ['class_20', 'class_21']
-    recipes = synthetic.class_recipes(22)
-    for family in synthetic.FAMILIES:
+    recipes = synth_audio.class_recipes(22)
+    for family in synth_audio.FAMILIES:
         bands = sorted(band for fam, band, _ in recipes if fam == family)
         assert all(low < high for low, high in bands)
         assert all(a[1] < b[0] for a, b in zip(bands, bands[1:]))
@@ -82,10 +84,10 @@ def test_class_names_and_disjoint_ranges():
 def test_tonal_clip_peaks_inside_its_class_band():
     rng = np.random.default_rng(0)
     sr, n = 16000, 16000
-    for recipe in synthetic.class_recipes(20):
+    for recipe in synth_audio.class_recipes(20):
         if recipe[0] != 'tonal':
             continue
-        spectrum = np.abs(np.fft.rfft(synthetic.synth_clip(rng, recipe, n, sr)))
+        spectrum = np.abs(np.fft.rfft(synth_audio.synth_clip(rng, recipe, n, sr)))
         peak = np.fft.rfftfreq(n, 1 / sr)[np.argmax(spectrum)]
         assert recipe[1][0] - 1 <= peak <= recipe[1][1] + 1
 
@@ -164,7 +166,10 @@ def test_fsdkaggle2018_files_columns_and_noise(kaggle2018):
     assert (verified.groupby('true_label').size() == 3).all()
     assert (verified.label == verified.true_label).all()
     assert (noisy.label != noisy.true_label).sum() == round(0.3 * len(noisy))
-    assert set(train.label) <= set(synthetic.class_names(6))
+    # Issue 19: official names, FSDnoisy18k's shared ones first.
+    assert set(train.label) | set(test.label) == {'Acoustic_guitar', 'Fart', 'Fireworks',
+                                                  'Hi-hat', 'Squeak', 'Tearing'}
+    assert set(train.label) <= set(vocabularies.FSDKAGGLE2018)
 
 
 def test_fsdkaggle2019_files_columns_and_label_counts(kaggle2019):
@@ -180,7 +185,9 @@ def test_fsdkaggle2019_files_columns_and_label_counts(kaggle2019):
                           ('audio_test', test)]:
         wavs = sorted(p.name for p in (kaggle2019 / f'FSDKaggle2019.{folder}').iterdir())
         assert wavs == sorted(table.fname)
-    names = set(synthetic.class_names(6))
+    names = {'Acoustic_guitar', 'Bass_guitar', 'Clapping', 'Dishes_and_pots_and_pans', 'Fart',
+             'Hi-hat'}
+    assert names <= set(vocabularies.FSDKAGGLE2019)
     for name, table in zip(files, (curated, noisy, test)):
         assert {len(s) for s in _split(table.labels)} == {1, 2, 3}  # 1..M, each drawn
         assert all(s <= names for s in _split(table.labels))
@@ -210,11 +217,11 @@ def test_fsdkaggle2019_noise_changes_one_label_of_the_asked_share(kaggle2019):
 def test_mixed_clip_holds_each_source():
     # Two tonal classes (family members 0 and 2 of 20 classes): the spectrum of their mix
     # peaks inside both class bands.
-    recipes = synthetic.class_recipes(20)
+    recipes = synth_audio.class_recipes(20)
     tonal = [r for r in recipes if r[0] == 'tonal']
     low, high = tonal[0], tonal[2]
     sr, n = 16000, 16000
-    clip = synthetic.synth_mix(np.random.default_rng(1), [low, high], n, sr)
+    clip = synth_audio.synth_mix(np.random.default_rng(1), [low, high], n, sr)
     spectrum, freqs = np.abs(np.fft.rfft(clip)), np.fft.rfftfreq(n, 1 / sr)
     for _, (a, b), _ in (low, high):
         band = (freqs >= a - 1) & (freqs <= b + 1)
@@ -222,10 +229,14 @@ def test_mixed_clip_holds_each_source():
 
 
 def test_layout_arguments_are_checked(tmp_path, capsys):
-    with pytest.raises(ConfigError, match="layout 'fsd50k' is unknown; valid: fsdnoisy18k, "
-                                          "fsdkaggle2018, fsdkaggle2019"):
-        synthetic.make_dataset(tmp_path / 'x', layout='fsd50k', **SMALL)
-    with pytest.raises(ConfigError, match='needs the multi-label layout fsdkaggle2019'):
+    with pytest.raises(ConfigError, match="layout 'audioset' is unknown; valid: fsdnoisy18k, "
+                                          "fsdkaggle2018, fsdkaggle2019, fsd50k, arca23k, csv"):
+        synthetic.make_dataset(tmp_path / 'x', layout='audioset', **SMALL)
+    with pytest.raises(ConfigError, match='layout fsdkaggle2018 has 41 classes, got n_classes 42'):
+        synthetic.make_dataset(tmp_path / 'x', layout='fsdkaggle2018', **{**SMALL,
+                                                                         'n_classes': 42})
+    with pytest.raises(ConfigError,
+                       match='needs a multi-label layout: fsdkaggle2019, fsd50k, csv'):
         synthetic.make_dataset(tmp_path / 'x', layout='fsdkaggle2018', max_labels=2, **SMALL)
     with pytest.raises(ConfigError, match='max_labels must be in'):
         synthetic.make_dataset(tmp_path / 'x', layout='fsdkaggle2019', max_labels=3, **SMALL)
@@ -245,5 +256,5 @@ def test_noise_has_the_asked_length_for_odd_fast_fft_sizes(n):
     from scipy.fft import next_fast_len
     assert (next_fast_len(15, real=True), next_fast_len(375, real=True)) == (15, 375)
     rng = np.random.default_rng(0)
-    assert synthetic._pink_noise(rng, n, 16000).shape == (n,)
+    assert synth_audio._pink_noise(rng, n, 16000).shape == (n,)
 
