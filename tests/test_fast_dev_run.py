@@ -10,11 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 import config
 import fastdev
-import keys
 import learn
 import main
 import runfolder
@@ -23,13 +21,7 @@ from schedules import check_schedule
 from conftest import tiny_dataset, write_tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-YAMLS = sorted((ROOT / 'config').glob('**/*.yaml'))
-
-
-def is_experiment(path):
-    """An experiment YAML holds config sections; a sweep file (sweep.py --spec) does not."""
-    data = yaml.safe_load(path.read_text()) or {}
-    return set(data) <= set(keys.KEYS)
+YAMLS = sorted((ROOT / 'config').glob('**/*.yaml'))  # experiments only: sweep files in sweeps/
 
 
 # The DCASE recipes (config/dcase19_he/, config/dcase18_dorfer/) score whole clips of 2000 /
@@ -41,8 +33,8 @@ EXPERIMENTS = [pytest.param(p, marks=pytest.mark.skipif(
                    'dcase' in p.parent.name and not DCASE_DRY_RUNS,
                    reason='DCASE recipe dry runs take > 8 min on CPU: '
                           'NOISY_SED_DCASE_DRY_RUNS=1 runs them'))
-               for p in YAMLS if is_experiment(p)]
-SWEEP_FILES = [p for p in YAMLS if not is_experiment(p)]
+               for p in YAMLS]
+SWEEP_FILES = sorted((ROOT / 'sweeps').glob('**/*.yaml'))
 
 # Tiny data per layout, big enough for the YAMLs as written (batch 64 of 2 s patches, the
 # verified-only stages of staged training, 4 self-verification folds): 20 classes (the
@@ -157,9 +149,9 @@ def test_every_shipped_yaml_runs_as_a_fast_dev_run(path, layouts, tmp_path, caps
     print(f'fast dev run of {name}: {seconds:.1f} s')
 
 
-@pytest.mark.parametrize('path', SWEEP_FILES, ids=lambda p: str(p.relative_to(ROOT / 'config')))
+@pytest.mark.parametrize('path', SWEEP_FILES, ids=lambda p: str(p.relative_to(ROOT / 'sweeps')))
 def test_every_shipped_sweep_file_plans_valid_runs(path):
-    """A sweep file of config/ names an existing experiment and its every run's config is
+    """A sweep file of sweeps/ names an existing experiment and its every run's config is
     valid (the runs themselves are those of the experiment YAMLs above)."""
     import sweep
     args = sweep.parse_args(['--spec', str(path)])

@@ -1,5 +1,5 @@
-"""The recipes of config/agce, config/dcase19_he, config/dcase18_dorfer and the sweep specs:
-each key holds the value its paper (or the released code) gives.
+"""The recipes of config/agce, config/dcase19_he, config/dcase18_dorfer and the sweep specs
+of sweeps/: each key holds the value its paper (or the released code) gives.
 
 The independent side of each check is the paper's own numbers, written here as the paper
 states them (frames in milliseconds, overlaps in percent, Table 1's clip counts, ...) and
@@ -17,6 +17,7 @@ import keys
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / 'config'
+SWEEPS = REPO / 'sweeps'
 SPEC_KEYS = {'params', 'configs', 'name', 'grid', 'seeds', 'baseline', 'overrides'}
 
 
@@ -71,8 +72,8 @@ def test_deng_recipes_hold_the_papers_set_up(name, loss):
 
 def test_deng_subsets_are_table_1s():
     """Table 1's rows: counts of noisy / clean clips, with 'all' as null (every clip)."""
-    t2 = yaml.safe_load((CONFIG / 'agce' / 'table2.yaml').read_text())
-    t3 = yaml.safe_load((CONFIG / 'agce' / 'table3.yaml').read_text())
+    t2 = yaml.safe_load((SWEEPS / 'agce' / 'table2.yaml').read_text())
+    t3 = yaml.safe_load((SWEEPS / 'agce' / 'table3.yaml').read_text())
     assert t2['grid']['ctrl.n_noisy'] == [*DENG_TABLE1_NOISY.values(), None]
     assert t2['overrides'] == {'ctrl.n_clean': None}
     assert t3['grid']['ctrl.n_clean'] == [*DENG_TABLE1_CLEAN.values(), None]
@@ -83,12 +84,12 @@ def test_deng_subsets_are_table_1s():
     # Table 1's clean subsets are quarters of the 1,772 clean clips (rounded down)
     assert list(DENG_TABLE1_CLEAN.values()) == [DENG_ALL['clean'] * k // 4 for k in (1, 2, 3)]
     for spec in (t2, t3):
-        assert spec['params'] == 'system.yaml'
+        assert spec['params'] == 'config/agce/system.yaml'
         assert spec['grid']['loss.type'] == ['CCE', 'lq_loss', 'adaptive_lq']
         assert spec['baseline'] == {'loss.type': 'CCE'}
         assert spec['seeds'] == list(range(DENG_RUNS)) and len(set(spec['seeds'])) == DENG_RUNS
-    clean = yaml.safe_load((CONFIG / 'agce' / 'table3_clean.yaml').read_text())
-    assert clean['params'] == 'clean.yaml' and len(clean['seeds']) == DENG_RUNS
+    clean = yaml.safe_load((SWEEPS / 'agce' / 'table3_clean.yaml').read_text())
+    assert clean['params'] == 'config/agce/clean.yaml' and len(clean['seeds']) == DENG_RUNS
 
 
 # ----------------------------------------------------------------------------- He et al.
@@ -132,14 +133,14 @@ def test_he_recipes_hold_the_papers_set_up(name, own):
 
 
 def test_he_table1_is_three_heads_by_three_training_settings():
-    t1 = yaml.safe_load((CONFIG / 'dcase19_he' / 'table1.yaml').read_text())
-    verified = yaml.safe_load((CONFIG / 'dcase19_he' / 'table1_verified.yaml').read_text())
+    t1 = yaml.safe_load((SWEEPS / 'dcase19_he' / 'table1.yaml').read_text())
+    verified = yaml.safe_load((SWEEPS / 'dcase19_he' / 'table1_verified.yaml').read_text())
     heads = ['sigmoid', 'sigmoid_softmax', 'sigmoid_sparsemax']
     assert t1['grid'] == {'learn.head': heads, 'learn.mask_method': ['topk', 'threshold']}
     assert verified['grid'] == {'learn.head': heads}
     # "Verified data": the staged system without its unverified stage
     assert verified['overrides'] == {'learn.staged_steps': [10_000, 0, 5_000]}
-    assert t1['params'] == verified['params'] == 'system.yaml'
+    assert t1['params'] == verified['params'] == 'config/dcase19_he/system.yaml'
 
 
 def test_staged_yaml_is_replaced_by_the_he_recipe():
@@ -189,8 +190,7 @@ def test_dorfer_recipe_holds_the_write_ups_set_up():
 
 RECIPES = sorted(p for folder in ('agce', 'dcase19_he', 'dcase18_dorfer')
                  for p in (CONFIG / folder).glob('*.yaml'))
-SPECS = [p for p in sorted(CONFIG.rglob('*.yaml'))
-         if {'params', 'configs'} & set(yaml.safe_load(p.read_text()) or {})]
+SPECS = sorted(SWEEPS.rglob('*.yaml'))
 
 
 def test_each_recipe_folder_has_its_system():
@@ -209,14 +209,15 @@ def test_every_key_of_a_recipe_says_where_it_comes_from(path):
             assert ' # ' in line, (path.name, line)
 
 
-@pytest.mark.parametrize('path', SPECS, ids=lambda p: str(p.relative_to(CONFIG)))
+@pytest.mark.parametrize('path', SPECS, ids=lambda p: str(p.relative_to(SWEEPS)))
 def test_sweep_specs_name_existing_experiments_and_valid_points(path):
-    """A spec's keys are the spec format's; its experiment files exist next to it; every
-    grid point with the overrides is a valid config (config.py's checks)."""
+    """A spec's keys are the spec format's; its experiment files exist (paths relative to
+    the repository); every grid point with the overrides is a valid config (config.py's
+    checks)."""
     spec = yaml.safe_load(path.read_text())
     assert set(spec) <= SPEC_KEYS, set(spec) - SPEC_KEYS
     assert ('params' in spec) != ('configs' in spec)
-    experiments = [path.parent / p for p in spec.get('configs', [spec.get('params')])]
+    experiments = [REPO / p for p in spec.get('configs', [spec.get('params')])]
     assert all(p.is_file() for p in experiments), experiments
     grid = spec.get('grid') or {}
     overrides = [f'{k}={keys.yaml_text(v)}' for k, v in (spec.get('overrides') or {}).items()]
@@ -226,7 +227,7 @@ def test_sweep_specs_name_existing_experiments_and_valid_points(path):
 
 
 def test_waspaa19_methods_spec_runs_every_method_of_the_paper():
-    spec = yaml.safe_load((CONFIG / 'waspaa19' / 'methods.yaml').read_text())
+    spec = yaml.safe_load((SWEEPS / 'waspaa19' / 'methods.yaml').read_text())
     stems = sorted(Path(c).stem for c in spec['configs'])
     assert stems == sorted(['cce', 'lsr', 'lsr_groups2', 'mixup', 'mixup_warmup', 'lq',
                             'time_lqmax', 'time_lqperc', 'pruning'])
