@@ -9,6 +9,7 @@ import yaml
 
 import config
 import keys
+import keytable
 import utils
 from config import ConfigError
 
@@ -153,12 +154,12 @@ def test_readme_key_table_lists_every_declared_key_with_its_default():
 
 
 def test_readme_key_table_is_the_generated_one():
-    """README's tables are keys.markdown_tables() between the markers, so that a default
+    """README's tables are keytable.markdown_tables() between the markers, so that a default
     or doc changed in keys.py cannot leave a stale one in README."""
-    shown = keys.readme_table((REPO / 'README.md').read_text())
+    shown = keytable.readme_table((REPO / 'README.md').read_text())
     assert shown is not None, 'README.md lacks the markers of the generated key table'
-    assert shown == keys.markdown_tables(), \
-        "README's config-key table differs from keys.py: run `python keys.py --readme`"
+    assert shown == keytable.markdown_tables(), \
+        "README's config-key table differs from keys.py: run `python keytable.py --readme`"
 
 
 def test_key_table_generator_writes_defaults_as_yaml_and_escapes_pipes():
@@ -169,24 +170,24 @@ def test_key_table_generator_writes_defaults_as_yaml_and_escapes_pipes():
         'small': keys.Key(1e-06, 'y'), 'names': keys.Key(['a', 'b'], 'z'),
         'group': keys.Group('g', {'p': keys.Key(0.0, 'pp'), 'kind': keys.Key('sym', 'kk')}),
     }}
-    assert keys.markdown_tables(table).splitlines() == [
+    assert keytable.markdown_tables(table).splitlines() == [
         '**sec**', '', '| key | default | meaning |', '|---|---|---|',
         '| `flag` | `true` | a \\| b |', '| `none` | `null` | x |', '| `small` | `1.0e-06` | y |',
         '| `names` | `[a, b]` | z |', '| `group` | `{p: 0.0, kind: sym}` | g; `p`: pp; `kind`: kk |']
     for text in (table['sec']['small'].default, ['a', 'b'], {'p': 0.0}):
-        assert yaml.safe_load(keys.yaml_text(text)) == text
+        assert yaml.safe_load(keytable.yaml_text(text)) == text
 
 
-def test_keys_py_writes_the_readme_table_in_place(tmp_path):
+def test_keytable_writes_the_readme_table_in_place(tmp_path):
     readme = tmp_path / 'README.md'
-    readme.write_text(f'intro\n{keys.TABLE_BEGIN}\nstale\n{keys.TABLE_END}\nrest\n')
-    keys.write_readme(readme)
-    assert readme.read_text() == (f'intro\n{keys.TABLE_BEGIN}\n{keys.markdown_tables()}'
-                                  f'{keys.TABLE_END}\nrest\n')
-    assert keys.readme_table(readme.read_text()) == keys.markdown_tables()
-    out = subprocess.run([sys.executable, str(REPO / 'keys.py'), '--markdown'],
+    readme.write_text(f'intro\n{keytable.TABLE_BEGIN}\nstale\n{keytable.TABLE_END}\nrest\n')
+    keytable.write_readme(readme)
+    assert readme.read_text() == (f'intro\n{keytable.TABLE_BEGIN}\n{keytable.markdown_tables()}'
+                                  f'{keytable.TABLE_END}\nrest\n')
+    assert keytable.readme_table(readme.read_text()) == keytable.markdown_tables()
+    out = subprocess.run([sys.executable, str(REPO / 'keytable.py'), '--markdown'],
                          capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 0 and out.stdout == keys.markdown_tables()
+    assert out.returncode == 0 and out.stdout == keytable.markdown_tables()
 
 
 def test_defaults_are_the_declared_ones():

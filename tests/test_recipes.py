@@ -14,6 +14,7 @@ import yaml
 
 import config
 import keys
+import keytable
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / 'config'
@@ -220,9 +221,9 @@ def test_sweep_specs_name_existing_experiments_and_valid_points(path):
     experiments = [REPO / p for p in spec.get('configs', [spec.get('params')])]
     assert all(p.is_file() for p in experiments), experiments
     grid = spec.get('grid') or {}
-    overrides = [f'{k}={keys.yaml_text(v)}' for k, v in (spec.get('overrides') or {}).items()]
+    overrides = [f'{k}={keytable.yaml_text(v)}' for k, v in (spec.get('overrides') or {}).items()]
     for experiment, values in itertools.product(experiments, itertools.product(*grid.values())):
-        point = [f'{k}={keys.yaml_text(v)}' for k, v in zip(grid, values)]
+        point = [f'{k}={keytable.yaml_text(v)}' for k, v in zip(grid, values)]
         config.load_config(experiment, point + overrides)
 
 
