@@ -51,6 +51,20 @@ def write_dataset(root, train_rows=TRAIN_ROWS, test_rows=TEST_ROWS, extra=True):
     return train, test
 
 
+def clip_table(classes, n_unverified, n_verified, n_test, seed):
+    """A clip table like the dataset adapters' (datasets.load), without audio: single-label
+    clips of random classes, unverified training rows first, then verified ones, then test."""
+    rng = np.random.default_rng(seed)
+    n = n_unverified + n_verified + n_test
+    idx = rng.integers(0, len(classes), n)
+    return pd.DataFrame({
+        'fname': [f'{i}.wav' for i in range(n)], 'path': [f'/x/{i}.wav' for i in range(n)],
+        'label': np.asarray(classes, object)[idx], 'label_idx': idx,
+        'labels': [(classes[k],) for k in idx], 'labels_idx': [(k,) for k in idx],
+        'verified': [0] * n_unverified + [1] * (n_verified + n_test),
+        'subset': ['train'] * (n_unverified + n_verified) + ['test'] * n_test})
+
+
 @pytest.fixture
 def fsd():
     """(write_dataset, TRAIN_ROWS, TEST_ROWS) for tests that write their own variant."""

@@ -7,6 +7,7 @@ import pytest
 import config
 import data
 import datasets
+from conftest import clip_table
 import open_set
 from config import ConfigError
 
@@ -15,16 +16,7 @@ CLASSES = [f'class{k}' for k in range(K)]
 
 
 def table(n_unverified=240, n_verified=60, n_test=60):
-    """A clip table like the adapters', without audio: train rows first, then test."""
-    rng = np.random.default_rng(4)
-    n = n_unverified + n_verified + n_test
-    idx = rng.integers(0, K, n)
-    return pd.DataFrame({
-        'fname': [f'{i}.wav' for i in range(n)], 'path': [f'/x/{i}.wav' for i in range(n)],
-        'label': np.asarray(CLASSES, object)[idx], 'label_idx': idx,
-        'labels': [(CLASSES[k],) for k in idx], 'labels_idx': [(k,) for k in idx],
-        'verified': [0] * n_unverified + [1] * (n_verified + n_test),
-        'subset': ['train'] * (n_unverified + n_verified) + ['test'] * n_test})
+    return clip_table(CLASSES, n_unverified, n_verified, n_test, seed=4)
 
 
 def spec(*overrides):
