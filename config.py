@@ -360,13 +360,17 @@ def _check_specaugment(cfg):
 
 def _check_paper_augment(cfg):
     """The ranges of learn.freq_mask, gain and extra_crop run from low to high; a mask that
-    is drawn (p > 0) fits the mel bands."""
+    is drawn (p > 0) fits the mel bands; learn.augment_domain power standardises per clip."""
     learn = cfg['learn']
     for key, low, high in (('freq_mask', 'min_width', 'max_width'), ('gain', 'low', 'high'),
                            ('extra_crop', 'min_frac', 'max_frac')):
         if learn[key][low] > learn[key][high]:
             raise ConfigError(f'learn.{key}.{low} = {learn[key][low]} exceeds '
                               f'learn.{key}.{high} = {learn[key][high]}')
+    if learn['augment_domain'] == 'power' and cfg['extract']['normalize'] != 'per_clip':
+        raise ConfigError('learn.augment_domain power standardises each input after its '
+                          'augmentations, by its own mean and std: set extract.normalize '
+                          'per_clip')
     mask = learn['freq_mask']
     if mask['p'] > 0 and mask['max_width'] > cfg['extract']['n_mels']:
         raise ConfigError(f'learn.freq_mask.max_width = {learn["freq_mask"]["max_width"]} '

@@ -186,6 +186,24 @@ def read_pseudo_labels(path, table, rows, classes):
     return scores
 
 
+DB_AMIN, DB_TOP = 1e-10, 80.0  # librosa.power_to_db's defaults, as the released code calls it
+
+
+def power_frames(ops, x, log):
+    """Stored frames -> mel energies: 10^x of log10 frames (extract.log; the eps inside the
+    log is left in, below DB_AMIN's reach at any audible level), linear frames as they are."""
+    return ops.power(10.0, x) if log else x
+
+
+def power_to_db(ops, x):
+    """Mel energies [B, ...] -> dB as librosa.power_to_db(x) (ref 1, amin 1e-10, top_db 80)
+    computes it per example: 10 log10(max(x, amin)), floored DB_TOP below the example's
+    maximum (so a masked band, 0, becomes the example's maximum - 80 dB)."""
+    db = 10.0 * ops.log(ops.maximum(x, DB_AMIN)) / np.log(10.0)
+    top = ops.max(db, axis=tuple(range(1, len(db.shape))), keepdims=True)
+    return ops.maximum(db, top - DB_TOP)
+
+
 def mix(ops, lam, a, b):
     """lam * a + (1 - lam) * b with lam [B] broadcast over the trailing axes of a and b."""
     lam = ops.reshape(lam, (-1,) + (1,) * (len(a.shape) - 1))
@@ -243,7 +261,9 @@ class Batch:
     (losses.StepLoss.needs): 'members': y_a, y_b (each member's smoothed targets), lam
     [B] and verified_b (the partner's); 'pseudo': pseudo_a, pseudo_b (the members' soft
     pseudo labels); 'clean': x_clean and labels (the first member's inputs and given
-    label before mixup and masks, for a loss that measures the batch itself).
+    label before mixup and masks, for a loss that measures the batch itself); 'semi':
+    semi [B], 1 for an example of the soft-pseudo-label stream (learn.multitask_batches
+    paper).
 
     A dataclass names each field once, where a dict of string keys would spell them in
     every reader. tf.data has no dataclass structure and cannot carry None, so on the
@@ -263,6 +283,7 @@ class Batch:
     pseudo_b: object = None
     x_clean: object = None
     labels: object = None
+    semi: object = None
 
     def as_dict(self):
         """The fields that are set, by name (the element tf.data carries)."""
@@ -285,14 +306,17 @@ class PatchSource:
     """
 
     def __init__(self, frames, patches, table, mean, std, eps, patch_len, on_device,
-                 eval_len=None, log=True, per_clip=False, needs=frozenset(), pseudo=None):
+                 eval_len=None, log=True, per_clip=False, needs=frozenset(), pseudo=None,
+                 power=False):
         import tensorflow as tf  # placement is TensorFlow's; Keras has no device API
         from keras import ops
         self.ops, self.patch_len, self.on_device = ops, patch_len, on_device
         self.needs = frozenset(needs)
         # log: the frames are log-mel (how augment.gain_frames applies a gain); per_clip:
-        # extract.normalize per_clip, each example standardised by its own mean and std
-        self.log, self.per_clip = log, per_clip
+        # extract.normalize per_clip, each example standardised by its own mean and std;
+        # power: learn.augment_domain power, members mixed, scaled and masked as mel
+        # energies, then converted to dB and standardised (finish)
+        self.log, self.per_clip, self.power = log, per_clip, power
         # Frames per evaluated example: a patch, or a whole fixed-length clip (random_crop).
         self.eval_len = eval_len or patch_len
         self.n_classes = len(eps)
@@ -320,7 +344,7 @@ class PatchSource:
             self.std = tf.constant(std.reshape(1, 1, -1, 1))
             self.pseudo = None if pseudo is None else tf.constant(pseudo.astype(np.float32))
 
-    def inputs(self, idx, shift=None, length=None, gain=None):
+    def inputs(self, idx, shift=None, length=None, gain=None, finish=True):
         """Standardised inputs [B, length, n_mels, 1] float32 for patch indices idx, each
         starting `shift` frames after its patch (a random crop), its signal scaled by
         `gain` [B] (augment.gain_frames) before standardisation; length defaults to
@@ -329,16 +353,19 @@ class PatchSource:
         offset = take(self.offset, idx)
         if shift is not None:
             offset = offset + self.ops.cast(shift, 'int32')
-        return self.windows(take(self.row0, idx), offset, take(self.clen, idx), length, gain)
+        return self.windows(take(self.row0, idx), offset, take(self.clen, idx), length, gain,
+                            finish)
 
-    def windows(self, row0, offset, clen, length=None, gain=None):
+    def windows(self, row0, offset, clen, length=None, gain=None, finish=True):
         """Standardised windows [B, length, n_mels, 1] of the clips whose frames start at
         row0 [B] and last clen [B] frames, starting `offset` [B] frames in (wrapping around
         short clips); length defaults to patch_len. Also the random excerpts of
         self-verification. gain [B] multiplies each clip's mel energies before
         standardisation. Standardised per band with the training set's scaler, or
         (extract.normalize per_clip) each example with its own mean and std over all its
-        frames and bands (Akiyama & Sato, Sec. 3.2.2)."""
+        frames and bands (Akiyama & Sato, Sec. 3.2.2). With self.power the windows are mel
+        energies (power_frames), left so when finish is False (a training batch, finished
+        after its mixup and masks)."""
         ops = self.ops
         length = length or self.patch_len
         t = ops.arange(length, dtype='int32')
@@ -346,9 +373,20 @@ class PatchSource:
         rows = ops.expand_dims(row0, -1) + (offset + t) % clen
         x = ops.take(self.frames, ops.reshape(rows, (-1,)), axis=0)
         x = ops.reshape(ops.cast(x, 'float32'), (-1, length, self.n_mels))
+        if self.power:
+            x = power_frames(ops, x, self.log)
         if gain is not None:
-            x = augment.gain_frames(ops, x, gain, self.log)
+            x = augment.gain_frames(ops, x, gain, self.log and not self.power)
         x = ops.expand_dims(x, -1)
+        return self.finish(x) if finish or not self.power else x
+
+    def finish(self, x):
+        """Inputs [B, T, F, 1] standardised as the model sees them: with self.power first
+        converted from mel energies to dB (power_to_db); per band with the training set's
+        scaler, or (per_clip) each example by its own mean and std."""
+        ops = self.ops
+        if self.power:
+            x = power_to_db(ops, x)
         if self.per_clip:
             mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
             std = ops.std(x, axis=(1, 2, 3), keepdims=True)
@@ -357,8 +395,9 @@ class PatchSource:
 
     def masked(self, x, fmask, tmask):
         """x [B, T, F, 1] with SpecAugment's bands and frames set to 0, which is the band
-        mean after standardisation (Park et al. mask with the mean of normalised features).
-        fmask / tmask [B, n, 2] hold (start, width)."""
+        mean after standardisation (Park et al. mask with the mean of normalised features);
+        with self.power, zero energy (Akiyama & Sato's released code masks before the dB
+        conversion). fmask / tmask [B, n, 2] hold (start, width)."""
         ops = self.ops
 
         def inside(spans, size):  # [B, size]: 1 where any of the spans covers the index
@@ -378,17 +417,22 @@ class PatchSource:
         return smooth_targets(y, self.ops.take(self.clip_eps, clip)) if smooth else y
 
     def train_batch(self, idx, partner, lam, shift=None, partner_shift=None, fmask=None,
-                    tmask=None, gain=None, partner_gain=None, warp=None):
+                    tmask=None, gain=None, partner_gain=None, warp=None, semi=None):
         """One planned step (the fields of a sampling.EpochPlan step, by name) -> Batch;
-        partner == idx and lam == 1 mean no mixup."""
+        partner == idx and lam == 1 mean no mixup. With self.power the members are mixed,
+        warped and masked as mel energies (a mask zeroes them), and the batch is converted
+        to dB and standardised after all of it, the order of Akiyama & Sato (Sec. 3.2.2)."""
         ops, take = self.ops, self.ops.take
-        x_clean = self.inputs(idx, shift, gain=gain)
+        x_clean = self.inputs(idx, shift, gain=gain, finish=False)
         paired = ops.cast(ops.not_equal(idx, partner), 'float32')
-        x = mix(ops, lam, x_clean, self.inputs(partner, partner_shift, gain=partner_gain))
+        x = mix(ops, lam, x_clean, self.inputs(partner, partner_shift, gain=partner_gain,
+                                               finish=False))
         if warp is not None and warp.shape[-1]:  # static: 0 = off; warped before the masks
             x = augment.time_warp(ops, x, warp)
         if fmask is not None and (fmask.shape[1] or tmask.shape[1]):  # static: 0 = off
             x = self.masked(x, fmask, tmask)
+        if self.power:
+            x, x_clean = self.finish(x), self.finish(x_clean)
         y_a, y_b = self.targets(idx), self.targets(partner)
         more = {}
         if 'members' in self.needs:  # the members of each mixed pair
@@ -398,6 +442,8 @@ class PatchSource:
             more.update(pseudo_a=self.pseudo_of(idx), pseudo_b=self.pseudo_of(partner))
         if 'clean' in self.needs:
             more.update(x_clean=x_clean, labels=take(self.label, idx))
+        if 'semi' in self.needs:
+            more.update(semi=ops.cast(semi, 'float32'))
         return Batch(x=x, y=mix(ops, lam, y_a, y_b), verified=take(self.verified, idx),
                      members=1.0 + paired,
                      wrong=take(self.wrong, idx) + paired * take(self.wrong, partner), **more)

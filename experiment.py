@@ -302,7 +302,8 @@ class Memo:
 
 
 def epoch_plans(cfg, table, patches, source):
-    """The run's sampling.Plans: learn.batch_size, mixup and multitask, with random crop
+    """The run's sampling.Plans: learn.batch_size, mixup (mixup_p) and multitask
+    (multitask_batches), with random crop
     offsets (extract.crop random_crop), SpecAugment and Akiyama & Sato's augmentations
     drawn into every epoch plan from the stage's rng."""
     learn = cfg['learn']
@@ -314,7 +315,8 @@ def epoch_plans(cfg, table, patches, source):
     return sampling.Plans(learn['batch_size'], learn['mixup'], learn['mixup_alpha'],
                           learn['mixup_mode'], draw,
                           table.verified.to_numpy()[patches.clip] == 1, learn['multitask'],
-                          learn['pseudo_labels'] is not None)
+                          learn['pseudo_labels'] is not None, learn['mixup_p'],
+                          learn['multitask_batches'])
 
 
 def build_trainer(cfg, mode, table, classes, source, fold=None):
@@ -362,7 +364,8 @@ def split(cfg, mode, table, classes, store):
     """(the readable training rows, the folds' (training rows, validation rows), the
     counts drawn by ctrl.n_noisy / n_clean): one stratified train/val split (the dataset's
     own validation clips where it has them: FSD50K, ARCA23K, a csv split column with val),
-    or with learn.folds K > 1 K stratified folds, or the folds the mode makes itself
+    or with learn.folds K > 1 K stratified folds (of the verified clips only, with
+    learn.fold_subset verified: splits.fold_split), or the folds the mode makes itself
     (Mode.split: self_verify's 4), of the training rows, drawn first when ctrl.n_noisy or
     n_clean is set (subsets.py)."""
     learn, ctrl = cfg['learn'], cfg['ctrl']
@@ -383,8 +386,9 @@ def split(cfg, mode, table, classes, store):
     if mode.split is not None:
         return rows, mode.split(table, rows, seed), drawn
     if learn['folds'] > 1:
-        return rows, splits.kfold_split(rows, y if datasets.is_multi_label(table) else labels,
-                                        learn['folds'], seed), drawn
+        return rows, splits.fold_split(rows, y if datasets.is_multi_label(table) else labels,
+                                       table.verified.to_numpy()[rows] == 1, learn['folds'],
+                                       learn['fold_subset'], seed), drawn
     if own_val is not None:
         logger.info('validation: the dataset\'s own split, %d clips (learn.val_split %g is not '
                     'used)', own_val.size, learn['val_split'])
@@ -403,8 +407,9 @@ def check_batch_size(learn, mode, table, patches, folds):
     learn.multitask draw batches from them (sampling.check_batch_size)."""
     verified = table.verified.to_numpy()[patches.clip] == 1
     for train_rows, _ in folds:
+        paper = learn['multitask'] and learn['multitask_batches'] == 'paper'
         sampling.check_batch_size(learn['batch_size'], patches.of_clips(train_rows), verified,
-                                  mode.verified_stages, learn['multitask'])
+                                  mode.verified_stages, learn['multitask'] and not paper, paper)
 
 
 def batch_source(cfg, table, classes, store, patches, rows, folds, run_dir):

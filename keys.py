@@ -234,6 +234,13 @@ KEYS = {
         'mixup_mode': Key(
             'intra', 'intra: mix a batch with a shuffled copy; inter: with the next batch',
             choices=('intra', 'inter')),
+        'mixup_p': Key(
+            1.0, 'probability that a training example is mixed (1: every example; Akiyama & '
+            "Sato's released code: 0.5, per example)", at_least=0, at_most=1),
+        'augment_domain': Key(
+            'log', 'mixup, gain and masks act on: log (the stored frames, each member '
+            'standardised first) or power (mel energies; dB and per-clip standardisation after '
+            'all augmentations, Akiyama & Sato)', choices=('log', 'power')),
         'mixup_warmup_epochs': Key(
             10, 'mode 0: epochs without mixup before mixup starts', at_least=0),
         'mode': Key(
@@ -322,6 +329,10 @@ KEYS = {
             'at the last (Dorfer & Widmer: 100 of 500)', at_least=0),
         'folds': Key(
             1, '1: one train/val split; K > 1: K stratified folds, K models averaged', at_least=1),
+        'fold_subset': Key(
+            'verified', 'learn.folds > 1: verified (the folds split the verified clips, every '
+            'fold trains on all unverified ones; Akiyama & Sato) or all (every training clip)',
+            choices=('verified', 'all')),
         'sv_excerpts': Key(
             25, 'self_verify: random excerpts per judged clip (training input length)',
             at_least=1),
@@ -354,6 +365,11 @@ KEYS = {
             None, 'multitask: predictions CSV (fname + class columns) of an earlier run over the '
             'unverified clips -> soft pseudo labels learned by the verified head',
             nullable=True, type=str),
+        'multitask_batches': Key(
+            'paper', 'multitask: paper (per step batch_size verified + batch_size unverified [+ '
+            'batch_size pseudo-label stream], an epoch one pass over the verified clips) or split '
+            '(batch_size halved, an epoch one pass over the unverified clips)',
+            choices=('paper', 'split')),
         'freq_mask': Group('Akiyama & Sato: with probability p one frequency mask of '
                            'min..max_width bands', {
             'p': Key(0.0, 'probability per training example (paper: 0.5)', at_least=0, at_most=1),

@@ -16,7 +16,8 @@ import keras
 from keras import ops
 
 from config import ConfigError, lookup
-from heads import _sparsemax_threshold, head_branches
+from heads import _sparsemax_threshold
+from multitask_loss import Multitask
 
 P_MIN = 1e-7  # probabilities are clipped here before a log or a power
 
@@ -366,73 +367,6 @@ class HeadLosses(StepLoss):
                    for name, out in y_pred.items() if name in BRANCH_LOSSES)
 
 
-def mse(y_true, y_pred):
-    """Mean squared error per example, the mean over the K classes of (y_k - p_k)^2."""
-    return ops.mean(ops.square(y_true - y_pred), axis=-1)
-
-
-class Multitask(StepLoss):
-    """learn.multitask (Akiyama & Sato, DCASE 2019 task 2, Sec. 2.1-2.2 and Fig. 1): the
-    loss.type loss (`base`) trains the verified head on verified clips and the unverified
-    head on unverified clips, weighed by loss.multitask_weights; with learn.pseudo_labels,
-    the verified head also learns the unverified clips' sharpened soft pseudo labels with
-    MSE weighed by loss.pseudo_weight (Fig. 1: the soft-pseudo-label MSE and the curated
-    BCE both sit on the curated branch, and the paper mixes curated clips with pseudo-
-    labelled ones, which only one head can learn).
-
-    Mixup in the loss form: an example mixed from members a and b with weight lam is
-    lam * (a's terms) + (1 - lam) * (b's terms), each member contributing by its own
-    verified flag. For CCE and BCE, linear in the targets, this is exactly the loss of the
-    mixed targets on the head both members train; it also lets a verified clip mixed with a
-    pseudo-labelled one train the verified head with both its label and the pseudo label.
-    The step reads the members from the batch (data.Batch, fields of needs() 'members'
-    and 'pseudo'): y_a, y_b (label-smoothed targets), lam, verified (the first member's),
-    verified_b, pseudo_a, pseudo_b.
-
-    Figures: loss_verified, loss_unverified (and loss_pseudo), the batch means of each
-    head's weighted terms, which add up to the loss.
-    """
-
-    @classmethod
-    def needs(cls, cfg):
-        pseudo = {'pseudo'} if cfg['learn']['pseudo_labels'] is not None else set()
-        return frozenset({'members'} | pseudo)
-
-    def __init__(self, base, cfg):
-        self.base = base
-        self.weights = dict(zip(('verified', 'unverified'), cfg['loss']['multitask_weights']))
-        self.pseudo = cfg['learn']['pseudo_labels'] is not None
-        self.pseudo_weight = cfg['loss']['pseudo_weight']
-        self.log_names = ('loss_verified', 'loss_unverified') + (
-            ('loss_pseudo',) if self.pseudo else ())
-
-    def per_example(self, y_true, y_pred, x=None, emb=None):
-        """The verified head's loss (validation, scoring): what the model predicts with."""
-        return self.base.per_example(y_true, head_branches(y_pred, 'verified'))
-
-    def terms(self, y_pred, batch):
-        """Per-example [B] weighted terms of each head: {verified, unverified[, pseudo]}."""
-        heads = {name: head_branches(y_pred, name) for name in self.weights}
-        lam = batch.lam
-        terms = {}
-        for share, ver, y, pseudo in ((lam, batch.verified, batch.y_a, batch.pseudo_a),
-                                      (1.0 - lam, batch.verified_b, batch.y_b, batch.pseudo_b)):
-            for name, flag in (('verified', ver), ('unverified', 1.0 - ver)):
-                term = share * flag * self.weights[name] * self.base.per_example(y, heads[name])
-                terms[name] = terms.get(name, 0.0) + term
-            if self.pseudo:
-                term = (share * (1.0 - ver) * self.pseudo_weight
-                        * mse(pseudo, y_pred['scores']))
-                terms['pseudo'] = terms.get('pseudo', 0.0) + term
-        return terms
-
-    def __call__(self, batch, outputs):
-        terms = self.terms(outputs, batch)
-        total = sum(terms.values())
-        figures = {f'loss_{name}': ops.mean(term) for name, term in terms.items()}
-        return ops.mean(total), ops.ones_like(total), figures
-
-
 LOSSES = {
     'CCE': CCE,
     'lq_loss': Lq,
@@ -461,7 +395,8 @@ def check(cfg):
 
 def get(cfg, masker=None):
     """The StepLoss named by loss.type, with the mode's loss masking when it has one (the
-    staged mode's masking.Masker); with learn.multitask, that loss on both heads."""
+    staged mode's masking.Masker); with learn.multitask, that loss on both heads
+    (multitask_loss.Multitask)."""
     loss = lookup(LOSSES, cfg['loss']['type'], 'loss.type')(cfg)
     loss.masker = masker
     return Multitask(loss, cfg) if cfg['learn']['multitask'] else loss

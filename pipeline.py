@@ -49,9 +49,10 @@ def batch_source(cfg, store, patches, table, mean, std, eps, needs=frozenset(), 
     args = (store.frames, patches, table, mean, std, eps, train_len)
     ext = cfg['extract']
     # log: whether the stored frames are log-mel (how a gain acts on them,
-    # augment.gain_frames); per_clip: each example standardised by itself
+    # augment.gain_frames); per_clip: each example standardised by itself; power: mixed,
+    # scaled and masked as mel energies, dB and standardisation last (learn.augment_domain)
     more = dict(eval_len=eval_len, log=ext['log'], per_clip=ext['normalize'] == 'per_clip',
-                needs=needs, pseudo=pseudo)
+                needs=needs, pseudo=pseudo, power=cfg['learn']['augment_domain'] == 'power')
     if on_device(cfg):
         try:
             return data.PatchSource(*args, on_device=True, **more)

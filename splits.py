@@ -4,11 +4,14 @@ and the 4 folds of learn.mode self_verify).
 Every split depends only on its seed, so repeats with the same ctrl.seed validate on the
 same clips, and a sweep over seeds also varies the split.
 """
+import logging
 import warnings
 
 import numpy as np
 
 from config import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def split_train_val(rows, labels, val_split, seed):
@@ -58,6 +61,28 @@ def kfold_split(rows, y, k, seed, what='learn.folds'):
         warnings.simplefilter('ignore', UserWarning)
         parts = [rows[val] for _, val in folds.split(rows, y)]
     return [(np.sort(np.setdiff1d(rows, val)), np.sort(val)) for val in parts]
+
+
+def fold_split(rows, y, verified, k, subset, seed):
+    """learn.folds K > 1 -> [(train_rows, val_rows)] of fold 1..K (kfold_split). subset
+    (learn.fold_subset) 'all': the folds split every training row; 'verified' (Akiyama &
+    Sato's released code, which splits the curated clips into 5 folds and trains every
+    fold on all noisy clips): they split the verified rows only, each fold validates on
+    verified clips alone and trains on its other verified rows and every unverified row.
+    verified [rows] bool. A subset of one kind has nothing to keep apart: all rows verified
+    give the same folds either way; with no verified row the folds split every row, and
+    the log says so."""
+    if subset == 'all' or verified.all():
+        return kfold_split(rows, y, k, seed)
+    if not verified.any():
+        logger.info('learn.fold_subset verified: the training subset has no verified clip; '
+                    'the %d folds split all %d training clips', k, rows.size)
+        return kfold_split(rows, y, k, seed)
+    folds = kfold_split(rows[verified], y[verified], k, seed)
+    logger.info('learn.fold_subset verified: %d folds of the %d verified training clips, '
+                'each fold also training on all %d unverified clips', k, verified.sum(),
+                (~verified).sum())
+    return [(np.union1d(train, rows[~verified]), val) for train, val in folds]
 
 
 def strata(y):

@@ -87,10 +87,14 @@ def _batch(rng, pseudo):
     return batch
 
 
-@pytest.mark.parametrize('pseudo', [False, True])
-def test_each_member_trains_its_own_head_and_the_pseudo_mse_weight(make_cfg, pseudo):
+@pytest.mark.parametrize('pseudo, batches', [(False, 'split'), (True, 'split'),
+                                            (False, 'paper')])
+def test_each_member_trains_its_own_head_and_the_pseudo_mse_weight(make_cfg, pseudo, batches):
+    """split: the mean over the batch; paper (two streams of B / 2 here): the sum of each
+    stream's mean, i.e. the sum over B / 2."""
     rng = np.random.default_rng(1)
-    over = ['learn.multitask=true', 'loss.type=CCE', 'loss.multitask_weights=[1.0, 0.5]']
+    over = ['learn.multitask=true', 'loss.type=CCE', 'loss.multitask_weights=[1.0, 0.5]',
+            f'learn.multitask_batches={batches}']
     if pseudo:
         over.append('learn.pseudo_labels=p.csv')
     loss = losses.get(make_cfg(*over))
@@ -109,9 +113,50 @@ def test_each_member_trains_its_own_head_and_the_pseudo_mse_weight(make_cfg, pse
         if pseudo:
             expected['pseudo'] += (share * (1 - v) * 20.0
                                    * ((batch[f'pseudo_{m}'] - pv) ** 2).mean(axis=1))
+    size = B if batches == 'split' else B / 2
     for name in ('verified', 'unverified') + (('pseudo',) if pseudo else ()):
-        assert float(figures[f'loss_{name}']) == pytest.approx(expected[name].mean(), rel=1e-5)
-    assert float(total) == pytest.approx(sum(np.mean(e) for e in expected.values()), rel=1e-5)
+        assert float(figures[f'loss_{name}']) == pytest.approx(expected[name].sum() / size,
+                                                               rel=1e-5)
+    assert float(total) == pytest.approx(sum(np.sum(e) for e in expected.values()) / size,
+                                         rel=1e-5)
+
+
+def test_paper_streams_loss_is_bce_plus_bce_noisy_plus_20_semi_mse(make_cfg):
+    """learn.multitask_batches paper with pseudo labels, against the released train_model2.py
+    written in numpy: bce(verified head, curated stream) + bce(unverified head, noisy
+    stream) + 20 * mse(verified head, mixed semi targets), each a mean over its stream;
+    a semi member's target is its label (verified) or its pseudo label (unverified)."""
+    rng = np.random.default_rng(3)
+    n = 4  # examples per stream: [curated | noisy | semi]
+    loss = losses.get(make_cfg('learn.multitask=true', 'learn.head=sigmoid', 'loss.type=bce',
+                               'learn.pseudo_labels=p.csv'))
+    assert loss.needs(make_cfg('learn.multitask=true', 'learn.pseudo_labels=p.csv')) == {
+        'members', 'pseudo', 'semi'}
+    y_a, y_b = ((rng.random((3 * n, K)) > 0.6).astype('float32') for _ in range(2))
+    pseudo_a, pseudo_b = rng.uniform(size=(2, 3 * n, K)).astype('float32')
+    ver_a = np.r_[np.ones(n), np.zeros(n), rng.integers(0, 2, n)].astype('float32')
+    ver_b = np.r_[np.ones(n), np.zeros(n), rng.integers(0, 2, n)].astype('float32')
+    lam = rng.uniform(size=3 * n).astype('float32')
+    semi = np.r_[np.zeros(2 * n), np.ones(n)].astype('float32')
+    pv, pu = rng.uniform(0.05, 0.95, (2, 3 * n, K)).astype('float32')
+    batch = data.Batch(y_a=y_a, y_b=y_b, lam=lam, verified=ver_a, verified_b=ver_b,
+                       pseudo_a=pseudo_a, pseudo_b=pseudo_b, semi=semi)
+    total, _, figures = loss(batch, {'verified_sigmoid': pv, 'unverified_sigmoid': pu,
+                                     'scores': pv})
+
+    def bce(y, p):
+        return -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(axis=1)
+    mixed = lam[:, None] * y_a + (1 - lam[:, None]) * y_b
+    cur, noisy, s = slice(0, n), slice(n, 2 * n), slice(2 * n, 3 * n)
+    t_a = np.where(ver_a[:, None] == 1, y_a, pseudo_a)
+    t_b = np.where(ver_b[:, None] == 1, y_b, pseudo_b)
+    target = lam[:, None] * t_a + (1 - lam[:, None]) * t_b
+    expected = {'verified': bce(mixed[cur], pv[cur]).mean(),
+                'unverified': bce(mixed[noisy], pu[noisy]).mean(),
+                'pseudo': 20.0 * ((target[s] - pv[s]) ** 2).mean()}
+    for name, value in expected.items():
+        assert float(figures[f'loss_{name}']) == pytest.approx(value, rel=1e-5), name
+    assert float(total) == pytest.approx(sum(expected.values()), rel=1e-5)
 
 
 def test_validation_loss_is_the_verified_heads(make_cfg):
