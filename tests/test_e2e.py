@@ -531,10 +531,13 @@ def test_three_folds_of_two_cycles_average_six_snapshots(workspace):
     assert list(pred.fname) == list(table.fname[rows])
     np.testing.assert_allclose(pred[classes].to_numpy(), np.mean(members, axis=0),
                                rtol=1e-4, atol=1e-6)
-    # Out-of-fold scores: every training clip once, scored by the fold that held it out.
+    # Out-of-fold scores: every verified training clip once, scored by the fold that held
+    # it out (learn.fold_subset verified: the folds split the verified clips only).
     oof = pd.read_csv(run_dir / 'oof.csv')
     assert list(oof.columns) == ['fname', 'label', *classes]
-    assert sorted(oof.fname) == sorted(table.fname[table.subset == 'train'])
+    train = table[table.subset == 'train']
+    assert sorted(oof.fname) == sorted(train.fname[train.verified == 1])
+    assert 'learn.fold_subset verified: 3 folds of the' in log
     assert ((oof[classes] >= 0) & (oof[classes] <= 1)).all().all()
     results = json.loads((run_dir / 'results.json').read_text())
     assert results['ensemble']['n_models'] == 6 and results['ensemble']['folds'] == 3
@@ -576,9 +579,16 @@ def test_self_verification_accepts_mostly_right_labels(workspace):
 
 def test_multitask_trains_each_head_on_its_own_clips(workspace):
     _, clean, _ = workspace
+    # learn.multitask_batches paper: an epoch is one pass over the verified patches, in
+    # batches of 16 verified + 16 unverified
     code, log, run_dir = run(workspace, 'multitask', clean,
-                             ['learn.multitask=true', 'learn.mixup=true', 'learn.n_epochs=6'])
+                             ['learn.multitask=true', 'learn.mixup=true', 'learn.n_epochs=6',
+                              'learn.batch_size=16'])
     assert code == 0, log[-2000:]
+    n = int(re.search(r'one pass over the (\d+) verified training patches', log)[1])
+    assert (f'multitask batches (paper): 16 verified + 16 unverified examples per step; an '
+            f'epoch is one pass over the {n} verified training patches: {-(-n // 16)} steps'
+            in log)
     hist = history(run_dir)
     assert (hist.loss_verified > 0).all() and (hist.loss_unverified > 0).all()
     # the two heads' terms make up the logged loss (the baseline's L2 is not in it)

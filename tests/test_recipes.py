@@ -109,7 +109,7 @@ HE = {'ctrl.train_data': 'all', 'extract.fs': HE_FS,
       'learn.optim': 'Adam', 'learn.lr': 0.001, 'learn.lr_schedule': 'constant',
       'learn.model': 'cnn_gru', 'learn.head': 'sigmoid_sparsemax',
       'learn.mask_method': 'threshold', 'learn.mask_top_k': 10, 'learn.mask_alpha': 0.9,
-      'learn.mixup': True, 'learn.folds': 4, 'loss.type': 'bce',
+      'learn.mixup': True, 'learn.folds': 4, 'learn.fold_subset': 'all', 'loss.type': 'bce',
       'recognizer.ensemble': 'gmean'}
 # SpecAugment's sizes are not in the paper: Park et al.'s LibriSpeech-basic policy
 # (Interspeech 2019, Table 1: W 80, F 27, m_F 1, T 100, m_T 1).
