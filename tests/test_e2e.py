@@ -628,6 +628,37 @@ def test_multitask_learns_soft_pseudo_labels_of_an_earlier_run(workspace, tmp_pa
     assert ACCURACY.search(log)
 
 
+def test_paper_batches_on_the_device_path_in_the_power_domain(workspace, tmp_path):
+    """Akiyama & Sato's whole batch (issue 17, section 1) in the compiled step with
+    device-side gathers: three streams with pseudo labels, half the examples mixed, the
+    frequency mask and gain on mel energies, dB and per-clip standardisation last."""
+    _, clean, _ = workspace
+    train = pd.read_csv(clean / 'FSDnoisy18k.meta' / 'train.csv')
+    classes = sorted(train.label.unique())
+    unverified = train[train.manually_verified == 0]
+    scores = np.random.default_rng(0).dirichlet(np.ones(len(classes)), len(unverified))
+    csv = tmp_path / 'pseudo.csv'
+    pd.concat([unverified[['fname']].reset_index(drop=True),
+               pd.DataFrame(scores, columns=classes)], axis=1).to_csv(csv, index=False)
+    code, log, run_dir = run(workspace, 'paper_batches', clean,
+                             ['learn.multitask=true', f'learn.pseudo_labels={csv}',
+                              'learn.mixup=true', 'learn.mixup_p=0.5', 'learn.batch_size=16',
+                              'learn.augment_domain=power', 'extract.normalize=per_clip',
+                              'learn.freq_mask.p=0.5', 'learn.freq_mask.min_width=2',
+                              'learn.freq_mask.max_width=8', 'learn.gain.p=0.5',
+                              'learn.frames_on_device=always', 'learn.jit_compile=true',
+                              'learn.n_epochs=2'])
+    assert code == 0, log[-2000:]
+    assert ('multitask batches (paper): 16 verified + 16 unverified + 16 pseudo-label stream '
+            'examples per step' in log) and 'frames on the device' in log
+    hist = history(run_dir)
+    for name in ('loss_verified', 'loss_unverified', 'loss_pseudo'):
+        assert (hist[name] > 0).all() and np.isfinite(hist[name]).all(), name
+    assert np.allclose(hist.loss_verified + hist.loss_unverified + hist.loss_pseudo,
+                       hist.loss, rtol=1e-4)
+    assert ACCURACY.search(log)
+
+
 def test_paper_augmentations_and_per_clip_standardisation_train(workspace):
     _, clean, _ = workspace
     code, log, run_dir = run(workspace, 'augment', clean,
