@@ -1,7 +1,7 @@
 """Epoch plans: which patches each training step takes, their mixup partners and weights
-(config section `learn`: batch_size, mixup, mixup_alpha, mixup_mode, multitask), drawn on
-the host from the run's rng so that a run is repeatable whatever the order in which
-tf.data evaluates batches. The augmentations drawn into a plan are augment.py's.
+(config section `learn`: batch_size, mixup, mixup_alpha, mixup_mode, mixup_p, multitask,
+multitask_batches), drawn on the host from the run's rng so that a run is repeatable
+whatever the order in which tf.data evaluates batches. The augmentations drawn into a plan are augment.py's.
 """
 import dataclasses
 import logging

@@ -78,7 +78,8 @@ def fold_split(rows, y, verified, k, subset, seed):
         logger.info('learn.fold_subset verified: the training subset has no verified clip; '
                     'the %d folds split all %d training clips', k, rows.size)
         return kfold_split(rows, y, k, seed)
-    folds = kfold_split(rows[verified], y[verified], k, seed)
+    folds = kfold_split(rows[verified], y[verified], k, seed,
+                        'learn.folds (of the verified clips: learn.fold_subset verified)')
     logger.info('learn.fold_subset verified: %d folds of the %d verified training clips, '
                 'each fold also training on all %d unverified clips', k, verified.sum(),
                 (~verified).sum())
