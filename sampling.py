@@ -1,7 +1,8 @@
 """Epoch plans: which patches each training step takes, their mixup partners and weights
 (config section `learn`: batch_size, mixup, mixup_alpha, mixup_mode, mixup_p, multitask,
 multitask_batches), drawn on the host from the run's rng so that a run is repeatable
-whatever the order in which tf.data evaluates batches. The augmentations drawn into a plan are augment.py's.
+whatever the order in which tf.data evaluates batches. The augmentations drawn into a plan
+are augment.py's.
 """
 import dataclasses
 import logging
@@ -27,8 +28,9 @@ class EpochPlan:
     none). gain / partner_gain multiply each member's mel energies (1: none). warp
     [steps, batch, 2]: SpecAugment's time warp (point, distance) of each (mixed) example
     ([steps, batch, 0]: none). semi [steps, batch]: 1 for an example of the
-    soft-pseudo-label stream (learn.multitask_batches paper). Every field is drawn on the host from the run's rng, so a run is repeatable whatever the order in
-    which tf.data evaluates batches.
+    soft-pseudo-label stream (learn.multitask_batches paper). Every field is drawn on the
+    host from the run's rng, so a run is repeatable whatever the order in which tf.data
+    evaluates batches.
     """
     idx: np.ndarray
     partner: np.ndarray
