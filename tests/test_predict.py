@@ -44,7 +44,7 @@ def error_line(capsys, argv):
 def test_a_finished_run_is_scored(finished, tmp_path):
     _, _, run_dir = finished
     out = tmp_path / 'new' / 'scores.csv'
-    assert predict.main([str(run_dir), '--clips', 'test', '-o', str(out)]) == 0
+    assert predict.main([str(run_dir), '--clips', 'test', '--out', str(out)]) == 0
     assert len(pd.read_csv(out)) == 6
 
 
@@ -52,12 +52,12 @@ def test_an_unfinished_run_is_refused_unless_asked_for(finished, tmp_path, capsy
     run_dir = copy_run(finished, 'unfinished')
     (run_dir / 'results.json').unlink()
     out = tmp_path / 'scores.csv'
-    line = error_line(capsys, [str(run_dir), '-o', str(out)])
+    line = error_line(capsys, [str(run_dir), '--out', str(out)])
     assert line == (f'error: {run_dir} has not finished (no results.json): its model.keras '
                     f'is the last one it saved, not a finished run\'s; pass --unfinished to '
                     f'score it anyway')
     assert not out.exists()
-    assert predict.main([str(run_dir), '--unfinished', '--clips', 'test', '-o', str(out)]) == 0
+    assert predict.main([str(run_dir), '--unfinished', '--clips', 'test', '--out', str(out)]) == 0
     assert (f'warning: {run_dir} has not finished (no results.json): scoring the last '
             f'model.keras it saved') in capsys.readouterr().err
     assert len(pd.read_csv(out)) == 6
@@ -67,14 +67,14 @@ def test_an_unfinished_run_is_refused_unless_asked_for(finished, tmp_path, capsy
 def test_a_corrupt_model_is_one_line(finished, tmp_path, capsys, content):
     run_dir = copy_run(finished, f'bad_model_{len(content)}')
     (run_dir / 'model.keras').write_bytes(content)
-    line = error_line(capsys, [str(run_dir), '-o', str(tmp_path / 's.csv')])
+    line = error_line(capsys, [str(run_dir), '--out', str(tmp_path / 's.csv')])
     assert line.startswith(f'error: {run_dir}/model.keras is not a readable Keras model (')
 
 
 def test_a_garbage_scaler_is_one_line(finished, tmp_path, capsys):
     run_dir = copy_run(finished, 'bad_scaler')
     (run_dir / 'scaler.npz').write_bytes(b'\x80\x04garbage' * 20)
-    line = error_line(capsys, [str(run_dir), '-o', str(tmp_path / 's.csv')])
+    line = error_line(capsys, [str(run_dir), '--out', str(tmp_path / 's.csv')])
     assert line.startswith(f'error: {run_dir}/scaler.npz is not a readable scaler.npz (')
 
 
@@ -90,7 +90,7 @@ def test_a_dataset_whose_classes_changed_is_one_line(finished, tmp_path, capsys)
     cfg = yaml.safe_load((run_dir / 'config.yaml').read_text())
     cfg['ctrl']['dataset_path'], cfg['learn']['n_classes'] = str(changed), None
     (run_dir / 'config.yaml').write_text(yaml.safe_dump(cfg))
-    line = error_line(capsys, [str(run_dir), '-o', str(tmp_path / 's.csv')])
+    line = error_line(capsys, [str(run_dir), '--out', str(tmp_path / 's.csv')])
     assert line.startswith(f'error: the model of {run_dir} scores 3 classes but its dataset '
                            f'{changed} has 2 now (')
     assert line.endswith('): the dataset changed since the run')
@@ -100,7 +100,7 @@ def test_an_output_that_cannot_be_created_is_one_line(finished, tmp_path, capsys
     _, _, run_dir = finished
     (tmp_path / 'file').write_text('a file, not a folder')
     out = tmp_path / 'file' / 'scores.csv'
-    line = error_line(capsys, [str(run_dir), '-o', str(out)])
-    assert line.startswith(f'error: -o {out}: cannot create its folder {tmp_path}/file (')
-    line = error_line(capsys, [str(run_dir), '-o', str(tmp_path)])
-    assert line == f'error: -o {tmp_path} is a folder: give the CSV file to write'
+    line = error_line(capsys, [str(run_dir), '--out', str(out)])
+    assert line.startswith(f'error: --out {out}: cannot create its folder {tmp_path}/file (')
+    line = error_line(capsys, [str(run_dir), '--out', str(tmp_path)])
+    assert line == f'error: --out {tmp_path} is a folder: give the CSV file to write'
