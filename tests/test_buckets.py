@@ -163,3 +163,29 @@ def test_padding_views_of_fixed_length_clips_geometric(make_cfg, model):
                  for p in (1, 3)]
         want.append(np.exp(np.log(views).mean(axis=0)))
     np.testing.assert_allclose(got, np.stack(want), rtol=1e-4, atol=1e-6)
+
+
+class _CountingPadded:
+    """source.padded runs only when the scoring function is traced: counts the traces."""
+
+    def __init__(self, source):
+        self.source, self.traces = source, 0
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
+
+    def padded(self, *args):
+        self.traces += 1
+        return self.source.padded(*args)
+
+
+def test_one_trace_for_every_bucket_length_and_view(make_cfg, model):
+    """Buckets of 4 lengths x 2 views, batches of 1 and 2 clips: one tf.function trace."""
+    net, _, _ = model
+    source, patches, cfg, *_ = source_and_cfg(
+        make_cfg, False, 'recognizer.length_tolerance=0.1', 'recognizer.tta_pad=[0, 2]')
+    counting = _CountingPadded(source)
+    score = evaluation.recognizer_scorer(net, counting, patches, cfg)
+    score(np.arange(len(LENGTHS)))
+    score(np.arange(3))
+    assert counting.traces == 1
