@@ -113,10 +113,11 @@ def clip_scorer(classifier, source, patches, cfg):
     random_crop: the table holds one whole clip per row, scored in one pass (no
     aggregation). Whole clips are batched by length (Akiyama & Sato, DCASE 2019 task 2,
     group clips of similar length); every clip is fixed to extract.clip_frames, so one
-    length holds them all and a batch is eval_batch_size clips. Clips are never padded to
-    a common length: a convolution's border, batch normalisation's shift and the GRU or
+    length holds them all and a batch is eval_batch_size clips. Here clips are never padded
+    to a common length: a convolution's border, batch normalisation's shift and the GRU or
     global pooling all see padded frames, so a padded clip would score differently from
-    the same clip alone.
+    the same clip alone. Full-length scoring, which pads clips to their group's length
+    within recognizer.length_tolerance (0: exact), is buckets.py's (recognizer_scorer).
     """
     compiled = tf.function(
         lambda i: classifier(source.inputs(i, length=source.eval_len),

@@ -189,3 +189,15 @@ def test_one_trace_for_every_bucket_length_and_view(make_cfg, model):
     score(np.arange(len(LENGTHS)))
     score(np.arange(3))
     assert counting.traces == 1
+
+
+def test_scoring_that_takes_long_shows_a_progress_bar(make_cfg, model, monkeypatch, capsys):
+    """The bar waits PROGRESS_AFTER_S; made 0 here, it shows over the clips scored."""
+    net, _, _ = model
+    source, patches, cfg, *_ = source_and_cfg(make_cfg, False, 'recognizer.length_tolerance=0')
+    evaluation.predict_clips(net, source, patches, np.arange(len(LENGTHS)), cfg)
+    assert 'scoring' not in capsys.readouterr().err  # quick: no bar
+    monkeypatch.setattr(evaluation, 'PROGRESS_AFTER_S', 0)
+    evaluation.predict_clips(net, source, patches, np.arange(len(LENGTHS)), cfg)
+    err = capsys.readouterr().err
+    assert 'scoring' in err and f'/{len(LENGTHS)}' in err, err
