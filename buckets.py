@@ -17,7 +17,14 @@ many frames of silence on both sides (the released `pad`; the paper's "Pad = 8, 
 ratio of the scored length on each side when the entry has a decimal point (0.25: a quarter
 of it each side); 0 is the clip as it is. The views are averaged by eval.py. Silence is the
 stored frame of a digitally silent signal, standardised with the clip.
+
+The feature kind (extract.features) is read from the config (KINDS): log-mel frames, or a
+waveform's samples (silence 0, the shortest length extract.crop_samples, no fixed length:
+length_tolerance null scores each clip at its own length). The source gathers the padded
+inputs (its padded(); data.PatchSource for log-mel).
 """
+from dataclasses import dataclass
+
 import numpy as np
 import tensorflow as tf  # tf.function with a dynamic input signature: one trace, any length
 
@@ -25,8 +32,8 @@ from config import ConfigError, lookup
 
 
 def check(cfg):
-    """recognizer.tta_pad holds frames (integers >= 0) or ratios (> 0); both keys score
-    whole clips, so they need extract.crop random_crop (a model of any input length)."""
+    """recognizer.tta_pad holds frames (integers >= 0) or ratios (> 0); on log-mel, both
+    keys score whole clips, so they need extract.crop random_crop (a model of any length)."""
     rec = cfg['recognizer']
     for pad in rec['tta_pad'] or []:
         if isinstance(pad, bool) or not isinstance(pad, (int, float)) or pad < 0 or \
@@ -35,7 +42,7 @@ def check(cfg):
                               f'(integers >= 0) or ratios of the scored length (numbers with '
                               f'a decimal point, > 0), got {pad!r}')
     used = [key for key in ('length_tolerance', 'tta_pad') if rec[key] not in (None, [])]
-    if used and cfg['extract']['crop'] != 'random_crop':
+    if used and kind(cfg) == 'logmel' and cfg['extract']['crop'] != 'random_crop':
         raise ConfigError(f'recognizer.{used[0]} scores whole clips, which needs extract.crop '
                           f'random_crop (extract.crop patches scores fixed patches of a '
                           f'fixed-length model)')
@@ -77,15 +84,34 @@ def _silent_log_mel(ext, width):
     return frames[len(frames) // 2]
 
 
-# extract.features -> the stored frame of silence [width]; a waveform's silence is 0.
-SILENCE = {'logmel': _silent_log_mel,
-           'waveform': lambda ext, width: np.zeros(width, np.float32)}
+@dataclass(frozen=True)
+class Kind:
+    """What whole-clip scoring needs to know of a feature kind (extract.features): the
+    stored frame of silence [width], the shortest scored length (the training input: a
+    shorter clip is padded to it) and the fixed length of length_tolerance null (None:
+    each clip at its own length)."""
+    silence: object
+    shortest: object
+    fixed: object
+
+
+KINDS = {'logmel': Kind(_silent_log_mel, lambda ext: ext['crop_frames'],
+                        lambda ext: ext['clip_frames']),
+         # samples: silence is 0, read with zeros beyond a clip's ends (never repeated)
+         'waveform': Kind(lambda ext, width: np.zeros(width, np.float32),
+                          lambda ext: ext['crop_samples'], lambda ext: None)}
+
+
+def kind(cfg):
+    return cfg['extract'].get('features', 'logmel')
+
+
+def _kind(cfg):
+    return lookup(KINDS, kind(cfg), 'extract.features')
 
 
 def silence(cfg, width):
-    kind = cfg['extract'].get('features', 'logmel')
-    return np.asarray(lookup(SILENCE, kind, 'extract.features')(cfg['extract'], width),
-                      np.float32)
+    return np.asarray(_kind(cfg).silence(cfg['extract'], width), np.float32)
 
 
 def whole_clip_scorer(classifier, source, patches, cfg):
@@ -96,7 +122,8 @@ def whole_clip_scorer(classifier, source, patches, cfg):
     called with the clips of each finished call."""
     ext, rec = cfg['extract'], cfg['recognizer']
     tolerance, pads = rec['length_tolerance'], rec['tta_pad'] or [0]
-    wrap = tolerance is None  # fixed-length clips, repeated and cut as in training
+    shortest, fixed = _kind(cfg).shortest(ext), _kind(cfg).fixed(ext)
+    wrap = tolerance is None and fixed is not None  # fixed-length clips, as in training
     quiet = silence(cfg, source.n_mels)
     spec = [tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.int32),
             tf.TensorSpec([], tf.int32)]
@@ -105,15 +132,15 @@ def whole_clip_scorer(classifier, source, patches, cfg):
                                              training=False)['scores'],
         input_signature=spec)
     # The frame budget of a call, as eval.eval_batch_size's: predict_batch_size crops.
-    budget = cfg['learn']['predict_batch_size'] * ext['crop_frames']
+    budget = cfg['learn']['predict_batch_size'] * shortest
 
     def padded_len(n):
         return n + 2 * max(pad_frames(p, n) for p in pads)
 
     def score(rows, progress=None):
         idx = patches.of_clips(rows)
-        lengths = (np.full(idx.size, ext['clip_frames']) if wrap
-                   else np.maximum(patches.clen[idx], ext['crop_frames']))
+        lengths = (np.full(idx.size, fixed) if wrap
+                   else np.maximum(patches.clen[idx], shortest))
         views = np.zeros((len(pads), idx.size, source.n_classes), np.float64)
         for members, length in plan(lengths, tolerance or 0.0, budget, padded_len):
             for v, pad in enumerate(pads):
