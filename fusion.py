@@ -29,6 +29,7 @@ import numpy as np
 
 import config
 import runfolder
+import utils
 
 TINY = 1e-12  # floor before a log (as eval.TINY)
 
@@ -164,18 +165,17 @@ def run_config(run_dir, overrides):
 
 def score_run(run_dir, clips, overrides=(), unfinished=False):
     """One run's ensemble scores of the clips `clips` (a CLIPS name) -> Scored."""
+    utils.import_tensorflow_quietly()  # before the modules below, which import TensorFlow
     import data
     import datasets
     import eval as evaluation
     import feat_extract
     import pipeline
-    import utils
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides)
     results = check_finished(run_dir, unfinished)
     paths, folds, snapshots = members(run_dir, results)
     check_members(run_dir, paths)
-    utils.import_tensorflow_quietly()
     first = load_model(paths[0])
     table, classes = datasets.load(cfg)
     check_classes(first, classes, run_dir, cfg)
@@ -244,11 +244,11 @@ def fuse(specs, clips, out_dir, method='amean', overrides=()):
     """Score each run of specs [(run_dir, weight)] and write their weighted average to
     out_dir/predictions.csv, with the dataset's metrics in out_dir/results.json when the
     test clips are scored. Returns (the Results or None, number of clips)."""
-    import eval as evaluation
-    from results import Results
     t0 = time.time()
     out_dir = writable_dir(out_dir)
     runs = [score_run(run_dir, clips, overrides) for run_dir, _ in specs]
+    import eval as evaluation  # after score_run has imported TensorFlow quietly
+    from results import Results
     check_same(runs)
     weights = [w for _, w in specs]
     scores = average([run.scores for run in runs], weights, method)

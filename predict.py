@@ -86,9 +86,9 @@ def writable(out):
 def predict(run_dir, clips, out, overrides=(), unfinished=False):
     """Write the scores of one run's ensemble on `clips` (a CLIPS name) to `out`; returns
     the fusion.Scored. unfinished: score a run that has not finished too (warning)."""
-    import eval as evaluation
     out = writable(out)
     scored = fusion.score_run(run_dir, clips, overrides, unfinished)
+    import eval as evaluation  # after score_run has imported TensorFlow quietly
     try:
         evaluation.write_predictions(out, scored.table, scored.classes, scored.rows,
                                      scored.scores)
