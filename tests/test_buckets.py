@@ -201,3 +201,38 @@ def test_scoring_that_takes_long_shows_a_progress_bar(make_cfg, model, monkeypat
     evaluation.predict_clips(net, source, patches, np.arange(len(LENGTHS)), cfg)
     err = capsys.readouterr().err
     assert 'scoring' in err and f'/{len(LENGTHS)}' in err, err
+
+
+def test_an_ensemble_scores_full_length_clips_member_by_member(make_cfg, tmp_path):
+    """eval.predict of an Ensemble with length_tolerance 0 and padding views: each saved
+    member (softmax of the input's overall mean x w + b) scored as numpy scores it, the
+    views and the members averaged (amean)."""
+    import keras
+    from keras import layers
+    inputs = keras.Input(shape=(None, N_MELS, 1))
+    dense = layers.Dense(K, activation='softmax')
+    net = keras.Model(inputs, {'scores': dense(layers.GlobalAveragePooling2D()(inputs))})
+    rng = np.random.default_rng(8)
+    paths, weights = [], []
+    for m in range(2):
+        w, b = rng.normal(size=(1, K)), rng.normal(size=K)
+        dense.set_weights([w.astype(np.float32), b.astype(np.float32)])
+        paths.append(tmp_path / f'member_{m}.keras')
+        net.save(paths[-1])
+        weights.append((w, b))
+    source, patches, cfg, clips, mean, std = source_and_cfg(
+        make_cfg, False, 'recognizer.length_tolerance=0', 'recognizer.tta_pad=[0, 3]')
+    ensemble = evaluation.Ensemble(paths, 1, 2, 'amean')
+    _, got = evaluation.predict(ensemble, source, patches, np.arange(len(LENGTHS)), cfg)
+    quiet = buckets.silence(cfg, N_MELS)
+    want = np.zeros_like(got)
+    for w, b in weights:
+        for i, c in enumerate(clips):
+            n = max(len(c), 4)
+            body = np.concatenate([c, np.tile(quiet, (n - len(c), 1))])
+            for p in (0, 3):
+                x = (np.concatenate([np.tile(quiet, (p, 1)), body, np.tile(quiet, (p, 1))])
+                     - mean) / std
+                z = x.mean() * w[0] + b
+                want[i] += np.exp(z - z.max()) / np.exp(z - z.max()).sum() / 4
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
