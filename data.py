@@ -393,6 +393,31 @@ class PatchSource:
             return (x - mean) / ops.maximum(std, 1e-8)
         return (x - self.mean) / self.std
 
+    def padded(self, idx, content, pad, silence, wrap):
+        """Standardised inputs [B, pad + content + pad, n_mels, 1] of whole-clip indices idx
+        (recognizer.length_tolerance, tta_pad; buckets.py): each clip read from its start
+        over `content` frames, repeated up to them and cut there when wrap (the fixed-length
+        clip of extract.clip_frames), else followed by silence once it ends (a clip padded
+        to its bucket's length); `pad` frames of silence on both sides. silence [n_mels]:
+        the stored frame of digital silence, standardised with the clip, as the released
+        code pads before its per-clip standardisation. content and pad may be tensors."""
+        ops = self.ops
+        u = ops.arange(content + 2 * pad, dtype='int32') - pad         # [T] frame in the clip
+        clen = ops.expand_dims(ops.take(self.clen, idx), -1)            # [B, 1]
+        inside = ops.logical_and(u >= 0, u < content)[None, :]          # [1, T]
+        if not wrap:
+            inside = ops.logical_and(inside, u[None, :] < clen)         # [B, T]
+        offset = ops.expand_dims(ops.take(self.offset, idx), -1)
+        rows = (ops.expand_dims(ops.take(self.row0, idx), -1)
+                + (offset + ops.maximum(u, 0)[None, :]) % clen)       # [B, T]
+        x = ops.take(self.frames, ops.reshape(rows, (-1,)), axis=0)
+        x = ops.reshape(ops.cast(x, 'float32'), (-1, ops.shape(u)[0], self.n_mels))
+        quiet = ops.reshape(ops.cast(silence, 'float32'), (1, 1, -1))
+        x = ops.where(ops.expand_dims(inside, -1), x, quiet)
+        if self.power:  # the stored (log) frames and silence -> mel energies, as in windows
+            x = power_frames(ops, x, self.log)
+        return self.finish(ops.expand_dims(x, -1))
+
     def masked(self, x, fmask, tmask):
         """x [B, T, F, 1] with SpecAugment's bands and frames set to 0, which is the band
         mean after standardisation (Park et al. mask with the mean of normalised features);

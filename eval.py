@@ -4,20 +4,26 @@ Patches are scored in large batches by one compiled function; clip scores aggreg
 patch scores of each clip (recognizer.aggregate: geometric mean gmean, arithmetic mean
 amean, or the maximum max). With extract.crop random_crop each clip is scored whole, in one
 pass, many clips per call. An ensemble averages its members' clip scores
-(recognizer.ensemble).
+(recognizer.ensemble). What a run reports (eval.predict, predict_clips) can score whole clips
+at full length in length buckets and with padding views (recognizer.length_tolerance,
+tta_pad; buckets.py); validation during training scores as clip_scorer does. Scoring that
+takes long shows a progress bar.
 
 The report computes (evaluate: metrics.METRICS -> results.Evaluation), formats
 (evaluation_lines: the block, from the Results) and writes (predictions.csv, confusion.csv;
 results.json last, write_results).
 """
 import logging
+import sys
 from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf  # tf.function compiles the gather + model call for prediction
+from tqdm import tqdm
 
+import buckets
 import datasets
 import heads  # noqa: F401  (registers the Sparsemax layer that saved members may hold)
 import metrics
@@ -29,6 +35,7 @@ from utils import Diverged, atomic_write_csv, atomic_write_json
 logger = logging.getLogger(__name__)
 
 TINY = 1e-12  # floor before a log, so that a zero score/loss does not give -inf
+PROGRESS_AFTER_S = 10  # scoring shows a progress bar once it has taken this long
 
 
 def _segments(clip_ids):
@@ -63,14 +70,17 @@ def aggregate(values, clip_ids, method):
 def check(cfg):
     lookup(AGGREGATIONS, cfg['recognizer']['aggregate'], 'recognizer.aggregate')
     lookup(ENSEMBLES, cfg['recognizer']['ensemble'], 'recognizer.ensemble')
+    buckets.check(cfg)
     check_metrics(cfg)
 
 
-def map_patches(fn, idx, batch_size):
+def map_patches(fn, idx, batch_size, done=None, progress=None):
     """fn(patch indices [b]) -> tensor [b, ...], over idx in fixed-size batches -> numpy.
 
     The last batch is padded so that the compiled function is traced once. fn may already
     be compiled (clip_scorer), so that calling this every epoch does not trace again.
+    progress(k), when given, is called after each batch with the sum of done [len(idx)]
+    over it (e.g. the clips whose last patch it held).
     """
     compiled = fn if isinstance(fn, tf.types.experimental.GenericFunction) else \
         tf.function(fn, reduce_retracing=True)
@@ -81,6 +91,8 @@ def map_patches(fn, idx, batch_size):
         part = idx[lo:lo + batch_size]
         padded = np.pad(part, (0, batch_size - part.size), mode='edge')
         out.append(np.asarray(compiled(tf.constant(padded)))[:part.size])
+        if progress is not None:
+            progress(int(done[lo:lo + batch_size].sum()))
     return np.concatenate(out) if out else np.zeros((0,))
 
 
@@ -101,10 +113,11 @@ def clip_scorer(classifier, source, patches, cfg):
     random_crop: the table holds one whole clip per row, scored in one pass (no
     aggregation). Whole clips are batched by length (Akiyama & Sato, DCASE 2019 task 2,
     group clips of similar length); every clip is fixed to extract.clip_frames, so one
-    length holds them all and a batch is eval_batch_size clips. Clips are never padded to
-    a common length: a convolution's border, batch normalisation's shift and the GRU or
+    length holds them all and a batch is eval_batch_size clips. Here clips are never padded
+    to a common length: a convolution's border, batch normalisation's shift and the GRU or
     global pooling all see padded frames, so a padded clip would score differently from
-    the same clip alone.
+    the same clip alone. Full-length scoring, which pads clips to their group's length
+    within recognizer.length_tolerance (0: exact), is buckets.py's (recognizer_scorer).
     """
     compiled = tf.function(
         lambda i: classifier(source.inputs(i, length=source.eval_len),
@@ -112,18 +125,49 @@ def clip_scorer(classifier, source, patches, cfg):
         reduce_retracing=True)
     whole = cfg['extract']['crop'] == 'random_crop'
 
-    def score(rows):
+    def score(rows, progress=None):
         idx = patches.of_clips(rows)
-        scores = map_patches(compiled, idx, eval_batch_size(cfg))
+        clip = patches.clip[idx]
+        last = np.r_[clip[1:] != clip[:-1], True] if clip.size else clip  # a clip's end
+        scores = map_patches(compiled, idx, eval_batch_size(cfg), last, progress)
         if whole:
             return patches.clip[idx], scores
         return aggregate(scores, patches.clip[idx], cfg['recognizer']['aggregate'])
     return score
 
 
+def recognizer_scorer(classifier, source, patches, cfg):
+    """The scorer of what a run reports: clip_scorer's, or (recognizer.length_tolerance,
+    tta_pad) whole clips in length buckets with each padding view, the views averaged as
+    the members of an ensemble are (recognizer.ensemble; the released code takes one mean
+    over folds, snapshots and pads). Same signature as clip_scorer's function."""
+    if not buckets.active(cfg):
+        return clip_scorer(classifier, source, patches, cfg)
+    views = buckets.whole_clip_scorer(classifier, source, patches, cfg)
+
+    def score(rows, progress=None):
+        clips, scores = views(rows, progress)
+        return clips, combine(scores, cfg['recognizer']['ensemble'])
+    return score
+
+
+def progress_bar(n_clips, n_models=1):
+    """A bar over the clips scored by n_models, shown once scoring takes long."""
+    what = 'scoring' if n_models == 1 else f'scoring with {n_models} models'
+    return tqdm(total=n_clips * n_models, desc=what, unit='clip', delay=PROGRESS_AFTER_S,
+                leave=False, file=sys.stderr)
+
+
 def predict_clips(classifier, source, patches, rows, cfg):
-    """Clip scores [len(evaluated rows), K] for the table rows that have patches."""
-    return clip_scorer(classifier, source, patches, cfg)(rows)
+    """Clip scores [len(evaluated rows), K] for the table rows that have patches, scored
+    as the recognizer reports them (recognizer_scorer)."""
+    score = recognizer_scorer(classifier, source, patches, cfg)
+    with progress_bar(_n_clips(patches, rows)) as bar:
+        return score(rows, bar.update)
+
+
+def _n_clips(patches, rows):
+    return int(np.isin(rows, patches.clip).sum())
 
 
 # ----------------------------------------------------------------------------- ensembles
@@ -160,6 +204,13 @@ def ensemble_line(summary):
             f'{summary["snapshots"]} snapshots), {summary["method"]}')
 
 
+def fusion_line(summary):
+    """The evaluation block's line of predict.py --runs: the runs, their weights, the rule."""
+    runs = ', '.join(f'{r["run"]} x{r["weight"]:g} ({r["n_models"]} models)'
+                     for r in summary['runs'])
+    return f'model averaging: {len(summary["runs"])} runs ({runs}), {summary["method"]}'
+
+
 def combine(scores, method):
     """Members' clip scores [M, N, K] -> [N, K], arithmetic or geometric mean."""
     return lookup(ENSEMBLES, method, 'recognizer.ensemble')(np.asarray(scores, np.float64))
@@ -176,11 +227,12 @@ def predict(predictor, source, patches, rows, cfg):
     # model would be. The members of an ensemble are one run's architecture, so each
     # scores exactly as it would alone: the same graph on the same weights.
     model = keras.saving.load_model(predictor.paths[0], compile=False)
-    score, scores = clip_scorer(model, source, patches, cfg), []
-    for path in predictor.paths:
-        model.load_weights(path)
-        clips, member_scores = score(rows)
-        scores.append(member_scores)
+    score, scores = recognizer_scorer(model, source, patches, cfg), []
+    with progress_bar(_n_clips(patches, rows), len(predictor.paths)) as bar:
+        for path in predictor.paths:
+            model.load_weights(path)
+            clips, member_scores = score(rows, bar.update)
+            scores.append(member_scores)
     return clips, combine(scores, predictor.method)
 
 
@@ -258,6 +310,8 @@ def evaluation_lines(results):
                      f'epoch {results.evaluated_epoch}')
     if results.ensemble is not None:
         lines.append(ensemble_line(results.ensemble))
+    if results.fusion is not None:
+        lines.append(fusion_line(results.fusion))
     for name, metric in metrics.METRICS.items():
         if name in ev.metrics and metric.per_class_lines is not None:
             lines += metric.per_class_lines(ev.per_class, ev.classes)

@@ -432,6 +432,14 @@ KEYS = {
         'snapshot_cycles': Key(
             'all', 'cyclic_cosine: cycles whose snapshots are averaged (all or a list)',
             also=list),
+        'length_tolerance': Key(
+            None, 'random_crop / waveform: score each whole clip at full length, clips within '
+            "this length ratio batched together, zero-padded (Akiyama & Sato's patience rate; "
+            '0: exact; null: fixed to clip_frames)', type=float, nullable=True, at_least=0),
+        'tta_pad': Key(
+            None, 'random_crop / waveform: padding TTA, one view per entry with that many frames '
+            '(or, with a decimal point, that ratio of the length) of silence on both sides, '
+            'averaged (null: none)', type=list, nullable=True),
     },
     'suffix': {
         'in': Key('_mel', 'suffix of the cached feature file names'),

@@ -1,18 +1,25 @@
-"""Scores of a trained run on chosen clips: python predict.py RUN_DIR [--clips C] -o OUT.csv
+"""Scores of trained runs on chosen clips.
 
-Loads RUN_DIR/config.yaml, model.keras and scaler.npz of an earlier run, extracts (or reads
-the cached) features of its dataset and writes the clip scores of the chosen clips in the
-predictions.csv format (fname, predicted, one score column per class), aggregated as the
-run's own test prediction is. Its use: the soft pseudo labels of learn.pseudo_labels
-(Akiyama & Sato, DCASE 2019 task 2) over the unverified training clips. They are out of
-sample when the earlier run never trained on those clips, e.g. one trained on the verified
-clips only (ctrl.train_data clean, or curated on FSDKaggle2019).
+    python predict.py RUN_DIR [--clips C] --out OUT.csv [-o section.key=value ...]
+    python predict.py --runs RUN_DIR[:WEIGHT] ... [--clips C] --out DIR [--average amean]
 
-Only a finished run is scored (results.json status finished): the model.keras of an
-unfinished, diverged or collapsed run is whatever epoch it last saved, so such a run is
-refused unless --unfinished says to score it anyway (with a warning). A folder that is not
-a trained run's, a model.keras or scaler.npz that cannot be read, a dataset whose classes
-are not the model's and an output that cannot be written are each one line (exit 2).
+One run: its whole ensemble (every fold and snapshot member its results.json records, or
+its model.keras), averaged with its own recognizer.ensemble rule and scored as its own test
+prediction is (features from the cache, scaler.npz), written in the predictions.csv format
+(fname, predicted, one score column per class) that learn.pseudo_labels reads: the soft
+pseudo labels of Akiyama & Sato (DCASE 2019 task 2) over the unverified training clips.
+
+Several runs (--runs): each run's ensemble scores the same clips and the scores are
+averaged with the weights (arithmetic or geometric, --average): DIR/predictions.csv and,
+for the test clips, DIR/results.json with the dataset's metrics, as a finished run writes
+them (model averaging; fusion.py).
+
+-o section.key=value overrides a key of the runs' configs before scoring, as in main.py
+and sweep.py (e.g. -o recognizer.tta_pad=[8,32]); the output is --out. Only a finished run
+is scored (results.json status finished) unless --unfinished says to score one anyway
+(with a warning). A folder that is not a trained run's, a model or scaler that cannot be
+read, a dataset whose classes are not the model's, runs that cannot be averaged and an
+output that cannot be written are each one line (exit 2).
 """
 import argparse
 import os
@@ -28,136 +35,92 @@ import config  # noqa: E402  (the environment above must be set before Keras loa
 import runfolder  # noqa: E402
 import utils  # noqa: E402
 
-# --clips -> the table rows scored: training clips by status, or the test clips.
-CLIPS = {'unverified': lambda t: (t.subset == 'train') & (t.verified == 0),
-         'verified': lambda t: (t.subset == 'train') & (t.verified == 1),
-         'train': lambda t: t.subset == 'train',
-         'test': lambda t: t.subset == 'test'}
+import fusion  # noqa: E402
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('run_dir', help='folder of an earlier run (logs/<run_name>)')
-    parser.add_argument('--clips', default='unverified', choices=list(CLIPS),
+    parser.add_argument('run_dir', nargs='?', help='folder of an earlier run (logs/<run_name>)')
+    parser.add_argument('--runs', nargs='+', metavar='RUN_DIR[:WEIGHT]',
+                        help='average several runs with weights (default 1): --out is a folder')
+    parser.add_argument('--clips', default='unverified', choices=list(fusion.CLIPS),
                         help='clips to score (default: the unverified training clips)')
-    parser.add_argument('-o', '--out', required=True, help='CSV file to write')
+    parser.add_argument('--out', required=True,
+                        help='CSV file to write (one run), or folder (--runs)')
+    parser.add_argument('-o', '--override', action='append', default=[],
+                        metavar='SECTION.KEY=VALUE',
+                        help='override a key of the run\'s config (repeatable)')
+    parser.add_argument('--average', default='amean', choices=fusion.AVERAGES,
+                        help='--runs: weighted arithmetic (amean) or geometric (gmean) mean')
     parser.add_argument('--unfinished', action='store_true',
-                        help='score a run that has not finished (its last saved model)')
+                        help='score a run that has not finished (the models it last saved)')
     return parser.parse_args(argv)
 
 
-def one_line(err):
-    """An exception as its type and the first line of its message."""
-    lines = str(err).strip().splitlines()
-    return f'{type(err).__name__}: {lines[0] if lines else "no message"}'
-
-
-def load_run(run_dir, unfinished=False):
-    """(config, classifier, mean, std) of a finished run (or, with unfinished, of any
-    trained one); one-line errors for what is missing or unreadable."""
-    files = {name: runfolder.path(run_dir, name) for name in ('config', 'model', 'scaler')}
-    for path in files.values():
-        if not path.is_file():
-            raise config.ConfigError(f'{run_dir} has no {path.name}: not the folder of a '
-                                     f'trained run')
-    check_finished(run_dir, unfinished)
-    cfg = config.load_config(files['config'])
-    utils.import_tensorflow_quietly()
-    import keras
-    import heads  # noqa: F401  (registers the Sparsemax layer for loading)
-    try:
-        classifier = keras.saving.load_model(files['model'], compile=False)
-    except Exception as err:  # noqa: BLE001  (whatever the file holds: one line naming it)
-        raise config.ConfigError(f'{files["model"]} is not a readable Keras model '
-                                 f'({one_line(err)})') from None
-    mean, std = load_scaler(files['scaler'], cfg['extract']['n_mels'])
-    return cfg, classifier, mean, std
-
-
-def check_finished(run_dir, unfinished):
-    """Refuse (or, with unfinished, warn about) a run without a finished results.json."""
-    status = runfolder.status(run_dir)
-    if status == 'finished':
-        return
-    what = ('has not finished (no results.json)' if status is None
-            else f'has {status} (results.json)')
-    if not unfinished:
-        raise config.ConfigError(f'{run_dir} {what}: its model.keras is the last one it '
-                                 f'saved, not a finished run\'s; pass --unfinished to score '
-                                 f'it anyway')
-    print(f'warning: {run_dir} {what}: scoring the last model.keras it saved', file=sys.stderr,
-          flush=True)
-
-
-def load_scaler(path, n_mels):
-    """(mean, std) per mel band from scaler.npz, or one line saying why it cannot be read."""
-    try:
-        with np.load(path) as scaler:
-            mean, std = scaler['mean'], scaler['std']
-    except Exception as err:  # noqa: BLE001  (not an npz, pickled data, a key missing...)
-        raise config.ConfigError(f'{path} is not a readable scaler.npz '
-                                 f'({one_line(err)})') from None
-    if mean.shape != (n_mels,) or std.shape != (n_mels,):
-        raise config.ConfigError(f'{path} holds a mean and std of shapes {mean.shape} and '
-                                 f'{std.shape}, not one value per mel band ({n_mels})')
-    return mean, std
-
-
-def check_classes(classifier, classes, run_dir, cfg):
-    """The model scores as many classes as the dataset has now (one score column each)."""
-    k = classifier.output['scores'].shape[-1]
-    if k != len(classes):
-        raise config.ConfigError(f'the model of {run_dir} scores {k} classes but its dataset '
-                                 f'{cfg["ctrl"]["dataset_path"]} has {len(classes)} now '
-                                 f'({", ".join(classes)}): the dataset changed since the run')
+def check_args(args):
+    """One run or --runs; -o is an override (an older script's -o OUT.csv is refused)."""
+    for text in args.override:
+        if '=' not in text:
+            raise config.ConfigError(f'-o {text} is not section.key=value: -o overrides a '
+                                     f'config key, as in main.py and sweep.py; the output '
+                                     f'is --out {text}')
+    if (args.run_dir is None) == (args.runs is None):
+        raise config.ConfigError('give one RUN_DIR, or --runs RUN_DIR[:WEIGHT] ... (not both)')
+    if args.runs and args.unfinished:
+        raise config.ConfigError('--unfinished scores one run; --runs averages finished runs')
 
 
 def writable(out):
-    """The output's folder, created if need be; one line when it cannot be."""
+    """The output CSV's folder, created if need be; one line when it cannot be."""
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise config.ConfigError(f'-o {out}: cannot create its folder {out.parent} '
-                                 f'({one_line(err)})') from None
+        raise config.ConfigError(f'--out {out}: cannot create its folder {out.parent} '
+                                 f'({fusion.one_line(err)})') from None
     if out.is_dir():
-        raise config.ConfigError(f'-o {out} is a folder: give the CSV file to write')
+        raise config.ConfigError(f'--out {out} is a folder: give the CSV file to write')
     return out
 
 
-def predict(run_dir, clips, out, unfinished=False):
-    """Write the run's clip scores of `clips` (a CLIPS name) to `out`; returns their count.
-    unfinished: score a run that has not finished too (warning)."""
-    import data
-    import datasets
-    import eval as evaluation
-    import feat_extract
-    import pipeline
+def predict(run_dir, clips, out, overrides=(), unfinished=False):
+    """Write the scores of one run's ensemble on `clips` (a CLIPS name) to `out`; returns
+    the fusion.Scored. unfinished: score a run that has not finished too (warning)."""
     out = writable(out)
-    cfg, classifier, mean, std = load_run(run_dir, unfinished)
-    table, classes = datasets.load(cfg)
-    check_classes(classifier, classes, run_dir, cfg)
-    store = feat_extract.features(cfg, table)
-    patches = pipeline.patch_table(cfg, store)
-    source = pipeline.batch_source(cfg, store, patches, table, mean, std,
-                                   data.lsr_eps(cfg['learn'], classes))
-    rows = np.flatnonzero(CLIPS[clips](table).to_numpy() & (store.length > 0))
-    rows, scores = evaluation.predict_clips(classifier, source, patches, rows, cfg)
+    scored = fusion.score_run(run_dir, clips, overrides, unfinished)
+    import eval as evaluation  # after score_run has imported TensorFlow quietly
     try:
-        evaluation.write_predictions(out, table, classes, rows, scores)
+        evaluation.write_predictions(out, scored.table, scored.classes, scored.rows,
+                                     scored.scores)
     except OSError as err:  # e.g. a full disk, or the folder made read-only meanwhile
-        raise config.ConfigError(f'-o {out}: cannot write it ({one_line(err)})') from None
-    return len(rows)
+        raise config.ConfigError(f'--out {out}: cannot write it '
+                                 f'({fusion.one_line(err)})') from None
+    return scored
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        n = predict(args.run_dir, args.clips, args.out, args.unfinished)
+        check_args(args)
+        if args.runs:
+            specs = [fusion.parse_run(text) for text in args.runs]
+            results, n = fusion.fuse(specs, args.clips, args.out, args.average, args.override)
+        else:
+            scored = predict(args.run_dir, args.clips, args.out, args.override,
+                             args.unfinished)
     except config.ConfigError as err:
         print(f'error: {err}', file=sys.stderr, flush=True)
         return 2
-    print(f'{n} {args.clips} clips scored by {args.run_dir}: {args.out}', flush=True)
+    if args.runs:
+        if results is not None:
+            import eval as evaluation
+            print('\n'.join(evaluation.evaluation_lines(results)), flush=True)
+        print(f'{n} {args.clips} clips scored by {len(specs)} runs ({args.average}): '
+              f'{runfolder.path(args.out, "predictions")}', flush=True)
+        return 0
+    ens = scored.ensemble
+    print(f'{len(scored.rows)} {args.clips} clips scored by {args.run_dir} '
+          f'({ens["n_models"]} models, {ens["method"]}): {args.out}', flush=True)
     return 0
 
 

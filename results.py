@@ -72,6 +72,9 @@ class Results:
     evaluated_epoch: int = None
     snapshot_cycles: list = None
     ensemble: dict = None           # eval.Ensemble.summary(): members and how averaged
+    # predict.py --runs: the runs averaged ({run, weight, features, model, n_models} each)
+    # and the rule (amean or gmean)
+    fusion: dict = None
     evaluation: Evaluation = field(default=None, repr=False)
 
     # -- the model
@@ -121,6 +124,10 @@ class Results:
         """What is evaluated is an ensemble (its summary names the members), not one
         model's selected epoch."""
         self.model_selection, self.evaluated_epoch, self.ensemble = 'ensemble', None, summary
+
+    def averaged(self, summary):
+        """What is evaluated is the weighted average of several runs (predict.py --runs)."""
+        self.model_selection, self.fusion = 'model averaging', summary
 
     # -- the test clips
     def evaluated(self, evaluation):

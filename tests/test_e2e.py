@@ -607,11 +607,11 @@ def test_multitask_learns_soft_pseudo_labels_of_an_earlier_run(workspace, tmp_pa
                            ['ctrl.train_data=clean', 'learn.n_epochs=4'])
     assert code == 0, log[-2000:]
     # predict.py scores the test clips as the run itself did
-    assert predict.main([str(first), '--clips', 'test', '-o', str(tmp_path / 'test.csv')]) == 0
+    assert predict.main([str(first), '--clips', 'test', '--out', str(tmp_path / 'test.csv')]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / 'test.csv'),
                                   pd.read_csv(first / 'predictions.csv'), rtol=1e-4)
     csv = tmp_path / 'unverified.csv'
-    assert predict.main([str(first), '-o', str(csv)]) == 0
+    assert predict.main([str(first), '--out', str(csv)]) == 0
     scores = pd.read_csv(csv)
     assert len(scores) == 140  # every unverified training clip of the synthetic set
     code, log, run_dir = run(workspace, 'pseudo', noisy,

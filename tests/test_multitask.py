@@ -245,5 +245,5 @@ def test_pseudo_label_file_errors(tmp_path, pseudo_table, frame, message):
 
 def test_predict_refuses_a_folder_without_a_trained_run(tmp_path, capsys):
     import predict
-    assert predict.main([str(tmp_path), '-o', str(tmp_path / 'p.csv')]) == 2
+    assert predict.main([str(tmp_path), '--out', str(tmp_path / 'p.csv')]) == 2
     assert 'has no config.yaml' in capsys.readouterr().err
