@@ -378,13 +378,18 @@ class PatchSource:
         return smooth_targets(y, self.ops.take(self.clip_eps, clip)) if smooth else y
 
     def train_batch(self, idx, partner, lam, shift=None, partner_shift=None, fmask=None,
-                    tmask=None, gain=None, partner_gain=None, warp=None):
+                    tmask=None, gain=None, partner_gain=None, warp=None, scale=None):
         """One planned step (the fields of a sampling.EpochPlan step, by name) -> Batch;
-        partner == idx and lam == 1 mean no mixup."""
+        partner == idx and lam == 1 mean no mixup. scale [B, 2] (waveforms only,
+        waveform.WaveSource): each member's resampling factor; [B, 0] is none."""
         ops, take = self.ops, self.ops.take
-        x_clean = self.inputs(idx, shift, gain=gain)
+        stretch = scale is not None and scale.shape[-1]  # static: 0 = off
+        member = {'scale': scale[:, 0]} if stretch else {}
+        x_clean = self.inputs(idx, shift, gain=gain, **member)
         paired = ops.cast(ops.not_equal(idx, partner), 'float32')
-        x = mix(ops, lam, x_clean, self.inputs(partner, partner_shift, gain=partner_gain))
+        member = {'scale': scale[:, 1]} if stretch else {}
+        x = mix(ops, lam, x_clean, self.inputs(partner, partner_shift, gain=partner_gain,
+                                               **member))
         if warp is not None and warp.shape[-1]:  # static: 0 = off; warped before the masks
             x = augment.time_warp(ops, x, warp)
         if fmask is not None and (fmask.shape[1] or tmask.shape[1]):  # static: 0 = off

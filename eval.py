@@ -18,10 +18,12 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf  # tf.function compiles the gather + model call for prediction
 
+import architectures
 import datasets
 import heads  # noqa: F401  (registers the Sparsemax layer that saved members may hold)
 import metrics
 import runfolder
+import waveform
 from config import ConfigError, lookup
 from results import Evaluation, Results
 from utils import Diverged, atomic_write_csv, atomic_write_json
@@ -105,7 +107,16 @@ def clip_scorer(classifier, source, patches, cfg):
     a common length: a convolution's border, batch normalisation's shift and the GRU or
     global pooling all see padded frames, so a padded clip would score differently from
     the same clip alone.
+
+    Waveforms (extract.features waveform): each whole clip at its own length
+    (waveform.clip_scorer), at most predict_batch_size crops' worth of samples per call.
     """
+    ext = cfg['extract']
+    if ext['features'] == 'waveform':
+        return waveform.clip_scorer(
+            classifier, source, patches,
+            architectures.MIN_SAMPLES.get(cfg['learn']['model'], 1),
+            cfg['learn']['predict_batch_size'] * ext['crop_samples'])
     compiled = tf.function(
         lambda i: classifier(source.inputs(i, length=source.eval_len),
                              training=False)['scores'],

@@ -70,7 +70,8 @@ def load_run(run_dir, unfinished=False):
     except Exception as err:  # noqa: BLE001  (whatever the file holds: one line naming it)
         raise config.ConfigError(f'{files["model"]} is not a readable Keras model '
                                  f'({one_line(err)})') from None
-    mean, std = load_scaler(files['scaler'], cfg['extract']['n_mels'])
+    import feat_extract
+    mean, std = load_scaler(files['scaler'], feat_extract.columns(cfg['extract']))
     return cfg, classifier, mean, std
 
 

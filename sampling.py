@@ -23,7 +23,8 @@ class EpochPlan:
     [steps, batch, n_masks, 2] are (first band or frame, width) of each mask (n_masks 0:
     none). gain / partner_gain multiply each member's mel energies (1: none). warp
     [steps, batch, 2]: SpecAugment's time warp (point, distance) of each (mixed) example
-    ([steps, batch, 0]: none). Every field
+    ([steps, batch, 0]: none). scale [steps, batch, 2]: the resampling factors of a
+    waveform's member and partner (waveform.py; [steps, batch, 0]: none). Every field
     is drawn on the host from the run's rng, so a run is repeatable whatever the order in
     which tf.data evaluates batches.
     """
@@ -37,6 +38,7 @@ class EpochPlan:
     gain: np.ndarray = None
     partner_gain: np.ndarray = None
     warp: np.ndarray = None
+    scale: np.ndarray = None
 
     def __post_init__(self):
         for name in ('shift', 'partner_shift'):
@@ -50,6 +52,8 @@ class EpochPlan:
                 setattr(self, name, np.zeros(self.idx.shape + (0, 2), np.int64))
         if self.warp is None:  # [steps, batch, 0]: no time warp (static, like the masks)
             self.warp = np.zeros(self.idx.shape + (0,), np.int64)
+        if self.scale is None:  # [steps, batch, 0]: no waveform stretch (static, likewise)
+            self.scale = np.zeros(self.idx.shape + (0,), np.float32)
 
     def as_dict(self):
         """The arrays by field name: tf.data's element of one epoch (a step is one row of
