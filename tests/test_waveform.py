@@ -225,23 +225,21 @@ def test_a_refused_option_is_one_line_and_exit_2(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- a run
 
-def test_multitask_snapshot_envnet_run_trains_predicts_and_reports(tmp_path):
-    """Under ctrl.fast_dev_run: multitask heads, two cyclic-cosine snapshots averaged, the
-    test clips scored whole; predict.py's whole-clip scores equal the saved model's on the
-    clips read with soundfile and zero-padded on both sides in numpy."""
-    import keras
-
+@pytest.fixture(scope='module')
+def envnet_run(tmp_path_factory):
+    """(config file, data folder, logs folder, run folder) of one finished tiny run under
+    ctrl.fast_dev_run: EnvNet-v2 with multitask heads, two cyclic-cosine snapshots
+    averaged, mixup, stretch and gain, SGD."""
     import main
-    import predict
     import synthetic
-    import trunks
-    data = synthetic.make_dataset(tmp_path / 'k19', n_classes=3, train_per_class=4,
+    root = tmp_path_factory.mktemp('waveform')
+    data = synthetic.make_dataset(root / 'k19', n_classes=3, train_per_class=4,
                                   test_per_class=2, clean_fraction=0.5, noise_rate=0.0,
                                   min_dur=0.5, max_dur=1.5, sr=FS, seed=4,
                                   layout='fsdkaggle2019')
     cfg = {'ctrl': {'dataset': 'fsdkaggle2019', 'train_data': 'all', 'dataset_path': str(data),
-                    'features_dir': str(tmp_path / 'features'), 'verbose': 0,
-                    'logs_dir': str(tmp_path / 'logs'), 'workers': 1, 'fast_dev_run': True},
+                    'features_dir': str(root / 'features'), 'verbose': 0,
+                    'logs_dir': str(root / 'logs'), 'workers': 1, 'fast_dev_run': True},
            'extract': {'features': 'waveform', 'fs': FS, 'crop_samples': 20600,
                        'load_mode': 'full', 'normalize_audio': False},
            'learn': {'model': 'envnet_v2', 'multitask': True, 'head': 'sigmoid',
@@ -255,11 +253,21 @@ def test_multitask_snapshot_envnet_run_trains_predicts_and_reports(tmp_path):
                      # which the collapse check would stop)
                      'bn_momentum': 0.5},
            'loss': {'type': 'bce'}}
-    path = tmp_path / 'envnet.yaml'
+    path = root / 'envnet.yaml'
     path.write_text(yaml.safe_dump(cfg))
     assert main.main(['-p', str(path), '-o', 'ctrl.run_name=wave']) == 0
-    run = tmp_path / 'logs' / 'wave'
-    log = (tmp_path / 'logs' / 'wave.out').read_text()
+    return path, data, root / 'logs', root / 'logs' / 'wave'
+
+
+def test_multitask_snapshot_envnet_run_trains_predicts_and_reports(envnet_run, tmp_path):
+    """The run's files and log; predict.py's whole-clip scores equal the saved model's on
+    the clips read with soundfile and zero-padded on both sides in numpy."""
+    import keras
+
+    import predict
+    import trunks
+    _, data, logs, run = envnet_run
+    log = (logs / 'wave.out').read_text()
     results = json.loads((run / 'results.json').read_text())
     assert results['status'] == 'finished' and results['fast_dev_run']
     assert results['ensemble']['n_models'] == 2 and (run / 'snapshot_1_2.keras').is_file()
@@ -268,14 +276,15 @@ def test_multitask_snapshot_envnet_run_trains_predicts_and_reports(tmp_path):
     assert len(pd.read_csv(run / 'predictions.csv')) == 6  # every test clip, scored whole
     hist = pd.read_csv(run / 'history.csv')
     assert (hist.loss_verified > 0).all() and (hist.loss_unverified > 0).all()
-    # whole clips against soundfile + numpy
+    scaler = np.load(run / 'scaler.npz')
+    assert scaler['mean'].tolist() == [0.0] and scaler['std'].tolist() == [1.0]
     out = tmp_path / 'test.csv'
     assert predict.main([str(run), '--clips', 'test', '-o', str(out)]) == 0
     scored = pd.read_csv(out)
     model = keras.saving.load_model(run / 'model.keras', compile=False)
     test = pd.read_csv(data / 'FSDKaggle2019.meta' / 'test_post_competition.csv')
+    assert sorted(scored.fname) == sorted(test.fname)
     for fname, row in zip(scored.fname, scored.to_numpy()[:, 2:]):
-        assert fname in set(test.fname)
         pcm, _ = sf.read(data / 'FSDKaggle2019.audio_test' / fname, dtype='int16')
         x = pcm / 32768.0
         extra = max(0, trunks.ENVNET_MIN_SAMPLES - x.size)
@@ -283,3 +292,30 @@ def test_multitask_snapshot_envnet_run_trains_predicts_and_reports(tmp_path):
         np.testing.assert_allclose(row.astype(np.float64),
                                    np.asarray(model(x, training=False)['scores'])[0],
                                    rtol=1e-4, atol=1e-6)
+
+
+def test_a_killed_waveform_run_resumes_to_the_same_result(envnet_run, monkeypatch):
+    """Cut after epoch 3 (in the second cycle), the same command continues it: the crops,
+    stretches and gains drawn again from the stage's rng, the same history, predictions
+    and lwlrap as the uninterrupted run."""
+    import callbacks
+    import main
+    path, _, logs, whole = envnet_run
+    real = callbacks.Backup.on_epoch_end
+
+    def stop(self, epoch, logs=None):
+        real(self, epoch, logs)
+        if epoch + 1 == 3:
+            raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(callbacks.Backup, 'on_epoch_end', stop)
+        assert main.main(['-p', str(path), '-o', 'ctrl.run_name=cut']) == 130
+    assert main.main(['-p', str(path), '-o', 'ctrl.run_name=cut']) == 0
+    assert 'resumed at epoch 4' in (logs / 'cut.out').read_text()
+    resumed = logs / 'cut'
+    pd.testing.assert_frame_equal(
+        *[pd.read_csv(d / 'history.csv').drop(columns='seconds') for d in (whole, resumed)])
+    pd.testing.assert_frame_equal(*[pd.read_csv(d / 'predictions.csv')
+                                    for d in (whole, resumed)])
+    assert (json.loads((whole / 'results.json').read_text())['lwlrap'] ==
+            json.loads((resumed / 'results.json').read_text())['lwlrap'])
