@@ -88,9 +88,13 @@ class WaveSource(data.PatchSource):
     column, mean 0 and std 1: no standardisation), resampled and zero outside the clip.
     Everything else (targets, smoothing, mixup, the Batch) is data.PatchSource's."""
 
-    def __init__(self, frames, *args, **kwargs):
-        super().__init__(frames, *args, **kwargs)
+    def __init__(self, frames, patches, *args, **kwargs):
+        super().__init__(frames, patches, *args, **kwargs)
         self.samples = frames  # the stored samples on the host, for whole-clip scoring
+        # A dataset's samples outnumber int32 (FSDKaggle2019 at 44.1 kHz: ~1.4e10), so the
+        # first sample of each clip is an int64, where the frames of log-mel need int32.
+        with tf.device('/GPU:0' if self.on_device else '/CPU:0'):
+            self.row0 = tf.constant(patches.row0.astype(np.int64))
 
     def inputs(self, idx, shift=None, length=None, gain=None, scale=None):
         """Crops [B, length] of patch-table entries idx starting `shift` samples into
@@ -118,7 +122,8 @@ class WaveSource(data.PatchSource):
             end = ops.cast(ops.floor(ops.cast(clen, 'float32') * s), 'int32')
         inside = ops.logical_and(ops.logical_and(j >= 0, j < end), src < clen)
         src = ops.minimum(ops.maximum(src, 0), clen - 1)
-        rows = ops.reshape(ops.expand_dims(row0, -1) + src, (-1,))
+        rows = ops.reshape(ops.expand_dims(ops.cast(row0, 'int64'), -1) +
+                           ops.cast(src, 'int64'), (-1,))
         x = ops.reshape(ops.cast(ops.take(self.frames, rows, axis=0), 'float32'), (-1, length))
         x = x * ops.cast(inside, 'float32')
         if gain is not None:
