@@ -249,6 +249,9 @@ MODELS = {'baseline': baseline, 'DenSE': dense_se, 'cnn_gru': cnn_gru, 'vgg_gap'
           **trunks.TRUNKS}
 # The fewest input frames a model that takes any length accepts (others: 1).
 MIN_FRAMES = {'vgg_gap': VGG_GAP_MIN_FRAMES}
+# The fewest samples a waveform model accepts: shorter clips are zero-padded to it to be
+# scored whole (waveform.clip_scorer).
+MIN_SAMPLES = {'envnet_v2': trunks.ENVNET_MIN_SAMPLES}
 
 
 def check(cfg):
@@ -258,6 +261,13 @@ def check(cfg):
     lookup(MODELS, learn['model'], 'learn.model')
     lookup(HEADS, learn['head'], 'learn.head')
     check_input_kind(cfg)
+    if cfg['extract']['features'] == 'waveform':
+        minimum = MIN_SAMPLES.get(learn['model'], 1)
+        if cfg['extract']['crop_samples'] < minimum:
+            raise ConfigError(f'extract.crop_samples = {cfg["extract"]["crop_samples"]} is '
+                              f'shorter than learn.model {learn["model"]} accepts (at least '
+                              f'{minimum} samples: its valid convs and pools need them)')
+        return
     check_crop(cfg)
     minimum = MIN_FRAMES.get(learn['model'], 1)
     keys = (('crop_frames', 'clip_frames') if cfg['extract']['crop'] == 'random_crop'
@@ -273,7 +283,7 @@ def check_input_kind(cfg):
     """A waveform model (trunks.WAVEFORM_MODELS) needs waveform inputs, a log-mel model
     log-mel frames (extract.features, default logmel)."""
     name = cfg['learn']['model']
-    features = cfg['extract'].get('features', 'logmel')
+    features = cfg['extract']['features']
     if (name in trunks.WAVEFORM_MODELS) != (features == 'waveform'):
         wants = 'waveform' if name in trunks.WAVEFORM_MODELS else 'log-mel'
         raise ConfigError(f'learn.model {name} takes {wants} inputs, but extract.features is '
@@ -299,16 +309,23 @@ def check_crop(cfg):
 
 def input_shape(cfg):
     """Model input (frames, n_mels, 1): patch_len frames for patches, any (None) for
-    random_crop (crops of crop_frames in training, whole clips of clip_frames to predict)."""
+    random_crop (crops of crop_frames in training, whole clips of clip_frames to predict);
+    (None,) for waveforms (crops of crop_samples in training, whole clips to predict)."""
     ext = cfg['extract']
+    if ext['features'] == 'waveform':
+        return (None,)
     frames = ext['patch_len'] if ext['crop'] == 'patches' else None
     return (frames, ext['n_mels'], 1)
 
 
 def lengths(cfg):
     """(training input frames, evaluated input frames): patches of patch_len for both, or
-    random crops of crop_frames and whole clips of clip_frames (He et al., DCASE 2019)."""
+    random crops of crop_frames and whole clips of clip_frames (He et al., DCASE 2019); for
+    waveforms crops of crop_samples for both (validation loss: each clip's first crop;
+    clip scores are whole clips', waveform.clip_scorer)."""
     ext = cfg['extract']
+    if ext['features'] == 'waveform':
+        return ext['crop_samples'], ext['crop_samples']
     if ext['crop'] == 'random_crop':
         return ext['crop_frames'], ext['clip_frames']
     return ext['patch_len'], ext['patch_len']

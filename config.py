@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from keys import KEYS, Group, defaults
+from keys import FEATURE_KEYS, KEYS, Group, defaults
 
 
 class ConfigError(Exception):
@@ -289,13 +289,9 @@ def default_run_name(path):
 
 def _check_consistency(cfg):
     ext = cfg['extract']
-    if ext['fmax'] > ext['fs'] / 2:
-        raise ConfigError(f'extract.fmax = {ext["fmax"]} exceeds the Nyquist frequency '
-                          f'fs/2 = {ext["fs"] / 2}')
-    if ext['fmin'] >= ext['fmax']:
-        raise ConfigError('extract.fmin must be below extract.fmax')
-    if ext['win_length_samples'] > ext['n_fft']:
-        raise ConfigError('extract.win_length_samples must not exceed extract.n_fft')
+    check_feature_kind(cfg)
+    if ext['features'] == 'logmel':
+        _check_stft(ext)
     if ext['crop'] == 'random_crop' and ext['crop_frames'] > ext['clip_frames']:
         raise ConfigError(f'extract.crop_frames = {ext["crop_frames"]} must not exceed '
                           f'extract.clip_frames = {ext["clip_frames"]} (crops are cut from '
@@ -323,12 +319,41 @@ def _check_consistency(cfg):
                           f'of file names (NAME/sub), without leading dots')
 
 
+def _check_stft(ext):
+    """The mel filters and the STFT window fit (log-mel runs: a waveform run leaves these
+    keys at their defaults, which need not fit its fs)."""
+    if ext['fmax'] > ext['fs'] / 2:
+        raise ConfigError(f'extract.fmax = {ext["fmax"]} exceeds the Nyquist frequency '
+                          f'fs/2 = {ext["fs"] / 2}')
+    if ext['fmin'] >= ext['fmax']:
+        raise ConfigError('extract.fmin must be below extract.fmax')
+    if ext['win_length_samples'] > ext['n_fft']:
+        raise ConfigError('extract.win_length_samples must not exceed extract.n_fft')
+
+
+def check_feature_kind(cfg):
+    """A key of the other input kind (keys.FEATURE_KEYS) set to anything but its default is
+    refused: n_mels or SpecAugment on a waveform run, crop_samples on a log-mel run would do
+    nothing, silently."""
+    kind = cfg['extract']['features']
+    for other, names in FEATURE_KEYS.items():
+        if other == kind:
+            continue
+        for name in names:
+            section, key = name.split('.')
+            if cfg[section][key] != DEFAULTS[section][key]:
+                what = 'log-mel' if other == 'logmel' else 'waveform'
+                raise ConfigError(f'{name} is a {what} option, but extract.features is {kind} '
+                                  f'(it is set to {cfg[section][key]!r}): remove it, or set '
+                                  f'extract.features {other}')
+
+
 def _check_zeropad(ext):
     """extract.load_mode zeropad must pad the audio to at least the frames a clip is read
     over (patch_len, or random_crop's clip_frames): shorter, the clip would still be
     repeated up to them when read (data.Patches wraps around a clip's end)."""
-    if ext['load_mode'] != 'zeropad':
-        return
+    if ext['load_mode'] != 'zeropad' or ext['features'] == 'waveform':
+        return  # a waveform is read with zeros beyond its ends, never repeated
     key = 'clip_frames' if ext['crop'] == 'random_crop' else 'patch_len'
     hop, fs = ext['hop_length_samples'], ext['fs']
     frames = 1 + int(round(ext['audio_len_s'] * fs)) // hop  # centred STFT frames

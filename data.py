@@ -442,16 +442,23 @@ class PatchSource:
         return smooth_targets(y, self.ops.take(self.clip_eps, clip)) if smooth else y
 
     def train_batch(self, idx, partner, lam, shift=None, partner_shift=None, fmask=None,
-                    tmask=None, gain=None, partner_gain=None, warp=None, semi=None):
+                    tmask=None, gain=None, partner_gain=None, warp=None, semi=None,
+                    scale=None):
         """One planned step (the fields of a sampling.EpochPlan step, by name) -> Batch;
         partner == idx and lam == 1 mean no mixup. With self.power the members are mixed,
         warped and masked as mel energies (a mask zeroes them), and the batch is converted
-        to dB and standardised after all of it, the order of Akiyama & Sato (Sec. 3.2.2)."""
+        to dB and standardised after all of it, the order of Akiyama & Sato (Sec. 3.2.2).
+        scale [B, 2] (waveforms only, waveform.WaveSource): each member's resampling
+        factor; [B, 0] is none."""
         ops, take = self.ops, self.ops.take
-        x_clean = self.inputs(idx, shift, gain=gain, finish=False)
+        stretch = scale is not None and scale.shape[-1]  # static: 0 = off
+        late = {'finish': False} if self.power else {}  # log-mel only (augment_domain power)
+        member = dict(late, scale=scale[:, 0]) if stretch else late
+        x_clean = self.inputs(idx, shift, gain=gain, **member)
         paired = ops.cast(ops.not_equal(idx, partner), 'float32')
+        member = dict(late, scale=scale[:, 1]) if stretch else late
         x = mix(ops, lam, x_clean, self.inputs(partner, partner_shift, gain=partner_gain,
-                                               finish=False))
+                                               **member))
         if warp is not None and warp.shape[-1]:  # static: 0 = off; warped before the masks
             x = augment.time_warp(ops, x, warp)
         if fmask is not None and (fmask.shape[1] or tmask.shape[1]):  # static: 0 = off

@@ -23,11 +23,13 @@ import pandas as pd
 import tensorflow as tf  # tf.function compiles the gather + model call for prediction
 from tqdm import tqdm
 
+import architectures
 import buckets
 import datasets
 import heads  # noqa: F401  (registers the Sparsemax layer that saved members may hold)
 import metrics
 import runfolder
+import waveform
 from config import ConfigError, lookup
 from results import Evaluation, Results
 from utils import Diverged, atomic_write_csv, atomic_write_json
@@ -118,7 +120,16 @@ def clip_scorer(classifier, source, patches, cfg):
     global pooling all see padded frames, so a padded clip would score differently from
     the same clip alone. Full-length scoring, which pads clips to their group's length
     within recognizer.length_tolerance (0: exact), is buckets.py's (recognizer_scorer).
+
+    Waveforms (extract.features waveform): each whole clip at its own length
+    (waveform.clip_scorer), at most predict_batch_size crops' worth of samples per call.
     """
+    ext = cfg['extract']
+    if ext['features'] == 'waveform':
+        return waveform.clip_scorer(
+            classifier, source, patches,
+            architectures.MIN_SAMPLES.get(cfg['learn']['model'], 1),
+            cfg['learn']['predict_batch_size'] * ext['crop_samples'])
     compiled = tf.function(
         lambda i: classifier(source.inputs(i, length=source.eval_len),
                              training=False)['scores'],

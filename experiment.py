@@ -29,6 +29,7 @@ import sampling
 import splits
 import subsets
 import warmstart
+import waveform
 from config import ConfigError
 from masking import Masker
 from callbacks import (Backup, Checkpoint, Counters, History, InterruptPoint,
@@ -305,13 +306,26 @@ def epoch_plans(cfg, table, patches, source):
     """The run's sampling.Plans: learn.batch_size, mixup (mixup_p) and multitask
     (multitask_batches), with random crop
     offsets (extract.crop random_crop), SpecAugment and Akiyama & Sato's augmentations
-    drawn into every epoch plan from the stage's rng."""
+    drawn into every epoch plan from the stage's rng; for waveforms the crops, stretches
+    and gains of waveform.augment_plan."""
     learn = cfg['learn']
+    if cfg['extract']['features'] == 'waveform':
+        draw = functools.partial(waveform.augment_plan, clen=patches.clen,
+                                 crop=source.patch_len, scale=learn['wave_scale'],
+                                 gain=learn['wave_gain'])
+        return plans_of(cfg, table, patches, draw)
     draw = functools.partial(
         augment.augment_plan, max_shift=source.eval_len - source.patch_len,
         specaugment=augment.specaugment(learn), n_mels=cfg['extract']['n_mels'],
         length=source.patch_len, clen=patches.clen,
         paper={key: learn[key] for key in ('freq_mask', 'gain', 'extra_crop')})
+    return plans_of(cfg, table, patches, draw)
+
+
+def plans_of(cfg, table, patches, draw):
+    """sampling.Plans of learn.batch_size, mixup and multitask, with `draw` drawing the
+    augmentations into every plan."""
+    learn = cfg['learn']
     return sampling.Plans(learn['batch_size'], learn['mixup'], learn['mixup_alpha'],
                           learn['mixup_mode'], draw,
                           table.verified.to_numpy()[patches.clip] == 1, learn['multitask'],
@@ -435,13 +449,20 @@ def batch_source(cfg, table, classes, store, patches, rows, folds, run_dir):
         logger.info('random crops of %d frames from clips fixed to %d frames; whole clips '
                     'validated and predicted, %d per call', *architectures.lengths(cfg),
                     evaluation.eval_batch_size(cfg))
+    if cfg['extract']['features'] == 'waveform':
+        crop, fs = cfg['extract']['crop_samples'], cfg['extract']['fs']
+        logger.info('waveform: random crops of %d samples (%.2f s), zero beyond the clip; '
+                    'whole clips predicted; no standardisation', crop, crop / fs)
     return source
 
 
 def scaler(cfg, store, patches, idx):
     """(mean, std) per mel band over the inputs the model is evaluated on (patches, or
     whole fixed-length clips whose random crops it is trained on) of patch indices idx;
-    0 and 1 when each example standardises itself (extract.normalize per_clip)."""
+    0 and 1 when each example standardises itself (extract.normalize per_clip), and of the
+    one column of a waveform, which the model reads as stored (in [-1, 1], the paper's)."""
+    if cfg['extract']['features'] == 'waveform':
+        return np.zeros(1, np.float32), np.ones(1, np.float32)
     if cfg['extract']['normalize'] == 'per_clip':
         n_mels = cfg['extract']['n_mels']
         return np.zeros(n_mels, np.float32), np.ones(n_mels, np.float32)

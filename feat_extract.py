@@ -1,10 +1,11 @@
-"""Audio -> log-mel spectrogram (config section `extract`), cached on disk.
+"""Audio -> log-mel spectrogram or waveform (config section `extract`), cached on disk.
 
 The features of a dataset are computed once and kept in one folder per (dataset,
 extraction parameters, clip list):
 
     <ctrl.features_dir>/<dataset>/<hash>/
         frames<suffix.in>.f32|f16   every clip's frames, one after the other, [frames, n_mels]
+                                    (extract.features waveform: its samples, [samples, 1])
         start.npy, length.npy       first row and number of rows of each clip (int64)
         audio.npy                   size and modification time (ns) of each audio file
         manifest.json               counts, dtype, failed clips and why, constant clips,
@@ -39,6 +40,7 @@ import threadpoolctl
 from tqdm import tqdm
 
 from config import ConfigError
+from keys import FEATURE_KEYS
 from utils import atomic_write_text, n_workers
 
 logger = logging.getLogger(__name__)
@@ -124,10 +126,20 @@ def log_mel(audio, params_extract):
     return mel.T.astype(np.float32)
 
 
+def clip_features(audio, params_extract):
+    """Mono audio -> the rows cached for it: log-mel frames [frames, n_mels], or with
+    extract.features waveform the samples themselves as one column [samples, 1] (Akiyama &
+    Sato, Sec. 3.2.1: the waveform in [-1, 1], 16-bit PCM read as int16 / 32768, which is
+    what soundfile's float read of such a file gives)."""
+    if params_extract['features'] == 'waveform':
+        return audio[:, None]
+    return log_mel(audio, params_extract)
+
+
 def _clip_frames(path, params_extract):
     """Worker task: (frames or None, error message or None); never raises on bad audio."""
     try:
-        return log_mel(load_audio(path, params_extract), params_extract), None
+        return clip_features(load_audio(path, params_extract), params_extract), None
     except BadAudio as err:
         return None, str(err)
 
@@ -155,7 +167,16 @@ def _frames_name(cfg):
 
 
 DEFAULT_WINDOW = 'hamming'
-PATCH_KEYS = ('patch_len', 'patch_hop', 'crop', 'crop_frames', 'clip_frames', 'normalize')
+PATCH_KEYS = ('patch_len', 'patch_hop', 'crop', 'crop_frames', 'clip_frames', 'normalize',
+              'crop_samples')
+# What a waveform's samples do not depend on (the log-mel transform), left out of its key.
+LOGMEL_KEYS = tuple(name.split('.')[1] for name in FEATURE_KEYS['logmel']
+                    if name.startswith('extract.'))
+
+
+def columns(params_extract):
+    """Values per cached row: n_mels log-mel bands, or 1 for a waveform's samples."""
+    return 1 if params_extract['features'] == 'waveform' else params_extract['n_mels']
 
 
 def cache_dir(cfg, table):
@@ -166,10 +187,14 @@ def cache_dir(cfg, table):
     # Patching, cropping and standardisation happen after extraction, so a sweep over them
     # reuses the cache.
     params = {k: v for k, v in cfg['extract'].items() if k not in PATCH_KEYS}
-    if params['window'] == DEFAULT_WINDOW:
-        # The window the cache had before extract.window existed: left out of the key, so
-        # that the caches of earlier runs stay valid.
-        del params['window']
+    if params['features'] == 'waveform':
+        params = {k: v for k, v in params.items() if k not in LOGMEL_KEYS}
+    else:
+        # Keys the cache had no value of before they existed (the default window, log-mel
+        # features): left out of the key, so that the caches of earlier runs stay valid.
+        del params['features']
+        if params['window'] == DEFAULT_WINDOW:
+            del params['window']
     key = json.dumps({'extract': params, 'clips': clips}, sort_keys=True,
                      separators=(',', ':'))
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
@@ -258,7 +283,8 @@ def _extract(cfg, table, tmp, workers, progress, todo, old=None):
     failed, errors, constant, total = [], [], [], 0
     old_errors = {} if old is None else dict(zip(old.failed, old.errors))
     results = _computed(list(table['path'][todo]), cfg['extract'], workers)
-    bar = tqdm(total=int(todo.sum()), desc='log-mel', unit='clip', disable=not progress)
+    kind = 'waveform' if cfg['extract']['features'] == 'waveform' else 'log-mel'
+    bar = tqdm(total=int(todo.sum()), desc=kind, unit='clip', disable=not progress)
     with open(tmp / _frames_name(cfg), 'wb') as out, bar:
         for i, fname in enumerate(table['fname']):
             start[i] = total
@@ -343,7 +369,7 @@ def features(cfg, table, workers=None, progress=True):
         failed, errors, constant, total = _extract(cfg, table, tmp, workers, progress, todo,
                                                    store)
         np.save(tmp / 'audio.npy', audio)
-        manifest = {'n_clips': len(table), 'total_frames': total, 'n_mels': params['n_mels'],
+        manifest = {'n_clips': len(table), 'total_frames': total, 'n_mels': columns(params),
                     'dtype': params['store_dtype'], 'frames_file': _frames_name(cfg),
                     'failed': failed, 'errors': errors, 'n_constant': len(constant),
                     'constant': constant, 'hash': final.name, 'params': params,

@@ -197,6 +197,12 @@ KEYS = {
             'dataset', 'standardisation: dataset (per-band mean/std of the training set, '
             'scaler.npz) or per_clip (each input by its own mean/std; Akiyama & Sato)',
             choices=('dataset', 'per_clip')),
+        'features': Key(
+            'logmel', 'model input: logmel (log-mel frames) or waveform (the samples at fs, '
+            'in [-1, 1]; Akiyama & Sato\'s EnvNet-v2)', choices=('logmel', 'waveform')),
+        'crop_samples': Key(
+            133300, 'waveform: samples per training crop (Akiyama & Sato: 66,650 / 133,300 / '
+            '200,000 at 44.1 kHz)', at_least=1),
     },
     'learn': {
         'batch_size': Key(64, 'patches per training step', at_least=1),
@@ -388,6 +394,19 @@ KEYS = {
             'min_frac': Key(0.25, 'shortest share of the crop kept', above=0, at_most=1),
             'max_frac': Key(1.0, 'longest share of the crop kept', above=0, at_most=1),
         }),
+        'wave_scale': Group('waveform: with probability p the clip resampled (stretched) by '
+                            'max^U(-1, 1), nearest sample, before the crop', {
+            'p': Key(0.0, 'probability per mixup member (released code: 1)', at_least=0,
+                     at_most=1),
+            'max': Key(1.25, 'largest factor; the smallest is 1/max (paper: 0.8 - 1.25)',
+                       at_least=1),
+        }),
+        'wave_gain': Group('waveform: with probability p the (mixed) crop multiplied by '
+                           '10^(U(-db, db) / 20)', {
+            'p': Key(0.0, 'probability per training example (released code: 1)', at_least=0,
+                     at_most=1),
+            'db': Key(6.0, 'largest gain in dB (paper: 6, factors 0.501 - 2.0)', at_least=0),
+        }),
     },
     'loss': {
         'q_loss': Key(
@@ -445,6 +464,18 @@ KEYS = {
         'in': Key('_mel', 'suffix of the cached feature file names'),
         'out': Key('_label', 'suffix of the cached label file names'),
     },
+}
+
+
+# The keys of one input kind (extract.features): a value other than its default on a run
+# of the other kind is refused (config.check_feature_kind), since it would do nothing.
+FEATURE_KEYS = {
+    'logmel': ('extract.n_mels', 'extract.n_fft', 'extract.window', 'extract.fmin',
+               'extract.fmax', 'extract.log', 'extract.spectrogram_type', 'extract.eps',
+               'extract.patch_len', 'extract.patch_hop', 'extract.crop', 'extract.crop_frames',
+               'extract.clip_frames', 'extract.normalize', 'learn.specaugment',
+               'learn.freq_mask', 'learn.gain', 'learn.extra_crop', 'learn.augment_domain'),
+    'waveform': ('extract.crop_samples', 'learn.wave_scale', 'learn.wave_gain'),
 }
 
 

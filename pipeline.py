@@ -14,6 +14,7 @@ import tensorflow as tf  # tf.data input pipeline and device placement: Keras ha
 
 import architectures
 import data
+import waveform
 from config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -35,16 +36,18 @@ def use_xla(cfg):
 
 
 def patch_table(cfg, store):
-    """The patch table: every patch of every clip, or one whole clip each (random_crop)."""
+    """The patch table: every patch of every clip, or one whole clip each (random_crop,
+    and waveforms, whose crops waveform.augment_plan draws)."""
     ext = cfg['extract']
-    if ext['crop'] == 'random_crop':
+    if ext['crop'] == 'random_crop' or ext['features'] == 'waveform':
         return data.make_clips(store.start, store.length)
     return data.make_patches(store.start, store.length, ext['patch_len'], ext['patch_hop'])
 
 
 def batch_source(cfg, store, patches, table, mean, std, eps, needs=frozenset(), pseudo=None):
-    """The PatchSource, with frames in GPU memory when wanted and they fit, else on host;
-    needs and pseudo: what its batches carry for the loss (data.PatchSource)."""
+    """The PatchSource (waveform.WaveSource for waveforms), with frames in GPU memory when
+    wanted and they fit, else on host; needs and pseudo: what its batches carry for the
+    loss (data.PatchSource)."""
     train_len, eval_len = architectures.lengths(cfg)
     args = (store.frames, patches, table, mean, std, eps, train_len)
     ext = cfg['extract']
@@ -53,9 +56,10 @@ def batch_source(cfg, store, patches, table, mean, std, eps, needs=frozenset(), 
     # scaled and masked as mel energies, dB and standardisation last (learn.augment_domain)
     more = dict(eval_len=eval_len, log=ext['log'], per_clip=ext['normalize'] == 'per_clip',
                 needs=needs, pseudo=pseudo, power=cfg['learn']['augment_domain'] == 'power')
+    kind = waveform.WaveSource if ext['features'] == 'waveform' else data.PatchSource
     if on_device(cfg):
         try:
-            return data.PatchSource(*args, on_device=True, **more)
+            return kind(*args, on_device=True, **more)
         except (tf.errors.ResourceExhaustedError, tf.errors.InternalError) as err:
             if cfg['learn']['frames_on_device'] == 'always':
                 raise ConfigError(f'the frames ({store.frames.nbytes / 2**30:.1f} GiB) do not '
@@ -64,7 +68,7 @@ def batch_source(cfg, store, patches, table, mean, std, eps, needs=frozenset(), 
             logger.warning('the frames (%.1f GiB) do not fit in GPU memory: batches are '
                            'gathered on the host instead (slower); extract.store_dtype '
                            'float16 halves them', store.frames.nbytes / 2**30)
-    return data.PatchSource(*args, on_device=False, **more)
+    return kind(*args, on_device=False, **more)
 
 
 def train_dataset(source, plan, first):

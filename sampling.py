@@ -28,9 +28,10 @@ class EpochPlan:
     none). gain / partner_gain multiply each member's mel energies (1: none). warp
     [steps, batch, 2]: SpecAugment's time warp (point, distance) of each (mixed) example
     ([steps, batch, 0]: none). semi [steps, batch]: 1 for an example of the
-    soft-pseudo-label stream (learn.multitask_batches paper). Every field is drawn on the
-    host from the run's rng, so a run is repeatable whatever the order in which tf.data
-    evaluates batches.
+    soft-pseudo-label stream (learn.multitask_batches paper). scale [steps, batch, 2]: the
+    resampling factors of a waveform's member and partner (waveform.py; [steps, batch, 0]:
+    none). Every field is drawn on the host from the run's rng, so a run is repeatable
+    whatever the order in which tf.data evaluates batches.
     """
     idx: np.ndarray
     partner: np.ndarray
@@ -43,6 +44,7 @@ class EpochPlan:
     partner_gain: np.ndarray = None
     warp: np.ndarray = None
     semi: np.ndarray = None
+    scale: np.ndarray = None
 
     def __post_init__(self):
         for name in ('shift', 'partner_shift'):
@@ -58,6 +60,8 @@ class EpochPlan:
             self.warp = np.zeros(self.idx.shape + (0,), np.int64)
         if self.semi is None:  # 1: an example of the soft-pseudo-label stream
             self.semi = np.zeros(self.idx.shape, np.float32)
+        if self.scale is None:  # [steps, batch, 0]: no waveform stretch (static, likewise)
+            self.scale = np.zeros(self.idx.shape + (0,), np.float32)
 
     def as_dict(self):
         """The arrays by field name: tf.data's element of one epoch (a step is one row of

@@ -450,11 +450,12 @@ def test_window_is_part_of_the_cache_key_and_hamming_keeps_the_old_key(wav_clips
     import hashlib
     cfg, table = wav_clips
     default = fe.cache_dir(cfg, table)
-    # The key as it was formed before extract.window existed (no 'window' entry).
+    # The key as it was formed before extract.window and extract.features existed (no
+    # 'window' or 'features' entry).
     root = os.path.normpath(cfg['ctrl']['dataset_path'])
     clips = [os.path.relpath(os.path.abspath(p), os.path.abspath(root)) for p in table.path]
     params = {k: v for k, v in cfg['extract'].items()
-              if k not in fe.PATCH_KEYS and k != 'window'}
+              if k not in fe.PATCH_KEYS and k not in ('window', 'features')}
     old = hashlib.sha1(json.dumps({'extract': params, 'clips': clips}, sort_keys=True,
                                   separators=(',', ':')).encode()).hexdigest()[:12]
     assert default.name == old
