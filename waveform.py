@@ -111,7 +111,7 @@ class WaveSource(data.PatchSource):
         scale [B] (None: 1), which is the clip's sample floor((offset + t) / scale), 0 where
         that lies outside the stretched clip; times gain [B]."""
         ops = self.ops
-        length = length or self.patch_len
+        length = self.patch_len if length is None else length
         j = ops.expand_dims(offset, -1) + ops.arange(length, dtype='int32')  # [B, length]
         clen = ops.expand_dims(clen, -1)
         if scale is None:

@@ -260,8 +260,8 @@ def envnet_run(tmp_path_factory):
 
 
 def test_multitask_snapshot_envnet_run_trains_predicts_and_reports(envnet_run, tmp_path):
-    """The run's files and log; predict.py's whole-clip scores equal the saved model's on
-    the clips read with soundfile and zero-padded on both sides in numpy."""
+    """The run's files and log; predict.py's whole-clip scores equal the mean of the saved
+    snapshots' on the clips read with soundfile and zero-padded on both sides in numpy."""
     import keras
 
     import predict
@@ -279,9 +279,12 @@ def test_multitask_snapshot_envnet_run_trains_predicts_and_reports(envnet_run, t
     scaler = np.load(run / 'scaler.npz')
     assert scaler['mean'].tolist() == [0.0] and scaler['std'].tolist() == [1.0]
     out = tmp_path / 'test.csv'
-    assert predict.main([str(run), '--clips', 'test', '-o', str(out)]) == 0
+    assert predict.main([str(run), '--clips', 'test', '--out', str(out)]) == 0
     scored = pd.read_csv(out)
-    model = keras.saving.load_model(run / 'model.keras', compile=False)
+    # predict.py scores with the run's whole ensemble (its 2 snapshots, amean)
+    models = [keras.saving.load_model(run / name, compile=False)
+              for name in results['ensemble']['members']]
+    assert len(models) == 2
     test = pd.read_csv(data / 'FSDKaggle2019.meta' / 'test_post_competition.csv')
     assert sorted(scored.fname) == sorted(test.fname)
     for fname, row in zip(scored.fname, scored.to_numpy()[:, 2:]):
@@ -290,7 +293,8 @@ def test_multitask_snapshot_envnet_run_trains_predicts_and_reports(envnet_run, t
         extra = max(0, trunks.ENVNET_MIN_SAMPLES - x.size)
         x = np.pad(x, (extra // 2, extra - extra // 2))[None].astype(np.float32)
         np.testing.assert_allclose(row.astype(np.float64),
-                                   np.asarray(model(x, training=False)['scores'])[0],
+                                   np.mean([np.asarray(m(x, training=False)['scores'])[0]
+                                            for m in models], axis=0),
                                    rtol=1e-4, atol=1e-6)
 
 
@@ -319,3 +323,32 @@ def test_a_killed_waveform_run_resumes_to_the_same_result(envnet_run, monkeypatc
                                     for d in (whole, resumed)])
     assert (json.loads((whole / 'results.json').read_text())['lwlrap'] ==
             json.loads((resumed / 'results.json').read_text())['lwlrap'])
+
+
+def test_length_buckets_and_padding_views_score_waveform_runs(envnet_run, tmp_path):
+    """recognizer.length_tolerance and tta_pad on a waveform run (WaveSource.padded): with
+    tolerance 0 and one view of 0 samples, each clip scores as the saved models score its
+    samples followed by zeros up to the shortest scored length (crop_samples), in numpy."""
+    import keras
+
+    import predict
+    _, data, _, run = envnet_run
+    results = json.loads((run / 'results.json').read_text())
+    out = tmp_path / 'views.csv'
+    assert predict.main([str(run), '--clips', 'test', '--out', str(out),
+                         '-o', 'recognizer.length_tolerance=0',
+                         '-o', 'recognizer.tta_pad=[0]']) == 0
+    scored = pd.read_csv(out).set_index('fname')
+    assert len(scored) == 6 and np.isfinite(scored.to_numpy()[:, 1:].astype(float)).all()
+    crop = yaml.safe_load((run / 'config.yaml').read_text())['extract']['crop_samples']
+    models = [keras.saving.load_model(run / name, compile=False)
+              for name in results['ensemble']['members']]
+    checked = 0
+    for fname in scored.index:
+        pcm, _ = sf.read(data / 'FSDKaggle2019.audio_test' / fname, dtype='int16')
+        x = np.pad(pcm / 32768.0, (0, max(0, crop - pcm.size)))[None].astype(np.float32)
+        want = np.mean([np.asarray(m(x, training=False)['scores'])[0] for m in models], axis=0)
+        np.testing.assert_allclose(scored.loc[fname].to_numpy()[1:].astype(np.float64), want,
+                                   rtol=1e-4, atol=1e-6)
+        checked += 1
+    assert checked == 6
