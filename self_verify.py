@@ -196,6 +196,9 @@ def mode_self_verify(exp):
             fold.fine_tune(accepted, learn)
         rounds.record(r, new)
     exp.results.self_verified(rounds.records, rounds.chosen)
+    exp.results.acted('self-verification', rounds.chosen > 0 and accepted.size > 0,
+                      'no clip was accepted' if not accepted.size else
+                      'round 0 (before any self-verified clip) is the evaluated one')
     logger.info('self-verification: round %d has the lowest mean validation loss (%.4f); '
                 'its %d fold models are evaluated', rounds.chosen, rounds.best_loss, FOLDS)
     ensemble = evaluation.Ensemble(rounds.paths(rounds.chosen), FOLDS, 1,

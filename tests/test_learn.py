@@ -98,17 +98,37 @@ def test_topk_masker_with_fewer_unverified_than_k_masks_them_all():
 
 
 @pytest.mark.parametrize('percentile', [50, 80, 90, 97.5])
-def test_prune_threshold_drops_the_clips_above_the_percentile(percentile):
+def test_prune_by_rank_drops_what_the_original_percentile_rule_drops(percentile):
+    """Without ties: exactly the clips strictly above numpy's percentile (the original
+    code's `loss <= threshold` kept)."""
     clip_loss = np.random.default_rng(1).exponential(size=203)
-    threshold = learn.prune_threshold(clip_loss, percentile)
-    # numpy's default percentile: linear interpolation between order statistics.
+    pruned, lowest = learn.prune_by_rank(clip_loss, percentile)
     order = np.sort(clip_loss)
-    pos = (clip_loss.size - 1) * percentile / 100
+    pos = (clip_loss.size - 1) * percentile / 100  # linear interpolation, written out
     lo = int(np.floor(pos))
-    expected = order[lo] + (pos - lo) * (order[min(lo + 1, order.size - 1)] - order[lo])
-    assert threshold == pytest.approx(expected)
-    n_pruned = int((clip_loss > threshold).sum())
-    assert abs(n_pruned - (1 - percentile / 100) * clip_loss.size) <= 1
+    threshold = order[lo] + (pos - lo) * (order[min(lo + 1, order.size - 1)] - order[lo])
+    np.testing.assert_array_equal(pruned, clip_loss > threshold)
+    assert lowest == clip_loss[pruned].min()
+
+
+def test_prune_by_rank_prunes_the_top_share_when_clips_tie_at_the_bound():
+    """Lq with q 0.5 saturates at 1/q = 2: with a quarter of the clips tied there,
+    nothing lies strictly above the 97.75th percentile, yet the top share is pruned,
+    the later rows of the tie first."""
+    rng = np.random.default_rng(3)
+    clip_loss = rng.uniform(0, 1.9, size=679)
+    tied = np.sort(rng.choice(679, size=170, replace=False))
+    clip_loss[tied] = 2.0
+    assert not (clip_loss > np.percentile(clip_loss, 97.75)).any()  # the no-op it avoids
+    pruned, lowest = learn.prune_by_rank(clip_loss, 97.75)
+    n = 679 - 1 - int(np.floor(0.9775 * 678))
+    assert n == 16 and pruned.sum() == n and lowest == 2.0
+    np.testing.assert_array_equal(np.flatnonzero(pruned), tied[-n:])
+
+
+def test_prune_by_rank_keeps_all_at_the_100th_percentile():
+    pruned, lowest = learn.prune_by_rank(np.ones(5), 100)
+    assert not pruned.any() and lowest is None
 
 
 def test_detection_figures_count_precision_and_recall():
