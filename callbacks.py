@@ -109,16 +109,17 @@ class StopOnCollapse(keras.callbacks.Callback):
 
 
 def detection_figures(flagged, wrong):
-    """Noise detection of a drop/mask decision: precision = share of flagged examples whose
-    given label is wrong, recall = share of wrong-label examples that were flagged."""
+    """Noise detection of a drop/mask decision: precision = % of flagged examples whose
+    given label is wrong, recall = % of wrong-label examples that were flagged."""
     flagged, wrong = np.asarray(flagged, bool), np.asarray(wrong, bool)
     return precision_recall(int(flagged.sum()), int((flagged & wrong).sum()),
                              int(wrong.sum()))
 
 
 def precision_recall(n_flagged, n_hit, n_wrong):
-    return {'precision': n_hit / n_flagged if n_flagged else float('nan'),
-            'recall': n_hit / n_wrong if n_wrong else float('nan'),
+    """Noise-detection precision and recall in percent (as accuracy; nan for 0 / 0)."""
+    return {'precision': 100.0 * n_hit / n_flagged if n_flagged else float('nan'),
+            'recall': 100.0 * n_hit / n_wrong if n_wrong else float('nan'),
             'n_flagged': n_flagged, 'n_wrong': n_wrong}
 
 

@@ -173,7 +173,7 @@ class Experiment:
                                      int(r['nd_wrong'])) for r in rows]
         self.results.noise_detected_per_epoch([r['epoch'] for r in rows], figures)
         for r, f in zip(rows, figures):
-            logger.info('noise detection, epoch %d: precision %.3f, recall %.3f (%d flagged, '
+            logger.info('noise detection, epoch %d: precision %.1f %%, recall %.1f %% (%d flagged, '
                         '%d wrong-label examples seen)', r['epoch'], f['precision'],
                         f['recall'], f['n_flagged'], f['n_wrong'])
 
@@ -183,7 +183,7 @@ class Experiment:
             return
         figures = detection_figures(flagged, data.wrong_labels(self.table)[rows])
         self.results.noise_detected(figures)
-        logger.info('noise detection (%s): precision %.3f, recall %.3f (%d flagged, %d '
+        logger.info('noise detection (%s): precision %.1f %%, recall %.1f %% (%d flagged, %d '
                     'wrong-label clips)', what, figures['precision'], figures['recall'],
                     figures['n_flagged'], figures['n_wrong'])
 

@@ -181,7 +181,7 @@ def roc_auc(y_true, scores):
 # ----------------------------------------------------------------------------- P/R/F1
 
 def prf1(y_true, scores, threshold=None):
-    """Per-class precision, recall, F1 and support, and their macro averages.
+    """Per-class precision, recall, F1 (in percent) and support, and their macro averages.
 
     threshold None: the prediction is the top-1 class (single-label data); a number: every
     class scored >= threshold is predicted (multi-label). A figure whose denominator is 0
@@ -196,7 +196,9 @@ def prf1(y_true, scores, threshold=None):
         pred = scores >= threshold
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, pred, average=None, zero_division=np.nan)
-    per_class = {'precision': precision, 'recall': recall, 'f1': f1, 'support': support}
+    # Percent, as accuracy: one unit for every confusion-count proportion (README).
+    per_class = {'precision': 100.0 * precision, 'recall': 100.0 * recall, 'f1': 100.0 * f1,
+                 'support': support}
     macro = {f'{name}_macro': _nanmean(per_class[name]) for name in ('precision', 'recall', 'f1')}
     return {**macro, 'per_class': per_class}
 
@@ -317,8 +319,8 @@ def _lwlrap_per_class(per_class, classes):
 
 
 def _prf1_line(f, where):
-    return (f'PRF1 - MACRO: precision {f["precision_macro"]:.4f}, recall '
-            f'{f["recall_macro"]:.4f}, F1 {f["f1_macro"]:.4f} ({where})')
+    return (f'PRF1 - MACRO: precision {f["precision_macro"]:.2f} %, recall '
+            f'{f["recall_macro"]:.2f} %, F1 {f["f1_macro"]:.2f} % ({where})')
 
 
 METRICS = {

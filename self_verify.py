@@ -153,15 +153,16 @@ class Rounds:
                'accepted_per_class': {c: int(n) for c, n in zip(exp.classes, per_class)},
                'accepted': int(accepted.size), 'precision': None,
                'val_loss': float(np.mean([v['loss'] for v in val])),
-               'val_accuracy': float(np.mean([v['accuracy'] for v in val])),
+               'val_accuracy': 100.0 * float(np.mean([v['accuracy'] for v in val])),
                'test_accuracy': 100.0 * float(np.mean(scores.argmax(1) == truth[clips]))}
         if exp.has_truth and accepted.size:
-            rec['precision'] = float(np.mean(given == exp.table.true_idx.to_numpy()[accepted]))
+            rec['precision'] = 100.0 * float(np.mean(given ==
+                                                     exp.table.true_idx.to_numpy()[accepted]))
         self.records.append(rec)
         logger.info('self-verification round %d: %d clips accepted (precision %s), mean val '
-                    'loss %.4f, mean val accuracy %.4f, test accuracy %.2f %%', r,
+                    'loss %.4f, mean val accuracy %.2f %%, test accuracy %.2f %%', r,
                     rec['accepted'], 'n/a' if rec['precision'] is None
-                    else f'{rec["precision"]:.3f}', rec['val_loss'], rec['val_accuracy'],
+                    else f'{rec["precision"]:.1f} %', rec['val_loss'], rec['val_accuracy'],
                     rec['test_accuracy'])
         if rec['val_loss'] < self.best_loss:
             self.best_loss, self.chosen = rec['val_loss'], r

@@ -186,7 +186,7 @@ def test_mode3_prunes_the_percentile_and_mostly_wrong_labels(workspace):
     assert results['evaluated_epoch'] == 7  # the only epoch trained on the pruned set
     detection = results['noise_detection']
     wrong = (pruned.label != pruned.true_label).mean()
-    assert detection['precision'] == pytest.approx(wrong)
+    assert detection['precision'] == pytest.approx(100 * wrong)
     assert wrong > 0.55, f'only {wrong:.2f} of the pruned clips have a wrong label'
 
 
@@ -204,7 +204,7 @@ def test_staged_training_masks_unverified_examples(workspace):
     assert 'eta' not in hist or hist.eta[hist.epoch <= 3].isna().all()
     results = json.loads((run_dir / 'results.json').read_text())
     detection = results['noise_detection']
-    assert detection['epoch'] == [4, 5] and all(0 <= p <= 1 for p in detection['precision'])
+    assert detection['epoch'] == [4, 5] and all(0 <= p <= 100 for p in detection['precision'])
     fine_tune = hist[hist.epoch >= 6]  # best_val: the best of the fine-tuning epochs
     assert results['evaluated_epoch'] == fine_tune.epoch[fine_tune.val_accuracy.idxmax()]
 
@@ -561,7 +561,7 @@ def test_self_verification_accepts_mostly_right_labels(workspace):
     # Precision of the accepted given labels over all rounds (40 % of the unverified
     # labels are wrong).
     right = sum(r['precision'] * r['accepted'] for r in accepted)
-    assert right / sum(r['accepted'] for r in accepted) >= 0.9
+    assert right / sum(r['accepted'] for r in accepted) >= 90  # percent
     chosen = results['self_verification_round']
     assert chosen == min(rounds, key=lambda r: r['val_loss'])['round']
     assert rounds[chosen]['test_accuracy'] >= rounds[0]['test_accuracy']

@@ -204,7 +204,8 @@ def test_results_json_is_strict_json_with_a_never_predicted_class(tmp_path):
     saved = _strict_json((tmp_path / 'results.json').read_text())
     true, pred = table.label_idx.to_numpy(), scores.argmax(axis=1)
     assert 1 not in pred  # class b is never predicted
-    precision = precision_score(true, pred, labels=range(3), average=None, zero_division=0)
+    precision = 100 * precision_score(true, pred, labels=range(3), average=None,
+                                      zero_division=0)  # percent
     assert saved['per_class']['b']['precision'] is None
     for k in (0, 2):
         assert saved['per_class'][classes[k]]['precision'] == pytest.approx(precision[k])

@@ -135,14 +135,15 @@ def test_detection_figures_count_precision_and_recall():
     flagged = np.array([1, 1, 1, 0, 0, 0, 1, 0], bool)
     wrong = np.array([1, 0, 1, 1, 0, 0, 1, 0], bool)
     figures = callbacks.detection_figures(flagged, wrong)
-    assert figures == {'precision': 3 / 4, 'recall': 3 / 4, 'n_flagged': 4, 'n_wrong': 4}
+    assert figures == {'precision': 75.0, 'recall': 75.0, 'n_flagged': 4, 'n_wrong': 4}
     none = callbacks.detection_figures(np.zeros(4, bool), np.zeros(4, bool))
     assert np.isnan(none['precision']) and np.isnan(none['recall'])
 
 
 def test_noise_detection_from_summed_step_counts():
     row = {'nd_flagged': 10.0, 'nd_hit': 7.0, 'nd_wrong': 14.0}
-    assert callbacks.noise_detection(row) == {'nd_precision': 0.7, 'nd_recall': 0.5}
+    assert callbacks.noise_detection(row) == {'nd_precision': pytest.approx(70.0),
+                                              'nd_recall': 50.0}
     assert callbacks.noise_detection({'loss': 1.0}) == {}
 
 
