@@ -194,6 +194,11 @@ class Experiment:
         atomic_write_csv(runfolder.path(self.run_dir, 'pruned', self.fold), frame,
                          index=False, float_format='%.6g')
 
+    def mark(self, what):
+        """The method acts now, after the epochs done: curves.png marks it (history.csv's
+        event column)."""
+        self.history.mark(self.epoch, what)
+
     @property
     def epoch(self):
         """Epochs done so far, counted across stages."""

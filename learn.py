@@ -43,6 +43,7 @@ def mode_warmup_mixup(exp):
     logger.info('mode 0: %d warm-up epochs without mixup, then mixup=%s', warm,
                 learn['mixup'])
     exp.fit(warm, exp.plans.epoch(exp.train_idx, mixup=False), early_stopping=False)
+    exp.mark('mixup starts')
     exp.selection.restart()
     exp.fit(learn['n_epochs'] - exp.epoch, exp.plans.epoch(exp.train_idx))
     if learn['mixup']:
@@ -63,6 +64,7 @@ def mode_time_dependent(exp):
     logger.info('mode 2: %s, switching to stage 2 at epoch %d', exp.cfg['loss']['type'],
                 switch)
     exp.selection.restart(from_epoch=switch)
+    exp.history.mark(switch - 1, 'time-dependent switch')
     exp.watch_noise()
     exp.fit(exp.cfg['learn']['n_epochs'], exp.plans.epoch(exp.train_idx))
     exp.record_epoch_detection()
@@ -123,6 +125,7 @@ def mode_prune(exp):
                 '' if lowest is None else f'; clip loss >= {lowest:.4f}')
     exp.write_pruned(rows[pruned], clip_loss[pruned])
     exp.record_detection('pruning', rows, pruned)
+    exp.mark('pruning')
     exp.selection.restart()  # the evaluated model is one trained on the pruned set
     kept = exp.patches.of_clips(rows[~pruned])
     pruned_at = exp.epoch
@@ -146,6 +149,7 @@ def mode_staged(exp):
                 'unverified patches (%s), %d steps verified', n1, ver.size, n2, unv.size,
                 learn['mask_method'], n3)
     exp.fit(None, exp.plans.epoch(ver), early_stopping=False, steps=n1)
+    exp.mark('stage 2: masking')
     exp.set_masking(True)
     exp.selection.restart()
     exp.watch_noise()
@@ -155,6 +159,7 @@ def mode_staged(exp):
                       'no example masked in stage 2' if masked else 'stage 2 trained no step')
     exp.record_epoch_detection()
     exp.set_masking(False)
+    exp.mark('stage 3: fine-tune')
     exp.selection.restart()  # the evaluated model is the fine-tuned one
     exp.fit(None, exp.plans.epoch(ver), early_stopping=False, steps=n3)
 

@@ -94,13 +94,14 @@ class Fold:
         (self-verified) clips outside its own held-out unverified part."""
         return np.union1d(self.verified_train, np.setdiff1d(accepted, self.held_out))
 
-    def fine_tune(self, accepted, learn):
+    def fine_tune(self, accepted, learn, r):
         """sv_epochs from a fresh Adam state at sv_lr (the released code starts a new
         training run from the previous parameters), at the released code's rates
-        (fine_tune_lr), without mixup, on tuning_rows(accepted)."""
+        (fine_tune_lr), without mixup, on tuning_rows(accepted), in round r."""
         exp = self.exp
         rows = self.tuning_rows(accepted)
         exp.trainer.reset_optimizer()
+        exp.mark(f'self-verification round {r}')
         first, epochs, lr = exp.epoch, learn['sv_epochs'], learn['sv_lr']
         schedule = EpochLR(lambda e: fine_tune_lr(e - first, lr, epochs))
         exp.selection.restart()
@@ -194,7 +195,7 @@ def mode_self_verify(exp):
                                 learn['sv_per_class'])] if candidates.size else candidates
         accepted = np.union1d(accepted, new)
         for fold in folds:
-            fold.fine_tune(accepted, learn)
+            fold.fine_tune(accepted, learn, r)
         rounds.record(r, new)
     exp.results.self_verified(rounds.records, rounds.chosen)
     exp.results.acted('self-verification', rounds.chosen > 0 and accepted.size > 0,

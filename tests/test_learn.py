@@ -269,3 +269,19 @@ def test_batch_size_is_checked_against_every_pool_a_batch_is_drawn_from():
     with pytest.raises(config.ConfigError, match='needs 31 of the 30 unverified.*at most 60$'):
         sampling.check_batch_size(61, np.arange(65), more, halves=True)
     sampling.check_batch_size(20, pool[10:], verified, halves=True)  # no verified: not here
+
+
+def test_history_writes_an_event_into_the_row_of_the_epoch_after_it(tmp_path):
+    """mark(done, what): the method acted after `done` epochs, so the row of epoch done + 1
+    names it; a mark of an epoch whose row exists already (a resumed run) is dropped."""
+    import pandas as pd
+    history = callbacks.History(tmp_path / 'history.csv')
+    history.set_model(type('M', (), {'optimizer': keras.optimizers.Adam(1e-3)})())
+    marks = {1: [(0, 'resumed: row 1 exists'), (1, 'stage 2')], 2: [(2, 'pruning, by rank')]}
+    for epoch in range(3):
+        for done, what in marks.get(epoch, []):
+            history.mark(done, what)
+        history.on_epoch_begin(epoch)
+        history.on_epoch_end(epoch, {'loss': 1.0})
+    frame = pd.read_csv(tmp_path / 'history.csv')
+    assert frame.event.fillna('').tolist() == ['', 'stage 2', 'pruning; by rank']

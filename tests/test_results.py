@@ -10,6 +10,7 @@ import pytest
 import eval as evaluation
 import metrics
 import sweep
+import sweep_summary
 from results import Evaluation, Results
 
 RULE = '=' * 72
@@ -186,7 +187,7 @@ def test_a_metric_added_to_metrics_alone_reaches_report_results_and_sweep(
     assert saved['mean_true_score'] == pytest.approx(expected)
 
     frame = sweep.collect(runs, cfgs, {}, [])
-    summary, table_md = sweep.write_outputs(tmp_path / 'sweeps' / 'sw', 'sw', frame,
+    summary, table_md, _ = sweep_summary.write_outputs(tmp_path / 'sweeps' / 'sw', 'sw', frame,
                                             {'learn.lr': [0.1]}, {})
     assert summary.mean_true_score_mean[0] == pytest.approx(expected + 0.05)
     assert 'mean_true_score mean' in table_md.splitlines()[0]

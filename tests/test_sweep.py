@@ -9,6 +9,7 @@ from scipy import stats
 
 import config
 import sweep
+import sweep_summary
 from conftest import tiny_dataset, write_tiny_config
 
 
@@ -63,7 +64,7 @@ def test_summary_and_paired_differences_match_scipy():
             for t in grid['loss.type'] for s in range(4)]
     rows[-1].update(status='failed', accuracy_micro=np.nan, **{'per_class.a.accuracy': np.nan})
     frame = pd.DataFrame(rows)
-    summary = sweep.summarise(frame, grid, {'loss.type': 'CCE'}).set_index('point')
+    summary = sweep_summary.summarise(frame, grid, {'loss.type': 'CCE'}).set_index('point')
     for t in grid['loss.type']:
         ok = frame[(frame['loss.type'] == t) & (frame.status == 'finished')]
         row = summary.loc[f'loss.type={t}']
@@ -81,7 +82,7 @@ def test_summary_and_paired_differences_match_scipy():
                     row.accuracy_micro_diff_ci95_high) == pytest.approx(ci(diff))
     # Counts and per-class figures stay out of the paired differences and the table.
     assert 'per_class.a.accuracy_diff_mean' not in summary.columns
-    md = sweep.markdown(summary.reset_index(), ['accuracy_micro'], grid, {'loss.type': 'CCE'})
+    md = sweep_summary.markdown(summary.reset_index(), ['accuracy_micro'], grid, {'loss.type': 'CCE'})
     assert md.count('\n| ') == 3 and 'accuracy_micro 95 % CI' in md
 
 
@@ -155,7 +156,7 @@ class FakeRay:
                 return overrides[-1].split('=', 1)[1]
         return Task()
 
-    def wait(self, refs, num_returns):
+    def wait(self, refs, num_returns, timeout=None):
         return refs[:num_returns], refs[num_returns:]
 
     def get(self, ref):
