@@ -301,7 +301,7 @@ def write_plots(run_dir, table, classes, rows_evaluated, scores, results):
     name = ev.run_name
     for fold, history in runfolder.per_fold(run_dir, 'history'):
         plots.curves(history, runfolder.path(run_dir, 'curves', fold),
-                     f'{name}: training' + (f', fold {fold}' if fold else ''))
+                     f'{name}: training' + (f', fold {fold}' if fold else ''), results.loss)
     if 'accuracy' not in ev.per_class:
         return  # multi-label metrics: no single true class per clip to plot
     true = table.label_idx.to_numpy()[rows_evaluated]

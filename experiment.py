@@ -67,7 +67,8 @@ class Experiment:
         self.results = Results(**datasets.label_noise(cfg, table),
                                fast_dev_run=fastdev.on(cfg) or None)
         self.results.built(cfg['learn']['model'],
-                           architectures.n_trainable_params(trainer.classifier))
+                           architectures.n_trainable_params(trainer.classifier),
+                           cfg['loss']['type'])
         self.monitor = 'val_accuracy' if self.val_idx.size else 'accuracy'
         learn = cfg['learn']
         self.history = History(runfolder.path(run_dir, 'history', fold))

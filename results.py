@@ -55,6 +55,7 @@ class Results:
     appear in results.json in this order, after the Evaluation's head."""
     fast_dev_run: bool = None       # ctrl.fast_dev_run: a dry run, its numbers no results
     model: str = None               # learn.model
+    loss: str = None                # loss.type (curves.png names it)
     n_trainable_params: int = None  # of that model as built (with its heads)
     label_noise: dict = None        # ctrl.inject_noise: rate, kind, subset, share_changed
     n_noisy: int = None             # ctrl.n_noisy / n_clean: the unverified and verified
@@ -82,9 +83,10 @@ class Results:
     evaluation: Evaluation = field(default=None, repr=False)
 
     # -- the model
-    def built(self, model, n_trainable_params):
-        """learn.model and its number of trainable parameters."""
+    def built(self, model, n_trainable_params, loss=None):
+        """learn.model, its number of trainable parameters and loss.type."""
         self.model, self.n_trainable_params = model, int(n_trainable_params)
+        self.loss = loss
 
     def subset_drawn(self, drawn):
         """The counts of ctrl.n_noisy / n_clean's draw ({} when neither is set)."""
