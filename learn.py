@@ -85,7 +85,8 @@ def score_clips(exp, rows):
         x, y = source.eval_batch(i)
         return per_example(y, classifier(x, training=False)['scores'])
     idx = exp.patches.of_clips(rows)
-    values = evaluation.map_patches(patch_loss, idx, evaluation.eval_batch_size(exp.cfg))
+    values = evaluation.map_with_progress(patch_loss, idx, evaluation.eval_batch_size(exp.cfg),
+                                          'pruning: scoring the training clips')
     return evaluation.aggregate(values, exp.patches.clip[idx],
                                 learn['prune_aggregate_loss_clip'])
 

@@ -77,8 +77,9 @@ def excerpt_posteriors(exp, rows, n_excerpts, rng):
     def score(i):
         windows = source.windows(*(keras.ops.take(t, i) for t in tensors))
         return classifier(windows, training=False)['scores']
-    scores = evaluation.map_patches(score, np.arange(start.size),
-                                    exp.cfg['learn']['predict_batch_size'])
+    scores = evaluation.map_with_progress(score, np.arange(start.size),
+                                          exp.cfg['learn']['predict_batch_size'],
+                                          'self-verification: excerpts')
     return scores.reshape(len(rows), n_excerpts, -1).mean(axis=1)
 
 

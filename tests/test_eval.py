@@ -211,3 +211,16 @@ def test_results_json_is_strict_json_with_a_never_predicted_class(tmp_path):
         assert saved['per_class'][classes[k]]['precision'] == pytest.approx(precision[k])
     assert saved['precision_macro'] == pytest.approx(precision[[0, 2]].mean())
     assert saved['noise_detection'] == {'precision': None, 'recall': 0.5, 'n_flagged': 0}
+
+
+def test_long_scorings_in_chunks_match_one_pass(monkeypatch, capsys):
+    """map_with_progress: chunked scoring with a bar gives map_patches' values (numpy
+    here), padded batches included."""
+    monkeypatch.setattr(evaluation, 'LONG', 10)
+    monkeypatch.setattr(evaluation, 'CHUNK', 2)
+    values = np.arange(37, dtype=np.float32) ** 2
+    fn = lambda i: tf.gather(tf.constant(values), i)  # noqa: E731
+    idx = np.random.default_rng(0).permutation(37)
+    got = evaluation.map_with_progress(fn, idx, 4, 'scoring')
+    np.testing.assert_array_equal(got, values[idx])
+    assert 'scoring' in capsys.readouterr().err

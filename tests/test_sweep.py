@@ -431,3 +431,33 @@ def test_a_fast_dev_sweep_over_configs_runs_and_summarises(tiny, capsys):
     assert summary.accuracy_micro_diff_mean[0] == 0
     assert summary.accuracy_micro_diff_mean[1] == pytest.approx(
         runs.accuracy_micro[1] - runs.accuracy_micro[0], abs=1e-3)
+
+
+def test_summary_clips_intervals_to_the_range_marks_them_and_flags_idle_methods(tmp_path):
+    """Two seeds of 20 and 95 % accuracy: the t interval passes 100 % and shows clipped
+    with †, summary.csv keeps the computed end; a point of one run shows '-' for its
+    interval; a run whose method did nothing is counted and flagged on the console."""
+    grid = {'learn.mode': [1, 3]}
+    rows = [{'run': f'r{m}{s}', 'point': f'learn.mode={m}', 'learn.mode': m, 'seed': s,
+             'status': 'finished', 'method_acted': (False if m == 3 else None),
+             'accuracy_micro': acc, 'lwlrap': 0.5}
+            for m, s, acc in ((1, 0, 20.0), (1, 1, 95.0), (3, 0, 50.0))]
+    frame = pd.DataFrame(rows)
+    summary, md, shown = sweep_summary.write_outputs(tmp_path, 's', frame, grid,
+                                                     {'learn.mode': 1}, 'accuracy_micro')
+    high = ci([20.0, 95.0])[1]
+    assert high > 100 and summary.accuracy_micro_ci95_high[0] == pytest.approx(high)
+    saved = pd.read_csv(tmp_path / 'summary.csv')
+    assert saved.accuracy_micro_ci95_high[0] == pytest.approx(high, rel=1e-5)
+    row1, row3 = md.splitlines()[2], md.splitlines()[3]
+    assert '100†]' in row1 and '[, ]' not in md and '| - |' in row3
+    assert sweep_summary.CLIPPED_NOTE in md and 'method did nothing' in md
+    assert list(summary.n_method_idle) == [0, 1]
+    lines = shown.splitlines()
+    assert lines[0].split() == ['point', 'n', 'accuracy_micro', 'mean', '%', '95', '%', 'CI',
+                                '-', 'baseline', '95', '%', 'CI']
+    assert 'lwlrap' not in shown and '100†]' in lines[1]
+    assert lines[2].endswith('! method did nothing in 1 of 1 runs')
+    assert sweep_summary.clip(-0.2, 'lwlrap') == (0.0, True)
+    assert sweep_summary.clip(-150.0, 'accuracy_micro', diff=True) == (-100.0, True)
+    assert sweep_summary.clip(3.5, 'dprime') == (3.5, False)
