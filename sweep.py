@@ -8,9 +8,11 @@ NAME/<key=value,...>_seed<k>, scheduled by Ray: embedded on this machine by defa
 a cluster with --address. Features are extracted once, in this process, before any run
 starts. Runs that ended (results.json with status finished, diverged or collapsed, or an
 unreadable one) are skipped. The finished runs are summarised per grid point (mean, std,
-95 % t confidence interval; paired differences to --baseline) in logs/sweeps/NAME/:
-runs.csv, summary.csv, summary.md, summary.png. The exit status is 0 when every run of the
-sweep has finished, 1 otherwise (on every rerun alike), 2 for a mistake.
+95 % t confidence interval; paired differences to --baseline; sweep_summary.py) in
+logs/sweeps/NAME/: runs.csv, summary.csv, summary.md, summary.png; the console shows the
+dataset's headline metric. The progress bar counts the runs done and shows each running
+run's epoch. The exit status is 0 when every run of the sweep has finished, 1 otherwise
+(on every rerun alike), 2 for a mistake.
 """
 import argparse
 import itertools

@@ -224,3 +224,24 @@ def test_long_scorings_in_chunks_match_one_pass(monkeypatch, capsys):
     got = evaluation.map_with_progress(fn, idx, 4, 'scoring')
     np.testing.assert_array_equal(got, values[idx])
     assert 'scoring' in capsys.readouterr().err
+
+
+def test_curves_name_the_loss_mark_the_method_and_per_class_keeps_class_order(monkeypatch,
+                                                                              tmp_path):
+    """curves.png: the loss named, accuracy in percent, the rate on a log axis, a dashed
+    mark between the epochs where the method acted; per_class.png in class order."""
+    import plots
+    figures = []
+    monkeypatch.setattr(plots, '_save', lambda fig, path: figures.append(fig))
+    hist = pd.DataFrame({'epoch': [1, 2, 3], 'loss': [3.0, 2.0, 1.0],
+                         'accuracy': [0.1, 0.5, 0.8], 'lr': [1e-3] * 3,
+                         'event': [None, 'pruning', None]})
+    plots.curves(hist, tmp_path / 'c.png', 'run', 'lq_loss')
+    loss, accuracy, lr = figures[0].axes[:3]
+    assert loss.get_title() == 'loss (lq_loss)' and lr.get_yscale() == 'log'
+    np.testing.assert_allclose(accuracy.lines[0].get_ydata(), [10, 50, 80])
+    for ax in (loss, accuracy, lr):
+        assert any(list(line.get_xdata()) == [1.5, 1.5] for line in ax.lines)
+    plots.per_class({'zz': {'accuracy': 10.0}, 'aa': {'accuracy': 90.0}}, tmp_path / 'p.png',
+                    'run')
+    assert [t.get_text() for t in figures[1].axes[0].get_xticklabels()] == ['zz', 'aa']
