@@ -461,3 +461,19 @@ def test_summary_clips_intervals_to_the_range_marks_them_and_flags_idle_methods(
     assert sweep_summary.clip(-0.2, 'lwlrap') == (0.0, True)
     assert sweep_summary.clip(-150.0, 'accuracy_micro', diff=True) == (-100.0, True)
     assert sweep_summary.clip(3.5, 'dprime') == (3.5, False)
+
+
+def test_progress_shows_each_started_run_and_its_epoch(tmp_path):
+    """The bar's postfix: runs with a history.csv and their epochs (the newest history of
+    a run that trains folds), nothing for a run that has not started."""
+    def cfg(name):
+        return {'ctrl': {'logs_dir': str(tmp_path), 'run_name': f's/{name}'},
+                'learn': {'n_epochs': 6}}
+    (tmp_path / 's' / 'a_seed0').mkdir(parents=True)
+    (tmp_path / 's' / 'a_seed0' / 'history.csv').write_text('epoch,loss\n1,2.0\n2,1.5\n')
+    (tmp_path / 's' / 'b_seed0').mkdir()
+    (tmp_path / 's' / 'b_seed0' / 'history_1.csv').write_text('epoch,loss\n1,2.0\n')
+    runs = {name: sweep.Run(f's/{name}', 'p', {}, 0, []) for name in
+            ('a_seed0', 'b_seed0', 'c_seed0')}
+    cfgs = {f's/{name}': cfg(name) for name in runs}
+    assert sweep.in_flight(runs, cfgs) == 'a_seed0 epoch 2/6; b_seed0 fold 1 epoch 1/6'
