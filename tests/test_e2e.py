@@ -167,6 +167,9 @@ def test_mode2_switches_at_the_configured_epoch(workspace):
     # best_val: the best validation epoch among those trained with the stage-2 loss (4, 5)
     stage2 = hist[hist.epoch >= 4]
     assert evaluated == stage2.epoch[stage2.val_accuracy.idxmax()]
+    # curves.png's mark: the switch, in the row of the first stage-2 epoch
+    assert hist.event.fillna('').tolist() == ['', '', '', 'time-dependent switch', '']
+    assert json.loads((run_dir / 'results.json').read_text())['method_acted'] is True
 
 
 def test_mode3_prunes_the_percentile_and_mostly_wrong_labels(workspace):
@@ -188,6 +191,22 @@ def test_mode3_prunes_the_percentile_and_mostly_wrong_labels(workspace):
     wrong = (pruned.label != pruned.true_label).mean()
     assert detection['precision'] == pytest.approx(100 * wrong)
     assert wrong > 0.55, f'only {wrong:.2f} of the pruned clips have a wrong label'
+    assert results['method_acted'] is True
+    assert history(run_dir).event.fillna('').tolist() == [''] * 6 + ['pruning']
+
+
+def test_a_run_that_ends_before_pruning_says_the_method_did_nothing(workspace):
+    """Issue 20: one epoch with the default prune_stage1 (20): the clips are pruned after
+    the only epoch and nothing trains on the pruned set."""
+    _, _, noisy = workspace
+    code, log, run_dir = run(workspace, 'mode3_short', noisy,
+                             ['learn.mode=3', 'learn.n_epochs=1'])
+    assert code == 0
+    results = json.loads((run_dir / 'results.json').read_text())
+    assert results['method_acted'] is False
+    assert results['method_inaction'] == [
+        'pruning: training ended at epoch 1, before any epoch on the pruned set']
+    assert 'the method did nothing: pruning' in log
 
 
 def test_staged_training_masks_unverified_examples(workspace):
