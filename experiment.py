@@ -195,10 +195,15 @@ class Experiment:
         atomic_write_csv(runfolder.path(self.run_dir, 'pruned', self.fold), frame,
                          index=False, float_format='%.6g')
 
-    def mark(self, what):
-        """The method acts now, after the epochs done: curves.png marks it (history.csv's
-        event column)."""
-        self.history.mark(self.epoch, what)
+    def mark(self, what, done=None):
+        """The method acts after `done` epochs (None: now, after the epochs done so far):
+        curves.png marks it (history.csv's event column)."""
+        self.history.mark(self.epoch if done is None else done, what)
+
+    def figures_since_watch(self, name):
+        """history.csv's figure `name` of each epoch since watch_noise() (None where an
+        epoch has none)."""
+        return [r.get(name) for r in self.history.rows[self.state.noise_from:]]
 
     @property
     def epoch(self):

@@ -43,7 +43,8 @@ def mode_warmup_mixup(exp):
     logger.info('mode 0: %d warm-up epochs without mixup, then mixup=%s', warm,
                 learn['mixup'])
     exp.fit(warm, exp.plans.epoch(exp.train_idx, mixup=False), early_stopping=False)
-    exp.mark('mixup starts')
+    if learn['mixup']:
+        exp.mark('mixup starts')
     exp.selection.restart()
     exp.fit(learn['n_epochs'] - exp.epoch, exp.plans.epoch(exp.train_idx))
     if learn['mixup']:
@@ -64,7 +65,7 @@ def mode_time_dependent(exp):
     logger.info('mode 2: %s, switching to stage 2 at epoch %d', exp.cfg['loss']['type'],
                 switch)
     exp.selection.restart(from_epoch=switch)
-    exp.history.mark(switch - 1, 'time-dependent switch')
+    exp.mark('time-dependent switch', done=switch - 1)
     exp.watch_noise()
     exp.fit(exp.cfg['learn']['n_epochs'], exp.plans.epoch(exp.train_idx))
     exp.record_epoch_detection()
@@ -126,7 +127,8 @@ def mode_prune(exp):
                 '' if lowest is None else f'; clip loss >= {lowest:.4f}')
     exp.write_pruned(rows[pruned], clip_loss[pruned])
     exp.record_detection('pruning', rows, pruned)
-    exp.mark('pruning')
+    if pruned.any():
+        exp.mark('pruning')
     exp.selection.restart()  # the evaluated model is one trained on the pruned set
     kept = exp.patches.of_clips(rows[~pruned])
     pruned_at = exp.epoch
@@ -155,7 +157,7 @@ def mode_staged(exp):
     exp.selection.restart()
     exp.watch_noise()
     exp.fit(None, exp.plans.halves(ver, unv), early_stopping=False, steps=n2)
-    masked = [r.get('masked') for r in exp.history.rows[exp.state.noise_from:]]
+    masked = exp.figures_since_watch('masked')
     exp.results.acted('loss masking', any(m is not None and m > 0 for m in masked),
                       'no example masked in stage 2' if masked else 'stage 2 trained no step')
     exp.record_epoch_detection()
