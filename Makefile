@@ -24,6 +24,11 @@ demo: venv $(DEMO_DATA)/FSDnoisy18k.meta/test.csv
 	$(PY) main.py -p config/demo.yaml -o ctrl.run_name=demo_$$(date +%Y%m%d-%H%M%S)
 	@echo; echo "latest demo result:"; grep -h "ACCURACY - MICRO" $$(ls -t logs/demo_*.out | head -1)
 
+# CCE vs Lq vs pruning on the demo data, 2 seeds (sweeps/demo.yaml): prints the summary.
+.PHONY: demo-sweep
+demo-sweep: venv $(DEMO_DATA)/FSDnoisy18k.meta/test.csv
+	$(PY) sweep.py --spec sweeps/demo.yaml
+
 test: venv
 	$(PY) -m pytest -q
 

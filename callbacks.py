@@ -109,16 +109,17 @@ class StopOnCollapse(keras.callbacks.Callback):
 
 
 def detection_figures(flagged, wrong):
-    """Noise detection of a drop/mask decision: precision = share of flagged examples whose
-    given label is wrong, recall = share of wrong-label examples that were flagged."""
+    """Noise detection of a drop/mask decision: precision = % of flagged examples whose
+    given label is wrong, recall = % of wrong-label examples that were flagged."""
     flagged, wrong = np.asarray(flagged, bool), np.asarray(wrong, bool)
     return precision_recall(int(flagged.sum()), int((flagged & wrong).sum()),
                              int(wrong.sum()))
 
 
 def precision_recall(n_flagged, n_hit, n_wrong):
-    return {'precision': n_hit / n_flagged if n_flagged else float('nan'),
-            'recall': n_hit / n_wrong if n_wrong else float('nan'),
+    """Noise-detection precision and recall in percent (as accuracy; nan for 0 / 0)."""
+    return {'precision': 100.0 * n_hit / n_flagged if n_flagged else float('nan'),
+            'recall': 100.0 * n_hit / n_wrong if n_wrong else float('nan'),
             'n_flagged': n_flagged, 'n_wrong': n_wrong}
 
 
@@ -131,11 +132,21 @@ def noise_detection(row):
 
 
 class History(keras.callbacks.Callback):
-    """Appends one row per epoch to history.csv (rewritten atomically each epoch)."""
+    """Appends one row per epoch to history.csv (rewritten atomically each epoch). Its
+    `event` column names where the method acted just before that epoch (mark()): mixup
+    starts, the time-dependent switch, pruning, a stage, a self-verification round, which
+    curves.png draws as vertical marks."""
 
     def __init__(self, path):
         super().__init__()
         self.path, self.rows, self.lr = path, [], None
+        self.events = []  # (epochs done when it happened, what), for the next row
+
+    def mark(self, done, what):
+        """The method acts after epoch `done` (before epoch done + 1): `what` goes into
+        that epoch's row. A resumed run marks again what its restored rows already hold;
+        such a mark never reaches a later row."""
+        self.events.append((done, what.replace(',', ';')))
 
     def state_dict(self):
         return {'rows': list(self.rows)}
@@ -154,12 +165,19 @@ class History(keras.callbacks.Callback):
         row['lr'] = self.lr
         row['steps'] = int(ops.convert_to_numpy(self.model.optimizer.iterations))
         row['seconds'] = round(time.time() - self.t0, 2)
+        events = [what for done, what in self.events if done == epoch]
+        self.events = [(done, what) for done, what in self.events if done > epoch]
+        if events:
+            row['event'] = '; '.join(events)
         self.rows.append(row)
         columns = list(dict.fromkeys(k for r in self.rows for k in r))
         lines = [','.join(columns)]
-        lines += [','.join('' if r.get(c) is None else f'{r[c]:.6g}' for c in columns)
-                  for r in self.rows]
+        lines += [','.join(_cell(r.get(c)) for c in columns) for r in self.rows]
         atomic_write_text(self.path, '\n'.join(lines) + '\n')
+
+
+def _cell(value):
+    return '' if value is None else value if isinstance(value, str) else f'{value:.6g}'
 
 
 class Checkpoint:
@@ -415,7 +433,7 @@ class TensorBoardScalars(keras.callbacks.Callback):
         row = self.history.rows[-1]
         with self.writer.as_default():
             for name, value in row.items():
-                if name not in ('epoch', 'seconds') and value is not None:
+                if name not in ('epoch', 'seconds', 'event') and value is not None:
                     tf.summary.write(name, tf.constant(value, tf.float32), step=row['epoch'],
                                      metadata=self.SCALAR)
         self.writer.flush()

@@ -172,6 +172,9 @@ def record(exp, decision):
     else:
         summary['n_relabelled'] = int((flagged & np.asarray(changed, bool)).sum())
     exp.results.label_issues(summary)
+    changes = summary.get('n_dropped', summary.get('n_relabelled'))
+    exp.results.acted('confident learning', changes > 0,
+                      f'no training clip {"dropped" if "n_dropped" in summary else "relabelled"}')
     if not (exp.table.verified.to_numpy()[rows] == 0).any():
         logger.warning('confident learning: no unverified training clip, so none is flagged '
                        '(only unverified clips may be; ctrl.train_data)')

@@ -366,7 +366,7 @@ def write_plots(run_dir, table, classes, rows_evaluated, scores, results):
     name = ev.run_name
     for fold, history in runfolder.per_fold(run_dir, 'history'):
         plots.curves(history, runfolder.path(run_dir, 'curves', fold),
-                     f'{name}: training' + (f', fold {fold}' if fold else ''))
+                     f'{name}: training' + (f', fold {fold}' if fold else ''), results.loss)
     if 'accuracy' not in ev.per_class:
         return  # multi-label metrics: no single true class per clip to plot
     true = table.label_idx.to_numpy()[rows_evaluated]
@@ -376,3 +376,29 @@ def write_plots(run_dir, table, classes, rows_evaluated, scores, results):
     plots.per_class(metrics.per_class_dict(ev.per_class, classes),
                     runfolder.path(run_dir, 'per_class_plot'),
                     f'{name}: per-class accuracy on the test clips')
+
+
+# ----------------------------------------------------------------------------- long scorings
+
+LONG = 20_000  # examples from which a scoring outside prediction shows a progress bar
+CHUNK = 64     # batches per step of that bar
+
+
+def map_with_progress(fn, idx, batch_size, desc):
+    """map_patches(fn, idx, batch_size) with a progress bar (tqdm, on stderr) when idx holds
+    at least LONG examples: pruning's clip scores and self-verification's excerpts. fn is
+    compiled once here and scored in chunks of CHUNK whole batches, so that the chunks
+    reuse one trace (only the last batch of the last chunk is padded, as map_patches
+    pads)."""
+    from tqdm import tqdm
+    idx = np.asarray(idx, np.int64)
+    if idx.size < LONG:
+        return map_patches(fn, idx, batch_size)
+    compiled = tf.function(fn, reduce_retracing=True)
+    step = CHUNK * batch_size
+    out = []
+    with tqdm(total=idx.size, desc=desc, unit='example', leave=False) as bar:
+        for lo in range(0, idx.size, step):
+            out.append(map_patches(compiled, idx[lo:lo + step], batch_size))
+            bar.update(min(step, idx.size - lo))
+    return np.concatenate(out)

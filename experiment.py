@@ -68,7 +68,8 @@ class Experiment:
         self.results = Results(**datasets.label_noise(cfg, table),
                                fast_dev_run=fastdev.on(cfg) or None)
         self.results.built(cfg['learn']['model'],
-                           architectures.n_trainable_params(trainer.classifier))
+                           architectures.n_trainable_params(trainer.classifier),
+                           cfg['loss']['type'])
         self.monitor = 'val_accuracy' if self.val_idx.size else 'accuracy'
         learn = cfg['learn']
         self.history = History(runfolder.path(run_dir, 'history', fold))
@@ -174,7 +175,7 @@ class Experiment:
                                      int(r['nd_wrong'])) for r in rows]
         self.results.noise_detected_per_epoch([r['epoch'] for r in rows], figures)
         for r, f in zip(rows, figures):
-            logger.info('noise detection, epoch %d: precision %.3f, recall %.3f (%d flagged, '
+            logger.info('noise detection, epoch %d: precision %.1f %%, recall %.1f %% (%d flagged, '
                         '%d wrong-label examples seen)', r['epoch'], f['precision'],
                         f['recall'], f['n_flagged'], f['n_wrong'])
 
@@ -184,7 +185,7 @@ class Experiment:
             return
         figures = detection_figures(flagged, data.wrong_labels(self.table)[rows])
         self.results.noise_detected(figures)
-        logger.info('noise detection (%s): precision %.3f, recall %.3f (%d flagged, %d '
+        logger.info('noise detection (%s): precision %.1f %%, recall %.1f %% (%d flagged, %d '
                     'wrong-label clips)', what, figures['precision'], figures['recall'],
                     figures['n_flagged'], figures['n_wrong'])
 
@@ -194,6 +195,16 @@ class Experiment:
         frame.insert(2, 'clip_loss', clip_loss)
         atomic_write_csv(runfolder.path(self.run_dir, 'pruned', self.fold), frame,
                          index=False, float_format='%.6g')
+
+    def mark(self, what, done=None):
+        """The method acts after `done` epochs (None: now, after the epochs done so far):
+        curves.png marks it (history.csv's event column)."""
+        self.history.mark(self.epoch if done is None else done, what)
+
+    def figures_since_watch(self, name):
+        """history.csv's figure `name` of each epoch since watch_noise() (None where an
+        epoch has none)."""
+        return [r.get(name) for r in self.history.rows[self.state.noise_from:]]
 
     @property
     def epoch(self):

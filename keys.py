@@ -271,8 +271,8 @@ KEYS = {
         'prune_loss_threshold_method': Key(
             'percentile', 'mode 3: how the pruning threshold is set', choices=('percentile',)),
         'prune_discard_percentile': Key(
-            97.75, 'mode 3: clips with a loss above this percentile are pruned; grid {99.25, '
-            '98.5, 97.75, 97, 96.25}', at_least=0, at_most=100),
+            97.75, 'mode 3: the clips ranked above this loss percentile are pruned (by rank); '
+            'grid {99.25, 98.5, 97.75, 97, 96.25}', at_least=0, at_most=100),
         'densenet_modules': Key(3, 'DenSE: number of DenseNet+SE modules', at_least=1, at_most=8),
         'staged_steps': Key(
             [10000, 10000, 5000], 'staged: optimizer steps of stage 1 (verified), 2 (masked '

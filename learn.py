@@ -43,8 +43,13 @@ def mode_warmup_mixup(exp):
     logger.info('mode 0: %d warm-up epochs without mixup, then mixup=%s', warm,
                 learn['mixup'])
     exp.fit(warm, exp.plans.epoch(exp.train_idx, mixup=False), early_stopping=False)
+    if learn['mixup']:
+        exp.mark('mixup starts')
     exp.selection.restart()
     exp.fit(learn['n_epochs'] - exp.epoch, exp.plans.epoch(exp.train_idx))
+    if learn['mixup']:
+        exp.results.acted('mixup', exp.epoch > warm, f'training ended at epoch {exp.epoch}, '
+                          f'before mixup starts (epoch {warm + 1})')
 
 
 def mode_standard(exp):
@@ -60,9 +65,12 @@ def mode_time_dependent(exp):
     logger.info('mode 2: %s, switching to stage 2 at epoch %d', exp.cfg['loss']['type'],
                 switch)
     exp.selection.restart(from_epoch=switch)
+    exp.mark('time-dependent switch', done=switch - 1)
     exp.watch_noise()
     exp.fit(exp.cfg['learn']['n_epochs'], exp.plans.epoch(exp.train_idx))
     exp.record_epoch_detection()
+    exp.results.acted('time-dependent loss', exp.epoch >= switch, f'training ended at epoch '
+                      f'{exp.epoch}, before the switch to stage 2 (epoch {switch})')
 
 
 def score_clips(exp, rows):
@@ -78,34 +86,57 @@ def score_clips(exp, rows):
         x, y = source.eval_batch(i)
         return per_example(y, classifier(x, training=False)['scores'])
     idx = exp.patches.of_clips(rows)
-    values = evaluation.map_patches(patch_loss, idx, evaluation.eval_batch_size(exp.cfg))
+    values = evaluation.map_with_progress(patch_loss, idx, evaluation.eval_batch_size(exp.cfg),
+                                          'pruning: scoring the training clips')
     return evaluation.aggregate(values, exp.patches.clip[idx],
                                 learn['prune_aggregate_loss_clip'])
 
 
-def prune_threshold(clip_loss, percentile):
-    """Clips whose loss is above the given percentile of the clip losses are pruned."""
-    return float(np.percentile(clip_loss, percentile))
+def prune_by_rank(clip_loss, percentile):
+    """The clips mode 3 prunes -> (bool [N], the smallest pruned loss or None).
+
+    The original code (waspaa19 main.py) keeps the clips with loss <= np.percentile(loss,
+    p) and prunes those strictly above: without ties that is the top n = N - 1 -
+    floor(p / 100 * (N - 1)) clips (np.percentile's linear interpolation lies between
+    order statistics floor and floor + 1). A bounded loss ties many clips (Lq with q 0.5
+    saturates at 1/q = 2), and then nothing may lie strictly above the percentile, which
+    would make pruning a no-op; so exactly those n clips of largest loss are pruned by
+    rank, ties broken by a stable sort (the later table rows of a tie go first).
+    """
+    clip_loss = np.asarray(clip_loss, np.float64)
+    n = clip_loss.size
+    n_pruned = n - 1 - int(np.floor(percentile / 100 * (n - 1))) if n else 0
+    order = np.argsort(clip_loss, kind='stable')
+    pruned = np.zeros(n, bool)
+    pruned[order[n - n_pruned:]] = True
+    return pruned, (float(clip_loss[order[n - n_pruned]]) if n_pruned else None)
 
 
 def mode_prune(exp):
-    """Mode 3: train prune_stage1 epochs, drop the training clips with the largest loss,
-    continue the same model and optimiser on the kept clips (Fonseca et al., Sec. 2.4).
-    The scaler stays the one fitted before pruning."""
+    """Mode 3: train prune_stage1 epochs, drop the training clips with the largest loss
+    (prune_by_rank), continue the same model and optimiser on the kept clips (Fonseca et
+    al., Sec. 2.4). The scaler stays the one fitted before pruning."""
     learn = exp.cfg['learn']
     exp.fit(min(learn['prune_stage1'], learn['n_epochs']), exp.plans.epoch(exp.train_idx),
             early_stopping=False)
     rows, clip_loss = exp.once('prune_clip_loss', lambda: score_clips(exp, exp.train_rows))
-    threshold = prune_threshold(clip_loss, learn['prune_discard_percentile'])
-    pruned = clip_loss > threshold
-    logger.info('pruning: %d of %d training clips kept, %d pruned (clip loss > %.4f, the '
-                '%gth percentile)', (~pruned).sum(), rows.size, pruned.sum(), threshold,
-                learn['prune_discard_percentile'])
+    pruned, lowest = prune_by_rank(clip_loss, learn['prune_discard_percentile'])
+    logger.info('pruning: %d of %d training clips kept, %d pruned (the largest clip losses, '
+                'by rank above the %gth percentile%s)', (~pruned).sum(), rows.size,
+                pruned.sum(), learn['prune_discard_percentile'],
+                '' if lowest is None else f'; clip loss >= {lowest:.4f}')
     exp.write_pruned(rows[pruned], clip_loss[pruned])
     exp.record_detection('pruning', rows, pruned)
+    if pruned.any():
+        exp.mark('pruning')
     exp.selection.restart()  # the evaluated model is one trained on the pruned set
     kept = exp.patches.of_clips(rows[~pruned])
+    pruned_at = exp.epoch
     exp.fit(learn['n_epochs'] - exp.epoch, exp.plans.epoch(kept))
+    exp.results.acted('pruning', pruned.any() and exp.epoch > pruned_at,
+                      'no clip pruned' if not pruned.any() else
+                      f'training ended at epoch {exp.epoch}, before any epoch on the pruned '
+                      f'set')
 
 
 def mode_staged(exp):
@@ -121,12 +152,17 @@ def mode_staged(exp):
                 'unverified patches (%s), %d steps verified', n1, ver.size, n2, unv.size,
                 learn['mask_method'], n3)
     exp.fit(None, exp.plans.epoch(ver), early_stopping=False, steps=n1)
+    exp.mark('stage 2: masking')
     exp.set_masking(True)
     exp.selection.restart()
     exp.watch_noise()
     exp.fit(None, exp.plans.halves(ver, unv), early_stopping=False, steps=n2)
+    masked = exp.figures_since_watch('masked')
+    exp.results.acted('loss masking', any(m is not None and m > 0 for m in masked),
+                      'no example masked in stage 2' if masked else 'stage 2 trained no step')
     exp.record_epoch_detection()
     exp.set_masking(False)
+    exp.mark('stage 3: fine-tune')
     exp.selection.restart()  # the evaluated model is the fine-tuned one
     exp.fit(None, exp.plans.epoch(ver), early_stopping=False, steps=n3)
 
@@ -275,6 +311,12 @@ def finish(exp):
     names the rule and the epoch evaluated, or, where the run's members are snapshots
     (lr_schedule cyclic_cosine) rather than the selected weights, their cycles."""
     exp.selection.finish(exp.trainer)
+    if exp.cfg['learn']['pseudo_labels'] is not None:
+        n = int((exp.table.verified.to_numpy()[exp.train_rows] == 0).sum())
+        weight = exp.cfg['loss']['pseudo_weight']
+        exp.results.acted('pseudo labels', n > 0 and weight > 0 and exp.epoch > 0,
+                          f'{n} unverified training clips, loss.pseudo_weight {weight:g}, '
+                          f'{exp.epoch} epochs')
     cycles = ensemble.snapshot_cycles(exp.cfg)
     if cycles is None:
         exp.results.selected(exp.cfg['learn']['model_selection'], exp.state.evaluated_epoch)

@@ -181,7 +181,7 @@ def roc_auc(y_true, scores):
 # ----------------------------------------------------------------------------- P/R/F1
 
 def prf1(y_true, scores, threshold=None):
-    """Per-class precision, recall, F1 and support, and their macro averages.
+    """Per-class precision, recall, F1 (in percent) and support, and their macro averages.
 
     threshold None: the prediction is the top-1 class (single-label data); a number: every
     class scored >= threshold is predicted (multi-label). A figure whose denominator is 0
@@ -196,7 +196,9 @@ def prf1(y_true, scores, threshold=None):
         pred = scores >= threshold
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, pred, average=None, zero_division=np.nan)
-    per_class = {'precision': precision, 'recall': recall, 'f1': f1, 'support': support}
+    # Percent, as accuracy: one unit for every confusion-count proportion (README).
+    per_class = {'precision': 100.0 * precision, 'recall': 100.0 * recall, 'f1': 100.0 * f1,
+                 'support': support}
     macro = {f'{name}_macro': _nanmean(per_class[name]) for name in ('precision', 'recall', 'f1')}
     return {**macro, 'per_class': per_class}
 
@@ -235,6 +237,10 @@ class Metric:
     line: Callable = None             # (figures, where) -> its line of the evaluation block
     per_class_lines: Callable = None  # (per_class, classes) -> its per-class block
     headline: tuple = ()              # results.json keys that a sweep summarises
+    # the unit of those keys (README): '%' for confusion-count proportions (accuracy,
+    # precision, recall, F1, noise detection), 'fraction' for ranking scores (lwlrap, mAP,
+    # AUC) in [0, 1] as their papers report them, None for unbounded figures (d')
+    unit: str = None
     single_label: bool = False        # needs exactly one true label per clip
     always: bool = False              # in results.json even when not in recognizer.metrics
     curves: dict = field(default_factory=dict)  # history.csv column -> label in curves.png
@@ -317,33 +323,34 @@ def _lwlrap_per_class(per_class, classes):
 
 
 def _prf1_line(f, where):
-    return (f'PRF1 - MACRO: precision {f["precision_macro"]:.4f}, recall '
-            f'{f["recall_macro"]:.4f}, F1 {f["f1_macro"]:.4f} ({where})')
+    return (f'PRF1 - MACRO: precision {f["precision_macro"]:.2f} %, recall '
+            f'{f["recall_macro"]:.2f} %, F1 {f["f1_macro"]:.2f} % ({where})')
 
 
 METRICS = {
     'accuracy': Metric(
         accuracy, lambda f, where: f'ACCURACY - MICRO: {f["accuracy_micro"]:.2f} % ({where})',
-        _accuracy_per_class, headline=('accuracy_micro',), single_label=True),
+        _accuracy_per_class, headline=('accuracy_micro',), single_label=True, unit='%'),
     'lwlrap': Metric(_lwlrap_entry, lambda f, where: f'LWLRAP: {f["lwlrap"]:.4f} ({where})',
-                     _lwlrap_per_class, headline=('lwlrap',)),
+                     _lwlrap_per_class, headline=('lwlrap',), unit='fraction'),
     'map3': Metric(_map3_entry, lambda f, where: f'MAP@3: {f["map_at_3"]:.4f} ({where})',
-                   headline=('map_at_3',)),
+                   headline=('map_at_3',), unit='fraction'),
     'map': Metric(average_precision, _map_line, _figure_per_class('ap', 'average precision'),
-                  headline=('map', 'map_micro')),
+                  headline=('map', 'map_micro'), unit='fraction'),
     'auc': Metric(_auc_entry, _auc_line, _figure_per_class('auc', 'ROC AUC'),
-                  headline=('auc',)),
+                  headline=('auc',), unit='fraction'),
     'dprime': Metric(_dprime_entry, _dprime_line, _figure_per_class('dprime', "d'"),
                      headline=('dprime',)),
     'prf1': Metric(_prf1_entry, _prf1_line,
-                   headline=('precision_macro', 'recall_macro', 'f1_macro'), always=True),
+                   headline=('precision_macro', 'recall_macro', 'f1_macro'), always=True,
+                   unit='%'),
     'confusion': Metric(_confusion_entry, lambda f, where: f'CONFUSION: confusion.csv ({where})',
                         single_label=True),
     # The precision and recall of the examples that learn.mode 2, 3 and staged drop or
     # mask, measured during training where the true labels are known (results.json
     # noise_detection, history.csv nd_precision / nd_recall).
     'noise_detection': Metric(
-        headline=('noise_detection.precision', 'noise_detection.recall'),
+        headline=('noise_detection.precision', 'noise_detection.recall'), unit='%',
         curves={'nd_precision': 'noise detection: precision',
                 'nd_recall': 'noise detection: recall'}),
 }
@@ -364,6 +371,16 @@ def multi_label_choices():
 def headline_keys():
     """Every results.json key that a sweep summarises (nested keys joined by '.')."""
     return {key for metric in METRICS.values() for key in metric.headline}
+
+
+# The range of a figure in each unit: what a summary clips an interval to.
+UNIT_RANGES = {'%': (0.0, 100.0), 'fraction': (0.0, 1.0), None: (-np.inf, np.inf)}
+
+
+def headline_range(key):
+    """(low, high) that a headline key can take (its metric's unit); unbounded if unknown."""
+    unit = next((m.unit for m in METRICS.values() if key in m.headline), None)
+    return UNIT_RANGES[unit]
 
 
 def curve_labels():

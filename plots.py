@@ -27,24 +27,46 @@ def _save(fig, path):
     plt.close(fig)
 
 
-def curves(history, path, title):
-    """Training curves from history.csv: loss, accuracy, learning rate, method figures."""
+def _marks(ax, hist):
+    """Vertical marks where the method acted (history.csv's event column): between the
+    last epoch before it and the first after."""
+    if 'event' not in hist.columns:
+        return
+    for epoch, what in zip(hist.epoch, hist.event):
+        if isinstance(what, str) and what:
+            ax.axvline(epoch - 0.5, color='grey', linestyle='--', linewidth=1)
+            ax.annotate(what, (epoch - 0.5, 1), xycoords=('data', 'axes fraction'),
+                        rotation=90, va='top', ha='right', fontsize='x-small', color='grey')
+
+
+def curves(history, path, title, loss_name=None):
+    """Training curves from history.csv: the loss (named: loss_name, loss.type), accuracy
+    in percent (the report's unit; Keras logs fractions), the learning rate on a log axis,
+    the method figures and the noise detection; each panel with a dashed mark where the
+    method acted."""
     hist = pd.read_csv(history) if not isinstance(history, pd.DataFrame) else history
-    panels = [('loss', ['loss', 'val_loss']),
-              ('accuracy', ['accuracy', 'val_accuracy', 'val_clip_accuracy']),
-              ('learning rate', ['lr'])]
-    labels = {**METHOD_FIGURES, **metrics.curve_labels()}
-    method = [c for c in labels if c in hist.columns and hist[c].notna().any()]
-    panels += [('method figures', method)] if method else []
+    loss = f'loss ({loss_name})' if loss_name else 'loss'
+    panels = [(loss, ['loss', 'val_loss'], 1),
+              ('accuracy (%)', ['accuracy', 'val_accuracy', 'val_clip_accuracy'], 100),
+              ('learning rate', ['lr'], 1)]
+    detection = metrics.curve_labels()
+    method = [c for c in METHOD_FIGURES if c in hist.columns and hist[c].notna().any()]
+    found = [c for c in detection if c in hist.columns and hist[c].notna().any()]
+    panels += [('method figures', method, 1)] if method else []
+    panels += [('noise detection (%)', found, 1)] if found else []
+    labels = {**METHOD_FIGURES, **detection}
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False,
                              layout='constrained')
-    for ax, (name, columns) in zip(axes[0], panels):
+    for ax, (name, columns, scale) in zip(axes[0], panels):
         for column in (c for c in columns if c in hist.columns):
-            ax.plot(hist.epoch, hist[column], marker='.',
+            ax.plot(hist.epoch, scale * hist[column], marker='.',
                     label=labels.get(column, column.replace('_', ' ')))
         ax.set(title=name, xlabel='epoch', ylabel=name)
+        if name == 'learning rate' and (hist.lr > 0).all():
+            ax.set_yscale('log')  # a constant rate reads as one line, not 0.00096-0.00104
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+        _marks(ax, hist)
         ax.legend(fontsize='small')
     fig.suptitle(title)
     _save(fig, path)
@@ -68,34 +90,64 @@ def confusion(true_idx, pred_idx, classes, path, title):
 
 
 def per_class(per_class_results, path, title):
-    """Bar chart of the per-class accuracy (results.json's per_class), best first."""
-    items = sorted(per_class_results.items(), key=lambda kv: -np.nan_to_num(kv[1]['accuracy']))
-    names = [name for name, _ in items]
+    """Bar chart of the per-class accuracy (results.json's per_class) in the dataset's class
+    order, so that two runs' charts compare side by side."""
+    names = list(per_class_results)
     fig, ax = plt.subplots(figsize=(max(5, 0.4 * len(names) + 2), 4), layout='constrained')
-    ax.bar(names, [v['accuracy'] for _, v in items], label='clip accuracy')
+    ax.bar(names, [per_class_results[n]['accuracy'] for n in names], label='clip accuracy')
     ax.tick_params(axis='x', labelrotation=90, labelsize='small')
-    ax.set(title=title, xlabel='class', ylabel='accuracy (%)', ylim=(0, 100))
+    ax.set(title=title, xlabel='class (dataset order)', ylabel='accuracy (%)', ylim=(0, 100))
     ax.legend(fontsize='small')
     _save(fig, path)
 
 
-def summary(table, metrics, path, title):
-    """Per metric, one panel: the mean of each grid point with its 95 % CI as whiskers.
-
-    table has a 'point' column and <metric>_mean / _ci95_low / _ci95_high columns.
-    """
-    fig, axes = plt.subplots(1, len(metrics), figsize=(1.5 + 3.5 * len(metrics), 4.2),
-                             squeeze=False, layout='constrained')
+def _interval_panel(ax, table, prefix, low_high_range):
+    """Means of <prefix>_mean with whiskers to the 95 % CI clipped to low_high_range; a
+    clipped whisker ends in a mark."""
     x = np.arange(len(table))
-    for ax, metric in zip(axes[0], metrics):
-        mean = table[f'{metric}_mean'].to_numpy(float)
-        low = mean - table[f'{metric}_ci95_low'].to_numpy(float)
-        high = table[f'{metric}_ci95_high'].to_numpy(float) - mean
-        ax.errorbar(x, mean, yerr=np.nan_to_num([low, high]), fmt='o', capsize=4,
-                    label='mean, 95 % CI')
-        ax.set_xticks(x, table.point, rotation=30, ha='right', fontsize='small')
-        ax.set(title=metric, xlabel='grid point', ylabel=metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize='small')
-    fig.suptitle(title)
+    mean = table[f'{prefix}_mean'].to_numpy(float)
+    low = table[f'{prefix}_ci95_low'].to_numpy(float)
+    high = table[f'{prefix}_ci95_high'].to_numpy(float)
+    lo, hi = low_high_range
+    shown_low, shown_high = np.clip(low, lo, hi), np.clip(high, lo, hi)
+    ax.errorbar(x, mean, yerr=np.nan_to_num([mean - shown_low, shown_high - mean]), fmt='o',
+                capsize=5)
+    clipped = (low < lo) | (high > hi)
+    for i in np.flatnonzero(clipped):
+        ax.plot(x[i], shown_low[i] if low[i] < lo else shown_high[i], marker='x',
+                color='red', markersize=8)
+    ax.set_xticks(x, table.point, rotation=30, ha='right', fontsize='small')
+    ax.grid(alpha=0.3)
+    return clipped.any()
+
+
+def summary(table, metrics_shown, path, title, diff_metric=None):
+    """One panel per headline metric: each grid point's mean with its 95 % CI as whiskers,
+    clipped to the metric's range (a red x where clipped); with diff_metric, a last panel
+    of the paired differences to the baseline with their intervals and the zero line.
+
+    table has a 'point' column and <metric>_mean / _ci95_low / _ci95_high columns (and
+    <diff_metric>_diff_mean / ... with a baseline).
+    """
+    panels = list(metrics_shown) + ([None] if diff_metric else [])
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    width = max(4.5, 0.6 * len(table) + 2)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 4.2 * rows), squeeze=False,
+                             layout='constrained')
+    clipped = False
+    for ax, metric in zip(axes.flat, panels):
+        if metric is None:
+            lo, hi = metrics.headline_range(diff_metric)
+            clipped |= _interval_panel(ax, table, f'{diff_metric}_diff', (lo - hi, hi - lo))
+            ax.axhline(0, color='black', linewidth=1)
+            ax.set(title=f'{diff_metric} - baseline (paired by seed: the sharper test)',
+                   ylabel=f'difference in {diff_metric}')
+        else:
+            clipped |= _interval_panel(ax, table, metric, metrics.headline_range(metric))
+            unit = ' (%)' if metrics.headline_range(metric) == metrics.UNIT_RANGES['%'] else ''
+            ax.set(title=metric, ylabel=metric + unit)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title + ('; red x: interval clipped to the metric\'s range' if clipped else ''))
     _save(fig, path)

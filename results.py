@@ -7,12 +7,14 @@ rounds, each fold's own results and, once eval.report has measured the test clip
 `Evaluation`. Modes reach it as `exp.results`; the resume backup keeps its state_dict().
 """
 import copy
+import logging
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 import metrics
 
+logger = logging.getLogger(__name__)
 
 @dataclass
 class Evaluation:
@@ -53,6 +55,7 @@ class Results:
     appear in results.json in this order, after the Evaluation's head."""
     fast_dev_run: bool = None       # ctrl.fast_dev_run: a dry run, its numbers no results
     model: str = None               # learn.model
+    loss: str = None                # loss.type (curves.png names it)
     n_trainable_params: int = None  # of that model as built (with its heads)
     label_noise: dict = None        # ctrl.inject_noise: rate, kind, subset, share_changed
     n_noisy: int = None             # ctrl.n_noisy / n_clean: the unverified and verified
@@ -66,6 +69,11 @@ class Results:
     # n_flagged_verified_kept, n_dropped or n_relabelled
     confident_learning: dict = None
     folds: list = None              # each fold's own results (to_json()) with its 'fold'
+    # whether the configured method (pruning, masking, the time-dependent switch,
+    # self-verification, pseudo labels, Confident Learning) changed training: false with
+    # the reasons in method_inaction; None where the run has no such method
+    method_acted: bool = None
+    method_inaction: list = None
     # what is evaluated: learn.model_selection and its epoch (one model), 'snapshots'
     # and their cycles (one fold's members), or 'ensemble' (see `ensemble`)
     model_selection: str = None
@@ -78,9 +86,10 @@ class Results:
     evaluation: Evaluation = field(default=None, repr=False)
 
     # -- the model
-    def built(self, model, n_trainable_params):
-        """learn.model and its number of trainable parameters."""
+    def built(self, model, n_trainable_params, loss=None):
+        """learn.model, its number of trainable parameters and loss.type."""
         self.model, self.n_trainable_params = model, int(n_trainable_params)
+        self.loss = loss
 
     def subset_drawn(self, drawn):
         """The counts of ctrl.n_noisy / n_clean's draw ({} when neither is set)."""
@@ -100,6 +109,15 @@ class Results:
     def self_verified(self, rounds, chosen):
         self.self_verification, self.self_verification_round = rounds, chosen
 
+    def acted(self, method, did, why=''):
+        """Whether `method` changed training; a run with several methods acted only if each
+        did. A method that changed nothing is logged as a warning and named, with why,
+        under method_inaction (a sweep flags such runs)."""
+        self.method_acted = bool(did) and self.method_acted is not False
+        if not did:
+            self.method_inaction = [*(self.method_inaction or []), f'{method}: {why}']
+            logger.warning('the method did nothing: %s: %s', method, why)
+
     def label_issues(self, summary):
         """What Confident Learning flagged and did with the flagged clips."""
         self.confident_learning = dict(summary)
@@ -117,6 +135,11 @@ class Results:
         """k folds: each fold's results (fold 1's included) live under `folds`; what stays
         at the top is what the folds share (the injected label noise)."""
         self.folds = [{k: v for k, v in f.items() if k != 'fast_dev_run'} for f in per_fold]
+        # The method acted if it did in every fold; the reasons of the folds it did not.
+        acted = [f['method_acted'] for f in self.folds if 'method_acted' in f]
+        self.method_acted = all(acted) if acted else None
+        self.method_inaction = [f'fold {f["fold"]}: {why}' for f in self.folds
+                                for why in f.get('method_inaction', [])] or None
         self.noise_detection = self.model_selection = None
         self.evaluated_epoch = self.snapshot_cycles = None
 

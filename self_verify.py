@@ -77,8 +77,9 @@ def excerpt_posteriors(exp, rows, n_excerpts, rng):
     def score(i):
         windows = source.windows(*(keras.ops.take(t, i) for t in tensors))
         return classifier(windows, training=False)['scores']
-    scores = evaluation.map_patches(score, np.arange(start.size),
-                                    exp.cfg['learn']['predict_batch_size'])
+    scores = evaluation.map_with_progress(score, np.arange(start.size),
+                                          exp.cfg['learn']['predict_batch_size'],
+                                          'self-verification: excerpts')
     return scores.reshape(len(rows), n_excerpts, -1).mean(axis=1)
 
 
@@ -94,13 +95,14 @@ class Fold:
         (self-verified) clips outside its own held-out unverified part."""
         return np.union1d(self.verified_train, np.setdiff1d(accepted, self.held_out))
 
-    def fine_tune(self, accepted, learn):
+    def fine_tune(self, accepted, learn, r):
         """sv_epochs from a fresh Adam state at sv_lr (the released code starts a new
         training run from the previous parameters), at the released code's rates
-        (fine_tune_lr), without mixup, on tuning_rows(accepted)."""
+        (fine_tune_lr), without mixup, on tuning_rows(accepted), in round r."""
         exp = self.exp
         rows = self.tuning_rows(accepted)
         exp.trainer.reset_optimizer()
+        exp.mark(f'self-verification round {r}')
         first, epochs, lr = exp.epoch, learn['sv_epochs'], learn['sv_lr']
         schedule = EpochLR(lambda e: fine_tune_lr(e - first, lr, epochs))
         exp.selection.restart()
@@ -153,15 +155,16 @@ class Rounds:
                'accepted_per_class': {c: int(n) for c, n in zip(exp.classes, per_class)},
                'accepted': int(accepted.size), 'precision': None,
                'val_loss': float(np.mean([v['loss'] for v in val])),
-               'val_accuracy': float(np.mean([v['accuracy'] for v in val])),
+               'val_accuracy': 100.0 * float(np.mean([v['accuracy'] for v in val])),
                'test_accuracy': 100.0 * float(np.mean(scores.argmax(1) == truth[clips]))}
         if exp.has_truth and accepted.size:
-            rec['precision'] = float(np.mean(given == exp.table.true_idx.to_numpy()[accepted]))
+            rec['precision'] = 100.0 * float(np.mean(given ==
+                                                     exp.table.true_idx.to_numpy()[accepted]))
         self.records.append(rec)
         logger.info('self-verification round %d: %d clips accepted (precision %s), mean val '
-                    'loss %.4f, mean val accuracy %.4f, test accuracy %.2f %%', r,
+                    'loss %.4f, mean val accuracy %.2f %%, test accuracy %.2f %%', r,
                     rec['accepted'], 'n/a' if rec['precision'] is None
-                    else f'{rec["precision"]:.3f}', rec['val_loss'], rec['val_accuracy'],
+                    else f'{rec["precision"]:.1f} %', rec['val_loss'], rec['val_accuracy'],
                     rec['test_accuracy'])
         if rec['val_loss'] < self.best_loss:
             self.best_loss, self.chosen = rec['val_loss'], r
@@ -193,9 +196,12 @@ def mode_self_verify(exp):
                                 learn['sv_per_class'])] if candidates.size else candidates
         accepted = np.union1d(accepted, new)
         for fold in folds:
-            fold.fine_tune(accepted, learn)
+            fold.fine_tune(accepted, learn, r)
         rounds.record(r, new)
     exp.results.self_verified(rounds.records, rounds.chosen)
+    exp.results.acted('self-verification', rounds.chosen > 0 and accepted.size > 0,
+                      'no clip was accepted' if not accepted.size else
+                      'round 0 (before any self-verified clip) is the evaluated one')
     logger.info('self-verification: round %d has the lowest mean validation loss (%.4f); '
                 'its %d fold models are evaluated', rounds.chosen, rounds.best_loss, FOLDS)
     ensemble = evaluation.Ensemble(rounds.paths(rounds.chosen), FOLDS, 1,

@@ -8,9 +8,11 @@ NAME/<key=value,...>_seed<k>, scheduled by Ray: embedded on this machine by defa
 a cluster with --address. Features are extracted once, in this process, before any run
 starts. Runs that ended (results.json with status finished, diverged or collapsed, or an
 unreadable one) are skipped. The finished runs are summarised per grid point (mean, std,
-95 % t confidence interval; paired differences to --baseline) in logs/sweeps/NAME/:
-runs.csv, summary.csv, summary.md, summary.png. The exit status is 0 when every run of the
-sweep has finished, 1 otherwise (on every rerun alike), 2 for a mistake.
+95 % t confidence interval; paired differences to --baseline; sweep_summary.py) in
+logs/sweeps/NAME/: runs.csv, summary.csv, summary.md, summary.png; the console shows the
+dataset's headline metric. The progress bar counts the runs done and shows each running
+run's epoch. The exit status is 0 when every run of the sweep has finished, 1 otherwise
+(on every rerun alike), 2 for a mistake.
 """
 import argparse
 import itertools
@@ -25,13 +27,11 @@ from pathlib import Path
 os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
 
 import config  # noqa: E402
-import metrics  # noqa: E402
 import runfolder  # noqa: E402
+import sweep_summary  # noqa: E402
 import sweepspec  # noqa: E402
 import utils  # noqa: E402
 from config import ConfigError  # noqa: E402
@@ -41,8 +41,6 @@ from sweepspec import (fmt, parse_baseline, parse_grid, parse_seeds,  # noqa: E4
 
 ROOT = Path(__file__).resolve().parent
 UNSAFE = re.compile(r'[^A-Za-z0-9._=,+-]')  # anything else becomes '_' in a run name
-# Columns of runs.csv that are not metrics (besides the grid keys).
-NOT_METRICS = ('run', 'point', 'seed', 'overrides', 'status', 'error')
 # results.json statuses of runs that ended without a result; their message is their error.
 STOPPED = ('diverged', 'collapsed')
 
@@ -230,8 +228,35 @@ def check_resources(ray, cpus, gpus):
                               f'Ray cluster ({total.get(what, 0):g}): no run could start')
 
 
-def execute(ray, todo, params, cpus, gpus):
-    """Run `todo` on Ray with a progress bar; -> {run name: error} of the failed runs."""
+POLL_S = 2.0  # seconds between two looks at the running runs' history.csv
+
+
+def epochs_done(cfg):
+    """'epoch E/N' of a run in flight (rows of its newest history*.csv; 'fold F' where it
+    trains several), None before its first epoch. N: learn.n_epochs where the mode trains
+    in epochs; a fold or self-verification round restarts the count."""
+    histories = sorted(run_dir(cfg).glob('history*.csv'), key=lambda p: p.stat().st_mtime)
+    if not histories:
+        return None
+    try:
+        epochs = max(0, len(histories[-1].read_text().splitlines()) - 1)
+    except OSError:  # rewritten (atomically) while read: the next look reads it
+        return None
+    fold = histories[-1].stem.partition('_')[2]
+    return f'{f"fold {fold} " if fold else ""}epoch {epochs}/{cfg["learn"]["n_epochs"]}'
+
+
+def in_flight(pending, cfgs):
+    """The progress bar's postfix: each started run (one with a history.csv) and its epoch."""
+    started = [(run, epochs_done(cfgs[run.name])) for run in pending.values()]
+    return '; '.join(f'{run.name.partition("/")[2]} {where}' for run, where in started
+                     if where)
+
+
+def execute(ray, todo, params, cpus, gpus, cfgs=None):
+    """Run `todo` on Ray with a progress bar of the runs done whose postfix shows each
+    running run's epoch (cfgs: run name -> its config; None: runs only); -> {run name:
+    error} of the failed runs."""
     from tqdm import tqdm
     remote = ray.remote(run_one).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
     cwd = os.getcwd()
@@ -239,17 +264,20 @@ def execute(ray, todo, params, cpus, gpus):
     failed = {}
     with tqdm(total=len(todo), unit='run', desc='sweep', file=sys.stdout) as bar:
         while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            run = pending.pop(ref)
-            try:
-                code, last = ray.get(ref)
-                error = None if code == 0 else f'exit code {code}: {last}'
-            except Exception as err:  # the run's own exception, raised again by Ray
-                error = _last_line(str(err))
-            if error is not None:
-                failed[run.name] = error
-                bar.write(f'run {run.name} failed: {error}')
-            bar.update(1)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+            for ref in ready:
+                run = pending.pop(ref)
+                try:
+                    code, last = ray.get(ref)
+                    error = None if code == 0 else f'exit code {code}: {last}'
+                except Exception as err:  # the run's own exception, raised again by Ray
+                    error = _last_line(str(err))
+                if error is not None:
+                    failed[run.name] = error
+                    bar.write(f'run {run.name} failed: {error}')
+                bar.update(1)
+            if cfgs is not None:
+                bar.set_postfix_str(in_flight(pending, cfgs), refresh=True)
     return failed
 
 
@@ -260,24 +288,14 @@ def _last_line(text):
     return lines[-1] if lines else 'no message'
 
 
-# ----------------------------------------------------------------------------- summaries
-
-def flatten(results, prefix=''):
-    """Numeric scalar entries of results.json, nested keys joined by '.'; lists skipped."""
-    flat = {}
-    for key, value in results.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f'{prefix}{key}.'))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[f'{prefix}{key}'] = value
-    return flat
-
+# ----------------------------------------------------------------------------- runs.csv
 
 def collect(runs, cfgs, errors, common):
     """runs.csv: one row per run: grid values, seed, the -o overrides common to all runs
     (`common`), status (finished, diverged, collapsed or failed), error (the message of a
     diverged or collapsed run, the error of a failed one: `errors`, or its unreadable
-    results.json) and every numeric result of a finished run."""
+    results.json), a finished run's method_acted (empty where it has no such method) and
+    its every numeric result."""
     rows = []
     for run, cfg in zip(runs, cfgs):
         results, unreadable = read_results(cfg)
@@ -290,103 +308,9 @@ def collect(runs, cfgs, errors, common):
                      **{k: fmt(v) for k, v in run.values.items()}, 'seed': run.seed,
                      'overrides': ' '.join(f'-o {shlex.quote(o)}' for o in common),
                      'status': status, 'error': error,
-                     **(flatten(results) if status == 'finished' else {})})
+                     **({'method_acted': results.get('method_acted'), **sweep_summary.flatten(results)}
+                        if status == 'finished' else {})})
     return pd.DataFrame(rows)
-
-
-def mean_ci(values, level=0.95):
-    """(n, mean, std, CI low, CI high) of the finite values: Student's t interval."""
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    n = v.size
-    if n == 0:
-        return 0, np.nan, np.nan, np.nan, np.nan
-    if n == 1:
-        return 1, v[0], np.nan, np.nan, np.nan
-    std = v.std(ddof=1)
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * std / np.sqrt(n)
-    return n, v.mean(), std, v.mean() - half, v.mean() + half
-
-
-def metric_columns(frame, grid):
-    fixed = {*NOT_METRICS, *grid}
-    return [c for c in frame.columns if c not in fixed]
-
-
-def summarise(frame, grid, baseline):
-    """summary: one row per grid point: n, <metric>_mean/_std/_ci95_low/_ci95_high, and
-    with a baseline <metric>_diff_mean/_diff_ci95_low/_diff_ci95_high (paired by seed)."""
-    done = frame[frame.status == 'finished']
-    columns = metric_columns(frame, grid)
-    rows = []
-    for point, group in frame.groupby('point', sort=False):
-        row = {'point': point, **group.iloc[0][list(grid)].to_dict(),
-               'n': int((group.status == 'finished').sum())}
-        ok = done[done.point == point]
-        for m in columns:
-            _, *figures = mean_ci(ok[m])
-            row.update(zip([f'{m}_{s}' for s in ('mean', 'std', 'ci95_low', 'ci95_high')],
-                           figures))
-        if baseline:
-            ref = {**row, **{k: fmt(v) for k, v in baseline.items()}}
-            ref_point = done[(done[list(grid)] == pd.Series(ref)[list(grid)]).all(axis=1)]
-            pairs = ok.merge(ref_point, on='seed', suffixes=('', '_ref'))
-            row['n_pairs'] = len(pairs)
-            for m in headline(columns):
-                _, mean, _, low, high = mean_ci(pairs[m] - pairs[f'{m}_ref'])
-                row.update({f'{m}_diff_mean': mean, f'{m}_diff_ci95_low': low,
-                            f'{m}_diff_ci95_high': high})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def headline(columns):
-    """The metrics of a run shown in summary.md and summary.png and compared to --baseline:
-    the headline keys of metrics.METRICS. The other numbers of results.json (per-class
-    figures, counts, echoes of the config, the model selection, the wall time) are kept in
-    runs.csv and summary.csv only."""
-    keys = metrics.headline_keys()
-    return [c for c in columns if c in keys]
-
-
-def markdown(summary, columns, grid, baseline):
-    """summary.md: per grid point n and, per headline metric, mean, std and 95 % CI."""
-    def num(x):
-        return '' if pd.isna(x) else f'{x:.4g}'
-    head = [*grid, 'n']
-    for m in columns:
-        head += [f'{m} mean', f'{m} std', f'{m} 95 % CI']
-        head += [f'{m} - baseline', f'{m} - baseline 95 % CI'] if baseline else []
-    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    for _, r in summary.iterrows():
-        cells = [str(r[k]) for k in grid] + [str(r['n'])]
-        for m in columns:
-            cells += [num(r[f'{m}_mean']), num(r[f'{m}_std']),
-                      f'[{num(r[f"{m}_ci95_low"])}, {num(r[f"{m}_ci95_high"])}]']
-            if baseline:
-                cells += [num(r[f'{m}_diff_mean']), f'[{num(r[f"{m}_diff_ci95_low"])}, '
-                          f'{num(r[f"{m}_diff_ci95_high"])}]']
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    note = ('\nmean and std over the seeds of each grid point; 95 % CI: Student\'s t '
-            'interval of the mean (n - 1 degrees of freedom)')
-    if baseline:
-        note += (f'; "- baseline": mean difference to the point with '
-                 f'{", ".join(f"{k}={fmt(v)}" for k, v in baseline.items())}, paired by seed')
-    return '\n'.join(lines) + '\n' + note + '.\n'
-
-
-def write_outputs(out, name, frame, grid, baseline):
-    import plots
-    columns = metric_columns(frame, grid)
-    summary = summarise(frame, grid, baseline)
-    utils.atomic_write_csv(out / 'runs.csv', frame, index=False, float_format='%.6g')
-    utils.atomic_write_csv(out / 'summary.csv', summary, index=False, float_format='%.6g')
-    table = markdown(summary, headline(columns), grid, baseline)
-    utils.atomic_write_text(out / 'summary.md', f'# sweep {name}\n\n{table}')
-    if headline(columns):
-        plots.summary(summary, headline(columns), out / 'summary.png',
-                      f'sweep {name}: mean and 95 % CI')
-    return summary, table
 
 
 # ----------------------------------------------------------------------------- main
@@ -421,15 +345,24 @@ def sweep(args):
         try:
             check_resources(ray, args.cpus_per_run, args.gpus_per_run)
             failed = execute(ray, [run for run, _ in todo], params, args.cpus_per_run,
-                             args.gpus_per_run)
+                             args.gpus_per_run, {run.name: cfg for run, cfg in todo})
         finally:
             ray.shutdown()
     out = Path(cfgs[0]['ctrl']['logs_dir']) / 'sweeps' / name
     frame = collect(runs, cfgs, failed, spec.override)
-    summary, table = write_outputs(out, name, frame, grid, baseline)
-    print(table)
+    summary, _, shown = sweep_summary.write_outputs(out, name, frame, grid, baseline,
+                                                    headline_metric(cfgs[0], frame, grid))
+    print(shown)
     return verdict(frame, {run.name for run, _ in todo}, cfgs[0]['ctrl']['logs_dir'], name,
                    f'summary of {int(summary.n.sum())} finished runs: {out}/summary.md')
+
+
+def headline_metric(cfg, frame, grid):
+    """The headline key of the dataset's first reported metric (recognizer.metrics or the
+    dataset's own, eval.metric_names) that the console summary shows."""
+    import eval as evaluation
+    return sweep_summary.headline_metric(evaluation.metric_names(cfg),
+                                         sweep_summary.metric_columns(frame, grid))
 
 
 def verdict(frame, ran, logs, name, summary_line):

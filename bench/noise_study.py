@@ -133,7 +133,7 @@ def main_study(argv=None):
           f'class ({args.clean_fraction:.0%} verified), {args.noise_rate:.0%} wrong labels in '
           f'the unverified part, {args.epochs} epochs, {args.repeats} repeats, '
           f'{time.time() - t0:.0f} s\n')
-    print('| method | test accuracy % (mean ± 95% CI) | noise-detection precision | recall |')
+    print('| method | test accuracy % (mean ± 95% CI) | noise-detection precision % | recall % |')
     print('|---|---|---|---|')
     print('\n'.join(rows))
 

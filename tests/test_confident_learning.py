@@ -138,8 +138,8 @@ def test_drop_run_flags_what_cleanlab_flags_and_reports_it(noisy):
     wrong = set(scored.fname[scored.label_idx.to_numpy() != scored.true_idx.to_numpy()])
     nd = results['noise_detection']
     assert nd['n_flagged'] == len(expected) and nd['n_wrong'] == len(wrong)
-    assert nd['precision'] == pytest.approx(len(expected & wrong) / len(expected))
-    assert nd['recall'] == pytest.approx(len(expected & wrong) / len(wrong))
+    assert nd['precision'] == pytest.approx(100 * len(expected & wrong) / len(expected))
+    assert nd['recall'] == pytest.approx(100 * len(expected & wrong) / len(wrong))
     assert len(pd.read_csv(run_dir / 'history.csv')) == 1  # the final model's epochs
     assert 'ACCURACY - MICRO' in out.read_text()
 

@@ -167,6 +167,9 @@ def test_mode2_switches_at_the_configured_epoch(workspace):
     # best_val: the best validation epoch among those trained with the stage-2 loss (4, 5)
     stage2 = hist[hist.epoch >= 4]
     assert evaluated == stage2.epoch[stage2.val_accuracy.idxmax()]
+    # curves.png's mark: the switch, in the row of the first stage-2 epoch
+    assert hist.event.fillna('').tolist() == ['', '', '', 'time-dependent switch', '']
+    assert json.loads((run_dir / 'results.json').read_text())['method_acted'] is True
 
 
 def test_mode3_prunes_the_percentile_and_mostly_wrong_labels(workspace):
@@ -186,8 +189,24 @@ def test_mode3_prunes_the_percentile_and_mostly_wrong_labels(workspace):
     assert results['evaluated_epoch'] == 7  # the only epoch trained on the pruned set
     detection = results['noise_detection']
     wrong = (pruned.label != pruned.true_label).mean()
-    assert detection['precision'] == pytest.approx(wrong)
+    assert detection['precision'] == pytest.approx(100 * wrong)
     assert wrong > 0.55, f'only {wrong:.2f} of the pruned clips have a wrong label'
+    assert results['method_acted'] is True
+    assert history(run_dir).event.fillna('').tolist() == [''] * 6 + ['pruning']
+
+
+def test_a_run_that_ends_before_pruning_says_the_method_did_nothing(workspace):
+    """Issue 20: one epoch with the default prune_stage1 (20): the clips are pruned after
+    the only epoch and nothing trains on the pruned set."""
+    _, _, noisy = workspace
+    code, log, run_dir = run(workspace, 'mode3_short', noisy,
+                             ['learn.mode=3', 'learn.n_epochs=1'])
+    assert code == 0
+    results = json.loads((run_dir / 'results.json').read_text())
+    assert results['method_acted'] is False
+    assert results['method_inaction'] == [
+        'pruning: training ended at epoch 1, before any epoch on the pruned set']
+    assert 'the method did nothing: pruning' in log
 
 
 def test_staged_training_masks_unverified_examples(workspace):
@@ -204,7 +223,7 @@ def test_staged_training_masks_unverified_examples(workspace):
     assert 'eta' not in hist or hist.eta[hist.epoch <= 3].isna().all()
     results = json.loads((run_dir / 'results.json').read_text())
     detection = results['noise_detection']
-    assert detection['epoch'] == [4, 5] and all(0 <= p <= 1 for p in detection['precision'])
+    assert detection['epoch'] == [4, 5] and all(0 <= p <= 100 for p in detection['precision'])
     fine_tune = hist[hist.epoch >= 6]  # best_val: the best of the fine-tuning epochs
     assert results['evaluated_epoch'] == fine_tune.epoch[fine_tune.val_accuracy.idxmax()]
 
@@ -564,7 +583,7 @@ def test_self_verification_accepts_mostly_right_labels(workspace):
     # Precision of the accepted given labels over all rounds (40 % of the unverified
     # labels are wrong).
     right = sum(r['precision'] * r['accepted'] for r in accepted)
-    assert right / sum(r['accepted'] for r in accepted) >= 0.9
+    assert right / sum(r['accepted'] for r in accepted) >= 90  # percent
     chosen = results['self_verification_round']
     assert chosen == min(rounds, key=lambda r: r['val_loss'])['round']
     assert rounds[chosen]['test_accuracy'] >= rounds[0]['test_accuracy']

@@ -204,9 +204,44 @@ def test_results_json_is_strict_json_with_a_never_predicted_class(tmp_path):
     saved = _strict_json((tmp_path / 'results.json').read_text())
     true, pred = table.label_idx.to_numpy(), scores.argmax(axis=1)
     assert 1 not in pred  # class b is never predicted
-    precision = precision_score(true, pred, labels=range(3), average=None, zero_division=0)
+    precision = 100 * precision_score(true, pred, labels=range(3), average=None,
+                                      zero_division=0)  # percent
     assert saved['per_class']['b']['precision'] is None
     for k in (0, 2):
         assert saved['per_class'][classes[k]]['precision'] == pytest.approx(precision[k])
     assert saved['precision_macro'] == pytest.approx(precision[[0, 2]].mean())
     assert saved['noise_detection'] == {'precision': None, 'recall': 0.5, 'n_flagged': 0}
+
+
+def test_long_scorings_in_chunks_match_one_pass(monkeypatch, capsys):
+    """map_with_progress: chunked scoring with a bar gives map_patches' values (numpy
+    here), padded batches included."""
+    monkeypatch.setattr(evaluation, 'LONG', 10)
+    monkeypatch.setattr(evaluation, 'CHUNK', 2)
+    values = np.arange(37, dtype=np.float32) ** 2
+    fn = lambda i: tf.gather(tf.constant(values), i)  # noqa: E731
+    idx = np.random.default_rng(0).permutation(37)
+    got = evaluation.map_with_progress(fn, idx, 4, 'scoring')
+    np.testing.assert_array_equal(got, values[idx])
+    assert 'scoring' in capsys.readouterr().err
+
+
+def test_curves_name_the_loss_mark_the_method_and_per_class_keeps_class_order(monkeypatch,
+                                                                              tmp_path):
+    """curves.png: the loss named, accuracy in percent, the rate on a log axis, a dashed
+    mark between the epochs where the method acted; per_class.png in class order."""
+    import plots
+    figures = []
+    monkeypatch.setattr(plots, '_save', lambda fig, path: figures.append(fig))
+    hist = pd.DataFrame({'epoch': [1, 2, 3], 'loss': [3.0, 2.0, 1.0],
+                         'accuracy': [0.1, 0.5, 0.8], 'lr': [1e-3] * 3,
+                         'event': [None, 'pruning', None]})
+    plots.curves(hist, tmp_path / 'c.png', 'run', 'lq_loss')
+    loss, accuracy, lr = figures[0].axes[:3]
+    assert loss.get_title() == 'loss (lq_loss)' and lr.get_yscale() == 'log'
+    np.testing.assert_allclose(accuracy.lines[0].get_ydata(), [10, 50, 80])
+    for ax in (loss, accuracy, lr):
+        assert any(list(line.get_xdata()) == [1.5, 1.5] for line in ax.lines)
+    plots.per_class({'zz': {'accuracy': 10.0}, 'aa': {'accuracy': 90.0}}, tmp_path / 'p.png',
+                    'run')
+    assert [t.get_text() for t in figures[1].axes[0].get_xticklabels()] == ['zz', 'aa']

@@ -98,31 +98,52 @@ def test_topk_masker_with_fewer_unverified_than_k_masks_them_all():
 
 
 @pytest.mark.parametrize('percentile', [50, 80, 90, 97.5])
-def test_prune_threshold_drops_the_clips_above_the_percentile(percentile):
+def test_prune_by_rank_drops_what_the_original_percentile_rule_drops(percentile):
+    """Without ties: exactly the clips strictly above numpy's percentile (the original
+    code's `loss <= threshold` kept)."""
     clip_loss = np.random.default_rng(1).exponential(size=203)
-    threshold = learn.prune_threshold(clip_loss, percentile)
-    # numpy's default percentile: linear interpolation between order statistics.
+    pruned, lowest = learn.prune_by_rank(clip_loss, percentile)
     order = np.sort(clip_loss)
-    pos = (clip_loss.size - 1) * percentile / 100
+    pos = (clip_loss.size - 1) * percentile / 100  # linear interpolation, written out
     lo = int(np.floor(pos))
-    expected = order[lo] + (pos - lo) * (order[min(lo + 1, order.size - 1)] - order[lo])
-    assert threshold == pytest.approx(expected)
-    n_pruned = int((clip_loss > threshold).sum())
-    assert abs(n_pruned - (1 - percentile / 100) * clip_loss.size) <= 1
+    threshold = order[lo] + (pos - lo) * (order[min(lo + 1, order.size - 1)] - order[lo])
+    np.testing.assert_array_equal(pruned, clip_loss > threshold)
+    assert lowest == clip_loss[pruned].min()
+
+
+def test_prune_by_rank_prunes_the_top_share_when_clips_tie_at_the_bound():
+    """Lq with q 0.5 saturates at 1/q = 2: with a quarter of the clips tied there,
+    nothing lies strictly above the 97.75th percentile, yet the top share is pruned,
+    the later rows of the tie first."""
+    rng = np.random.default_rng(3)
+    clip_loss = rng.uniform(0, 1.9, size=679)
+    tied = np.sort(rng.choice(679, size=170, replace=False))
+    clip_loss[tied] = 2.0
+    assert not (clip_loss > np.percentile(clip_loss, 97.75)).any()  # the no-op it avoids
+    pruned, lowest = learn.prune_by_rank(clip_loss, 97.75)
+    n = 679 - 1 - int(np.floor(0.9775 * 678))
+    assert n == 16 and pruned.sum() == n and lowest == 2.0
+    np.testing.assert_array_equal(np.flatnonzero(pruned), tied[-n:])
+
+
+def test_prune_by_rank_keeps_all_at_the_100th_percentile():
+    pruned, lowest = learn.prune_by_rank(np.ones(5), 100)
+    assert not pruned.any() and lowest is None
 
 
 def test_detection_figures_count_precision_and_recall():
     flagged = np.array([1, 1, 1, 0, 0, 0, 1, 0], bool)
     wrong = np.array([1, 0, 1, 1, 0, 0, 1, 0], bool)
     figures = callbacks.detection_figures(flagged, wrong)
-    assert figures == {'precision': 3 / 4, 'recall': 3 / 4, 'n_flagged': 4, 'n_wrong': 4}
+    assert figures == {'precision': 75.0, 'recall': 75.0, 'n_flagged': 4, 'n_wrong': 4}
     none = callbacks.detection_figures(np.zeros(4, bool), np.zeros(4, bool))
     assert np.isnan(none['precision']) and np.isnan(none['recall'])
 
 
 def test_noise_detection_from_summed_step_counts():
     row = {'nd_flagged': 10.0, 'nd_hit': 7.0, 'nd_wrong': 14.0}
-    assert callbacks.noise_detection(row) == {'nd_precision': 0.7, 'nd_recall': 0.5}
+    assert callbacks.noise_detection(row) == {'nd_precision': pytest.approx(70.0),
+                                              'nd_recall': 50.0}
     assert callbacks.noise_detection({'loss': 1.0}) == {}
 
 
@@ -248,3 +269,19 @@ def test_batch_size_is_checked_against_every_pool_a_batch_is_drawn_from():
     with pytest.raises(config.ConfigError, match='needs 31 of the 30 unverified.*at most 60$'):
         sampling.check_batch_size(61, np.arange(65), more, halves=True)
     sampling.check_batch_size(20, pool[10:], verified, halves=True)  # no verified: not here
+
+
+def test_history_writes_an_event_into_the_row_of_the_epoch_after_it(tmp_path):
+    """mark(done, what): the method acted after `done` epochs, so the row of epoch done + 1
+    names it; a mark of an epoch whose row exists already (a resumed run) is dropped."""
+    import pandas as pd
+    history = callbacks.History(tmp_path / 'history.csv')
+    history.set_model(type('M', (), {'optimizer': keras.optimizers.Adam(1e-3)})())
+    marks = {1: [(0, 'resumed: row 1 exists'), (1, 'stage 2')], 2: [(2, 'pruning, by rank')]}
+    for epoch in range(3):
+        for done, what in marks.get(epoch, []):
+            history.mark(done, what)
+        history.on_epoch_begin(epoch)
+        history.on_epoch_end(epoch, {'loss': 1.0})
+    frame = pd.read_csv(tmp_path / 'history.csv')
+    assert frame.event.fillna('').tolist() == ['', 'stage 2', 'pruning; by rank']

@@ -69,14 +69,14 @@ def _map_ref(y, s, k):
 
 
 def _prf_ref(y, pred):
-    """Per-class precision, recall, F1 from counts; nan where a denominator is 0."""
+    """Per-class precision, recall, F1 from counts, in percent; nan where a denominator is 0."""
     tp = np.sum((y > 0) & pred, axis=0)
     fp = np.sum((y == 0) & pred, axis=0)
     fn = np.sum((y > 0) & ~pred, axis=0)
     with np.errstate(invalid='ignore', divide='ignore'):
         p, r = tp / (tp + fp), tp / (tp + fn)
         f = 2 * tp / (2 * tp + fp + fn)
-    return p, r, f
+    return 100 * p, 100 * r, 100 * f
 
 
 # ----------------------------------------------------------------------------- lwlrap
@@ -345,6 +345,7 @@ def test_every_registry_entry_against_sklearn_and_numpy():
     true, pred = y.argmax(1), s.argmax(1)
     p, r, f, _ = precision_recall_fscore_support(true, pred, labels=range(4), average=None,
                                                  zero_division=np.nan)
+    p, r, f = 100 * p, 100 * r, 100 * f  # confusion-kind proportions in percent
     top3 = np.argsort(-s, axis=1)[:, :3]
     rank = np.array([list(row).index(t) + 1 if t in row else np.inf for row, t in
                      zip(top3, true)])
@@ -371,8 +372,8 @@ def test_every_registry_entry_against_sklearn_and_numpy():
                      f'negative in the test set left out) (here)'),
              'dprime': (f"D-PRIME: {dprime:.4f} (d' of the macro AUC; 0 classes without a "
                         f'positive and a negative in the test set left out) (here)'),
-             'prf1': (f'PRF1 - MACRO: precision {np.nanmean(p):.4f}, recall '
-                      f'{np.nanmean(r):.4f}, F1 {np.nanmean(f):.4f} (here)'),
+             'prf1': (f'PRF1 - MACRO: precision {np.nanmean(p):.2f} %, recall '
+                      f'{np.nanmean(r):.2f} %, F1 {np.nanmean(f):.2f} % (here)'),
              'confusion': 'CONFUSION: confusion.csv (here)'}
     for name, metric in metrics.choices().items():
         out = metric.compute(y, s)
@@ -386,7 +387,7 @@ def test_every_registry_entry_against_sklearn_and_numpy():
         assert metric.line(out, 'here') == lines[name]
         assert metric.single_label == (name in ('accuracy', 'confusion'))
     accuracy = metrics.METRICS['accuracy'].compute(y, s)['per_class']
-    np.testing.assert_allclose(accuracy['accuracy'], 100 * r)  # per-class accuracy = recall
+    np.testing.assert_allclose(accuracy['accuracy'], r)  # per-class accuracy = recall (both %)
     np.testing.assert_array_equal(accuracy['n_files'], np.bincount(true, minlength=4))
     # Noise detection is measured during training: headline keys and curves, no compute.
     detection = metrics.METRICS['noise_detection']

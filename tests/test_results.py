@@ -10,6 +10,7 @@ import pytest
 import eval as evaluation
 import metrics
 import sweep
+import sweep_summary
 from results import Evaluation, Results
 
 RULE = '=' * 72
@@ -186,8 +187,31 @@ def test_a_metric_added_to_metrics_alone_reaches_report_results_and_sweep(
     assert saved['mean_true_score'] == pytest.approx(expected)
 
     frame = sweep.collect(runs, cfgs, {}, [])
-    summary, table_md = sweep.write_outputs(tmp_path / 'sweeps' / 'sw', 'sw', frame,
+    summary, table_md, _ = sweep_summary.write_outputs(tmp_path / 'sweeps' / 'sw', 'sw', frame,
                                             {'learn.lr': [0.1]}, {})
     assert summary.mean_true_score_mean[0] == pytest.approx(expected + 0.05)
     assert 'mean_true_score mean' in table_md.splitlines()[0]
     assert 'n_files_evaluated mean' not in table_md  # a count, not a headline
+
+
+def test_method_acted_is_false_once_any_method_did_nothing_and_folds_combine(caplog):
+    """results.json's method_acted: true only if every method acted; the reasons of
+    those that did not are kept and warned; k folds act only if every fold did."""
+    single = Results()
+    assert 'method_acted' not in single.to_json()  # no method: not measured
+    single.acted('pruning', True)
+    assert single.to_json()['method_acted'] is True
+    with caplog.at_level('WARNING'):
+        single.acted('pseudo labels', False, '0 unverified training clips')
+    out = single.to_json()
+    assert out['method_acted'] is False
+    assert out['method_inaction'] == ['pseudo labels: 0 unverified training clips']
+    assert 'the method did nothing: pseudo labels' in caplog.text
+    single.acted('pruning', True)  # a later method that acts does not undo it
+    assert single.to_json()['method_acted'] is False
+    folds = Results()
+    folds.fold_results([{'fold': 1, 'method_acted': True},
+                        {'fold': 2, 'method_acted': False,
+                         'method_inaction': ['pruning: no clip pruned']}])
+    assert folds.method_acted is False
+    assert folds.method_inaction == ['fold 2: pruning: no clip pruned']

@@ -26,6 +26,8 @@ class _TuneExp:
         self.selection = SimpleNamespace(restart=lambda: None, finish=lambda trainer: None)
         self.patches = SimpleNamespace(of_clips=self._of_clips)
         self.plans = SimpleNamespace(epoch=self._epoch)
+        self.marks = []
+        self.mark = self.marks.append
 
     def _of_clips(self, rows):
         self.rows = np.asarray(rows)
@@ -54,7 +56,8 @@ def test_a_fold_never_fine_tunes_on_clips_of_its_own_held_out_part():
         exp = _TuneExp()
         own = np.flatnonzero(~verified & (fold_of == f))
         fold = self_verify.Fold(exp, np.flatnonzero(verified & (fold_of != f)), own)
-        fold.fine_tune(accepted, LEARN)
+        fold.fine_tune(accepted, LEARN, 1)
+        assert exp.marks == ['self-verification round 1']  # curves.png's mark
         expected = [r for r in range(n)
                     if fold_of[r] != f and (verified[r] or r in accepted_set)]
         assert exp.rows.tolist() == expected
@@ -73,7 +76,7 @@ def test_fine_tuning_rates_are_the_released_codes():
         if n >= 5:
             rate = max(0.0, rate - lr / (epochs - 5))
     exp = _TuneExp(epoch=7)  # fine-tuning starts after 7 epochs of earlier training
-    self_verify.Fold(exp, np.arange(3), np.arange(3, 5)).fine_tune(np.zeros(0, int), LEARN)
+    self_verify.Fold(exp, np.arange(3), np.arange(3, 5)).fine_tune(np.zeros(0, int), LEARN, 2)
     (schedule,) = exp.callbacks
     got = [schedule.schedule(7 + e) for e in range(epochs)]  # Keras's epoch numbers
     np.testing.assert_allclose(got, released, rtol=0, atol=1e-12)

@@ -9,6 +9,7 @@ from scipy import stats
 
 import config
 import sweep
+import sweep_summary
 from conftest import tiny_dataset, write_tiny_config
 
 
@@ -63,7 +64,7 @@ def test_summary_and_paired_differences_match_scipy():
             for t in grid['loss.type'] for s in range(4)]
     rows[-1].update(status='failed', accuracy_micro=np.nan, **{'per_class.a.accuracy': np.nan})
     frame = pd.DataFrame(rows)
-    summary = sweep.summarise(frame, grid, {'loss.type': 'CCE'}).set_index('point')
+    summary = sweep_summary.summarise(frame, grid, {'loss.type': 'CCE'}).set_index('point')
     for t in grid['loss.type']:
         ok = frame[(frame['loss.type'] == t) & (frame.status == 'finished')]
         row = summary.loc[f'loss.type={t}']
@@ -81,7 +82,7 @@ def test_summary_and_paired_differences_match_scipy():
                     row.accuracy_micro_diff_ci95_high) == pytest.approx(ci(diff))
     # Counts and per-class figures stay out of the paired differences and the table.
     assert 'per_class.a.accuracy_diff_mean' not in summary.columns
-    md = sweep.markdown(summary.reset_index(), ['accuracy_micro'], grid, {'loss.type': 'CCE'})
+    md = sweep_summary.markdown(summary.reset_index(), ['accuracy_micro'], grid, {'loss.type': 'CCE'})
     assert md.count('\n| ') == 3 and 'accuracy_micro 95 % CI' in md
 
 
@@ -155,7 +156,7 @@ class FakeRay:
                 return overrides[-1].split('=', 1)[1]
         return Task()
 
-    def wait(self, refs, num_returns):
+    def wait(self, refs, num_returns, timeout=None):
         return refs[:num_returns], refs[num_returns:]
 
     def get(self, ref):
@@ -430,3 +431,49 @@ def test_a_fast_dev_sweep_over_configs_runs_and_summarises(tiny, capsys):
     assert summary.accuracy_micro_diff_mean[0] == 0
     assert summary.accuracy_micro_diff_mean[1] == pytest.approx(
         runs.accuracy_micro[1] - runs.accuracy_micro[0], abs=1e-3)
+
+
+def test_summary_clips_intervals_to_the_range_marks_them_and_flags_idle_methods(tmp_path):
+    """Two seeds of 20 and 95 % accuracy: the t interval passes 100 % and shows clipped
+    with †, summary.csv keeps the computed end; a point of one run shows '-' for its
+    interval; a run whose method did nothing is counted and flagged on the console."""
+    grid = {'learn.mode': [1, 3]}
+    rows = [{'run': f'r{m}{s}', 'point': f'learn.mode={m}', 'learn.mode': m, 'seed': s,
+             'status': 'finished', 'method_acted': (False if m == 3 else None),
+             'accuracy_micro': acc, 'lwlrap': 0.5}
+            for m, s, acc in ((1, 0, 20.0), (1, 1, 95.0), (3, 0, 50.0))]
+    frame = pd.DataFrame(rows)
+    summary, md, shown = sweep_summary.write_outputs(tmp_path, 's', frame, grid,
+                                                     {'learn.mode': 1}, 'accuracy_micro')
+    high = ci([20.0, 95.0])[1]
+    assert high > 100 and summary.accuracy_micro_ci95_high[0] == pytest.approx(high)
+    saved = pd.read_csv(tmp_path / 'summary.csv')
+    assert saved.accuracy_micro_ci95_high[0] == pytest.approx(high, rel=1e-5)
+    row1, row3 = md.splitlines()[2], md.splitlines()[3]
+    assert '100†]' in row1 and '[, ]' not in md and '| - |' in row3
+    assert sweep_summary.CLIPPED_NOTE in md and 'method did nothing' in md
+    assert list(summary.n_method_idle) == [0, 1]
+    lines = shown.splitlines()
+    assert lines[0].split() == ['point', 'n', 'accuracy_micro', 'mean', '%', '95', '%', 'CI',
+                                '-', 'baseline', '95', '%', 'CI']
+    assert 'lwlrap' not in shown and '100†]' in lines[1]
+    assert lines[2].endswith('! method did nothing in 1 of 1 runs')
+    assert sweep_summary.clip(-0.2, 'lwlrap') == (0.0, True)
+    assert sweep_summary.clip(-150.0, 'accuracy_micro', diff=True) == (-100.0, True)
+    assert sweep_summary.clip(3.5, 'dprime') == (3.5, False)
+
+
+def test_progress_shows_each_started_run_and_its_epoch(tmp_path):
+    """The bar's postfix: runs with a history.csv and their epochs (the newest history of
+    a run that trains folds), nothing for a run that has not started."""
+    def cfg(name):
+        return {'ctrl': {'logs_dir': str(tmp_path), 'run_name': f's/{name}'},
+                'learn': {'n_epochs': 6}}
+    (tmp_path / 's' / 'a_seed0').mkdir(parents=True)
+    (tmp_path / 's' / 'a_seed0' / 'history.csv').write_text('epoch,loss\n1,2.0\n2,1.5\n')
+    (tmp_path / 's' / 'b_seed0').mkdir()
+    (tmp_path / 's' / 'b_seed0' / 'history_1.csv').write_text('epoch,loss\n1,2.0\n')
+    runs = {name: sweep.Run(f's/{name}', 'p', {}, 0, []) for name in
+            ('a_seed0', 'b_seed0', 'c_seed0')}
+    cfgs = {f's/{name}': cfg(name) for name in runs}
+    assert sweep.in_flight(runs, cfgs) == 'a_seed0 epoch 2/6; b_seed0 fold 1 epoch 1/6'

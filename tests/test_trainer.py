@@ -129,8 +129,8 @@ def test_noise_detection_counts_both_examples_of_a_mixed_pair():
     assert float(logs['nd_flagged']) == 5 and float(logs['nd_hit']) == 3
     assert float(logs['nd_wrong']) == wrong.sum()
     figures = callbacks.precision_recall(5, 3, int(wrong.sum()))
-    assert figures['precision'] == pytest.approx(3 / 5)
-    assert figures['recall'] == pytest.approx(3 / 7)
+    assert figures['precision'] == pytest.approx(100 * 3 / 5)  # percent
+    assert figures['recall'] == pytest.approx(100 * 3 / 7)
 
 
 def test_val_clip_accuracy_is_the_clip_accuracy_of_gmean_patch_scores(clips, make_cfg):
