@@ -445,9 +445,9 @@ def batch_source(cfg, table, classes, store, patches, rows, folds, run_dir):
     learn = cfg['learn']
     train_rows, val_rows = folds[0]
     train_idx = patches.of_clips(train_rows)
-    mean, std = scaler(cfg, store, patches,
-                       patches.of_clips(rows) if len(folds) > 1 else train_idx)
-    write_scaler(runfolder.path(run_dir, 'scaler'), mean, std)
+    mean, std = pipeline.scaler(cfg, store, patches,
+                                patches.of_clips(rows) if len(folds) > 1 else train_idx)
+    pipeline.write_scaler(runfolder.path(run_dir, 'scaler'), mean, std)
     # What the loss reads from the batch, declared by its class: the source is built to
     # carry it (pseudo labels of every unverified clip of the subset: any fold may train it).
     needs = losses.needs(cfg)
@@ -465,25 +465,6 @@ def batch_source(cfg, table, classes, store, patches, rows, folds, run_dir):
         logger.info('waveform: random crops of %d samples (%.2f s), zero beyond the clip; '
                     'whole clips predicted; no standardisation', crop, crop / fs)
     return source
-
-
-def scaler(cfg, store, patches, idx):
-    """(mean, std) per mel band over the inputs the model is evaluated on (patches, or
-    whole fixed-length clips whose random crops it is trained on) of patch indices idx;
-    0 and 1 when each example standardises itself (extract.normalize per_clip), and of the
-    one column of a waveform, which the model reads as stored (in [-1, 1], the paper's)."""
-    if cfg['extract']['features'] == 'waveform':
-        return np.zeros(1, np.float32), np.ones(1, np.float32)
-    if cfg['extract']['normalize'] == 'per_clip':
-        n_mels = cfg['extract']['n_mels']
-        return np.zeros(n_mels, np.float32), np.ones(n_mels, np.float32)
-    return data.fit_scaler(store.frames, patches, idx, architectures.lengths(cfg)[1])
-
-
-def write_scaler(path, mean, std):
-    """scaler.npz (mean, std), which predict.py reads back."""
-    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
-        np.savez(f, mean=mean, std=std)
 
 
 def set_precision_policy(learn):

@@ -16,6 +16,7 @@ import architectures
 import data
 import waveform
 from config import ConfigError
+from utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -97,3 +98,22 @@ def eval_dataset(source, idx, batch_size):
     if not source.on_device:
         ds = ds.map(source.eval_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def scaler(cfg, store, patches, idx):
+    """(mean, std) per mel band over the inputs the model is evaluated on (patches, or
+    whole fixed-length clips whose random crops it is trained on) of patch indices idx;
+    0 and 1 when each example standardises itself (extract.normalize per_clip), and of the
+    one column of a waveform, which the model reads as stored (in [-1, 1], the paper's)."""
+    if cfg['extract']['features'] == 'waveform':
+        return np.zeros(1, np.float32), np.ones(1, np.float32)
+    if cfg['extract']['normalize'] == 'per_clip':
+        n_mels = cfg['extract']['n_mels']
+        return np.zeros(n_mels, np.float32), np.ones(n_mels, np.float32)
+    return data.fit_scaler(store.frames, patches, idx, architectures.lengths(cfg)[1])
+
+
+def write_scaler(path, mean, std):
+    """scaler.npz (mean, std), which predict.py reads back."""
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        np.savez(f, mean=mean, std=std)
