@@ -249,6 +249,9 @@ MODELS = {'baseline': baseline, 'DenSE': dense_se, 'cnn_gru': cnn_gru, 'vgg_gap'
           **trunks.TRUNKS}
 # The fewest input frames a model that takes any length accepts (others: 1).
 MIN_FRAMES = {'vgg_gap': VGG_GAP_MIN_FRAMES}
+# The fewest mel bands a model accepts, for the models that take any number (fastdev.py
+# cuts a dry run's bands to them).
+MIN_MELS = {'cnn_gru': 2 ** len(CNN_GRU_FILTERS), 'vgg_gap': VGG_GAP_MIN_MELS}
 
 
 def check(cfg):
