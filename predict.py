@@ -63,7 +63,9 @@ def load_run(run_dir, unfinished=False):
     check_finished(run_dir, unfinished)
     cfg = config.load_config(files['config'])
     utils.import_tensorflow_quietly()
+    import fastdev
     import keras
+    cfg = fastdev.fast_dev_inputs(cfg)  # a whole-clip dry run trained on inputs cut in size
     import heads  # noqa: F401  (registers the Sparsemax layer for loading)
     try:
         classifier = keras.saving.load_model(files['model'], compile=False)
