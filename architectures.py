@@ -252,6 +252,9 @@ MIN_FRAMES = {'vgg_gap': VGG_GAP_MIN_FRAMES}
 # The fewest samples a waveform model accepts: shorter clips are zero-padded to it to be
 # scored whole (waveform.clip_scorer).
 MIN_SAMPLES = {'envnet_v2': trunks.ENVNET_MIN_SAMPLES}
+# The fewest mel bands a model accepts, for the models that take any number (fastdev.py
+# cuts a dry run's bands to them).
+MIN_MELS = {'cnn_gru': 2 ** len(CNN_GRU_FILTERS), 'vgg_gap': VGG_GAP_MIN_MELS}
 
 
 def check(cfg):

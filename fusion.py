@@ -160,7 +160,8 @@ def run_config(run_dir, overrides):
                                  f'trained run')
     cfg = config.load_config(path, overrides)
     evaluation.check(cfg)
-    return cfg
+    import fastdev
+    return fastdev.fast_dev_inputs(cfg)  # a whole-clip dry run trained on inputs cut in size
 
 
 def score_run(run_dir, clips, overrides=(), unfinished=False):

@@ -146,7 +146,8 @@ KEYS = {
                          '(false: refused)'),
         'fast_dev_run': Key(
             False, 'dry run of the whole procedure: 2 steps per epoch, at most 2 epochs per '
-            'stage, 8 clips per class; numbers are not results'),
+            'stage, 8 clips per class (whole-clip recipes: 4, smaller inputs, batches of 2); '
+            'numbers are not results'),
     },
     'extract': {
         'audio_len_s': Key(

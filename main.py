@@ -49,6 +49,7 @@ def pipeline(cfg, folder, t0):
     import learn
     table, classes = datasets.load(cfg)
     table = fastdev.fast_dev_clips(cfg, table)  # ctrl.fast_dev_run: a few clips per class
+    cfg = fastdev.fast_dev_inputs(cfg)  # ... and whole-clip recipes' inputs cut in size
     store = feat_extract.features(cfg, table)
     if not cfg['ctrl']['learn']:
         print('ctrl.learn is false: features are ready, nothing is trained.')

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 import eval as evaluation
+import fastdev
 import runfolder
 import splits
 from schedules import EpochLR, linear_decay_lr
@@ -187,7 +188,8 @@ def mode_self_verify(exp):
     for r in range(1, learn['sv_rounds'] + 1):
         # Every fold judges its held-out unverified clips not accepted yet; the per-class
         # cap applies to the round as a whole.
-        pending = [np.setdiff1d(fold.held_out, accepted) for fold in folds]
+        pending = [fastdev.cut_judged(exp.cfg, np.setdiff1d(fold.held_out, accepted))
+                   for fold in folds]
         candidates = np.concatenate(pending)
         posteriors = np.concatenate([
             excerpt_posteriors(fold.exp, rows, learn['sv_excerpts'], rng)

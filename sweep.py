@@ -131,7 +131,8 @@ def extract_features(cfgs):
                                                    'feat_ext')] + [cfg['extract']])
         if key not in seen:
             seen.add(key)
-            feat_extract.features(cfg, fastdev.fast_dev_clips(cfg, datasets.load(cfg)[0]))
+            feat_extract.features(fastdev.fast_dev_inputs(cfg),
+                                  fastdev.fast_dev_clips(cfg, datasets.load(cfg)[0]))
 
 
 def run_dir(cfg):

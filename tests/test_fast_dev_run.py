@@ -2,7 +2,6 @@
 synthetic data of its layout, with the structure of its procedure kept (stages, folds,
 rounds, snapshots) and every stage cut to 2 epochs of 2 steps; the run is marked."""
 import json
-import os
 import math
 import time
 from pathlib import Path
@@ -24,31 +23,24 @@ ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted((ROOT / 'config').glob('**/*.yaml'))  # experiments only: sweep files in sweeps/
 
 
-# The DCASE recipes (config/dcase19_he/, config/dcase18_dorfer/) score whole clips of 2000 /
-# 3000 frames with CNN-GRU / VGG-GAP trunks: their dry runs did not finish within 8 minutes
-# each on 2 idle CPU cores, past CI's budget for the whole suite. They run here only with
-# NOISY_SED_DCASE_DRY_RUNS=1 (on a GPU machine); issue 16's closing note says so.
-DCASE_DRY_RUNS = os.environ.get('NOISY_SED_DCASE_DRY_RUNS') == '1'
-EXPERIMENTS = [pytest.param(p, marks=pytest.mark.skipif(
-                   'dcase' in p.parent.name and not DCASE_DRY_RUNS,
-                   reason='DCASE recipe dry runs take > 8 min on CPU: '
-                          'NOISY_SED_DCASE_DRY_RUNS=1 runs them'))
-               for p in YAMLS]
+# Every experiment YAML, the DCASE recipes (config/dcase19_he/, config/dcase18_dorfer/)
+# included: their dry runs are cut in size as well (fastdev.fast_dev_inputs), so that
+# CNN-GRU and VGG-GAP over whole clips run in minutes on CPU, not hours.
+EXPERIMENTS = YAMLS
 SWEEP_FILES = sorted((ROOT / 'sweeps').glob('**/*.yaml'))
 
 # Tiny data per layout, big enough for the YAMLs as written (batch 64 of 2 s patches, the
 # verified-only stages of staged training, 4 self-verification folds): 20 classes (the
 # FSDnoisy18k names; config/demo.yaml says n_classes 20), half of the training clips
-# verified (6 verified clips per class: one for validation under ctrl.train_data clean,
-# and 3/4 x 120 = 90 verified clips per fold for config/dcase19_he/fsdnoisy18k.yaml's
-# whole-clip batches of 64), clips of 2-4 s at 44.1 kHz (the rate of config/params.yaml, so nothing is
-# resampled but the demo's 22.05 kHz). The DCASE layouts' recipes train on whole-clip
-# crops, one example per clip: 8 verified and 8 unverified clips per class (what a dry run
-# keeps) give 3/4 x 160 = 120 verified training clips per fold, for batches of up to 100.
+# verified (6 verified clips per class: one for validation under ctrl.train_data clean),
+# clips of 2-4 s at 44.1 kHz (the rate of config/params.yaml, so nothing is resampled but
+# the demo's 22.05 kHz). The whole-clip recipes' dry runs (extract.crop random_crop: all
+# those on the DCASE layouts) keep 4 clips per class of each part, in batches of 2
+# (fastdev.FAST_WHOLE_CLIPS, FAST_BATCH): 8 training clips per class, half verified.
 LAYOUTS = {
     'fsdnoisy18k': dict(n_classes=20, train_per_class=12, test_per_class=1),
-    'fsdkaggle2018': dict(n_classes=20, train_per_class=16, test_per_class=1),
-    'fsdkaggle2019': dict(n_classes=20, train_per_class=16, test_per_class=1, max_labels=2),
+    'fsdkaggle2018': dict(n_classes=20, train_per_class=8, test_per_class=1),
+    'fsdkaggle2019': dict(n_classes=20, train_per_class=8, test_per_class=1, max_labels=2),
 }
 
 
@@ -305,3 +297,75 @@ def test_a_real_run_never_continues_a_fast_dev_run(tiny, tmp_path):
     with pytest.raises(config.ConfigError, match='ctrl.fast_dev_run'):
         real.open()
     real.close()
+
+
+# ----------------------------------------------------------------------------- whole clips
+
+def test_whole_clip_recipes_are_cut_in_size_and_stay_valid(tmp_path):
+    """He et al.'s recipe under fast_dev_run: crops of 32 frames, clips of 32 + 16, 16 mel
+    bands (CNN-GRU's fewest: four halvings), batches of 2, SpecAugment's sizes scaled
+    with them (W 80 x 32 / 512 = 5, T 100 x 32 / 512 = 6, F 27 x 16 / 80 = 5); Dorfer &
+    Widmer's: VGG-GAP's shortest input (191 frames: a stride-2 conv and five time pools
+    before a valid 3x3 conv) and fewest bands (47). The cut configs pass every check of
+    config.py as written YAML."""
+    he = config.load_config(ROOT / 'config/dcase19_he/system.yaml', ['ctrl.fast_dev_run=true'])
+    cut = fastdev.fast_dev_inputs(he)
+    assert {k: cut['extract'][k] for k in ('crop_frames', 'clip_frames', 'n_mels')} == \
+        {'crop_frames': 32, 'clip_frames': 48, 'n_mels': 16}
+    assert cut['learn']['batch_size'] == 2
+    assert cut['learn']['specaugment'] == {'time_warp': 5, 'time_width': 6, 'freq_width': 5,
+                                           'freq_masks': 1, 'time_masks': 1}
+    dorfer = config.load_config(ROOT / 'config/dcase18_dorfer/system.yaml',
+                                ['ctrl.fast_dev_run=true'])
+    cut2 = fastdev.fast_dev_inputs(dorfer)
+    n = next(n for n in range(1, 1000) if (-(-n // 2)) // 2 ** 5 >= 3)  # 191
+    m = next(m for m in range(1, 1000) if (-(-m // 2)) // 2 ** 3 >= 3)  # 47
+    assert {k: cut2['extract'][k] for k in ('crop_frames', 'clip_frames', 'n_mels')} == \
+        {'crop_frames': n, 'clip_frames': n + 16, 'n_mels': m}
+    assert cut2['learn']['batch_size'] == 2
+    for i, (original, fast) in enumerate(((he, cut), (dorfer, cut2))):
+        assert original['extract']['clip_frames'] > fast['extract']['clip_frames']  # a copy
+        path = tmp_path / f'{i}.yaml'
+        path.write_text(config.config_to_yaml(fast))
+        config.load_config(path)  # every check of config.py passes
+        rest = {k: v for k, v in fast['extract'].items()
+                if k not in ('crop_frames', 'clip_frames', 'n_mels')}
+        assert rest == {k: original['extract'][k] for k in rest}
+    # a patch recipe, or a real run, is left as it is
+    for cfg in (config.load_config(None, ['ctrl.fast_dev_run=true']),
+                config.load_config(ROOT / 'config/dcase19_he/system.yaml')):
+        assert fastdev.fast_dev_inputs(cfg) is cfg
+
+
+def test_whole_clip_recipes_keep_four_clips_per_class_and_four_test_clips():
+    rng = np.random.default_rng(1)
+    n = 200
+    labels = [(int(k),) for k in rng.integers(0, 6, n)]
+    table = pd.DataFrame({'subset': rng.choice(['train', 'test'], n),
+                          'verified': rng.integers(0, 2, n), 'labels_idx': labels,
+                          'fname': [f'{i}.wav' for i in range(n)]})
+    cfg = config.load_config(ROOT / 'config/dcase18_dorfer/system.yaml',
+                             ['ctrl.fast_dev_run=true'])
+    kept = fastdev.fast_dev_clips(cfg, table)
+    first = table.assign(c=[ls[0] for ls in labels]).groupby(
+        ['subset', 'verified', 'c'], sort=False).head(4)  # the first 4 of each class/part
+    train = first[first.subset == 'train']
+    test = first[first.subset == 'test'].head(fastdev.FAST_SCORED)
+    assert sorted(kept.fname) == sorted(pd.concat([train, test]).fname)
+    assert (kept.subset == "test").sum() == fastdev.FAST_SCORED
+
+
+def test_whole_clip_recipes_validate_and_judge_a_few_clips():
+    """fast_dev_folds: each fold validates on its first FAST_SCORED validation clips, its
+    training rows untouched; cut_judged: the first FAST_SCORED of the clips a fold model
+    judges. Neither changes a patch recipe's dry run."""
+    folds = [(np.arange(10), np.arange(10, 19)), (np.arange(5), np.array([7, 8]))]
+    whole = config.load_config(ROOT / 'config/dcase18_dorfer/system.yaml',
+                               ['ctrl.fast_dev_run=true'])
+    cut = fastdev.fast_dev_folds(whole, folds)
+    assert [t.tolist() for t, _ in cut] == [t.tolist() for t, _ in folds]
+    assert [v.tolist() for _, v in cut] == [[10, 11, 12, 13], [7, 8]]
+    assert fastdev.cut_judged(whole, np.arange(30, 40)).tolist() == [30, 31, 32, 33]
+    patches = config.load_config(None, ['ctrl.fast_dev_run=true'])
+    assert fastdev.fast_dev_folds(patches, folds) is folds
+    assert fastdev.cut_judged(patches, np.arange(9)).tolist() == list(range(9))
