@@ -128,6 +128,7 @@ def writable(out):
 def predict(run_dir, clips, out, unfinished=False):
     """Write the run's clip scores of `clips` (a CLIPS name) to `out`; returns their count.
     unfinished: score a run that has not finished too (warning)."""
+    utils.import_tensorflow_quietly()  # before the modules below, which import TensorFlow
     import data
     import datasets
     import eval as evaluation

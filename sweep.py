@@ -15,6 +15,7 @@ sweep has finished, 1 otherwise (on every rerun alike), 2 for a mistake.
 import argparse
 import itertools
 import json
+import logging
 import os
 import re
 import shlex
@@ -33,6 +34,7 @@ import config  # noqa: E402
 import metrics  # noqa: E402
 import runfolder  # noqa: E402
 import sweepspec  # noqa: E402
+import tensorboard_hparams  # noqa: E402
 import utils  # noqa: E402
 from config import ConfigError  # noqa: E402
 # The command line's values are parsed in sweepspec, with the sweep file's (--spec).
@@ -198,9 +200,23 @@ def run_one(cwd, params, overrides):
     return code, _last_line(tail.tail)
 
 
+class _NoTokenNotice(logging.Filter):
+    """Drops Ray's start-up notice "Token authentication is enabled for this Ray cluster"
+    (Ray's own default for a local cluster, nothing for the user to do); Ray's other
+    warnings pass."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith('Token authentication is enabled')
+
+
+_NO_TOKEN_NOTICE = _NoTokenNotice()  # one instance: addFilter adds it once
+
+
 def start_ray(address):
     """Embedded Ray on this machine (address None) or a connection to a cluster."""
     import ray
+    logging.getLogger('ray._private.authentication.authentication_token_setup').addFilter(
+        _NO_TOKEN_NOTICE)
     # Workers import the framework's modules from this folder (a cluster needs the
     # repository, data and logs at the same paths on every node: a shared file system).
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get('PYTHONPATH')) if p)
@@ -427,6 +443,7 @@ def sweep(args):
     out = Path(cfgs[0]['ctrl']['logs_dir']) / 'sweeps' / name
     frame = collect(runs, cfgs, failed, spec.override)
     summary, table = write_outputs(out, name, frame, grid, baseline)
+    tensorboard_hparams.write(out / 'tensorboard', runs, frame)  # TensorBoard's HParams view
     print(table)
     return verdict(frame, {run.name for run, _ in todo}, cfgs[0]['ctrl']['logs_dir'], name,
                    f'summary of {int(summary.n.sum())} finished runs: {out}/summary.md')
