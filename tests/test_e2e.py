@@ -17,6 +17,8 @@ import main
 import synthetic
 from conftest import tiny_dataset, write_tiny_config
 
+pytestmark = pytest.mark.slow  # every test here trains through main.py (make test-fast skips)
+
 ACCURACY = re.compile(r'^ACCURACY - MICRO: (\d+\.\d{2}) % \((\d+)/(\d+) test files, '
                       r'train_data=(\w+)\)$', re.M)
 
