@@ -15,6 +15,7 @@ import yaml
 
 import main
 import synthetic
+import utils
 from conftest import tiny_dataset, write_tiny_config
 
 pytestmark = pytest.mark.slow  # every test here trains through main.py (make test-fast skips)
@@ -106,6 +107,11 @@ def test_mode0_writes_every_artefact(mode0):
     results = json.loads((run_dir / 'results.json').read_text())
     assert {'accuracy_micro', 'n_files_evaluated', 'n_files_listed', 'per_class',
             'wall_time_s'} <= set(results)
+    # The code that produced it, in results.json and the log (test_sharing.py checks the
+    # fields against git itself).
+    assert set(results['code_version']) == {'commit', 'dirty', 'packages'}
+    assert utils.code_version_line(results['code_version']) in log
+    assert 'patch_hop' in log[log.index('resolved config'):]  # the whole config, in the log
     # The model and its trainable parameters, counted in the saved model's arrays.
     import keras
     saved_model = keras.saving.load_model(run_dir / 'model.keras', compile=False)

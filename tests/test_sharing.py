@@ -230,3 +230,26 @@ def test_a_run_shows_its_changed_keys_and_logs_the_whole_config(tmp_path, capsys
     full = log[len(console):]
     assert full.startswith('resolved config:\n')
     assert config.config_to_yaml(cfg) in full
+
+
+def test_rays_token_notice_is_dropped_and_its_other_warnings_kept():
+    import logging
+
+    import sweep
+
+    def record(message):
+        return logging.LogRecord('ray', logging.WARNING, __file__, 1, message, None, None)
+    notice = sweep._NO_TOKEN_NOTICE
+    assert not notice.filter(record('Token authentication is enabled for this Ray cluster. '
+                                    'Set RAY_AUTH_MODE=disabled to opt out.'))
+    assert notice.filter(record('Token authentication is disabled for this Ray cluster.'))
+
+
+def test_predict_py_keeps_tensorflows_start_up_lines_out(tmp_path):
+    """`python predict.py` on a folder that is no run: its one error line, without
+    TensorFlow's start-up lines (cudart_stub "Could not find cuda drivers", cuInit)."""
+    done = subprocess.run([sys.executable, str(ROOT / 'predict.py'), str(tmp_path), '--out',
+                           str(tmp_path / 'x.csv')], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith('error: ') and done.stderr.count('\n') == 1, done.stderr
