@@ -249,15 +249,23 @@ def pool_size(n_clips, workers):
 
 
 def _computed(paths, params, workers):
-    """Yield (frames or None, error) per path, in order; a Pool only when workers > 1."""
+    """An iterator of (frames or None, error) per path, in order; a Pool only when
+    workers > 1, said at once (before the progress bar), as the bar shows no clip until
+    the first worker has started and imported its modules."""
     task = functools.partial(_clip_frames, params_extract=params)
     if workers == 1:
-        with threadpoolctl.threadpool_limits(1):
-            yield from map(task, paths)
-        return
-    chunksize = max(2, min(16, len(paths) // (4 * workers)))
-    # Said before they start: the bar shows no clip until the first worker has imported.
+        return _in_process(task, paths)
     logger.info('log-mel of %d clips: starting %d workers', len(paths), workers)
+    return _pooled(task, paths, workers)
+
+
+def _in_process(task, paths):
+    with threadpoolctl.threadpool_limits(1):
+        yield from map(task, paths)
+
+
+def _pooled(task, paths, workers):
+    chunksize = max(2, min(16, len(paths) // (4 * workers)))
     # spawn, not fork: the parent may already run TensorFlow, whose threads and state do
     # not survive a fork (a forked worker aborted when garbage collection touched them).
     context = multiprocessing.get_context('spawn')
