@@ -384,7 +384,7 @@ def changed_from_defaults(cfg, default=None):
     default = defaults() if default is None else default
     changed = {}
     for key, value in cfg.items():
-        base = default.get(key) if isinstance(default, dict) else None
+        base = default.get(key)
         if isinstance(value, dict) and isinstance(base, dict):
             inner = changed_from_defaults(value, base)
             if inner:

@@ -40,7 +40,7 @@ def check_names(cfg):
     evaluation.check(cfg)
 
 
-def pipeline(cfg, folder, t0, version=None):
+def pipeline(cfg, folder, t0, version):
     import datasets
     import eval as evaluation
     import experiment
