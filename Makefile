@@ -32,6 +32,11 @@ demo-sweep: venv $(DEMO_DATA)/FSDnoisy18k.meta/test.csv
 test: venv
 	$(PY) -m pytest -q
 
+# Local work: the suite without the long end-to-end runs (marked slow); CI runs make test.
+.PHONY: test-fast
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
 bench: venv
 	$(PY) bench/bench_pipeline.py --scale 0.05
 

@@ -406,6 +406,23 @@ def config_to_yaml(cfg):
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
 
 
+def changed_from_defaults(cfg, default=None):
+    """The part of cfg whose values differ from the defaults, nested as cfg (a nested key,
+    e.g. ctrl.inject_noise.rate, alone under its parent): what the console shows of a
+    run's config, the whole resolved config going to its log and config.yaml."""
+    default = defaults() if default is None else default
+    changed = {}
+    for key, value in cfg.items():
+        base = default.get(key)
+        if isinstance(value, dict) and isinstance(base, dict):
+            inner = changed_from_defaults(value, base)
+            if inner:
+                changed[key] = inner
+        elif key not in default or value != base:
+            changed[key] = value
+    return changed
+
+
 def lookup(registry, name, key):
     """registry[name], or the one error naming the key and the valid names."""
     if name not in registry:

@@ -258,13 +258,38 @@ def _one_blas_thread():
     threadpoolctl.threadpool_limits(1)
 
 
+# A job of fewer clips is extracted in this process, whatever ctrl.workers says. Each
+# spawned worker starts a Python and imports librosa, scipy and numpy before its first
+# clip: about 2 s of CPU on an idle machine, well over a minute on a loaded one (the bar
+# once sat at 1/1000 for 140 s), during which no clip is computed, while a clip's log-mel
+# takes some 10-20 ms. A 400-clip job was measured slower with 2 workers than with 1; at
+# 1000 clips (the demo) the pool's start is a small part of the job.
+POOL_MIN_CLIPS = 1000
+
+
+def pool_size(n_clips, workers):
+    """The processes that extract n_clips: 1 (this process) below POOL_MIN_CLIPS, else
+    the requested workers, never more than the clips."""
+    return 1 if n_clips < POOL_MIN_CLIPS else max(1, min(workers, n_clips))
+
+
 def _computed(paths, params, workers):
-    """Yield (frames or None, error) per path, in order; a Pool only when workers > 1."""
+    """An iterator of (frames or None, error) per path, in order; a Pool only when
+    workers > 1, said at once (before the progress bar), as the bar shows no clip until
+    the first worker has started and imported its modules."""
     task = functools.partial(_clip_frames, params_extract=params)
     if workers == 1:
-        with threadpoolctl.threadpool_limits(1):
-            yield from map(task, paths)
-        return
+        return _in_process(task, paths)
+    logger.info('log-mel of %d clips: starting %d workers', len(paths), workers)
+    return _pooled(task, paths, workers)
+
+
+def _in_process(task, paths):
+    with threadpoolctl.threadpool_limits(1):
+        yield from map(task, paths)
+
+
+def _pooled(task, paths, workers):
     chunksize = max(2, min(16, len(paths) // (4 * workers)))
     # spawn, not fork: the parent may already run TensorFlow, whose threads and state do
     # not survive a fork (a forked worker aborted when garbage collection touched them).
@@ -359,7 +384,7 @@ def features(cfg, table, workers=None, progress=True):
         logger.info('%d of %d audio files changed (size or modification time) since the '
                     'feature cache was made: extracting them again', todo.sum(), len(table))
     workers = n_workers(cfg['ctrl']['workers']) if workers is None else workers
-    workers = max(1, min(workers, int(todo.sum()) or 1))
+    workers = pool_size(int(todo.sum()), workers)
     started = time.time()
     _make_folder(final.parent)
     _remove_stale_temps(final)

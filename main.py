@@ -40,7 +40,7 @@ def check_names(cfg):
     evaluation.check(cfg)
 
 
-def pipeline(cfg, folder, t0):
+def pipeline(cfg, folder, t0, version):
     import datasets
     import eval as evaluation
     import experiment
@@ -58,6 +58,7 @@ def pipeline(cfg, folder, t0):
     rng = utils.set_seed(cfg['ctrl']['seed'])
     mode = learn.MODES[cfg['learn']['mode']]
     exp = experiment.prepare(cfg, mode, table, classes, store, rng, folder.dir)
+    exp.results.code_ran(version)
     folder.training = True  # from here on, an error keeps what the run wrote
     with utils.interrupts_at_safe_points():  # Ctrl-C: raised after a step (utils)
         predictor = learn.run(exp)
@@ -89,10 +90,9 @@ def run(params_path, overrides=()):
         utils.import_tensorflow_quietly()
         check_names(cfg)
         folder.open()
-        command = ' '.join(['-p', str(params_path), *(f'-o {o}' for o in overrides)])
-        print(f'run {folder.name}: {command}\nresolved config:\n'
-              f'{config.config_to_yaml(cfg)}', flush=True)
-        pipeline(cfg, folder, t0)
+        version = utils.code_version()
+        announce(cfg, folder, params_path, overrides, version)
+        pipeline(cfg, folder, t0, version)
     except config.ConfigError as err:
         print(f'error: {err}', file=sys.stderr, flush=True)
         folder.close(discard=not folder.training)
@@ -107,6 +107,18 @@ def run(params_path, overrides=()):
     finally:
         folder.close()
     return 0
+
+
+def announce(cfg, folder, params_path, overrides, version):
+    """The run's first lines: its command, the config keys that differ from the defaults
+    and the code version on the console and in the log; the whole resolved config in the
+    log only (and config.yaml): some 170 lines that would bury the console."""
+    command = ' '.join(['-p', str(params_path), *(f'-o {o}' for o in overrides)])
+    changed = config.config_to_yaml(config.changed_from_defaults(cfg))
+    print(f'run {folder.name}: {command}\nconfig keys that differ from the defaults '
+          f'(all of them: resolved config in {folder.out}):\n{changed}'
+          f'{utils.code_version_line(version)}', flush=True)
+    utils.log_only(f'resolved config:\n{config.config_to_yaml(cfg)}')
 
 
 def failed(folder, err):

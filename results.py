@@ -53,6 +53,7 @@ class Evaluation:
 class Results:
     """A run's results; None is "not measured" and is left out of results.json. Fields
     appear in results.json in this order, after the Evaluation's head."""
+    code_version: dict = None       # utils.code_version(): commit, dirty, packages
     fast_dev_run: bool = None       # ctrl.fast_dev_run: a dry run, its numbers no results
     model: str = None               # learn.model
     loss: str = None                # loss.type (curves.png names it)
@@ -84,6 +85,10 @@ class Results:
     # and the rule (amean or gmean)
     fusion: dict = None
     evaluation: Evaluation = field(default=None, repr=False)
+
+    def code_ran(self, version):
+        """The code that produced the run (utils.code_version())."""
+        self.code_version = version
 
     # -- the model
     def built(self, model, n_trainable_params, loss=None):
@@ -180,4 +185,6 @@ class Results:
 
     @classmethod
     def _run_fields(cls):
-        return [f.name for f in fields(cls) if f.name != 'evaluation']
+        """The fields a backup carries over: not the evaluation, and not the code version,
+        which is that of the process that continues (and finishes) a resumed run."""
+        return [f.name for f in fields(cls) if f.name not in ('evaluation', 'code_version')]

@@ -17,6 +17,7 @@ run's epoch. The exit status is 0 when every run of the sweep has finished, 1 ot
 import argparse
 import itertools
 import json
+import logging
 import os
 import re
 import shlex
@@ -33,6 +34,7 @@ import config  # noqa: E402
 import runfolder  # noqa: E402
 import sweep_summary  # noqa: E402
 import sweepspec  # noqa: E402
+import tensorboard_hparams  # noqa: E402
 import utils  # noqa: E402
 from config import ConfigError  # noqa: E402
 # The command line's values are parsed in sweepspec, with the sweep file's (--spec).
@@ -197,9 +199,23 @@ def run_one(cwd, params, overrides):
     return code, _last_line(tail.tail)
 
 
+class _NoTokenNotice(logging.Filter):
+    """Drops Ray's start-up notice "Token authentication is enabled for this Ray cluster"
+    (Ray's own default for a local cluster, nothing for the user to do); Ray's other
+    warnings pass."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith('Token authentication is enabled')
+
+
+_NO_TOKEN_NOTICE = _NoTokenNotice()  # one instance: addFilter adds it once
+
+
 def start_ray(address):
     """Embedded Ray on this machine (address None) or a connection to a cluster."""
     import ray
+    logging.getLogger('ray._private.authentication.authentication_token_setup').addFilter(
+        _NO_TOKEN_NOTICE)
     # Workers import the framework's modules from this folder (a cluster needs the
     # repository, data and logs at the same paths on every node: a shared file system).
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get('PYTHONPATH')) if p)
@@ -353,6 +369,7 @@ def sweep(args):
     frame = collect(runs, cfgs, failed, spec.override)
     summary, _, shown = sweep_summary.write_outputs(out, name, frame, grid, baseline,
                                                     headline_metric(cfgs[0], frame, grid))
+    tensorboard_hparams.write(out / 'tensorboard', runs, frame)  # TensorBoard's HParams view
     print(shown)
     return verdict(frame, {run.name for run, _ in todo}, cfgs[0]['ctrl']['logs_dir'], name,
                    f'summary of {int(summary.n.sum())} finished runs: {out}/summary.md')

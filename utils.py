@@ -1,11 +1,12 @@
 """Small shared helpers: the Diverged error, atomic writes, the log tee, quiet TensorFlow
-import, seeding."""
+import, the code version, seeding."""
 import contextlib
 import json
 import logging
 import os
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -38,6 +39,7 @@ def atomic_path(path):
     """Yield a temporary path next to `path`; rename it onto `path` only on success.
 
     The temporary name ends with the target's suffix, for writers that check it (Keras).
+    The file gets the mode a plain open() would give it (0644 under the usual umask 022).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,10 +48,29 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp creates the file 0600, and a writer may replace it with its own: results
+        # are read by colleagues on a shared file system, so the file gets the mode of any
+        # new file, 0666 less the umask, set here on whatever the writer left.
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def umask():
+    """The process's umask, read from /proc on Linux; elsewhere os.umask, which can only
+    read it by setting it (set back at once; not atomic against other threads)."""
+    try:
+        with open('/proc/self/status') as status:
+            for line in status:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path, text):
@@ -152,6 +173,9 @@ class _Tee:
         return getattr(self.stream, name)
 
 
+_log_files = []  # the .out files of the logs started (start_log), the current one last
+
+
 def start_log(out_path):
     """Send everything printed (stdout, stderr, logging) to the console and to out_path.
 
@@ -162,15 +186,25 @@ def start_log(out_path):
     file = open(out_path, 'a', buffering=1)
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Tee(sys.stdout, file), _Tee(sys.stderr, file)
+    _log_files.append(file)
     configure_logging()
 
     def stop():
         sys.stdout.flush()
         sys.stderr.flush()
         sys.stdout, sys.stderr = saved
+        _log_files.remove(file)
         file.close()
         configure_logging()
     return stop
+
+
+def log_only(text):
+    """Write text to the current run's .out file but not to the console (the full resolved
+    config: the console shows only what differs from the defaults). Nothing without a log."""
+    if _log_files:
+        sys.stdout.flush()  # what was printed before comes first in the file too
+        _log_files[-1].write(text if text.endswith('\n') else text + '\n')
 
 
 def configure_logging(level=logging.INFO):
@@ -224,6 +258,51 @@ def import_tensorflow_quietly():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+# ----------------------------------------------------------------------------- provenance
+
+CODE_DIR = Path(__file__).resolve().parent  # the framework's folder (its modules are flat)
+VERSIONED_PACKAGES = ('tensorflow', 'keras', 'librosa', 'numpy')
+
+
+def _git(*args):
+    """git's stdout in the code's folder, or None (no git, not a checkout, any failure)."""
+    try:
+        done = subprocess.run(['git', '-C', str(CODE_DIR), *args], capture_output=True,
+                              text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def code_version():
+    """{commit, dirty, packages}: the git commit of the code's folder (None outside a git
+    checkout), whether tracked files differ from it (None without a commit), and the
+    installed versions of the packages whose behaviour the results depend on (None for
+    one not installed). Recorded in results.json and the log, so that a result can be
+    traced to the code that produced it."""
+    from importlib import metadata
+    commit = _git('rev-parse', 'HEAD')
+    commit = commit.strip() if commit else None
+    status = _git('status', '--porcelain', '--untracked-files=no') if commit else None
+    packages = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    return {'commit': commit, 'dirty': None if status is None else bool(status.strip()),
+            'packages': packages}
+
+
+def code_version_line(version):
+    """The log's line of code_version()."""
+    commit = version['commit']
+    where = ('not a git checkout' if commit is None else
+             f'commit {commit[:12]}{" with uncommitted changes" if version["dirty"] else ""}')
+    packages = ', '.join(f'{k} {v or "not installed"}' for k, v in version['packages'].items())
+    return f'code version: {where}; {packages}'
 
 
 def n_workers(requested):

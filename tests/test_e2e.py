@@ -15,7 +15,10 @@ import yaml
 
 import main
 import synthetic
+import utils
 from conftest import tiny_dataset, write_tiny_config
+
+pytestmark = pytest.mark.slow  # every test here trains through main.py (make test-fast skips)
 
 ACCURACY = re.compile(r'^ACCURACY - MICRO: (\d+\.\d{2}) % \((\d+)/(\d+) test files, '
                       r'train_data=(\w+)\)$', re.M)
@@ -104,6 +107,11 @@ def test_mode0_writes_every_artefact(mode0):
     results = json.loads((run_dir / 'results.json').read_text())
     assert {'accuracy_micro', 'n_files_evaluated', 'n_files_listed', 'per_class',
             'wall_time_s'} <= set(results)
+    # The code that produced it, in results.json and the log (test_sharing.py checks the
+    # fields against git itself).
+    assert set(results['code_version']) == {'commit', 'dirty', 'packages'}
+    assert utils.code_version_line(results['code_version']) in log
+    assert 'patch_hop' in log[log.index('resolved config'):]  # the whole config, in the log
     # The model and its trainable parameters, counted in the saved model's arrays.
     import keras
     saved_model = keras.saving.load_model(run_dir / 'model.keras', compile=False)
@@ -450,21 +458,31 @@ def test_fsdkaggle2019_config_errors_are_one_line(workspace, kaggle, capsys, ove
 
 def _narrow(monkeypatch):
     """cnn_gru and vgg_gap with their layer structure but a fraction of their widths, so
-    that a few epochs take seconds on 2 CPU cores (vgg_gap: 14.9M parameters otherwise)."""
+    that a few epochs take seconds on 2 CPU cores (vgg_gap: 14.9M parameters otherwise).
+    vgg_gap's dropout rates shrink with its widths (0.3 -> 0.1): a third of 8 channels
+    dropped after every block kept the narrow trunk near chance for 10 epochs."""
     import architectures
     monkeypatch.setattr(architectures, 'cnn_gru_trunk', functools.partial(
         architectures.cnn_gru_trunk, filters=(8, 8, 16, 16), units=16, embedding=32))
     monkeypatch.setattr(architectures, 'vgg_gap_trunk', functools.partial(
         architectures.vgg_gap_trunk, nf=8))
+    monkeypatch.setattr(architectures, 'VGG_GAP_LAYERS', [
+        (kind, args[0] / 3) if kind == 'drop' else (kind, *args)
+        for kind, *args in architectures.VGG_GAP_LAYERS])
 
 
 # vgg_gap's valid 3x3 conv after its pools needs 191 frames and 47 mel bands; its BN-heavy
-# trunk needs many small steps at a high rate to learn within a few epochs.
+# trunk needs many small steps, and the batch norm constants of Dorfer & Widmer's network
+# (momentum 0.9, epsilon 1e-4): with Keras's 0.99 the moving statistics of a few hundred
+# steps lag the weights (validation loss 12.9 at a training loss of 1.0), and at lr 0.01
+# over 10 epochs the learned accuracy sat at the bound (40-44 % of the 50 test clips over
+# seeds). With these, the narrow dropout (_narrow), lr 0.003 and 14 epochs it was 84-94 %
+# over ctrl.seed 0-5 and 42 (the test's).
 CROPS = {'cnn_gru': ['extract.crop_frames=32', 'extract.clip_frames=128', 'learn.batch_size=16',
                      'learn.lr=0.003'],
          'vgg_gap': ['extract.n_mels=48', 'extract.crop_frames=192', 'extract.clip_frames=240',
-                     'learn.batch_size=8', 'learn.lr=0.01', 'learn.n_epochs=10',
-                     'learn.patience=10']}
+                     'learn.batch_size=8', 'learn.lr=0.003', 'learn.n_epochs=14',
+                     'learn.patience=14', 'learn.bn_momentum=0.9', 'learn.bn_epsilon=0.0001']}
 
 
 @pytest.mark.parametrize('model', ['cnn_gru', 'vgg_gap'])

@@ -119,6 +119,7 @@ def check_structure(run_dir, cfg):
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', EXPERIMENTS, ids=lambda p: str(p.relative_to(ROOT / 'config')))
 def test_every_shipped_yaml_runs_as_a_fast_dev_run(path, layouts, tmp_path, capsys):
     """The YAML as written, but for the dry-run switch, the data and run folders, and how

@@ -256,11 +256,19 @@ def test_mono_false_is_refused(wav_clips):
         fe.features(cfg, table, progress=False)
 
 
-def test_two_workers_give_the_same_frames(wav_clips, tmp_path):
+def test_small_jobs_are_extracted_in_process():
+    assert [fe.pool_size(n, 4) for n in (1, fe.POOL_MIN_CLIPS - 1)] == [1, 1]
+    assert fe.pool_size(fe.POOL_MIN_CLIPS, 4) == 4 and fe.pool_size(fe.POOL_MIN_CLIPS, 1) == 1
+
+
+def test_two_workers_give_the_same_frames(wav_clips, tmp_path, monkeypatch, caplog):
     cfg, table = wav_clips
     one = fe.features(cfg, table, workers=1, progress=False)
     cfg['ctrl']['features_dir'] = str(tmp_path / 'features2')
-    two = fe.features(cfg, table, workers=2, progress=False)
+    monkeypatch.setattr(fe, 'POOL_MIN_CLIPS', 2)  # a pool for these few clips
+    with caplog.at_level('INFO'):
+        two = fe.features(cfg, table, workers=2, progress=False)
+    assert f'log-mel of {len(table)} clips: starting 2 workers' in caplog.text
     assert two.path != one.path and os.path.basename(two.path) == os.path.basename(one.path)
     np.testing.assert_array_equal(two.frames, one.frames)
     np.testing.assert_array_equal(two.length, one.length)

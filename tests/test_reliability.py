@@ -299,6 +299,7 @@ def _same_run(run_a, run_b):
         assert results[0].get(key) == results[1].get(key), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', RESUME)
 def test_resumed_run_equals_an_uninterrupted_one(tiny, monkeypatch, mode):
     """Interrupted inside a later stage, right after an epoch's backup: the resumed run
@@ -349,6 +350,7 @@ def test_resume_with_another_config_is_refused(tiny, monkeypatch, capsys):
     assert (run_dir / 'backup' / 'state.pkl').is_file()
 
 
+@pytest.mark.slow
 def test_killed_training_subprocess_continues(tiny):
     """SIGKILL a real `python main.py` after its 2nd epoch; the same command continues it:
     each epoch once in history.csv, the log says where it resumed, the run completes."""
@@ -514,6 +516,7 @@ def test_ctrl_c_waits_for_a_safe_point(monkeypatch):
     assert signal.getsignal(signal.SIGINT) is before  # the block put it back
 
 
+@pytest.mark.slow
 def test_ctrl_c_at_the_stage_switch_exits_130(tiny):
     """Issue 19, case 6: SIGINT to a real `python main.py` right after the mixup warm-up
     stage (its first epoch) ends it with exit 130 and the message, the backup intact."""

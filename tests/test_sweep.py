@@ -94,6 +94,7 @@ def tiny(tmp_path_factory):
     return root, write_tiny_config(root / 'tiny.yaml', data, root, {'learn': {'n_epochs': 1}})
 
 
+@pytest.mark.slow
 def test_sweep_runs_on_ray_summarises_and_skips_finished_runs(tiny, capsys, readable_png):
     root, params = tiny
     argv = ['-p', str(params), '--grid', 'learn.lr=0.001,0.003', '--seeds', '0,1',
@@ -178,6 +179,7 @@ def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, capsys):
     assert 'run s/p_seed1 failed: exit code 2' in out and 'run s/p_seed2 failed' in out
 
 
+@pytest.mark.slow
 def test_errors_of_real_runs_reach_the_sweep(tiny, capsys):
     """Through Ray: a run that stops before training (exit 2; it removes its own .out) and
     one that diverges (exit 1, results.json status diverged) are reported with their one
@@ -412,6 +414,7 @@ def test_a_sweep_mixing_fast_dev_and_real_runs_is_refused(tiny, capsys):
     assert not (root / 'logs' / 'sweeps' / 'mixed').exists()
 
 
+@pytest.mark.slow
 def test_a_fast_dev_sweep_over_configs_runs_and_summarises(tiny, capsys):
     """--configs with -o ctrl.fast_dev_run=true: every run a dry run, the config column in
     runs.csv and summary.csv, paired differences to the baseline file."""
