@@ -89,8 +89,10 @@ class Experiment:
         self.val_clip = ([ValClipAccuracy(score, self.val_rows,
                                           datasets.targets(table, len(classes)))]
                          if self.val_idx.size else [])
-        self.collapse = StopOnCollapse(self.history, score, self.val_rows if self.val_idx.size
-                                       else self.train_rows, classes)
+        # A dry run's 2-step epochs cannot tell a collapse from a slow start (ctrl.fast_dev_run)
+        self.collapse = [] if cfg['ctrl']['fast_dev_run'] else [StopOnCollapse(
+            self.history, score, self.val_rows if self.val_idx.size else self.train_rows,
+            classes)]
         self.has_truth = 'true_idx' in table.columns
         self.plans = fastdev.cut_plans(cfg, epoch_plans(cfg, table, patches, source))
         self.stage_epochs = []  # epochs each fit() call (stage) trained
@@ -250,7 +252,7 @@ class Experiment:
         lr_callbacks = self.lr_callbacks if lr_callbacks is None else lr_callbacks
         # The LR callbacks come before History, which logs the epoch's rate.
         cbs = [StopOnNonFinite(), InterruptPoint(), *self.trainer.step_loss.callbacks(),
-               *lr_callbacks, *self.val_clip, self.history, self.collapse, *self.tensorboard,
+               *lr_callbacks, *self.val_clip, self.history, *self.collapse, *self.tensorboard,
                self.selection]
         cyclic = self.cfg['learn']['lr_schedule'] == 'cyclic_cosine'
         stops = early_stopping and not cyclic and self.early_stopping is not None

@@ -9,8 +9,9 @@ before a day on a GPU. Three cuts, each made here and nowhere else:
 - the clips (fast_dev_clips): at most FAST_CLIPS clips of each class in each part of the
   dataset (training verified / unverified (and FSDnoisy18k's noisy_small) clips, test
   clips), so that feature extraction, validation, prediction and every clip scoring
-  (mode 3's clip losses, self-verification's excerpts, the collapse check) see a few
-  batches;
+  (mode 3's clip losses, self-verification's excerpts) see a few batches; the collapse
+  check (callbacks.StopOnCollapse) is off, since epochs of 2 steps cannot tell a
+  collapse from a slow start (a sigmoid head's scores all near 0 after a few steps);
 - the stages (fast_dev_config): at most FAST_EPOCHS epochs per stage, read from the mode's
   declaration (learn.Mode: first_stage, stage_epochs, steps); cyclic_cosine keeps its
   cycles with FAST_EPOCHS epochs each, so every snapshot is still taken; the linear

@@ -187,9 +187,86 @@ def test_dorfer_recipe_holds_the_write_ups_set_up():
     assert 384 * 192 / DORFER_FS == pytest.approx(2.304)
 
 
+# ----------------------------------------------------------------------------- Akiyama & Sato
+# Akiyama & Sato (DCASE 2019 task 2): Sec. 3.2.2 (128 mel channels, hop 347 "that makes log
+# mel spectrogram 128 Hz time resolution", dB after all augmentations, per-sample
+# standardisation), 3.3.1 (mixup Beta(1, 1) with ratio 0.5, frequency masks 8-32 with ratio
+# 0.5, "4 seconds (512 dimensions)" crops, additional cropping 25-100 % with ratio 0.5, gain
+# 0.80-1.20 with ratio 0.5), 3.3.2 (crops of 3.02 s = 133,300 samples, scale 0.8-1.25, gain
+# 0.501-2.00), 3.5 (Adam 1e-3 -> 1e-6 in 64-epoch cycles; SGD 1e-1 -> 1e-6 in 80-epoch
+# cycles, batch 64 for the sigmoid model), Tables 1 and 2 (cycles x epochs, crops, batches),
+# Sec. 2.2 (T = 2, SSL weight 20), Table 3 (Pad = 8, 32 frames; 8k, 32k samples).
+AKIYAMA_FS = 44100
+AKIYAMA_MEL = {'ctrl.dataset': 'fsdkaggle2019', 'ctrl.train_data': 'all',
+               'extract.fs': AKIYAMA_FS, 'extract.hop_length_samples': 347,
+               'extract.n_mels': 128, 'extract.spectrogram_type': 'power',
+               'extract.normalize': 'per_clip', 'extract.crop': 'random_crop',
+               'learn.model': 'resnet34', 'learn.multitask': True, 'learn.folds': 5,
+               'learn.optim': 'Adam', 'learn.lr': 1e-3, 'learn.lr_min': 1e-6,
+               'learn.lr_schedule': 'cyclic_cosine', 'learn.cycle_epochs': 64,
+               'learn.head': 'sigmoid', 'learn.mixup': True, 'learn.mixup_alpha': 1.0,
+               'learn.mixup_p': 0.5, 'learn.augment_domain': 'power',
+               'learn.freq_mask': {'p': 0.5, 'min_width': 8, 'max_width': 32},
+               'learn.gain': {'p': 0.5, 'low': 0.8, 'high': 1.2}, 'loss.type': 'bce',
+               'recognizer.metrics': ['lwlrap'], 'recognizer.tta_pad': [8, 32]}
+# Table 1: #4 model A "8x64, Crop=512, BS=64", #5 model B "7x64, Crop=512, BS=32, AC",
+# #7 "6x64, Crop=1,024, BS=64"
+AKIYAMA_MODELS = {'model_a.yaml': (8, 512, 64), 'model_b.yaml': (7, 512, 32),
+                  'model_a_crop1024.yaml': (6, 1024, 64)}
+
+
+@pytest.mark.parametrize('name', sorted(AKIYAMA_MODELS))
+def test_akiyama_resnet_recipes_hold_the_papers_set_up(name):
+    cfg = _resolved(CONFIG / 'dcase19_akiyama' / name)
+    _check(cfg, AKIYAMA_MEL, name)
+    cycles, crop, batch = AKIYAMA_MODELS[name]
+    lrn = cfg['learn']
+    assert (lrn['cycles'], cfg['extract']['crop_frames'], lrn['batch_size']) == (cycles, crop,
+                                                                                  batch)
+    assert lrn['n_epochs'] == cycles * 64
+    assert AKIYAMA_FS / 347 == pytest.approx(128, rel=0.01)  # "128 Hz time resolution"
+    seconds = crop * 347 / AKIYAMA_FS  # "4 seconds (512 dimensions)", 8 s for 1024
+    assert seconds == pytest.approx(4 * crop / 512, rel=0.01)
+    if name == 'model_b.yaml':
+        assert lrn['extra_crop'] == {'p': 0.5, 'min_frac': 0.25, 'max_frac': 1.0}
+        assert (cfg['loss']['sharpen_T'], cfg['loss']['pseudo_weight']) == (2.0, 20.0)
+        assert lrn['init_from'] == 'logs/akiyama_model_a'
+        model_a = _resolved(CONFIG / 'dcase19_akiyama' / 'model_a.yaml')
+        assert lrn['pseudo_labels'].startswith('pseudo/' + model_a['ctrl']['run_name'])
+    else:
+        assert lrn['extra_crop']['p'] == 0 and lrn['pseudo_labels'] is None
+
+
+def test_akiyama_envnet_recipe_holds_the_papers_set_up():
+    cfg = _resolved(CONFIG / 'dcase19_akiyama' / 'envnet.yaml')
+    _check(cfg, {'extract.features': 'waveform', 'extract.fs': AKIYAMA_FS,
+                 'learn.model': 'envnet_v2', 'learn.multitask': True, 'learn.optim': 'SGD',
+                 'learn.momentum': 0.9, 'learn.nesterov': True, 'learn.lr': 0.1,
+                 'learn.lr_min': 1e-6, 'learn.cycle_epochs': 80, 'learn.cycles': 3,
+                 'learn.n_epochs': 240, 'learn.batch_size': 64, 'learn.head': 'sigmoid',
+                 'learn.mixup_alpha': 1.0, 'loss.type': 'bce',
+                 'recognizer.tta_pad': [8000, 32000]}, 'envnet')
+    assert cfg['extract']['crop_samples'] / AKIYAMA_FS == pytest.approx(3.02, abs=0.005)
+    scale = cfg['learn']['wave_scale']['max']
+    assert (1 / scale, scale) == (pytest.approx(0.8), pytest.approx(1.25))
+    db = cfg['learn']['wave_gain']['db']  # 0.501 - 2.00 as a factor
+    assert (10 ** (-db / 20), 10 ** (db / 20)) == (pytest.approx(0.501, abs=1e-3),
+                                                   pytest.approx(2.0, abs=0.01))
+
+
+def test_akiyama_chain_reads_the_folders_it_names():
+    """Each step's run_name is the folder the next step (and README's commands) read."""
+    names = {f: _resolved(CONFIG / 'dcase19_akiyama' / f)['ctrl']['run_name']
+             for f in ('model_a.yaml', 'model_b.yaml', 'model_a_crop1024.yaml', 'envnet.yaml')}
+    assert len(set(names.values())) == 4
+    readme = (REPO / 'README.md').read_text()
+    for name in names.values():
+        assert f'logs/{name}' in readme, name
+
+
 # ----------------------------------------------------------------------------- every recipe
 
-RECIPES = sorted(p for folder in ('agce', 'dcase19_he', 'dcase18_dorfer')
+RECIPES = sorted(p for folder in ('agce', 'dcase19_he', 'dcase18_dorfer', 'dcase19_akiyama')
                  for p in (CONFIG / folder).glob('*.yaml'))
 SPECS = sorted(SWEEPS.rglob('*.yaml'))
 
