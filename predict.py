@@ -29,11 +29,8 @@ from pathlib import Path
 os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import numpy as np  # noqa: E402
-
 import config  # noqa: E402  (the environment above must be set before Keras loads)
 import runfolder  # noqa: E402
-import utils  # noqa: E402
 
 import fusion  # noqa: E402
 

@@ -369,8 +369,8 @@ def sweep(args):
     frame = collect(runs, cfgs, failed, spec.override)
     summary, _, shown = sweep_summary.write_outputs(out, name, frame, grid, baseline,
                                                     headline_metric(cfgs[0], frame, grid))
-    tensorboard_hparams.write(out / 'tensorboard', runs, frame)  # TensorBoard's HParams view
     print(shown)
+    tensorboard_hparams.write(out / 'tensorboard', runs, frame)  # TensorBoard's HParams view
     return verdict(frame, {run.name for run, _ in todo}, cfgs[0]['ctrl']['logs_dir'], name,
                    f'summary of {int(summary.n.sum())} finished runs: {out}/summary.md')
 

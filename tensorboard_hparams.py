@@ -128,7 +128,22 @@ def sessions(runs, frame):
         values['seed'] = float(run.seed)
         figures = {k: float(row[k]) for k in done.columns if k in keys and row[k] == row[k]}
         found.append((run, values, figures))
+    # One type per hyperparameter (TensorBoard's domain is typed): an axis of numbers and
+    # words (learn.mode=1,3,self_verify) is shown as text throughout.
+    for name in {k for _, values, _ in found for k in values}:
+        kinds = {type(values[name]) for _, values, _ in found if name in values}
+        if len(kinds) > 1:
+            for _, values, _ in found:
+                if name in values:
+                    values[name] = _text(values[name])
     return found
+
+
+def _text(value):
+    """A number as the grid wrote it (3.0 -> '3'), anything else as its text."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def write(folder, runs, frame):

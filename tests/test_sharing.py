@@ -209,6 +209,35 @@ def test_sweep_runs_are_hparams_sessions_with_their_final_metrics(tmp_path):
     assert not folder.exists()  # rewritten from the rows: no finished run, no view
 
 
+def test_an_axis_of_numbers_and_words_is_one_string_hparam(tmp_path):
+    """learn.mode=1,3,self_verify: TensorBoard's domain is typed, so the axis is text in
+    every session ('1', '3', 'self_verify'), and the view is written (it raised before)."""
+    from google.protobuf import struct_pb2
+
+    import sweep
+    import tensorboard_hparams
+    runs = [sweep.Run(f'det/learn.mode={mode}_seed0', f'learn.mode={mode}',
+                      {'learn.mode': mode}, 0, []) for mode in (1, 3, 'self_verify')]
+    frame = pd.DataFrame({'run': [r.name for r in runs], 'status': ['finished'] * 3,
+                          'accuracy_micro': [70.0, 71.0, 72.0]})
+    folder = tmp_path / 'tensorboard'
+    tensorboard_hparams.write(folder, runs, frame)
+    (_, body), = _fields(_events(folder)['_hparams_/experiment'].metadata.plugin_data.content)
+    infos = [dict(_fields(v)) for n, v in _fields(body) if n == 4]
+    assert [(i[1], i[4]) for i in infos] == [(b'learn.mode', 1), (b'seed', 3)]
+    domain = struct_pb2.ListValue()
+    domain.ParseFromString(infos[0][5])
+    assert sorted(v.string_value for v in domain.values) == ['1', '3', 'self_verify']
+    for mode in ('1', '3', 'self_verify'):
+        events = _events(folder / f'learn.mode={mode}_seed0')
+        (_, start), = _fields(events['_hparams_/session_start_info'].metadata.plugin_data.content)
+        items = [dict(_fields(entry)) for n, entry in _fields(start) if n == 1]
+        item, = [i for i in items if i[1] == b'learn.mode']
+        value = struct_pb2.Value()
+        value.ParseFromString(item[2])
+        assert value.string_value == mode
+
+
 def test_a_run_shows_its_changed_keys_and_logs_the_whole_config(tmp_path, capsys):
     from types import SimpleNamespace
 
