@@ -29,7 +29,10 @@ their random offsets), FAST_MELS mel bands, each at least what the model accepts
 with them, batches of FAST_BATCH; fast_dev_clips keeps FAST_WHOLE_CLIPS clips per class
 of each part and at most FAST_SCORED test clips, fast_dev_folds FAST_SCORED validation
 clips per fold, and cut_judged FAST_SCORED clips judged per fold and round by
-self-verification: every whole clip scored is a few batches of work.
+self-verification: every whole clip scored is a few batches of work. Waveform runs
+(EnvNet-v2: crops of 133,300 samples in batches of 64 + 64) train on crops of at most
+FAST_SAMPLES samples (at least the model's shortest input, architectures.MIN_SAMPLES) in
+batches of FAST_BATCH.
 
 Nothing else changes: early stopping and the plateau schedule see 2-epoch stages (neither
 acts), the model selection and the resume backup work as in any run. The run is marked:
@@ -59,6 +62,7 @@ FAST_MELS = 16     # mel bands
 FAST_BATCH = 2     # examples per batch (staged and multitask batches: one of each half)
 FAST_WHOLE_CLIPS = 4  # clips per class in each part: 4 stratified folds need 4 of a class
 FAST_SCORED = 4    # clips validated per fold, judged per fold and round, and tested
+FAST_SAMPLES = 32768  # samples of a waveform run's training crop (at least the model's minimum)
 
 
 def on(cfg):
@@ -146,10 +150,14 @@ def fast_dev_inputs(cfg):
     accepts, at most the configured value), SpecAugment's time sizes scaled with the crop
     and its frequency sizes (and learn.freq_mask's) with the bands, learn.batch_size at
     most FAST_BATCH. Logs what it changed."""
-    if not whole_clips(cfg):
-        return cfg
     ext, learn = dict(cfg['extract']), dict(cfg['learn'])
     model = learn['model']
+    if on(cfg) and ext['features'] == 'waveform':  # EnvNet-v2's 3 s crops in batches of 64
+        crop = max(FAST_SAMPLES, architectures.MIN_SAMPLES.get(model, 1))
+        return _changed(cfg, {**ext, 'crop_samples': min(ext['crop_samples'], crop)},
+                        {**learn, 'batch_size': min(learn['batch_size'], FAST_BATCH)})
+    if not whole_clips(cfg):
+        return cfg
     ext['crop_frames'] = min(ext['crop_frames'],
                              max(FAST_CROP, architectures.MIN_FRAMES.get(model, 1)))
     ext['clip_frames'] = min(ext['clip_frames'], ext['crop_frames'] + FAST_SHIFT)
@@ -162,6 +170,11 @@ def fast_dev_inputs(cfg):
         width = min(mask['max_width'], ext['n_mels'])
         learn['freq_mask'] = {**mask, 'max_width': width,
                               'min_width': min(mask['min_width'], width)}
+    return _changed(cfg, ext, learn)
+
+
+def _changed(cfg, ext, learn):
+    """cfg with the extract and learn sections replaced; logs the keys changed."""
     changed = [f'{section}.{k} {cfg[section][k]} -> {new[k]}'
                for section, new in (('extract', ext), ('learn', learn))
                for k in new if new[k] != cfg[section][k]]
